@@ -1,0 +1,984 @@
+//! `backup-push` and `backup-fetch`: physical base backups as compressed tar
+//! parts, uploaded and downloaded in parallel, verified file by file.
+//!
+//! Push order (crash safety): `pg_backup_start` on one connection held for
+//! the whole backup; data parts in parallel; `global/pg_control` in a part
+//! of its own, read last; `pg_backup_stop` (waits for the WAL to be
+//! archived); `metadata.json`; the sentinel LAST. A push that dies anywhere
+//! leaves objects without a sentinel: not a backup, never listed.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::catalog::{self, BackupMetadata, BackupSummary, FileEntry, PartInfo};
+use super::codec::{Compression, ObjectReader, ObjectWriter};
+use super::layout;
+use super::pg::{connect, pg_err};
+use super::store::Key;
+use super::{BackupError, Context};
+use crate::progress::{human_bytes, Progress};
+
+/// Directories whose contents are never backed up (the directory itself is
+/// kept, empty), as in `pg_basebackup`.
+const EMPTY_DIRS: &[&str] = &[
+    "pg_wal",
+    "pg_xlog",
+    "pg_replslot",
+    "pg_dynshmem",
+    "pg_notify",
+    "pg_serial",
+    "pg_snapshots",
+    "pg_stat_tmp",
+    "pg_subtrans",
+];
+
+/// Top-level files never backed up.
+const SKIP_TOP_FILES: &[&str] = &[
+    "postmaster.pid",
+    "postmaster.opts",
+    "recovery.signal",
+    "standby.signal",
+    "backup_label",
+    "backup_label.old",
+    "tablespace_map",
+    "tablespace_map.old",
+];
+
+const PG_CONTROL: &str = "global/pg_control";
+
+/// One file or directory found in the data directory.
+#[derive(Debug, Clone)]
+struct WalkEntry {
+    rel: String,
+    abs: PathBuf,
+    is_dir: bool,
+    size: u64,
+    mode: u32,
+}
+
+/// Whether a file in a relation directory is a temporary relation
+/// (`t<backend>_<relfilenode>[_fork][.seg]`).
+fn is_temp_relation(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('t') else {
+        return false;
+    };
+    let Some((backend, tail)) = rest.split_once('_') else {
+        return false;
+    };
+    let node: String = tail.chars().take_while(char::is_ascii_digit).collect();
+    !backend.is_empty() && backend.bytes().all(|b| b.is_ascii_digit()) && !node.is_empty()
+}
+
+/// The relfilenode a relation file belongs to and whether it is the init
+/// fork: `123`, `123.1`, `123_fsm`, `123_init` -> `("123", is_init)`.
+fn relation_of(name: &str) -> Option<(&str, bool)> {
+    let base = name.split('.').next()?;
+    let (node, fork) = base.split_once('_').unwrap_or((base, ""));
+    (!node.is_empty() && node.bytes().all(|b| b.is_ascii_digit())).then_some((node, fork == "init"))
+}
+
+/// Lists what a base backup contains, sorted, with pg_basebackup's
+/// exclusions: see `EMPTY_DIRS`, `SKIP_TOP_FILES`, `pg_internal.init`,
+/// `pgsql_tmp*`, temporary relations, and every fork but `_init` of
+/// unlogged relations.
+fn walk_data_dir(root: &Path) -> Result<Vec<WalkEntry>, BackupError> {
+    let mut out = Vec::new();
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, rel_dir)) = stack.pop() {
+        let mut names: Vec<(String, std::fs::Metadata, PathBuf)> = Vec::new();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !rel_dir.is_empty() => continue,
+            Err(e) => return Err(BackupError::io(format!("reading {}", dir.display()))(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(BackupError::io(format!("reading {}", dir.display())))?;
+            let path = entry.path();
+            // Follow symlinks (pg_wal may be one); vanished entries are skipped.
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(BackupError::io(format!("reading {}", path.display()))(e)),
+            };
+            names.push((entry.file_name().to_string_lossy().into_owned(), meta, path));
+        }
+        let is_relation_dir = rel_dir.starts_with("base/") || rel_dir == "global";
+        let unlogged: Vec<String> = if is_relation_dir {
+            names
+                .iter()
+                .filter_map(|(n, _, _)| relation_of(n).filter(|(_, init)| *init).map(|(r, _)| r.to_string()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for (name, meta, path) in names {
+            let rel = if rel_dir.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel_dir}/{name}")
+            };
+            if name == "pg_internal.init" || name.starts_with("pgsql_tmp") {
+                continue;
+            }
+            if rel_dir.is_empty() && !meta.is_dir() && SKIP_TOP_FILES.contains(&name.as_str()) {
+                continue;
+            }
+            if is_relation_dir && !meta.is_dir() {
+                if is_temp_relation(&name) {
+                    continue;
+                }
+                if let Some((node, is_init)) = relation_of(&name) {
+                    if !is_init && unlogged.iter().any(|u| u == node) {
+                        continue;
+                    }
+                }
+            }
+            if rel == "pg_tblspc" && meta.is_dir() {
+                let has_tablespaces = std::fs::read_dir(&path)
+                    .map(|mut d| d.next().is_some())
+                    .unwrap_or(false);
+                if has_tablespaces {
+                    return Err(BackupError::Invalid(
+                        "the cluster has tablespaces (pg_tblspc is not empty); pgdrill does not back up tablespaces yet".into(),
+                    ));
+                }
+            }
+            let mode = {
+                use std::os::unix::fs::PermissionsExt;
+                meta.permissions().mode() & 0o7777
+            };
+            if meta.is_dir() {
+                out.push(WalkEntry {
+                    rel: rel.clone(),
+                    abs: path.clone(),
+                    is_dir: true,
+                    size: 0,
+                    mode,
+                });
+                if !(rel_dir.is_empty() && EMPTY_DIRS.contains(&name.as_str())) {
+                    stack.push((path, rel));
+                }
+            } else if meta.is_file() {
+                out.push(WalkEntry {
+                    rel,
+                    abs: path,
+                    is_dir: false,
+                    size: meta.len(),
+                    mode,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.rel.cmp(&b.rel));
+    Ok(out)
+}
+
+/// Splits files into parts of at most `threshold` plaintext bytes (a larger
+/// file gets a part of its own); directories go into the first part.
+fn partition(entries: Vec<WalkEntry>, threshold: u64) -> Vec<Vec<WalkEntry>> {
+    let mut parts: Vec<Vec<WalkEntry>> = vec![Vec::new()];
+    let mut current = 0u64;
+    for e in entries {
+        if e.is_dir {
+            parts[0].push(e);
+            continue;
+        }
+        if current > 0 && current + e.size > threshold {
+            parts.push(Vec::new());
+            current = 0;
+        }
+        current += e.size;
+        parts.last_mut().expect("never empty").push(e);
+    }
+    parts.retain(|p| !p.is_empty());
+    parts
+}
+
+/// A `Write` that cuts its input into chunks for [`super::store::Store::put_stream`].
+struct ChunkSink {
+    tx: mpsc::Sender<Result<Bytes, String>>,
+    buf: Vec<u8>,
+    total: u64,
+}
+
+const SINK_CHUNK: usize = 1 << 20;
+
+impl ChunkSink {
+    fn send_buf(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(SINK_CHUNK));
+        self.total += chunk.len() as u64;
+        self.tx
+            .blocking_send(Ok(Bytes::from(chunk)))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "upload stopped"))
+    }
+}
+
+impl Write for ChunkSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= SINK_CHUNK {
+            self.send_buf()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads exactly `size` bytes of a file that may change underneath: a file
+/// that shrank is padded with zeros, one that grew is cut (WAL replay makes
+/// both consistent). Hashes what it hands out and counts progress.
+struct FileReader<'a> {
+    inner: io::Take<std::fs::File>,
+    remaining: u64,
+    hasher: blake3::Hasher,
+    progress: &'a Progress,
+}
+
+impl Read for FileReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            return Ok(0);
+        }
+        let want = buf.len().min(self.remaining as usize);
+        let mut n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            buf[..want].fill(0);
+            n = want;
+        }
+        self.remaining -= n as u64;
+        self.hasher.update(&buf[..n]);
+        self.progress.add(n as u64);
+        Ok(n)
+    }
+}
+
+/// Writes one tar part into `sink`; returns the files it holds.
+fn write_part(
+    entries: &[WalkEntry],
+    part_name: &str,
+    sink: ChunkSink,
+    compression: Compression,
+    progress: &Progress,
+) -> io::Result<(Vec<FileEntry>, super::codec::Digest, u64)> {
+    let mut tar = tar::Builder::new(ObjectWriter::new(sink, compression)?);
+    let mut files = Vec::with_capacity(entries.len());
+    let mtime = Utc::now().timestamp().max(0) as u64;
+    for e in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(e.mode);
+        header.set_mtime(mtime);
+        if e.is_dir {
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_size(0);
+            tar.append_data(&mut header, &e.rel, io::empty())?;
+            files.push(FileEntry {
+                path: e.rel.clone(),
+                is_dir: true,
+                size: 0,
+                mode: e.mode,
+                blake3: None,
+                part: part_name.to_string(),
+            });
+            continue;
+        }
+        let file = match std::fs::File::open(&e.abs) {
+            Ok(f) => f,
+            // Dropped tables vanish during a backup: WAL replay knows.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(io::Error::new(err.kind(), format!("{}: {err}", e.abs.display()))),
+        };
+        let size = file.metadata()?.len();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(size);
+        let mut reader = FileReader {
+            inner: file.take(size),
+            remaining: size,
+            hasher: blake3::Hasher::new(),
+            progress,
+        };
+        tar.append_data(&mut header, &e.rel, &mut reader)?;
+        files.push(FileEntry {
+            path: e.rel.clone(),
+            is_dir: false,
+            size,
+            mode: e.mode,
+            blake3: Some(reader.hasher.finalize().to_hex().to_string()),
+            part: part_name.to_string(),
+        });
+    }
+    let object = tar.into_inner()?;
+    let (mut sink, digest) = object.finish()?;
+    sink.send_buf()?;
+    Ok((files, digest, sink.total))
+}
+
+/// Uploads one part: a blocking producer (read, tar, compress) feeding the
+/// store's streaming upload through a small bounded channel.
+async fn upload_part(
+    ctx: &Context,
+    backup: &str,
+    part_name: String,
+    entries: Vec<WalkEntry>,
+    progress: Arc<Progress>,
+) -> Result<(PartInfo, Vec<FileEntry>), BackupError> {
+    let compression = ctx.settings.compression;
+    let key = layout::part_key(backup, &part_name, compression);
+    let (tx, rx) = mpsc::channel(4);
+    let abort_tx = tx.clone();
+    let name = part_name.clone();
+    let producer = tokio::task::spawn_blocking(move || {
+        let sink = ChunkSink {
+            tx,
+            buf: Vec::with_capacity(SINK_CHUNK),
+            total: 0,
+        };
+        let result = write_part(&entries, &name, sink, compression, &progress);
+        if let Err(e) = &result {
+            let _ = abort_tx.blocking_send(Err(e.to_string()));
+        }
+        result
+    });
+    let stored = ctx.store.put_stream(&key, rx).await;
+    let produced = producer
+        .await
+        .map_err(|e| BackupError::Invalid(format!("part writer failed: {e}")))?;
+    let (files, digest, compressed) =
+        produced.map_err(BackupError::io(format!("writing {part_name}")))?;
+    stored?;
+    Ok((
+        PartInfo {
+            name: part_name,
+            key: key.as_str().to_string(),
+            plain_size: digest.plain_len,
+            compressed_size: compressed,
+            blake3: digest.hex(),
+        },
+        files,
+    ))
+}
+
+/// Options of `backup-push`.
+#[derive(Debug, Clone, Default)]
+pub struct PushOptions {
+    pub permanent: bool,
+    /// Checkpoint at once instead of spreading it (pg_backup_start's `fast`).
+    pub fast_checkpoint: bool,
+}
+
+/// Takes a base backup of the cluster whose data directory is `data_dir`.
+pub async fn backup_push(
+    ctx: &Context,
+    data_dir: &Path,
+    opts: &PushOptions,
+) -> Result<BackupSummary, BackupError> {
+    let client = connect(&ctx.settings.pg).await?;
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int, \
+                    current_setting('data_directory'), \
+                    current_setting('wal_segment_size')::bigint, \
+                    (SELECT system_identifier::text FROM pg_control_system()), \
+                    pg_is_in_recovery()",
+            &[],
+        )
+        .await
+        .map_err(pg_err("reading server settings"))?;
+    let pg_version: i32 = row.get(0);
+    let server_data_dir: String = row.get(1);
+    let seg_size = row.get::<_, i64>(2) as u64;
+    let system_identifier: String = row.get(3);
+    if row.get::<_, bool>(4) {
+        return Err(BackupError::Invalid(
+            "the server is a standby; pgdrill takes backups from the primary only".into(),
+        ));
+    }
+    if pg_version < 100000 {
+        return Err(BackupError::Invalid(format!(
+            "PostgreSQL {pg_version} is too old; pgdrill supports 10 and later"
+        )));
+    }
+    let data_dir = std::fs::canonicalize(data_dir)
+        .map_err(BackupError::io(format!("data directory {}", data_dir.display())))?;
+    if !data_dir.join("PG_VERSION").is_file() {
+        return Err(BackupError::Invalid(format!(
+            "{} is not a PostgreSQL data directory (no PG_VERSION)",
+            data_dir.display()
+        )));
+    }
+    if std::fs::canonicalize(&server_data_dir).ok().as_deref() != Some(data_dir.as_path()) {
+        warn!(
+            server = %server_data_dir,
+            given = %data_dir.display(),
+            "the server reports another data directory; backing up the given one (a sidecar mount?)"
+        );
+    }
+    let start_time = Utc::now();
+    let label = format!("pgdrill {}", start_time.to_rfc3339());
+    let start_sql = if pg_version >= 150000 {
+        "SELECT lsn::text, pg_walfile_name(lsn) FROM pg_backup_start($1, $2) AS lsn"
+    } else {
+        "SELECT lsn::text, pg_walfile_name(lsn) FROM pg_start_backup($1, $2, false) AS lsn"
+    };
+    let row = client
+        .query_one(start_sql, &[&label, &opts.fast_checkpoint])
+        .await
+        .map_err(pg_err("starting the backup"))?;
+    let start_lsn: String = row.get(0);
+    let start_wal: String = row.get(1);
+    let timeline = u32::from_str_radix(&start_wal[..8], 16).unwrap_or(1);
+    let backup_name = format!("base_{start_wal}");
+    info!(%backup_name, %start_lsn, "backup started");
+
+    let walk_dir = data_dir.clone();
+    let entries = tokio::task::spawn_blocking(move || walk_data_dir(&walk_dir))
+        .await
+        .map_err(|e| BackupError::Invalid(format!("directory walk failed: {e}")))??;
+    let (pg_control, data_entries): (Vec<_>, Vec<_>) =
+        entries.into_iter().partition(|e| e.rel == PG_CONTROL);
+    if pg_control.is_empty() {
+        return Err(BackupError::Invalid(format!(
+            "{} has no {PG_CONTROL}",
+            data_dir.display()
+        )));
+    }
+    let total: u64 = data_entries.iter().map(|e| e.size).sum();
+    let (progress, _guard) = Progress::start("backup-push", total, Duration::from_secs(5));
+    let parts = partition(data_entries, ctx.settings.tar_size_threshold);
+    info!(
+        parts = parts.len(),
+        size = %human_bytes(total),
+        "uploading with concurrency {}",
+        ctx.settings.upload_concurrency
+    );
+    let mut uploaded: Vec<(PartInfo, Vec<FileEntry>)> = futures::stream::iter(
+        parts.into_iter().enumerate(),
+    )
+    .map(|(i, entries)| upload_part(ctx, &backup_name, format!("part_{}", i + 1), entries, Arc::clone(&progress)))
+    .buffer_unordered(ctx.settings.upload_concurrency)
+    .try_collect()
+    .await?;
+    // pg_control last, after every data file was read.
+    uploaded.push(
+        upload_part(
+            ctx,
+            &backup_name,
+            layout::PG_CONTROL_PART.to_string(),
+            pg_control,
+            Arc::clone(&progress),
+        )
+        .await?,
+    );
+
+    let stop_sql = if pg_version >= 150000 {
+        "SELECT lsn::text, labelfile, spcmapfile, pg_walfile_name(lsn) FROM pg_backup_stop(true)"
+    } else {
+        "SELECT lsn::text, labelfile, spcmapfile, pg_walfile_name(lsn) FROM pg_stop_backup(false, true)"
+    };
+    let row = client
+        .query_one(stop_sql, &[])
+        .await
+        .map_err(pg_err("stopping the backup (the WAL it needs may not be archived: check archive_command)"))?;
+    let finish_lsn: String = row.get(0);
+    let backup_label: String = row.get(1);
+    let tablespace_map: Option<String> = row.get(2);
+    let finish_wal: String = row.get(3);
+    let finish_time = Utc::now();
+
+    uploaded.sort_by(|a, b| part_order(&a.0.name).cmp(&part_order(&b.0.name)));
+    let (parts, files): (Vec<PartInfo>, Vec<Vec<FileEntry>>) = uploaded.into_iter().unzip();
+    let mut files: Vec<FileEntry> = files.into_iter().flatten().collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let metadata = BackupMetadata {
+        backup_name: backup_name.clone(),
+        backup_label,
+        tablespace_map: tablespace_map.unwrap_or_default(),
+        parts,
+        files,
+    };
+    let metadata_json = serde_json::to_vec_pretty(&metadata)
+        .map_err(|e| BackupError::Invalid(format!("serializing metadata: {e}")))?;
+    let summary = BackupSummary {
+        backup_name: backup_name.clone(),
+        start_time,
+        finish_time,
+        start_lsn,
+        finish_lsn,
+        wal_file_name: start_wal,
+        finish_wal_file_name: finish_wal,
+        timeline,
+        pg_version,
+        system_identifier,
+        hostname: hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        data_dir: data_dir.display().to_string(),
+        uncompressed_size: metadata.parts.iter().map(|p| p.plain_size).sum(),
+        compressed_size: metadata.parts.iter().map(|p| p.compressed_size).sum(),
+        is_permanent: opts.permanent,
+        compression: ctx.settings.compression.extension().to_string(),
+        wal_segment_size: seg_size,
+        metadata_blake3: blake3::hash(&metadata_json).to_hex().to_string(),
+        pgdrill_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    ctx.store
+        .put(&layout::metadata_key(&backup_name), Bytes::from(metadata_json))
+        .await?;
+    let sentinel = serde_json::to_vec_pretty(&summary)
+        .map_err(|e| BackupError::Invalid(format!("serializing sentinel: {e}")))?;
+    ctx.store
+        .put(&layout::sentinel_key(&backup_name), Bytes::from(sentinel))
+        .await?;
+    info!(
+        %backup_name,
+        size = %human_bytes(summary.uncompressed_size),
+        compressed = %human_bytes(summary.compressed_size),
+        rate = %format!("{}/s", human_bytes(progress.rate() as u64)),
+        "backup complete"
+    );
+    Ok(summary)
+}
+
+/// `part_1`, `part_2`, ..., then `pg_control`.
+fn part_order(name: &str) -> (u8, u64) {
+    match name.strip_prefix("part_").and_then(|n| n.parse().ok()) {
+        Some(n) => (0, n),
+        None => (1, 0),
+    }
+}
+
+/// What `backup-fetch` writes for recovery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecoveryConfig {
+    /// Only restore files; print what to do next.
+    None,
+    /// `recovery.signal` plus restore_command: recover to the end of the archive.
+    EndOfArchive,
+    /// `recovery.signal`, restore_command, `recovery_target_time` (UTC,
+    /// explicit offset) and `recovery_target_action = 'promote'`.
+    Time(chrono::DateTime<Utc>),
+}
+
+/// Options of `backup-fetch`.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    /// Restore into a non-empty directory.
+    pub force: bool,
+    /// Re-read every restored file and check it against the backup.
+    pub verify: bool,
+    pub recovery: RecoveryConfig,
+    /// restore_command to write; default: this binary's `wal-fetch`.
+    pub restore_command: Option<String>,
+    /// Write `archive_mode = off` so a restored copy never archives into
+    /// the source archive (drills, DR tests).
+    pub no_archive: bool,
+}
+
+/// Restores backup `name` (or `LATEST`) into `dest`.
+pub async fn backup_fetch(
+    ctx: &Context,
+    dest: &Path,
+    name: &str,
+    opts: &FetchOptions,
+) -> Result<BackupSummary, BackupError> {
+    let summary = catalog::resolve(ctx, name).await?;
+    let metadata = catalog::read_metadata(ctx, &summary).await?;
+    prepare_target(dest, opts.force)?;
+    let expected: Arc<HashMap<String, FileEntry>> = Arc::new(
+        metadata
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), f.clone()))
+            .collect(),
+    );
+    let total: u64 = metadata.parts.iter().map(|p| p.plain_size).sum();
+    let (progress, _guard) = Progress::start("backup-fetch", total, Duration::from_secs(5));
+    let (control, data): (Vec<&PartInfo>, Vec<&PartInfo>) = metadata
+        .parts
+        .iter()
+        .partition(|p| p.name == layout::PG_CONTROL_PART);
+    let restored: Vec<usize> = futures::stream::iter(data)
+        .map(|p| download_part(ctx, p, dest, Arc::clone(&expected), Arc::clone(&progress)))
+        .buffer_unordered(ctx.settings.download_concurrency)
+        .try_collect()
+        .await?;
+    let mut count: usize = restored.iter().sum();
+    for p in control {
+        count += download_part(ctx, p, dest, Arc::clone(&expected), Arc::clone(&progress)).await?;
+    }
+    let wanted = metadata.files.len();
+    if count != wanted {
+        return Err(BackupError::VerifyFailed(format!(
+            "restored {count} entries, the backup lists {wanted}"
+        )));
+    }
+    write_file(&dest.join("backup_label"), metadata.backup_label.as_bytes())?;
+    if !metadata.tablespace_map.is_empty() {
+        write_file(&dest.join("tablespace_map"), metadata.tablespace_map.as_bytes())?;
+    }
+    write_recovery_config(ctx, dest, opts)?;
+    sync_filesystem(dest);
+    info!(
+        backup = %summary.backup_name,
+        size = %human_bytes(total),
+        rate = %format!("{}/s", human_bytes(progress.rate() as u64)),
+        "restored"
+    );
+    if opts.verify {
+        let dest = dest.to_path_buf();
+        let files = metadata.files.clone();
+        tokio::task::spawn_blocking(move || verify_restored(&dest, &files))
+            .await
+            .map_err(|e| BackupError::Invalid(format!("verification task failed: {e}")))??;
+        info!("verified every restored file against the backup's checksums");
+    }
+    Ok(summary)
+}
+
+fn prepare_target(dest: &Path, force: bool) -> Result<(), BackupError> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::read_dir(dest) {
+        Ok(mut d) => {
+            if d.next().is_some() && !force {
+                return Err(BackupError::Invalid(format!(
+                    "{} is not empty; restore into an empty directory or pass --force to overwrite",
+                    dest.display()
+                )));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir_all(dest)
+            .map_err(BackupError::io(format!("creating {}", dest.display())))?,
+        Err(e) => return Err(BackupError::io(format!("reading {}", dest.display()))(e)),
+    }
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o700))
+        .map_err(BackupError::io(format!("setting permissions of {}", dest.display())))
+}
+
+fn write_file(path: &Path, data: &[u8]) -> Result<(), BackupError> {
+    std::fs::write(path, data).map_err(BackupError::io(format!("writing {}", path.display())))
+}
+
+/// A relative path from a tar entry that stays inside the target.
+fn safe_relative(path: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (!out.as_os_str().is_empty()).then_some(out)
+}
+
+async fn download_part(
+    ctx: &Context,
+    part: &PartInfo,
+    dest: &Path,
+    expected: Arc<HashMap<String, FileEntry>>,
+    progress: Arc<Progress>,
+) -> Result<usize, BackupError> {
+    let key = Key::new(part.key.clone());
+    let stream = ctx
+        .store
+        .get_stream(&key)
+        .await?
+        .map_err(io::Error::other);
+    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+    let dest = dest.to_path_buf();
+    let part = part.clone();
+    let key2 = key.clone();
+    tokio::task::spawn_blocking(move || extract_part(reader, &part, &key2, &dest, &expected, &progress))
+        .await
+        .map_err(|e| BackupError::Invalid(format!("extract task failed: {e}")))?
+}
+
+fn extract_part(
+    reader: impl Read,
+    part: &PartInfo,
+    key: &Key,
+    dest: &Path,
+    expected: &HashMap<String, FileEntry>,
+    progress: &Progress,
+) -> Result<usize, BackupError> {
+    use std::os::unix::fs::PermissionsExt;
+    let corrupt = |detail: String| BackupError::Corrupt {
+        key: key.clone(),
+        detail,
+    };
+    let mut object = ObjectReader::new(reader).map_err(|e| BackupError::from_codec(key, e))?;
+    let mut count = 0usize;
+    {
+        let mut archive = tar::Archive::new(&mut object);
+        let entries = archive
+            .entries()
+            .map_err(|e| corrupt(format!("bad tar stream: {e}")))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| corrupt(format!("bad tar entry: {e}")))?;
+            let raw_path = entry
+                .path()
+                .map_err(|e| corrupt(format!("bad path: {e}")))?
+                .into_owned();
+            let rel = safe_relative(&raw_path)
+                .ok_or_else(|| corrupt(format!("unsafe path {}", raw_path.display())))?;
+            let rel_str = rel.to_string_lossy().into_owned();
+            let want = expected
+                .get(&rel_str)
+                .ok_or_else(|| corrupt(format!("{rel_str} is not in the backup's file list")))?;
+            let target = dest.join(&rel);
+            let io_err = |e: io::Error| BackupError::io(format!("writing {}", target.display()))(e);
+            if want.is_dir {
+                std::fs::create_dir_all(&target).map_err(io_err)?;
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o700))
+                    .map_err(io_err)?;
+            } else {
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent).map_err(io_err)?;
+                }
+                let mut out = io::BufWriter::with_capacity(
+                    256 * 1024,
+                    std::fs::File::create(&target).map_err(io_err)?,
+                );
+                let mut hasher = blake3::Hasher::new();
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    let n = match entry.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) => return Err(BackupError::from_codec(key, super::codec::CodecError::Io(e))),
+                    };
+                    hasher.update(&buf[..n]);
+                    out.write_all(&buf[..n]).map_err(io_err)?;
+                    progress.add(n as u64);
+                }
+                out.flush().map_err(io_err)?;
+                let actual = hasher.finalize().to_hex().to_string();
+                if want.blake3.as_deref() != Some(actual.as_str()) {
+                    return Err(corrupt(format!(
+                        "{rel_str}: content hashes to {actual}, the backup recorded {}",
+                        want.blake3.as_deref().unwrap_or("nothing")
+                    )));
+                }
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600))
+                    .map_err(io_err)?;
+            }
+            count += 1;
+        }
+    }
+    // Tar stops before the padding at the end; the trailer follows it.
+    io::copy(&mut object, &mut io::sink()).map_err(|e| BackupError::from_codec(key, super::codec::CodecError::Io(e)))?;
+    let digest = object
+        .verified_digest()
+        .map_err(|e| BackupError::from_codec(key, e))?;
+    if digest.hex() != part.blake3 {
+        return Err(corrupt(format!(
+            "part hashes to {}, metadata says {}",
+            digest.hex(),
+            part.blake3
+        )));
+    }
+    Ok(count)
+}
+
+/// Re-reads every restored file and compares it with the backup's list.
+fn verify_restored(dest: &Path, files: &[FileEntry]) -> Result<(), BackupError> {
+    let mut problems = Vec::new();
+    for f in files.iter().filter(|f| !f.is_dir) {
+        let path = dest.join(&f.path);
+        match std::fs::File::open(&path) {
+            Err(e) => problems.push(format!("{}: {e}", f.path)),
+            Ok(mut file) => {
+                let mut hasher = blake3::Hasher::new();
+                if let Err(e) = io::copy(&mut file, &mut hasher) {
+                    problems.push(format!("{}: {e}", f.path));
+                    continue;
+                }
+                let actual = hasher.finalize().to_hex().to_string();
+                if f.blake3.as_deref() != Some(actual.as_str()) {
+                    problems.push(format!("{}: checksum differs from the backup", f.path));
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(BackupError::VerifyFailed(format!(
+            "{} file(s) differ: {}",
+            problems.len(),
+            problems.iter().take(10).cloned().collect::<Vec<_>>().join("; ")
+        )))
+    }
+}
+
+fn write_recovery_config(ctx: &Context, dest: &Path, opts: &FetchOptions) -> Result<(), BackupError> {
+    let restore_command = opts
+        .restore_command
+        .clone()
+        .unwrap_or_else(|| ctx.self_command("wal-fetch %f %p"));
+    let mut settings = Vec::new();
+    match &opts.recovery {
+        RecoveryConfig::None => {
+            println!(
+                "restored into {}; to recover, create {}/recovery.signal and set in postgresql.auto.conf:\n  restore_command = '{}'\n  recovery_target_time = '<time with UTC offset>'   # optional, for point-in-time recovery\n  recovery_target_action = 'promote'",
+                dest.display(),
+                dest.display(),
+                restore_command
+            );
+        }
+        RecoveryConfig::EndOfArchive => {
+            settings.push(format!("restore_command = '{}'", restore_command.replace('\'', "''")));
+        }
+        RecoveryConfig::Time(t) => {
+            settings.push(format!("restore_command = '{}'", restore_command.replace('\'', "''")));
+            settings.push(format!(
+                "recovery_target_time = '{}'",
+                t.format("%Y-%m-%d %H:%M:%S%.6f+00")
+            ));
+            settings.push("recovery_target_action = 'promote'".into());
+        }
+    }
+    if opts.no_archive {
+        settings.push("archive_mode = 'off'".into());
+    }
+    if settings.is_empty() {
+        return Ok(());
+    }
+    if opts.recovery != RecoveryConfig::None {
+        write_file(&dest.join("recovery.signal"), b"")?;
+    }
+    let auto_conf = dest.join("postgresql.auto.conf");
+    let mut conf = std::fs::read_to_string(&auto_conf).unwrap_or_default();
+    conf.push_str("\n# written by pgdrill backup-fetch\n");
+    for s in &settings {
+        conf.push_str(s);
+        conf.push('\n');
+    }
+    write_file(&auto_conf, conf.as_bytes())?;
+    println!(
+        "restored into {} with recovery settings:\n  {}\nstart PostgreSQL on it to recover",
+        dest.display(),
+        settings.join("\n  ")
+    );
+    Ok(())
+}
+
+/// Flushes everything written to the target's file system at once
+/// (cheaper than an fsync per file).
+fn sync_filesystem(dest: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dest.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: plain libc calls on a valid C string and the fd they return.
+    unsafe {
+        let fd = libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+        if fd >= 0 {
+            libc::syncfs(fd);
+            libc::close(fd);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relation_file_classification() {
+        assert!(is_temp_relation("t3_16384"));
+        assert!(is_temp_relation("t3_16384_fsm"));
+        assert!(is_temp_relation("t12_16384.1"));
+        assert!(!is_temp_relation("16384"));
+        assert!(!is_temp_relation("tx_1"));
+        assert_eq!(relation_of("16384"), Some(("16384", false)));
+        assert_eq!(relation_of("16384.2"), Some(("16384", false)));
+        assert_eq!(relation_of("16384_vm"), Some(("16384", false)));
+        assert_eq!(relation_of("16384_init"), Some(("16384", true)));
+        assert_eq!(relation_of("PG_VERSION"), None);
+    }
+
+    #[test]
+    fn walk_applies_pg_basebackup_exclusions() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for p in ["base/5", "global", "pg_wal/archive_status", "pg_stat_tmp", "pg_tblspc", "base/5/pgsql_tmp"] {
+            std::fs::create_dir_all(d.join(p)).unwrap();
+        }
+        for f in [
+            "PG_VERSION",
+            "postmaster.pid",
+            "backup_label",
+            "global/pg_control",
+            "global/pg_internal.init",
+            "base/5/16384",
+            "base/5/16384_fsm",
+            "base/5/16390",
+            "base/5/16390_init",
+            "base/5/16390_fsm",
+            "base/5/t3_16400",
+            "base/5/pgsql_tmp/x",
+            "pg_wal/000000010000000000000001",
+            "pg_stat_tmp/global.stat",
+        ] {
+            std::fs::write(d.join(f), b"x").unwrap();
+        }
+        let got: Vec<String> = walk_data_dir(d).unwrap().into_iter().map(|e| e.rel).collect();
+        assert_eq!(
+            got,
+            [
+                "PG_VERSION",
+                "base",
+                "base/5",
+                "base/5/16384",
+                "base/5/16384_fsm",
+                "base/5/16390_init",
+                "global",
+                "global/pg_control",
+                "pg_stat_tmp",
+                "pg_tblspc",
+                "pg_wal",
+            ]
+        );
+        std::os::unix::fs::symlink("/tmp", d.join("pg_tblspc/16500")).unwrap();
+        let err = walk_data_dir(d).unwrap_err().to_string();
+        assert!(err.contains("tablespaces"), "{err}");
+    }
+
+    #[test]
+    fn partition_respects_threshold() {
+        let e = |rel: &str, size, is_dir| WalkEntry {
+            rel: rel.into(),
+            abs: PathBuf::new(),
+            is_dir,
+            size,
+            mode: 0o600,
+        };
+        let parts = partition(
+            vec![e("a", 60, false), e("b", 50, false), e("d", 0, true), e("c", 500, false), e("e", 10, false)],
+            100,
+        );
+        let names: Vec<Vec<&str>> = parts.iter().map(|p| p.iter().map(|e| e.rel.as_str()).collect()).collect();
+        assert_eq!(names, [vec!["a", "d"], vec!["b"], vec!["c"], vec!["e"]]);
+    }
+
+    #[test]
+    fn unsafe_tar_paths_are_rejected() {
+        assert!(safe_relative(Path::new("../etc/passwd")).is_none());
+        assert!(safe_relative(Path::new("/etc/passwd")).is_none());
+        assert_eq!(safe_relative(Path::new("./base/1")), Some(PathBuf::from("base/1")));
+    }
+}

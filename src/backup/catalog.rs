@@ -1,0 +1,351 @@
+//! Backup metadata and the catalog of complete backups (those with a
+//! sentinel), as `backup-list` shows them.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use super::layout;
+use super::store::Key;
+use super::{BackupError, Context};
+
+/// What the sentinel holds: everything about a backup except its file list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackupSummary {
+    pub backup_name: String,
+    pub start_time: DateTime<Utc>,
+    pub finish_time: DateTime<Utc>,
+    pub start_lsn: String,
+    pub finish_lsn: String,
+    /// First WAL segment the backup needs.
+    pub wal_file_name: String,
+    /// Last WAL segment the backup needs (contains `finish_lsn`).
+    pub finish_wal_file_name: String,
+    pub timeline: u32,
+    /// `server_version_num`, e.g. 150010.
+    pub pg_version: i32,
+    pub system_identifier: String,
+    pub hostname: String,
+    pub data_dir: String,
+    pub uncompressed_size: u64,
+    pub compressed_size: u64,
+    pub is_permanent: bool,
+    pub compression: String,
+    pub wal_segment_size: u64,
+    /// BLAKE3 of `metadata.json`, checked whenever it is read.
+    pub metadata_blake3: String,
+    pub pgdrill_version: String,
+}
+
+/// One tar part of a backup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartInfo {
+    pub name: String,
+    pub key: String,
+    pub plain_size: u64,
+    pub compressed_size: u64,
+    pub blake3: String,
+}
+
+/// One file or directory in a backup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path relative to the data directory, `/`-separated.
+    pub path: String,
+    pub is_dir: bool,
+    pub size: u64,
+    pub mode: u32,
+    /// BLAKE3 of the stored content (files only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+    /// Name of the part holding it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub part: String,
+}
+
+/// `metadata.json`: the full description of a backup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackupMetadata {
+    pub backup_name: String,
+    pub backup_label: String,
+    #[serde(default)]
+    pub tablespace_map: String,
+    pub parts: Vec<PartInfo>,
+    pub files: Vec<FileEntry>,
+}
+
+/// A complete backup as listed: its sentinel plus the sentinel's time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedBackup {
+    pub summary: BackupSummary,
+    /// When the sentinel was written (WAL-G's `time` / `last_modified`).
+    pub time: DateTime<Utc>,
+}
+
+/// The JSON row of `backup-list --json`, WAL-G's field names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupListRow {
+    pub backup_name: String,
+    pub time: String,
+    pub start_time: String,
+    pub finish_time: String,
+    pub wal_file_name: String,
+    pub start_lsn: String,
+    pub finish_lsn: String,
+    pub uncompressed_size: u64,
+    pub compressed_size: u64,
+    pub is_permanent: bool,
+    pub hostname: String,
+    pub data_dir: String,
+    pub pg_version: i32,
+}
+
+pub fn rfc3339(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl ListedBackup {
+    pub fn row(&self) -> BackupListRow {
+        let s = &self.summary;
+        BackupListRow {
+            backup_name: s.backup_name.clone(),
+            time: rfc3339(&self.time),
+            start_time: rfc3339(&s.start_time),
+            finish_time: rfc3339(&s.finish_time),
+            wal_file_name: s.wal_file_name.clone(),
+            start_lsn: s.start_lsn.clone(),
+            finish_lsn: s.finish_lsn.clone(),
+            uncompressed_size: s.uncompressed_size,
+            compressed_size: s.compressed_size,
+            is_permanent: s.is_permanent,
+            hostname: s.hostname.clone(),
+            data_dir: s.data_dir.clone(),
+            pg_version: s.pg_version,
+        }
+    }
+}
+
+/// Every complete backup, oldest first (by start time, then name).
+pub async fn list_backups(ctx: &Context) -> Result<Vec<ListedBackup>, BackupError> {
+    let objects = ctx.store.list(layout::BACKUP_DIR).await?;
+    let sentinels: Vec<_> = objects
+        .into_iter()
+        .filter(|o| layout::backup_of_sentinel(&o.key).is_some())
+        .collect();
+    let mut backups: Vec<ListedBackup> = futures::stream::iter(sentinels)
+        .map(|o| async move {
+            let summary = read_sentinel(ctx, &o.key).await?;
+            Ok::<_, BackupError>(ListedBackup {
+                summary,
+                time: o.last_modified,
+            })
+        })
+        .buffer_unordered(8)
+        .try_collect()
+        .await?;
+    backups.sort_by(|a, b| {
+        (a.summary.start_time, &a.summary.backup_name)
+            .cmp(&(b.summary.start_time, &b.summary.backup_name))
+    });
+    Ok(backups)
+}
+
+async fn read_sentinel(ctx: &Context, key: &Key) -> Result<BackupSummary, BackupError> {
+    let raw = ctx.store.get(key).await?;
+    serde_json::from_slice(&raw).map_err(|e| BackupError::Corrupt {
+        key: key.clone(),
+        detail: format!("sentinel is not valid JSON: {e}"),
+    })
+}
+
+/// Resolves `LATEST` or a backup name to a complete backup.
+pub async fn resolve(ctx: &Context, name: &str) -> Result<BackupSummary, BackupError> {
+    if name.eq_ignore_ascii_case("LATEST") {
+        return list_backups(ctx)
+            .await?
+            .pop()
+            .map(|b| b.summary)
+            .ok_or_else(|| BackupError::NoBackups(ctx.store.describe()));
+    }
+    if name.contains('/') || name.is_empty() {
+        return Err(BackupError::Invalid(format!("{name:?} is not a backup name")));
+    }
+    match read_sentinel(ctx, &layout::sentinel_key(name)).await {
+        Err(BackupError::Store(e)) if e.is_not_found() => Err(BackupError::BackupNotFound {
+            name: name.to_string(),
+            store: ctx.store.describe(),
+        }),
+        other => other,
+    }
+}
+
+/// Reads a backup's `metadata.json`, checked against the sentinel.
+pub async fn read_metadata(
+    ctx: &Context,
+    summary: &BackupSummary,
+) -> Result<BackupMetadata, BackupError> {
+    let key = layout::metadata_key(&summary.backup_name);
+    let raw = ctx.store.get(&key).await?;
+    let actual = blake3::hash(&raw).to_hex().to_string();
+    if actual != summary.metadata_blake3 {
+        return Err(BackupError::Corrupt {
+            key,
+            detail: format!(
+                "checksum mismatch: content hashes to {actual}, sentinel says {}",
+                summary.metadata_blake3
+            ),
+        });
+    }
+    serde_json::from_slice(&raw).map_err(|e| BackupError::Corrupt {
+        key,
+        detail: format!("not valid JSON: {e}"),
+    })
+}
+
+/// Renders `backup-list` as a table: WAL-G's three columns, or with
+/// `detail` the times, LSNs, sizes, version and host too.
+pub fn render_table(backups: &[ListedBackup], detail: bool) -> String {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    if detail {
+        rows.push(
+            [
+                "name",
+                "last_modified",
+                "wal_segment_backup_start",
+                "start_time",
+                "finish_time",
+                "start_lsn",
+                "finish_lsn",
+                "uncompressed_size",
+                "compressed_size",
+                "pg_version",
+                "hostname",
+                "permanent",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+    } else {
+        rows.push(
+            ["name", "last_modified", "wal_segment_backup_start"]
+                .map(String::from)
+                .to_vec(),
+        );
+    }
+    let secs = |t: &DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
+    for b in backups {
+        let s = &b.summary;
+        let mut row = vec![s.backup_name.clone(), secs(&b.time), s.wal_file_name.clone()];
+        if detail {
+            row.extend([
+                secs(&s.start_time),
+                secs(&s.finish_time),
+                s.start_lsn.clone(),
+                s.finish_lsn.clone(),
+                s.uncompressed_size.to_string(),
+                s.compressed_size.to_string(),
+                s.pg_version.to_string(),
+                s.hostname.clone(),
+                s.is_permanent.to_string(),
+            ]);
+        }
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join(" ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn summary(name: &str, start: &str) -> BackupSummary {
+        let t: DateTime<Utc> = start.parse().unwrap();
+        BackupSummary {
+            backup_name: name.into(),
+            start_time: t,
+            finish_time: t + chrono::Duration::seconds(5),
+            start_lsn: "0/3000028".into(),
+            finish_lsn: "0/3000100".into(),
+            wal_file_name: name.trim_start_matches("base_").into(),
+            finish_wal_file_name: name.trim_start_matches("base_").into(),
+            timeline: 1,
+            pg_version: 150010,
+            system_identifier: "7300000000000000000".into(),
+            hostname: "db-0".into(),
+            data_dir: "/var/lib/postgresql/data".into(),
+            uncompressed_size: 1000,
+            compressed_size: 400,
+            is_permanent: false,
+            compression: "lz4".into(),
+            wal_segment_size: 16 << 20,
+            metadata_blake3: String::new(),
+            pgdrill_version: "test".into(),
+        }
+    }
+
+    #[test]
+    fn metadata_json_round_trips_and_rows_use_walg_names() {
+        let s = summary("base_000000010000000000000003", "2026-02-09T02:00:00Z");
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<BackupSummary>(&json).unwrap(), s);
+        let listed = ListedBackup {
+            summary: s,
+            time: "2026-02-09T02:00:07Z".parse().unwrap(),
+        };
+        let row = serde_json::to_value(listed.row()).unwrap();
+        for field in [
+            "backup_name",
+            "time",
+            "start_time",
+            "finish_time",
+            "wal_file_name",
+            "start_lsn",
+            "finish_lsn",
+            "uncompressed_size",
+            "compressed_size",
+            "is_permanent",
+            "hostname",
+            "data_dir",
+            "pg_version",
+        ] {
+            assert!(row.get(field).is_some(), "missing {field}");
+        }
+        assert_eq!(row["time"], "2026-02-09T02:00:07.000Z");
+    }
+
+    #[test]
+    fn table_has_the_seed_columns() {
+        let listed = ListedBackup {
+            summary: summary("base_000000010000000000000003", "2026-02-09T02:00:00Z"),
+            time: "2026-02-09T02:00:00Z".parse().unwrap(),
+        };
+        let table = render_table(&[listed.clone()], false);
+        let mut lines = table.lines();
+        assert_eq!(
+            lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
+            ["name", "last_modified", "wal_segment_backup_start"]
+        );
+        assert_eq!(
+            lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
+            [
+                "base_000000010000000000000003",
+                "2026-02-09T02:00:00Z",
+                "000000010000000000000003"
+            ]
+        );
+        assert!(render_table(&[listed], true).contains("start_lsn"));
+    }
+}

@@ -1,0 +1,468 @@
+//! The format of every stored object.
+//!
+//! ```text
+//! +---------+-------------------------------+---------------------------------+
+//! | header  | payload                       | trailer                         |
+//! | 8 bytes | compressed plaintext          | 56 bytes                        |
+//! | "PGDR"  | (lz4 frame, zstd frame, or    | plaintext length (u64 LE),      |
+//! | ver, codec, 0, 0 | the plaintext itself)| payload length (u64 LE),        |
+//! |         |                               | BLAKE3 of the plaintext (32),   |
+//! |         |                               | "PGDREND1"                      |
+//! +---------+-------------------------------+---------------------------------+
+//! ```
+//!
+//! The trailer comes last so that objects can be written in one pass while
+//! streaming (base backup parts are gigabytes); readers withhold the last 56
+//! bytes of the stream and check them once the payload is decoded. Every
+//! fetch verifies length and checksum: a corrupt object is an error, never
+//! silently wrong data.
+
+use std::io::{self, Read, Write};
+
+pub const HEADER_LEN: usize = 8;
+pub const TRAILER_LEN: usize = 56;
+const MAGIC: &[u8; 4] = b"PGDR";
+const END_MAGIC: &[u8; 8] = b"PGDREND1";
+const FORMAT_VERSION: u8 = 1;
+
+/// Compression method (`WALG_COMPRESSION_METHOD`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    pub fn from_name(name: &str) -> Option<Compression> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "lz4" => Some(Compression::Lz4),
+            "zstd" | "zst" => Some(Compression::Zstd),
+            "none" | "" => Some(Compression::None),
+            _ => None,
+        }
+    }
+
+    /// File extension of objects compressed this way.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Compression::None => "raw",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zst",
+        }
+    }
+
+    pub const ALL: [Compression; 3] = [Compression::Lz4, Compression::Zstd, Compression::None];
+
+    fn code(self) -> u8 {
+        match self {
+            Compression::None => 0,
+            Compression::Lz4 => 1,
+            Compression::Zstd => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Compression> {
+        Compression::ALL.into_iter().find(|c| c.code() == code)
+    }
+}
+
+/// What an object holds, as recorded in its trailer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Digest {
+    pub plain_len: u64,
+    pub blake3: [u8; 32],
+}
+
+/// Counts the bytes written through it.
+struct Counting<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl Digest {
+    pub fn hex(&self) -> String {
+        hex::encode(self.blake3)
+    }
+}
+
+/// Decoding failures.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("object is corrupt: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Io(io::Error),
+}
+
+impl CodecError {
+    fn from_io(e: io::Error) -> CodecError {
+        // Decompressors report damaged input as InvalidData.
+        if e.kind() == io::ErrorKind::InvalidData || e.kind() == io::ErrorKind::UnexpectedEof {
+            CodecError::Corrupt(e.to_string())
+        } else {
+            CodecError::Io(e)
+        }
+    }
+}
+
+enum Compressor<W: Write> {
+    None(W),
+    Lz4(lz4_flex::frame::FrameEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+/// Writes one object: header, compressed payload, trailer.
+pub struct ObjectWriter<W: Write> {
+    compressor: Compressor<Counting<W>>,
+    hasher: blake3::Hasher,
+    plain_len: u64,
+}
+
+impl<W: Write> ObjectWriter<W> {
+    pub fn new(mut inner: W, compression: Compression) -> io::Result<Self> {
+        let mut header = [0u8; HEADER_LEN];
+        header[..4].copy_from_slice(MAGIC);
+        header[4] = FORMAT_VERSION;
+        header[5] = compression.code();
+        inner.write_all(&header)?;
+        let inner = Counting { inner, count: 0 };
+        let compressor = match compression {
+            Compression::None => Compressor::None(inner),
+            Compression::Lz4 => Compressor::Lz4(lz4_flex::frame::FrameEncoder::new(inner)),
+            Compression::Zstd => Compressor::Zstd(zstd::stream::write::Encoder::new(inner, 1)?),
+        };
+        Ok(ObjectWriter {
+            compressor,
+            hasher: blake3::Hasher::new(),
+            plain_len: 0,
+        })
+    }
+
+    /// Ends the payload, writes the trailer and hands back the inner writer.
+    pub fn finish(self) -> io::Result<(W, Digest)> {
+        let counted = match self.compressor {
+            Compressor::None(w) => w,
+            Compressor::Lz4(e) => e.finish().map_err(io::Error::other)?,
+            Compressor::Zstd(e) => e.finish()?,
+        };
+        let payload_len = counted.count;
+        let mut inner = counted.inner;
+        let digest = Digest {
+            plain_len: self.plain_len,
+            blake3: *self.hasher.finalize().as_bytes(),
+        };
+        let mut trailer = [0u8; TRAILER_LEN];
+        trailer[..8].copy_from_slice(&digest.plain_len.to_le_bytes());
+        trailer[8..16].copy_from_slice(&payload_len.to_le_bytes());
+        trailer[16..48].copy_from_slice(&digest.blake3);
+        trailer[48..].copy_from_slice(END_MAGIC);
+        inner.write_all(&trailer)?;
+        inner.flush()?;
+        Ok((inner, digest))
+    }
+}
+
+impl<W: Write> Write for ObjectWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = match &mut self.compressor {
+            Compressor::None(w) => w.write(buf)?,
+            Compressor::Lz4(e) => e.write(buf)?,
+            Compressor::Zstd(e) => e.write(buf)?,
+        };
+        self.hasher.update(&buf[..n]);
+        self.plain_len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.compressor {
+            Compressor::None(w) => w.flush(),
+            Compressor::Lz4(e) => e.flush(),
+            Compressor::Zstd(e) => e.flush(),
+        }
+    }
+}
+
+/// Encodes a whole buffer.
+pub fn encode(plain: &[u8], compression: Compression) -> io::Result<(Vec<u8>, Digest)> {
+    let mut w = ObjectWriter::new(Vec::with_capacity(plain.len() / 2 + 64), compression)?;
+    w.write_all(plain)?;
+    w.finish()
+}
+
+/// Decodes a whole buffer, verifying length and checksum.
+pub fn decode(object: &[u8]) -> Result<(Vec<u8>, Digest), CodecError> {
+    let mut r = ObjectReader::new(object)?;
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).map_err(CodecError::from_io)?;
+    let digest = r.verified_digest()?;
+    Ok((out, digest))
+}
+
+/// Reads only the trailer of a whole object, without decoding it.
+pub fn trailer_digest(object: &[u8]) -> Result<Digest, CodecError> {
+    if object.len() < HEADER_LEN + TRAILER_LEN {
+        return Err(CodecError::Corrupt("object too short".into()));
+    }
+    parse_trailer(&object[object.len() - TRAILER_LEN..]).map(|(d, _)| d)
+}
+
+/// The digest and the payload length a trailer records.
+fn parse_trailer(t: &[u8]) -> Result<(Digest, u64), CodecError> {
+    if &t[48..56] != END_MAGIC {
+        return Err(CodecError::Corrupt(
+            "trailer missing (truncated or not written by pgdrill)".into(),
+        ));
+    }
+    let u64_at = |i: usize| u64::from_le_bytes(t[i..i + 8].try_into().expect("8 bytes"));
+    let mut blake3 = [0u8; 32];
+    blake3.copy_from_slice(&t[16..48]);
+    Ok((
+        Digest {
+            plain_len: u64_at(0),
+            blake3,
+        },
+        u64_at(8),
+    ))
+}
+
+/// A reader that passes through everything except the last `TRAILER_LEN`
+/// bytes of its input, which it keeps for inspection at the end.
+struct TailWithheld<R> {
+    inner: R,
+    held: Vec<u8>,
+    start: usize,
+    eof: bool,
+    /// Bytes passed through so far.
+    passed: u64,
+}
+
+impl<R: Read> TailWithheld<R> {
+    fn available(&self) -> usize {
+        (self.held.len() - self.start).saturating_sub(TRAILER_LEN)
+    }
+
+    /// The withheld tail once the input is exhausted; bytes before it that
+    /// the decoder left unread are skipped (and counted in `passed`).
+    fn tail(&mut self) -> io::Result<&[u8]> {
+        let mut sink = [0u8; 8192];
+        while self.read(&mut sink)? > 0 {}
+        Ok(&self.held[self.start..])
+    }
+}
+
+impl<R: Read> Read for TailWithheld<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.available() == 0 && !self.eof {
+            if self.start > 0 {
+                self.held.drain(..self.start);
+                self.start = 0;
+            }
+            let len = self.held.len();
+            self.held.resize(len + 64 * 1024, 0);
+            let n = self.inner.read(&mut self.held[len..])?;
+            self.held.truncate(len + n);
+            if n == 0 {
+                self.eof = true;
+            }
+        }
+        let n = self.available().min(out.len());
+        out[..n].copy_from_slice(&self.held[self.start..self.start + n]);
+        self.start += n;
+        self.passed += n as u64;
+        Ok(n)
+    }
+}
+
+enum Decompressor<R: Read> {
+    None(R),
+    Lz4(lz4_flex::frame::FrameDecoder<R>),
+    Zstd(zstd::stream::read::Decoder<'static, io::BufReader<R>>),
+}
+
+/// Reads one object's plaintext. After the last byte has been read, call
+/// [`ObjectReader::verified_digest`]: until then nothing is verified.
+pub struct ObjectReader<R: Read> {
+    decompressor: Decompressor<TailWithheld<R>>,
+    hasher: blake3::Hasher,
+    plain_len: u64,
+    compression: Compression,
+}
+
+impl<R: Read> ObjectReader<R> {
+    pub fn new(mut inner: R) -> Result<Self, CodecError> {
+        let mut header = [0u8; HEADER_LEN];
+        inner.read_exact(&mut header).map_err(CodecError::from_io)?;
+        if &header[..4] != MAGIC {
+            return Err(CodecError::Corrupt(
+                "bad header (not an object written by pgdrill)".into(),
+            ));
+        }
+        if header[4] != FORMAT_VERSION {
+            return Err(CodecError::Corrupt(format!(
+                "unsupported format version {}",
+                header[4]
+            )));
+        }
+        let compression = Compression::from_code(header[5])
+            .ok_or_else(|| CodecError::Corrupt(format!("unknown compression {}", header[5])))?;
+        let body = TailWithheld {
+            inner,
+            held: Vec::new(),
+            start: 0,
+            eof: false,
+            passed: 0,
+        };
+        let decompressor = match compression {
+            Compression::None => Decompressor::None(body),
+            Compression::Lz4 => Decompressor::Lz4(lz4_flex::frame::FrameDecoder::new(body)),
+            Compression::Zstd => Decompressor::Zstd(
+                zstd::stream::read::Decoder::new(body)
+                    .map_err(CodecError::from_io)?
+                    .single_frame(),
+            ),
+        };
+        Ok(ObjectReader {
+            decompressor,
+            hasher: blake3::Hasher::new(),
+            plain_len: 0,
+            compression,
+        })
+    }
+
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
+    /// Checks the trailer against what was read; call after reading to EOF.
+    pub fn verified_digest(self) -> Result<Digest, CodecError> {
+        let actual = Digest {
+            plain_len: self.plain_len,
+            blake3: *self.hasher.finalize().as_bytes(),
+        };
+        let mut body = match self.decompressor {
+            Decompressor::None(b) => b,
+            Decompressor::Lz4(d) => d.into_inner(),
+            Decompressor::Zstd(d) => d.finish().into_inner(),
+        };
+        let tail = body.tail().map_err(CodecError::from_io)?.to_vec();
+        if tail.len() != TRAILER_LEN {
+            return Err(CodecError::Corrupt("object too short".into()));
+        }
+        // Everything before the trailer, decoded or not, is the payload.
+        let consumed = body.passed;
+        let (expected, payload_len) = parse_trailer(&tail)?;
+        if payload_len != consumed {
+            return Err(CodecError::Corrupt(format!(
+                "payload is {consumed} bytes, trailer says {payload_len}"
+            )));
+        }
+        if expected.plain_len != actual.plain_len {
+            return Err(CodecError::Corrupt(format!(
+                "decoded {} bytes, trailer says {}",
+                actual.plain_len, expected.plain_len
+            )));
+        }
+        if expected.blake3 != actual.blake3 {
+            return Err(CodecError::Corrupt(format!(
+                "checksum mismatch: content hashes to {}, trailer says {}",
+                actual.hex(),
+                expected.hex()
+            )));
+        }
+        Ok(actual)
+    }
+}
+
+impl<R: Read> Read for ObjectReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match &mut self.decompressor {
+            Decompressor::None(r) => r.read(buf)?,
+            Decompressor::Lz4(r) => r.read(buf)?,
+            Decompressor::Zstd(r) => r.read(buf)?,
+        };
+        self.hasher.update(&buf[..n]);
+        self.plain_len += n as u64;
+        Ok(n)
+    }
+}
+
+impl From<CodecError> for io::Error {
+    fn from(e: CodecError) -> io::Error {
+        match e {
+            CodecError::Io(e) => e,
+            CodecError::Corrupt(m) => io::Error::new(io::ErrorKind::InvalidData, m),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        (0..300_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn round_trip_every_compression() {
+        let plain = sample();
+        for c in Compression::ALL {
+            let (obj, digest) = encode(&plain, c).unwrap();
+            assert_eq!(digest.plain_len, plain.len() as u64);
+            let (back, d2) = decode(&obj).unwrap();
+            assert_eq!(back, plain, "{c:?}");
+            assert_eq!(digest, d2);
+            assert_eq!(trailer_digest(&obj).unwrap(), digest);
+            if c != Compression::None {
+                assert!(obj.len() < plain.len() / 2, "{c:?} compresses");
+            }
+        }
+    }
+
+    #[test]
+    fn empty_object_round_trips() {
+        for c in Compression::ALL {
+            let (obj, _) = encode(b"", c).unwrap();
+            assert!(decode(&obj).unwrap().0.is_empty());
+        }
+    }
+
+    #[test]
+    fn any_flipped_byte_is_detected() {
+        let plain = sample();
+        for c in Compression::ALL {
+            let (obj, _) = encode(&plain, c).unwrap();
+            for pos in [0, 5, HEADER_LEN + 3, obj.len() / 2, obj.len() - 20, obj.len() - 1] {
+                let mut bad = obj.clone();
+                bad[pos] ^= 0x55;
+                assert!(decode(&bad).is_err(), "{c:?}: flip at {pos} undetected");
+            }
+            let truncated = &obj[..obj.len() - 10];
+            assert!(decode(truncated).is_err(), "{c:?}: truncation undetected");
+            let mut longer = obj.clone();
+            longer.insert(obj.len() - TRAILER_LEN, 0);
+            assert!(decode(&longer).is_err(), "{c:?}: extra byte undetected");
+        }
+    }
+
+    #[test]
+    fn checksum_mismatch_message_is_clear() {
+        let (mut obj, _) = encode(b"hello world", Compression::None).unwrap();
+        obj[HEADER_LEN] = b'j';
+        let err = decode(&obj).unwrap_err().to_string();
+        assert!(err.contains("checksum mismatch"), "{err}");
+    }
+}

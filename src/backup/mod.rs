@@ -1,0 +1,149 @@
+//! The physical backup tool: WAL archiving, base backups, listing and
+//! retention, WAL-G-compatible in verbs, settings and exit codes.
+
+pub mod base;
+pub mod catalog;
+pub mod codec;
+pub mod layout;
+pub mod pg;
+pub mod retention;
+pub mod store;
+pub mod wal;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::{ConfigError, Settings};
+use store::{Key, Store, StoreError};
+
+/// Exit codes of the backup verbs (documented in the README).
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// Any failure not listed below.
+    pub const FAILURE: i32 = 1;
+    /// Bad command line (clap's usage errors).
+    pub const USAGE: i32 = 2;
+    /// `wal-fetch`: the requested file is not in storage (WAL-G uses 74,
+    /// sysexits' EX_IOERR); PostgreSQL treats it as the end of the archive.
+    pub const NOT_FOUND: i32 = 74;
+}
+
+/// Errors of the backup verbs. Messages are lowercase, say what failed and
+/// what to check, and never contain secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// `wal-fetch` of a file that the archive does not have.
+    #[error("{name} not found in {store}")]
+    WalNotFound { name: String, store: String },
+    /// A WAL file is already archived with other content.
+    #[error("{name} is already archived with different content (stored BLAKE3 {stored}, local {local}); refusing to overwrite it: check that two clusters do not archive into the same prefix")]
+    WalConflict {
+        name: String,
+        stored: String,
+        local: String,
+    },
+    /// A stored object failed verification.
+    #[error("stored object {key} is corrupt: {detail}")]
+    Corrupt { key: Key, detail: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("postgres: {0}")]
+    Postgres(String),
+    #[error("no backups found in {0}")]
+    NoBackups(String),
+    #[error("backup {name} not found in {store} (run backup-list to see what exists)")]
+    BackupNotFound { name: String, store: String },
+    /// Bad user input that clap cannot catch.
+    #[error("{0}")]
+    Invalid(String),
+    /// A restored file did not match the backup's file list.
+    #[error("verification failed: {0}")]
+    VerifyFailed(String),
+}
+
+impl BackupError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            BackupError::WalNotFound { .. } => exit::NOT_FOUND,
+            _ => exit::FAILURE,
+        }
+    }
+
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackupError {
+        let context = context.into();
+        move |source| BackupError::Io { context, source }
+    }
+
+    /// Maps a decoding failure of `key` to an error naming the object.
+    pub fn from_codec(key: &Key, e: codec::CodecError) -> BackupError {
+        match e {
+            codec::CodecError::Corrupt(detail) => BackupError::Corrupt {
+                key: key.clone(),
+                detail,
+            },
+            codec::CodecError::Io(source) => match source
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<StoreError>())
+            {
+                Some(se) => BackupError::Store(StoreError::Other {
+                    key: key.clone(),
+                    detail: se.to_string(),
+                }),
+                None => BackupError::Io {
+                    context: format!("reading {key}"),
+                    source,
+                },
+            },
+        }
+    }
+}
+
+/// What every verb works with: settings and the opened store.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub settings: Settings,
+    pub store: Arc<dyn Store>,
+    /// `--env-dir`, passed on to the commands we write into configuration
+    /// (restore_command) and to the background prefetcher.
+    pub env_dir: Option<PathBuf>,
+}
+
+impl Context {
+    pub fn open(settings: Settings, env_dir: Option<&Path>) -> Result<Context, BackupError> {
+        let store = store::open(&settings.storage)?;
+        Ok(Context {
+            settings,
+            store,
+            env_dir: env_dir.map(Path::to_path_buf),
+        })
+    }
+
+    /// Fetches and decodes a whole object, verifying its checksum.
+    pub async fn fetch_object(&self, key: &Key) -> Result<(Vec<u8>, codec::Digest), BackupError> {
+        let raw = self.store.get(key).await?;
+        let key2 = key.clone();
+        tokio::task::spawn_blocking(move || codec::decode(&raw))
+            .await
+            .map_err(|e| BackupError::Invalid(format!("decoder task failed: {e}")))?
+            .map_err(|e| BackupError::from_codec(&key2, e))
+    }
+
+    /// The command line that runs this binary with the same `--env-dir`.
+    pub fn self_command(&self, verb: &str) -> String {
+        let exe = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "pgdrill".to_string());
+        match &self.env_dir {
+            Some(d) => format!("{exe} --env-dir {} {verb}", d.display()),
+            None => format!("{exe} {verb}"),
+        }
+    }
+}

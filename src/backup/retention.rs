@@ -1,0 +1,372 @@
+//! `delete`: which backups and WAL a retention policy removes, and the
+//! crash-safe order in which they go.
+//!
+//! Rules: permanent backups are always kept; WAL is deleted only when it is
+//! older than the start segment of the oldest kept backup (timeline-blind,
+//! so WAL that any kept backup could need stays); `.history` files are kept
+//! unless everything goes; a backup's sentinel is deleted before its other
+//! objects, so an interrupted delete never leaves a listed, broken backup.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+
+use super::catalog::{self, BackupSummary};
+use super::layout;
+use super::store::{Key, ObjectInfo};
+use super::{BackupError, Context};
+
+/// A retention policy, as given on the command line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Policy {
+    /// Keep the newest `count` backups (`full_only`: count full backups).
+    Retain { count: usize, full_only: bool },
+    /// Delete backups older than a time or than a named backup.
+    Before(Before),
+    /// Delete every backup and all WAL.
+    Everything,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Before {
+    Time(DateTime<Utc>),
+    Backup(String),
+}
+
+impl Policy {
+    /// Parses WAL-G's argument forms: `retain [FULL] N`,
+    /// `before TIMESTAMP|BACKUP_NAME`, `everything`.
+    pub fn parse(args: &[String]) -> Result<Policy, BackupError> {
+        let bad = |m: &str| BackupError::Invalid(format!("{m}; usage: delete [--confirm] retain [FULL] N | before TIMESTAMP|BACKUP_NAME | everything"));
+        let words: Vec<&str> = args.iter().map(String::as_str).collect();
+        let count = |s: &str| -> Result<usize, BackupError> {
+            match s.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(bad(&format!("retain needs a positive count, got {s:?}"))),
+            }
+        };
+        match words.as_slice() {
+            ["retain", n] => Ok(Policy::Retain {
+                count: count(n)?,
+                full_only: false,
+            }),
+            ["retain", mode, n] if mode.eq_ignore_ascii_case("FULL") => Ok(Policy::Retain {
+                count: count(n)?,
+                full_only: true,
+            }),
+            ["before", target] => Ok(Policy::Before(match parse_time(target) {
+                Some(t) => Before::Time(t),
+                None if target.starts_with("base_") => Before::Backup(target.to_string()),
+                None => {
+                    return Err(bad(&format!(
+                        "{target:?} is neither a timestamp (e.g. 2026-01-01T00:00:00Z) nor a backup name (base_...)"
+                    )))
+                }
+            })),
+            ["everything"] | ["everything", "FORCE"] => Ok(Policy::Everything),
+            [] => Err(bad("missing policy")),
+            _ => Err(bad(&format!("unknown policy {:?}", words.join(" ")))),
+        }
+    }
+}
+
+/// Parses RFC 3339 or `YYYY-MM-DD HH:MM:SS[.f][+HH[:MM]]`; a time without
+/// offset is taken as UTC.
+pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    for fmt in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%:z"] {
+        if let Ok(t) = DateTime::parse_from_str(s, fmt) {
+            return Some(t.with_timezone(&Utc));
+        }
+    }
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, fmt) {
+            return Some(t.and_utc());
+        }
+    }
+    None
+}
+
+/// What a delete would remove.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub delete_backups: Vec<String>,
+    pub keep_backups: Vec<String>,
+    /// Leftovers of backups that never completed (no sentinel), older than
+    /// the oldest kept backup.
+    pub delete_incomplete: Vec<String>,
+    /// WAL objects to remove, oldest first.
+    pub delete_wal: Vec<Key>,
+}
+
+/// Decides what goes. `backups` are complete backups, oldest first;
+/// `wal` and `backup_objects` are the store's listings.
+pub fn plan(
+    backups: &[BackupSummary],
+    wal: &[ObjectInfo],
+    backup_objects: &[ObjectInfo],
+    policy: &Policy,
+) -> Result<Plan, BackupError> {
+    let mut keep: BTreeSet<&str> = BTreeSet::new();
+    match policy {
+        Policy::Everything => {}
+        Policy::Retain { count, full_only: _ } => {
+            // Every backup is a full backup until delta backups exist, so
+            // FULL and plain counting coincide.
+            for b in backups.iter().rev().take(*count) {
+                keep.insert(&b.backup_name);
+            }
+        }
+        Policy::Before(before) => {
+            let cutoff = match before {
+                Before::Time(t) => *t,
+                Before::Backup(name) => {
+                    backups
+                        .iter()
+                        .find(|b| &b.backup_name == name)
+                        .ok_or_else(|| {
+                            BackupError::Invalid(format!("backup {name} not found (run backup-list)"))
+                        })?
+                        .start_time
+                }
+            };
+            for b in backups.iter().filter(|b| b.start_time >= cutoff) {
+                keep.insert(&b.backup_name);
+            }
+            if keep.is_empty() && !backups.is_empty() {
+                return Err(BackupError::Invalid(
+                    "this would delete every backup; use `delete everything` to do that".into(),
+                ));
+            }
+        }
+    }
+    if *policy != Policy::Everything {
+        for b in backups.iter().filter(|b| b.is_permanent) {
+            keep.insert(&b.backup_name);
+        }
+    }
+    let mut out = Plan::default();
+    for b in backups {
+        if keep.contains(b.backup_name.as_str()) {
+            out.keep_backups.push(b.backup_name.clone());
+        } else {
+            out.delete_backups.push(b.backup_name.clone());
+        }
+    }
+    // The oldest kept backup's first segment bounds the WAL that goes.
+    let oldest_kept = backups
+        .iter()
+        .filter(|b| keep.contains(b.backup_name.as_str()))
+        .filter_map(|b| layout::wal_sort_key(&b.wal_file_name))
+        .min();
+    let everything = *policy == Policy::Everything;
+    for o in wal {
+        let Some(name) = layout::wal_name_of(&o.key) else {
+            continue;
+        };
+        let goes = match (layout::wal_sort_key(name), oldest_kept) {
+            (_, _) if everything => true,
+            (None, _) => false, // .history: kept
+            (Some(pos), Some(bound)) => pos < bound,
+            (Some(_), None) => false, // nothing kept, nothing known: keep WAL
+        };
+        if goes {
+            out.delete_wal.push(o.key.clone());
+        }
+    }
+    // Incomplete backups (no sentinel) older than the oldest kept one are
+    // leftovers of killed runs; newer ones may be in progress.
+    let complete: BTreeSet<&str> = backups.iter().map(|b| b.backup_name.as_str()).collect();
+    let mut incomplete: BTreeMap<&str, ()> = BTreeMap::new();
+    for o in backup_objects {
+        if let Some(name) = layout::backup_of_key(&o.key) {
+            if !complete.contains(name) {
+                let older = match (name.strip_prefix("base_").and_then(layout::wal_sort_key), oldest_kept) {
+                    _ if everything => true,
+                    (Some(pos), Some(bound)) => pos < bound,
+                    _ => false,
+                };
+                if older {
+                    incomplete.insert(name, ());
+                }
+            }
+        }
+    }
+    out.delete_incomplete = incomplete.into_keys().map(String::from).collect();
+    Ok(out)
+}
+
+/// Runs `delete`: prints the plan, and carries it out with `confirm`.
+pub async fn delete(ctx: &Context, policy: &Policy, confirm: bool) -> Result<Plan, BackupError> {
+    let listed = catalog::list_backups(ctx).await?;
+    let summaries: Vec<BackupSummary> = listed.into_iter().map(|b| b.summary).collect();
+    let wal = ctx.store.list(layout::WAL_DIR).await?;
+    let backup_objects = ctx.store.list(layout::BACKUP_DIR).await?;
+    let plan = plan(&summaries, &wal, &backup_objects, policy)?;
+    let verb = if confirm { "deleting" } else { "would delete" };
+    for b in &plan.delete_backups {
+        println!("{verb} backup {b}");
+    }
+    for b in &plan.delete_incomplete {
+        println!("{verb} incomplete backup leftovers {b}");
+    }
+    if let (Some(first), Some(last)) = (plan.delete_wal.first(), plan.delete_wal.last()) {
+        println!(
+            "{verb} {} WAL objects ({} .. {})",
+            plan.delete_wal.len(),
+            first.file_name(),
+            last.file_name()
+        );
+    }
+    for b in &plan.keep_backups {
+        println!("keeping backup {b}");
+    }
+    if !confirm {
+        println!("dry run: nothing deleted; add --confirm to delete");
+        return Ok(plan);
+    }
+    for name in &plan.delete_backups {
+        // Sentinel first: from here on the backup is no longer listed.
+        ctx.store.delete(&layout::sentinel_key(name)).await?;
+        delete_prefix(ctx, &backup_objects, &layout::backup_prefix(name)).await?;
+    }
+    for name in &plan.delete_incomplete {
+        delete_prefix(ctx, &backup_objects, &layout::backup_prefix(name)).await?;
+    }
+    for key in &plan.delete_wal {
+        ctx.store.delete(key).await?;
+    }
+    Ok(plan)
+}
+
+async fn delete_prefix(ctx: &Context, objects: &[ObjectInfo], prefix: &str) -> Result<(), BackupError> {
+    for o in objects.iter().filter(|o| o.key.as_str().starts_with(prefix)) {
+        ctx.store.delete(&o.key).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::catalog::tests::summary;
+
+    fn obj(key: &str) -> ObjectInfo {
+        ObjectInfo {
+            key: Key::new(key),
+            size: 1,
+            last_modified: Utc::now(),
+        }
+    }
+
+    fn fixture() -> (Vec<BackupSummary>, Vec<ObjectInfo>) {
+        let backups = vec![
+            summary("base_000000010000000000000002", "2026-01-01T00:00:00Z"),
+            summary("base_000000010000000000000005", "2026-01-02T00:00:00Z"),
+            summary("base_000000010000000000000009", "2026-01-03T00:00:00Z"),
+        ];
+        let mut wal: Vec<ObjectInfo> = (1..=11)
+            .map(|i| obj(&format!("wal_005/0000000100000000{i:08X}.lz4")))
+            .collect();
+        wal.push(obj("wal_005/00000002.history.lz4"));
+        wal.push(obj("wal_005/000000010000000000000005.00000028.backup.lz4"));
+        (backups, wal)
+    }
+
+    fn wal_names(plan: &Plan) -> Vec<&str> {
+        plan.delete_wal
+            .iter()
+            .filter_map(layout::wal_name_of)
+            .collect()
+    }
+
+    #[test]
+    fn retain_keeps_newest_and_their_wal() {
+        let (backups, wal) = fixture();
+        let p = plan(&backups, &wal, &[], &Policy::parse(&["retain".into(), "2".into()]).unwrap()).unwrap();
+        assert_eq!(p.delete_backups, ["base_000000010000000000000002"]);
+        assert_eq!(
+            p.keep_backups,
+            ["base_000000010000000000000005", "base_000000010000000000000009"]
+        );
+        assert_eq!(
+            wal_names(&p),
+            [
+                "000000010000000000000001",
+                "000000010000000000000002",
+                "000000010000000000000003",
+                "000000010000000000000004"
+            ],
+            "WAL from the oldest kept backup's start on stays, .history stays"
+        );
+    }
+
+    #[test]
+    fn retain_more_than_exist_deletes_nothing() {
+        let (backups, wal) = fixture();
+        let p = plan(&backups, &wal, &[], &Policy::Retain { count: 7, full_only: true }).unwrap();
+        assert!(p.delete_backups.is_empty());
+        assert_eq!(wal_names(&p), ["000000010000000000000001"]);
+    }
+
+    #[test]
+    fn permanent_backups_and_their_wal_survive() {
+        let (mut backups, wal) = fixture();
+        backups[0].is_permanent = true;
+        let p = plan(&backups, &wal, &[], &Policy::Retain { count: 1, full_only: false }).unwrap();
+        assert_eq!(p.delete_backups, ["base_000000010000000000000005"]);
+        assert_eq!(wal_names(&p), ["000000010000000000000001"]);
+    }
+
+    #[test]
+    fn before_time_and_before_name() {
+        let (backups, wal) = fixture();
+        let p = plan(&backups, &wal, &[], &Policy::parse(&["before".into(), "2026-01-02T12:00:00Z".into()]).unwrap()).unwrap();
+        assert_eq!(
+            p.delete_backups,
+            ["base_000000010000000000000002", "base_000000010000000000000005"]
+        );
+        assert_eq!(wal_names(&p).len(), 9, "segments 1-8 and the .backup file of 5");
+        let p = plan(&backups, &wal, &[], &Policy::parse(&["before".into(), "base_000000010000000000000005".into()]).unwrap()).unwrap();
+        assert_eq!(p.delete_backups, ["base_000000010000000000000002"]);
+        let err = plan(&backups, &wal, &[], &Policy::Before(Before::Time("2027-01-01T00:00:00Z".parse().unwrap()))).unwrap_err();
+        assert!(err.to_string().contains("everything"));
+    }
+
+    #[test]
+    fn everything_deletes_all_including_history() {
+        let (backups, wal) = fixture();
+        let p = plan(&backups, &wal, &[], &Policy::Everything).unwrap();
+        assert_eq!(p.delete_backups.len(), 3);
+        assert_eq!(p.delete_wal.len(), wal.len());
+    }
+
+    #[test]
+    fn old_incomplete_backups_go_new_ones_stay() {
+        let (backups, wal) = fixture();
+        let objects = vec![
+            obj("basebackups_005/base_000000010000000000000001/tar_partitions/part_1.tar.lz4"),
+            obj("basebackups_005/base_00000001000000000000000A/tar_partitions/part_1.tar.lz4"),
+        ];
+        let p = plan(&backups, &wal, &objects, &Policy::Retain { count: 2, full_only: false }).unwrap();
+        assert_eq!(p.delete_incomplete, ["base_000000010000000000000001"]);
+    }
+
+    #[test]
+    fn policy_parse_errors_are_clear() {
+        let e = Policy::parse(&["retain".into(), "0".into()]).unwrap_err().to_string();
+        assert!(e.contains("positive"), "{e}");
+        let e = Policy::parse(&["before".into(), "yesterday".into()]).unwrap_err().to_string();
+        assert!(e.contains("timestamp"), "{e}");
+        let e = Policy::parse(&["keep".into()]).unwrap_err().to_string();
+        assert!(e.contains("usage"), "{e}");
+        assert_eq!(
+            parse_time("2026-02-09 14:30:00+00"),
+            parse_time("2026-02-09T14:30:00Z")
+        );
+        assert!(parse_time("2026-02-09 14:30:00").is_some());
+    }
+}

@@ -1,0 +1,589 @@
+//! Object storage behind one small trait, with two real backends: S3 (any
+//! S3-compatible server, through the `object_store` crate) and a local
+//! directory. Both make writes atomic: an object is either absent or whole.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, PutPayload, WriteMultipart};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use crate::config::{S3Config, StorageConfig};
+
+/// A key inside the store, relative to the configured prefix, `/`-separated.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key(String);
+
+impl Key {
+    pub fn new(key: impl Into<String>) -> Key {
+        Key(key.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The last path component.
+    pub fn file_name(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or(&self.0)
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a listing says about one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: Key,
+    pub size: u64,
+    pub last_modified: DateTime<Utc>,
+}
+
+/// Storage failures, classified so callers can decide what to tell the user.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object {0} not found in storage")]
+    NotFound(Key),
+    #[error("storage refused access to {key} ({detail}): check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")]
+    AccessDenied { key: Key, detail: String },
+    #[error("storage error on {key}: {detail}")]
+    Other { key: Key, detail: String },
+    #[error("local storage error on {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("upload of {key} was aborted: {reason}")]
+    Aborted { key: Key, reason: String },
+}
+
+impl StoreError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::NotFound(_))
+    }
+    /// Whether trying again cannot help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NotFound(_) | StoreError::AccessDenied { .. } | StoreError::Aborted { .. }
+        )
+    }
+}
+
+/// A stream of chunks for [`Store::put_stream`]; an `Err` aborts the upload
+/// and nothing is stored.
+pub type ChunkReceiver = mpsc::Receiver<Result<Bytes, String>>;
+
+/// The object store operations pgdrill needs. Keys are relative to the
+/// configured prefix.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Stores a whole object atomically.
+    async fn put(&self, key: &Key, data: Bytes) -> Result<(), StoreError>;
+    /// Stores an object from a stream of chunks; it becomes visible only when
+    /// the stream ends without error. Returns the bytes stored.
+    async fn put_stream(&self, key: &Key, chunks: ChunkReceiver) -> Result<u64, StoreError>;
+    /// Reads a whole object.
+    async fn get(&self, key: &Key) -> Result<Bytes, StoreError>;
+    /// Reads an object as a stream.
+    async fn get_stream(
+        &self,
+        key: &Key,
+    ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError>;
+    /// Every object whose key starts with `prefix`, sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
+    /// Removes an object; removing an absent object is not an error.
+    async fn delete(&self, key: &Key) -> Result<(), StoreError>;
+    /// Where this store is, for messages (no secrets).
+    fn describe(&self) -> String;
+}
+
+/// Opens the configured store.
+pub fn open(config: &StorageConfig) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match config {
+        StorageConfig::S3(s3) => Arc::new(S3Store::new(s3)?),
+        StorageConfig::Dir { root } => Arc::new(DirStore::new(root.clone())),
+    })
+}
+
+/// Multipart chunk size for large uploads, and how many chunks of one
+/// object may be in flight; together they bound memory per upload.
+const MULTIPART_CHUNK: usize = 8 << 20;
+const MULTIPART_IN_FLIGHT: usize = 2;
+
+/// An S3-compatible bucket, optionally under a path prefix.
+#[derive(Debug)]
+pub struct S3Store {
+    inner: object_store::aws::AmazonS3,
+    bucket: String,
+    prefix: String,
+    endpoint: String,
+}
+
+impl S3Store {
+    pub fn new(cfg: &S3Config) -> Result<S3Store, StoreError> {
+        let retry = object_store::RetryConfig {
+            max_retries: cfg.max_retries,
+            retry_timeout: cfg.retry_timeout,
+            backoff: object_store::BackoffConfig {
+                init_backoff: std::time::Duration::from_millis(100),
+                max_backoff: std::time::Duration::from_secs(10),
+                base: 2.0,
+            },
+        };
+        let endpoint = cfg
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", cfg.region));
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(&cfg.bucket)
+            .with_region(&cfg.region)
+            .with_access_key_id(&cfg.access_key_id)
+            .with_secret_access_key(cfg.secret_access_key.expose())
+            .with_virtual_hosted_style_request(!cfg.force_path_style)
+            .with_retry(retry)
+            .with_client_options(
+                object_store::ClientOptions::new()
+                    .with_allow_http(endpoint.starts_with("http://"))
+                    .with_connect_timeout(std::time::Duration::from_secs(10))
+                    .with_timeout(std::time::Duration::from_secs(300)),
+            );
+        if cfg.endpoint.is_some() {
+            builder = builder.with_endpoint(&endpoint);
+        }
+        let inner = builder.build().map_err(|e| StoreError::Other {
+            key: Key::new(""),
+            detail: format!("cannot configure S3 client: {e}"),
+        })?;
+        Ok(S3Store {
+            inner,
+            bucket: cfg.bucket.clone(),
+            prefix: cfg.prefix.clone(),
+            endpoint,
+        })
+    }
+
+    fn path(&self, key: &Key) -> ObjPath {
+        if self.prefix.is_empty() {
+            ObjPath::from(key.as_str())
+        } else {
+            ObjPath::from(format!("{}/{}", self.prefix, key.as_str()))
+        }
+    }
+
+    fn key_of(&self, path: &ObjPath) -> Key {
+        let p = path.as_ref();
+        let rel = if self.prefix.is_empty() {
+            p
+        } else {
+            p.strip_prefix(&self.prefix)
+                .map(|r| r.trim_start_matches('/'))
+                .unwrap_or(p)
+        };
+        Key::new(rel)
+    }
+}
+
+/// Maps an `object_store` error to ours. Its messages carry no credentials.
+fn s3_error(key: &Key, err: object_store::Error) -> StoreError {
+    match err {
+        object_store::Error::NotFound { .. } => StoreError::NotFound(key.clone()),
+        object_store::Error::PermissionDenied { source, .. }
+        | object_store::Error::Unauthenticated { source, .. } => StoreError::AccessDenied {
+            key: key.clone(),
+            detail: first_line(&source.to_string()),
+        },
+        other => StoreError::Other {
+            key: key.clone(),
+            detail: first_line(&other.to_string()),
+        },
+    }
+}
+
+fn first_line(s: &str) -> String {
+    // object_store appends the raw response body; one line is enough.
+    s.lines().next().unwrap_or(s).chars().take(400).collect()
+}
+
+#[async_trait]
+impl Store for S3Store {
+    async fn put(&self, key: &Key, data: Bytes) -> Result<(), StoreError> {
+        if data.len() > MULTIPART_CHUNK * 4 {
+            let (tx, rx) = mpsc::channel(1);
+            let _ = tx.send(Ok(data)).await;
+            drop(tx);
+            return self.put_stream(key, rx).await.map(|_| ());
+        }
+        self.inner
+            .put(&self.path(key), PutPayload::from_bytes(data))
+            .await
+            .map(|_| ())
+            .map_err(|e| s3_error(key, e))
+    }
+
+    async fn put_stream(&self, key: &Key, mut chunks: ChunkReceiver) -> Result<u64, StoreError> {
+        // Small objects go up as one PUT; larger ones as a multipart upload
+        // that is completed only after the last chunk (aborted otherwise).
+        let mut first = Vec::new();
+        let mut total = 0u64;
+        loop {
+            match chunks.recv().await {
+                None => {
+                    let n = first.len() as u64;
+                    self.put_small(key, first).await?;
+                    return Ok(n);
+                }
+                Some(Err(reason)) => {
+                    return Err(StoreError::Aborted {
+                        key: key.clone(),
+                        reason,
+                    })
+                }
+                Some(Ok(b)) => {
+                    total += b.len() as u64;
+                    first.extend_from_slice(&b);
+                    if first.len() >= MULTIPART_CHUNK {
+                        break;
+                    }
+                }
+            }
+        }
+        let upload = self
+            .inner
+            .put_multipart(&self.path(key))
+            .await
+            .map_err(|e| s3_error(key, e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_CHUNK);
+        writer.write(&first);
+        drop(first);
+        loop {
+            match chunks.recv().await {
+                None => break,
+                Some(Err(reason)) => {
+                    let _ = writer.abort().await;
+                    return Err(StoreError::Aborted {
+                        key: key.clone(),
+                        reason,
+                    });
+                }
+                Some(Ok(b)) => {
+                    if let Err(e) = writer.wait_for_capacity(MULTIPART_IN_FLIGHT).await {
+                        return Err(s3_error(key, e));
+                    }
+                    total += b.len() as u64;
+                    writer.put(b);
+                }
+            }
+        }
+        writer.finish().await.map_err(|e| s3_error(key, e))?;
+        Ok(total)
+    }
+
+    async fn get(&self, key: &Key) -> Result<Bytes, StoreError> {
+        let r = self
+            .inner
+            .get(&self.path(key))
+            .await
+            .map_err(|e| s3_error(key, e))?;
+        r.bytes().await.map_err(|e| s3_error(key, e))
+    }
+
+    async fn get_stream(
+        &self,
+        key: &Key,
+    ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
+        let r = self
+            .inner
+            .get(&self.path(key))
+            .await
+            .map_err(|e| s3_error(key, e))?;
+        let key = key.clone();
+        Ok(r.into_stream().map_err(move |e| s3_error(&key, e)).boxed())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        // object_store lists by path segments; list the enclosing directory
+        // and filter by the full prefix.
+        let dir = match prefix.rfind('/') {
+            Some(i) => &prefix[..i],
+            None => "",
+        };
+        let dir_key = Key::new(dir);
+        let dir_path = self.path(&dir_key);
+        let listing_root = (!dir_path.as_ref().is_empty()).then_some(&dir_path);
+        let mut out: Vec<ObjectInfo> = self
+            .inner
+            .list(listing_root)
+            .map_err(|e| s3_error(&dir_key, e))
+            .try_filter_map(|meta| {
+                let key = self.key_of(&meta.location);
+                let keep = key.as_str().starts_with(prefix);
+                async move {
+                    Ok(keep.then(|| ObjectInfo {
+                        key,
+                        size: meta.size,
+                        last_modified: meta.last_modified,
+                    }))
+                }
+            })
+            .try_collect()
+            .await?;
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &Key) -> Result<(), StoreError> {
+        match self.inner.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(s3_error(key, e)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("s3://{}/{} at {}", self.bucket, self.prefix, self.endpoint)
+    }
+}
+
+impl S3Store {
+    async fn put_small(&self, key: &Key, data: Vec<u8>) -> Result<(), StoreError> {
+        self.inner
+            .put(&self.path(key), PutPayload::from(data))
+            .await
+            .map(|_| ())
+            .map_err(|e| s3_error(key, e))
+    }
+}
+
+/// A directory on a local (or mounted) file system. Objects are files;
+/// writes go to a temporary file that is fsynced and renamed into place.
+#[derive(Debug, Clone)]
+pub struct DirStore {
+    root: PathBuf,
+}
+
+/// Suffix of in-progress files; listings never show them.
+const DIR_TMP_SUFFIX: &str = ".pgdrill-tmp";
+
+impl DirStore {
+    pub fn new(root: PathBuf) -> DirStore {
+        DirStore { root }
+    }
+
+    fn path(&self, key: &Key) -> PathBuf {
+        self.root.join(key.as_str())
+    }
+
+    fn io_err(path: &Path, source: std::io::Error) -> StoreError {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn not_found_or_io(&self, key: &Key, path: &Path, e: std::io::Error) -> StoreError {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            StoreError::NotFound(key.clone())
+        } else {
+            Self::io_err(path, e)
+        }
+    }
+
+    async fn write_atomic(&self, key: &Key, mut chunks: ChunkReceiver) -> Result<u64, StoreError> {
+        let path = self.path(key);
+        let parent = path.parent().unwrap_or(&self.root).to_path_buf();
+        tokio::fs::create_dir_all(&parent)
+            .await
+            .map_err(|e| Self::io_err(&parent, e))?;
+        let tmp = path.with_file_name(format!(
+            "{}.{}{}",
+            key.file_name(),
+            std::process::id(),
+            DIR_TMP_SUFFIX
+        ));
+        let result = async {
+            let mut f = tokio::fs::File::create(&tmp)
+                .await
+                .map_err(|e| Self::io_err(&tmp, e))?;
+            let mut total = 0u64;
+            while let Some(chunk) = chunks.recv().await {
+                let chunk = chunk.map_err(|reason| StoreError::Aborted {
+                    key: key.clone(),
+                    reason,
+                })?;
+                total += chunk.len() as u64;
+                f.write_all(&chunk)
+                    .await
+                    .map_err(|e| Self::io_err(&tmp, e))?;
+            }
+            f.sync_all().await.map_err(|e| Self::io_err(&tmp, e))?;
+            tokio::fs::rename(&tmp, &path)
+                .await
+                .map_err(|e| Self::io_err(&path, e))?;
+            // Make the rename itself durable.
+            if let Ok(d) = tokio::fs::File::open(&parent).await {
+                let _ = d.sync_all().await;
+            }
+            Ok(total)
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Store for DirStore {
+    async fn put(&self, key: &Key, data: Bytes) -> Result<(), StoreError> {
+        let (tx, rx) = mpsc::channel(1);
+        let _ = tx.send(Ok(data)).await;
+        drop(tx);
+        self.write_atomic(key, rx).await.map(|_| ())
+    }
+
+    async fn put_stream(&self, key: &Key, chunks: ChunkReceiver) -> Result<u64, StoreError> {
+        self.write_atomic(key, chunks).await
+    }
+
+    async fn get(&self, key: &Key) -> Result<Bytes, StoreError> {
+        let path = self.path(key);
+        tokio::fs::read(&path)
+            .await
+            .map(Bytes::from)
+            .map_err(|e| self.not_found_or_io(key, &path, e))
+    }
+
+    async fn get_stream(
+        &self,
+        key: &Key,
+    ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
+        let path = self.path(key);
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| self.not_found_or_io(key, &path, e))?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
+            .map_err(move |e| Self::io_err(&path, e));
+        Ok(stream.boxed())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            // Only walk the directory that can contain matches.
+            let start = match prefix.rfind('/') {
+                Some(i) => root.join(&prefix[..i]),
+                None => root.clone(),
+            };
+            let mut stack = vec![start];
+            while let Some(dir) = stack.pop() {
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Self::io_err(&dir, e)),
+                };
+                for entry in entries {
+                    let entry = entry.map_err(|e| Self::io_err(&dir, e))?;
+                    let path = entry.path();
+                    let meta = match entry.metadata() {
+                        Ok(m) => m,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(Self::io_err(&path, e)),
+                    };
+                    if meta.is_dir() {
+                        stack.push(path);
+                        continue;
+                    }
+                    let Ok(rel) = path.strip_prefix(&root) else {
+                        continue;
+                    };
+                    let key = rel.to_string_lossy().replace('\\', "/");
+                    if key.ends_with(DIR_TMP_SUFFIX) || !key.starts_with(&prefix) {
+                        continue;
+                    }
+                    out.push(ObjectInfo {
+                        key: Key::new(key),
+                        size: meta.len(),
+                        last_modified: meta
+                            .modified()
+                            .map(DateTime::<Utc>::from)
+                            .unwrap_or_else(|_| Utc::now()),
+                    });
+                }
+            }
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Other {
+            key: Key::new(""),
+            detail: e.to_string(),
+        })?
+    }
+
+    async fn delete(&self, key: &Key) -> Result<(), StoreError> {
+        let path = self.path(key);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Self::io_err(&path, e)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("directory {}", self.root.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dir_store_round_trip_list_and_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::new(dir.path().join("store"));
+        let k = Key::new("wal_005/000000010000000000000001.lz4");
+        store.put(&k, Bytes::from_static(b"hello")).await.unwrap();
+        store
+            .put(&Key::new("basebackups_005/x/part"), Bytes::from_static(b"p"))
+            .await
+            .unwrap();
+        assert_eq!(store.get(&k).await.unwrap(), Bytes::from_static(b"hello"));
+        let listed = store.list("wal_005/").await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].key, k);
+        assert_eq!(listed[0].size, 5);
+        assert!(store.list("wal_005/0000000200").await.unwrap().is_empty());
+        store.delete(&k).await.unwrap();
+        store.delete(&k).await.unwrap();
+        assert!(store.get(&k).await.unwrap_err().is_not_found());
+    }
+
+    #[tokio::test]
+    async fn aborted_stream_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::new(dir.path().to_path_buf());
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(Ok(Bytes::from_static(b"partial"))).await.unwrap();
+        tx.send(Err("producer failed".into())).await.unwrap();
+        drop(tx);
+        let k = Key::new("a/b");
+        let err = store.put_stream(&k, rx).await.unwrap_err();
+        assert!(err.to_string().contains("producer failed"));
+        assert!(store.list("").await.unwrap().is_empty(), "no temp file left");
+        assert!(store.get(&k).await.unwrap_err().is_not_found());
+    }
+}

@@ -1,0 +1,383 @@
+//! `wal-push` (archive_command) and `wal-fetch` (restore_command), with
+//! upload-ahead of other `.ready` segments and download-ahead (prefetch).
+//!
+//! Local state lives in `pg_wal/.pgdrill/`, so parallel restores of the same
+//! archive never share it:
+//! - `uploaded/<name>`: a segment already pushed ahead; holds the BLAKE3 of
+//!   what was stored, so PostgreSQL's later call for it is answered without
+//!   uploading again, and only if the file is still byte-identical.
+//! - `prefetch/<name>`: a segment fetched ahead, verified, complete (it
+//!   appears by rename only after verification);
+//!   `prefetch/running/<name>`: a fetch in progress (never served).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tracing::{debug, info, warn};
+
+use super::codec::{self, Compression, Digest};
+use super::layout::{self, Segment, WalFileKind};
+use super::{BackupError, Context};
+
+const STATE_DIR: &str = ".pgdrill";
+
+/// What `wal-push` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    Uploaded,
+    /// Identical content was already stored (a retried archive_command).
+    AlreadyArchived,
+    /// Pushed earlier by upload-ahead; the marker matched the file.
+    UploadedAhead,
+}
+
+fn validate_name(name: &str) -> Result<WalFileKind, BackupError> {
+    layout::wal_file_kind(name).ok_or_else(|| {
+        BackupError::Invalid(format!(
+            "{name:?} is not a WAL file name (expected a segment, .partial, .history or .backup file)"
+        ))
+    })
+}
+
+/// Fetches and verifies the stored object for a WAL file, whatever
+/// compression it was written with (the configured one is tried first).
+/// `None` when the archive does not have it.
+async fn fetch_wal(ctx: &Context, name: &str) -> Result<Option<(Vec<u8>, Digest)>, BackupError> {
+    let preferred = ctx.settings.compression;
+    let order = std::iter::once(preferred)
+        .chain(Compression::ALL.into_iter().filter(|c| *c != preferred));
+    for c in order {
+        match ctx.fetch_object(&layout::wal_key(name, c)).await {
+            Ok(found) => return Ok(Some(found)),
+            Err(BackupError::Store(e)) if e.is_not_found() => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// Archives one WAL file given as a path (archive_command's `%p`).
+pub async fn wal_push(ctx: &Context, path: &Path) -> Result<PushOutcome, BackupError> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| BackupError::Invalid(format!("{} has no file name", path.display())))?
+        .to_string();
+    let kind = validate_name(&name)?;
+    let data = tokio::fs::read(path)
+        .await
+        .map_err(BackupError::io(format!("reading {}", path.display())))?;
+    let pg_wal = path.parent().unwrap_or(Path::new("."));
+    let marker = pg_wal.join(STATE_DIR).join("uploaded").join(&name);
+    let local_hash = blake3::hash(&data);
+    if let Ok(stored_hash) = tokio::fs::read_to_string(&marker).await {
+        let _ = tokio::fs::remove_file(&marker).await;
+        if stored_hash.trim() == local_hash.to_hex().as_str() {
+            debug!(%name, "already pushed ahead");
+            return Ok(PushOutcome::UploadedAhead);
+        }
+    }
+    let outcome = push_bytes(ctx, &name, Bytes::from(data)).await?;
+    if kind == WalFileKind::Segment && ctx.settings.upload_concurrency > 1 {
+        upload_ahead(ctx, pg_wal, &name).await;
+    }
+    Ok(outcome)
+}
+
+/// Stores `data` as WAL file `name` unless identical content is there
+/// already; different content under the same name is an error.
+pub async fn push_bytes(ctx: &Context, name: &str, data: Bytes) -> Result<PushOutcome, BackupError> {
+    if let Some((_, stored)) = fetch_wal(ctx, name).await? {
+        let local = blake3::hash(&data);
+        if stored.blake3 == *local.as_bytes() && stored.plain_len == data.len() as u64 {
+            info!(%name, "already archived with identical content");
+            return Ok(PushOutcome::AlreadyArchived);
+        }
+        return Err(BackupError::WalConflict {
+            name: name.to_string(),
+            stored: stored.hex(),
+            local: local.to_hex().to_string(),
+        });
+    }
+    let compression = ctx.settings.compression;
+    let object = tokio::task::spawn_blocking(move || codec::encode(&data, compression))
+        .await
+        .map_err(|e| BackupError::Invalid(format!("encoder task failed: {e}")))?
+        .map_err(BackupError::io("compressing WAL"))?
+        .0;
+    ctx.store
+        .put(&layout::wal_key(name, compression), Bytes::from(object))
+        .await?;
+    info!(%name, "archived");
+    Ok(PushOutcome::Uploaded)
+}
+
+/// Pushes up to `upload_concurrency - 1` later `.ready` segments in parallel
+/// and leaves a marker for each; failures are only logged, because
+/// PostgreSQL will ask for those segments itself anyway.
+async fn upload_ahead(ctx: &Context, pg_wal: &Path, current: &str) {
+    let status_dir = pg_wal.join("archive_status");
+    let Ok(mut entries) = tokio::fs::read_dir(&status_dir).await else {
+        return;
+    };
+    let mut ready = Vec::new();
+    while let Ok(Some(e)) = entries.next_entry().await {
+        let file = e.file_name().to_string_lossy().into_owned();
+        if let Some(seg) = file.strip_suffix(".ready") {
+            if layout::wal_file_kind(seg) == Some(WalFileKind::Segment) && seg > current {
+                ready.push(seg.to_string());
+            }
+        }
+    }
+    ready.sort();
+    ready.truncate(ctx.settings.upload_concurrency - 1);
+    if ready.is_empty() {
+        return;
+    }
+    let marker_dir = pg_wal.join(STATE_DIR).join("uploaded");
+    if tokio::fs::create_dir_all(&marker_dir).await.is_err() {
+        return;
+    }
+    futures::stream::iter(ready)
+        .for_each_concurrent(None, |seg| {
+            let marker_dir = marker_dir.clone();
+            async move {
+                let path = pg_wal.join(&seg);
+                let Ok(data) = tokio::fs::read(&path).await else {
+                    return;
+                };
+                let hash = blake3::hash(&data).to_hex().to_string();
+                match push_bytes(ctx, &seg, Bytes::from(data)).await {
+                    Ok(_) => {
+                        if let Err(e) = write_atomic(&marker_dir.join(&seg), hash.as_bytes()).await {
+                            warn!(%seg, "cannot record upload-ahead marker: {e}");
+                        }
+                    }
+                    Err(e) => warn!(%seg, "upload-ahead failed (will be retried): {e}"),
+                }
+            }
+        })
+        .await;
+}
+
+/// Writes a file by temp file, fsync and rename.
+pub async fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = tmp_path(path);
+    let result = async {
+        let mut f = tokio::fs::File::create(&tmp).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut f, data).await?;
+        f.sync_all().await?;
+        tokio::fs::rename(&tmp, path).await
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    result
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.pgdrill-tmp", std::process::id()));
+    path.with_file_name(name)
+}
+
+fn prefetch_dir(dest: &Path) -> PathBuf {
+    dest.parent()
+        .unwrap_or(Path::new("."))
+        .join(STATE_DIR)
+        .join("prefetch")
+}
+
+/// How long a prefetch claim may go without finishing before it is
+/// considered abandoned (the prefetcher died).
+const CLAIM_STALE_AFTER: Duration = Duration::from_secs(60);
+
+fn claim_is_fresh(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .is_some_and(|age| age < CLAIM_STALE_AFTER)
+}
+
+/// Fetches WAL file `name` into `dest` (restore_command's `%f %p`), using a
+/// prefetched copy when one is complete, and starts prefetching the next
+/// segments in the background.
+pub async fn wal_fetch(ctx: &Context, name: &str, dest: &Path) -> Result<(), BackupError> {
+    let kind = validate_name(name)?;
+    if kind == WalFileKind::Partial {
+        return Err(BackupError::Invalid(format!(
+            "{name} is a partial segment and is never served as a complete one"
+        )));
+    }
+    let prefetched = prefetch_dir(dest).join(name);
+    let running = prefetch_dir(dest).join("running").join(name);
+    // A prefetch of exactly this file is under way: wait for it rather
+    // than downloading the same bytes twice.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while claim_is_fresh(&running) && !prefetched.exists() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let data = if tokio::fs::rename(&prefetched, dest).await.is_ok() {
+        debug!(%name, "served from prefetch");
+        None
+    } else {
+        let data = download_wal(ctx, name).await?;
+        write_atomic(dest, &data)
+            .await
+            .map_err(BackupError::io(format!("writing {}", dest.display())))?;
+        Some(data)
+    };
+    if kind == WalFileKind::Segment && ctx.settings.prefetch > 0 {
+        let header = match &data {
+            Some(d) => d.get(..64).map(<[u8]>::to_vec),
+            None => read_head(dest).await,
+        };
+        let seg_size = header
+            .as_deref()
+            .and_then(layout::segment_size_from_header)
+            .unwrap_or(layout::DEFAULT_WAL_SEGMENT_SIZE);
+        spawn_prefetcher(ctx, name, dest, seg_size);
+    }
+    Ok(())
+}
+
+async fn read_head(path: &Path) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut f = tokio::fs::File::open(path).await.ok()?;
+    let mut buf = vec![0u8; 64];
+    f.read_exact(&mut buf).await.ok()?;
+    Some(buf)
+}
+
+/// Downloads and verifies one WAL file.
+pub async fn download_wal(ctx: &Context, name: &str) -> Result<Vec<u8>, BackupError> {
+    match fetch_wal(ctx, name).await? {
+        Some((data, _)) => Ok(data),
+        None => Err(BackupError::WalNotFound {
+            name: name.to_string(),
+            store: ctx.store.describe(),
+        }),
+    }
+}
+
+/// Starts `pgdrill wal-prefetch` detached, so that this restore_command
+/// returns at once while the next segments download.
+fn spawn_prefetcher(ctx: &Context, name: &str, dest: &Path, seg_size: u64) {
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut cmd = std::process::Command::new(exe);
+    if let Some(d) = &ctx.env_dir {
+        cmd.arg("--env-dir").arg(d);
+    }
+    cmd.arg("wal-prefetch")
+        .arg(name)
+        .arg(dest.parent().unwrap_or(Path::new(".")))
+        .arg("--segment-size")
+        .arg(seg_size.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    // Detach from PostgreSQL's process group so a signal to the startup
+    // process's group does not leave half-claimed files behind.
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
+    if let Err(e) = cmd.spawn() {
+        warn!("cannot start prefetcher: {e}");
+    }
+}
+
+/// The background prefetcher: fetches the `WALG_PREFETCH` segments after
+/// `after` into `pg_wal/.pgdrill/prefetch/`, each verified and then renamed
+/// into place, and removes prefetched segments recovery has passed.
+pub async fn wal_prefetch(
+    ctx: &Context,
+    after: &str,
+    pg_wal: &Path,
+    seg_size: u64,
+) -> Result<(), BackupError> {
+    let current = Segment::parse(after, seg_size)
+        .ok_or_else(|| BackupError::Invalid(format!("{after:?} is not a WAL segment name")))?;
+    let dir = pg_wal.join(STATE_DIR).join("prefetch");
+    let running = dir.join("running");
+    tokio::fs::create_dir_all(&running)
+        .await
+        .map_err(BackupError::io(format!("creating {}", running.display())))?;
+    remove_passed(&dir, after).await;
+    let mut wanted = Vec::new();
+    let mut seg = current;
+    for _ in 0..ctx.settings.prefetch {
+        seg = seg.next();
+        wanted.push(seg.file_name(seg_size));
+    }
+    let concurrency = ctx.settings.download_concurrency;
+    futures::stream::iter(wanted)
+        .for_each_concurrent(concurrency, |name| {
+            let dir = dir.clone();
+            let running = running.clone();
+            async move {
+                if let Err(e) = prefetch_one(ctx, &dir, &running, &name).await {
+                    debug!(%name, "prefetch stopped: {e}");
+                }
+            }
+        })
+        .await;
+    Ok(())
+}
+
+async fn prefetch_one(ctx: &Context, dir: &Path, running: &Path, name: &str) -> Result<(), BackupError> {
+    let target = dir.join(name);
+    let claim = running.join(name);
+    if target.exists() || claim_is_fresh(&claim) {
+        return Ok(());
+    }
+    // create_new makes the claim exclusive among concurrent prefetchers;
+    // a stale claim (dead prefetcher) is replaced.
+    if !claim_is_fresh(&claim) {
+        let _ = std::fs::remove_file(&claim);
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&claim);
+    let Ok(file) = file else {
+        return Ok(());
+    };
+    let result = async {
+        let data = download_wal(ctx, name).await?;
+        let mut file = tokio::fs::File::from_std(file);
+        tokio::io::AsyncWriteExt::write_all(&mut file, &data)
+            .await
+            .map_err(BackupError::io("writing prefetched segment"))?;
+        file.sync_all()
+            .await
+            .map_err(BackupError::io("syncing prefetched segment"))?;
+        tokio::fs::rename(&claim, &target)
+            .await
+            .map_err(BackupError::io("publishing prefetched segment"))
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&claim).await;
+    }
+    result
+}
+
+/// Deletes prefetched segments at or before `current`: recovery is past them.
+async fn remove_passed(dir: &Path, current: &str) {
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+        return;
+    };
+    while let Ok(Some(e)) = entries.next_entry().await {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if layout::wal_file_kind(&name) == Some(WalFileKind::Segment) && name[8..] <= current[8..] {
+            let _ = tokio::fs::remove_file(e.path()).await;
+        }
+    }
+}

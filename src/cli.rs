@@ -1,0 +1,314 @@
+//! Command line: WAL-G's verbs and flags, plus pgdrill's own.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::backup::base::{self, FetchOptions, PushOptions, RecoveryConfig};
+use crate::backup::retention::{self, Policy};
+use crate::backup::{catalog, exit, wal, BackupError, Context};
+use crate::config::{Secret, Settings};
+use crate::env::s3_server::{S3Server, S3ServerConfig};
+
+/// pgdrill: disaster-recovery drills for PostgreSQL, with a WAL-G-compatible
+/// physical backup tool.
+///
+/// Storage and connection settings come from WAL-G's environment variables
+/// (WALG_S3_PREFIX or WALG_FILE_PREFIX, AWS_ACCESS_KEY_ID,
+/// AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT, AWS_REGION, AWS_S3_FORCE_PATH_STYLE,
+/// WALG_COMPRESSION_METHOD, WALG_UPLOAD_CONCURRENCY, WALG_DOWNLOAD_CONCURRENCY,
+/// WALG_PREFETCH, WALG_TAR_SIZE_THRESHOLD, PGHOST, PGPORT, PGUSER,
+/// PGPASSWORD, PGDATABASE, PGDATA), optionally from an env directory.
+///
+/// Exit codes: 0 success; 1 failure; 2 bad command line; 74 wal-fetch: file
+/// not in storage.
+#[derive(Debug, Parser)]
+#[command(name = "pgdrill", version, max_term_width = 100)]
+pub struct Cli {
+    /// Read settings from this directory too (envdir semantics: each file
+    /// is a variable named after the file, its first line the value); they
+    /// override the environment. Same as `envdir DIR pgdrill ...`.
+    #[arg(long, global = true, value_name = "DIR", env = "PGDRILL_ENV_DIR")]
+    pub env_dir: Option<PathBuf>,
+
+    /// Log filter (error, warn, info, debug, or a tracing filter); logs go
+    /// to stderr.
+    #[arg(long, global = true, default_value = "info", env = "PGDRILL_LOG")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Archive one WAL file: use as `archive_command = 'pgdrill wal-push %p'`.
+    ///
+    /// Exits 0 only once the file is durably stored. Pushing a file that is
+    /// already stored with identical content succeeds; different content
+    /// under the same name is an error (and .history files are never
+    /// overwritten). With WALG_UPLOAD_CONCURRENCY > 1, later segments that
+    /// are already .ready are uploaded ahead in parallel.
+    WalPush {
+        /// Path of the WAL file (%p).
+        path: PathBuf,
+    },
+    /// Restore one WAL file: use as `restore_command = 'pgdrill wal-fetch %f %p'`.
+    ///
+    /// Exits 74 when the file is not in storage (the normal end of
+    /// recovery), 1 on any other error. Starts prefetching the next
+    /// WALG_PREFETCH segments in the background into pg_wal/.pgdrill/prefetch.
+    WalFetch {
+        /// WAL file name (%f).
+        name: String,
+        /// Destination path (%p).
+        dest: PathBuf,
+    },
+    /// Background prefetcher started by wal-fetch (internal).
+    #[command(hide = true)]
+    WalPrefetch {
+        /// The segment just fetched; the ones after it are prefetched.
+        after: String,
+        /// The pg_wal directory.
+        pg_wal: PathBuf,
+        #[arg(long, default_value_t = crate::backup::layout::DEFAULT_WAL_SEGMENT_SIZE)]
+        segment_size: u64,
+    },
+    /// Take a base backup of a running cluster.
+    ///
+    /// Connects with PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE, runs a
+    /// non-exclusive backup, uploads the data directory in parallel
+    /// compressed parts, and writes the completion sentinel last.
+    BackupPush {
+        /// The data directory (default: $PGDATA).
+        data_dir: Option<PathBuf>,
+        /// Mark the backup permanent: no `delete` removes it or its WAL.
+        #[arg(long)]
+        permanent: bool,
+        /// Let the starting checkpoint be spread out instead of immediate.
+        #[arg(long)]
+        spread_checkpoint: bool,
+    },
+    /// Restore a base backup into a directory.
+    ///
+    /// Refuses a non-empty target unless --force. Writes backup_label and,
+    /// with --recovery-target-time or --recover, recovery.signal and the
+    /// recovery settings (restore_command = this binary's wal-fetch).
+    BackupFetch {
+        /// Target data directory.
+        dest: PathBuf,
+        /// Backup name (base_...) or LATEST.
+        name: String,
+        /// Restore into a non-empty directory, overwriting files.
+        #[arg(long)]
+        force: bool,
+        /// Re-read every restored file and check it against the backup.
+        #[arg(long)]
+        verify: bool,
+        /// Point-in-time recovery target; give an explicit UTC offset
+        /// (e.g. '2026-02-09 14:30:00+00'). Writes recovery.signal,
+        /// restore_command, recovery_target_time and
+        /// recovery_target_action = 'promote'.
+        #[arg(long, value_name = "TIME", conflicts_with = "recover")]
+        recovery_target_time: Option<String>,
+        /// Write recovery.signal and restore_command to recover to the end
+        /// of the archived WAL.
+        #[arg(long)]
+        recover: bool,
+        /// restore_command to write (default: this binary's wal-fetch with
+        /// the same --env-dir).
+        #[arg(long, value_name = "CMD")]
+        restore_command: Option<String>,
+        /// Write archive_mode = off, so the restored copy never archives into
+        /// the source archive (DR tests).
+        #[arg(long)]
+        no_archive: bool,
+    },
+    /// List complete backups, oldest first.
+    ///
+    /// Default: WAL-G's table (name last_modified wal_segment_backup_start).
+    /// --json: an array, OLDEST FIRST, so `.[-1]` is the newest backup.
+    BackupList {
+        /// Add times, LSNs, sizes, version and host.
+        #[arg(long)]
+        detail: bool,
+        /// JSON array (oldest first).
+        #[arg(long)]
+        json: bool,
+        /// Indent the JSON.
+        #[arg(long)]
+        pretty: bool,
+    },
+    /// Delete old backups and the WAL no kept backup needs.
+    ///
+    /// Policies: `retain N`, `retain FULL N`, `before TIMESTAMP|BACKUP_NAME`,
+    /// `everything`. A dry run that prints what would go unless --confirm.
+    Delete {
+        /// Actually delete.
+        #[arg(long)]
+        confirm: bool,
+        /// The policy words.
+        #[arg(required = true, num_args = 1.., value_name = "POLICY")]
+        policy: Vec<String>,
+    },
+    /// Serve an S3-compatible API from a directory (for tests and local drills).
+    ///
+    /// Prints `listening on http://ADDR` on stdout once ready; with port 0
+    /// a free port is chosen.
+    S3Serve {
+        /// Directory holding the buckets.
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        #[arg(long, env = "PGDRILL_S3_ACCESS_KEY")]
+        access_key: String,
+        #[arg(long, env = "PGDRILL_S3_SECRET_KEY", hide_env_values = true)]
+        secret_key: String,
+        /// Bucket to create before serving (repeatable).
+        #[arg(long = "bucket")]
+        buckets: Vec<String>,
+    },
+}
+
+/// Runs a parsed command; returns the exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let env_dir = cli.env_dir.as_deref();
+    match cli.command {
+        Command::S3Serve {
+            dir,
+            listen,
+            access_key,
+            secret_key,
+            buckets,
+        } => {
+            let server = S3Server::bind(&S3ServerConfig {
+                dir,
+                listen,
+                access_key,
+                secret_key: Secret::new(secret_key),
+                buckets,
+            })
+            .await?;
+            println!("listening on http://{}", server.local_addr());
+            use std::io::Write;
+            std::io::stdout().flush()?;
+            server.serve(shutdown_signal()).await;
+            Ok(exit::OK)
+        }
+        other => Ok(match run_backup_verb(other, env_dir).await {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("pgdrill: {e}");
+                e.exit_code()
+            }
+        }),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+fn data_dir_arg(arg: Option<PathBuf>, settings: &Settings) -> Result<PathBuf, BackupError> {
+    arg.or_else(|| settings.pgdata.clone()).ok_or_else(|| {
+        BackupError::Invalid("no data directory: give it as an argument or set PGDATA".into())
+    })
+}
+
+async fn run_backup_verb(command: Command, env_dir: Option<&Path>) -> Result<(), BackupError> {
+    let settings = Settings::load(env_dir)?;
+    let ctx = Context::open(settings, env_dir)?;
+    match command {
+        Command::WalPush { path } => {
+            wal::wal_push(&ctx, &path).await?;
+        }
+        Command::WalFetch { name, dest } => wal::wal_fetch(&ctx, &name, &dest).await?,
+        Command::WalPrefetch {
+            after,
+            pg_wal,
+            segment_size,
+        } => wal::wal_prefetch(&ctx, &after, &pg_wal, segment_size).await?,
+        Command::BackupPush {
+            data_dir,
+            permanent,
+            spread_checkpoint,
+        } => {
+            let dir = data_dir_arg(data_dir, &ctx.settings)?;
+            let summary = base::backup_push(
+                &ctx,
+                &dir,
+                &PushOptions {
+                    permanent,
+                    fast_checkpoint: !spread_checkpoint,
+                },
+            )
+            .await?;
+            println!("{}", summary.backup_name);
+        }
+        Command::BackupFetch {
+            dest,
+            name,
+            force,
+            verify,
+            recovery_target_time,
+            recover,
+            restore_command,
+            no_archive,
+        } => {
+            let recovery = match (recovery_target_time, recover) {
+                (Some(t), _) => RecoveryConfig::Time(retention::parse_time(&t).ok_or_else(|| {
+                    BackupError::Invalid(format!(
+                        "--recovery-target-time {t:?} is not a timestamp (e.g. '2026-02-09 14:30:00+00')"
+                    ))
+                })?),
+                (None, true) => RecoveryConfig::EndOfArchive,
+                (None, false) => RecoveryConfig::None,
+            };
+            base::backup_fetch(
+                &ctx,
+                &dest,
+                &name,
+                &FetchOptions {
+                    force,
+                    verify,
+                    recovery,
+                    restore_command,
+                    no_archive,
+                },
+            )
+            .await?;
+        }
+        Command::BackupList {
+            detail,
+            json,
+            pretty,
+        } => {
+            let backups = catalog::list_backups(&ctx).await?;
+            if json {
+                let rows: Vec<_> = backups.iter().map(catalog::ListedBackup::row).collect();
+                let text = if pretty {
+                    serde_json::to_string_pretty(&rows)
+                } else {
+                    serde_json::to_string(&rows)
+                }
+                .map_err(|e| BackupError::Invalid(e.to_string()))?;
+                println!("{text}");
+            } else if backups.is_empty() {
+                eprintln!("no backups found in {}", ctx.store.describe());
+            } else {
+                print!("{}", catalog::render_table(&backups, detail));
+            }
+        }
+        Command::Delete { confirm, policy } => {
+            retention::delete(&ctx, &Policy::parse(&policy)?, confirm).await?;
+        }
+        Command::S3Serve { .. } => unreachable!("handled by run"),
+    }
+    Ok(())
+}

@@ -1,0 +1,425 @@
+//! Settings read the way WAL-G reads them: `WALG_*`, `AWS_*` and `PG*`
+//! environment variables, optionally overlaid by an envdir-style directory
+//! (`--env-dir DIR`: each file is a variable named after the file, its first
+//! line the value), because the seed's manifests mount a Kubernetes Secret as
+//! a directory and run `envdir /etc/wal-g/env wal-g ...`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::backup::codec::Compression;
+
+/// A configuration problem; every message names the variable involved and
+/// never contains a secret value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Neither storage variable is set.
+    #[error("no storage configured: set WALG_S3_PREFIX (s3://bucket/path) or WALG_FILE_PREFIX (a directory)")]
+    NoStorage,
+    /// Both storage variables are set.
+    #[error("WALG_S3_PREFIX and WALG_FILE_PREFIX are both set: choose one storage")]
+    TwoStorages,
+    /// A required variable is absent.
+    #[error("{name} is not set: {hint}")]
+    Missing { name: &'static str, hint: &'static str },
+    /// A variable has a value we cannot use.
+    #[error("{name} has an invalid value {value:?}: {hint}")]
+    Invalid {
+        name: String,
+        value: String,
+        hint: String,
+    },
+    /// The env directory could not be read.
+    #[error("cannot read env directory {}: {source}", path.display())]
+    EnvDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A secret value (password, key): shown as `***` in every `Debug`/`Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The value itself, for handing to a client library; never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The raw variables: process environment overlaid by the env directory.
+#[derive(Debug, Clone, Default)]
+pub struct EnvVars(BTreeMap<String, String>);
+
+impl EnvVars {
+    /// The process environment.
+    pub fn from_process() -> Self {
+        EnvVars(std::env::vars().collect())
+    }
+
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        EnvVars(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    /// Overlays an envdir directory with daemontools' semantics: the file
+    /// name is the variable, the first line of the file its value (trailing
+    /// spaces and tabs removed, NUL bytes turned into newlines), and an empty
+    /// file removes the variable. Hidden files (`..data` and friends that
+    /// Kubernetes puts into Secret volumes) are skipped.
+    pub fn overlay_env_dir(&mut self, dir: &Path) -> Result<(), ConfigError> {
+        let env_dir_err = |source| ConfigError::EnvDir {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .map_err(env_dir_err)?
+            .collect::<Result<_, _>>()
+            .map_err(env_dir_err)?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || entry.path().is_dir() {
+                continue;
+            }
+            let content = std::fs::read(entry.path()).map_err(env_dir_err)?;
+            if content.is_empty() {
+                self.0.remove(&name);
+                continue;
+            }
+            let first_line = content.split(|b| *b == b'\n').next().unwrap_or(&[]);
+            let value: Vec<u8> = first_line
+                .iter()
+                .map(|b| if *b == 0 { b'\n' } else { *b })
+                .collect();
+            let value = String::from_utf8_lossy(&value)
+                .trim_end_matches([' ', '\t', '\r'])
+                .to_string();
+            self.0.insert(name, value);
+        }
+        Ok(())
+    }
+
+    /// A variable's value; empty values count as unset, as in WAL-G.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    pub fn set(&mut self, name: &str, value: &str) {
+        self.0.insert(name.to_string(), value.to_string());
+    }
+
+    /// The variables as pairs, for passing on to a child process.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    fn parse<T: std::str::FromStr>(
+        &self,
+        name: &str,
+        default: T,
+        hint: &str,
+    ) -> Result<T, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v.trim().parse().map_err(|_| ConfigError::Invalid {
+                name: name.to_string(),
+                value: v.to_string(),
+                hint: hint.to_string(),
+            }),
+        }
+    }
+
+    fn positive(&self, name: &str, default: usize) -> Result<usize, ConfigError> {
+        let n: usize = self.parse(name, default, "expected a positive integer")?;
+        if n == 0 {
+            return Err(ConfigError::Invalid {
+                name: name.to_string(),
+                value: "0".into(),
+                hint: "expected a positive integer".into(),
+            });
+        }
+        Ok(n)
+    }
+}
+
+/// Where backups live.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StorageConfig {
+    /// `WALG_S3_PREFIX=s3://bucket/path` plus `AWS_*`.
+    S3(S3Config),
+    /// `WALG_FILE_PREFIX=/some/dir`.
+    Dir { root: PathBuf },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Path inside the bucket, without leading or trailing slashes.
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub force_path_style: bool,
+    pub max_retries: usize,
+    pub retry_timeout: Duration,
+}
+
+/// PostgreSQL connection settings (libpq's variable names).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PgConfig {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<Secret>,
+    pub dbname: String,
+}
+
+/// Everything the backup verbs need.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub storage: StorageConfig,
+    pub compression: Compression,
+    pub upload_concurrency: usize,
+    pub download_concurrency: usize,
+    /// How many WAL segments `wal-fetch` fetches ahead (0 disables).
+    pub prefetch: usize,
+    /// Plaintext bytes per base backup part (`WALG_TAR_SIZE_THRESHOLD`).
+    pub tar_size_threshold: u64,
+    pub pg: PgConfig,
+    pub pgdata: Option<PathBuf>,
+}
+
+pub const DEFAULT_TAR_SIZE_THRESHOLD: u64 = 1 << 30;
+
+impl Settings {
+    /// Reads settings from the process environment and, if given, an env dir
+    /// that overrides it.
+    pub fn load(env_dir: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut vars = EnvVars::from_process();
+        if let Some(dir) = env_dir {
+            vars.overlay_env_dir(dir)?;
+        }
+        Settings::from_vars(&vars)
+    }
+
+    pub fn from_vars(vars: &EnvVars) -> Result<Settings, ConfigError> {
+        let storage = match (vars.get("WALG_S3_PREFIX"), vars.get("WALG_FILE_PREFIX")) {
+            (Some(_), Some(_)) => return Err(ConfigError::TwoStorages),
+            (None, None) => return Err(ConfigError::NoStorage),
+            (None, Some(dir)) => StorageConfig::Dir {
+                root: PathBuf::from(dir),
+            },
+            (Some(url), None) => StorageConfig::S3(s3_config(vars, url)?),
+        };
+        let compression = match vars.get("WALG_COMPRESSION_METHOD") {
+            None => Compression::Lz4,
+            Some(v) => Compression::from_name(v).ok_or_else(|| ConfigError::Invalid {
+                name: "WALG_COMPRESSION_METHOD".into(),
+                value: v.into(),
+                hint: "expected lz4, zstd or none".into(),
+            })?,
+        };
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Ok(Settings {
+            storage,
+            compression,
+            upload_concurrency: vars.positive("WALG_UPLOAD_CONCURRENCY", cores.clamp(2, 16))?,
+            download_concurrency: vars.positive("WALG_DOWNLOAD_CONCURRENCY", cores.clamp(2, 16))?,
+            prefetch: vars.parse("WALG_PREFETCH", 8, "expected a count of segments (0 disables)")?,
+            tar_size_threshold: vars.parse(
+                "WALG_TAR_SIZE_THRESHOLD",
+                DEFAULT_TAR_SIZE_THRESHOLD,
+                "expected a size in bytes",
+            )?,
+            pg: PgConfig {
+                host: vars.get("PGHOST").unwrap_or("localhost").to_string(),
+                port: vars.parse("PGPORT", 5432, "expected a TCP port number")?,
+                user: vars.get("PGUSER").unwrap_or("postgres").to_string(),
+                password: vars.get("PGPASSWORD").map(Secret::new),
+                dbname: vars.get("PGDATABASE").unwrap_or("postgres").to_string(),
+            },
+            pgdata: vars.get("PGDATA").map(PathBuf::from),
+        })
+    }
+}
+
+fn s3_config(vars: &EnvVars, url: &str) -> Result<S3Config, ConfigError> {
+    let invalid_prefix = || ConfigError::Invalid {
+        name: "WALG_S3_PREFIX".into(),
+        value: url.into(),
+        hint: "expected s3://bucket or s3://bucket/path".into(),
+    };
+    let rest = url.strip_prefix("s3://").ok_or_else(invalid_prefix)?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(invalid_prefix());
+    }
+    let access_key_id = vars
+        .get("AWS_ACCESS_KEY_ID")
+        .ok_or(ConfigError::Missing {
+            name: "AWS_ACCESS_KEY_ID",
+            hint: "S3 storage needs an access key",
+        })?
+        .to_string();
+    let secret_access_key = Secret::new(vars.get("AWS_SECRET_ACCESS_KEY").ok_or(
+        ConfigError::Missing {
+            name: "AWS_SECRET_ACCESS_KEY",
+            hint: "S3 storage needs a secret key",
+        },
+    )?);
+    let endpoint = vars.get("AWS_ENDPOINT").map(|e| e.trim_end_matches('/').to_string());
+    if let Some(e) = &endpoint {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(ConfigError::Invalid {
+                name: "AWS_ENDPOINT".into(),
+                value: e.clone(),
+                hint: "expected a URL such as http://127.0.0.1:9000".into(),
+            });
+        }
+    }
+    let force_path_style = match vars.get("AWS_S3_FORCE_PATH_STYLE") {
+        None => endpoint.is_some(),
+        Some(v) => parse_bool(v).ok_or_else(|| ConfigError::Invalid {
+            name: "AWS_S3_FORCE_PATH_STYLE".into(),
+            value: v.into(),
+            hint: "expected true or false".into(),
+        })?,
+    };
+    Ok(S3Config {
+        bucket: bucket.to_string(),
+        prefix: prefix.trim_matches('/').to_string(),
+        endpoint,
+        region: vars.get("AWS_REGION").unwrap_or("us-east-1").to_string(),
+        access_key_id,
+        secret_access_key,
+        force_path_style,
+        max_retries: vars.parse("WALG_S3_MAX_RETRIES", 8, "expected a count")?,
+        retry_timeout: Duration::from_secs(vars.parse(
+            "PGDRILL_S3_RETRY_TIMEOUT_SECS",
+            120,
+            "expected seconds",
+        )?),
+    })
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s3_vars() -> EnvVars {
+        EnvVars::from_pairs([
+            ("WALG_S3_PREFIX", "s3://backups/prod/db1/"),
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "very-secret"),
+            ("AWS_ENDPOINT", "http://127.0.0.1:9000"),
+        ])
+    }
+
+    #[test]
+    fn s3_prefix_is_split_into_bucket_and_path() {
+        let s = Settings::from_vars(&s3_vars()).unwrap();
+        let StorageConfig::S3(s3) = s.storage else {
+            panic!("expected s3")
+        };
+        assert_eq!(s3.bucket, "backups");
+        assert_eq!(s3.prefix, "prod/db1");
+        assert!(s3.force_path_style, "custom endpoint implies path style");
+        assert_eq!(s.compression, Compression::Lz4);
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let s = Settings::from_vars(&s3_vars()).unwrap();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("very-secret"), "{shown}");
+    }
+
+    #[test]
+    fn contradictory_or_missing_settings_name_the_variable() {
+        let mut v = s3_vars();
+        v.set("WALG_FILE_PREFIX", "/tmp/x");
+        let err = Settings::from_vars(&v).unwrap_err().to_string();
+        assert!(err.contains("WALG_S3_PREFIX") && err.contains("WALG_FILE_PREFIX"));
+
+        let err = Settings::from_vars(&EnvVars::default()).unwrap_err().to_string();
+        assert!(err.contains("WALG_S3_PREFIX"), "{err}");
+
+        let v = EnvVars::from_pairs([("WALG_S3_PREFIX", "s3://b")]);
+        let err = Settings::from_vars(&v).unwrap_err().to_string();
+        assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
+
+        let mut v = s3_vars();
+        v.set("WALG_COMPRESSION_METHOD", "brotli9");
+        let err = Settings::from_vars(&v).unwrap_err().to_string();
+        assert!(err.contains("WALG_COMPRESSION_METHOD") && err.contains("lz4"), "{err}");
+
+        let mut v = s3_vars();
+        v.set("WALG_UPLOAD_CONCURRENCY", "0");
+        let err = Settings::from_vars(&v).unwrap_err().to_string();
+        assert!(err.contains("WALG_UPLOAD_CONCURRENCY"), "{err}");
+
+        let v = EnvVars::from_pairs([("WALG_S3_PREFIX", "gs://b/x")]);
+        let err = Settings::from_vars(&v).unwrap_err().to_string();
+        assert!(err.contains("s3://bucket"), "{err}");
+    }
+
+    #[test]
+    fn env_dir_overrides_environment_with_first_line_of_each_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("WALG_FILE_PREFIX"), "/srv/backups  \nignored\n").unwrap();
+        std::fs::write(dir.path().join("PGPORT"), "5433").unwrap();
+        std::fs::write(dir.path().join("PGUSER"), "").unwrap();
+        std::fs::write(dir.path().join(".hidden"), "x").unwrap();
+        std::fs::create_dir(dir.path().join("..data")).unwrap();
+        let mut vars = EnvVars::from_pairs([("PGPORT", "5432"), ("PGUSER", "alice")]);
+        vars.overlay_env_dir(dir.path()).unwrap();
+        assert_eq!(vars.get("WALG_FILE_PREFIX"), Some("/srv/backups"));
+        assert_eq!(vars.get("PGPORT"), Some("5433"));
+        assert_eq!(vars.get("PGUSER"), None, "an empty file unsets the variable");
+        assert_eq!(vars.get(".hidden"), None);
+        let s = Settings::from_vars(&vars).unwrap();
+        assert_eq!(
+            s.storage,
+            StorageConfig::Dir {
+                root: "/srv/backups".into()
+            }
+        );
+        assert_eq!(s.pg.port, 5433);
+    }
+
+    #[test]
+    fn missing_env_dir_is_a_clear_error() {
+        let mut vars = EnvVars::default();
+        let err = vars
+            .overlay_env_dir(Path::new("/nonexistent/env"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/env"), "{err}");
+    }
+}
