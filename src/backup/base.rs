@@ -390,7 +390,7 @@ pub async fn backup_push(
         .query_one(
             "SELECT current_setting('server_version_num')::int, \
                     current_setting('data_directory'), \
-                    current_setting('wal_segment_size')::bigint, \
+                    (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), \
                     (SELECT system_identifier::text FROM pg_control_system()), \
                     pg_is_in_recovery()",
             &[],
@@ -629,14 +629,7 @@ pub async fn backup_fetch(
     if !metadata.tablespace_map.is_empty() {
         write_file(&dest.join("tablespace_map"), metadata.tablespace_map.as_bytes())?;
     }
-    write_recovery_config(ctx, dest, opts)?;
-    sync_filesystem(dest);
-    info!(
-        backup = %summary.backup_name,
-        size = %human_bytes(total),
-        rate = %format!("{}/s", human_bytes(progress.rate() as u64)),
-        "restored"
-    );
+    // Verify before recovery settings change postgresql.auto.conf.
     if opts.verify {
         let dest = dest.to_path_buf();
         let files = metadata.files.clone();
@@ -645,6 +638,14 @@ pub async fn backup_fetch(
             .map_err(|e| BackupError::Invalid(format!("verification task failed: {e}")))??;
         info!("verified every restored file against the backup's checksums");
     }
+    write_recovery_config(ctx, dest, opts)?;
+    sync_filesystem(dest);
+    info!(
+        backup = %summary.backup_name,
+        size = %human_bytes(total),
+        rate = %format!("{}/s", human_bytes(progress.rate() as u64)),
+        "restored"
+    );
     Ok(summary)
 }
 

@@ -2,3 +2,4 @@
 //! the `local` environment and the tests use.
 
 pub mod s3_server;
+pub mod local;
