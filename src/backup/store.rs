@@ -194,19 +194,62 @@ impl S3Store {
     }
 }
 
-/// Maps an `object_store` error to ours. Its messages carry no credentials.
-fn s3_error(key: &Key, err: object_store::Error) -> StoreError {
-    match err {
-        object_store::Error::NotFound { .. } => StoreError::NotFound(key.clone()),
-        object_store::Error::PermissionDenied { source, .. }
-        | object_store::Error::Unauthenticated { source, .. } => StoreError::AccessDenied {
+/// The S3 error code in an error response body (`<Code>X</Code>`).
+fn s3_code(text: &str) -> Option<&str> {
+    let start = text.find("<Code>")? + "<Code>".len();
+    let len = text[start..].find("</Code>")?;
+    Some(&text[start..start + len])
+}
+
+impl S3Store {
+    /// Maps an `object_store` error to ours, with a message that says what
+    /// to check. Its messages carry no credentials.
+    fn error(&self, key: &Key, err: object_store::Error) -> StoreError {
+        if let object_store::Error::NotFound { .. } = err {
+            return StoreError::NotFound(key.clone());
+        }
+        // HTTP statuses of list requests are only in the text (the retry
+        // error type is private to object_store).
+        let text = err.to_string();
+        let code = s3_code(&text);
+        let denied = matches!(
+            err,
+            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
+        ) || ["403 Forbidden", "401 Unauthorized"].iter().any(|m| text.contains(m))
+            || matches!(code, Some("SignatureDoesNotMatch" | "InvalidAccessKeyId" | "AccessDenied"));
+        if denied {
+            return StoreError::AccessDenied {
+                key: key.clone(),
+                detail: code.unwrap_or("HTTP 403").to_string(),
+            };
+        }
+        if code == Some("NoSuchBucket") {
+            return StoreError::Other {
+                key: key.clone(),
+                detail: format!(
+                    "bucket {} does not exist at {}: check WALG_S3_PREFIX",
+                    self.bucket, self.endpoint
+                ),
+            };
+        }
+        if text.contains("error sending request") || text.contains("kind Connect") {
+            let retries = text
+                .find("after ")
+                .map(|i| text[i..].split(',').next().unwrap_or("").to_string())
+                .unwrap_or_default();
+            return StoreError::Other {
+                key: key.clone(),
+                detail: format!(
+                    "cannot reach storage at {} ({}): check AWS_ENDPOINT and that the server is up",
+                    self.endpoint,
+                    if retries.is_empty() { "connection failed".to_string() } else { format!("connection failed {retries}") }
+                ),
+            };
+        }
+        StoreError::Other {
             key: key.clone(),
-            detail: first_line(&source.to_string()),
-        },
-        other => StoreError::Other {
-            key: key.clone(),
-            detail: first_line(&other.to_string()),
-        },
+            detail: first_line(&text),
+        }
     }
 }
 
@@ -228,7 +271,7 @@ impl Store for S3Store {
             .put(&self.path(key), PutPayload::from_bytes(data))
             .await
             .map(|_| ())
-            .map_err(|e| s3_error(key, e))
+            .map_err(|e| self.error(key, e))
     }
 
     async fn put_stream(&self, key: &Key, mut chunks: ChunkReceiver) -> Result<u64, StoreError> {
@@ -262,7 +305,7 @@ impl Store for S3Store {
             .inner
             .put_multipart(&self.path(key))
             .await
-            .map_err(|e| s3_error(key, e))?;
+            .map_err(|e| self.error(key, e))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_CHUNK);
         writer.write(&first);
         drop(first);
@@ -278,14 +321,14 @@ impl Store for S3Store {
                 }
                 Some(Ok(b)) => {
                     if let Err(e) = writer.wait_for_capacity(MULTIPART_IN_FLIGHT).await {
-                        return Err(s3_error(key, e));
+                        return Err(self.error(key, e));
                     }
                     total += b.len() as u64;
                     writer.put(b);
                 }
             }
         }
-        writer.finish().await.map_err(|e| s3_error(key, e))?;
+        writer.finish().await.map_err(|e| self.error(key, e))?;
         Ok(total)
     }
 
@@ -294,8 +337,8 @@ impl Store for S3Store {
             .inner
             .get(&self.path(key))
             .await
-            .map_err(|e| s3_error(key, e))?;
-        r.bytes().await.map_err(|e| s3_error(key, e))
+            .map_err(|e| self.error(key, e))?;
+        r.bytes().await.map_err(|e| self.error(key, e))
     }
 
     async fn get_stream(
@@ -306,9 +349,16 @@ impl Store for S3Store {
             .inner
             .get(&self.path(key))
             .await
-            .map_err(|e| s3_error(key, e))?;
+            .map_err(|e| self.error(key, e))?;
         let key = key.clone();
-        Ok(r.into_stream().map_err(move |e| s3_error(&key, e)).boxed())
+        let endpoint = self.endpoint.clone();
+        Ok(r
+            .into_stream()
+            .map_err(move |e| StoreError::Other {
+                key: key.clone(),
+                detail: format!("reading from {endpoint}: {}", first_line(&e.to_string())),
+            })
+            .boxed())
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
@@ -324,7 +374,7 @@ impl Store for S3Store {
         let mut out: Vec<ObjectInfo> = self
             .inner
             .list(listing_root)
-            .map_err(|e| s3_error(&dir_key, e))
+            .map_err(|e| self.error(&dir_key, e))
             .try_filter_map(|meta| {
                 let key = self.key_of(&meta.location);
                 let keep = key.as_str().starts_with(prefix);
@@ -345,7 +395,7 @@ impl Store for S3Store {
     async fn delete(&self, key: &Key) -> Result<(), StoreError> {
         match self.inner.delete(&self.path(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(s3_error(key, e)),
+            Err(e) => Err(self.error(key, e)),
         }
     }
 
@@ -360,7 +410,7 @@ impl S3Store {
             .put(&self.path(key), PutPayload::from(data))
             .await
             .map(|_| ())
-            .map_err(|e| s3_error(key, e))
+            .map_err(|e| self.error(key, e))
     }
 }
 

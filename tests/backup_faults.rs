@@ -1,0 +1,241 @@
+//! Crash and bad-input behaviour of the backup verbs against real
+//! PostgreSQL and a real S3 server.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use pgdrill::env::local::{as_user, InitOptions};
+
+fn code(out: &std::process::Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+/// The first archived segment's object path on the S3 server's disk.
+fn first_wal_object(env: &TestEnv) -> std::path::PathBuf {
+    let s3 = env.s3.as_ref().unwrap();
+    let dir = s3.object_path("faults/wal_005");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "lz4"))
+        .collect();
+    names.sort();
+    names.into_iter().next().expect("an archived segment")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wal_push_is_idempotent_and_refuses_different_content() {
+    let env = TestEnv::start("faults", Storage::S3, &[], InitOptions::default());
+    let segment = switch_and_wait_archived(&env.primary).await;
+    let scratch = env.dir("scratch");
+
+    // Re-push of identical content (fetched back from the archive) succeeds.
+    let same = scratch.join(&segment);
+    let out = env.pgdrill(&["wal-fetch", &segment, same.to_str().unwrap()]);
+    assert_success(&out, "wal-fetch");
+    assert_success(&env.pgdrill(&["wal-push", same.to_str().unwrap()]), "identical re-push");
+
+    // Different content under the same name is an error, loudly.
+    let other_dir = env.dir("other");
+    let other = other_dir.join(&segment);
+    let mut bytes = std::fs::read(&same).unwrap();
+    bytes[1000] ^= 0xFF;
+    std::fs::write(&other, &bytes).unwrap();
+    let out = env.pgdrill(&["wal-push", other.to_str().unwrap()]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("different content"), "{}", stderr(&out));
+
+    // A .history file is never overwritten.
+    let h = scratch.join("00000002.history");
+    std::fs::write(&h, "1\t0/3000000\tno recovery target specified\n").unwrap();
+    assert_success(&env.pgdrill(&["wal-push", h.to_str().unwrap()]), "history push");
+    assert_success(&env.pgdrill(&["wal-push", h.to_str().unwrap()]), "history re-push");
+    std::fs::write(&h, "1\t0/4000000\tsomething else\n").unwrap();
+    let out = env.pgdrill(&["wal-push", h.to_str().unwrap()]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+
+    // Names PostgreSQL never archives are refused.
+    let junk = scratch.join("RECOVERYXLOG");
+    std::fs::write(&junk, b"x").unwrap();
+    let out = env.pgdrill(&["wal-push", junk.to_str().unwrap()]);
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("not a WAL file name"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_segment_exits_74_and_corruption_is_detected() {
+    let env = TestEnv::start("faults", Storage::S3, &[("WALG_PREFETCH", "0")], InitOptions::default());
+    switch_and_wait_archived(&env.primary).await;
+    let scratch = env.dir("scratch");
+    let dest = scratch.join("RECOVERYXLOG");
+
+    let out = env.pgdrill(&["wal-fetch", "0000000100000000000000FF", dest.to_str().unwrap()]);
+    assert_eq!(code(&out), 74, "{}", stderr(&out));
+    let msg = stderr(&out);
+    assert_eq!(msg.trim().lines().count(), 1, "one line: {msg}");
+    assert!(msg.contains("not found"), "{msg}");
+    assert!(!dest.exists());
+
+    // Flip one byte of a stored segment: the fetch fails and writes nothing.
+    let object = first_wal_object(&env);
+    let name = object.file_stem().unwrap().to_str().unwrap().to_string();
+    let mut bytes = std::fs::read(&object).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&object, &bytes).unwrap();
+    let out = env.pgdrill(&["wal-fetch", &name, dest.to_str().unwrap()]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("corrupt"), "{}", stderr(&out));
+    assert!(!dest.exists(), "nothing written for a corrupt object");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupted_backup_part_fails_fetch() {
+    let env = TestEnv::start("faults", Storage::S3, &[], InitOptions::default());
+    assert_success(
+        &env.pgdrill(&["backup-push", env.primary.data_dir.to_str().unwrap()]),
+        "backup-push",
+    );
+    let s3 = env.s3.as_ref().unwrap();
+    let parts = s3.object_path("faults/basebackups_005");
+    let part = walk_files(&parts)
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("part_1.tar"))
+        .expect("a part object");
+    let mut bytes = std::fs::read(&part).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&part, &bytes).unwrap();
+    let target = env.dir("restore").join("data");
+    let out = env.pgdrill(&["backup-fetch", target.to_str().unwrap(), "LATEST"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("corrupt"), "{}", stderr(&out));
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_backup_push_leaves_no_listed_backup() {
+    // Small parts uploaded one at a time, so the kill lands mid-backup.
+    let env = TestEnv::start(
+        "killed",
+        Storage::Dir,
+        &[("WALG_TAR_SIZE_THRESHOLD", "1048576"), ("WALG_UPLOAD_CONCURRENCY", "1")],
+        InitOptions::default(),
+    );
+    run_ok(env.primary.client_tool("pgbench").args(["-i", "-q", "-s", "3"]), "pgbench -i");
+    let archive = std::path::PathBuf::from(&env.storage_vars[0].1);
+    let mut cmd = Command::new(PGDRILL);
+    cmd.arg("--env-dir")
+        .arg(&env.env_dir)
+        .arg("backup-push")
+        .arg(&env.primary.data_dir);
+    for (k, v) in env.primary.pg_settings() {
+        cmd.env(k, v);
+    }
+    let mut child = as_user(&mut cmd, env.run_as)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let parts = walk_files_if_exists(&archive.join("basebackups_005"));
+        if parts.iter().filter(|p| p.to_string_lossy().contains("part_")).count() >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "backup-push made no progress");
+        assert!(child.try_wait().unwrap().is_none(), "backup-push finished before it could be killed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let out = env.pgdrill(&["backup-list", "--json"]);
+    assert_success(&out, "backup-list");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    let out = env.pgdrill(&["backup-fetch", env.dir("r").join("d").to_str().unwrap(), "LATEST"]);
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("no backups"), "{}", stderr(&out));
+
+    // The server's side of the killed backup was released: a new backup
+    // works, and retention removes the dead one's leftovers.
+    assert_success(
+        &env.pgdrill(&["backup-push", env.primary.data_dir.to_str().unwrap()]),
+        "second backup-push",
+    );
+    let out = env.pgdrill(&["backup-list", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1);
+    let before = walk_files_if_exists(&archive.join("basebackups_005")).len();
+    assert_success(&env.pgdrill(&["delete", "--confirm", "retain", "1"]), "delete");
+    let after = walk_files_if_exists(&archive.join("basebackups_005")).len();
+    assert!(after < before, "leftovers of the killed backup were deleted ({before} -> {after})");
+}
+
+fn walk_files_if_exists(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    if dir.exists() {
+        walk_files(dir)
+    } else {
+        Vec::new()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_credentials_and_endpoints_give_clear_errors() {
+    let env = TestEnv::start("creds", Storage::S3, &[], InitOptions::default());
+    let secret = "definitely-wrong-secret-value";
+    let mut vars = env.storage_vars.clone();
+    for (k, v) in vars.iter_mut() {
+        if k == "AWS_SECRET_ACCESS_KEY" {
+            *v = secret.to_string();
+        }
+    }
+    vars.push(("WALG_S3_MAX_RETRIES".into(), "1".into()));
+    let out = env.pgdrill_with_vars(&vars, &["backup-list"]);
+    assert_eq!(code(&out), 1);
+    let msg = stderr(&out);
+    assert!(msg.contains("AWS_SECRET_ACCESS_KEY") && msg.contains("refused access"), "{msg}");
+    assert!(!msg.contains(secret), "secret printed: {msg}");
+
+    let mut unreachable = vars.clone();
+    for (k, v) in unreachable.iter_mut() {
+        if k == "AWS_ENDPOINT" {
+            *v = "http://127.0.0.1:1".into();
+        }
+    }
+    let started = Instant::now();
+    let out = env.pgdrill_with_vars(&unreachable, &["backup-list"]);
+    assert_eq!(code(&out), 1);
+    let msg = stderr(&out);
+    assert!(msg.contains("127.0.0.1:1") || msg.contains("connect"), "{msg}");
+    assert!(started.elapsed() < Duration::from_secs(30), "gives up in bounded time");
+
+    let out = env.pgdrill_with_vars(&[], &["backup-list"]);
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("WALG_S3_PREFIX"), "{}", stderr(&out));
+
+    let out = env.pgdrill_with_vars(&[("WALG_S3_PREFIX".into(), "s3://b/p".into())], &["backup-list"]);
+    assert!(stderr(&out).contains("AWS_ACCESS_KEY_ID"), "{}", stderr(&out));
+
+    let out = env.pgdrill(&["delete", "retain", "zero"]);
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("positive count"), "{}", stderr(&out));
+
+    let out = env.pgdrill(&["no-such-verb"]);
+    assert_eq!(code(&out), 2, "usage errors exit 2");
+}
