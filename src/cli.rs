@@ -151,6 +151,8 @@ pub enum Command {
         #[arg(required = true, num_args = 1.., value_name = "POLICY")]
         policy: Vec<String>,
     },
+    /// Measure backup speed against pg_basebackup (figures go to reports/bench/).
+    Bench(crate::bench::BenchArgs),
     /// Serve an S3-compatible API from a directory (for tests and local drills).
     ///
     /// Prints `listening on http://ADDR` on stdout once ready; with port 0
@@ -196,6 +198,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             server.serve(shutdown_signal()).await;
             Ok(exit::OK)
         }
+        Command::Bench(args) => crate::bench::run(args).await,
         other => Ok(match run_backup_verb(other, env_dir).await {
             Ok(()) => exit::OK,
             Err(e) => {
@@ -308,7 +311,7 @@ async fn run_backup_verb(command: Command, env_dir: Option<&Path>) -> Result<(),
         Command::Delete { confirm, policy } => {
             retention::delete(&ctx, &Policy::parse(&policy)?, confirm).await?;
         }
-        Command::S3Serve { .. } => unreachable!("handled by run"),
+        Command::S3Serve { .. } | Command::Bench(_) => unreachable!("handled by run"),
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! - [`cli`]: the command line.
 
 pub mod backup;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod env;
