@@ -23,7 +23,10 @@ pub enum ConfigError {
     TwoStorages,
     /// A required variable is absent.
     #[error("{name} is not set: {hint}")]
-    Missing { name: &'static str, hint: &'static str },
+    Missing {
+        name: &'static str,
+        hint: &'static str,
+    },
     /// A variable has a value we cannot use.
     #[error("{name} has an invalid value {value:?}: {hint}")]
     Invalid {
@@ -118,7 +121,10 @@ impl EnvVars {
 
     /// A variable's value; empty values count as unset, as in WAL-G.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     pub fn set(&mut self, name: &str, value: &str) {
@@ -243,7 +249,11 @@ impl Settings {
             compression,
             upload_concurrency: vars.positive("WALG_UPLOAD_CONCURRENCY", cores.clamp(2, 16))?,
             download_concurrency: vars.positive("WALG_DOWNLOAD_CONCURRENCY", cores.clamp(2, 16))?,
-            prefetch: vars.parse("WALG_PREFETCH", 8, "expected a count of segments (0 disables)")?,
+            prefetch: vars.parse(
+                "WALG_PREFETCH",
+                8,
+                "expected a count of segments (0 disables)",
+            )?,
             tar_size_threshold: vars.parse(
                 "WALG_TAR_SIZE_THRESHOLD",
                 DEFAULT_TAR_SIZE_THRESHOLD,
@@ -285,7 +295,9 @@ fn s3_config(vars: &EnvVars, url: &str) -> Result<S3Config, ConfigError> {
             hint: "S3 storage needs a secret key",
         },
     )?);
-    let endpoint = vars.get("AWS_ENDPOINT").map(|e| e.trim_end_matches('/').to_string());
+    let endpoint = vars
+        .get("AWS_ENDPOINT")
+        .map(|e| e.trim_end_matches('/').to_string());
     if let Some(e) = &endpoint {
         if !(e.starts_with("http://") || e.starts_with("https://")) {
             return Err(ConfigError::Invalid {
@@ -367,7 +379,9 @@ mod tests {
         let err = Settings::from_vars(&v).unwrap_err().to_string();
         assert!(err.contains("WALG_S3_PREFIX") && err.contains("WALG_FILE_PREFIX"));
 
-        let err = Settings::from_vars(&EnvVars::default()).unwrap_err().to_string();
+        let err = Settings::from_vars(&EnvVars::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("WALG_S3_PREFIX"), "{err}");
 
         let v = EnvVars::from_pairs([("WALG_S3_PREFIX", "s3://b")]);
@@ -377,7 +391,10 @@ mod tests {
         let mut v = s3_vars();
         v.set("WALG_COMPRESSION_METHOD", "brotli9");
         let err = Settings::from_vars(&v).unwrap_err().to_string();
-        assert!(err.contains("WALG_COMPRESSION_METHOD") && err.contains("lz4"), "{err}");
+        assert!(
+            err.contains("WALG_COMPRESSION_METHOD") && err.contains("lz4"),
+            "{err}"
+        );
 
         let mut v = s3_vars();
         v.set("WALG_UPLOAD_CONCURRENCY", "0");
@@ -392,7 +409,11 @@ mod tests {
     #[test]
     fn env_dir_overrides_environment_with_first_line_of_each_file() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("WALG_FILE_PREFIX"), "/srv/backups  \nignored\n").unwrap();
+        std::fs::write(
+            dir.path().join("WALG_FILE_PREFIX"),
+            "/srv/backups  \nignored\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("PGPORT"), "5433").unwrap();
         std::fs::write(dir.path().join("PGUSER"), "").unwrap();
         std::fs::write(dir.path().join(".hidden"), "x").unwrap();
@@ -401,7 +422,11 @@ mod tests {
         vars.overlay_env_dir(dir.path()).unwrap();
         assert_eq!(vars.get("WALG_FILE_PREFIX"), Some("/srv/backups"));
         assert_eq!(vars.get("PGPORT"), Some("5433"));
-        assert_eq!(vars.get("PGUSER"), None, "an empty file unsets the variable");
+        assert_eq!(
+            vars.get("PGUSER"),
+            None,
+            "an empty file unsets the variable"
+        );
         assert_eq!(vars.get(".hidden"), None);
         let s = Settings::from_vars(&vars).unwrap();
         assert_eq!(

@@ -16,7 +16,11 @@ pub struct Progress {
 impl Progress {
     /// Starts reporting `what` on stderr every `every` until the returned
     /// guard is dropped.
-    pub fn start(what: &'static str, total: u64, every: Duration) -> (Arc<Progress>, ProgressGuard) {
+    pub fn start(
+        what: &'static str,
+        total: u64,
+        every: Duration,
+    ) -> (Arc<Progress>, ProgressGuard) {
         let p = Arc::new(Progress {
             done: AtomicU64::new(0),
             total,

@@ -37,7 +37,10 @@ async fn run_e2e(env: &TestEnv, pgbench_scale: u32) {
     let out = env.pgdrill(&["backup-push", env.primary.data_dir.to_str().unwrap()]);
     assert_success(&out, "backup-push");
     let backup = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(backup.starts_with("base_"), "backup-push prints the name: {backup:?}");
+    assert!(
+        backup.starts_with("base_"),
+        "backup-push prints the name: {backup:?}"
+    );
 
     // Writes after the backup: batch a, a gap with the target inside, batch b.
     commit_rows(&client, "a", 40).await;
@@ -60,25 +63,63 @@ async fn run_e2e(env: &TestEnv, pgbench_scale: u32) {
     let rows: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 1);
     assert_eq!(rows[0]["backup_name"], backup.as_str());
-    assert!(rows[0]["uncompressed_size"].as_u64().unwrap() > rows[0]["compressed_size"].as_u64().unwrap());
+    assert!(
+        rows[0]["uncompressed_size"].as_u64().unwrap()
+            > rows[0]["compressed_size"].as_u64().unwrap()
+    );
 
     // (a) end of WAL: everything committed is there.
-    let latest = env.restore("restore-latest", "LATEST", &["--recover", "--verify"]).await;
+    let latest = env
+        .restore("restore-latest", "LATEST", &["--recover", "--verify"])
+        .await;
     let c = latest.connect().await.unwrap();
-    assert_eq!(count(&c, "SELECT count(*) FROM pgbench_accounts").await, accounts);
-    assert_eq!(count(&c, "SELECT count(*) FROM ledger WHERE batch = 'a'").await, 40);
-    assert_eq!(count(&c, "SELECT count(*) FROM ledger WHERE batch = 'b'").await, 25);
-    assert_eq!(count(&c, "SELECT count(*) FROM pgbench_accounts WHERE abalance = 1").await, 1000);
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM pgbench_accounts").await,
+        accounts
+    );
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM ledger WHERE batch = 'a'").await,
+        40
+    );
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM ledger WHERE batch = 'b'").await,
+        25
+    );
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM pgbench_accounts WHERE abalance = 1"
+        )
+        .await,
+        1000
+    );
     drop(latest);
 
     // (b) point in time between batch a and batch b: exactly batch a.
     let pitr = env
-        .restore("restore-pitr", &backup, &["--recovery-target-time", &target])
+        .restore(
+            "restore-pitr",
+            &backup,
+            &["--recovery-target-time", &target],
+        )
         .await;
     let c = pitr.connect().await.unwrap();
-    assert_eq!(count(&c, "SELECT count(*) FROM ledger WHERE batch = 'a'").await, 40);
-    assert_eq!(count(&c, "SELECT count(*) FROM ledger WHERE batch = 'b'").await, 0);
-    assert_eq!(count(&c, "SELECT count(*) FROM pgbench_accounts WHERE abalance = 1").await, 1000);
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM ledger WHERE batch = 'a'").await,
+        40
+    );
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM ledger WHERE batch = 'b'").await,
+        0
+    );
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM pgbench_accounts WHERE abalance = 1"
+        )
+        .await,
+        1000
+    );
     let last_commit: String = c
         .query_one("SELECT pg_last_committed_xact()::text", &[])
         .await
@@ -90,7 +131,12 @@ async fn run_e2e(env: &TestEnv, pgbench_scale: u32) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_backup_and_point_in_time_restore_are_exact() {
-    let env = TestEnv::start("e2e-s3", Storage::S3, &[("WALG_PREFETCH", "4")], InitOptions::default());
+    let env = TestEnv::start(
+        "e2e-s3",
+        Storage::S3,
+        &[("WALG_PREFETCH", "4")],
+        InitOptions::default(),
+    );
     run_e2e(&env, 10).await;
 }
 

@@ -36,7 +36,10 @@ async fn wal_push_is_idempotent_and_refuses_different_content() {
     let same = scratch.join(&segment);
     let out = env.pgdrill(&["wal-fetch", &segment, same.to_str().unwrap()]);
     assert_success(&out, "wal-fetch");
-    assert_success(&env.pgdrill(&["wal-push", same.to_str().unwrap()]), "identical re-push");
+    assert_success(
+        &env.pgdrill(&["wal-push", same.to_str().unwrap()]),
+        "identical re-push",
+    );
 
     // Different content under the same name is an error, loudly.
     let other_dir = env.dir("other");
@@ -46,13 +49,23 @@ async fn wal_push_is_idempotent_and_refuses_different_content() {
     std::fs::write(&other, &bytes).unwrap();
     let out = env.pgdrill(&["wal-push", other.to_str().unwrap()]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(stderr(&out).contains("different content"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("different content"),
+        "{}",
+        stderr(&out)
+    );
 
     // A .history file is never overwritten.
     let h = scratch.join("00000002.history");
     std::fs::write(&h, "1\t0/3000000\tno recovery target specified\n").unwrap();
-    assert_success(&env.pgdrill(&["wal-push", h.to_str().unwrap()]), "history push");
-    assert_success(&env.pgdrill(&["wal-push", h.to_str().unwrap()]), "history re-push");
+    assert_success(
+        &env.pgdrill(&["wal-push", h.to_str().unwrap()]),
+        "history push",
+    );
+    assert_success(
+        &env.pgdrill(&["wal-push", h.to_str().unwrap()]),
+        "history re-push",
+    );
     std::fs::write(&h, "1\t0/4000000\tsomething else\n").unwrap();
     let out = env.pgdrill(&["wal-push", h.to_str().unwrap()]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
@@ -62,17 +75,30 @@ async fn wal_push_is_idempotent_and_refuses_different_content() {
     std::fs::write(&junk, b"x").unwrap();
     let out = env.pgdrill(&["wal-push", junk.to_str().unwrap()]);
     assert_eq!(code(&out), 1);
-    assert!(stderr(&out).contains("not a WAL file name"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a WAL file name"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_segment_exits_74_and_corruption_is_detected() {
-    let env = TestEnv::start("faults", Storage::S3, &[("WALG_PREFETCH", "0")], InitOptions::default());
+    let env = TestEnv::start(
+        "faults",
+        Storage::S3,
+        &[("WALG_PREFETCH", "0")],
+        InitOptions::default(),
+    );
     switch_and_wait_archived(&env.primary).await;
     let scratch = env.dir("scratch");
     let dest = scratch.join("RECOVERYXLOG");
 
-    let out = env.pgdrill(&["wal-fetch", "0000000100000000000000FF", dest.to_str().unwrap()]);
+    let out = env.pgdrill(&[
+        "wal-fetch",
+        "0000000100000000000000FF",
+        dest.to_str().unwrap(),
+    ]);
     assert_eq!(code(&out), 74, "{}", stderr(&out));
     let msg = stderr(&out);
     assert_eq!(msg.trim().lines().count(), 1, "one line: {msg}");
@@ -134,10 +160,18 @@ async fn killed_backup_push_leaves_no_listed_backup() {
     let env = TestEnv::start(
         "killed",
         Storage::Dir,
-        &[("WALG_TAR_SIZE_THRESHOLD", "1048576"), ("WALG_UPLOAD_CONCURRENCY", "1")],
+        &[
+            ("WALG_TAR_SIZE_THRESHOLD", "1048576"),
+            ("WALG_UPLOAD_CONCURRENCY", "1"),
+        ],
         InitOptions::default(),
     );
-    run_ok(env.primary.client_tool("pgbench").args(["-i", "-q", "-s", "3"]), "pgbench -i");
+    run_ok(
+        env.primary
+            .client_tool("pgbench")
+            .args(["-i", "-q", "-s", "3"]),
+        "pgbench -i",
+    );
     let archive = std::path::PathBuf::from(&env.storage_vars[0].1);
     let mut cmd = Command::new(PGDRILL);
     cmd.arg("--env-dir")
@@ -155,11 +189,19 @@ async fn killed_backup_push_leaves_no_listed_backup() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let parts = walk_files_if_exists(&archive.join("basebackups_005"));
-        if parts.iter().filter(|p| p.to_string_lossy().contains("part_")).count() >= 3 {
+        if parts
+            .iter()
+            .filter(|p| p.to_string_lossy().contains("part_"))
+            .count()
+            >= 3
+        {
             break;
         }
         assert!(Instant::now() < deadline, "backup-push made no progress");
-        assert!(child.try_wait().unwrap().is_none(), "backup-push finished before it could be killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "backup-push finished before it could be killed"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().unwrap();
@@ -168,7 +210,11 @@ async fn killed_backup_push_leaves_no_listed_backup() {
     let out = env.pgdrill(&["backup-list", "--json"]);
     assert_success(&out, "backup-list");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
-    let out = env.pgdrill(&["backup-fetch", env.dir("r").join("d").to_str().unwrap(), "LATEST"]);
+    let out = env.pgdrill(&[
+        "backup-fetch",
+        env.dir("r").join("d").to_str().unwrap(),
+        "LATEST",
+    ]);
     assert_eq!(code(&out), 1);
     assert!(stderr(&out).contains("no backups"), "{}", stderr(&out));
 
@@ -182,9 +228,15 @@ async fn killed_backup_push_leaves_no_listed_backup() {
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 1);
     let before = walk_files_if_exists(&archive.join("basebackups_005")).len();
-    assert_success(&env.pgdrill(&["delete", "--confirm", "retain", "1"]), "delete");
+    assert_success(
+        &env.pgdrill(&["delete", "--confirm", "retain", "1"]),
+        "delete",
+    );
     let after = walk_files_if_exists(&archive.join("basebackups_005")).len();
-    assert!(after < before, "leftovers of the killed backup were deleted ({before} -> {after})");
+    assert!(
+        after < before,
+        "leftovers of the killed backup were deleted ({before} -> {after})"
+    );
 }
 
 fn walk_files_if_exists(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -209,7 +261,10 @@ async fn bad_credentials_and_endpoints_give_clear_errors() {
     let out = env.pgdrill_with_vars(&vars, &["backup-list"]);
     assert_eq!(code(&out), 1);
     let msg = stderr(&out);
-    assert!(msg.contains("AWS_SECRET_ACCESS_KEY") && msg.contains("refused access"), "{msg}");
+    assert!(
+        msg.contains("AWS_SECRET_ACCESS_KEY") && msg.contains("refused access"),
+        "{msg}"
+    );
     assert!(!msg.contains(secret), "secret printed: {msg}");
 
     let mut unreachable = vars.clone();
@@ -222,15 +277,28 @@ async fn bad_credentials_and_endpoints_give_clear_errors() {
     let out = env.pgdrill_with_vars(&unreachable, &["backup-list"]);
     assert_eq!(code(&out), 1);
     let msg = stderr(&out);
-    assert!(msg.contains("127.0.0.1:1") || msg.contains("connect"), "{msg}");
-    assert!(started.elapsed() < Duration::from_secs(30), "gives up in bounded time");
+    assert!(
+        msg.contains("127.0.0.1:1") || msg.contains("connect"),
+        "{msg}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "gives up in bounded time"
+    );
 
     let out = env.pgdrill_with_vars(&[], &["backup-list"]);
     assert_eq!(code(&out), 1);
     assert!(stderr(&out).contains("WALG_S3_PREFIX"), "{}", stderr(&out));
 
-    let out = env.pgdrill_with_vars(&[("WALG_S3_PREFIX".into(), "s3://b/p".into())], &["backup-list"]);
-    assert!(stderr(&out).contains("AWS_ACCESS_KEY_ID"), "{}", stderr(&out));
+    let out = env.pgdrill_with_vars(
+        &[("WALG_S3_PREFIX".into(), "s3://b/p".into())],
+        &["backup-list"],
+    );
+    assert!(
+        stderr(&out).contains("AWS_ACCESS_KEY_ID"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = env.pgdrill(&["delete", "retain", "zero"]);
     assert_eq!(code(&out), 1);

@@ -11,7 +11,12 @@ use pgdrill::env::local::InitOptions;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prefetched_segments_are_complete_and_served() {
-    let env = TestEnv::start("prefetch", Storage::S3, &[("WALG_PREFETCH", "3")], InitOptions::default());
+    let env = TestEnv::start(
+        "prefetch",
+        Storage::S3,
+        &[("WALG_PREFETCH", "3")],
+        InitOptions::default(),
+    );
     let mut segments = Vec::new();
     for _ in 0..5 {
         segments.push(switch_and_wait_archived(&env.primary).await);
@@ -20,7 +25,10 @@ async fn prefetched_segments_are_complete_and_served() {
     let dest = pg_wal.join("RECOVERYXLOG");
     let prefetch = pg_wal.join(".pgdrill/prefetch");
 
-    assert_success(&env.pgdrill(&["wal-fetch", &segments[0], dest.to_str().unwrap()]), "wal-fetch");
+    assert_success(
+        &env.pgdrill(&["wal-fetch", &segments[0], dest.to_str().unwrap()]),
+        "wal-fetch",
+    );
     // The segments right after segments[0] (consecutive names) are fetched ahead.
     let first = segments[0].clone();
     let next_names: Vec<String> = (1..=3u64)
@@ -31,7 +39,10 @@ async fn prefetched_segments_are_complete_and_served() {
         .collect();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !next_names.iter().all(|n| prefetch.join(n).exists()) {
-        assert!(std::time::Instant::now() < deadline, "prefetch did not complete: {next_names:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "prefetch did not complete: {next_names:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -40,13 +51,23 @@ async fn prefetched_segments_are_complete_and_served() {
     let direct_dir = env.dir("direct/pg_wal");
     let direct = direct_dir.join("RECOVERYXLOG");
     let out = env.pgdrill_with_vars(
-        &[env.storage_vars.clone(), vec![("WALG_PREFETCH".into(), "0".into())]].concat(),
+        &[
+            env.storage_vars.clone(),
+            vec![("WALG_PREFETCH".into(), "0".into())],
+        ]
+        .concat(),
         &["wal-fetch", &next_names[0], direct.to_str().unwrap()],
     );
     assert_success(&out, "direct wal-fetch");
-    assert_success(&env.pgdrill(&["wal-fetch", &next_names[0], dest.to_str().unwrap()]), "wal-fetch");
+    assert_success(
+        &env.pgdrill(&["wal-fetch", &next_names[0], dest.to_str().unwrap()]),
+        "wal-fetch",
+    );
     assert!(!prefetch.join(&next_names[0]).exists(), "served by rename");
-    assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&direct).unwrap());
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        std::fs::read(&direct).unwrap()
+    );
 
     // A stale claim with half-written content is never served.
     let victim = &next_names[2];
@@ -54,8 +75,20 @@ async fn prefetched_segments_are_complete_and_served() {
     let claim = prefetch.join("running").join(victim);
     std::fs::write(&claim, b"half-written").unwrap();
     let old = SystemTime::now() - Duration::from_secs(3600);
-    std::fs::File::options().write(true).open(&claim).unwrap().set_modified(old).unwrap();
-    assert_success(&env.pgdrill(&["wal-fetch", victim, dest.to_str().unwrap()]), "wal-fetch");
+    std::fs::File::options()
+        .write(true)
+        .open(&claim)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    assert_success(
+        &env.pgdrill(&["wal-fetch", victim, dest.to_str().unwrap()]),
+        "wal-fetch",
+    );
     let got = std::fs::read(&dest).unwrap();
-    assert_eq!(got.len(), 16 << 20, "a whole segment, not the claim's content");
+    assert_eq!(
+        got.len(),
+        16 << 20,
+        "a whole segment, not the claim's content"
+    );
 }

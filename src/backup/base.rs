@@ -115,7 +115,11 @@ fn walk_data_dir(root: &Path) -> Result<Vec<WalkEntry>, BackupError> {
         let unlogged: Vec<String> = if is_relation_dir {
             names
                 .iter()
-                .filter_map(|(n, _, _)| relation_of(n).filter(|(_, init)| *init).map(|(r, _)| r.to_string()))
+                .filter_map(|(n, _, _)| {
+                    relation_of(n)
+                        .filter(|(_, init)| *init)
+                        .map(|(r, _)| r.to_string())
+                })
                 .collect()
         } else {
             Vec::new()
@@ -299,7 +303,12 @@ fn write_part(
             Ok(f) => f,
             // Dropped tables vanish during a backup: WAL replay knows.
             Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-            Err(err) => return Err(io::Error::new(err.kind(), format!("{}: {err}", e.abs.display()))),
+            Err(err) => {
+                return Err(io::Error::new(
+                    err.kind(),
+                    format!("{}: {err}", e.abs.display()),
+                ))
+            }
         };
         let size = file.metadata()?.len();
         header.set_entry_type(tar::EntryType::Regular);
@@ -411,8 +420,10 @@ pub async fn backup_push(
             "PostgreSQL {pg_version} is too old; pgdrill supports 10 and later"
         )));
     }
-    let data_dir = std::fs::canonicalize(data_dir)
-        .map_err(BackupError::io(format!("data directory {}", data_dir.display())))?;
+    let data_dir = std::fs::canonicalize(data_dir).map_err(BackupError::io(format!(
+        "data directory {}",
+        data_dir.display()
+    )))?;
     if !data_dir.join("PG_VERSION").is_file() {
         return Err(BackupError::Invalid(format!(
             "{} is not a PostgreSQL data directory (no PG_VERSION)",
@@ -464,13 +475,20 @@ pub async fn backup_push(
         "uploading with concurrency {}",
         ctx.settings.upload_concurrency
     );
-    let mut uploaded: Vec<(PartInfo, Vec<FileEntry>)> = futures::stream::iter(
-        parts.into_iter().enumerate(),
-    )
-    .map(|(i, entries)| upload_part(ctx, &backup_name, format!("part_{}", i + 1), entries, Arc::clone(&progress)))
-    .buffer_unordered(ctx.settings.upload_concurrency)
-    .try_collect()
-    .await?;
+    let mut uploaded: Vec<(PartInfo, Vec<FileEntry>)> =
+        futures::stream::iter(parts.into_iter().enumerate())
+            .map(|(i, entries)| {
+                upload_part(
+                    ctx,
+                    &backup_name,
+                    format!("part_{}", i + 1),
+                    entries,
+                    Arc::clone(&progress),
+                )
+            })
+            .buffer_unordered(ctx.settings.upload_concurrency)
+            .try_collect()
+            .await?;
     // pg_control last, after every data file was read.
     uploaded.push(
         upload_part(
@@ -488,17 +506,16 @@ pub async fn backup_push(
     } else {
         "SELECT lsn::text, labelfile, spcmapfile, pg_walfile_name(lsn) FROM pg_stop_backup(false, true)"
     };
-    let row = client
-        .query_one(stop_sql, &[])
-        .await
-        .map_err(pg_err("stopping the backup (the WAL it needs may not be archived: check archive_command)"))?;
+    let row = client.query_one(stop_sql, &[]).await.map_err(pg_err(
+        "stopping the backup (the WAL it needs may not be archived: check archive_command)",
+    ))?;
     let finish_lsn: String = row.get(0);
     let backup_label: String = row.get(1);
     let tablespace_map: Option<String> = row.get(2);
     let finish_wal: String = row.get(3);
     let finish_time = Utc::now();
 
-    uploaded.sort_by(|a, b| part_order(&a.0.name).cmp(&part_order(&b.0.name)));
+    uploaded.sort_by_key(|a| part_order(&a.0.name));
     let (parts, files): (Vec<PartInfo>, Vec<Vec<FileEntry>>) = uploaded.into_iter().unzip();
     let mut files: Vec<FileEntry> = files.into_iter().flatten().collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -535,7 +552,10 @@ pub async fn backup_push(
         pgdrill_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     ctx.store
-        .put(&layout::metadata_key(&backup_name), Bytes::from(metadata_json))
+        .put(
+            &layout::metadata_key(&backup_name),
+            Bytes::from(metadata_json),
+        )
         .await?;
     let sentinel = serde_json::to_vec_pretty(&summary)
         .map_err(|e| BackupError::Invalid(format!("serializing sentinel: {e}")))?;
@@ -627,7 +647,10 @@ pub async fn backup_fetch(
     }
     write_file(&dest.join("backup_label"), metadata.backup_label.as_bytes())?;
     if !metadata.tablespace_map.is_empty() {
-        write_file(&dest.join("tablespace_map"), metadata.tablespace_map.as_bytes())?;
+        write_file(
+            &dest.join("tablespace_map"),
+            metadata.tablespace_map.as_bytes(),
+        )?;
     }
     // Verify before recovery settings change postgresql.auto.conf.
     if opts.verify {
@@ -664,8 +687,9 @@ fn prepare_target(dest: &Path, force: bool) -> Result<(), BackupError> {
             .map_err(BackupError::io(format!("creating {}", dest.display())))?,
         Err(e) => return Err(BackupError::io(format!("reading {}", dest.display()))(e)),
     }
-    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o700))
-        .map_err(BackupError::io(format!("setting permissions of {}", dest.display())))
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o700)).map_err(BackupError::io(
+        format!("setting permissions of {}", dest.display()),
+    ))
 }
 
 fn write_file(path: &Path, data: &[u8]) -> Result<(), BackupError> {
@@ -693,18 +717,16 @@ async fn download_part(
     progress: Arc<Progress>,
 ) -> Result<usize, BackupError> {
     let key = Key::new(part.key.clone());
-    let stream = ctx
-        .store
-        .get_stream(&key)
-        .await?
-        .map_err(io::Error::other);
+    let stream = ctx.store.get_stream(&key).await?.map_err(io::Error::other);
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let dest = dest.to_path_buf();
     let part = part.clone();
     let key2 = key.clone();
-    tokio::task::spawn_blocking(move || extract_part(reader, &part, &key2, &dest, &expected, &progress))
-        .await
-        .map_err(|e| BackupError::Invalid(format!("extract task failed: {e}")))?
+    tokio::task::spawn_blocking(move || {
+        extract_part(reader, &part, &key2, &dest, &expected, &progress)
+    })
+    .await
+    .map_err(|e| BackupError::Invalid(format!("extract task failed: {e}")))?
 }
 
 fn extract_part(
@@ -759,7 +781,12 @@ fn extract_part(
                     let n = match entry.read(&mut buf) {
                         Ok(0) => break,
                         Ok(n) => n,
-                        Err(e) => return Err(BackupError::from_codec(key, super::codec::CodecError::Io(e))),
+                        Err(e) => {
+                            return Err(BackupError::from_codec(
+                                key,
+                                super::codec::CodecError::Io(e),
+                            ))
+                        }
                     };
                     hasher.update(&buf[..n]);
                     out.write_all(&buf[..n]).map_err(io_err)?;
@@ -780,7 +807,8 @@ fn extract_part(
         }
     }
     // Tar stops before the padding at the end; the trailer follows it.
-    io::copy(&mut object, &mut io::sink()).map_err(|e| BackupError::from_codec(key, super::codec::CodecError::Io(e)))?;
+    io::copy(&mut object, &mut io::sink())
+        .map_err(|e| BackupError::from_codec(key, super::codec::CodecError::Io(e)))?;
     let digest = object
         .verified_digest()
         .map_err(|e| BackupError::from_codec(key, e))?;
@@ -820,12 +848,21 @@ fn verify_restored(dest: &Path, files: &[FileEntry]) -> Result<(), BackupError> 
         Err(BackupError::VerifyFailed(format!(
             "{} file(s) differ: {}",
             problems.len(),
-            problems.iter().take(10).cloned().collect::<Vec<_>>().join("; ")
+            problems
+                .iter()
+                .take(10)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
         )))
     }
 }
 
-fn write_recovery_config(ctx: &Context, dest: &Path, opts: &FetchOptions) -> Result<(), BackupError> {
+fn write_recovery_config(
+    ctx: &Context,
+    dest: &Path,
+    opts: &FetchOptions,
+) -> Result<(), BackupError> {
     let restore_command = opts
         .restore_command
         .clone()
@@ -841,10 +878,16 @@ fn write_recovery_config(ctx: &Context, dest: &Path, opts: &FetchOptions) -> Res
             );
         }
         RecoveryConfig::EndOfArchive => {
-            settings.push(format!("restore_command = '{}'", restore_command.replace('\'', "''")));
+            settings.push(format!(
+                "restore_command = '{}'",
+                restore_command.replace('\'', "''")
+            ));
         }
         RecoveryConfig::Time(t) => {
-            settings.push(format!("restore_command = '{}'", restore_command.replace('\'', "''")));
+            settings.push(format!(
+                "restore_command = '{}'",
+                restore_command.replace('\'', "''")
+            ));
             settings.push(format!(
                 "recovery_target_time = '{}'",
                 t.format("%Y-%m-%d %H:%M:%S%.6f+00")
@@ -916,7 +959,14 @@ mod tests {
     fn walk_applies_pg_basebackup_exclusions() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        for p in ["base/5", "global", "pg_wal/archive_status", "pg_stat_tmp", "pg_tblspc", "base/5/pgsql_tmp"] {
+        for p in [
+            "base/5",
+            "global",
+            "pg_wal/archive_status",
+            "pg_stat_tmp",
+            "pg_tblspc",
+            "base/5/pgsql_tmp",
+        ] {
             std::fs::create_dir_all(d.join(p)).unwrap();
         }
         for f in [
@@ -937,7 +987,11 @@ mod tests {
         ] {
             std::fs::write(d.join(f), b"x").unwrap();
         }
-        let got: Vec<String> = walk_data_dir(d).unwrap().into_iter().map(|e| e.rel).collect();
+        let got: Vec<String> = walk_data_dir(d)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.rel)
+            .collect();
         assert_eq!(
             got,
             [
@@ -969,10 +1023,19 @@ mod tests {
             mode: 0o600,
         };
         let parts = partition(
-            vec![e("a", 60, false), e("b", 50, false), e("d", 0, true), e("c", 500, false), e("e", 10, false)],
+            vec![
+                e("a", 60, false),
+                e("b", 50, false),
+                e("d", 0, true),
+                e("c", 500, false),
+                e("e", 10, false),
+            ],
             100,
         );
-        let names: Vec<Vec<&str>> = parts.iter().map(|p| p.iter().map(|e| e.rel.as_str()).collect()).collect();
+        let names: Vec<Vec<&str>> = parts
+            .iter()
+            .map(|p| p.iter().map(|e| e.rel.as_str()).collect())
+            .collect();
         assert_eq!(names, [vec!["a", "d"], vec!["b"], vec!["c"], vec!["e"]]);
     }
 
@@ -980,6 +1043,9 @@ mod tests {
     fn unsafe_tar_paths_are_rejected() {
         assert!(safe_relative(Path::new("../etc/passwd")).is_none());
         assert!(safe_relative(Path::new("/etc/passwd")).is_none());
-        assert_eq!(safe_relative(Path::new("./base/1")), Some(PathBuf::from("base/1")));
+        assert_eq!(
+            safe_relative(Path::new("./base/1")),
+            Some(PathBuf::from("base/1"))
+        );
     }
 }

@@ -168,7 +168,9 @@ pub async fn resolve(ctx: &Context, name: &str) -> Result<BackupSummary, BackupE
             .ok_or_else(|| BackupError::NoBackups(ctx.store.describe()));
     }
     if name.contains('/') || name.is_empty() {
-        return Err(BackupError::Invalid(format!("{name:?} is not a backup name")));
+        return Err(BackupError::Invalid(format!(
+            "{name:?} is not a backup name"
+        )));
     }
     match read_sentinel(ctx, &layout::sentinel_key(name)).await {
         Err(BackupError::Store(e)) if e.is_not_found() => Err(BackupError::BackupNotFound {
@@ -235,7 +237,11 @@ pub fn render_table(backups: &[ListedBackup], detail: bool) -> String {
     let secs = |t: &DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
     for b in backups {
         let s = &b.summary;
-        let mut row = vec![s.backup_name.clone(), secs(&b.time), s.wal_file_name.clone()];
+        let mut row = vec![
+            s.backup_name.clone(),
+            secs(&b.time),
+            s.wal_file_name.clone(),
+        ];
         if detail {
             row.extend([
                 secs(&s.start_time),
@@ -332,7 +338,7 @@ pub(crate) mod tests {
             summary: summary("base_000000010000000000000003", "2026-02-09T02:00:00Z"),
             time: "2026-02-09T02:00:00Z".parse().unwrap(),
         };
-        let table = render_table(&[listed.clone()], false);
+        let table = render_table(std::slice::from_ref(&listed), false);
         let mut lines = table.lines();
         assert_eq!(
             lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),

@@ -413,7 +413,9 @@ mod tests {
     use super::*;
 
     fn sample() -> Vec<u8> {
-        (0..300_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect()
+        (0..300_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect()
     }
 
     #[test]
@@ -445,7 +447,14 @@ mod tests {
         let plain = sample();
         for c in Compression::ALL {
             let (obj, _) = encode(&plain, c).unwrap();
-            for pos in [0, 5, HEADER_LEN + 3, obj.len() / 2, obj.len() - 20, obj.len() - 1] {
+            for pos in [
+                0,
+                5,
+                HEADER_LEN + 3,
+                obj.len() / 2,
+                obj.len() - 20,
+                obj.len() - 1,
+            ] {
                 let mut bad = obj.clone();
                 bad[pos] ^= 0x55;
                 assert!(decode(&bad).is_err(), "{c:?}: flip at {pos} undetected");

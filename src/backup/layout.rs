@@ -30,10 +30,7 @@ pub const PG_CONTROL_PART: &str = "pg_control";
 
 /// Key of a WAL file (segment, `.history`, `.backup`) stored with `compression`.
 pub fn wal_key(file_name: &str, compression: Compression) -> Key {
-    Key::new(format!(
-        "{WAL_DIR}{file_name}.{}",
-        compression.extension()
-    ))
+    Key::new(format!("{WAL_DIR}{file_name}.{}", compression.extension()))
 }
 
 /// The WAL file name an object key holds, if it is a WAL object.
@@ -244,7 +241,10 @@ mod tests {
     fn wal_file_kinds() {
         use WalFileKind::*;
         assert_eq!(wal_file_kind("000000010000000000000003"), Some(Segment));
-        assert_eq!(wal_file_kind("000000010000000000000003.partial"), Some(Partial));
+        assert_eq!(
+            wal_file_kind("000000010000000000000003.partial"),
+            Some(Partial)
+        );
         assert_eq!(wal_file_kind("00000002.history"), Some(History));
         assert_eq!(
             wal_file_kind("000000010000000000000003.00000028.backup"),
@@ -252,7 +252,10 @@ mod tests {
         );
         assert_eq!(wal_file_kind("RECOVERYXLOG"), None);
         assert_eq!(wal_file_kind("../../etc/passwd"), None);
-        assert_eq!(wal_sort_key("000000020000000000000003"), Some("0000000000000003"));
+        assert_eq!(
+            wal_sort_key("000000020000000000000003"),
+            Some("0000000000000003")
+        );
         assert_eq!(wal_sort_key("00000002.history"), None);
     }
 
@@ -267,9 +270,15 @@ mod tests {
             s.as_str(),
             "basebackups_005/base_000000010000000000000003_backup_stop_sentinel.json"
         );
-        assert_eq!(backup_of_sentinel(&s), Some("base_000000010000000000000003"));
+        assert_eq!(
+            backup_of_sentinel(&s),
+            Some("base_000000010000000000000003")
+        );
         let p = part_key("base_X", "part_1", Compression::Zstd);
-        assert_eq!(p.as_str(), "basebackups_005/base_X/tar_partitions/part_1.tar.zst");
+        assert_eq!(
+            p.as_str(),
+            "basebackups_005/base_X/tar_partitions/part_1.tar.zst"
+        );
         assert_eq!(backup_of_key(&p), Some("base_X"));
         assert_eq!(backup_of_sentinel(&p), None);
         assert_eq!(backup_of_key(&s), Some("base_000000010000000000000003"));

@@ -37,7 +37,9 @@ impl Policy {
     /// Parses WAL-G's argument forms: `retain [FULL] N`,
     /// `before TIMESTAMP|BACKUP_NAME`, `everything`.
     pub fn parse(args: &[String]) -> Result<Policy, BackupError> {
-        let bad = |m: &str| BackupError::Invalid(format!("{m}; usage: delete [--confirm] retain [FULL] N | before TIMESTAMP|BACKUP_NAME | everything"));
+        let bad = |m: &str| {
+            BackupError::Invalid(format!("{m}; usage: delete [--confirm] retain [FULL] N | before TIMESTAMP|BACKUP_NAME | everything"))
+        };
         let words: Vec<&str> = args.iter().map(String::as_str).collect();
         let count = |s: &str| -> Result<usize, BackupError> {
             match s.parse::<usize>() {
@@ -113,7 +115,10 @@ pub fn plan(
     let mut keep: BTreeSet<&str> = BTreeSet::new();
     match policy {
         Policy::Everything => {}
-        Policy::Retain { count, full_only: _ } => {
+        Policy::Retain {
+            count,
+            full_only: _,
+        } => {
             // Every backup is a full backup until delta backups exist, so
             // FULL and plain counting coincide.
             for b in backups.iter().rev().take(*count) {
@@ -128,7 +133,9 @@ pub fn plan(
                         .iter()
                         .find(|b| &b.backup_name == name)
                         .ok_or_else(|| {
-                            BackupError::Invalid(format!("backup {name} not found (run backup-list)"))
+                            BackupError::Invalid(format!(
+                                "backup {name} not found (run backup-list)"
+                            ))
                         })?
                         .start_time
                 }
@@ -184,7 +191,10 @@ pub fn plan(
     for o in backup_objects {
         if let Some(name) = layout::backup_of_key(&o.key) {
             if !complete.contains(name) {
-                let older = match (name.strip_prefix("base_").and_then(layout::wal_sort_key), oldest_kept) {
+                let older = match (
+                    name.strip_prefix("base_").and_then(layout::wal_sort_key),
+                    oldest_kept,
+                ) {
                     _ if everything => true,
                     (Some(pos), Some(bound)) => pos < bound,
                     _ => false,
@@ -242,8 +252,15 @@ pub async fn delete(ctx: &Context, policy: &Policy, confirm: bool) -> Result<Pla
     Ok(plan)
 }
 
-async fn delete_prefix(ctx: &Context, objects: &[ObjectInfo], prefix: &str) -> Result<(), BackupError> {
-    for o in objects.iter().filter(|o| o.key.as_str().starts_with(prefix)) {
+async fn delete_prefix(
+    ctx: &Context,
+    objects: &[ObjectInfo],
+    prefix: &str,
+) -> Result<(), BackupError> {
+    for o in objects
+        .iter()
+        .filter(|o| o.key.as_str().starts_with(prefix))
+    {
         ctx.store.delete(&o.key).await?;
     }
     Ok(())
@@ -286,11 +303,20 @@ mod tests {
     #[test]
     fn retain_keeps_newest_and_their_wal() {
         let (backups, wal) = fixture();
-        let p = plan(&backups, &wal, &[], &Policy::parse(&["retain".into(), "2".into()]).unwrap()).unwrap();
+        let p = plan(
+            &backups,
+            &wal,
+            &[],
+            &Policy::parse(&["retain".into(), "2".into()]).unwrap(),
+        )
+        .unwrap();
         assert_eq!(p.delete_backups, ["base_000000010000000000000002"]);
         assert_eq!(
             p.keep_backups,
-            ["base_000000010000000000000005", "base_000000010000000000000009"]
+            [
+                "base_000000010000000000000005",
+                "base_000000010000000000000009"
+            ]
         );
         assert_eq!(
             wal_names(&p),
@@ -307,7 +333,16 @@ mod tests {
     #[test]
     fn retain_more_than_exist_deletes_nothing() {
         let (backups, wal) = fixture();
-        let p = plan(&backups, &wal, &[], &Policy::Retain { count: 7, full_only: true }).unwrap();
+        let p = plan(
+            &backups,
+            &wal,
+            &[],
+            &Policy::Retain {
+                count: 7,
+                full_only: true,
+            },
+        )
+        .unwrap();
         assert!(p.delete_backups.is_empty());
         assert_eq!(wal_names(&p), ["000000010000000000000001"]);
     }
@@ -316,7 +351,16 @@ mod tests {
     fn permanent_backups_and_their_wal_survive() {
         let (mut backups, wal) = fixture();
         backups[0].is_permanent = true;
-        let p = plan(&backups, &wal, &[], &Policy::Retain { count: 1, full_only: false }).unwrap();
+        let p = plan(
+            &backups,
+            &wal,
+            &[],
+            &Policy::Retain {
+                count: 1,
+                full_only: false,
+            },
+        )
+        .unwrap();
         assert_eq!(p.delete_backups, ["base_000000010000000000000005"]);
         assert_eq!(wal_names(&p), ["000000010000000000000001"]);
     }
@@ -324,15 +368,40 @@ mod tests {
     #[test]
     fn before_time_and_before_name() {
         let (backups, wal) = fixture();
-        let p = plan(&backups, &wal, &[], &Policy::parse(&["before".into(), "2026-01-02T12:00:00Z".into()]).unwrap()).unwrap();
+        let p = plan(
+            &backups,
+            &wal,
+            &[],
+            &Policy::parse(&["before".into(), "2026-01-02T12:00:00Z".into()]).unwrap(),
+        )
+        .unwrap();
         assert_eq!(
             p.delete_backups,
-            ["base_000000010000000000000002", "base_000000010000000000000005"]
+            [
+                "base_000000010000000000000002",
+                "base_000000010000000000000005"
+            ]
         );
-        assert_eq!(wal_names(&p).len(), 9, "segments 1-8 and the .backup file of 5");
-        let p = plan(&backups, &wal, &[], &Policy::parse(&["before".into(), "base_000000010000000000000005".into()]).unwrap()).unwrap();
+        assert_eq!(
+            wal_names(&p).len(),
+            9,
+            "segments 1-8 and the .backup file of 5"
+        );
+        let p = plan(
+            &backups,
+            &wal,
+            &[],
+            &Policy::parse(&["before".into(), "base_000000010000000000000005".into()]).unwrap(),
+        )
+        .unwrap();
         assert_eq!(p.delete_backups, ["base_000000010000000000000002"]);
-        let err = plan(&backups, &wal, &[], &Policy::Before(Before::Time("2027-01-01T00:00:00Z".parse().unwrap()))).unwrap_err();
+        let err = plan(
+            &backups,
+            &wal,
+            &[],
+            &Policy::Before(Before::Time("2027-01-01T00:00:00Z".parse().unwrap())),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("everything"));
     }
 
@@ -351,15 +420,28 @@ mod tests {
             obj("basebackups_005/base_000000010000000000000001/tar_partitions/part_1.tar.lz4"),
             obj("basebackups_005/base_00000001000000000000000A/tar_partitions/part_1.tar.lz4"),
         ];
-        let p = plan(&backups, &wal, &objects, &Policy::Retain { count: 2, full_only: false }).unwrap();
+        let p = plan(
+            &backups,
+            &wal,
+            &objects,
+            &Policy::Retain {
+                count: 2,
+                full_only: false,
+            },
+        )
+        .unwrap();
         assert_eq!(p.delete_incomplete, ["base_000000010000000000000001"]);
     }
 
     #[test]
     fn policy_parse_errors_are_clear() {
-        let e = Policy::parse(&["retain".into(), "0".into()]).unwrap_err().to_string();
+        let e = Policy::parse(&["retain".into(), "0".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("positive"), "{e}");
-        let e = Policy::parse(&["before".into(), "yesterday".into()]).unwrap_err().to_string();
+        let e = Policy::parse(&["before".into(), "yesterday".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("timestamp"), "{e}");
         let e = Policy::parse(&["keep".into()]).unwrap_err().to_string();
         assert!(e.contains("usage"), "{e}");

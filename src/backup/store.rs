@@ -214,9 +214,15 @@ impl S3Store {
         let code = s3_code(&text);
         let denied = matches!(
             err,
-            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
-        ) || ["403 Forbidden", "401 Unauthorized"].iter().any(|m| text.contains(m))
-            || matches!(code, Some("SignatureDoesNotMatch" | "InvalidAccessKeyId" | "AccessDenied"));
+            object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }
+        ) || ["403 Forbidden", "401 Unauthorized"]
+            .iter()
+            .any(|m| text.contains(m))
+            || matches!(
+                code,
+                Some("SignatureDoesNotMatch" | "InvalidAccessKeyId" | "AccessDenied")
+            );
         if denied {
             return StoreError::AccessDenied {
                 key: key.clone(),
@@ -242,7 +248,11 @@ impl S3Store {
                 detail: format!(
                     "cannot reach storage at {} ({}): check AWS_ENDPOINT and that the server is up",
                     self.endpoint,
-                    if retries.is_empty() { "connection failed".to_string() } else { format!("connection failed {retries}") }
+                    if retries.is_empty() {
+                        "connection failed".to_string()
+                    } else {
+                        format!("connection failed {retries}")
+                    }
                 ),
             };
         }
@@ -352,8 +362,7 @@ impl Store for S3Store {
             .map_err(|e| self.error(key, e))?;
         let key = key.clone();
         let endpoint = self.endpoint.clone();
-        Ok(r
-            .into_stream()
+        Ok(r.into_stream()
             .map_err(move |e| StoreError::Other {
                 key: key.clone(),
                 detail: format!("reading from {endpoint}: {}", first_line(&e.to_string())),
@@ -379,7 +388,7 @@ impl Store for S3Store {
                 let key = self.key_of(&meta.location);
                 let keep = key.as_str().starts_with(prefix);
                 async move {
-                    Ok(keep.then(|| ObjectInfo {
+                    Ok(keep.then_some(ObjectInfo {
                         key,
                         size: meta.size,
                         last_modified: meta.last_modified,
@@ -608,7 +617,10 @@ mod tests {
         let k = Key::new("wal_005/000000010000000000000001.lz4");
         store.put(&k, Bytes::from_static(b"hello")).await.unwrap();
         store
-            .put(&Key::new("basebackups_005/x/part"), Bytes::from_static(b"p"))
+            .put(
+                &Key::new("basebackups_005/x/part"),
+                Bytes::from_static(b"p"),
+            )
             .await
             .unwrap();
         assert_eq!(store.get(&k).await.unwrap(), Bytes::from_static(b"hello"));
@@ -633,7 +645,10 @@ mod tests {
         let k = Key::new("a/b");
         let err = store.put_stream(&k, rx).await.unwrap_err();
         assert!(err.to_string().contains("producer failed"));
-        assert!(store.list("").await.unwrap().is_empty(), "no temp file left");
+        assert!(
+            store.list("").await.unwrap().is_empty(),
+            "no temp file left"
+        );
         assert!(store.get(&k).await.unwrap_err().is_not_found());
     }
 }

@@ -46,8 +46,8 @@ fn validate_name(name: &str) -> Result<WalFileKind, BackupError> {
 /// `None` when the archive does not have it.
 async fn fetch_wal(ctx: &Context, name: &str) -> Result<Option<(Vec<u8>, Digest)>, BackupError> {
     let preferred = ctx.settings.compression;
-    let order = std::iter::once(preferred)
-        .chain(Compression::ALL.into_iter().filter(|c| *c != preferred));
+    let order =
+        std::iter::once(preferred).chain(Compression::ALL.into_iter().filter(|c| *c != preferred));
     for c in order {
         match ctx.fetch_object(&layout::wal_key(name, c)).await {
             Ok(found) => return Ok(Some(found)),
@@ -88,7 +88,11 @@ pub async fn wal_push(ctx: &Context, path: &Path) -> Result<PushOutcome, BackupE
 
 /// Stores `data` as WAL file `name` unless identical content is there
 /// already; different content under the same name is an error.
-pub async fn push_bytes(ctx: &Context, name: &str, data: Bytes) -> Result<PushOutcome, BackupError> {
+pub async fn push_bytes(
+    ctx: &Context,
+    name: &str,
+    data: Bytes,
+) -> Result<PushOutcome, BackupError> {
     if let Some((_, stored)) = fetch_wal(ctx, name).await? {
         let local = blake3::hash(&data);
         if stored.blake3 == *local.as_bytes() && stored.plain_len == data.len() as u64 {
@@ -151,7 +155,8 @@ async fn upload_ahead(ctx: &Context, pg_wal: &Path, current: &str) {
                 let hash = blake3::hash(&data).to_hex().to_string();
                 match push_bytes(ctx, &seg, Bytes::from(data)).await {
                     Ok(_) => {
-                        if let Err(e) = write_atomic(&marker_dir.join(&seg), hash.as_bytes()).await {
+                        if let Err(e) = write_atomic(&marker_dir.join(&seg), hash.as_bytes()).await
+                        {
                             warn!(%seg, "cannot record upload-ahead marker: {e}");
                         }
                     }
@@ -218,7 +223,8 @@ pub async fn wal_fetch(ctx: &Context, name: &str, dest: &Path) -> Result<(), Bac
     // A prefetch of exactly this file is under way: wait for it rather
     // than downloading the same bytes twice.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while claim_is_fresh(&running) && !prefetched.exists() && tokio::time::Instant::now() < deadline {
+    while claim_is_fresh(&running) && !prefetched.exists() && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let data = if tokio::fs::rename(&prefetched, dest).await.is_ok() {
@@ -331,7 +337,12 @@ pub async fn wal_prefetch(
     Ok(())
 }
 
-async fn prefetch_one(ctx: &Context, dir: &Path, running: &Path, name: &str) -> Result<(), BackupError> {
+async fn prefetch_one(
+    ctx: &Context,
+    dir: &Path,
+    running: &Path,
+    name: &str,
+) -> Result<(), BackupError> {
     let target = dir.join(name);
     let claim = running.join(name);
     if target.exists() || claim_is_fresh(&claim) {

@@ -67,7 +67,9 @@ impl RunAs {
         let walk = |p: &Path| std::os::unix::fs::lchown(p, Some(self.uid), Some(self.gid));
         walk(path).map_err(io_err(format!("chown {}", path.display())))?;
         if path.is_dir() {
-            for entry in std::fs::read_dir(path).map_err(io_err(format!("reading {}", path.display())))? {
+            for entry in
+                std::fs::read_dir(path).map_err(io_err(format!("reading {}", path.display())))?
+            {
                 let entry = entry.map_err(io_err("reading directory"))?;
                 self.chown_tree(&entry.path())?;
             }
@@ -179,7 +181,9 @@ impl WorkDir {
 /// we bind it, so callers retry on "address in use".
 pub fn free_port() -> Result<u16, LocalError> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err("finding a free port"))?;
-    Ok(l.local_addr().map_err(io_err("finding a free port"))?.port())
+    Ok(l.local_addr()
+        .map_err(io_err("finding a free port"))?
+        .port())
 }
 
 /// The embedded S3 server (`pgdrill s3-serve`) as a child process.
@@ -241,10 +245,16 @@ impl LocalS3 {
     /// WAL-G-style settings pointing at this server, under `prefix`.
     pub fn settings(&self, prefix: &str) -> Vec<(String, String)> {
         vec![
-            ("WALG_S3_PREFIX".into(), format!("s3://{}/{prefix}", self.bucket)),
+            (
+                "WALG_S3_PREFIX".into(),
+                format!("s3://{}/{prefix}", self.bucket),
+            ),
             ("AWS_ENDPOINT".into(), self.endpoint.clone()),
             ("AWS_ACCESS_KEY_ID".into(), self.access_key.clone()),
-            ("AWS_SECRET_ACCESS_KEY".into(), self.secret_key.expose().to_string()),
+            (
+                "AWS_SECRET_ACCESS_KEY".into(),
+                self.secret_key.expose().to_string(),
+            ),
             ("AWS_REGION".into(), "us-east-1".into()),
             ("AWS_S3_FORCE_PATH_STYLE".into(), "true".into()),
         ]
@@ -316,9 +326,15 @@ impl LocalPostgres {
     ) -> Result<LocalPostgres, LocalError> {
         let data_dir = base.join("data");
         let mut cmd = bin.tool("initdb");
-        cmd.arg("-D")
-            .arg(&data_dir)
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"]);
+        cmd.arg("-D").arg(&data_dir).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
         if let Some(mb) = opts.wal_segsize_mb {
             cmd.arg(format!("--wal-segsize={mb}"));
         }
@@ -346,7 +362,10 @@ impl LocalPostgres {
             socket_dir,
             log_file: base.join(format!(
                 "{}.log",
-                data_dir.file_name().and_then(OsStr::to_str).unwrap_or("postgres")
+                data_dir
+                    .file_name()
+                    .and_then(OsStr::to_str)
+                    .unwrap_or("postgres")
             )),
             port: 0,
             running: false,
@@ -431,7 +450,10 @@ impl LocalPostgres {
             return Ok(());
         }
         let mut cmd = self.bin.tool("pg_ctl");
-        cmd.arg("stop").arg("-D").arg(&self.data_dir).args(["-m", mode, "-w"]);
+        cmd.arg("stop")
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args(["-m", mode, "-w"]);
         run_checked(as_user(&mut cmd, self.run_as), "pg_ctl stop")?;
         self.running = false;
         Ok(())
@@ -484,13 +506,13 @@ impl LocalPostgres {
             .port(self.port)
             .user("postgres")
             .dbname("postgres");
-        let (client, conn) = cfg
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| LocalError::Command {
-                what: format!("connecting to port {}", self.port),
-                detail: crate::backup::pg::pg_error_text(&e),
-            })?;
+        let (client, conn) =
+            cfg.connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|e| LocalError::Command {
+                    what: format!("connecting to port {}", self.port),
+                    detail: crate::backup::pg::pg_error_text(&e),
+                })?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -511,7 +533,10 @@ impl LocalPostgres {
 
     /// The server log's last lines (for error messages).
     pub fn log_tail(&self, lines: usize) -> String {
-        tail(&std::fs::read_to_string(&self.log_file).unwrap_or_default(), lines)
+        tail(
+            &std::fs::read_to_string(&self.log_file).unwrap_or_default(),
+            lines,
+        )
     }
 }
 

@@ -55,25 +55,28 @@ impl S3Server {
         std::fs::create_dir_all(&cfg.dir).map_err(dir_err)?;
         for b in &cfg.buckets {
             let valid = (3..=63).contains(&b.len())
-                && b.bytes()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.');
+                && b.bytes().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.'
+                });
             if !valid {
                 return Err(S3ServerError::BadBucket(b.clone()));
             }
             std::fs::create_dir_all(cfg.dir.join(b)).map_err(dir_err)?;
         }
-        let fs = s3s_fs::FileSystem::new(&cfg.dir).map_err(|e| S3ServerError::Other(format!("{e:?}")))?;
+        let fs = s3s_fs::FileSystem::new(&cfg.dir)
+            .map_err(|e| S3ServerError::Other(format!("{e:?}")))?;
         let mut builder = S3ServiceBuilder::new(fs);
         builder.set_auth(SimpleAuth::from_single(
             cfg.access_key.clone(),
             cfg.secret_key.expose().to_string(),
         ));
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| S3ServerError::Listen {
-                addr: cfg.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(cfg.listen)
+                .await
+                .map_err(|source| S3ServerError::Listen {
+                    addr: cfg.listen,
+                    source,
+                })?;
         Ok(S3Server {
             listener,
             service: builder.build(),
@@ -82,7 +85,9 @@ impl S3Server {
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// Serves until `shutdown` resolves.

@@ -33,7 +33,12 @@ pub struct TestEnv {
 
 impl TestEnv {
     /// Starts storage and an archiving primary.
-    pub fn start(name: &str, storage: Storage, extra: &[(&str, &str)], init: InitOptions) -> TestEnv {
+    pub fn start(
+        name: &str,
+        storage: Storage,
+        extra: &[(&str, &str)],
+        init: InitOptions,
+    ) -> TestEnv {
         let bin = PgBinaries::find().expect("PostgreSQL 15 binaries (run ci/setup)");
         let run_as = RunAs::detect().expect("user to run PostgreSQL as");
         let work = WorkDir::new(&format!("pgdrill-{name}-"), run_as).expect("work dir");
@@ -50,7 +55,10 @@ impl TestEnv {
                 if let Some(u) = run_as {
                     u.chown_tree(&dir).unwrap();
                 }
-                (None, vec![("WALG_FILE_PREFIX".to_string(), dir.display().to_string())])
+                (
+                    None,
+                    vec![("WALG_FILE_PREFIX".to_string(), dir.display().to_string())],
+                )
             }
         };
         storage_vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -68,7 +76,10 @@ impl TestEnv {
         .collect();
         settings.push((
             "archive_command".into(),
-            format!("{PGDRILL} --env-dir {} --log warn wal-push %p", env_dir.display()),
+            format!(
+                "{PGDRILL} --env-dir {} --log warn wal-push %p",
+                env_dir.display()
+            ),
         ));
         settings.extend(init.settings.iter().cloned());
         let base = work.path().join("primary");
@@ -76,17 +87,12 @@ impl TestEnv {
         if let Some(u) = run_as {
             u.chown_tree(&base).unwrap();
         }
-        let mut primary = LocalPostgres::init(
-            &bin,
-            &base,
-            run_as,
-            &InitOptions {
-                settings,
-                ..init
-            },
-        )
-        .expect("initdb");
-        primary.start(Duration::from_secs(60)).expect("primary starts");
+        let mut primary =
+            LocalPostgres::init(&bin, &base, run_as, &InitOptions { settings, ..init })
+                .expect("initdb");
+        primary
+            .start(Duration::from_secs(60))
+            .expect("primary starts");
         TestEnv {
             work,
             bin,
@@ -106,7 +112,9 @@ impl TestEnv {
         for (k, v) in self.primary.pg_settings() {
             cmd.env(k, v);
         }
-        as_user(&mut cmd, self.run_as).output().expect("pgdrill runs")
+        as_user(&mut cmd, self.run_as)
+            .output()
+            .expect("pgdrill runs")
     }
 
     /// Like [`TestEnv::pgdrill`] but with the given variables instead of the
@@ -117,7 +125,9 @@ impl TestEnv {
         for (k, v) in vars {
             cmd.env(k, v);
         }
-        as_user(&mut cmd, self.run_as).output().expect("pgdrill runs")
+        as_user(&mut cmd, self.run_as)
+            .output()
+            .expect("pgdrill runs")
     }
 
     /// A fresh directory the server user owns.
@@ -166,13 +176,19 @@ pub fn stderr(out: &Output) -> String {
 pub async fn wait_promoted(pg: &LocalPostgres) {
     let client = pg.connect().await.expect("connect to restored server");
     for _ in 0..600 {
-        let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await.unwrap();
+        let row = client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .unwrap();
         if !row.get::<_, bool>(0) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("restored server did not leave recovery; log:\n{}", pg.log_tail(30));
+    panic!(
+        "restored server did not leave recovery; log:\n{}",
+        pg.log_tail(30)
+    );
 }
 
 /// Forces a segment switch and waits until the archiver has stored it.
@@ -202,7 +218,10 @@ pub async fn switch_and_wait_archived(pg: &LocalPostgres) -> String {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("segment {segment} was not archived; log:\n{}", pg.log_tail(30));
+    panic!(
+        "segment {segment} was not archived; log:\n{}",
+        pg.log_tail(30)
+    );
 }
 
 pub async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
