@@ -211,6 +211,8 @@ pub struct Settings {
     pub tar_size_threshold: u64,
     pub pg: PgConfig,
     pub pgdata: Option<PathBuf>,
+    /// A deliberate defect (`PGDRILL_SABOTAGE`), for proving drills fail.
+    pub sabotage: Option<crate::fault::Sabotage>,
 }
 
 pub const DEFAULT_TAR_SIZE_THRESHOLD: u64 = 1 << 30;
@@ -267,6 +269,16 @@ impl Settings {
                 dbname: vars.get("PGDATABASE").unwrap_or("postgres").to_string(),
             },
             pgdata: vars.get("PGDATA").map(PathBuf::from),
+            sabotage: match vars.get("PGDRILL_SABOTAGE") {
+                None => None,
+                Some(v) => Some(crate::fault::Sabotage::parse(v).ok_or_else(|| {
+                    ConfigError::Invalid {
+                        name: "PGDRILL_SABOTAGE".into(),
+                        value: v.into(),
+                        hint: "expected drop_every_nth_wal:N or corrupt_every_nth_wal:N".into(),
+                    }
+                })?),
+            },
         })
     }
 }

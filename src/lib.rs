@@ -12,4 +12,5 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod env;
+pub mod fault;
 pub mod progress;

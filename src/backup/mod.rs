@@ -118,7 +118,14 @@ pub struct Context {
 
 impl Context {
     pub fn open(settings: Settings, env_dir: Option<&Path>) -> Result<Context, BackupError> {
-        let store = store::open(&settings.storage)?;
+        let mut store = store::open(&settings.storage)?;
+        if let Some(sabotage) = settings.sabotage {
+            tracing::warn!(?sabotage, "PGDRILL_SABOTAGE is set: this backup tool is deliberately broken");
+            store = Arc::new(crate::fault::SabotagedStore {
+                inner: store,
+                sabotage,
+            });
+        }
         Ok(Context {
             settings,
             store,
