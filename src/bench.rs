@@ -1,5 +1,49 @@
 //! `pgdrill bench backup`: backup and restore speed measured side by side
 //! with `pg_basebackup` on one freshly loaded cluster.
+//!
+//! One run: `initdb` and `pgbench -i -s SCALE` with `archive_mode = on` and
+//! `archive_command` = our `wal-push` into the embedded S3 server, then
+//! 1. `pg_basebackup -Ft -X none -c fast` to local disk (no compression; the
+//!    WAL comes from the archive, as for `backup-push`);
+//! 2. `backup-push` (lz4) to the local S3;
+//! 3. `backup-fetch` of that backup into an empty directory;
+//! 4. after about `--replay-wal-mib` of pgbench WAL, two restores of that
+//!    backup with `--recover`, `WALG_PREFETCH=8` then `0`, each timed from
+//!    server start until `pg_is_in_recovery()` is false;
+//! 5. wal-push throughput: the last `--wal-segments` archived segments are
+//!    copied out of the archive and pushed into a fresh prefix, one process
+//!    per segment as `archive_command` runs it.
+//!
+//! Every command's wall time is measured around it, and its peak RSS comes
+//! from `wait4`. Figures and goals go to
+//! `<report-dir>/bench/backup-<UTC time>.json` and `.md`; the Markdown is
+//! printed at the end. Missing a goal is a result, not an error: the exit
+//! code is 0 unless the run itself failed.
+
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+use tokio_postgres::types::FromSql;
+use tokio_postgres::Client;
+
+use crate::backup::catalog::BackupListRow;
+use crate::backup::codec::Compression;
+use crate::backup::layout::{self, Segment, DEFAULT_WAL_SEGMENT_SIZE};
+use crate::backup::pg::pg_error_text;
+use crate::config::{EnvVars, Settings};
+use crate::env::local::{
+    as_user, run_checked, write_env_dir, InitOptions, LocalPostgres, LocalS3, PgBinaries, RunAs,
+    WorkDir,
+};
 
 /// Arguments of `pgdrill bench`.
 #[derive(Debug, clap::Args)]
@@ -8,14 +52,1019 @@ pub struct BenchArgs {
     #[arg(default_value = "backup")]
     pub what: String,
     /// pgbench scale of the loaded cluster (100 is about 1.5 GB).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub scale: u32,
     /// Where figures go (`<dir>/bench/backup-<date>.json` and `.md`).
     #[arg(long, default_value = "reports")]
-    pub report_dir: std::path::PathBuf,
+    pub report_dir: PathBuf,
+    /// WAL segments (16 MiB each) pushed, one `wal-push` process each, for
+    /// the throughput figure.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    pub wal_segments: u64,
+    /// MiB of WAL written with pgbench after the base backup and replayed by
+    /// each restore.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub replay_wal_mib: u64,
+    /// Keep the work directory (data directories, archive, server logs);
+    /// servers are stopped either way.
+    #[arg(long)]
+    pub keep: bool,
 }
 
+const SEGMENT_SIZE: u64 = DEFAULT_WAL_SEGMENT_SIZE;
+const MIB: u64 = 1 << 20;
+const BUCKET: &str = "bench";
+/// Prefix of the primary's archive and backups.
+const ARCHIVE_PREFIX: &str = "archive";
+/// Fresh prefix the wal-push throughput is measured into.
+const WAL_PUSH_PREFIX: &str = "wal-push";
+/// `WALG_PREFETCH` of the restore with prefetch on.
+const PREFETCH_ON: u32 = 8;
+/// The brief's goals.
+const PUSH_RATIO_GOAL: f64 = 1.25;
+const FETCH_RATIO_GOAL: f64 = 1.0;
+const WAL_PUSH_RATE_GOAL: f64 = 30.0;
+const WAL_PUSH_RSS_GOAL_MIB: f64 = 64.0;
+const BACKUP_PUSH_RSS_GOAL_MIB: f64 = 256.0;
+/// Longest wait for the archiver, and for a restore to finish recovery.
+const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(1800);
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(3600);
+const POLL: Duration = Duration::from_millis(50);
+/// The server settings of the loaded primary.
+const PRIMARY_SETTINGS: [(&str, &str); 4] = [
+    ("wal_level", "replica"),
+    ("archive_mode", "on"),
+    ("max_wal_size", "1GB"),
+    ("fsync", "off"),
+];
+/// How WAL is written between measurements: short pgbench runs, until
+/// enough has been written.
+const PGBENCH_CHUNK: [&str; 7] = ["-n", "-c", "4", "-j", "2", "-T", "3"];
+
 /// Runs the benchmark; returns the exit code.
-pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("bench {} is not implemented yet", args.what)
+pub async fn run(args: BenchArgs) -> Result<i32> {
+    if args.what != "backup" {
+        bail!(
+            "unknown benchmark {:?}: the only one is `backup`",
+            args.what
+        );
+    }
+    let report = bench_backup(&args).await?;
+    let markdown = report.markdown();
+    let written = write_report(&args.report_dir, &report, &markdown);
+    print!("{markdown}");
+    let (json, md) = written?;
+    eprintln!("bench: figures in {} and {}", json.display(), md.display());
+    Ok(0)
+}
+
+/// Wall time and peak resident set size of one finished command.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Timed {
+    wall_secs: f64,
+    peak_rss_bytes: u64,
+}
+
+/// A command that succeeded: its figures and its standard output.
+#[derive(Debug)]
+struct Finished {
+    timed: Timed,
+    stdout: String,
+}
+
+/// Runs `cmd` to completion with stdin closed and stdout/stderr captured,
+/// and measures it; a failure carries the end of its stderr.
+fn run_timed(mut cmd: Command, what: &str) -> Result<Finished> {
+    let capture = || tempfile::tempfile().context("creating a file for a command's output");
+    let (mut out, mut err) = (capture()?, capture()?);
+    cmd.stdin(Stdio::null())
+        .stdout(out.try_clone().context("sharing a capture file")?)
+        .stderr(err.try_clone().context("sharing a capture file")?);
+    let started = Instant::now();
+    let child = cmd.spawn().with_context(|| format!("starting {what}"))?;
+    let (status, usage) = wait_with_usage(child).with_context(|| format!("waiting for {what}"))?;
+    let wall_secs = started.elapsed().as_secs_f64();
+    let stdout = read_capture(&mut out)?;
+    if !status.success() {
+        let stderr = read_capture(&mut err)?;
+        bail!("{what} failed ({status}):\n{}", last_lines(&stderr, 20));
+    }
+    // ru_maxrss is in KiB on Linux.
+    let peak_rss_bytes = u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024;
+    Ok(Finished {
+        timed: Timed {
+            wall_secs,
+            peak_rss_bytes,
+        },
+        stdout,
+    })
+}
+
+/// Reaps `child` with `wait4`, which also reports its resource usage.
+fn wait_with_usage(child: Child) -> std::io::Result<(ExitStatus, libc::rusage)> {
+    use std::os::unix::process::ExitStatusExt;
+    let pid = libc::pid_t::try_from(child.id()).map_err(std::io::Error::other)?;
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain old data, for which all zeroes is valid.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: pid is our own child, not reaped yet (std never waits on
+        // it: we own the Child); both pointers are to live locals.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == pid {
+            return Ok((ExitStatus::from_raw(status), usage));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+fn read_capture(file: &mut File) -> Result<String> {
+    let mut bytes = Vec::new();
+    file.seek(SeekFrom::Start(0))
+        .and_then(|_| file.read_to_end(&mut bytes))
+        .context("reading a command's captured output")?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Runs blocking work (child processes, `pg_ctl`) off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("a blocking task panicked")?
+}
+
+/// [`run_timed`] off the async workers.
+async fn timed(cmd: Command, what: &str) -> Result<Finished> {
+    let what = what.to_string();
+    blocking(move || run_timed(cmd, &what)).await
+}
+
+/// One value of a query without parameters.
+async fn query_value<T: for<'a> FromSql<'a>>(client: &Client, sql: &str) -> Result<T> {
+    let row = client
+        .query_one(sql, &[])
+        .await
+        .map_err(|e| anyhow!("{sql}: {}", pg_error_text(&e)))?;
+    row.try_get(0)
+        .map_err(|e| anyhow!("reading the result of {sql}: {e}"))
+}
+
+/// Creates `work/name`, owned by the server user.
+fn make_dir(work: &Path, name: &str, run_as: Option<RunAs>) -> Result<PathBuf> {
+    let dir = work.join(name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    if let Some(u) = run_as {
+        u.chown_tree(&dir)?;
+    }
+    Ok(dir)
+}
+
+/// WAL-G settings for `prefix` on the local S3, lz4, with `WALG_PREFETCH`.
+fn storage_vars(s3: &LocalS3, prefix: &str, prefetch: u32) -> Vec<(String, String)> {
+    let mut vars = s3.settings(prefix);
+    vars.push(("WALG_COMPRESSION_METHOD".into(), "lz4".into()));
+    vars.push(("WALG_PREFETCH".into(), prefetch.to_string()));
+    vars
+}
+
+/// The loaded primary archiving into the local S3, and where it all lives.
+struct Rig {
+    exe: PathBuf,
+    run_as: Option<RunAs>,
+    work: PathBuf,
+    /// Declared before `s3`, so it stops first.
+    primary: LocalPostgres,
+    s3: LocalS3,
+    /// The env dir of the primary's archive (prefetch off).
+    env: PathBuf,
+}
+
+impl Rig {
+    /// Starts the S3 server and an empty archiving primary.
+    fn start(exe: PathBuf, bin: PgBinaries, run_as: Option<RunAs>, work: PathBuf) -> Result<Rig> {
+        let s3 = LocalS3::start(&exe, &work.join("s3"), BUCKET)?;
+        let env = work.join("env");
+        write_env_dir(&env, &storage_vars(&s3, ARCHIVE_PREFIX, 0), run_as)?;
+        let base = make_dir(&work, "primary", run_as)?;
+        let mut settings: Vec<(String, String)> = PRIMARY_SETTINGS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        settings.push((
+            "archive_command".into(),
+            format!(
+                "{} --env-dir {} --log warn wal-push %p",
+                exe.display(),
+                env.display()
+            ),
+        ));
+        let opts = InitOptions {
+            settings,
+            ..InitOptions::default()
+        };
+        let mut primary = LocalPostgres::init(&bin, &base, run_as, &opts)?;
+        primary.start(Duration::from_secs(60))?;
+        Ok(Rig {
+            exe,
+            run_as,
+            work,
+            primary,
+            s3,
+            env,
+        })
+    }
+
+    fn dir(&self, name: &str) -> Result<PathBuf> {
+        make_dir(&self.work, name, self.run_as)
+    }
+
+    /// Writes an env dir `name` for `prefix` with `WALG_PREFETCH=prefetch`.
+    fn env_dir(&self, name: &str, prefix: &str, prefetch: u32) -> Result<PathBuf> {
+        let dir = self.work.join(name);
+        write_env_dir(&dir, &storage_vars(&self.s3, prefix, prefetch), self.run_as)?;
+        Ok(dir)
+    }
+
+    /// `pgdrill --env-dir ENV ARGS` as the server user, with the primary's
+    /// connection settings.
+    fn pgdrill<S: AsRef<OsStr>>(&self, env: &Path, args: impl IntoIterator<Item = S>) -> Command {
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("--env-dir")
+            .arg(env)
+            .args(args)
+            .envs(self.primary.pg_settings());
+        as_user(&mut cmd, self.run_as);
+        cmd
+    }
+
+    /// A client tool (pgbench, pg_basebackup) against the primary.
+    fn client<S: AsRef<OsStr>>(&self, tool: &str, args: impl IntoIterator<Item = S>) -> Command {
+        let mut cmd = self.primary.client_tool(tool);
+        cmd.args(args);
+        cmd
+    }
+
+    /// A checkpoint, then every WAL segment archived: nothing left over
+    /// from earlier work competes with the next measurement.
+    async fn settle(&self, client: &Client) -> Result<Segment> {
+        client
+            .batch_execute("CHECKPOINT")
+            .await
+            .map_err(|e| anyhow!("CHECKPOINT: {}", pg_error_text(&e)))?;
+        self.switch_and_wait_archived(client).await
+    }
+
+    /// Forces a segment switch and waits until the archiver has stored the
+    /// segment; returns it.
+    async fn switch_and_wait_archived(&self, client: &Client) -> Result<Segment> {
+        // A commit record first, so that the switch has a segment to complete.
+        query_value::<i64>(client, "SELECT txid_current()").await?;
+        let name: String = query_value(client, "SELECT pg_walfile_name(pg_switch_wal())").await?;
+        let segment = Segment::parse(&name, SEGMENT_SIZE)
+            .with_context(|| format!("{name:?} is not a WAL segment name"))?;
+        let started = Instant::now();
+        let mut next_note = started + Duration::from_secs(15);
+        loop {
+            let archived: String = query_value(
+                client,
+                "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+            )
+            .await?;
+            if archived >= name {
+                return Ok(segment);
+            }
+            if started.elapsed() > ARCHIVE_TIMEOUT {
+                let failed: String = query_value(
+                    client,
+                    "SELECT coalesce(last_failed_wal, '') FROM pg_stat_archiver",
+                )
+                .await?;
+                bail!(
+                    "{name} was not archived within {ARCHIVE_TIMEOUT:?} (last archived {archived:?}, last failed {failed:?}); server log:\n{}",
+                    self.primary.log_tail(20)
+                );
+            }
+            if Instant::now() > next_note {
+                eprintln!("bench: waiting for the archiver: at {archived}, waiting for {name}");
+                next_note += Duration::from_secs(15);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Runs pgbench in short rounds until at least `bytes` of WAL are
+    /// written; returns how much was written and how long it took.
+    async fn write_wal(&self, client: &Client, bytes: u64) -> Result<GeneratedWal> {
+        let start: String = query_value(client, "SELECT pg_current_wal_lsn()::text").await?;
+        let written_sql =
+            format!("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{start}')::bigint");
+        let started = Instant::now();
+        loop {
+            let written =
+                u64::try_from(query_value::<i64>(client, &written_sql).await?).unwrap_or(0);
+            if written >= bytes {
+                return Ok(GeneratedWal {
+                    bytes: written,
+                    secs: started.elapsed().as_secs_f64(),
+                });
+            }
+            eprintln!(
+                "bench: {} of {} MiB of WAL written",
+                written / MIB,
+                bytes / MIB
+            );
+            timed(self.client("pgbench", PGBENCH_CHUNK), "pgbench").await?;
+        }
+    }
+
+    /// Restores `backup` with `--recover` and `WALG_PREFETCH=prefetch`,
+    /// starts a server on it and times recovery until promotion.
+    async fn replay(&self, backup: &str, prefetch: u32) -> Result<ReplayRun> {
+        eprintln!("bench: restore and replay with WALG_PREFETCH={prefetch}");
+        let env = self.env_dir(
+            &format!("env-prefetch-{prefetch}"),
+            ARCHIVE_PREFIX,
+            prefetch,
+        )?;
+        let base = self.dir(&format!("replay-prefetch-{prefetch}"))?;
+        let data = base.join("data");
+        let fetch_args: [&OsStr; 5] = [
+            "backup-fetch".as_ref(),
+            data.as_os_str(),
+            backup.as_ref(),
+            "--recover".as_ref(),
+            "--no-archive".as_ref(),
+        ];
+        let fetch = timed(self.pgdrill(&env, fetch_args), "backup-fetch --recover").await?;
+        let mut pg = LocalPostgres::existing(&self.primary.bin, &base, &data, self.run_as)?;
+        let started = Instant::now();
+        let pg = blocking(move || match pg.start(RECOVERY_TIMEOUT) {
+            Ok(()) => Ok(pg),
+            Err(e) => {
+                // pg_ctl may give up waiting while the server still runs.
+                let mut stop = pg.bin.tool("pg_ctl");
+                stop.args(["stop", "-m", "immediate", "-D"])
+                    .arg(&pg.data_dir);
+                let _ = run_checked(as_user(&mut stop, pg.run_as), "pg_ctl stop");
+                Err(e.into())
+            }
+        })
+        .await?;
+        wait_promoted(&pg, started + RECOVERY_TIMEOUT).await?;
+        let replay_secs = started.elapsed().as_secs_f64();
+        eprintln!("bench: replay with WALG_PREFETCH={prefetch} took {replay_secs:.1} s");
+        blocking(move || {
+            let mut pg = pg;
+            Ok(pg.stop("immediate")?)
+        })
+        .await?;
+        remove_dir(&base).await?;
+        Ok(ReplayRun {
+            prefetch,
+            backup_fetch: fetch.timed,
+            replay_secs,
+        })
+    }
+
+    /// Copies the `count` segments up to `last` out of the archive into a
+    /// directory of their own (writing more WAL first when the archive has
+    /// fewer).
+    async fn wal_files(
+        &self,
+        client: &Client,
+        mut last: Segment,
+        count: u64,
+    ) -> Result<Vec<PathBuf>> {
+        if last.segno < count {
+            let missing = (count - last.segno + 1) * SEGMENT_SIZE;
+            eprintln!(
+                "bench: the archive has {} segments; writing {} MiB more WAL",
+                last.segno,
+                missing / MIB
+            );
+            self.write_wal(client, missing).await?;
+            last = self.switch_and_wait_archived(client).await?;
+        }
+        eprintln!("bench: copying {count} archived segments out for wal-push");
+        let dir = self.dir("wal-push-source")?;
+        let vars = storage_vars(&self.s3, ARCHIVE_PREFIX, 0);
+        let settings = Settings::from_vars(&EnvVars::from_pairs(
+            vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        ))?;
+        let ctx = crate::backup::Context::open(settings, None)?;
+        let names = (last.segno + 1 - count..=last.segno).map(|segno| {
+            Segment {
+                timeline: last.timeline,
+                segno,
+            }
+            .file_name(SEGMENT_SIZE)
+        });
+        let (ctx, dir_ref) = (&ctx, &dir);
+        let files: Vec<PathBuf> = futures::stream::iter(names)
+            .map(|name| async move {
+                let key = layout::wal_key(&name, Compression::Lz4);
+                let (data, _) = ctx
+                    .fetch_object(&key)
+                    .await
+                    .with_context(|| format!("fetching {name} from the archive"))?;
+                let path = dir_ref.join(&name);
+                tokio::fs::write(&path, data)
+                    .await
+                    .with_context(|| format!("writing {}", path.display()))?;
+                Ok::<_, anyhow::Error>(path)
+            })
+            .buffered(4)
+            .try_collect()
+            .await?;
+        if let Some(u) = self.run_as {
+            u.chown_tree(&dir)?;
+        }
+        Ok(files)
+    }
+
+    /// Pushes each file into a fresh prefix with its own `wal-push`
+    /// process, one after the other, as the archiver does.
+    async fn push_each(&self, files: &[PathBuf]) -> Result<WalPush> {
+        eprintln!(
+            "bench: wal-push of {} segments, one process each",
+            files.len()
+        );
+        let env = self.env_dir("env-wal-push", WAL_PUSH_PREFIX, 0)?;
+        let cmds: Vec<Command> = files
+            .iter()
+            .map(|f| self.pgdrill(&env, [OsStr::new("wal-push"), f.as_os_str()]))
+            .collect();
+        blocking(move || {
+            let segments = cmds.len() as u64;
+            let started = Instant::now();
+            let (mut slowest_secs, mut peak_rss_bytes) = (0.0_f64, 0);
+            for cmd in cmds {
+                let t = run_timed(cmd, "wal-push")?.timed;
+                slowest_secs = slowest_secs.max(t.wall_secs);
+                peak_rss_bytes = peak_rss_bytes.max(t.peak_rss_bytes);
+            }
+            let wall_secs = started.elapsed().as_secs_f64();
+            Ok(WalPush {
+                segments,
+                wall_secs,
+                segments_per_sec: segments as f64 / wall_secs,
+                slowest_secs,
+                peak_rss_bytes,
+            })
+        })
+        .await
+    }
+
+    /// The catalog entry of `backup` (sizes).
+    async fn backup_row(&self, backup: &str) -> Result<BackupListRow> {
+        let list = timed(
+            self.pgdrill(&self.env, ["backup-list", "--json"]),
+            "backup-list",
+        )
+        .await?;
+        let all: Vec<BackupListRow> =
+            serde_json::from_str(&list.stdout).context("parsing backup-list --json")?;
+        all.into_iter()
+            .find(|b| b.backup_name == backup)
+            .with_context(|| format!("backup-list does not show {backup}"))
+    }
+}
+
+/// Waits until `pg` has left recovery.
+async fn wait_promoted(pg: &LocalPostgres, deadline: Instant) -> Result<()> {
+    let client = pg.connect().await?;
+    loop {
+        let in_recovery: bool = query_value(&client, "SELECT pg_is_in_recovery()")
+            .await
+            .with_context(|| format!("restored server log:\n{}", pg.log_tail(20)))?;
+        if !in_recovery {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the restored server was still in recovery after {RECOVERY_TIMEOUT:?}; log:\n{}",
+                pg.log_tail(20)
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn remove_dir(dir: &Path) -> Result<()> {
+    tokio::fs::remove_dir_all(dir)
+        .await
+        .with_context(|| format!("removing {}", dir.display()))
+}
+
+/// Total size of the files directly in `dir` (a `pg_basebackup -Ft` output).
+fn files_size(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let meta = entry
+            .and_then(|e| e.metadata())
+            .with_context(|| format!("reading {}", dir.display()))?;
+        total += meta.len();
+    }
+    Ok(total)
+}
+
+/// `/proc/loadavg`'s 1, 5 and 15 minute averages.
+fn load_average() -> Result<[f64; 3]> {
+    let text = std::fs::read_to_string("/proc/loadavg").context("reading /proc/loadavg")?;
+    let mut fields = text.split_whitespace().map(str::parse::<f64>);
+    let mut next = || {
+        fields
+            .next()
+            .and_then(|f| f.ok())
+            .with_context(|| format!("unexpected /proc/loadavg: {text:?}"))
+    };
+    Ok([next()?, next()?, next()?])
+}
+
+#[derive(Debug, Serialize)]
+struct GeneratedWal {
+    bytes: u64,
+    secs: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct WalPush {
+    segments: u64,
+    wall_secs: f64,
+    segments_per_sec: f64,
+    slowest_secs: f64,
+    peak_rss_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct ReplayRun {
+    prefetch: u32,
+    backup_fetch: Timed,
+    /// From server start until `pg_is_in_recovery()` is false.
+    replay_secs: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Replay {
+    /// WAL written after the base backup (replayed by each restore).
+    wal: GeneratedWal,
+    prefetch_on: ReplayRun,
+    prefetch_off: ReplayRun,
+}
+
+/// Every raw figure of a run.
+#[derive(Debug, Serialize)]
+struct Figures {
+    pgbench_init: Timed,
+    /// Sum of `pg_database_size` over all databases after the load.
+    database_bytes: u64,
+    pg_basebackup: Timed,
+    pg_basebackup_output_bytes: u64,
+    backup_push: Timed,
+    backup_name: String,
+    backup_uncompressed_bytes: u64,
+    backup_compressed_bytes: u64,
+    backup_fetch: Timed,
+    replay: Replay,
+    wal_push: WalPush,
+}
+
+/// Loads the cluster and measures everything, in order; returns the
+/// server's version too.
+async fn measure(args: &BenchArgs, rig: &Rig) -> Result<(String, Figures)> {
+    let client = rig.primary.connect().await?;
+    let version: String = query_value(&client, "SELECT current_setting('server_version')").await?;
+    eprintln!("bench: pgbench -i -s {}", args.scale);
+    let scale = args.scale.to_string();
+    let init = timed(
+        rig.client("pgbench", ["-i", "-q", "-s", &scale]),
+        "pgbench -i",
+    )
+    .await?;
+    let database_bytes = u64::try_from(
+        query_value::<i64>(
+            &client,
+            "SELECT sum(pg_database_size(oid))::bigint FROM pg_database",
+        )
+        .await?,
+    )
+    .unwrap_or(0);
+    eprintln!(
+        "bench: loaded {} MiB in {:.1} s; waiting for the archiver",
+        database_bytes / MIB,
+        init.timed.wall_secs
+    );
+    rig.settle(&client).await?;
+
+    eprintln!("bench: pg_basebackup -Ft -X none -c fast");
+    let out = rig.dir("pg_basebackup")?.join("out");
+    let mut basebackup_args: Vec<&OsStr> = ["-Ft", "-X", "none", "-c", "fast", "-D"]
+        .map(OsStr::new)
+        .to_vec();
+    basebackup_args.push(out.as_os_str());
+    let basebackup = timed(
+        rig.client("pg_basebackup", basebackup_args),
+        "pg_basebackup",
+    )
+    .await?;
+    let basebackup_bytes = files_size(&out)?;
+    remove_dir(&out).await?;
+    eprintln!(
+        "bench: pg_basebackup took {:.1} s",
+        basebackup.timed.wall_secs
+    );
+    rig.settle(&client).await?;
+
+    eprintln!("bench: backup-push");
+    let data_dir = rig.primary.data_dir.as_os_str();
+    let push = timed(
+        rig.pgdrill(&rig.env, [OsStr::new("backup-push"), data_dir]),
+        "backup-push",
+    )
+    .await?;
+    let name = push
+        .stdout
+        .lines()
+        .last()
+        .map(str::trim)
+        .filter(|l| l.starts_with("base_"))
+        .with_context(|| format!("backup-push did not print a backup name: {:?}", push.stdout))?
+        .to_string();
+    let listed = rig.backup_row(&name).await?;
+    eprintln!(
+        "bench: backup-push of {name} took {:.1} s",
+        push.timed.wall_secs
+    );
+
+    eprintln!("bench: backup-fetch");
+    let dest = rig.dir("fetch")?.join("data");
+    let fetch_args = [
+        OsStr::new("backup-fetch"),
+        dest.as_os_str(),
+        OsStr::new(&name),
+    ];
+    let fetch = timed(rig.pgdrill(&rig.env, fetch_args), "backup-fetch").await?;
+    remove_dir(&dest).await?;
+    eprintln!("bench: backup-fetch took {:.1} s", fetch.timed.wall_secs);
+
+    eprintln!(
+        "bench: writing {} MiB of WAL to replay",
+        args.replay_wal_mib
+    );
+    let wal = rig.write_wal(&client, args.replay_wal_mib * MIB).await?;
+    let last = rig.switch_and_wait_archived(&client).await?;
+    let prefetch_on = rig.replay(&name, PREFETCH_ON).await?;
+    let prefetch_off = rig.replay(&name, 0).await?;
+
+    let files = rig.wal_files(&client, last, args.wal_segments).await?;
+    let wal_push = rig.push_each(&files).await?;
+    eprintln!(
+        "bench: wal-push: {:.1} segments/s",
+        wal_push.segments_per_sec
+    );
+
+    let figures = Figures {
+        pgbench_init: init.timed,
+        database_bytes,
+        pg_basebackup: basebackup.timed,
+        pg_basebackup_output_bytes: basebackup_bytes,
+        backup_push: push.timed,
+        backup_name: name,
+        backup_uncompressed_bytes: listed.uncompressed_size,
+        backup_compressed_bytes: listed.compressed_size,
+        backup_fetch: fetch.timed,
+        replay: Replay {
+            wal,
+            prefetch_on,
+            prefetch_off,
+        },
+        wal_push,
+    };
+    Ok((version, figures))
+}
+
+/// Sets up, measures and tears down (also on error: dropping the rig
+/// stops the servers, dropping the work dir removes it unless `--keep`).
+async fn bench_backup(args: &BenchArgs) -> Result<Report> {
+    let started_at = Utc::now();
+    let load_average_start = load_average()?;
+    let exe = std::env::current_exe().context("locating the pgdrill binary")?;
+    let bin = PgBinaries::find()?;
+    let run_as = RunAs::detect()?;
+    let mut work = WorkDir::new("pgdrill-bench-", run_as)?;
+    eprintln!("bench: working in {}", work.path().display());
+    let path = work.path().to_path_buf();
+    let figures = match blocking(move || Rig::start(exe, bin, run_as, path)).await {
+        Ok(rig) => {
+            let figures = measure(args, &rig).await;
+            // Stopping the servers waits for them: off the async workers.
+            blocking(move || {
+                drop(rig);
+                Ok(())
+            })
+            .await?;
+            figures
+        }
+        Err(e) => Err(e),
+    };
+    if args.keep {
+        eprintln!("bench: kept {}", work.keep().display());
+    }
+    let (postgres_version, figures) = figures?;
+    let machine = Machine {
+        nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load_average_start,
+        load_average_end: load_average()?,
+    };
+    let results = results(&figures);
+    Ok(Report {
+        benchmark: "backup",
+        started_at,
+        finished_at: Utc::now(),
+        pgdrill_version: env!("CARGO_PKG_VERSION"),
+        postgres_version,
+        scale: args.scale,
+        machine,
+        method: METHOD.to_vec(),
+        goals_met: results.iter().all(|r| r.ok != Some(false)),
+        results,
+        figures,
+    })
+}
+
+/// How the figures are taken (in both report files).
+const METHOD: [&str; 6] = [
+    "One cluster (initdb, pgbench -i; fsync = off, max_wal_size = 1GB, archive_command = pgdrill wal-push into the embedded S3 server on loopback, lz4); a CHECKPOINT and an idle archiver before each backup.",
+    "pg_basebackup -Ft -X none -c fast to local disk: no compression, WAL left to the archive as with backup-push; it fsyncs its output and waits for the WAL to be archived, as backup-push waits in pg_backup_stop.",
+    "backup-push and backup-fetch with WAL-G default concurrency (nproc clamped to 2..16); backup-fetch into an empty directory, synced at the end.",
+    "Replay: the same base backup restored with backup-fetch --recover --no-archive, WALG_PREFETCH=8 first, then 0 (a warm page cache favours the second); timed from pg_ctl start until pg_is_in_recovery() is false.",
+    "wal-push: the newest archived segments copied out of the archive, then each pushed by its own pgdrill wal-push process into a fresh prefix, sequentially as the archiver runs them (no archive_status directory, so no upload-ahead).",
+    "Peak RSS: ru_maxrss of each child from wait4; wall times are measured around each command.",
+];
+
+#[derive(Debug, Serialize)]
+struct Machine {
+    nproc: usize,
+    load_average_start: [f64; 3],
+    load_average_end: [f64; 3],
+}
+
+/// A goal's limit.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Bound {
+    AtMost(f64),
+    Below(f64),
+    AtLeast(f64),
+}
+
+impl Bound {
+    fn holds(self, x: f64) -> bool {
+        match self {
+            Bound::AtMost(l) => x <= l,
+            Bound::Below(l) => x < l,
+            Bound::AtLeast(l) => x >= l,
+        }
+    }
+
+    fn text(self) -> String {
+        match self {
+            Bound::AtMost(l) => format!("≤ {l}"),
+            Bound::Below(l) => format!("< {l}"),
+            Bound::AtLeast(l) => format!("≥ {l}"),
+        }
+    }
+}
+
+/// What a goal is about: the row's value or its ratio.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Subject {
+    Value,
+    Ratio,
+}
+
+#[derive(Debug, Serialize)]
+struct Goal {
+    of: Subject,
+    bound: Bound,
+}
+
+/// One line of the summary table.
+#[derive(Debug, Serialize)]
+struct Row {
+    measure: String,
+    value: f64,
+    unit: &'static str,
+    ratio: Option<f64>,
+    /// What the ratio is (e.g. "backup-push / pg_basebackup").
+    ratio_of: Option<&'static str>,
+    goal: Option<Goal>,
+    ok: Option<bool>,
+}
+
+impl Row {
+    fn new(measure: impl Into<String>, value: f64, unit: &'static str) -> Row {
+        Row {
+            measure: measure.into(),
+            value,
+            unit,
+            ratio: None,
+            ratio_of: None,
+            goal: None,
+            ok: None,
+        }
+    }
+
+    fn ratio(mut self, ratio: f64, of: &'static str) -> Row {
+        self.ratio = Some(ratio);
+        self.ratio_of = Some(of);
+        self
+    }
+
+    fn goal(mut self, of: Subject, bound: Bound) -> Row {
+        let x = match of {
+            Subject::Value => Some(self.value),
+            Subject::Ratio => self.ratio,
+        };
+        self.ok = x.map(|x| bound.holds(x));
+        self.goal = Some(Goal { of, bound });
+        self
+    }
+
+    fn goal_text(&self) -> String {
+        match &self.goal {
+            None => String::new(),
+            Some(Goal {
+                of: Subject::Value,
+                bound,
+            }) => format!("{} {}", bound.text(), self.unit),
+            Some(Goal {
+                of: Subject::Ratio,
+                bound,
+            }) => format!("ratio {}", bound.text()),
+        }
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / MIB as f64
+}
+
+/// The summary rows: measures, ratios and goals.
+fn results(f: &Figures) -> Vec<Row> {
+    let replay_mib = mib(f.replay.wal.bytes);
+    let base = f.pg_basebackup.wall_secs;
+    let on = f.replay.prefetch_on.replay_secs;
+    let off = f.replay.prefetch_off.replay_secs;
+    vec![
+        Row::new("pg_basebackup -Ft -X none -c fast", base, "s"),
+        Row::new("backup-push (lz4, local S3)", f.backup_push.wall_secs, "s")
+            .ratio(
+                f.backup_push.wall_secs / base,
+                "backup-push / pg_basebackup",
+            )
+            .goal(Subject::Ratio, Bound::AtMost(PUSH_RATIO_GOAL)),
+        Row::new(
+            "backup-push peak RSS",
+            mib(f.backup_push.peak_rss_bytes),
+            "MiB",
+        )
+        .goal(Subject::Value, Bound::Below(BACKUP_PUSH_RSS_GOAL_MIB)),
+        Row::new(
+            "backup-fetch (empty directory)",
+            f.backup_fetch.wall_secs,
+            "s",
+        )
+        .ratio(
+            f.backup_fetch.wall_secs / base,
+            "backup-fetch / pg_basebackup",
+        )
+        .goal(Subject::Ratio, Bound::AtMost(FETCH_RATIO_GOAL)),
+        Row::new(
+            "backup-fetch peak RSS",
+            mib(f.backup_fetch.peak_rss_bytes),
+            "MiB",
+        ),
+        Row::new(
+            format!(
+                "wal-push, {} × 16 MiB, one process each",
+                f.wal_push.segments
+            ),
+            f.wal_push.segments_per_sec,
+            "segments/s",
+        )
+        .goal(Subject::Value, Bound::AtLeast(WAL_PUSH_RATE_GOAL)),
+        Row::new("wal-push peak RSS", mib(f.wal_push.peak_rss_bytes), "MiB")
+            .goal(Subject::Value, Bound::Below(WAL_PUSH_RSS_GOAL_MIB)),
+        Row::new(
+            format!("replay of {replay_mib:.0} MiB of WAL, WALG_PREFETCH={PREFETCH_ON}"),
+            on,
+            "s",
+        ),
+        Row::new(
+            format!("replay of {replay_mib:.0} MiB of WAL, WALG_PREFETCH=0"),
+            off,
+            "s",
+        )
+        .ratio(off / on, "prefetch off / prefetch on"),
+    ]
+}
+
+/// The JSON report.
+#[derive(Debug, Serialize)]
+struct Report {
+    benchmark: &'static str,
+    started_at: DateTime<Utc>,
+    finished_at: DateTime<Utc>,
+    pgdrill_version: &'static str,
+    postgres_version: String,
+    scale: u32,
+    machine: Machine,
+    method: Vec<&'static str>,
+    results: Vec<Row>,
+    goals_met: bool,
+    figures: Figures,
+}
+
+impl Report {
+    fn markdown(&self) -> String {
+        let f = &self.figures;
+        let m = &self.machine;
+        let mut md = format!(
+            "# pgdrill bench backup, {}\n\n",
+            self.started_at.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            md,
+            "pgdrill {}, PostgreSQL {}, pgbench scale {}: database {:.0} MiB, backup {:.0} MiB ({:.0} MiB lz4), pg_basebackup tar {:.0} MiB. \
+             {} CPUs, load average {:.2} at start, {:.2} at end (1 min; other work on the machine shows here).\n",
+            self.pgdrill_version,
+            self.postgres_version,
+            self.scale,
+            mib(f.database_bytes),
+            mib(f.backup_uncompressed_bytes),
+            mib(f.backup_compressed_bytes),
+            mib(f.pg_basebackup_output_bytes),
+            m.nproc,
+            m.load_average_start[0],
+            m.load_average_end[0],
+        );
+        md.push_str("| measure | value | goal | ratio | ok |\n|---|---:|---|---:|---|\n");
+        for r in &self.results {
+            let ratio = match (r.ratio, r.ratio_of) {
+                (Some(x), Some(of)) => format!("{x:.2} ({of})"),
+                _ => String::new(),
+            };
+            let ok = match r.ok {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "",
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {:.2} {} | {} | {} | {} |",
+                r.measure,
+                r.value,
+                r.unit,
+                r.goal_text(),
+                ratio,
+                ok
+            );
+        }
+        md.push('\n');
+        md.push_str(if self.goals_met {
+            "All goals met.\n"
+        } else {
+            "Some goals missed.\n"
+        });
+        md.push_str("\nMethod:\n\n");
+        for line in &self.method {
+            let _ = writeln!(md, "- {line}");
+        }
+        md
+    }
+}
+
+/// Writes `<dir>/bench/backup-<time>.json` and `.md`.
+fn write_report(dir: &Path, report: &Report, markdown: &str) -> Result<(PathBuf, PathBuf)> {
+    let dir = dir.join("bench");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let stem = format!("backup-{}", report.started_at.format("%Y%m%dT%H%M%SZ"));
+    let json_path = dir.join(format!("{stem}.json"));
+    let md_path = dir.join(format!("{stem}.md"));
+    let json = serde_json::to_string_pretty(report).context("encoding the report")?;
+    std::fs::write(&json_path, json + "\n")
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    std::fs::write(&md_path, markdown).with_context(|| format!("writing {}", md_path.display()))?;
+    Ok((json_path, md_path))
 }

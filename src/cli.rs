@@ -9,6 +9,7 @@ use crate::backup::retention::{self, Policy};
 use crate::backup::{catalog, exit, wal, BackupError, Context};
 use crate::config::{Secret, Settings};
 use crate::env::s3_server::{S3Server, S3ServerConfig};
+use crate::scenario::{self, Scenario};
 
 /// pgdrill: disaster-recovery drills for PostgreSQL, with a WAL-G-compatible
 /// physical backup tool.
@@ -151,6 +152,38 @@ pub enum Command {
         #[arg(required = true, num_args = 1.., value_name = "POLICY")]
         policy: Vec<String>,
     },
+    /// Run drills: start PostgreSQL and storage, write a workload, back up,
+    /// break things, restore to random points in time, verify exactly, and
+    /// report RPO/RTO into REPORT_DIR/<UTC time>-<scenario>/.
+    ///
+    /// Exits 0 when every drill passed, 1 when any check or objective failed.
+    Run {
+        /// Scenario files.
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+        /// Seed for the random targets and payloads (replays a drill exactly).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where reports go.
+        #[arg(long, default_value = "reports")]
+        report_dir: PathBuf,
+        /// Keep the drill's directories (data, logs, storage) for inspection.
+        #[arg(long)]
+        keep: bool,
+        /// No progress lines.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Check scenario files without running them.
+    Validate {
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+    },
+    /// List the scenarios in a directory with environment and description.
+    List {
+        #[arg(default_value = "scenarios")]
+        dir: PathBuf,
+    },
     /// Measure backup speed against pg_basebackup (figures go to reports/bench/).
     Bench(crate::bench::BenchArgs),
     /// Serve an S3-compatible API from a directory (for tests and local drills).
@@ -199,6 +232,45 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(exit::OK)
         }
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::Run {
+            scenarios,
+            seed,
+            report_dir,
+            keep,
+            quiet,
+        } => run_drills(&scenarios, seed, report_dir, keep, quiet).await,
+        Command::Validate { scenarios } => {
+            let mut code = exit::OK;
+            for path in &scenarios {
+                match Scenario::load(path) {
+                    Ok(s) => println!(
+                        "{}: ok ({}, {})",
+                        path.display(),
+                        s.name,
+                        s.environment.as_str()
+                    ),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        code = exit::FAILURE;
+                    }
+                }
+            }
+            Ok(code)
+        }
+        Command::List { dir } => {
+            for path in scenario::discover(&dir)? {
+                match Scenario::load(&path) {
+                    Ok(s) => println!(
+                        "{:<24} {:<11} {}",
+                        s.name,
+                        s.environment.as_str(),
+                        s.description
+                    ),
+                    Err(e) => println!("{:<24} INVALID     {e}", path.display()),
+                }
+            }
+            Ok(exit::OK)
+        }
         other => Ok(match run_backup_verb(other, env_dir).await {
             Ok(()) => exit::OK,
             Err(e) => {
@@ -207,6 +279,44 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
         }),
     }
+}
+
+/// Runs drills one after another; Ctrl-C or SIGTERM stops the current one
+/// and cleans up (dropping the drill stops its servers and removes its
+/// directories).
+async fn run_drills(
+    files: &[PathBuf],
+    seed: Option<u64>,
+    report_dir: PathBuf,
+    keep: bool,
+    quiet: bool,
+) -> anyhow::Result<i32> {
+    let scenarios = files
+        .iter()
+        .map(|f| Scenario::load(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let opts = crate::drill::RunOptions {
+        seed,
+        report_dir,
+        keep,
+        quiet,
+        pgdrill: std::env::current_exe()?,
+    };
+    let mut code = exit::OK;
+    for (scenario, file) in scenarios.iter().zip(files) {
+        let outcome = tokio::select! {
+            r = crate::drill::run(scenario, file, &opts) => r?,
+            () = shutdown_signal() => {
+                eprintln!("pgdrill: interrupted; cleaned up");
+                return Ok(130);
+            }
+        };
+        print!("{}", outcome.report.to_markdown());
+        if !outcome.report.passed {
+            code = exit::FAILURE;
+        }
+    }
+    Ok(code)
 }
 
 async fn shutdown_signal() {
@@ -311,7 +421,11 @@ async fn run_backup_verb(command: Command, env_dir: Option<&Path>) -> Result<(),
         Command::Delete { confirm, policy } => {
             retention::delete(&ctx, &Policy::parse(&policy)?, confirm).await?;
         }
-        Command::S3Serve { .. } | Command::Bench(_) => unreachable!("handled by run"),
+        Command::S3Serve { .. }
+        | Command::Bench(_)
+        | Command::Run { .. }
+        | Command::Validate { .. }
+        | Command::List { .. } => unreachable!("handled by run"),
     }
     Ok(())
 }

@@ -271,13 +271,15 @@ impl Settings {
             pgdata: vars.get("PGDATA").map(PathBuf::from),
             sabotage: match vars.get("PGDRILL_SABOTAGE") {
                 None => None,
-                Some(v) => Some(crate::fault::Sabotage::parse(v).ok_or_else(|| {
-                    ConfigError::Invalid {
-                        name: "PGDRILL_SABOTAGE".into(),
-                        value: v.into(),
-                        hint: "expected drop_every_nth_wal:N or corrupt_every_nth_wal:N".into(),
-                    }
-                })?),
+                Some(v) => {
+                    Some(
+                        crate::fault::Sabotage::parse(v).ok_or_else(|| ConfigError::Invalid {
+                            name: "PGDRILL_SABOTAGE".into(),
+                            value: v.into(),
+                            hint: "expected drop_every_nth_wal:N or corrupt_every_nth_wal:N".into(),
+                        })?,
+                    )
+                }
             },
         })
     }

@@ -100,7 +100,11 @@ impl Store for SabotagedStore {
         self.inner.delete(key).await
     }
     fn describe(&self) -> String {
-        format!("{} (SABOTAGED: {})", self.inner.describe(), self.sabotage.to_setting())
+        format!(
+            "{} (SABOTAGED: {})",
+            self.inner.describe(),
+            self.sabotage.to_setting()
+        )
     }
 }
 
@@ -120,21 +124,32 @@ mod tests {
         };
         for seg in 1..=10u32 {
             let key = layout::wal_key(&format!("0000000100000000{seg:08X}"), Compression::None);
-            drop.put(&key, Bytes::from_static(b"payload")).await.unwrap();
+            drop.put(&key, Bytes::from_static(b"payload"))
+                .await
+                .unwrap();
         }
         let stored = inner.list("wal_005/").await.unwrap();
         assert_eq!(stored.len(), 8, "segments 5 and 10 dropped");
         let history = layout::wal_key("00000005.history", Compression::None);
         drop.put(&history, Bytes::from_static(b"h")).await.unwrap();
-        assert!(inner.get(&history).await.is_ok(), "only segments are sabotaged");
+        assert!(
+            inner.get(&history).await.is_ok(),
+            "only segments are sabotaged"
+        );
 
         let corrupt = SabotagedStore {
             inner: Arc::clone(&inner),
             sabotage: Sabotage::CorruptEveryNthWal(3),
         };
         let key = layout::wal_key("000000010000000000000003", Compression::None);
-        corrupt.put(&key, Bytes::from_static(b"abcdef")).await.unwrap();
-        assert_ne!(inner.get(&key).await.unwrap(), Bytes::from_static(b"abcdef"));
+        corrupt
+            .put(&key, Bytes::from_static(b"abcdef"))
+            .await
+            .unwrap();
+        assert_ne!(
+            inner.get(&key).await.unwrap(),
+            Bytes::from_static(b"abcdef")
+        );
         assert!(Sabotage::parse("drop_every_nth_wal:0").is_none());
         assert!(Sabotage::parse("explode:3").is_none());
     }

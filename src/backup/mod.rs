@@ -120,7 +120,10 @@ impl Context {
     pub fn open(settings: Settings, env_dir: Option<&Path>) -> Result<Context, BackupError> {
         let mut store = store::open(&settings.storage)?;
         if let Some(sabotage) = settings.sabotage {
-            tracing::warn!(?sabotage, "PGDRILL_SABOTAGE is set: this backup tool is deliberately broken");
+            tracing::warn!(
+                ?sabotage,
+                "PGDRILL_SABOTAGE is set: this backup tool is deliberately broken"
+            );
             store = Arc::new(crate::fault::SabotagedStore {
                 inner: store,
                 sabotage,

@@ -135,8 +135,10 @@ impl PgBinaries {
 
     /// `postgres --version`'s number, e.g. "15.10".
     pub fn version(&self) -> Result<String, LocalError> {
+        // "postgres (PostgreSQL) 15.10 (Debian 15.10-0+deb12u1)"
         let out = run_checked(self.tool("postgres").arg("--version"), "postgres --version")?;
-        Ok(out.split_whitespace().last().unwrap_or("").to_string())
+        let mut words = out.split_whitespace().skip_while(|w| *w != "(PostgreSQL)");
+        Ok(words.nth(1).unwrap_or(out.trim()).to_string())
     }
 }
 
@@ -422,9 +424,13 @@ impl LocalPostgres {
                 Err(e) => {
                     let log = std::fs::read_to_string(&self.log_file).unwrap_or_default();
                     if !log.contains("already in use") {
+                        let detail = match e {
+                            LocalError::Command { detail, .. } => detail,
+                            other => other.to_string(),
+                        };
                         return Err(LocalError::Command {
                             what: "pg_ctl start".into(),
-                            detail: format!("{e}; server log tail:\n{}", tail(&log, 15)),
+                            detail: format!("{detail}; server log tail:\n{}", tail(&log, 12)),
                         });
                     }
                     last = Some(e);
@@ -550,5 +556,243 @@ impl Drop for LocalPostgres {
         if self.running {
             let _ = self.stop("immediate");
         }
+    }
+}
+
+/// The `local` drill environment: the embedded S3 server, an archiving
+/// primary, and restored servers, each a process on loopback in one work
+/// directory that is removed at the end unless kept.
+pub struct LocalEnvironment {
+    // Field order is drop order: servers stop before the directory goes.
+    primary: Option<LocalPostgres>,
+    restores: std::collections::BTreeMap<String, LocalPostgres>,
+    /// Kept alive for the whole drill; stopped on drop.
+    _storage: LocalS3,
+    bin: PgBinaries,
+    run_as: Option<RunAs>,
+    env_dir: PathBuf,
+    pgdrill: PathBuf,
+    version: String,
+    wal_segment_size: u64,
+    primary_config: tokio_postgres::Config,
+    work: WorkDir,
+}
+
+impl LocalEnvironment {
+    /// Starts storage and an archiving primary.
+    pub async fn start(
+        spec: &super::EnvSpec,
+        pgdrill: &Path,
+    ) -> Result<LocalEnvironment, LocalError> {
+        let bin = PgBinaries::find()?;
+        let version = bin.version()?;
+        let run_as = RunAs::detect()?;
+        let work = WorkDir::new("pgdrill-drill-", run_as)?;
+        let s3 = LocalS3::start(pgdrill, &work.path().join("s3"), &spec.bucket)?;
+        let env_dir = work.path().join("env");
+        let mut tool_settings = s3.settings("drill");
+        tool_settings.extend(spec.tool_settings.iter().cloned());
+        write_env_dir(&env_dir, &tool_settings, run_as)?;
+        let primary_base = work.path().join("primary");
+        std::fs::create_dir_all(&primary_base).map_err(io_err("creating primary dir"))?;
+        if let Some(u) = run_as {
+            u.chown_tree(&primary_base)?;
+        }
+        let mut settings: Vec<(String, String)> = [
+            ("wal_level", "replica"),
+            ("archive_mode", "on"),
+            ("track_commit_timestamp", "on"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        settings.push((
+            "archive_command".into(),
+            format!(
+                "{} --env-dir {} --log warn wal-push %p",
+                pgdrill.display(),
+                env_dir.display()
+            ),
+        ));
+        settings.extend(spec.postgres_settings.iter().cloned());
+        let mut primary = LocalPostgres::init(
+            &bin,
+            &primary_base,
+            run_as,
+            &InitOptions {
+                wal_segsize_mb: spec.wal_segsize_mb,
+                settings,
+            },
+        )?;
+        primary.start(Duration::from_secs(60))?;
+        let mut primary_config = tokio_postgres::Config::new();
+        primary_config
+            .host_path(&primary.socket_dir)
+            .port(primary.port)
+            .user("postgres")
+            .dbname("postgres")
+            .application_name("pgdrill-workload");
+        Ok(LocalEnvironment {
+            primary: Some(primary),
+            restores: Default::default(),
+            _storage: s3,
+            bin,
+            run_as,
+            env_dir,
+            pgdrill: pgdrill.to_path_buf(),
+            version,
+            wal_segment_size: u64::from(spec.wal_segsize_mb.unwrap_or(16)) << 20,
+            primary_config,
+            work,
+        })
+    }
+
+    fn tool_command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.pgdrill);
+        cmd.arg("--env-dir").arg(&self.env_dir).args(args);
+        if let Some(p) = &self.primary {
+            cmd.envs(p.pg_settings()).env("PGDATA", &p.data_dir);
+        }
+        if let Some(u) = self.run_as {
+            cmd.uid(u.uid).gid(u.gid).current_dir("/");
+        }
+        cmd.stdin(Stdio::null()).kill_on_drop(true);
+        cmd
+    }
+}
+
+/// Counts the WAL files restore_command delivered, from the server log.
+fn restored_wal_files(log: &Path) -> u64 {
+    std::fs::read_to_string(log)
+        .map(|text| {
+            text.lines()
+                .filter(|l| l.contains("restored log file") && !l.contains(".history"))
+                .count() as u64
+        })
+        .unwrap_or(0)
+}
+
+#[async_trait::async_trait]
+impl super::Environment for LocalEnvironment {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    fn postgres_version(&self) -> String {
+        self.version.clone()
+    }
+
+    fn primary_config(&self) -> tokio_postgres::Config {
+        self.primary_config.clone()
+    }
+
+    fn wal_segment_size(&self) -> u64 {
+        self.wal_segment_size
+    }
+
+    async fn backup_tool(&self, args: &[&str]) -> Result<String, super::EnvError> {
+        let out = self
+            .tool_command(args)
+            .output()
+            .await
+            .map_err(io_err("starting the backup tool"))?;
+        if !out.status.success() {
+            return Err(super::EnvError::BackupTool {
+                command: args.join(" "),
+                detail: format!(
+                    "{}: {}",
+                    out.status,
+                    tail(String::from_utf8_lossy(&out.stderr).trim(), 5)
+                ),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    async fn kill_primary(&mut self) -> Result<(), super::EnvError> {
+        if let Some(mut p) = self.primary.take() {
+            p.kill()?;
+            std::fs::remove_dir_all(&p.data_dir)
+                .map_err(io_err("destroying the primary's data directory"))?;
+        }
+        Ok(())
+    }
+
+    async fn restore(
+        &mut self,
+        label: &str,
+        backup: &str,
+        target: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<super::Restored, super::EnvError> {
+        let base = self.work.path().join(format!("restore-{label}"));
+        std::fs::create_dir_all(&base).map_err(io_err("creating restore dir"))?;
+        if let Some(u) = self.run_as {
+            u.chown_tree(&base)?;
+        }
+        let data = base.join("data");
+        let data_s = data.display().to_string();
+        let target_s = target.map(crate::workload::target_time_arg);
+        let mut args = vec!["backup-fetch", data_s.as_str(), backup, "--no-archive"];
+        match &target_s {
+            Some(t) => args.extend(["--recovery-target-time", t.as_str()]),
+            None => args.push("--recover"),
+        }
+        let started = Instant::now();
+        self.backup_tool(&args).await?;
+        let fetch = started.elapsed();
+        let mut pg = LocalPostgres::existing(&self.bin, &base, &data, self.run_as)?;
+        let started = Instant::now();
+        let start_result = pg.start(Duration::from_secs(1800));
+        let start_to_consistent = started.elapsed();
+        let log_file = pg.log_file.clone();
+        self.restores.insert(label.to_string(), pg);
+        start_result?;
+        let pg = &self.restores[label];
+        let client = pg.connect().await?;
+        let started = Instant::now();
+        loop {
+            let in_recovery: bool = client
+                .query_one("SELECT pg_is_in_recovery()", &[])
+                .await
+                .map_err(|e| super::EnvError::Postgres(crate::backup::pg::pg_error_text(&e)))?
+                .get(0);
+            if !in_recovery {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(1800) {
+                return Err(super::EnvError::Other(format!(
+                    "restore {label} did not finish recovery; log:\n{}",
+                    pg.log_tail(20)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(super::Restored {
+            client,
+            timings: super::RestoreTimings {
+                fetch,
+                start_to_consistent,
+                consistent_to_promoted: started.elapsed(),
+                wal_segments: restored_wal_files(&log_file),
+            },
+        })
+    }
+
+    async fn amcheck(&self, label: &str) -> Result<(), super::EnvError> {
+        let pg = self
+            .restores
+            .get(label)
+            .ok_or_else(|| super::EnvError::Other(format!("no restore {label}")))?;
+        crate::verify::amcheck(pg).map_err(|e| super::EnvError::Other(e.to_string()))
+    }
+
+    async fn discard_restore(&mut self, label: &str) {
+        if let Some(mut pg) = self.restores.remove(label) {
+            let _ = pg.stop("immediate");
+        }
+    }
+
+    fn keep(&mut self) -> Option<PathBuf> {
+        Some(self.work.keep())
     }
 }

@@ -21,6 +21,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
+pub use crate::fault::Sabotage;
 pub use error::{Location, ScenarioError};
 
 /// One drill, as read from a scenario file.
@@ -39,8 +40,10 @@ pub struct Scenario {
     /// The backup tool under test. Default: [`Engine::Pgdrill`].
     #[serde(default)]
     pub engine: Engine,
-    /// How the sabotaged engine misbehaves; required with
+    /// How the sabotaged engine misbehaves, e.g.
+    /// `sabotage: { drop_every_nth_wal: 10 }`; required with
     /// [`Engine::PgdrillSabotaged`] and rejected otherwise.
+    #[serde(default, deserialize_with = "sabotage")]
     pub sabotage: Option<Sabotage>,
     /// Seed for every random choice of the drill (restore targets, payloads).
     /// When absent the runner picks one and reports it.
@@ -104,15 +107,17 @@ pub enum Engine {
     PgdrillSabotaged,
 }
 
-/// The defect of [`Engine::PgdrillSabotaged`]. `N` counts archived WAL
-/// segments; 1 means every segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Sabotage {
-    /// `wal-push` reports success for every Nth segment without uploading it.
+/// The YAML form of a [`Sabotage`]: `drop_every_nth_wal: N` or
+/// `corrupt_every_nth_wal: N`, N counting WAL segments (1 means every one).
+#[derive(Deserialize)]
+#[serde(remote = "Sabotage", rename_all = "snake_case")]
+enum SabotageDef {
     DropEveryNthWal(u32),
-    /// `wal-push` uploads every Nth segment with one byte flipped.
     CorruptEveryNthWal(u32),
+}
+
+fn sabotage<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Sabotage>, D::Error> {
+    SabotageDef::deserialize(d).map(Some)
 }
 
 /// The PostgreSQL server.
@@ -151,7 +156,7 @@ impl Default for Storage {
     }
 }
 
-/// Compression of backup objects (`WALG_COMPRESSION_METHOD`).
+/// Compression of backup objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Compression {
@@ -163,12 +168,14 @@ pub enum Compression {
     None,
 }
 
-impl From<Compression> for crate::backup::codec::Compression {
-    fn from(c: Compression) -> Self {
-        match c {
-            Compression::Lz4 => Self::Lz4,
-            Compression::Zstd => Self::Zstd,
-            Compression::None => Self::None,
+impl Compression {
+    /// The name used in scenario files, which is also the tool's
+    /// `WALG_COMPRESSION_METHOD` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+            Compression::None => "none",
         }
     }
 }
@@ -300,7 +307,9 @@ impl Step {
     pub fn needs_containers(&self) -> bool {
         matches!(
             self,
-            Step::StorageOutage { .. } | Step::StorageCorruption { .. } | Step::NetworkLatency { .. }
+            Step::StorageOutage { .. }
+                | Step::StorageCorruption { .. }
+                | Step::NetworkLatency { .. }
         )
     }
 }
@@ -319,9 +328,9 @@ pub enum DisasterKind {
 #[serde(default, deny_unknown_fields)]
 pub struct Restores {
     /// Point-in-time restores to commit timestamps drawn uniformly (from the
-    /// seed) between the end of the first base backup and the last archived
-    /// commit, each from the newest base backup that ended before its target.
-    /// At most 1000. Default: 0.
+    /// seed) between the end of the oldest base backup still stored and the
+    /// last archived commit, each from the newest base backup that ended
+    /// before its target. At most 1000. Default: 0.
     pub random_targets: u32,
     /// Also restore to the end of the archived WAL. Default: false.
     pub latest: bool,
@@ -417,10 +426,9 @@ impl Scenario {
     /// (usually the file's path).
     #[allow(clippy::should_implement_trait)] // FromStr has no room for `origin`
     pub fn from_str(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
-        let options = serde_saphyr::options! { strict_booleans: true, with_snippet: false };
         let mut key = Vec::new();
         let scenario: Scenario =
-            serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
+            serde_saphyr::with_deserializer_from_str_with_options(text, yaml_options(), |de| {
                 serde_path_to_error::deserialize(de).map_err(|e| {
                     key = error::key_path(e.path());
                     e.into_inner()
@@ -432,6 +440,12 @@ impl Scenario {
     }
 }
 
+/// How scenario YAML is read: YAML 1.2 booleans only (`true`/`false`, so a
+/// stray `yes` is an error, not a boolean), no source snippets in errors.
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! { strict_booleans: true, with_snippet: false }
+}
+
 /// The `*.yaml` files directly in `dir`, sorted by file name.
 pub fn discover(dir: &Path) -> Result<Vec<PathBuf>, ScenarioError> {
     let io = |source| ScenarioError::Io {
@@ -440,12 +454,319 @@ pub fn discover(dir: &Path) -> Result<Vec<PathBuf>, ScenarioError> {
     };
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
-        let entry = entry.map_err(io)?;
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "yaml") && entry.file_type().map_err(io)?.is_file() {
+        let path = entry.map_err(io)?.path();
+        if path.extension().is_some_and(|e| e == "yaml") && path.is_file() {
             files.push(path);
         }
     }
     files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "name: t\npostgres: { version: 15 }\nworkload: { writers: 2, rate_per_second: 50, duration: 20s }\n";
+
+    fn parse(extra: &str) -> Result<Scenario, ScenarioError> {
+        Scenario::from_str(&format!("{MINIMAL}{extra}"), "t.yaml")
+    }
+
+    fn error(extra: &str) -> String {
+        parse(extra).expect_err(extra).to_string()
+    }
+
+    #[test]
+    fn minimal_scenario_gets_the_documented_defaults() {
+        let s = parse("").unwrap();
+        assert_eq!(s.description, "");
+        assert_eq!(s.environment, Environment::Local);
+        assert_eq!(s.engine, Engine::Pgdrill);
+        assert_eq!((s.sabotage, s.seed), (None, None));
+        assert_eq!(s.postgres.settings.len(), 0);
+        assert_eq!(s.postgres.wal_segment_size_mb, None);
+        assert_eq!(s.storage, Storage::default());
+        assert_eq!(s.storage.bucket, "drill");
+        assert_eq!(s.workload.duration, Duration::from_secs(20));
+        assert_eq!(s.workload.payload_bytes, 100);
+        assert!(s.steps.is_empty());
+        assert_eq!(s.restores, Restores::default());
+        assert_eq!(s.restores.from, BackupChoice::Latest);
+        assert_eq!(s.verify, [Check::RowCount, Check::ContentHash]);
+        assert_eq!(s.objectives, Objectives::default());
+    }
+
+    #[test]
+    fn full_scenario_parses() {
+        let s = Scenario::from_str(
+            r#"
+name: quick-pitr
+description: base backup, steady writes, three random point-in-time restores
+environment: containers
+engine: pgdrill-sabotaged
+sabotage: { drop_every_nth_wal: 10 }
+seed: 42
+postgres:
+  version: 15
+  settings: { archive_timeout: 1s, track_commit_timestamp: "on", max_connections: 50, pg_stat_statements.max: 100 }
+  wal_segment_size_mb: 1
+storage: { bucket: drill.backups-1, compression: none }
+workload: { writers: 4, rate_per_second: 200, duration: 1m 30s, payload_bytes: 0 }
+steps:
+  - { at: 0, action: base_backup }
+  - { at: 500ms, action: switch_wal }
+  - { at: 12s, action: checkpoint }
+  - { at: 12s, action: pause, duration: 2s }
+  - { at: 20s, action: delete, retain: 2 }
+  - { at: 21s, action: storage_outage, duration: 5s }
+  - { at: 30s, action: storage_corruption }
+  - { at: 31s, action: network_latency, delay: 50ms }
+  - { at: 2m, action: disaster, kind: kill_primary }
+restores: { random_targets: 3, latest: true, from: oldest }
+verify: [row_count, content_hash, amcheck]
+objectives: { rpo: 5s, rto: 60s }
+"#,
+            "full.yaml",
+        )
+        .unwrap();
+        assert_eq!(s.sabotage, Some(Sabotage::DropEveryNthWal(10)));
+        assert_eq!(s.seed, Some(42));
+        assert_eq!(s.postgres.settings["track_commit_timestamp"], "on");
+        assert_eq!(s.postgres.settings["max_connections"], "50");
+        assert_eq!(s.storage.compression, Compression::None);
+        assert_eq!(s.workload.duration, Duration::from_secs(90));
+        let ats: Vec<_> = s.steps.iter().map(|step| step.at().as_millis()).collect();
+        assert_eq!(
+            ats,
+            [0, 500, 12_000, 12_000, 20_000, 21_000, 30_000, 31_000, 120_000]
+        );
+        assert_eq!(
+            s.steps[4],
+            Step::Delete {
+                at: Duration::from_secs(20),
+                retain: 2
+            }
+        );
+        assert_eq!(s.steps[8].action(), "disaster");
+        assert!(s.steps[5].needs_containers() && !s.steps[4].needs_containers());
+        assert_eq!(s.restores.from, BackupChoice::Oldest);
+        assert_eq!(s.objectives.rpo, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn shape_errors_carry_location_key_and_hint() {
+        let e = error("seed: 1\nseed: 2\n");
+        assert!(
+            e.starts_with("t.yaml:5:1: duplicate mapping key `seed`"),
+            "{e}"
+        );
+        let e = error("restores: { latest: yes }\n");
+        assert!(e.starts_with("t.yaml:4:21: restores.latest: "), "{e}");
+        assert!(e.contains("hint: write `true` or `false`"), "{e}");
+        let e = error("steps:\n  - { at: 5, action: base_backup }\n");
+        assert!(
+            e.contains("t.yaml:5:5: steps[0]: invalid duration `5`: a unit is needed, e.g. `5s`"),
+            "{e}"
+        );
+        let e = error("steps:\n  - { at: 5s, action: base_backup, retain: 2 }\n");
+        assert!(
+            e.contains("unknown field `retain`, expected one of at"),
+            "{e}"
+        );
+        let e = error("sabotage: { drop_every_nth_hour: 1 }\n");
+        assert!(
+            e.contains("sabotage: unknown variant `drop_every_nth_hour`"),
+            "{e}"
+        );
+        let e = Scenario::from_str("postgres: { version: 15 }\n", "t.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("t.yaml:1:1: missing field `name`\n  hint: add the key"),
+            "{e}"
+        );
+        let e = error("postgres: { version: 15 }\n");
+        assert!(e.contains("duplicate mapping key"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_node() {
+        for (extra, expected) in [
+            ("seed: 1\nrestores: { latest: true }\n", "t.yaml:5:11: restores: restores need at least one base_backup"),
+            ("steps: [{ at: 0s, action: disaster, kind: kill_primary }, { at: 1s, action: base_backup }]\n", "t.yaml:4:59: steps[1]: `base_backup` comes after the disaster"),
+            ("steps: [{ at: 0s, action: delete, retain: 0 }]\n", "t.yaml:4:43: steps[0].retain: `delete` needs a `retain` above zero"),
+            ("engine: pgdrill-sabotaged\n", "t.yaml:4:9: engine: engine `pgdrill-sabotaged` needs a `sabotage` entry"),
+            ("sabotage: { corrupt_every_nth_wal: 3 }\n", "t.yaml:4:11: sabotage: `sabotage` only applies"),
+            ("engine: pgdrill-sabotaged\nsabotage: { corrupt_every_nth_wal: 0 }\n", "sabotage: the sabotage interval must be at least 1"),
+            ("storage: { bucket: 10.0.0.1 }\n", "it must not look like an IP address"),
+            ("storage: { bucket: a..b }\n", "it must not contain `..`"),
+            ("storage: { bucket: -ab }\n", "it must start and end with a letter or digit"),
+            ("storage: { bucket: ab }\n", "it must be 3 to 63 characters long"),
+            ("restores: { from: oldest }\n", "restores.from: `from` picks the backup of the latest restore"),
+            ("objectives: { rpo: 1s }\n", "objectives.rpo: rpo is measured on the latest restore"),
+            ("objectives: { rto: 1s }\n", "objectives.rto: rto is measured on restores"),
+            ("verify: [amcheck, row_count, amcheck]\n", "t.yaml:4:30: verify[2]: this check is already listed"),
+        ] {
+            let e = error(extra);
+            assert!(e.contains(expected), "{extra}: {e}");
+        }
+        let e = Scenario::from_str(&MINIMAL.replace("name: t", "name: Quick_PITR"), "t.yaml")
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("t.yaml:1:7: name: invalid scenario name `Quick_PITR`"),
+            "{e}"
+        );
+        for (postgres, expected) in [
+            ("{ version: 11 }", "t.yaml:2:22: postgres.version: unsupported postgres version 11"),
+            ("{ version: 15, wal_segment_size_mb: 24 }", "postgres.wal_segment_size_mb: invalid wal segment size of 24 MiB"),
+            ("{ version: 15, settings: { archive_command: /bin/true } }", "t.yaml:2:55: postgres.settings.archive_command: setting `archive_command` is managed"),
+            ("{ version: 15, settings: { Recovery_Target_Time: x } }", "setting `Recovery_Target_Time` is managed"),
+            ("{ version: 15, settings: { a.b.c: 1 } }", "invalid setting name `a.b.c`"),
+            ("{ version: 15, settings: { \"work mem\": 1 } }", "invalid setting name `work mem`"),
+        ] {
+            let e = Scenario::from_str(&MINIMAL.replace("{ version: 15 }", postgres), "t.yaml").unwrap_err();
+            assert!(e.to_string().contains(expected), "{postgres}: {e}");
+        }
+        for (workload, expected) in [
+            (
+                "writers: 0, rate_per_second: 50, duration: 20s",
+                "workload.writers: 0 writers is out of range",
+            ),
+            (
+                "writers: 2, rate_per_second: 0, duration: 20s",
+                "rate_per_second must be at least 1",
+            ),
+            (
+                "writers: 2, rate_per_second: 5, duration: 0s",
+                "workload duration 0s is out of range",
+            ),
+            (
+                "writers: 2, rate_per_second: 5, duration: 2days",
+                "workload duration 2days is out of range",
+            ),
+            (
+                "writers: 2, rate_per_second: 5, duration: 1s, payload_bytes: 2000000",
+                "payload_bytes 2000000 is too large",
+            ),
+        ] {
+            let text = MINIMAL.replace("writers: 2, rate_per_second: 50, duration: 20s", workload);
+            let e = Scenario::from_str(&text, "t.yaml").unwrap_err();
+            assert!(e.to_string().contains(expected), "{workload}: {e}");
+        }
+    }
+
+    #[test]
+    fn disaster_may_follow_the_workload_other_steps_may_not() {
+        let s = parse("steps: [{ at: 0s, action: base_backup }, { at: 1h, action: disaster, kind: kill_primary }]\n");
+        assert_eq!(s.unwrap().steps[1].at(), Duration::from_secs(3600));
+        let e = error("steps: [{ at: 21s, action: switch_wal }]\n");
+        assert!(
+            e.contains("steps[0].at: `switch_wal` at 21s is after the workload ends at 20s"),
+            "{e}"
+        );
+        assert!(parse(
+            "steps: [{ at: 0s, action: base_backup }]\nrestores: { random_targets: 1 }\n"
+        )
+        .is_ok());
+        let e =
+            error("steps: [{ at: 20s, action: base_backup }]\nrestores: { random_targets: 1 }\n");
+        assert!(e.contains("restores.random_targets: random targets need a base backup before the workload ends"), "{e}");
+    }
+
+    #[test]
+    fn container_faults_need_the_containers_environment() {
+        for fault in [
+            "storage_outage, duration: 1s",
+            "storage_corruption",
+            "network_latency, delay: 10ms",
+        ] {
+            let steps = format!("steps: [{{ at: 1s, action: {fault} }}]\n");
+            assert!(
+                parse(&format!("environment: containers\n{steps}")).is_ok(),
+                "{fault}"
+            );
+            let e = error(&format!("environment: kind\n{steps}"));
+            assert!(
+                e.contains("is only available in environment `containers`, not `kind`"),
+                "{e}"
+            );
+        }
+        let e = error(
+            "environment: containers\nsteps: [{ at: 1s, action: network_latency, delay: 0s }]\n",
+        );
+        assert!(
+            e.contains("steps[0].delay: `network_latency` needs a `delay` above zero"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn odd_input_is_an_error_not_a_panic() {
+        for text in [
+            "",
+            "~",
+            "[]",
+            "42",
+            "name: [",
+            "a: b: c",
+            "\u{0}\u{7}",
+            "*x",
+            "&a [*a]",
+            "name: {{{{{{{{{{",
+            "- - - - -",
+            &"[".repeat(1000),
+            "name: x\n---\nname: y\n",
+        ] {
+            let e = Scenario::from_str(text, "odd.yaml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("odd.yaml"), "{text:?}: {e}");
+            assert!(e.contains("hint: "), "{text:?}: {e}");
+        }
+        let e = error("\"bogus\\e[31m\": 1\n");
+        assert!(e.contains("unknown field `bogus\\u{1b}[31m`"), "{e}");
+        assert!(!e.contains('\u{1b}'), "{e}");
+    }
+
+    #[test]
+    fn location_without_a_position_shows_the_origin_alone() {
+        let at = |line, column| {
+            Location {
+                origin: "x.yaml".into(),
+                line,
+                column,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            (at(0, 0), at(3, 7)),
+            ("x.yaml".to_owned(), "x.yaml:3:7".to_owned())
+        );
+    }
+
+    #[test]
+    fn discover_lists_yaml_files_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["b.yaml", "a.yaml", "c.yml", "d.yaml.bak", "README.md"] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("e.yaml")).unwrap();
+        let names: Vec<_> = discover(dir.path())
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, ["a.yaml", "b.yaml"]);
+        let missing = dir.path().join("missing");
+        assert!(discover(&missing)
+            .unwrap_err()
+            .to_string()
+            .starts_with("cannot read "));
+        assert!(matches!(
+            Scenario::load(&missing),
+            Err(ScenarioError::Io { .. })
+        ));
+    }
 }

@@ -1,0 +1,267 @@
+//! Drill reports: `report.json` (schema below, stable field names) and
+//! `report.md` (a table a person reads in ten seconds), written to
+//! `reports/<UTC timestamp>-<scenario>/`.
+//!
+//! `report.json` schema (all times RFC 3339 UTC, durations in seconds):
+//! - `pgdrill_version`, `scenario`, `scenario_file`, `description`, `seed`,
+//!   `environment`, `engine`, `sabotage` (null unless sabotaged),
+//!   `postgres_version`, `started_at`, `finished_at`, `passed`, `failures`
+//!   (one line each).
+//! - `workload`: writers, sent / acked / failed / unknown counts, times.
+//! - `steps[]`: `action`, `planned_at_s`, `started_at`, `duration_s`, `ok`,
+//!   `detail`.
+//! - `backups[]`: the stored backups after the timeline (`backup-list --json`).
+//! - `wal_archived`: segments archived by the primary (pg_stat_archiver).
+//! - `disaster`: `kind`, `at`, `last_recovered_commit`, `rpo_s`,
+//!   `lost_acked_count`, `lost_acked` (writer, seq pairs).
+//! - `restores[]`: `label`, `kind` (latest | pitr), `target`, `backup`,
+//!   `passed`, `error`, `verify` (per-writer expected vs found, checks,
+//!   exactness), `rto` (`fetch_s`, `start_to_consistent_s`,
+//!   `consistent_to_promoted_s`, `verify_s`, `total_s`, `wal_segments_fetched`,
+//!   `wal_bytes_fetched`).
+//! - `objectives[]`: `name` (rpo | rto), `limit_s`, `measured_s`, `passed`.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::verify::VerifyOutcome;
+use crate::workload::LedgerSummary;
+
+/// One executed step of the timeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    pub action: String,
+    pub planned_at_s: f64,
+    pub started_at: DateTime<Utc>,
+    pub duration_s: f64,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// What the disaster cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct DisasterRecord {
+    pub kind: String,
+    pub at: DateTime<Utc>,
+    pub last_recovered_commit: Option<DateTime<Utc>>,
+    pub rpo_s: Option<f64>,
+    pub lost_acked_count: usize,
+    pub lost_acked: Vec<(u32, u64)>,
+}
+
+/// Where a restore's time went.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RtoBreakdown {
+    pub fetch_s: f64,
+    pub start_to_consistent_s: f64,
+    pub consistent_to_promoted_s: f64,
+    pub verify_s: f64,
+    pub total_s: f64,
+    pub wal_segments_fetched: u64,
+    pub wal_bytes_fetched: u64,
+}
+
+/// One restore and its verification.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreRecord {
+    pub label: String,
+    pub kind: String,
+    pub target: Option<DateTime<Utc>>,
+    pub backup: String,
+    pub passed: bool,
+    pub error: Option<String>,
+    pub verify: Option<VerifyOutcome>,
+    pub rto: RtoBreakdown,
+}
+
+/// An objective from the scenario and how the drill did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectiveResult {
+    pub name: String,
+    pub limit_s: f64,
+    pub measured_s: Option<f64>,
+    pub passed: bool,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillReport {
+    pub pgdrill_version: String,
+    pub scenario: String,
+    pub scenario_file: String,
+    pub description: String,
+    pub seed: u64,
+    pub environment: String,
+    pub engine: String,
+    pub sabotage: Option<String>,
+    pub postgres_version: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub passed: bool,
+    pub failures: Vec<String>,
+    pub workload: Option<LedgerSummary>,
+    pub steps: Vec<StepRecord>,
+    pub backups: Vec<serde_json::Value>,
+    pub wal_archived: Option<i64>,
+    pub disaster: Option<DisasterRecord>,
+    pub restores: Vec<RestoreRecord>,
+    pub objectives: Vec<ObjectiveResult>,
+}
+
+/// Makes text safe for one Markdown table cell.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace('\n', " ")
+}
+
+/// A table cell saying `ok_text`, or FAIL with the start of `error` (the
+/// Failures section has it whole).
+fn result_cell(ok: bool, ok_text: &str, error: &str) -> String {
+    if ok {
+        cell(ok_text)
+    } else {
+        let short: String = error.chars().take(160).collect();
+        let more = if short.len() < error.len() {
+            " ..."
+        } else {
+            ""
+        };
+        format!("**FAIL**: {}{more}", cell(&short))
+    }
+}
+
+fn secs(v: f64) -> String {
+    format!("{v:.1}s")
+}
+
+impl DrillReport {
+    /// The Markdown summary.
+    pub fn to_markdown(&self) -> String {
+        let mut md = format!(
+            "# Drill `{}`: {}\n\n{}\n\n| | |\n|---|---|\n| seed | {} (replay: `pgdrill run {} --seed {}`) |\n| environment | {} |\n| engine | {}{} |\n| PostgreSQL | {} |\n| pgdrill | {} |\n| started | {} |\n| duration | {} |\n",
+            self.scenario,
+            if self.passed { "PASSED" } else { "FAILED" },
+            self.description,
+            self.seed,
+            self.scenario_file,
+            self.seed,
+            self.environment,
+            self.engine,
+            self.sabotage.as_deref().map(|s| format!(" (sabotage: {s})")).unwrap_or_default(),
+            self.postgres_version,
+            self.pgdrill_version,
+            self.started_at.to_rfc3339(),
+            secs((self.finished_at - self.started_at).num_milliseconds() as f64 / 1000.0),
+        );
+        if let Some(w) = &self.workload {
+            md.push_str(&format!(
+                "| workload | {} writers, {} sent, {} acknowledged, {} failed, {} unknown |\n",
+                w.writers, w.sent, w.acked, w.failed, w.unknown
+            ));
+        }
+        if let Some(n) = self.wal_archived {
+            md.push_str(&format!("| WAL archived | {n} segments |\n"));
+        }
+        if !self.failures.is_empty() {
+            md.push_str("\n## Failures\n\n");
+            for f in &self.failures {
+                md.push_str(&format!("- {}\n", cell(f)));
+            }
+        }
+        if let Some(d) = &self.disaster {
+            md.push_str(&format!(
+                "\n## Disaster: {} at {}\n\nRPO {} (last recovered commit {}), {} acknowledged transactions lost{}\n",
+                d.kind,
+                d.at.to_rfc3339(),
+                d.rpo_s.map(secs).unwrap_or_else(|| "unknown".into()),
+                d.last_recovered_commit.map(|t| t.to_rfc3339()).unwrap_or_else(|| "none".into()),
+                d.lost_acked_count,
+                if d.lost_acked.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ": {}",
+                        d.lost_acked
+                            .iter()
+                            .take(20)
+                            .map(|(w, s)| format!("w{w}#{s}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            ));
+        }
+        md.push_str("\n## Restores\n\n| restore | target | backup | result | exact | rows found | RTO | fetch | to consistent | to promoted | verify | WAL segments |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        for r in &self.restores {
+            let (exact, found) = match &r.verify {
+                Some(v) => (
+                    if v.exact { "yes" } else { "range" }.to_string(),
+                    v.per_writer
+                        .iter()
+                        .map(|w| w.found)
+                        .sum::<u64>()
+                        .to_string(),
+                ),
+                None => ("-".into(), "-".into()),
+            };
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                r.label,
+                r.target
+                    .map(|t| t.format("%H:%M:%S%.6f").to_string())
+                    .unwrap_or_else(|| "end of WAL".into()),
+                r.backup,
+                result_cell(r.passed, "pass", r.error.as_deref().unwrap_or("")),
+                exact,
+                found,
+                secs(r.rto.total_s),
+                secs(r.rto.fetch_s),
+                secs(r.rto.start_to_consistent_s),
+                secs(r.rto.consistent_to_promoted_s),
+                secs(r.rto.verify_s),
+                r.rto.wal_segments_fetched,
+            ));
+        }
+        if !self.objectives.is_empty() {
+            md.push_str(
+                "\n## Objectives\n\n| objective | limit | measured | result |\n|---|---|---|---|\n",
+            );
+            for o in &self.objectives {
+                md.push_str(&format!(
+                    "| {} | {} | {} | {} |\n",
+                    o.name,
+                    secs(o.limit_s),
+                    o.measured_s
+                        .map(secs)
+                        .unwrap_or_else(|| "not measured".into()),
+                    if o.passed { "pass" } else { "**FAIL**" }
+                ));
+            }
+        }
+        md.push_str("\n## Timeline\n\n| at | action | took | result |\n|---|---|---|---|\n");
+        for s in &self.steps {
+            md.push_str(&format!(
+                "| {} | {} | {} | {} |\n",
+                secs(s.planned_at_s),
+                s.action,
+                secs(s.duration_s),
+                result_cell(s.ok, &s.detail, &s.detail),
+            ));
+        }
+        md
+    }
+
+    /// Writes `report.json` and `report.md` into `dir`.
+    pub fn write(&self, dir: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
+        std::fs::create_dir_all(dir)?;
+        let json = dir.join("report.json");
+        let md = dir.join("report.md");
+        std::fs::write(
+            &json,
+            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::write(&md, self.to_markdown())?;
+        Ok((json, md))
+    }
+}

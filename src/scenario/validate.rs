@@ -1,0 +1,322 @@
+//! Semantic checks: the rules a well-formed scenario must also follow.
+
+use std::time::Duration;
+
+use humantime::format_duration;
+
+use super::error::{Problem, Seg};
+use super::{BackupChoice, Engine, Environment, Sabotage, Scenario, Step};
+
+/// Returns a [`Problem`] at key path `[segs]` with `hint` and a formatted message.
+macro_rules! bail {
+    ([$($seg:expr),*], $hint:expr, $($message:tt)+) => {
+        return Err(Problem {
+            path: vec![$(Seg::from($seg)),*],
+            message: format!($($message)+),
+            hint: $hint.into(),
+        })
+    };
+}
+
+/// [`bail!`] unless `ok`.
+macro_rules! ensure {
+    ($ok:expr, $($rest:tt)+) => {
+        if !$ok {
+            bail!($($rest)+);
+        }
+    };
+}
+
+/// Settings the harness writes itself: archiving, recovery, where the server
+/// listens and keeps its files.
+const OWNED_SETTINGS: [&str; 12] = [
+    "archive_mode",
+    "archive_command",
+    "archive_library",
+    "archive_cleanup_command",
+    "restore_command",
+    "recovery_end_command",
+    "port",
+    "listen_addresses",
+    "unix_socket_directories",
+    "data_directory",
+    "config_file",
+    "hba_file",
+];
+
+/// The first rule `scenario` breaks, if any.
+pub(super) fn check(scenario: &Scenario) -> Result<(), Problem> {
+    let name = &scenario.name;
+    ensure!(
+        is_scenario_name(name),
+        ["name"],
+        "use 1-64 lowercase letters, digits and `-`, starting with a letter or digit, e.g. `quick-pitr`",
+        "invalid scenario name `{name}`"
+    );
+    engine(scenario)?;
+    postgres(scenario)?;
+    if let Some(reason) = bucket_problem(&scenario.storage.bucket) {
+        bail!(
+            ["storage", "bucket"],
+            "S3 bucket names are 3-63 lowercase letters, digits, `-` and `.`, e.g. `drill`",
+            "invalid bucket name `{}`: {reason}",
+            scenario.storage.bucket
+        );
+    }
+    workload(scenario)?;
+    steps(scenario)?;
+    restores(scenario)?;
+    objectives(scenario)?;
+    for (i, check) in scenario.verify.iter().enumerate() {
+        ensure!(
+            !scenario.verify[..i].contains(check),
+            ["verify", i],
+            "list each check once",
+            "this check is already listed"
+        );
+    }
+    Ok(())
+}
+
+fn engine(s: &Scenario) -> Result<(), Problem> {
+    match (s.engine, s.sabotage) {
+        (Engine::Pgdrill, Some(_)) => bail!(
+            ["sabotage"],
+            "remove `sabotage`, or set `engine: pgdrill-sabotaged`",
+            "`sabotage` only applies to engine `pgdrill-sabotaged`"
+        ),
+        (Engine::PgdrillSabotaged, None) => bail!(
+            ["engine"],
+            "add e.g. `sabotage: { drop_every_nth_wal: 10 }`",
+            "engine `pgdrill-sabotaged` needs a `sabotage` entry"
+        ),
+        (_, Some(Sabotage::DropEveryNthWal(n) | Sabotage::CorruptEveryNthWal(n))) => ensure!(
+            n >= 1,
+            ["sabotage"],
+            "1 sabotages every WAL segment, 10 every tenth",
+            "the sabotage interval must be at least 1"
+        ),
+        (Engine::Pgdrill, None) => {}
+    }
+    Ok(())
+}
+
+fn postgres(s: &Scenario) -> Result<(), Problem> {
+    let pg = &s.postgres;
+    ensure!(
+        (12..=18).contains(&pg.version),
+        ["postgres", "version"],
+        "pgdrill drills PostgreSQL 12 to 18",
+        "unsupported postgres version {}",
+        pg.version
+    );
+    for name in pg.settings.keys() {
+        ensure!(
+            is_setting_name(name),
+            ["postgres", "settings", name.as_str()],
+            "setting names are letters, digits and `_`, with at most one `.` (e.g. `pg_stat_statements.max`)",
+            "invalid setting name `{name}`"
+        );
+        let lower = name.to_ascii_lowercase();
+        ensure!(
+            !OWNED_SETTINGS.contains(&lower.as_str()) && !lower.starts_with("recovery_target"),
+            ["postgres", "settings", name.as_str()],
+            "remove it: pgdrill sets it to archive WAL and to restore",
+            "setting `{name}` is managed by pgdrill"
+        );
+    }
+    if let Some(mb) = pg.wal_segment_size_mb {
+        ensure!(
+            mb.is_power_of_two() && mb <= 1024,
+            ["postgres", "wal_segment_size_mb"],
+            "initdb takes a power of two from 1 to 1024 (MiB), e.g. 16",
+            "invalid wal segment size of {mb} MiB"
+        );
+    }
+    Ok(())
+}
+
+fn workload(s: &Scenario) -> Result<(), Problem> {
+    let w = &s.workload;
+    ensure!(
+        (1..=256).contains(&w.writers),
+        ["workload", "writers"],
+        "use 1 to 256 writers",
+        "{} writers is out of range",
+        w.writers
+    );
+    ensure!(
+        w.rate_per_second >= 1,
+        ["workload", "rate_per_second"],
+        "the rate is commits per second across all writers; use at least 1",
+        "rate_per_second must be at least 1"
+    );
+    ensure!(
+        !w.duration.is_zero() && w.duration <= Duration::from_secs(24 * 3600),
+        ["workload", "duration"],
+        "use a duration above 0s and at most 24h, e.g. `30s`",
+        "workload duration {} is out of range",
+        format_duration(w.duration)
+    );
+    ensure!(
+        w.payload_bytes <= 1 << 20,
+        ["workload", "payload_bytes"],
+        "use at most 1048576 bytes (1 MiB) per row",
+        "payload_bytes {} is too large",
+        w.payload_bytes
+    );
+    Ok(())
+}
+
+fn steps(s: &Scenario) -> Result<(), Problem> {
+    let end = s.workload.duration;
+    let mut previous: Option<&Step> = None;
+    for (i, step) in s.steps.iter().enumerate() {
+        let (at, action) = (step.at(), step.action());
+        if let Some(previous) = previous {
+            ensure!(
+                !matches!(previous, Step::Disaster { .. }),
+                ["steps", i],
+                "a disaster ends the drill: make it the last step",
+                "`{action}` comes after the disaster"
+            );
+            ensure!(
+                at >= previous.at(),
+                ["steps", i, "at"],
+                "list steps in time order",
+                "`{action}` at {} comes before the previous step at {}",
+                format_duration(at),
+                format_duration(previous.at())
+            );
+        }
+        ensure!(
+            at <= end || matches!(step, Step::Disaster { .. }),
+            ["steps", i, "at"],
+            format!(
+                "only `disaster` may come after the workload; others happen from 0s to {}",
+                format_duration(end)
+            ),
+            "`{action}` at {} is after the workload ends at {}",
+            format_duration(at),
+            format_duration(end)
+        );
+        ensure!(
+            !step.needs_containers() || s.environment == Environment::Containers,
+            ["steps", i, "action"],
+            "storage and network faults need `environment: containers`; change the environment or remove the step",
+            "`{action}` is only available in environment `containers`, not `{}`",
+            s.environment.as_str()
+        );
+        let zero = match *step {
+            Step::Delete { retain: 0, .. } => Some("retain"),
+            Step::Pause { duration, .. } | Step::StorageOutage { duration, .. } => {
+                duration.is_zero().then_some("duration")
+            }
+            Step::NetworkLatency { delay, .. } => delay.is_zero().then_some("delay"),
+            _ => None,
+        };
+        if let Some(key) = zero {
+            bail!(
+                ["steps", i, key],
+                "use a value above zero",
+                "`{action}` needs a `{key}` above zero"
+            );
+        }
+        previous = Some(step);
+    }
+    Ok(())
+}
+
+fn restores(s: &Scenario) -> Result<(), Problem> {
+    let r = &s.restores;
+    let first_backup = s
+        .steps
+        .iter()
+        .find(|step| matches!(step, Step::BaseBackup { .. }))
+        .map(Step::at);
+    if r.random_targets > 0 || r.latest {
+        ensure!(
+            first_backup.is_some(),
+            ["restores"],
+            "add a step such as `- { at: 0s, action: base_backup }`",
+            "restores need at least one base_backup step"
+        );
+    }
+    ensure!(
+        r.random_targets <= 1000,
+        ["restores", "random_targets"],
+        "use at most 1000 random targets",
+        "{} random targets is too many",
+        r.random_targets
+    );
+    if r.random_targets > 0 {
+        ensure!(
+            first_backup < Some(s.workload.duration),
+            ["restores", "random_targets"],
+            "random targets lie after the end of a base backup: take one before the workload ends",
+            "random targets need a base backup before the workload ends at {}",
+            format_duration(s.workload.duration)
+        );
+    }
+    ensure!(
+        r.from == BackupChoice::Latest || r.latest,
+        ["restores", "from"],
+        "set `latest: true`, or remove `from`",
+        "`from` picks the backup of the latest restore, but `latest` is not set"
+    );
+    Ok(())
+}
+
+fn objectives(s: &Scenario) -> Result<(), Problem> {
+    let (o, r) = (&s.objectives, &s.restores);
+    ensure!(
+        o.rpo.is_none() || r.latest,
+        ["objectives", "rpo"],
+        "set `restores.latest: true`, or remove `rpo`",
+        "rpo is measured on the latest restore, which is not requested"
+    );
+    ensure!(
+        o.rto.is_none() || r.latest || r.random_targets > 0,
+        ["objectives", "rto"],
+        "request restores (`restores.latest` or `restores.random_targets`), or remove `rto`",
+        "rto is measured on restores, and none is requested"
+    );
+    Ok(())
+}
+
+/// 1-64 of `[a-z0-9-]`, not starting with `-`.
+fn is_scenario_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A PostgreSQL parameter name, optionally qualified by an extension
+/// (`pg_stat_statements.max`).
+fn is_setting_name(name: &str) -> bool {
+    let is_ident = |part: &str| {
+        part.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    name.split('.').count() <= 2 && name.split('.').all(is_ident)
+}
+
+/// Why `name` is not a valid S3 bucket name, if it is not.
+fn bucket_problem(name: &str) -> Option<&'static str> {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    if !(3..=63).contains(&name.len()) {
+        Some("it must be 3 to 63 characters long")
+    } else if !name.chars().all(|c| alnum(c) || c == '-' || c == '.') {
+        Some("it may only contain lowercase letters, digits, `-` and `.`")
+    } else if !name.starts_with(alnum) || !name.ends_with(alnum) {
+        Some("it must start and end with a letter or digit")
+    } else if name.contains("..") {
+        Some("it must not contain `..`")
+    } else if name.parse::<std::net::Ipv4Addr>().is_ok() {
+        Some("it must not look like an IP address")
+    } else {
+        None
+    }
+}

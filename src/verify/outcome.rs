@@ -1,0 +1,206 @@
+//! The result of verifying a restore, and its human-readable form.
+
+use std::fmt;
+use std::ops::RangeInclusive;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// What one check looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckName {
+    /// The workload table exists (unless no row is expected).
+    Table,
+    /// Each writer's row count is within its expectation.
+    RowCount,
+    /// Each writer's rows are seq 1..=n with no hole.
+    GapFree,
+    /// No row that was never sent (unknown writer, seq never sent or
+    /// rejected).
+    NoExtraRows,
+    /// Every transaction acknowledged by the target is there.
+    AckedKept,
+    /// Every row's payload is the one its writer sent.
+    Payloads,
+    /// The hash of the restored rows equals the ledger's for the found counts.
+    ContentHash,
+}
+
+impl CheckName {
+    /// The name used in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckName::Table => "table",
+            CheckName::RowCount => "row_count",
+            CheckName::GapFree => "gap_free",
+            CheckName::NoExtraRows => "no_extra_rows",
+            CheckName::AckedKept => "acked_kept",
+            CheckName::Payloads => "payloads",
+            CheckName::ContentHash => "content_hash",
+        }
+    }
+}
+
+impl fmt::Display for CheckName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One check's verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    pub name: CheckName,
+    pub passed: bool,
+    /// What was seen; on failure, precisely what is wrong.
+    pub detail: String,
+}
+
+/// One writer's rows in the restored table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WriterResult {
+    pub writer: u32,
+    /// Allowed row counts.
+    pub expected: RangeInclusive<u64>,
+    /// Rows found.
+    pub found: u64,
+    /// The highest seq found (0 when none).
+    pub max_seq: u64,
+    /// The first missing seqs among 1..=max(max_seq, expected minimum).
+    pub missing: Vec<u64>,
+    /// How many seqs are missing in all.
+    pub missing_count: u64,
+}
+
+impl WriterResult {
+    /// Whether the count is allowed and nothing is missing.
+    pub fn ok(&self) -> bool {
+        self.expected.contains(&self.found) && self.missing_count == 0
+    }
+
+    /// E.g. "writer 2: expected 140 rows, found 138; missing seq 17, 18".
+    pub fn describe(&self) -> String {
+        let (lo, hi) = (*self.expected.start(), *self.expected.end());
+        let expected = if lo == hi {
+            lo.to_string()
+        } else {
+            format!("{lo} to {hi}")
+        };
+        let mut text = format!(
+            "writer {}: expected {expected} rows, found {}",
+            self.writer, self.found
+        );
+        if self.missing_count > 0 {
+            text.push_str(&format!(
+                "; missing seq {}",
+                list(&self.missing, self.missing_count)
+            ));
+        }
+        text
+    }
+}
+
+/// Everything verify found about one restored cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyOutcome {
+    /// Every check passed.
+    pub passed: bool,
+    /// The recovery target time; None for a restore to the end of WAL.
+    pub target: Option<DateTime<Utc>>,
+    /// Whether the expectation was an exact count for every writer.
+    pub exact: bool,
+    /// Rows in the restored table.
+    pub rows: u64,
+    pub checks: Vec<Check>,
+    pub per_writer: Vec<WriterResult>,
+    /// The first acknowledged-but-lost transactions, as (writer, seq).
+    pub lost_acked: Vec<(u32, u64)>,
+    /// How many acknowledged transactions were lost in all.
+    pub lost_acked_count: u64,
+    /// BLAKE3 of the restored rows (see [`crate::workload::ContentHasher`]).
+    pub content_hash: String,
+    /// The newest commit timestamp among the restored rows, when
+    /// `track_commit_timestamp` is on.
+    pub last_commit_time: Option<DateTime<Utc>>,
+}
+
+impl VerifyOutcome {
+    /// One line when passed; else one line per failed check.
+    pub fn summary(&self) -> String {
+        let at = self
+            .target
+            .map_or_else(|| "end of WAL".to_string(), |t| t.to_rfc3339());
+        if self.passed {
+            return format!(
+                "passed: {} rows of {} writers match the ledger {} at {at}",
+                self.rows,
+                self.per_writer.len(),
+                if self.exact {
+                    "exactly"
+                } else {
+                    "within its uncertainty"
+                },
+            );
+        }
+        let mut text = format!("failed at {at}:");
+        for c in self.checks.iter().filter(|c| !c.passed) {
+            text.push_str(&format!("\n- {}: {}", c.name, c.detail));
+        }
+        text
+    }
+
+    /// The check named `name`.
+    pub fn check(&self, name: CheckName) -> Option<&Check> {
+        self.checks.iter().find(|c| c.name == name)
+    }
+}
+
+impl fmt::Display for VerifyOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.summary())
+    }
+}
+
+/// The first items of a longer list, e.g. "17, 18 and 40 more".
+pub(super) fn list<T: fmt::Display>(first: &[T], count: u64) -> String {
+    let shown: Vec<String> = first.iter().map(ToString::to_string).collect();
+    let rest = count.saturating_sub(first.len() as u64);
+    match rest {
+        0 => shown.join(", "),
+        _ => format!("{} and {rest} more", shown.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_a_writer_precisely() {
+        let w = WriterResult {
+            writer: 2,
+            expected: 140..=140,
+            found: 138,
+            max_seq: 138,
+            missing: vec![139, 140],
+            missing_count: 2,
+        };
+        assert!(!w.ok());
+        assert_eq!(
+            w.describe(),
+            "writer 2: expected 140 rows, found 138; missing seq 139, 140"
+        );
+        let w = WriterResult {
+            expected: 3..=4,
+            found: 3,
+            max_seq: 3,
+            missing: vec![],
+            missing_count: 0,
+            ..w
+        };
+        assert!(w.ok());
+        assert_eq!(w.describe(), "writer 2: expected 3 to 4 rows, found 3");
+        assert_eq!(list(&[1, 2], 50), "1, 2 and 48 more");
+    }
+}

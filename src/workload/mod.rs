@@ -1,0 +1,106 @@
+//! The drill workload: concurrent writers committing one row per
+//! transaction into [`TABLE`] on the primary, and the client-side
+//! [`Ledger`] of every commit, which is the truth restores are verified
+//! against (see [`crate::verify`]).
+//!
+//! Writer `w` (from 1) inserts rows `(w, seq, payload)` with seq 1, 2, 3, …,
+//! one autocommit INSERT each, with a payload derived from
+//! (seed, writer, seq), so the expected table content follows from the
+//! ledger alone.
+
+mod content;
+mod ledger;
+mod seqs;
+mod writer;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::backup::pg::pg_error_text;
+
+pub use content::{payload, ContentHasher};
+pub use ledger::{Expectation, Ledger, LedgerEntry, LedgerSummary, Outcome};
+pub use seqs::SeqSet;
+pub use writer::{start, WorkloadHandle};
+
+/// The table the writers fill.
+pub const TABLE: &str = "pgdrill_ledger";
+
+/// What the writers do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkloadSpec {
+    /// Concurrent writers, each on its own connection; at least 1.
+    pub writers: u32,
+    /// Commits per second across all writers; at least 1.
+    pub rate_per_second: u32,
+    /// How long the writers run unless stopped earlier.
+    pub duration: Duration,
+    /// Characters of payload per row.
+    pub payload_bytes: usize,
+    /// Seed of the payloads.
+    pub seed: u64,
+}
+
+/// Failures of the workload.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadError {
+    /// The spec cannot be run.
+    #[error("invalid workload: {0}")]
+    InvalidSpec(String),
+    /// A statement failed.
+    #[error("{context}: {message}")]
+    Postgres { context: String, message: String },
+    /// The table holds rows of an earlier run, which the new ledger would
+    /// not account for.
+    #[error("table {TABLE} already holds rows: use a fresh database")]
+    NotEmpty,
+}
+
+/// Maps a tokio-postgres error to [`WorkloadError::Postgres`].
+fn pg_err(context: &str) -> impl Fn(tokio_postgres::Error) -> WorkloadError + '_ {
+    move |e| WorkloadError::Postgres {
+        context: context.to_string(),
+        message: pg_error_text(&e),
+    }
+}
+
+/// Creates [`TABLE`] (if missing) and checks that it is empty.
+pub async fn prepare(client: &Client) -> Result<(), WorkloadError> {
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {TABLE} (\
+             writer int NOT NULL, seq bigint NOT NULL, payload text NOT NULL, \
+             PRIMARY KEY (writer, seq))"
+        ))
+        .await
+        .map_err(pg_err("creating the workload table"))?;
+    let row = client
+        .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {TABLE})"), &[])
+        .await
+        .map_err(pg_err("checking the workload table"))?;
+    if row.get::<_, bool>(0) {
+        return Err(WorkloadError::NotEmpty);
+    }
+    Ok(())
+}
+
+/// `t` as a `recovery_target_time` value: microseconds and an explicit UTC
+/// offset, so the server reads it as the same instant whatever its
+/// `timezone`.
+pub fn target_time_arg(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_time_arg_keeps_microseconds_and_offset() {
+        let t = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
+        assert_eq!(target_time_arg(t), "2023-11-14 22:13:20.123456+00");
+    }
+}

@@ -1,0 +1,378 @@
+//! Running the writers: one tokio task and one connection per writer,
+//! paced by an interval, stopped by the deadline or the handle, and ended
+//! (not panicking) by the first failed commit.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant, Interval, MissedTickBehavior};
+use tokio_postgres::error::Severity;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Config, NoTls, Statement};
+
+use super::{payload, pg_err, Ledger, LedgerEntry, Outcome, WorkloadError, WorkloadSpec, TABLE};
+use crate::backup::pg::pg_error_text;
+
+/// How long a commit in flight at the stop or the deadline may still take
+/// before it is recorded as [`Outcome::Unknown`].
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What the handle asks of the writers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Control {
+    Run,
+    Pause,
+    Stop,
+}
+
+/// Live counters across writers.
+#[derive(Debug, Default)]
+struct Progress {
+    sent: AtomicU64,
+    acked: AtomicU64,
+}
+
+/// What one writer task returns.
+#[derive(Debug)]
+struct WriterRun {
+    entries: Vec<LedgerEntry>,
+    error: Option<String>,
+}
+
+/// A running workload. Dropping it stops the writers.
+#[derive(Debug)]
+pub struct WorkloadHandle {
+    spec: WorkloadSpec,
+    started_at: DateTime<Utc>,
+    control: watch::Sender<Control>,
+    progress: Arc<Progress>,
+    tasks: Vec<(u32, JoinHandle<WriterRun>)>,
+}
+
+/// Starts `spec.writers` writers connecting with `config`, from now until
+/// `spec.duration` has passed or [`WorkloadHandle::stop`]. Call within a
+/// tokio runtime, after [`super::prepare`].
+pub fn start(config: Config, spec: WorkloadSpec) -> Result<WorkloadHandle, WorkloadError> {
+    if spec.writers == 0 || spec.rate_per_second == 0 {
+        return Err(WorkloadError::InvalidSpec(
+            "writers and rate_per_second must be at least 1".into(),
+        ));
+    }
+    if i32::try_from(spec.writers).is_err() {
+        return Err(WorkloadError::InvalidSpec(format!(
+            "{} writers do not fit the table's int column",
+            spec.writers
+        )));
+    }
+    // Each writer commits every writers/rate seconds; writer i starts i/writers
+    // of a period late, so the commits interleave evenly.
+    let period_ns = 1_000_000_000u128 * u128::from(spec.writers) / u128::from(spec.rate_per_second);
+    let period = Duration::from_nanos(u64::try_from(period_ns).unwrap_or(u64::MAX).max(1));
+    let begin = Instant::now();
+    let started_at = now();
+    let deadline = begin + spec.duration;
+    let (control, control_rx) = watch::channel(Control::Run);
+    let progress = Arc::new(Progress::default());
+    let config = Arc::new(config);
+    let tasks = (1..=spec.writers)
+        .map(|id| {
+            let writer = Writer {
+                id,
+                seed: spec.seed,
+                payload_bytes: spec.payload_bytes,
+                first_tick: begin + period * (id - 1) / spec.writers,
+                period,
+                deadline,
+                control: control_rx.clone(),
+                progress: Arc::clone(&progress),
+            };
+            let config = Arc::clone(&config);
+            (id, tokio::spawn(async move { writer.run(&config).await }))
+        })
+        .collect();
+    Ok(WorkloadHandle {
+        spec,
+        started_at,
+        control,
+        progress,
+        tasks,
+    })
+}
+
+impl WorkloadHandle {
+    /// When the workload started.
+    pub fn started_at(&self) -> DateTime<Utc> {
+        self.started_at
+    }
+
+    /// Transactions sent so far.
+    pub fn rows_sent(&self) -> u64 {
+        self.progress.sent.load(Ordering::Relaxed)
+    }
+
+    /// Transactions acknowledged so far.
+    pub fn rows_acked(&self) -> u64 {
+        self.progress.acked.load(Ordering::Relaxed)
+    }
+
+    /// Holds the writers after their commits in flight; the deadline does
+    /// not move.
+    pub fn pause(&self) {
+        self.control.send_if_modified(|c| {
+            let run = *c == Control::Run;
+            if run {
+                *c = Control::Pause;
+            }
+            run
+        });
+    }
+
+    /// Lets paused writers go on.
+    pub fn resume(&self) {
+        self.control.send_if_modified(|c| {
+            let paused = *c == Control::Pause;
+            if paused {
+                *c = Control::Run;
+            }
+            paused
+        });
+    }
+
+    /// Asks the writers to stop after their commits in flight (which get
+    /// [`STOP_GRACE`] to finish).
+    pub fn stop(&self) {
+        self.control.send_replace(Control::Stop);
+    }
+
+    /// Waits for every writer to end (at the deadline, after
+    /// [`WorkloadHandle::stop`], or at its first failed commit) and returns
+    /// the ledger.
+    pub async fn join(mut self) -> Ledger {
+        let mut entries = Vec::new();
+        let mut errors = BTreeMap::new();
+        for (id, task) in std::mem::take(&mut self.tasks) {
+            match task.await {
+                Ok(run) => {
+                    entries.extend(run.entries);
+                    if let Some(e) = run.error {
+                        errors.insert(id, e);
+                    }
+                }
+                Err(e) => {
+                    errors.insert(id, format!("writer task ended abnormally: {e}"));
+                }
+            }
+        }
+        Ledger::new(self.spec.clone(), self.started_at, entries, errors)
+    }
+}
+
+impl Drop for WorkloadHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Now, at PostgreSQL's resolution (see the ledger's module docs).
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// One writer's settings and state.
+struct Writer {
+    id: u32,
+    seed: u64,
+    payload_bytes: usize,
+    first_tick: Instant,
+    period: Duration,
+    deadline: Instant,
+    control: watch::Receiver<Control>,
+    progress: Arc<Progress>,
+}
+
+impl Writer {
+    async fn run(mut self, config: &Config) -> WriterRun {
+        let mut entries = Vec::new();
+        let error = self.write(config, &mut entries).await.err();
+        WriterRun { entries, error }
+    }
+
+    /// Connects and commits until told to stop; Err says why it ended early.
+    async fn write(
+        &mut self,
+        config: &Config,
+        entries: &mut Vec<LedgerEntry>,
+    ) -> Result<(), String> {
+        let (client, insert) = tokio::select! {
+            connected = connect(config) => connected.map_err(|e| e.to_string())?,
+            _ = stop_or_deadline(&mut self.control, self.deadline) => return Ok(()),
+        };
+        let writer_sql = i32::try_from(self.id).map_err(|e| e.to_string())?;
+        let mut ticker = tokio::time::interval_at(self.first_tick, self.period);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let mut seq: u64 = 0;
+        while next_turn(&mut self.control, &mut ticker, self.deadline).await {
+            seq += 1;
+            let row = payload(self.seed, self.id, seq, self.payload_bytes);
+            let seq_sql = i64::try_from(seq).map_err(|e| e.to_string())?;
+            let sent_at = now();
+            self.progress.sent.fetch_add(1, Ordering::Relaxed);
+            let params: [&(dyn ToSql + Sync); 3] = [&writer_sql, &seq_sql, &row];
+            let answer = tokio::select! {
+                r = client.execute(&insert, &params) => Some(r),
+                _ = grace(&mut self.control, self.deadline) => None,
+            };
+            let acked_at = now();
+            let outcome = match answer {
+                Some(Ok(_)) => Outcome::Acked,
+                Some(Err(e)) => failure(&e),
+                None => Outcome::Unknown(format!(
+                    "no answer within {}s of the stop",
+                    STOP_GRACE.as_secs()
+                )),
+            };
+            let error = match &outcome {
+                Outcome::Acked => None,
+                Outcome::Failed(e) | Outcome::Unknown(e) => Some(format!("seq {seq}: {e}")),
+            };
+            entries.push(LedgerEntry {
+                writer: self.id,
+                seq,
+                sent_at,
+                acked_at: error.is_none().then_some(acked_at),
+                outcome,
+            });
+            if let Some(e) = error {
+                return Err(e);
+            }
+            self.progress.acked.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// A connection with the INSERT prepared (so each commit is one round trip).
+async fn connect(config: &Config) -> Result<(Client, Statement), WorkloadError> {
+    let (client, connection) = config.connect(NoTls).await.map_err(pg_err("connecting"))?;
+    tokio::spawn(async move {
+        // Errors surface on the client's next statement.
+        let _ = connection.await;
+    });
+    let insert = client
+        .prepare(&format!(
+            "INSERT INTO {TABLE} (writer, seq, payload) VALUES ($1, $2, $3)"
+        ))
+        .await
+        .map_err(pg_err("preparing the insert"))?;
+    Ok((client, insert))
+}
+
+/// A commit's failure: an ERROR rolled the transaction back; anything else
+/// (FATAL, a lost connection) leaves the commit unknown.
+fn failure(e: &tokio_postgres::Error) -> Outcome {
+    let text = pg_error_text(e);
+    match e.as_db_error().and_then(|db| db.parsed_severity()) {
+        Some(Severity::Error) => Outcome::Failed(text),
+        _ => Outcome::Unknown(text),
+    }
+}
+
+/// Waits for the writer's next turn: false once it must stop.
+async fn next_turn(
+    control: &mut watch::Receiver<Control>,
+    ticker: &mut Interval,
+    deadline: Instant,
+) -> bool {
+    loop {
+        let state = *control.borrow_and_update();
+        match state {
+            Control::Stop => return false,
+            Control::Pause => {
+                tokio::select! {
+                    changed = control.changed() => if changed.is_err() { return false },
+                    _ = sleep_until(deadline) => return false,
+                }
+                // No burst of missed turns after the pause.
+                ticker.reset();
+            }
+            Control::Run => tokio::select! {
+                biased;
+                changed = control.changed() => if changed.is_err() { return false },
+                _ = sleep_until(deadline) => return false,
+                _ = ticker.tick() => return true,
+            },
+        }
+    }
+}
+
+/// Resolves at the deadline or the stop, whichever comes first.
+async fn stop_or_deadline(control: &mut watch::Receiver<Control>, deadline: Instant) {
+    tokio::select! {
+        _ = sleep_until(deadline) => {}
+        // A dropped handle counts as a stop.
+        _ = control.wait_for(|c| *c == Control::Stop) => {}
+    }
+}
+
+/// Resolves [`STOP_GRACE`] after the deadline or the stop.
+async fn grace(control: &mut watch::Receiver<Control>, deadline: Instant) {
+    stop_or_deadline(control, deadline).await;
+    tokio::time::sleep(STOP_GRACE).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(writers: u32, rate: u32) -> WorkloadSpec {
+        WorkloadSpec {
+            writers,
+            rate_per_second: rate,
+            duration: Duration::from_millis(300),
+            payload_bytes: 8,
+            seed: 1,
+        }
+    }
+
+    /// A server that is not there: every writer records why and ends.
+    #[tokio::test]
+    async fn writers_survive_an_unreachable_server() {
+        let mut config = Config::new();
+        config
+            .host_path("/nonexistent-pgdrill-socket-dir")
+            .port(1)
+            .user("postgres")
+            .dbname("postgres");
+        let handle = start(config, spec(2, 20)).unwrap();
+        let ledger = handle.join().await;
+        assert!(ledger.entries().is_empty());
+        assert_eq!(ledger.writer_errors().len(), 2);
+        assert!(
+            ledger.writer_errors()[&1].starts_with("connecting: "),
+            "{:?}",
+            ledger.writer_errors()
+        );
+        assert!(ledger.expected_latest().exact);
+    }
+
+    #[tokio::test]
+    async fn invalid_specs_are_refused() {
+        assert!(matches!(
+            start(Config::new(), spec(0, 1)),
+            Err(WorkloadError::InvalidSpec(_))
+        ));
+        assert!(matches!(
+            start(Config::new(), spec(1, 0)),
+            Err(WorkloadError::InvalidSpec(_))
+        ));
+        assert!(matches!(
+            start(Config::new(), spec(u32::MAX, 1)),
+            Err(WorkloadError::InvalidSpec(_))
+        ));
+    }
+}

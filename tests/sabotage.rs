@@ -1,0 +1,76 @@
+//! A drill is only worth running if it can fail: the same drill against a
+//! deliberately broken backup tool must report the failure.
+
+use std::path::{Path, PathBuf};
+
+use pgdrill::drill::{self, RunOptions};
+use pgdrill::scenario::Scenario;
+
+fn scenario(sabotage: &str) -> Scenario {
+    let text = format!(
+        r#"
+name: sabotaged
+description: archive with a broken backup tool; restores must notice
+environment: local
+engine: pgdrill-sabotaged
+sabotage: {{ {sabotage}: 2 }}
+seed: 7
+postgres:
+  version: 15
+  settings: {{ archive_timeout: 1s }}
+storage: {{ bucket: drill, compression: lz4 }}
+workload: {{ writers: 2, rate_per_second: 40, duration: 8s }}
+steps:
+  - {{ at: 0s, action: base_backup }}
+restores:
+  latest: true
+verify: [row_count, content_hash]
+"#
+    );
+    Scenario::from_str(&text, "sabotage.yaml").expect("valid scenario")
+}
+
+async fn run(s: &Scenario) -> pgdrill::report::DrillReport {
+    let opts = RunOptions {
+        seed: None,
+        report_dir: Path::new(env!("CARGO_TARGET_TMPDIR")).join("drill-reports"),
+        keep: false,
+        quiet: true,
+        pgdrill: PathBuf::from(env!("CARGO_BIN_EXE_pgdrill")),
+    };
+    drill::run(s, Path::new("sabotage.yaml"), &opts)
+        .await
+        .expect("drill runs")
+        .report
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropped_wal_segments_fail_the_drill() {
+    let report = run(&scenario("drop_every_nth_wal")).await;
+    assert!(!report.passed, "a tool that drops WAL must fail the drill");
+    let latest = report
+        .restores
+        .iter()
+        .find(|r| r.label == "latest")
+        .expect("latest restore");
+    assert!(!latest.passed, "{:?}", latest);
+    assert!(
+        report.failures.iter().any(|f| f.contains("restore latest")),
+        "{:?}",
+        report.failures
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupted_wal_segments_fail_the_drill() {
+    let report = run(&scenario("corrupt_every_nth_wal")).await;
+    assert!(
+        !report.passed,
+        "a tool that corrupts WAL must fail the drill"
+    );
+    assert!(
+        report.restores.iter().any(|r| !r.passed),
+        "{:?}",
+        report.restores
+    );
+}

@@ -1,0 +1,170 @@
+//! The workload and the verifier against a real PostgreSQL 15: a short
+//! two-writer workload after a base backup, a point-in-time restore to a
+//! quiet moment in its middle that must match the ledger exactly (and stop
+//! matching once a row is deleted), a restore to the end of WAL, and writers
+//! that outlive a killed primary.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use chrono::TimeDelta;
+use rand::SeedableRng;
+
+use common::*;
+use pgdrill::env::local::{InitOptions, LocalPostgres};
+use pgdrill::verify::{amcheck, verify_restore, CheckName};
+use pgdrill::workload::{self, target_time_arg, Outcome, WorkloadSpec, TABLE};
+
+/// Connection settings for database `db` of `pg`.
+fn config(pg: &LocalPostgres, db: &str) -> tokio_postgres::Config {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host_path(&pg.socket_dir)
+        .port(pg.port)
+        .user("postgres")
+        .dbname(db);
+    cfg
+}
+
+async fn connect(cfg: &tokio_postgres::Config) -> tokio_postgres::Client {
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+fn spec(duration: Duration) -> WorkloadSpec {
+    WorkloadSpec {
+        writers: 2,
+        rate_per_second: 40,
+        duration,
+        payload_bytes: 64,
+        seed: 42,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restores_match_the_ledger_and_tampering_is_named() {
+    let clock = Instant::now();
+    let mut env = TestEnv::start("workload-verify", Storage::Dir, &[], InitOptions::default());
+    let client = env.primary.connect().await.unwrap();
+    workload::prepare(&client).await.unwrap();
+    let out = env.pgdrill(&["backup-push", env.primary.data_dir.to_str().unwrap()]);
+    assert_success(&out, "backup-push");
+
+    let handle = workload::start(
+        config(&env.primary, "postgres"),
+        spec(Duration::from_secs(3)),
+    )
+    .unwrap();
+    let ledger = handle.join().await;
+    assert!(
+        ledger.writer_errors().is_empty(),
+        "{:?}",
+        ledger.writer_errors()
+    );
+    let acked = ledger.acked_count();
+    assert!(
+        (90..=125).contains(&acked),
+        "40/s for 3 s acknowledged {acked}"
+    );
+    assert_eq!(acked, ledger.entries().len() as u64);
+
+    // A quiet moment in the middle second, so the expectation is exact.
+    let middle = ledger.started_at() + TimeDelta::seconds(1);
+    let target = ledger
+        .pick_target(
+            &mut rand::rngs::StdRng::seed_from_u64(7),
+            middle,
+            middle + TimeDelta::seconds(1),
+        )
+        .unwrap();
+    let expectation = ledger.expected_at(target);
+    assert!(expectation.exact, "{expectation:?}");
+    switch_and_wait_archived(&env.primary).await;
+
+    // (a) Point in time: exactly the rows acknowledged by the target.
+    let pitr = env
+        .restore(
+            "pitr",
+            "LATEST",
+            &["--recovery-target-time", &target_time_arg(target)],
+        )
+        .await;
+    let c = pitr.connect().await.unwrap();
+    let v = verify_restore(&c, &ledger, Some(target)).await.unwrap();
+    assert!(v.passed && v.exact, "{v}");
+    assert!(v.rows > 0 && v.rows < acked, "{v}");
+    let last_commit = v.last_commit_time.expect("track_commit_timestamp is on");
+    let last_acked = ledger.last_acked_before(target).unwrap();
+    assert!(
+        last_acked.sent_at <= last_commit && last_commit <= target,
+        "{last_commit} vs {last_acked:?}"
+    );
+    amcheck(&pitr).unwrap();
+
+    // Tampering: one acknowledged row deleted is named by writer and seq.
+    let seq = *expectation.per_writer[&2].start() / 2;
+    let deleted = c
+        .execute(
+            &format!("DELETE FROM {TABLE} WHERE writer = 2 AND seq = $1"),
+            &[&(seq as i64)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    let v = verify_restore(&c, &ledger, Some(target)).await.unwrap();
+    assert!(!v.passed);
+    assert_eq!(v.lost_acked, vec![(2, seq)]);
+    assert!(!v.check(CheckName::ContentHash).unwrap().passed);
+    let summary = v.summary();
+    assert!(summary.contains(&format!("missing seq {seq}")), "{summary}");
+    assert!(
+        summary.contains(&format!("acknowledged but lost: writer 2 seq {seq}")),
+        "{summary}"
+    );
+    drop(c);
+    drop(pitr);
+
+    // (b) End of WAL: every acknowledged row.
+    let latest = env.restore("latest", "LATEST", &["--recover"]).await;
+    let c = latest.connect().await.unwrap();
+    let v = verify_restore(&c, &ledger, None).await.unwrap();
+    assert!(v.passed && v.exact, "{v}");
+    assert_eq!(v.rows, acked);
+    drop(c);
+    drop(latest);
+
+    // (c) The primary dies mid-workload: each writer ends with its commit
+    // in flight unknown (or none in flight), and nothing panics.
+    client.batch_execute("CREATE DATABASE crash").await.unwrap();
+    let crash = config(&env.primary, "crash");
+    workload::prepare(&connect(&crash).await).await.unwrap();
+    let handle = workload::start(crash, spec(Duration::from_secs(30))).unwrap();
+    while handle.rows_acked() < 20 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.primary.kill().unwrap();
+    let ledger = tokio::time::timeout(Duration::from_secs(15), handle.join())
+        .await
+        .expect("writers end soon after the server dies");
+    assert_eq!(
+        ledger.writer_errors().len(),
+        2,
+        "{:?}",
+        ledger.writer_errors()
+    );
+    for e in ledger.entries() {
+        let last = ledger
+            .entries()
+            .iter()
+            .rfind(|x| x.writer == e.writer)
+            .unwrap();
+        match &e.outcome {
+            Outcome::Acked => {}
+            Outcome::Unknown(_) | Outcome::Failed(_) => {
+                assert_eq!(e.seq, last.seq, "only the last commit fails")
+            }
+        }
+    }
+    eprintln!("workload_verify took {:?}", clock.elapsed());
+}
