@@ -307,3 +307,59 @@ async fn bad_credentials_and_endpoints_give_clear_errors() {
     let out = env.pgdrill(&["no-such-verb"]);
     assert_eq!(code(&out), 2, "usage errors exit 2");
 }
+
+/// wal-push with WALG_UPLOAD_CONCURRENCY > 1 uploads later `.ready`
+/// segments ahead and answers PostgreSQL's later call for them from a
+/// marker, but only while the file is byte-identical.
+#[test]
+fn upload_ahead_pushes_ready_segments_and_trusts_only_identical_files() {
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("archive");
+    let pg_wal = work.path().join("pg_wal");
+    std::fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
+    let names: Vec<String> = (1..=4)
+        .map(|i| format!("0000000100000000{i:08X}"))
+        .collect();
+    for (i, n) in names.iter().enumerate() {
+        std::fs::write(pg_wal.join(n), vec![i as u8; 64 * 1024]).unwrap();
+        std::fs::write(
+            pg_wal.join("archive_status").join(format!("{n}.ready")),
+            b"",
+        )
+        .unwrap();
+    }
+    let push = |name: &str| {
+        Command::new(PGDRILL)
+            .args(["wal-push", pg_wal.join(name).to_str().unwrap()])
+            .env("WALG_FILE_PREFIX", &archive)
+            .env("WALG_UPLOAD_CONCURRENCY", "3")
+            .env_remove("PGDRILL_ENV_DIR")
+            .output()
+            .unwrap()
+    };
+    assert_success(&push(&names[0]), "wal-push");
+    let stored = |n: &str| archive.join(format!("wal_005/{n}.lz4")).exists();
+    assert!(
+        stored(&names[1]) && stored(&names[2]),
+        "two segments pushed ahead"
+    );
+    assert!(!stored(&names[3]), "no more than concurrency - 1 ahead");
+    let marker = pg_wal.join(".pgdrill/uploaded").join(&names[1]);
+    assert!(marker.exists());
+
+    // PostgreSQL's own call for a pushed-ahead segment: answered from the
+    // marker, which is consumed.
+    assert_success(&push(&names[1]), "wal-push of a pushed-ahead segment");
+    assert!(!marker.exists());
+
+    // A file that changed since it was pushed ahead is not trusted: the
+    // push compares with storage and refuses the different content.
+    std::fs::write(pg_wal.join(&names[2]), vec![9u8; 64 * 1024]).unwrap();
+    let out = push(&names[2]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("different content"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -24,7 +24,7 @@ use crate::env::{EnvError, EnvSpec, Environment};
 use crate::report::{
     DisasterRecord, DrillReport, ObjectiveResult, RestoreRecord, RtoBreakdown, StepRecord,
 };
-use crate::scenario::{BackupChoice, Check, Engine, Scenario, Step};
+use crate::scenario::{BackupChoice, Check, DisasterKind, Engine, Scenario, Step};
 use crate::verify;
 use crate::workload::{self, Ledger, WorkloadError, WorkloadHandle, WorkloadSpec};
 
@@ -67,11 +67,30 @@ pub struct DrillOutcome {
     pub dir: PathBuf,
 }
 
-/// A row of `backup-list --json` (the fields the runner uses).
-#[derive(Debug, Clone, Deserialize)]
+/// A row of `backup-list --json`: the fields the runner uses, and the
+/// whole row for the report.
+#[derive(Debug, Clone)]
 struct ListedBackup {
     backup_name: String,
     finish_time: DateTime<Utc>,
+    row: serde_json::Value,
+}
+
+impl<'de> Deserialize<'de> for ListedBackup {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Fields {
+            backup_name: String,
+            finish_time: DateTime<Utc>,
+        }
+        let row = serde_json::Value::deserialize(d)?;
+        let f = Fields::deserialize(&row).map_err(serde::de::Error::custom)?;
+        Ok(ListedBackup {
+            backup_name: f.backup_name,
+            finish_time: f.finish_time,
+            row,
+        })
+    }
 }
 
 struct Progress {
@@ -247,7 +266,7 @@ async fn drive(
         let clock = Instant::now();
         let result = run_step(step, env, &primary, &handle).await;
         if let (Step::Disaster { kind, .. }, Ok(_)) = (step, &result) {
-            disaster = Some((format!("{kind:?}"), started_at));
+            disaster = Some((disaster_name(*kind).to_string(), started_at));
         }
         let (ok, detail) = match result {
             Ok(detail) => (true, detail),
@@ -292,13 +311,8 @@ async fn drive(
     }
     drop(primary);
 
-    let backups: Vec<ListedBackup> = {
-        let json = env.backup_tool(&["backup-list", "--json"]).await?;
-        report.backups = serde_json::from_str(&json).unwrap_or_default();
-        serde_json::from_str(&json).map_err(|e| {
-            EnvError::Other(format!("backup-list --json is not what we expect: {e}"))
-        })?
-    };
+    let backups = list_backups(env).await?;
+    report.backups = backups.iter().map(|b| b.row.clone()).collect();
     if backups.is_empty() {
         report
             .failures
@@ -477,17 +491,7 @@ async fn run_step(
 ) -> Result<String, EnvError> {
     match step {
         Step::BaseBackup { .. } => Ok(env.backup_tool(&["backup-push"]).await?.trim().to_string()),
-        Step::Delete { retain, .. } => {
-            let n = retain.to_string();
-            let out = env
-                .backup_tool(&["delete", "--confirm", "retain", &n])
-                .await?;
-            Ok(out
-                .lines()
-                .filter(|l| l.starts_with("deleting"))
-                .collect::<Vec<_>>()
-                .join("; "))
-        }
+        Step::Delete { retain, .. } => apply_retention(env, *retain as usize).await,
         Step::SwitchWal { .. } => {
             let row = primary
                 .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
@@ -516,6 +520,44 @@ async fn run_step(
             other.action()
         ))),
     }
+}
+
+async fn list_backups(env: &dyn Environment) -> Result<Vec<ListedBackup>, EnvError> {
+    let json = env.backup_tool(&["backup-list", "--json"]).await?;
+    serde_json::from_str(&json)
+        .map_err(|e| EnvError::Other(format!("backup-list --json is not what we expect: {e}")))
+}
+
+/// `delete --confirm retain N`, then proves it: exactly the newest N
+/// backups are listed, and the others cannot be fetched.
+async fn apply_retention(env: &mut dyn Environment, retain: usize) -> Result<String, EnvError> {
+    let before = list_backups(env).await?;
+    env.backup_tool(&["delete", "--confirm", "retain", &retain.to_string()])
+        .await?;
+    let after = list_backups(env).await?;
+    let names = |v: &[ListedBackup]| v.iter().map(|b| b.backup_name.clone()).collect::<Vec<_>>();
+    let expected_kept = names(&before[before.len().saturating_sub(retain)..]);
+    if names(&after) != expected_kept {
+        return Err(EnvError::Other(format!(
+            "after delete retain {retain}: listed {:?}, expected {expected_kept:?}",
+            names(&after)
+        )));
+    }
+    let gone = names(&before[..before.len().saturating_sub(retain)]);
+    for name in &gone {
+        if env
+            .backup_tool(&["backup-fetch", "/nonexistent/pgdrill-retention-check", name])
+            .await
+            .is_ok()
+        {
+            return Err(EnvError::Other(format!(
+                "deleted backup {name} can still be fetched"
+            )));
+        }
+    }
+    Ok(format!(
+        "kept {expected_kept:?}; deleted and unfetchable: {gone:?}"
+    ))
 }
 
 /// Forces a segment switch and waits until the archiver stored it.
@@ -628,4 +670,11 @@ async fn restore_and_verify(
     record.error = (!errors.is_empty()).then(|| errors.join("; "));
     env.discard_restore(label).await;
     (record, loss)
+}
+
+/// The scenario-file name of a disaster.
+fn disaster_name(kind: DisasterKind) -> &'static str {
+    match kind {
+        DisasterKind::KillPrimary => "kill_primary",
+    }
 }
