@@ -4,8 +4,14 @@
 //! - [`backup`]: the backup tool (store, codec, WAL, base backups, catalog,
 //!   retention).
 //! - [`config`]: WAL-G-style settings from the environment and env dirs.
-//! - [`env`]: environments drills run in (the embedded S3 server).
-//! - [`cli`]: the command line.
+//! - [`scenario`]: drill scenario files, strictly validated.
+//! - [`env`]: environments drills run in, behind one trait, and the
+//!   embedded S3 server.
+//! - [`workload`]: writers and the client-side ledger of every commit.
+//! - [`fault`]: deliberate defects that prove drills can fail.
+//! - [`drill`]: the runner; [`verify`]: checks of restored clusters;
+//!   [`report`]: report.json and report.md.
+//! - [`bench`]: backup benchmarks; [`cli`]: the command line.
 
 pub mod backup;
 pub mod bench;
