@@ -231,7 +231,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             server.serve(shutdown_signal()).await;
             Ok(exit::OK)
         }
-        Command::Bench(args) => crate::bench::run(args).await,
+        Command::Bench(args) => tokio::select! {
+            r = crate::bench::run(args) => r,
+            () = shutdown_signal() => {
+                eprintln!("pgdrill: interrupted; cleaned up");
+                Ok(130)
+            }
+        },
         Command::Run {
             scenarios,
             seed,

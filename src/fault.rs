@@ -84,6 +84,9 @@ impl Store for SabotagedStore {
     async fn put_stream(&self, key: &Key, chunks: ChunkReceiver) -> Result<u64, StoreError> {
         self.inner.put_stream(key, chunks).await
     }
+    async fn head(&self, key: &Key) -> Result<Option<ObjectInfo>, StoreError> {
+        self.inner.head(key).await
+    }
     async fn get(&self, key: &Key) -> Result<Bytes, StoreError> {
         self.inner.get(key).await
     }

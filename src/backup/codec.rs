@@ -126,7 +126,8 @@ enum Compressor<W: Write> {
 /// Writes one object: header, compressed payload, trailer.
 pub struct ObjectWriter<W: Write> {
     compressor: Compressor<Counting<W>>,
-    hasher: blake3::Hasher,
+    /// `None` when the caller supplies the digest to [`ObjectWriter::finish_with`].
+    hasher: Option<blake3::Hasher>,
     plain_len: u64,
 }
 
@@ -145,13 +146,23 @@ impl<W: Write> ObjectWriter<W> {
         };
         Ok(ObjectWriter {
             compressor,
-            hasher: blake3::Hasher::new(),
+            hasher: Some(blake3::Hasher::new()),
             plain_len: 0,
         })
     }
 
     /// Ends the payload, writes the trailer and hands back the inner writer.
-    pub fn finish(self) -> io::Result<(W, Digest)> {
+    pub fn finish(mut self) -> io::Result<(W, Digest)> {
+        let hasher = self.hasher.take().expect("hashing writer");
+        let digest = Digest {
+            plain_len: self.plain_len,
+            blake3: *hasher.finalize().as_bytes(),
+        };
+        self.finish_with(digest)
+    }
+
+    /// Like [`ObjectWriter::finish`] with a digest computed elsewhere.
+    fn finish_with(self, digest: Digest) -> io::Result<(W, Digest)> {
         let counted = match self.compressor {
             Compressor::None(w) => w,
             Compressor::Lz4(e) => e.finish().map_err(io::Error::other)?,
@@ -159,10 +170,6 @@ impl<W: Write> ObjectWriter<W> {
         };
         let payload_len = counted.count;
         let mut inner = counted.inner;
-        let digest = Digest {
-            plain_len: self.plain_len,
-            blake3: *self.hasher.finalize().as_bytes(),
-        };
         let mut trailer = [0u8; TRAILER_LEN];
         trailer[..8].copy_from_slice(&digest.plain_len.to_le_bytes());
         trailer[8..16].copy_from_slice(&payload_len.to_le_bytes());
@@ -181,7 +188,9 @@ impl<W: Write> Write for ObjectWriter<W> {
             Compressor::Lz4(e) => e.write(buf)?,
             Compressor::Zstd(e) => e.write(buf)?,
         };
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         self.plain_len += n as u64;
         Ok(n)
     }
@@ -196,10 +205,22 @@ impl<W: Write> Write for ObjectWriter<W> {
 }
 
 /// Encodes a whole buffer.
+/// Encodes a whole buffer. The checksum is computed on a second thread
+/// while compressing: wal-push is CPU-bound.
 pub fn encode(plain: &[u8], compression: Compression) -> io::Result<(Vec<u8>, Digest)> {
-    let mut w = ObjectWriter::new(Vec::with_capacity(plain.len() / 2 + 64), compression)?;
-    w.write_all(plain)?;
-    w.finish()
+    std::thread::scope(|scope| {
+        let hashing = scope.spawn(|| blake3::hash(plain));
+        let mut w = ObjectWriter::new(Vec::with_capacity(plain.len() / 2 + 64), compression)?;
+        w.hasher = None;
+        w.write_all(plain)?;
+        let hash = hashing
+            .join()
+            .map_err(|_| io::Error::other("checksum thread failed"))?;
+        w.finish_with(Digest {
+            plain_len: plain.len() as u64,
+            blake3: *hash.as_bytes(),
+        })
+    })
 }
 
 /// Decodes a whole buffer, verifying length and checksum.

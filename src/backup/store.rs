@@ -93,6 +93,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Stores an object from a stream of chunks; it becomes visible only when
     /// the stream ends without error. Returns the bytes stored.
     async fn put_stream(&self, key: &Key, chunks: ChunkReceiver) -> Result<u64, StoreError>;
+    /// Size and time of an object; `None` when absent.
+    async fn head(&self, key: &Key) -> Result<Option<ObjectInfo>, StoreError>;
     /// Reads a whole object.
     async fn get(&self, key: &Key) -> Result<Bytes, StoreError>;
     /// Reads an object as a stream.
@@ -342,6 +344,18 @@ impl Store for S3Store {
         Ok(total)
     }
 
+    async fn head(&self, key: &Key) -> Result<Option<ObjectInfo>, StoreError> {
+        match self.inner.head(&self.path(key)).await {
+            Ok(meta) => Ok(Some(ObjectInfo {
+                key: key.clone(),
+                size: meta.size,
+                last_modified: meta.last_modified,
+            })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(key, e)),
+        }
+    }
+
     async fn get(&self, key: &Key) -> Result<Bytes, StoreError> {
         let r = self
             .inner
@@ -513,6 +527,22 @@ impl Store for DirStore {
 
     async fn put_stream(&self, key: &Key, chunks: ChunkReceiver) -> Result<u64, StoreError> {
         self.write_atomic(key, chunks).await
+    }
+
+    async fn head(&self, key: &Key) -> Result<Option<ObjectInfo>, StoreError> {
+        let path = self.path(key);
+        match tokio::fs::metadata(&path).await {
+            Ok(meta) => Ok(Some(ObjectInfo {
+                key: key.clone(),
+                size: meta.len(),
+                last_modified: meta
+                    .modified()
+                    .map(DateTime::<Utc>::from)
+                    .unwrap_or_else(|_| Utc::now()),
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Self::io_err(&path, e)),
+        }
     }
 
     async fn get(&self, key: &Key) -> Result<Bytes, StoreError> {

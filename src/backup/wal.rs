@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::codec::{self, Compression, Digest};
 use super::layout::{self, Segment, WalFileKind};
+use super::store::Key;
 use super::{BackupError, Context};
 
 const STATE_DIR: &str = ".pgdrill";
@@ -71,33 +72,45 @@ pub async fn wal_push(ctx: &Context, path: &Path) -> Result<PushOutcome, BackupE
         .map_err(BackupError::io(format!("reading {}", path.display())))?;
     let pg_wal = path.parent().unwrap_or(Path::new("."));
     let marker = pg_wal.join(STATE_DIR).join("uploaded").join(&name);
-    let local_hash = blake3::hash(&data);
     if let Ok(stored_hash) = tokio::fs::read_to_string(&marker).await {
         let _ = tokio::fs::remove_file(&marker).await;
-        if stored_hash.trim() == local_hash.to_hex().as_str() {
+        if stored_hash.trim() == blake3::hash(&data).to_hex().as_str() {
             debug!(%name, "already pushed ahead");
             return Ok(PushOutcome::UploadedAhead);
         }
     }
-    let outcome = push_bytes(ctx, &name, Bytes::from(data)).await?;
+    let (outcome, _) = push_bytes(ctx, &name, Bytes::from(data)).await?;
     if kind == WalFileKind::Segment && ctx.settings.upload_concurrency > 1 {
         upload_ahead(ctx, pg_wal, &name).await;
     }
     Ok(outcome)
 }
 
+/// The stored object of WAL file `name`, whatever compression it was
+/// written with; the existence checks run concurrently (one round trip).
+async fn find_wal(ctx: &Context, name: &str) -> Result<Option<Key>, BackupError> {
+    let keys: Vec<Key> = Compression::ALL
+        .into_iter()
+        .map(|c| layout::wal_key(name, c))
+        .collect();
+    let found = futures::future::try_join_all(keys.iter().map(|k| ctx.store.head(k))).await?;
+    Ok(found.into_iter().flatten().next().map(|o| o.key))
+}
+
 /// Stores `data` as WAL file `name` unless identical content is there
-/// already; different content under the same name is an error.
+/// already; different content under the same name is an error. Returns
+/// the plaintext digest.
 pub async fn push_bytes(
     ctx: &Context,
     name: &str,
     data: Bytes,
-) -> Result<PushOutcome, BackupError> {
-    if let Some((_, stored)) = fetch_wal(ctx, name).await? {
+) -> Result<(PushOutcome, Digest), BackupError> {
+    if let Some(existing) = find_wal(ctx, name).await? {
+        let (_, stored) = ctx.fetch_object(&existing).await?;
         let local = blake3::hash(&data);
         if stored.blake3 == *local.as_bytes() && stored.plain_len == data.len() as u64 {
             info!(%name, "already archived with identical content");
-            return Ok(PushOutcome::AlreadyArchived);
+            return Ok((PushOutcome::AlreadyArchived, stored));
         }
         return Err(BackupError::WalConflict {
             name: name.to_string(),
@@ -106,16 +119,15 @@ pub async fn push_bytes(
         });
     }
     let compression = ctx.settings.compression;
-    let object = tokio::task::spawn_blocking(move || codec::encode(&data, compression))
+    let (object, digest) = tokio::task::spawn_blocking(move || codec::encode(&data, compression))
         .await
         .map_err(|e| BackupError::Invalid(format!("encoder task failed: {e}")))?
-        .map_err(BackupError::io("compressing WAL"))?
-        .0;
+        .map_err(BackupError::io("compressing WAL"))?;
     ctx.store
         .put(&layout::wal_key(name, compression), Bytes::from(object))
         .await?;
     info!(%name, "archived");
-    Ok(PushOutcome::Uploaded)
+    Ok((PushOutcome::Uploaded, digest))
 }
 
 /// Pushes up to `upload_concurrency - 1` later `.ready` segments in parallel

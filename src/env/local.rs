@@ -422,6 +422,11 @@ impl LocalPostgres {
                     return Ok(());
                 }
                 Err(e) => {
+                    // pg_ctl may give up waiting while the server still
+                    // runs (a long recovery): make sure it does not outlive us.
+                    self.running = true;
+                    let _ = self.stop("immediate");
+                    self.running = false;
                     let log = std::fs::read_to_string(&self.log_file).unwrap_or_default();
                     if !log.contains("already in use") {
                         let detail = match e {
