@@ -143,10 +143,26 @@ impl TestEnv {
     /// Restores `backup` with the given extra backup-fetch flags, starts a
     /// server on it and waits until recovery has ended (promoted).
     pub async fn restore(&self, name: &str, backup: &str, flags: &[&str]) -> LocalPostgres {
+        self.restore_with(name, backup, flags, false).await
+    }
+
+    /// Like [`TestEnv::restore`]; with `archive` the restored server keeps
+    /// the primary's archive_command and archives into the same storage
+    /// (its new timeline included).
+    pub async fn restore_with(
+        &self,
+        name: &str,
+        backup: &str,
+        flags: &[&str],
+        archive: bool,
+    ) -> LocalPostgres {
         let base = self.dir(name);
         let data = base.join("data");
         let data_s = data.display().to_string();
-        let mut args = vec!["backup-fetch", data_s.as_str(), backup, "--no-archive"];
+        let mut args = vec!["backup-fetch", data_s.as_str(), backup];
+        if !archive {
+            args.push("--no-archive");
+        }
         args.extend_from_slice(flags);
         let out = self.pgdrill(&args);
         assert_success(&out, "backup-fetch");

@@ -1,0 +1,109 @@
+//! Timelines: a point-in-time restore that promotes starts timeline 2 and
+//! archives its `.history`; a second restore from the same base backup
+//! follows timeline 2 (recovery_target_timeline = 'latest', the default)
+//! to a target on it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use pgdrill::env::local::InitOptions;
+
+async fn insert(client: &tokio_postgres::Client, batch: &str, n: i64) {
+    client
+        .execute(
+            "INSERT INTO t(batch) SELECT $1 FROM generate_series(1, $2::bigint)",
+            &[&batch, &n],
+        )
+        .await
+        .unwrap();
+}
+
+async fn now_target(client: &tokio_postgres::Client) -> String {
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let t: String = client
+        .query_one(
+            "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    t
+}
+
+async fn batches(client: &tokio_postgres::Client) -> Vec<(String, i64)> {
+    client
+        .query("SELECT batch, count(*) FROM t GROUP BY batch ORDER BY batch", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_pitr_follows_the_new_timeline() {
+    let env = TestEnv::start("timelines", Storage::S3, &[], InitOptions::default());
+    let primary = env.primary.connect().await.unwrap();
+    primary
+        .batch_execute("CREATE TABLE t(id bigserial, batch text)")
+        .await
+        .unwrap();
+    let out = env.pgdrill(&["backup-push", env.primary.data_dir.to_str().unwrap()]);
+    assert_success(&out, "backup-push");
+    let backup = String::from_utf8_lossy(&out.stdout).trim().to_string();
+
+    insert(&primary, "a", 10).await;
+    let t1 = now_target(&primary).await;
+    insert(&primary, "b", 20).await;
+    switch_and_wait_archived(&env.primary).await;
+
+    // First PITR, archiving on: it promotes to timeline 2.
+    let r1 = env
+        .restore_with("r1", &backup, &["--recovery-target-time", &t1], true)
+        .await;
+    let c1 = r1.connect().await.unwrap();
+    let tli: i32 = c1
+        .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tli, 2, "promotion starts timeline 2");
+    assert_eq!(batches(&c1).await, [("a".to_string(), 10)]);
+    insert(&c1, "c", 30).await;
+    let t2 = now_target(&c1).await;
+    insert(&c1, "d", 40).await;
+    switch_and_wait_archived(&r1).await;
+
+    // The new timeline's history is archived and is never overwritten.
+    let history = env.dir("scratch").join("00000002.history");
+    assert_success(
+        &env.pgdrill(&["wal-fetch", "00000002.history", history.to_str().unwrap()]),
+        "wal-fetch of the .history file",
+    );
+    let text = std::fs::read_to_string(&history).unwrap();
+    assert!(text.starts_with("1\t"), "history names its parent: {text}");
+    std::fs::write(&history, "1\t0/FFFFFFFF\tforged\n").unwrap();
+    let out = env.pgdrill(&["wal-push", history.to_str().unwrap()]);
+    assert!(!out.status.success(), "a different .history must not overwrite the archived one");
+
+    // Second PITR from the same base backup, to a time on timeline 2.
+    let r2 = env
+        .restore("r2", &backup, &["--recovery-target-time", &t2])
+        .await;
+    let c2 = r2.connect().await.unwrap();
+    assert_eq!(
+        batches(&c2).await,
+        [("a".to_string(), 10), ("c".to_string(), 30)],
+        "rows of timeline 1 before the switch and of timeline 2 before the target"
+    );
+    let tli: i32 = c2
+        .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tli, 3, "promoting the second restore starts timeline 3");
+}
