@@ -140,6 +140,14 @@ pub enum Command {
         #[arg(long)]
         pretty: bool,
     },
+    /// Mark a backup permanent: no `delete` removes it or its WAL.
+    BackupMark {
+        /// Backup name (base_...) or LATEST.
+        name: String,
+        /// Make it ordinary again.
+        #[arg(long, short = 'i')]
+        impermanent: bool,
+    },
     /// Delete old backups and the WAL no kept backup needs.
     ///
     /// Policies: `retain N`, `retain FULL N`, `before TIMESTAMP|BACKUP_NAME`,
@@ -423,6 +431,14 @@ async fn run_backup_verb(command: Command, env_dir: Option<&Path>) -> Result<(),
             } else {
                 print!("{}", catalog::render_table(&backups, detail));
             }
+        }
+        Command::BackupMark { name, impermanent } => {
+            let s = catalog::mark(&ctx, &name, !impermanent).await?;
+            println!(
+                "{} is {}",
+                s.backup_name,
+                if s.is_permanent { "permanent" } else { "impermanent" }
+            );
         }
         Command::Delete { confirm, policy } => {
             retention::delete(&ctx, &Policy::parse(&policy)?, confirm).await?;

@@ -181,6 +181,20 @@ pub async fn resolve(ctx: &Context, name: &str) -> Result<BackupSummary, BackupE
     }
 }
 
+/// Marks a backup permanent (no `delete` removes it or the WAL it needs)
+/// or, with `permanent = false`, ordinary again. Rewrites the sentinel,
+/// which a store replaces atomically.
+pub async fn mark(ctx: &Context, name: &str, permanent: bool) -> Result<BackupSummary, BackupError> {
+    let mut summary = resolve(ctx, name).await?;
+    summary.is_permanent = permanent;
+    let json = serde_json::to_vec_pretty(&summary)
+        .map_err(|e| BackupError::Invalid(format!("serializing sentinel: {e}")))?;
+    ctx.store
+        .put(&layout::sentinel_key(&summary.backup_name), json.into())
+        .await?;
+    Ok(summary)
+}
+
 /// Reads a backup's `metadata.json`, checked against the sentinel.
 pub async fn read_metadata(
     ctx: &Context,
