@@ -41,8 +41,8 @@ use crate::backup::layout::{self, Segment, DEFAULT_WAL_SEGMENT_SIZE};
 use crate::backup::pg::pg_error_text;
 use crate::config::{EnvVars, Settings};
 use crate::env::local::{
-    as_user, run_checked, write_env_dir, InitOptions, LocalPostgres, LocalS3, PgBinaries, RunAs,
-    WorkDir,
+    archiving_settings, as_user, owned_dir, run_checked, write_env_dir, InitOptions, LocalPostgres,
+    LocalS3, PgBinaries, RunAs, WorkDir,
 };
 
 /// Arguments of `pgdrill bench`.
@@ -91,12 +91,7 @@ const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(1800);
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(3600);
 const POLL: Duration = Duration::from_millis(50);
 /// The server settings of the loaded primary.
-const PRIMARY_SETTINGS: [(&str, &str); 4] = [
-    ("wal_level", "replica"),
-    ("archive_mode", "on"),
-    ("max_wal_size", "1GB"),
-    ("fsync", "off"),
-];
+const PRIMARY_SETTINGS: [(&str, &str); 2] = [("max_wal_size", "1GB"), ("fsync", "off")];
 /// How WAL is written between measurements: short pgbench runs, until
 /// enough has been written.
 const PGBENCH_CHUNK: [&str; 7] = ["-n", "-c", "4", "-j", "2", "-T", "3"];
@@ -218,15 +213,6 @@ async fn query_value<T: for<'a> FromSql<'a>>(client: &Client, sql: &str) -> Resu
 }
 
 /// Creates `work/name`, owned by the server user.
-fn make_dir(work: &Path, name: &str, run_as: Option<RunAs>) -> Result<PathBuf> {
-    let dir = work.join(name);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    if let Some(u) = run_as {
-        u.chown_tree(&dir)?;
-    }
-    Ok(dir)
-}
-
 /// WAL-G settings for `prefix` on the local S3, lz4, with `WALG_PREFETCH`.
 fn storage_vars(s3: &LocalS3, prefix: &str, prefetch: u32) -> Vec<(String, String)> {
     let mut vars = s3.settings(prefix);
@@ -253,19 +239,8 @@ impl Rig {
         let s3 = LocalS3::start(&exe, &work.join("s3"), BUCKET)?;
         let env = work.join("env");
         write_env_dir(&env, &storage_vars(&s3, ARCHIVE_PREFIX, 0), run_as)?;
-        let base = make_dir(&work, "primary", run_as)?;
-        let mut settings: Vec<(String, String)> = PRIMARY_SETTINGS
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        settings.push((
-            "archive_command".into(),
-            format!(
-                "{} --env-dir {} --log warn wal-push %p",
-                exe.display(),
-                env.display()
-            ),
-        ));
+        let base = owned_dir(&work, "primary", run_as)?;
+        let settings = archiving_settings(&exe, &env, &PRIMARY_SETTINGS);
         let opts = InitOptions {
             settings,
             ..InitOptions::default()
@@ -283,7 +258,7 @@ impl Rig {
     }
 
     fn dir(&self, name: &str) -> Result<PathBuf> {
-        make_dir(&self.work, name, self.run_as)
+        Ok(owned_dir(&self.work, name, self.run_as)?)
     }
 
     /// Writes an env dir `name` for `prefix` with `WALG_PREFETCH=prefetch`.

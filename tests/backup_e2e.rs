@@ -20,6 +20,12 @@ async fn commit_rows(client: &tokio_postgres::Client, batch: &str, n: usize) {
     }
 }
 
+async fn assert_counts(client: &tokio_postgres::Client, expected: &[(&str, i64)]) {
+    for (sql, n) in expected {
+        assert_eq!(count(client, sql).await, *n, "{sql}");
+    }
+}
+
 async fn run_e2e(env: &TestEnv, pgbench_scale: u32) {
     let client = env.primary.connect().await.unwrap();
     run_ok(
@@ -73,26 +79,19 @@ async fn run_e2e(env: &TestEnv, pgbench_scale: u32) {
         .restore("restore-latest", "LATEST", &["--recover", "--verify"])
         .await;
     let c = latest.connect().await.unwrap();
-    assert_eq!(
-        count(&c, "SELECT count(*) FROM pgbench_accounts").await,
-        accounts
-    );
-    assert_eq!(
-        count(&c, "SELECT count(*) FROM ledger WHERE batch = 'a'").await,
-        40
-    );
-    assert_eq!(
-        count(&c, "SELECT count(*) FROM ledger WHERE batch = 'b'").await,
-        25
-    );
-    assert_eq!(
-        count(
-            &c,
-            "SELECT count(*) FROM pgbench_accounts WHERE abalance = 1"
-        )
-        .await,
-        1000
-    );
+    assert_counts(
+        &c,
+        &[
+            ("SELECT count(*) FROM pgbench_accounts", accounts),
+            ("SELECT count(*) FROM ledger WHERE batch = 'a'", 40),
+            ("SELECT count(*) FROM ledger WHERE batch = 'b'", 25),
+            (
+                "SELECT count(*) FROM pgbench_accounts WHERE abalance = 1",
+                1000,
+            ),
+        ],
+    )
+    .await;
     drop(latest);
 
     // (b) point in time between batch a and batch b: exactly batch a.
@@ -104,22 +103,18 @@ async fn run_e2e(env: &TestEnv, pgbench_scale: u32) {
         )
         .await;
     let c = pitr.connect().await.unwrap();
-    assert_eq!(
-        count(&c, "SELECT count(*) FROM ledger WHERE batch = 'a'").await,
-        40
-    );
-    assert_eq!(
-        count(&c, "SELECT count(*) FROM ledger WHERE batch = 'b'").await,
-        0
-    );
-    assert_eq!(
-        count(
-            &c,
-            "SELECT count(*) FROM pgbench_accounts WHERE abalance = 1"
-        )
-        .await,
-        1000
-    );
+    assert_counts(
+        &c,
+        &[
+            ("SELECT count(*) FROM ledger WHERE batch = 'a'", 40),
+            ("SELECT count(*) FROM ledger WHERE batch = 'b'", 0),
+            (
+                "SELECT count(*) FROM pgbench_accounts WHERE abalance = 1",
+                1000,
+            ),
+        ],
+    )
+    .await;
     let last_commit: String = c
         .query_one("SELECT pg_last_committed_xact()::text", &[])
         .await

@@ -184,7 +184,11 @@ pub async fn resolve(ctx: &Context, name: &str) -> Result<BackupSummary, BackupE
 /// Marks a backup permanent (no `delete` removes it or the WAL it needs)
 /// or, with `permanent = false`, ordinary again. Rewrites the sentinel,
 /// which a store replaces atomically.
-pub async fn mark(ctx: &Context, name: &str, permanent: bool) -> Result<BackupSummary, BackupError> {
+pub async fn mark(
+    ctx: &Context,
+    name: &str,
+    permanent: bool,
+) -> Result<BackupSummary, BackupError> {
     let mut summary = resolve(ctx, name).await?;
     summary.is_permanent = permanent;
     let json = serde_json::to_vec_pretty(&summary)

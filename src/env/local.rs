@@ -179,6 +179,40 @@ impl WorkDir {
     }
 }
 
+/// Creates `parent/name` (and parents), owned by the server user.
+pub fn owned_dir(parent: &Path, name: &str, owner: Option<RunAs>) -> Result<PathBuf, LocalError> {
+    let dir = parent.join(name);
+    std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    if let Some(o) = owner {
+        o.chown_tree(&dir)?;
+    }
+    Ok(dir)
+}
+
+/// postgresql.conf settings of a primary that archives with
+/// `pgdrill --env-dir ENV_DIR wal-push %p`, plus `extra`.
+pub fn archiving_settings(
+    pgdrill: &Path,
+    env_dir: &Path,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let archive_command = format!(
+        "{} --env-dir {} --log warn wal-push %p",
+        pgdrill.display(),
+        env_dir.display()
+    );
+    [
+        ("wal_level", "replica"),
+        ("archive_mode", "on"),
+        ("track_commit_timestamp", "on"),
+        ("archive_command", archive_command.as_str()),
+    ]
+    .iter()
+    .chain(extra)
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
 /// Picks a free TCP port on loopback. Another process may take it before
 /// we bind it, so callers retry on "address in use".
 pub fn free_port() -> Result<u16, LocalError> {
@@ -598,27 +632,8 @@ impl LocalEnvironment {
         let mut tool_settings = s3.settings("drill");
         tool_settings.extend(spec.tool_settings.iter().cloned());
         write_env_dir(&env_dir, &tool_settings, run_as)?;
-        let primary_base = work.path().join("primary");
-        std::fs::create_dir_all(&primary_base).map_err(io_err("creating primary dir"))?;
-        if let Some(u) = run_as {
-            u.chown_tree(&primary_base)?;
-        }
-        let mut settings: Vec<(String, String)> = [
-            ("wal_level", "replica"),
-            ("archive_mode", "on"),
-            ("track_commit_timestamp", "on"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        settings.push((
-            "archive_command".into(),
-            format!(
-                "{} --env-dir {} --log warn wal-push %p",
-                pgdrill.display(),
-                env_dir.display()
-            ),
-        ));
+        let primary_base = owned_dir(work.path(), "primary", run_as)?;
+        let mut settings = archiving_settings(pgdrill, &env_dir, &[]);
         settings.extend(spec.postgres_settings.iter().cloned());
         let mut primary = LocalPostgres::init(
             &bin,
@@ -729,11 +744,7 @@ impl super::Environment for LocalEnvironment {
         backup: &str,
         target: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<super::Restored, super::EnvError> {
-        let base = self.work.path().join(format!("restore-{label}"));
-        std::fs::create_dir_all(&base).map_err(io_err("creating restore dir"))?;
-        if let Some(u) = self.run_as {
-            u.chown_tree(&base)?;
-        }
+        let base = owned_dir(self.work.path(), &format!("restore-{label}"), self.run_as)?;
         let data = base.join("data");
         let data_s = data.display().to_string();
         let target_s = target.map(crate::workload::target_time_arg);

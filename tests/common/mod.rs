@@ -8,7 +8,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use pgdrill::env::local::{
-    as_user, write_env_dir, InitOptions, LocalPostgres, LocalS3, PgBinaries, RunAs, WorkDir,
+    archiving_settings, as_user, owned_dir, write_env_dir, InitOptions, LocalPostgres, LocalS3,
+    PgBinaries, RunAs, WorkDir,
 };
 
 pub const PGDRILL: &str = env!("CARGO_BIN_EXE_pgdrill");
@@ -64,29 +65,13 @@ impl TestEnv {
         storage_vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let env_dir = work.path().join("env");
         write_env_dir(&env_dir, &storage_vars, run_as).expect("env dir");
-        let mut settings: Vec<(String, String)> = [
-            ("wal_level", "replica"),
-            ("archive_mode", "on"),
-            ("track_commit_timestamp", "on"),
-            ("max_wal_size", "1GB"),
-            ("fsync", "off"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        settings.push((
-            "archive_command".into(),
-            format!(
-                "{PGDRILL} --env-dir {} --log warn wal-push %p",
-                env_dir.display()
-            ),
-        ));
+        let mut settings = archiving_settings(
+            Path::new(PGDRILL),
+            &env_dir,
+            &[("max_wal_size", "1GB"), ("fsync", "off")],
+        );
         settings.extend(init.settings.iter().cloned());
-        let base = work.path().join("primary");
-        std::fs::create_dir_all(&base).unwrap();
-        if let Some(u) = run_as {
-            u.chown_tree(&base).unwrap();
-        }
+        let base = owned_dir(work.path(), "primary", run_as).expect("primary dir");
         let mut primary =
             LocalPostgres::init(&bin, &base, run_as, &InitOptions { settings, ..init })
                 .expect("initdb");
@@ -132,12 +117,7 @@ impl TestEnv {
 
     /// A fresh directory the server user owns.
     pub fn dir(&self, name: &str) -> PathBuf {
-        let d = self.work.path().join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        if let Some(u) = self.run_as {
-            u.chown_tree(&d).unwrap();
-        }
-        d
+        owned_dir(self.work.path(), name, self.run_as).expect("test dir")
     }
 
     /// Restores `backup` with the given extra backup-fetch flags, starts a
