@@ -4,6 +4,7 @@
 pub mod base;
 pub mod catalog;
 pub mod codec;
+pub mod delta;
 pub mod layout;
 pub mod pg;
 pub mod retention;
