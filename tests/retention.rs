@@ -32,7 +32,10 @@ fn listed(env: &TestEnv) -> Vec<(String, bool)> {
 fn wal_files(env: &TestEnv) -> Vec<String> {
     let dir = std::path::Path::new(&env.storage_vars[0].1).join("wal_005");
     let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     names
@@ -57,29 +60,49 @@ async fn permanent_backups_survive_and_policies_do_what_they_say() {
     assert_eq!(listed(&env).len(), 3);
 
     // retain 1: the permanent first backup and its WAL stay.
-    assert_success(&env.pgdrill(&["delete", "--confirm", "retain", "1"]), "delete retain 1");
+    assert_success(
+        &env.pgdrill(&["delete", "--confirm", "retain", "1"]),
+        "delete retain 1",
+    );
     assert_eq!(
         listed(&env),
         [(first.clone(), true), (third.clone(), false)],
         "{second} deleted, the permanent one kept"
     );
-    assert!(wal_files(&env).contains(&first_wal), "the permanent backup keeps its WAL");
+    assert!(
+        wal_files(&env).contains(&first_wal),
+        "the permanent backup keeps its WAL"
+    );
 
     // Unmark it: now `before` the third backup removes it, and its WAL.
-    assert_success(&env.pgdrill(&["backup-mark", &first, "--impermanent"]), "backup-mark -i");
-    assert_success(&env.pgdrill(&["delete", "--confirm", "before", &third]), "delete before NAME");
+    assert_success(
+        &env.pgdrill(&["backup-mark", &first, "--impermanent"]),
+        "backup-mark -i",
+    );
+    assert_success(
+        &env.pgdrill(&["delete", "--confirm", "before", &third]),
+        "delete before NAME",
+    );
     assert_eq!(listed(&env), [(third.clone(), false)]);
     let oldest_needed = format!("{}.lz4", third.trim_start_matches("base_"));
     assert!(
-        wal_files(&env).iter().filter(|n| n.len() == 28).all(|n| n.as_str() >= oldest_needed.as_str()),
+        wal_files(&env)
+            .iter()
+            .filter(|n| n.len() == 28)
+            .all(|n| n.as_str() >= oldest_needed.as_str()),
         "no segment older than the kept backup's start: {:?}",
         wal_files(&env)
     );
     // The kept backup still restores.
-    let r = env.restore("after-retention", "LATEST", &["--recover"]).await;
+    let r = env
+        .restore("after-retention", "LATEST", &["--recover"])
+        .await;
     drop(r);
 
-    assert_success(&env.pgdrill(&["delete", "--confirm", "everything"]), "delete everything");
+    assert_success(
+        &env.pgdrill(&["delete", "--confirm", "everything"]),
+        "delete everything",
+    );
     assert!(listed(&env).is_empty());
     assert!(wal_files(&env).is_empty(), "{:?}", wal_files(&env));
 }

@@ -36,7 +36,10 @@ async fn now_target(client: &tokio_postgres::Client) -> String {
 
 async fn batches(client: &tokio_postgres::Client) -> Vec<(String, i64)> {
     client
-        .query("SELECT batch, count(*) FROM t GROUP BY batch ORDER BY batch", &[])
+        .query(
+            "SELECT batch, count(*) FROM t GROUP BY batch ORDER BY batch",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -88,7 +91,10 @@ async fn second_pitr_follows_the_new_timeline() {
     assert!(text.starts_with("1\t"), "history names its parent: {text}");
     std::fs::write(&history, "1\t0/FFFFFFFF\tforged\n").unwrap();
     let out = env.pgdrill(&["wal-push", history.to_str().unwrap()]);
-    assert!(!out.status.success(), "a different .history must not overwrite the archived one");
+    assert!(
+        !out.status.success(),
+        "a different .history must not overwrite the archived one"
+    );
 
     // Second PITR from the same base backup, to a time on timeline 2.
     let r2 = env
