@@ -6,7 +6,8 @@ use clap::{Parser, Subcommand};
 
 use crate::backup::base::{self, FetchOptions, PushOptions, RecoveryConfig};
 use crate::backup::retention::{self, Policy};
-use crate::backup::{catalog, exit, wal, BackupError, Context};
+use crate::backup::walverify::{self, CheckError};
+use crate::backup::{audit, catalog, exit, monitor, wal, BackupError, Context};
 use crate::config::{Secret, Settings};
 use crate::env::s3_server::{S3Server, S3ServerConfig};
 use crate::scenario::{self, Scenario};
@@ -22,7 +23,9 @@ use crate::scenario::{self, Scenario};
 /// PGPASSWORD, PGDATABASE, PGDATA), optionally from an env directory.
 ///
 /// Exit codes: 0 success; 1 failure; 2 bad command line; 74 wal-fetch: file
-/// not in storage.
+/// not in storage; wal-verify: 3 WARNING, 4 FAILURE; backup-verify: 4
+/// problems found; backup-check: Nagios' 0 OK, 1 WARNING, 2 CRITICAL,
+/// 3 UNKNOWN.
 #[derive(Debug, Parser)]
 #[command(name = "pgdrill", version, max_term_width = 100)]
 pub struct Cli {
@@ -160,6 +163,55 @@ pub enum Command {
         #[arg(required = true, num_args = 1.., value_name = "POLICY")]
         policy: Vec<String>,
     },
+    /// Check the WAL archive (WAL-G's wal-verify): `integrity` (no segment
+    /// missing from the oldest backup's start to the cluster's current
+    /// segment, following the timeline history) and `timeline` (storage's
+    /// highest timeline is the cluster's). Both when none is given.
+    ///
+    /// Works without the cluster for `integrity` (up to the newest stored
+    /// segment). Exits 0 OK, 3 WARNING (segments not archived yet; storage
+    /// behind the cluster's timeline), 4 FAILURE (lost segments; a timeline
+    /// in storage the cluster never had), 1 when a check cannot run.
+    WalVerify {
+        /// Checks to run; both when none is given.
+        #[arg(value_enum)]
+        checks: Vec<walverify::WalCheck>,
+        /// WAL-G's JSON: {"integrity": {"status", "details"}, "timeline": {...}}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a stored backup without restoring it: every part decoded and
+    /// every file's checksum compared with metadata.json, and the WAL from
+    /// its start to its finish segment present and decodable.
+    ///
+    /// Lists every problem. Exits 0 when clean, 4 when problems were found,
+    /// 1 when the check cannot run (no such backup, storage unreachable).
+    BackupVerify {
+        /// Backup name (base_...) or LATEST.
+        name: String,
+        /// JSON report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One-line monitor check (Nagios plugin): newest backup's age, WAL
+    /// continuity since it, archive lag.
+    ///
+    /// Prints `OK: ...`, `WARNING: ...` or `CRITICAL: ...` and exits 0, 1
+    /// or 2; `UNKNOWN: ...` and 3 when the check cannot run.
+    BackupCheck {
+        /// CRITICAL when the newest backup finished longer ago (e.g. 24h, 2d).
+        #[arg(long, default_value = "24h", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        max_age: std::time::Duration,
+        /// WARNING when fewer WAL segments are stored since the newest backup.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        min_wal: u64,
+        /// CRITICAL when archiving lags more (e.g. 5m); unchecked if not given.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        max_archive_lag: Option<std::time::Duration>,
+        /// Metrics as JSON (numbers, plus status and message).
+        #[arg(long)]
+        json: bool,
+    },
     /// Run drills: start PostgreSQL and storage, write a workload, back up,
     /// break things, restore to random points in time, verify exactly, and
     /// report RPO/RTO into REPORT_DIR/<UTC time>-<scenario>/.
@@ -285,6 +337,55 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(exit::OK)
         }
+        Command::WalVerify { checks, json } => Ok(check_exit_code(
+            async {
+                let ctx = open_context(env_dir)?;
+                let report = walverify::wal_verify(&ctx, &checks).await?;
+                print_report(&report, json)?;
+                Ok(report.status().exit_code())
+            }
+            .await,
+        )),
+        Command::BackupVerify { name, json } => Ok(check_exit_code(
+            async {
+                let ctx = open_context(env_dir)?;
+                let report = audit::backup_verify(&ctx, &name).await?;
+                print_report(&report, json)?;
+                Ok(report.status.exit_code())
+            }
+            .await,
+        )),
+        Command::BackupCheck {
+            max_age,
+            min_wal,
+            max_archive_lag,
+            json,
+        } => {
+            let limits = monitor::Limits {
+                max_age,
+                min_wal,
+                max_archive_lag,
+            };
+            let outcome = async {
+                let ctx = open_context(env_dir)?;
+                monitor::backup_check(&ctx, &limits).await
+            }
+            .await;
+            Ok(match outcome {
+                Ok(o) if json => {
+                    println!("{}", serde_json::to_string(&o)?);
+                    o.exit_code
+                }
+                Ok(o) => {
+                    println!("{}", o.message);
+                    o.exit_code
+                }
+                Err(e) => {
+                    println!("UNKNOWN: {e}");
+                    exit::NAGIOS_UNKNOWN
+                }
+            })
+        }
         other => Ok(match run_backup_verb(other, env_dir).await {
             Ok(()) => exit::OK,
             Err(e) => {
@@ -342,6 +443,33 @@ async fn shutdown_signal() {
     }
 }
 
+fn open_context(env_dir: Option<&Path>) -> Result<Context, BackupError> {
+    Context::open(Settings::load(env_dir)?, env_dir)
+}
+
+/// A check verb's exit code; errors running it are printed and exit 1.
+fn check_exit_code(result: Result<i32, CheckError>) -> i32 {
+    result.unwrap_or_else(|e| {
+        eprintln!("pgdrill: {e}");
+        exit::FAILURE
+    })
+}
+
+/// Prints a check's report as JSON or as its text.
+fn print_report(
+    report: &(impl serde::Serialize + std::fmt::Display),
+    json: bool,
+) -> Result<(), CheckError> {
+    if json {
+        let text = serde_json::to_string(report)
+            .map_err(|e| BackupError::Invalid(format!("serializing the report: {e}")))?;
+        println!("{text}");
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
 fn data_dir_arg(arg: Option<PathBuf>, settings: &Settings) -> Result<PathBuf, BackupError> {
     arg.or_else(|| settings.pgdata.clone()).ok_or_else(|| {
         BackupError::Invalid("no data directory: give it as an argument or set PGDATA".into())
@@ -349,8 +477,7 @@ fn data_dir_arg(arg: Option<PathBuf>, settings: &Settings) -> Result<PathBuf, Ba
 }
 
 async fn run_backup_verb(command: Command, env_dir: Option<&Path>) -> Result<(), BackupError> {
-    let settings = Settings::load(env_dir)?;
-    let ctx = Context::open(settings, env_dir)?;
+    let ctx = open_context(env_dir)?;
     match command {
         Command::WalPush { path } => {
             wal::wal_push(&ctx, &path).await?;
@@ -437,7 +564,11 @@ async fn run_backup_verb(command: Command, env_dir: Option<&Path>) -> Result<(),
             println!(
                 "{} is {}",
                 s.backup_name,
-                if s.is_permanent { "permanent" } else { "impermanent" }
+                if s.is_permanent {
+                    "permanent"
+                } else {
+                    "impermanent"
+                }
             );
         }
         Command::Delete { confirm, policy } => {
@@ -447,7 +578,10 @@ async fn run_backup_verb(command: Command, env_dir: Option<&Path>) -> Result<(),
         | Command::Bench(_)
         | Command::Run { .. }
         | Command::Validate { .. }
-        | Command::List { .. } => unreachable!("handled by run"),
+        | Command::List { .. }
+        | Command::WalVerify { .. }
+        | Command::BackupVerify { .. }
+        | Command::BackupCheck { .. } => unreachable!("handled by run"),
     }
     Ok(())
 }

@@ -40,6 +40,26 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Two variables that exclude each other are both set.
+    #[error("{first} and {second} are both set: {hint}")]
+    Conflicting {
+        first: &'static str,
+        second: &'static str,
+        hint: &'static str,
+    },
+    /// The key file a variable names could not be read.
+    #[error("cannot read the key file {} named by {name}: {source}", path.display())]
+    KeyFile {
+        name: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A WAL-G setting pgdrill does not implement and must not ignore.
+    #[error("{name} is not supported: {hint}")]
+    Unsupported {
+        name: &'static str,
+        hint: &'static str,
+    },
 }
 
 /// A secret value (password, key): shown as `***` in every `Debug`/`Display`.
@@ -213,6 +233,42 @@ pub struct Settings {
     pub pgdata: Option<PathBuf>,
     /// A deliberate defect (`PGDRILL_SABOTAGE`), for proving drills fail.
     pub sabotage: Option<crate::fault::Sabotage>,
+    /// Encryption of stored objects (`WALG_PGP_KEY*`, `WALG_LIBSODIUM_KEY*`).
+    pub encryption: EncryptionConfig,
+}
+
+/// How stored objects are encrypted; the keys themselves are parsed by
+/// [`crate::backup::crypto::Encryption::new`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum EncryptionConfig {
+    #[default]
+    None,
+    /// An armored OpenPGP key (`WALG_PGP_KEY` or the file `WALG_PGP_KEY_PATH`):
+    /// a public key encrypts; a private key also decrypts.
+    Pgp {
+        key: Secret,
+        /// Where the key came from, for messages (`WALG_PGP_KEY_PATH (/path)`).
+        origin: String,
+        /// `WALG_PGP_KEY_PASSPHRASE`, for a protected private key.
+        passphrase: Option<Secret>,
+    },
+    /// A 32-byte key (`WALG_LIBSODIUM_KEY` or the file
+    /// `WALG_LIBSODIUM_KEY_PATH`), as configured, decoded with `transform`.
+    Sodium {
+        key: Secret,
+        origin: String,
+        transform: KeyTransform,
+    },
+}
+
+/// `WALG_LIBSODIUM_KEY_TRANSFORM`: how the configured text becomes the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyTransform {
+    /// The text itself (as WAL-G: at least 25 bytes, zero-padded or cut to 32).
+    #[default]
+    None,
+    Hex,
+    Base64,
 }
 
 pub const DEFAULT_TAR_SIZE_THRESHOLD: u64 = 1 << 30;
@@ -281,7 +337,108 @@ impl Settings {
                     )
                 }
             },
+            encryption: encryption_config(vars)?,
         })
+    }
+}
+
+/// A key given in a variable or in a file named by another variable.
+struct KeySource {
+    /// The variable that was set.
+    name: &'static str,
+    origin: String,
+    text: String,
+}
+
+/// The key in variable `name` or in the file named by `path_name`.
+fn key_source(
+    vars: &EnvVars,
+    name: &'static str,
+    path_name: &'static str,
+) -> Result<Option<KeySource>, ConfigError> {
+    match (vars.get(name), vars.get(path_name)) {
+        (Some(_), Some(_)) => Err(ConfigError::Conflicting {
+            first: name,
+            second: path_name,
+            hint: "set the key or a key file, not both",
+        }),
+        (Some(text), None) => Ok(Some(KeySource {
+            name,
+            origin: name.to_string(),
+            text: text.to_string(),
+        })),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::KeyFile {
+                name: path_name,
+                path: path.into(),
+                source,
+            })?;
+            Ok(Some(KeySource {
+                name: path_name,
+                origin: format!("{path_name} ({path})"),
+                text,
+            }))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn encryption_config(vars: &EnvVars) -> Result<EncryptionConfig, ConfigError> {
+    // Ignoring these would store unencrypted what the user meant to encrypt.
+    for name in ["WALG_GPG_KEY_ID", "WALE_GPG_KEY_ID"] {
+        if vars.get(name).is_some() {
+            return Err(ConfigError::Unsupported {
+                name,
+                hint:
+                    "pgdrill does not run an external gpg: export the key and set WALG_PGP_KEY_PATH",
+            });
+        }
+    }
+    let pgp = key_source(vars, "WALG_PGP_KEY", "WALG_PGP_KEY_PATH")?;
+    let sodium = key_source(vars, "WALG_LIBSODIUM_KEY", "WALG_LIBSODIUM_KEY_PATH")?;
+    match (pgp, sodium) {
+        (Some(p), Some(s)) => Err(ConfigError::Conflicting {
+            first: p.name,
+            second: s.name,
+            hint: "choose one encryption (OpenPGP or libsodium)",
+        }),
+        (Some(p), None) => {
+            // WAL-G accepts an armored key on one line with \n escapes
+            // (an env directory keeps only the first line of a file).
+            let text = if p.text.contains('\n') {
+                p.text
+            } else {
+                p.text.replace("\\n", "\n")
+            };
+            Ok(EncryptionConfig::Pgp {
+                key: Secret::new(text),
+                origin: p.origin,
+                passphrase: vars.get("WALG_PGP_KEY_PASSPHRASE").map(Secret::new),
+            })
+        }
+        (None, Some(s)) => {
+            let transform = match vars.get("WALG_LIBSODIUM_KEY_TRANSFORM") {
+                None => KeyTransform::None,
+                Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+                    "none" => KeyTransform::None,
+                    "hex" => KeyTransform::Hex,
+                    "base64" => KeyTransform::Base64,
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            name: "WALG_LIBSODIUM_KEY_TRANSFORM".into(),
+                            value: v.into(),
+                            hint: "expected none, hex or base64".into(),
+                        })
+                    }
+                },
+            };
+            Ok(EncryptionConfig::Sodium {
+                key: Secret::new(s.text),
+                origin: s.origin,
+                transform,
+            })
+        }
+        (None, None) => Ok(EncryptionConfig::None),
     }
 }
 
@@ -460,5 +617,90 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/env"), "{err}");
+    }
+
+    #[test]
+    fn encryption_settings_are_read_as_wal_g_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("key.asc");
+        std::fs::write(&key_file, "-----BEGIN PGP PRIVATE KEY BLOCK-----\nxyz\n").unwrap();
+        let mut v = s3_vars();
+        v.set("WALG_PGP_KEY_PATH", key_file.to_str().unwrap());
+        v.set("WALG_PGP_KEY_PASSPHRASE", "pass-phrase-123");
+        let s = Settings::from_vars(&v).unwrap();
+        let EncryptionConfig::Pgp {
+            key,
+            origin,
+            passphrase,
+        } = &s.encryption
+        else {
+            panic!("expected pgp: {:?}", s.encryption)
+        };
+        assert!(key.expose().ends_with("xyz\n"));
+        assert!(origin.starts_with("WALG_PGP_KEY_PATH ("), "{origin}");
+        assert_eq!(passphrase.as_ref().unwrap().expose(), "pass-phrase-123");
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("pass-phrase-123") && !shown.contains("xyz"),
+            "{shown}"
+        );
+
+        // One line with \n escapes, as WAL-G accepts.
+        let mut v = s3_vars();
+        v.set(
+            "WALG_PGP_KEY",
+            "-----BEGIN PGP PUBLIC KEY BLOCK-----\\n\\nabc",
+        );
+        let s = Settings::from_vars(&v).unwrap();
+        let EncryptionConfig::Pgp { key, .. } = &s.encryption else {
+            panic!("expected pgp")
+        };
+        assert_eq!(key.expose(), "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nabc");
+
+        let mut v = s3_vars();
+        v.set("WALG_LIBSODIUM_KEY", "00ff");
+        v.set("WALG_LIBSODIUM_KEY_TRANSFORM", "base64");
+        let s = Settings::from_vars(&v).unwrap();
+        assert!(
+            matches!(&s.encryption, EncryptionConfig::Sodium { transform: KeyTransform::Base64, origin, .. } if origin == "WALG_LIBSODIUM_KEY")
+        );
+        assert_eq!(
+            Settings::from_vars(&s3_vars()).unwrap().encryption,
+            EncryptionConfig::None
+        );
+    }
+
+    #[test]
+    fn contradictory_encryption_settings_name_the_variables() {
+        let err_of = |pairs: &[(&str, &str)]| {
+            let mut v = s3_vars();
+            for (k, val) in pairs {
+                v.set(k, val);
+            }
+            Settings::from_vars(&v).unwrap_err().to_string()
+        };
+        let err = err_of(&[
+            ("WALG_PGP_KEY", "k"),
+            ("WALG_LIBSODIUM_KEY", "secret-value"),
+        ]);
+        assert!(
+            err.contains("WALG_PGP_KEY and WALG_LIBSODIUM_KEY are both set"),
+            "{err}"
+        );
+        assert!(!err.contains("secret-value"), "{err}");
+        let err = err_of(&[("WALG_PGP_KEY", "k"), ("WALG_PGP_KEY_PATH", "/k")]);
+        assert!(err.contains("WALG_PGP_KEY_PATH"), "{err}");
+        let err = err_of(&[("WALG_LIBSODIUM_KEY_PATH", "/nonexistent/key")]);
+        assert!(
+            err.contains("WALG_LIBSODIUM_KEY_PATH") && err.contains("/nonexistent/key"),
+            "{err}"
+        );
+        let err = err_of(&[
+            ("WALG_LIBSODIUM_KEY", "k"),
+            ("WALG_LIBSODIUM_KEY_TRANSFORM", "rot13"),
+        ]);
+        assert!(err.contains("none, hex or base64"), "{err}");
+        let err = err_of(&[("WALG_GPG_KEY_ID", "ABCD")]);
+        assert!(err.contains("WALG_GPG_KEY_ID is not supported"), "{err}");
     }
 }

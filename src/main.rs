@@ -3,7 +3,9 @@ use clap::Parser;
 fn main() {
     let cli = pgdrill::cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        // rPGP logs key material at debug level: never let it through.
+        .add_directive("pgp=warn".parse().expect("a valid directive"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

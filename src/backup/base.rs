@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use super::catalog::{self, BackupMetadata, BackupSummary, FileEntry, PartInfo};
 use super::codec::{Compression, ObjectReader, ObjectWriter};
+use super::crypto::Encryption;
 use super::layout;
 use super::pg::{connect, pg_err};
 use super::store::Key;
@@ -276,9 +277,13 @@ fn write_part(
     part_name: &str,
     sink: ChunkSink,
     compression: Compression,
+    encryption: &Encryption,
     progress: &Progress,
 ) -> io::Result<(Vec<FileEntry>, super::codec::Digest, u64)> {
-    let mut tar = tar::Builder::new(ObjectWriter::new(sink, compression)?);
+    let mut tar = tar::Builder::new(ObjectWriter::new(
+        encryption.wrap_writer(sink)?,
+        compression,
+    )?);
     let mut files = Vec::with_capacity(entries.len());
     let mtime = Utc::now().timestamp().max(0) as u64;
     for e in entries {
@@ -296,6 +301,7 @@ fn write_part(
                 mode: e.mode,
                 blake3: None,
                 part: part_name.to_string(),
+                delta: false,
             });
             continue;
         }
@@ -327,10 +333,12 @@ fn write_part(
             mode: e.mode,
             blake3: Some(reader.hasher.finalize().to_hex().to_string()),
             part: part_name.to_string(),
+            delta: false,
         });
     }
     let object = tar.into_inner()?;
-    let (mut sink, digest) = object.finish()?;
+    let (sealed, digest) = object.finish()?;
+    let mut sink = sealed.finish()?;
     sink.send_buf()?;
     Ok((files, digest, sink.total))
 }
@@ -349,13 +357,14 @@ async fn upload_part(
     let (tx, rx) = mpsc::channel(4);
     let abort_tx = tx.clone();
     let name = part_name.clone();
+    let encryption = Arc::clone(&ctx.encryption);
     let producer = tokio::task::spawn_blocking(move || {
         let sink = ChunkSink {
             tx,
             buf: Vec::with_capacity(SINK_CHUNK),
             total: 0,
         };
-        let result = write_part(&entries, &name, sink, compression, &progress);
+        let result = write_part(&entries, &name, sink, compression, &encryption, &progress);
         if let Err(e) = &result {
             let _ = abort_tx.blocking_send(Err(e.to_string()));
         }
@@ -549,6 +558,9 @@ pub async fn backup_push(
         compression: ctx.settings.compression.extension().to_string(),
         wal_segment_size: seg_size,
         metadata_blake3: blake3::hash(&metadata_json).to_hex().to_string(),
+        increment_from: None,
+        increment_full_name: None,
+        increment_count: 0,
         pgdrill_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     ctx.store
@@ -617,13 +629,7 @@ pub async fn backup_fetch(
     let summary = catalog::resolve(ctx, name).await?;
     let metadata = catalog::read_metadata(ctx, &summary).await?;
     prepare_target(dest, opts.force)?;
-    let expected: Arc<HashMap<String, FileEntry>> = Arc::new(
-        metadata
-            .files
-            .iter()
-            .map(|f| (f.path.clone(), f.clone()))
-            .collect(),
-    );
+    let expected = files_by_path(&metadata);
     let total: u64 = metadata.parts.iter().map(|p| p.plain_size).sum();
     let (progress, _guard) = Progress::start("backup-fetch", total, Duration::from_secs(5));
     let (control, data): (Vec<&PartInfo>, Vec<&PartInfo>) = metadata
@@ -709,6 +715,28 @@ fn safe_relative(path: &Path) -> Option<PathBuf> {
     (!out.as_os_str().is_empty()).then_some(out)
 }
 
+/// A backup's file list by path, as [`read_stored_part`] checks entries against it.
+pub fn files_by_path(metadata: &BackupMetadata) -> Arc<HashMap<String, FileEntry>> {
+    Arc::new(
+        metadata
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), f.clone()))
+            .collect(),
+    )
+}
+
+/// What reading one part found.
+#[derive(Debug, Default)]
+pub struct PartReport {
+    /// Paths of the entries that are in the file list (restored or checked).
+    pub entries: Vec<String>,
+    /// Entries that do not match the file list (unsafe or unknown paths,
+    /// content checksums), a bad object trailer, a part checksum that
+    /// differs from the metadata's. Reading went on past each of them.
+    pub problems: Vec<String>,
+}
+
 async fn download_part(
     ctx: &Context,
     part: &PartInfo,
@@ -716,34 +744,60 @@ async fn download_part(
     expected: Arc<HashMap<String, FileEntry>>,
     progress: Arc<Progress>,
 ) -> Result<usize, BackupError> {
+    let report = read_stored_part(ctx, part, expected, Some(dest.to_path_buf()), progress).await?;
+    if report.problems.is_empty() {
+        Ok(report.entries.len())
+    } else {
+        Err(BackupError::Corrupt {
+            key: Key::new(part.key.clone()),
+            detail: report.problems.join("; "),
+        })
+    }
+}
+
+/// Streams a stored part through [`read_part`]: restores it under `dest`
+/// (backup-fetch), or with `None` only decodes and checks it (backup-verify).
+/// `Err` when reading could not go on (storage, decoding, a broken tar
+/// stream, writing); mismatches that reading survives are in the report.
+pub async fn read_stored_part(
+    ctx: &Context,
+    part: &PartInfo,
+    expected: Arc<HashMap<String, FileEntry>>,
+    dest: Option<PathBuf>,
+    progress: Arc<Progress>,
+) -> Result<PartReport, BackupError> {
     let key = Key::new(part.key.clone());
     let stream = ctx.store.get_stream(&key).await?.map_err(io::Error::other);
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-    let dest = dest.to_path_buf();
     let part = part.clone();
-    let key2 = key.clone();
+    let encryption = Arc::clone(&ctx.encryption);
     tokio::task::spawn_blocking(move || {
-        extract_part(reader, &part, &key2, &dest, &expected, &progress)
+        let reader = encryption.wrap_reader(&key, reader)?;
+        read_part(reader, &part, &key, dest.as_deref(), &expected, &progress)
     })
     .await
     .map_err(|e| BackupError::Invalid(format!("extract task failed: {e}")))?
 }
 
-fn extract_part(
+/// Decodes one part, walks its tar entries and checks each against the
+/// backup's file list (path known and safe, content BLAKE3), writing them
+/// under `dest` when given; then checks the object's trailer and the part's
+/// checksum.
+fn read_part(
     reader: impl Read,
     part: &PartInfo,
     key: &Key,
-    dest: &Path,
+    dest: Option<&Path>,
     expected: &HashMap<String, FileEntry>,
     progress: &Progress,
-) -> Result<usize, BackupError> {
+) -> Result<PartReport, BackupError> {
     use std::os::unix::fs::PermissionsExt;
     let corrupt = |detail: String| BackupError::Corrupt {
         key: key.clone(),
         detail,
     };
     let mut object = ObjectReader::new(reader).map_err(|e| BackupError::from_codec(key, e))?;
-    let mut count = 0usize;
+    let mut report = PartReport::default();
     {
         let mut archive = tar::Archive::new(&mut object);
         let entries = archive
@@ -755,26 +809,43 @@ fn extract_part(
                 .path()
                 .map_err(|e| corrupt(format!("bad path: {e}")))?
                 .into_owned();
-            let rel = safe_relative(&raw_path)
-                .ok_or_else(|| corrupt(format!("unsafe path {}", raw_path.display())))?;
+            let Some(rel) = safe_relative(&raw_path) else {
+                report
+                    .problems
+                    .push(format!("unsafe path {}", raw_path.display()));
+                continue;
+            };
             let rel_str = rel.to_string_lossy().into_owned();
-            let want = expected
-                .get(&rel_str)
-                .ok_or_else(|| corrupt(format!("{rel_str} is not in the backup's file list")))?;
-            let target = dest.join(&rel);
-            let io_err = |e: io::Error| BackupError::io(format!("writing {}", target.display()))(e);
+            let Some(want) = expected.get(&rel_str) else {
+                report
+                    .problems
+                    .push(format!("{rel_str} is not in the backup's file list"));
+                continue;
+            };
+            let target = dest.map(|d| d.join(&rel));
+            let io_err = |e: io::Error| {
+                let shown = target.as_deref().unwrap_or(&rel);
+                BackupError::io(format!("writing {}", shown.display()))(e)
+            };
             if want.is_dir {
-                std::fs::create_dir_all(&target).map_err(io_err)?;
-                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o700))
-                    .map_err(io_err)?;
-            } else {
-                if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent).map_err(io_err)?;
+                if let Some(target) = &target {
+                    std::fs::create_dir_all(target).map_err(io_err)?;
+                    std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o700))
+                        .map_err(io_err)?;
                 }
-                let mut out = io::BufWriter::with_capacity(
-                    256 * 1024,
-                    std::fs::File::create(&target).map_err(io_err)?,
-                );
+            } else {
+                let mut out = match &target {
+                    Some(target) => {
+                        if let Some(parent) = target.parent() {
+                            std::fs::create_dir_all(parent).map_err(io_err)?;
+                        }
+                        Some(io::BufWriter::with_capacity(
+                            256 * 1024,
+                            std::fs::File::create(target).map_err(io_err)?,
+                        ))
+                    }
+                    None => None,
+                };
                 let mut hasher = blake3::Hasher::new();
                 let mut buf = vec![0u8; 256 * 1024];
                 loop {
@@ -789,37 +860,42 @@ fn extract_part(
                         }
                     };
                     hasher.update(&buf[..n]);
-                    out.write_all(&buf[..n]).map_err(io_err)?;
+                    if let Some(out) = &mut out {
+                        out.write_all(&buf[..n]).map_err(io_err)?;
+                    }
                     progress.add(n as u64);
                 }
-                out.flush().map_err(io_err)?;
+                if let (Some(mut out), Some(target)) = (out, &target) {
+                    out.flush().map_err(io_err)?;
+                    std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o600))
+                        .map_err(io_err)?;
+                }
                 let actual = hasher.finalize().to_hex().to_string();
                 if want.blake3.as_deref() != Some(actual.as_str()) {
-                    return Err(corrupt(format!(
+                    report.problems.push(format!(
                         "{rel_str}: content hashes to {actual}, the backup recorded {}",
                         want.blake3.as_deref().unwrap_or("nothing")
-                    )));
+                    ));
                 }
-                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600))
-                    .map_err(io_err)?;
             }
-            count += 1;
+            report.entries.push(rel_str);
         }
     }
     // Tar stops before the padding at the end; the trailer follows it.
     io::copy(&mut object, &mut io::sink())
         .map_err(|e| BackupError::from_codec(key, super::codec::CodecError::Io(e)))?;
-    let digest = object
-        .verified_digest()
-        .map_err(|e| BackupError::from_codec(key, e))?;
-    if digest.hex() != part.blake3 {
-        return Err(corrupt(format!(
+    // Every entry was read: a bad trailer is one more problem of this part.
+    match object.verified_digest() {
+        Ok(digest) if digest.hex() != part.blake3 => report.problems.push(format!(
             "part hashes to {}, metadata says {}",
             digest.hex(),
             part.blake3
-        )));
+        )),
+        Ok(_) => {}
+        Err(super::codec::CodecError::Corrupt(detail)) => report.problems.push(detail),
+        Err(e) => return Err(BackupError::from_codec(key, e)),
     }
-    Ok(count)
+    Ok(report)
 }
 
 /// Re-reads every restored file and compares it with the backup's list.

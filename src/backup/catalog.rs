@@ -34,6 +34,15 @@ pub struct BackupSummary {
     pub wal_segment_size: u64,
     /// BLAKE3 of `metadata.json`, checked whenever it is read.
     pub metadata_blake3: String,
+    /// For a delta backup: the backup it is based on (WAL-G's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub increment_from: Option<String>,
+    /// For a delta backup: the full backup at the root of its chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub increment_full_name: Option<String>,
+    /// Deltas between this backup and its full backup (0: full).
+    #[serde(default)]
+    pub increment_count: u32,
     pub pgdrill_version: String,
 }
 
@@ -61,6 +70,10 @@ pub struct FileEntry {
     /// Name of the part holding it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub part: String,
+    /// Stored as changed pages over the previous backup in the chain
+    /// (see `delta.rs`); `blake3` is then that of the stored entry.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delta: bool,
 }
 
 /// `metadata.json`: the full description of a backup.
@@ -316,6 +329,9 @@ pub(crate) mod tests {
             compression: "lz4".into(),
             wal_segment_size: 16 << 20,
             metadata_blake3: String::new(),
+            increment_from: None,
+            increment_full_name: None,
+            increment_count: 0,
             pgdrill_version: "test".into(),
         }
     }

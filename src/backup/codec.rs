@@ -108,7 +108,7 @@ pub enum CodecError {
 
 impl CodecError {
     fn from_io(e: io::Error) -> CodecError {
-        // Decompressors report damaged input as InvalidData.
+        // Damaged input is InvalidData (see `ObjectReader::damaged_input`).
         if e.kind() == io::ErrorKind::InvalidData || e.kind() == io::ErrorKind::UnexpectedEof {
             CodecError::Corrupt(e.to_string())
         } else {
@@ -225,6 +225,12 @@ pub fn encode(plain: &[u8], compression: Compression) -> io::Result<(Vec<u8>, Di
 
 /// Decodes a whole buffer, verifying length and checksum.
 pub fn decode(object: &[u8]) -> Result<(Vec<u8>, Digest), CodecError> {
+    decode_from(object)
+}
+
+/// Decodes a whole object read from `object` (e.g. a decrypting reader),
+/// verifying length and checksum.
+pub fn decode_from(object: impl Read) -> Result<(Vec<u8>, Digest), CodecError> {
     let mut r = ObjectReader::new(object)?;
     let mut out = Vec::new();
     r.read_to_end(&mut out).map_err(CodecError::from_io)?;
@@ -268,6 +274,8 @@ struct TailWithheld<R> {
     eof: bool,
     /// Bytes passed through so far.
     passed: u64,
+    /// Whether reading `inner` failed (rather than decoding what it gave).
+    failed: bool,
 }
 
 impl<R: Read> TailWithheld<R> {
@@ -293,7 +301,14 @@ impl<R: Read> Read for TailWithheld<R> {
             }
             let len = self.held.len();
             self.held.resize(len + 64 * 1024, 0);
-            let n = self.inner.read(&mut self.held[len..])?;
+            let n = match self.inner.read(&mut self.held[len..]) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.held.truncate(len);
+                    self.failed = true;
+                    return Err(e);
+                }
+            };
             self.held.truncate(len + n);
             if n == 0 {
                 self.eof = true;
@@ -345,6 +360,7 @@ impl<R: Read> ObjectReader<R> {
             start: 0,
             eof: false,
             passed: 0,
+            failed: false,
         };
         let decompressor = match compression {
             Compression::None => Decompressor::None(body),
@@ -407,13 +423,32 @@ impl<R: Read> ObjectReader<R> {
     }
 }
 
+impl<R: Read> ObjectReader<R> {
+    /// A decoding error that reading the input did not cause means damaged
+    /// input: made InvalidData, whatever kind the decompressor gave it
+    /// (lz4 and zstd report most damage as Other).
+    fn damaged_input(&self, e: io::Error) -> io::Error {
+        let body = match &self.decompressor {
+            Decompressor::None(b) => b,
+            Decompressor::Lz4(d) => d.get_ref(),
+            Decompressor::Zstd(d) => d.get_ref().get_ref(),
+        };
+        if body.failed {
+            e
+        } else {
+            io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+        }
+    }
+}
+
 impl<R: Read> Read for ObjectReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = match &mut self.decompressor {
-            Decompressor::None(r) => r.read(buf)?,
-            Decompressor::Lz4(r) => r.read(buf)?,
-            Decompressor::Zstd(r) => r.read(buf)?,
+        let read = match &mut self.decompressor {
+            Decompressor::None(r) => r.read(buf),
+            Decompressor::Lz4(r) => r.read(buf),
+            Decompressor::Zstd(r) => r.read(buf),
         };
+        let n = read.map_err(|e| self.damaged_input(e))?;
         self.hasher.update(&buf[..n]);
         self.plain_len += n as u64;
         Ok(n)
@@ -494,5 +529,26 @@ mod tests {
         obj[HEADER_LEN] = b'j';
         let err = decode(&obj).unwrap_err().to_string();
         assert!(err.contains("checksum mismatch"), "{err}");
+    }
+
+    #[test]
+    fn damaged_payload_is_corruption_for_every_decoder() {
+        let plain = sample();
+        for c in Compression::ALL {
+            let (obj, _) = encode(&plain, c).unwrap();
+            let payload = obj.len() - HEADER_LEN - TRAILER_LEN;
+            for pos in (0..64).map(|i| HEADER_LEN + i * payload / 64) {
+                let mut bad = obj.clone();
+                bad[pos] ^= 0x20;
+                // A flip the decoder ignores (an unused bit) changes nothing.
+                match decode(&bad) {
+                    Ok((back, _)) => assert!(back == plain, "{c:?}: flip at {pos}"),
+                    Err(e) => assert!(
+                        matches!(e, CodecError::Corrupt(_)),
+                        "{c:?}: flip at {pos}: {e:?}"
+                    ),
+                }
+            }
+        }
     }
 }

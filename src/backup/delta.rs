@@ -71,7 +71,7 @@ pub fn scan(
     from_lsn: u64,
     limit: usize,
 ) -> io::Result<Scan> {
-    if size % BLCKSZ as u64 != 0 {
+    if !size.is_multiple_of(BLCKSZ as u64) {
         return Ok(Scan::Whole);
     }
     let mut numbers = Vec::new();

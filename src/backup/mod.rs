@@ -1,15 +1,19 @@
 //! The physical backup tool: WAL archiving, base backups, listing and
 //! retention, WAL-G-compatible in verbs, settings and exit codes.
 
+pub mod audit;
 pub mod base;
 pub mod catalog;
 pub mod codec;
+pub mod crypto;
 pub mod delta;
 pub mod layout;
+pub mod monitor;
 pub mod pg;
 pub mod retention;
 pub mod store;
 pub mod wal;
+pub mod walverify;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,6 +32,19 @@ pub mod exit {
     /// `wal-fetch`: the requested file is not in storage (WAL-G uses 74,
     /// sysexits' EX_IOERR); PostgreSQL treats it as the end of the archive.
     pub const NOT_FOUND: i32 = 74;
+    /// `wal-verify`: a check found only WARNING conditions (segments not
+    /// archived yet, storage behind the cluster's timeline).
+    pub const CHECK_WARNING: i32 = 3;
+    /// `wal-verify` and `backup-verify`: a check found a FAILURE (lost WAL,
+    /// a foreign timeline in storage, a damaged backup).
+    pub const CHECK_FAILURE: i32 = 4;
+    /// `backup-check` (Nagios plugin convention): WARNING.
+    pub const NAGIOS_WARNING: i32 = 1;
+    /// `backup-check`: CRITICAL.
+    pub const NAGIOS_CRITICAL: i32 = 2;
+    /// `backup-check`: the check itself could not run (storage unreachable,
+    /// bad settings).
+    pub const NAGIOS_UNKNOWN: i32 = 3;
 }
 
 /// Errors of the backup verbs. Messages are lowercase, say what failed and
@@ -38,6 +55,10 @@ pub enum BackupError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An encrypted object that cannot be read with the configured key, or
+    /// an unusable key.
+    #[error(transparent)]
+    Crypto(#[from] crypto::CryptoError),
     /// `wal-fetch` of a file that the archive does not have.
     #[error("{name} not found in {store}")]
     WalNotFound { name: String, store: String },
@@ -47,6 +68,14 @@ pub enum BackupError {
         name: String,
         stored: String,
         local: String,
+    },
+    /// Like `WalConflict`, found by size: with only a public OpenPGP key
+    /// the stored object cannot be decrypted.
+    #[error("{name} is already archived with different content (the stored object is {stored} bytes, this file would be stored as {local}; with only a public key configured the content itself cannot be compared); refusing to overwrite it: check that two clusters do not archive into the same prefix")]
+    WalConflictBySize {
+        name: String,
+        stored: u64,
+        local: u64,
     },
     /// A stored object failed verification.
     #[error("stored object {key} is corrupt: {detail}")]
@@ -112,6 +141,9 @@ impl BackupError {
 pub struct Context {
     pub settings: Settings,
     pub store: Arc<dyn Store>,
+    /// Encryption of stored objects; every object read or written by the
+    /// verbs goes through it.
+    pub encryption: Arc<crypto::Encryption>,
     /// `--env-dir`, passed on to the commands we write into configuration
     /// (restore_command) and to the background prefetcher.
     pub env_dir: Option<PathBuf>,
@@ -130,21 +162,26 @@ impl Context {
                 sabotage,
             });
         }
+        let encryption = Arc::new(crypto::Encryption::new(&settings.encryption)?);
         Ok(Context {
             settings,
             store,
+            encryption,
             env_dir: env_dir.map(Path::to_path_buf),
         })
     }
 
-    /// Fetches and decodes a whole object, verifying its checksum.
+    /// Fetches, decrypts and decodes a whole object, verifying its checksum.
     pub async fn fetch_object(&self, key: &Key) -> Result<(Vec<u8>, codec::Digest), BackupError> {
         let raw = self.store.get(key).await?;
-        let key2 = key.clone();
-        tokio::task::spawn_blocking(move || codec::decode(&raw))
-            .await
-            .map_err(|e| BackupError::Invalid(format!("decoder task failed: {e}")))?
-            .map_err(|e| BackupError::from_codec(&key2, e))
+        let key = key.clone();
+        let encryption = Arc::clone(&self.encryption);
+        tokio::task::spawn_blocking(move || {
+            let object = encryption.wrap_reader(&key, std::io::Cursor::new(raw))?;
+            codec::decode_from(object).map_err(|e| BackupError::from_codec(&key, e))
+        })
+        .await
+        .map_err(|e| BackupError::Invalid(format!("decoder task failed: {e}")))?
     }
 
     /// The command line that runs this binary with the same `--env-dir`.

@@ -203,10 +203,16 @@ fn sabotage_setting(scenario: &Scenario) -> Option<String> {
 }
 
 fn env_spec(scenario: &Scenario) -> EnvSpec {
-    let mut tool_settings = vec![(
-        "WALG_COMPRESSION_METHOD".to_string(),
-        scenario.storage.compression.as_str().to_string(),
-    )];
+    let mut tool_settings = vec![
+        (
+            "WALG_COMPRESSION_METHOD".to_string(),
+            scenario.storage.compression.as_str().to_string(),
+        ),
+        (
+            "WALG_DELTA_MAX_STEPS".to_string(),
+            scenario.storage.delta_max_steps.to_string(),
+        ),
+    ];
     if let Some(s) = sabotage_setting(scenario) {
         tool_settings.push(("PGDRILL_SABOTAGE".into(), s));
     }
@@ -490,7 +496,14 @@ async fn run_step(
     handle: &WorkloadHandle,
 ) -> Result<String, EnvError> {
     match step {
-        Step::BaseBackup { .. } => Ok(env.backup_tool(&["backup-push"]).await?.trim().to_string()),
+        Step::BaseBackup { full, .. } => {
+            let args: &[&str] = if *full {
+                &["backup-push", "--full"]
+            } else {
+                &["backup-push"]
+            };
+            Ok(env.backup_tool(args).await?.trim().to_string())
+        }
         Step::Delete { retain, .. } => apply_retention(env, *retain as usize).await,
         Step::SwitchWal { .. } => {
             let row = primary

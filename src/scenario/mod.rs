@@ -145,6 +145,9 @@ pub struct Storage {
     pub bucket: String,
     /// Compression of backup objects. Default: lz4.
     pub compression: Compression,
+    /// Longest chain of delta backups on a full one
+    /// (`WALG_DELTA_MAX_STEPS`); 0 makes every backup full. Default: 0.
+    pub delta_max_steps: u32,
 }
 
 impl Default for Storage {
@@ -152,6 +155,7 @@ impl Default for Storage {
         Storage {
             bucket: "drill".to_owned(),
             compression: Compression::Lz4,
+            delta_max_steps: 0,
         }
     }
 }
@@ -207,6 +211,10 @@ pub enum Step {
         /// When.
         #[serde(deserialize_with = "duration")]
         at: Duration,
+        /// Force a full backup even when `storage.delta_max_steps` allows a
+        /// delta (`backup-push --full`). Default: false.
+        #[serde(default)]
+        full: bool,
     },
     /// Close the current WAL segment (`pg_switch_wal()`).
     SwitchWal {
@@ -276,7 +284,7 @@ impl Step {
     /// Time since the workload started.
     pub fn at(&self) -> Duration {
         match *self {
-            Step::BaseBackup { at }
+            Step::BaseBackup { at, .. }
             | Step::SwitchWal { at }
             | Step::Checkpoint { at }
             | Step::Pause { at, .. }

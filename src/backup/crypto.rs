@@ -1,0 +1,1194 @@
+//! Encryption of stored objects, configured with WAL-G's settings
+//! (`WALG_PGP_KEY*`, `WALG_LIBSODIUM_KEY*`; parsed in `config.rs`).
+//!
+//! Layering: plaintext -> compression -> codec object (`header | payload |
+//! trailer`, see `codec.rs`) -> encryption -> store. The encryption wraps
+//! the whole codec object, so every fetch still checks the plaintext's
+//! length and BLAKE3 after decrypting. `metadata.json` and the completion
+//! sentinel stay plaintext, as in WAL-G.
+//!
+//! A reader knows what it reads from the object's first bytes (key names
+//! do not change):
+//! - `PGDR`: a codec object, not encrypted (objects written before
+//!   encryption was configured stay readable);
+//! - `PGDS`: the symmetric format below;
+//! - an OpenPGP packet header with tag 1 (public-key encrypted session key)
+//!   or 3 (symmetric-key encrypted session key): an OpenPGP message.
+//!
+//! **OpenPGP** (`WALG_PGP_KEY`, `WALG_PGP_KEY_PATH`): a standard binary
+//! message: one session key packet for the key's encryption subkey, then a
+//! SEIPD v1 packet (AES-256, with modification detection code) holding a
+//! binary literal data packet whose content is the codec object, so
+//! `gpg --decrypt` returns exactly the object pgdrill would store without
+//! encryption. Encryption needs only the public key (a private key's public
+//! part is used when a private key is configured); reading needs the
+//! private key, unlocked with `WALG_PGP_KEY_PASSPHRASE` once per process.
+//! Decryption streams: the modification detection code is checked at the
+//! end of the object, and the codec's trailer check covers the plaintext.
+//!
+//! **Symmetric** (`WALG_LIBSODIUM_KEY`, `WALG_LIBSODIUM_KEY_PATH`): the
+//! settings are WAL-G's, the format is pgdrill's: XChaCha20-Poly1305 in the
+//! STREAM construction (RustCrypto `aead::stream`, 32-bit big-endian chunk
+//! counter and a last-chunk flag in the nonce):
+//!
+//! ```text
+//! header, 35 bytes: "PGDS" | version 1 | log2(chunk size) = 16 | 0 0 |
+//!                   key id (8) | nonce prefix (19, random per object)
+//! chunks:           64 KiB of plaintext + 16-byte tag each; the last one
+//!                   (0..=64 KiB) is sealed as last, with the header as
+//!                   associated data of every chunk
+//! ```
+//!
+//! Any changed byte fails authentication, and so does a truncated object
+//! (its new last chunk was not sealed as last). The key id (the first 8
+//! bytes of a BLAKE3 key derivation from the key) tells "encrypted with
+//! another key" from "corrupt" without revealing anything about the key.
+
+use std::fmt;
+use std::io::{self, BufReader, Read, Write};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+
+use base64::Engine as _;
+use chacha20poly1305::aead::stream::{DecryptorBE32, EncryptorBE32};
+use chacha20poly1305::aead::{KeyInit, OsRng};
+use chacha20poly1305::XChaCha20Poly1305;
+use pgp::composed::{
+    Any, DecryptionOptions, Esk, Message, MessageBuilder, SignedPublicSubKey, SignedSecretKey,
+    TheRing,
+};
+use pgp::crypto::sym::SymmetricKeyAlgorithm;
+use pgp::types::{KeyDetails, KeyId, Password, Seipdv1ReadMode};
+
+use super::store::Key;
+use crate::config::{EncryptionConfig, KeyTransform, Secret};
+
+/// The encryption schemes, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Pgp,
+    Sodium,
+}
+
+impl Scheme {
+    /// The settings that configure a key of this scheme.
+    fn variables(self) -> &'static str {
+        match self {
+            Scheme::Pgp => "WALG_PGP_KEY or WALG_PGP_KEY_PATH",
+            Scheme::Sodium => "WALG_LIBSODIUM_KEY or WALG_LIBSODIUM_KEY_PATH",
+        }
+    }
+}
+
+impl fmt::Display for Scheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scheme::Pgp => "OpenPGP",
+            Scheme::Sodium => "libsodium (XChaCha20-Poly1305)",
+        })
+    }
+}
+
+/// Why a key cannot be used or an object cannot be decrypted. Messages
+/// name the setting or object involved and never contain key material or
+/// the passphrase.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    /// The configured key cannot be parsed or used.
+    #[error("{origin} does not hold a usable key: {detail}")]
+    BadKey { origin: String, detail: String },
+    /// An encrypted object, and no key of its scheme is configured.
+    #[error("object {key} is encrypted with {scheme} but {configured}: set {}", scheme.variables())]
+    NoKey {
+        key: Key,
+        scheme: Scheme,
+        /// What is configured instead.
+        configured: String,
+    },
+    /// An OpenPGP object, and only a public key is configured.
+    #[error("object {key} is encrypted with OpenPGP and {origin} holds only a public key: reading needs the private key")]
+    PublicKeyOnly { key: Key, origin: String },
+    /// An OpenPGP object encrypted for other keys.
+    #[error("object {key} is encrypted with OpenPGP for key {recipients}, not for the key in {origin} ({ours}): configure the private key it was encrypted with")]
+    WrongPgpKey {
+        key: Key,
+        recipients: String,
+        origin: String,
+        ours: String,
+    },
+    /// A symmetric object encrypted with another key.
+    #[error("object {key} is encrypted with another libsodium key (key id {stored}; the key in {origin} has key id {ours})")]
+    WrongSodiumKey {
+        key: Key,
+        stored: String,
+        origin: String,
+        ours: String,
+    },
+    /// The private key is locked and no passphrase is configured.
+    #[error(
+        "the private key in {origin} is protected by a passphrase: set WALG_PGP_KEY_PASSPHRASE"
+    )]
+    PassphraseMissing { origin: String },
+    /// The passphrase does not unlock the private key.
+    #[error(
+        "WALG_PGP_KEY_PASSPHRASE does not unlock the private key in {origin}: check the passphrase"
+    )]
+    WrongPassphrase { origin: String },
+    /// The encryption envelope is damaged (before any content was read).
+    #[error("stored object {key} is corrupt: {detail}")]
+    Corrupt { key: Key, detail: String },
+    /// Reading the first bytes of the object failed.
+    #[error("reading {key}: {source}")]
+    Read { key: Key, source: io::Error },
+}
+
+/// How objects are encrypted and decrypted; built once per process from
+/// the settings (see [`Encryption::new`]).
+pub enum Encryption {
+    /// Objects are stored as codec objects.
+    None,
+    /// OpenPGP with a public or private key.
+    Pgp(Box<PgpKey>),
+    /// XChaCha20-Poly1305 STREAM with a 32-byte key.
+    Sodium(SodiumKey),
+}
+
+/// An OpenPGP key: the subkey objects are encrypted to and, when a private
+/// key is configured, what decrypts them.
+pub struct PgpKey {
+    /// Where the key came from, for messages.
+    origin: String,
+    recipient: SignedPublicSubKey,
+    secret: Option<PgpSecret>,
+}
+
+struct PgpSecret {
+    locked: SignedSecretKey,
+    passphrase: Option<Secret>,
+    /// The key with its passphrase protection removed, on first use.
+    unlocked: OnceLock<SignedSecretKey>,
+}
+
+/// A 32-byte symmetric key.
+pub struct SodiumKey {
+    origin: String,
+    key: chacha20poly1305::Key,
+    id: [u8; 8],
+}
+
+impl fmt::Debug for Encryption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Encryption::None => f.write_str("None"),
+            Encryption::Pgp(k) => f
+                .debug_struct("Pgp")
+                .field("origin", &k.origin)
+                .field("subkey", &hex_id(k.recipient.legacy_key_id()))
+                .field("private", &k.secret.is_some())
+                .finish(),
+            Encryption::Sodium(k) => f
+                .debug_struct("Sodium")
+                .field("origin", &k.origin)
+                .field("key_id", &hex::encode(k.id))
+                .finish(),
+        }
+    }
+}
+
+fn hex_id(id: KeyId) -> String {
+    hex::encode_upper(id.as_ref())
+}
+
+/// Chunk of plaintext per sealed symmetric chunk.
+const SODIUM_CHUNK: usize = 64 * 1024;
+const SODIUM_TAG: usize = 16;
+const SODIUM_MAGIC: &[u8; 4] = b"PGDS";
+const SODIUM_VERSION: u8 = 1;
+const SODIUM_HEADER_LEN: usize = 35;
+/// Bytes read to tell the formats apart.
+const PEEK: usize = 4;
+
+impl Encryption {
+    /// Parses the configured key.
+    pub fn new(config: &EncryptionConfig) -> Result<Encryption, CryptoError> {
+        match config {
+            EncryptionConfig::None => Ok(Encryption::None),
+            EncryptionConfig::Pgp {
+                key,
+                origin,
+                passphrase,
+            } => {
+                PgpKey::parse(key, origin, passphrase.clone()).map(|k| Encryption::Pgp(Box::new(k)))
+            }
+            EncryptionConfig::Sodium {
+                key,
+                origin,
+                transform,
+            } => {
+                let bytes = sodium_key_bytes(key.expose(), *transform).map_err(|detail| {
+                    CryptoError::BadKey {
+                        origin: origin.clone(),
+                        detail,
+                    }
+                })?;
+                Ok(Encryption::Sodium(SodiumKey::new(bytes, origin)))
+            }
+        }
+    }
+
+    /// Encrypts everything written through the returned writer into
+    /// `inner`; [`EncryptWriter::finish`] completes the object.
+    pub fn wrap_writer<W: Write + Send + 'static>(&self, inner: W) -> io::Result<EncryptWriter<W>> {
+        Ok(EncryptWriter(match self {
+            Encryption::None => Sealing::Plain(inner),
+            Encryption::Pgp(k) => Sealing::Pgp(PgpWriter::start(k.recipient.clone(), inner)?),
+            Encryption::Sodium(k) => Sealing::Sodium(SodiumWriter::start(k, inner)?),
+        }))
+    }
+
+    /// Encrypts a whole object.
+    pub fn encrypt_vec(&self, object: Vec<u8>) -> io::Result<Vec<u8>> {
+        if let Encryption::None = self {
+            return Ok(object);
+        }
+        let mut w = self.wrap_writer(Vec::with_capacity(object.len() + 4096))?;
+        w.write_all(&object)?;
+        w.finish()
+    }
+
+    /// The codec object inside stored object `key`, read from `inner`:
+    /// decrypted when the object is encrypted (see the module docs for
+    /// how that is recognized), passed through when it is not.
+    pub fn wrap_reader<R: Read + Send + 'static>(
+        &self,
+        key: &Key,
+        mut inner: R,
+    ) -> Result<DecryptReader<R>, CryptoError> {
+        let mut first = Vec::with_capacity(PEEK);
+        (&mut inner)
+            .take(PEEK as u64)
+            .read_to_end(&mut first)
+            .map_err(|source| CryptoError::Read {
+                key: key.clone(),
+                source,
+            })?;
+        let scheme = detect(&first);
+        let inner = io::Cursor::new(first).chain(inner);
+        let opened = match (scheme, self) {
+            (None, _) => Opened::Plain(inner),
+            (Some(Scheme::Pgp), Encryption::Pgp(k)) => Opened::Pgp(Box::new(k.open(key, inner)?)),
+            (Some(Scheme::Sodium), Encryption::Sodium(k)) => {
+                Opened::Sodium(SodiumReader::open(k, key, inner)?)
+            }
+            (Some(scheme), configured) => {
+                return Err(CryptoError::NoKey {
+                    key: key.clone(),
+                    scheme,
+                    configured: match configured {
+                        Encryption::None => "no key is configured".to_string(),
+                        Encryption::Pgp(k) => {
+                            format!("only an OpenPGP key is configured ({})", k.origin)
+                        }
+                        Encryption::Sodium(k) => {
+                            format!("only a libsodium key is configured ({})", k.origin)
+                        }
+                    },
+                })
+            }
+        };
+        Ok(DecryptReader(opened))
+    }
+}
+
+/// The scheme an object's first bytes announce; `None` for anything else
+/// (the codec checks its own header).
+fn detect(first: &[u8]) -> Option<Scheme> {
+    if first.starts_with(SODIUM_MAGIC) {
+        return Some(Scheme::Sodium);
+    }
+    let b = *first.first()?;
+    if b & 0x80 == 0 {
+        return None;
+    }
+    // New-format headers carry the tag in 6 bits, old-format ones in 4.
+    let tag = if b & 0x40 != 0 {
+        b & 0x3f
+    } else {
+        (b >> 2) & 0x0f
+    };
+    matches!(tag, 1 | 3).then_some(Scheme::Pgp)
+}
+
+/// WAL-G's `WALG_LIBSODIUM_KEY_TRANSFORM`: hex and base64 must decode to
+/// exactly 32 bytes; `none` takes the text itself, at least 25 bytes,
+/// zero-padded or cut to 32.
+fn sodium_key_bytes(text: &str, transform: KeyTransform) -> Result<[u8; 32], String> {
+    let text = text.trim();
+    let decoded = match transform {
+        // The decoders' messages quote the offending character: not shown.
+        KeyTransform::Hex => hex::decode(text)
+            .map_err(|_| "not hex (WALG_LIBSODIUM_KEY_TRANSFORM=hex)".to_string())?,
+        KeyTransform::Base64 => base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|_| "not base64 (WALG_LIBSODIUM_KEY_TRANSFORM=base64)".to_string())?,
+        KeyTransform::None => {
+            if text.len() < 25 {
+                return Err(format!(
+                    "the key is {} bytes; at least 25 are needed (or set WALG_LIBSODIUM_KEY_TRANSFORM to hex or base64)",
+                    text.len()
+                ));
+            }
+            let mut key = text.as_bytes().to_vec();
+            key.resize(32, 0);
+            key
+        }
+    };
+    decoded
+        .try_into()
+        .map_err(|v: Vec<u8>| format!("the key decodes to {} bytes, 32 are needed", v.len()))
+}
+
+impl PgpKey {
+    fn parse(
+        text: &Secret,
+        origin: &str,
+        passphrase: Option<Secret>,
+    ) -> Result<PgpKey, CryptoError> {
+        let bad = |detail: String| CryptoError::BadKey {
+            origin: origin.to_string(),
+            detail,
+        };
+        let text = text.expose();
+        let parsed = Any::from_armor(text.as_bytes()).map_err(|e| {
+            let hint = if text.lines().count() <= 1 {
+                " (the value is a single line: an env directory keeps only the first line of a file, so give a key file in WALG_PGP_KEY_PATH, or write the key on one line with \\n escapes)"
+            } else {
+                ""
+            };
+            bad(format!("not an armored OpenPGP key: {e}{hint}"))
+        })?;
+        let (public, secret) = match parsed.0 {
+            Any::PublicKey(k) => (k, None),
+            Any::SecretKey(k) => (k.to_public_key(), Some(k)),
+            _ => return Err(bad("expected an armored public or private key block".into())),
+        };
+        let recipient = public
+            .public_subkeys
+            .iter()
+            .rev()
+            .find(|s| {
+                s.signatures.iter().any(|sig| {
+                    let flags = sig.key_flags();
+                    flags.encrypt_comms() || flags.encrypt_storage()
+                })
+            })
+            .cloned()
+            .ok_or_else(|| bad("the key has no encryption subkey".into()))?;
+        Ok(PgpKey {
+            origin: origin.to_string(),
+            recipient,
+            secret: secret.map(|locked| PgpSecret {
+                locked,
+                passphrase,
+                unlocked: OnceLock::new(),
+            }),
+        })
+    }
+
+    /// Opens an OpenPGP message for streaming decryption.
+    fn open<R: Read + Send + 'static>(
+        &self,
+        key: &Key,
+        inner: R,
+    ) -> Result<PgpReader, CryptoError> {
+        let corrupt = |detail: String| CryptoError::Corrupt {
+            key: key.clone(),
+            detail,
+        };
+        let secret = self
+            .secret
+            .as_ref()
+            .ok_or_else(|| CryptoError::PublicKeyOnly {
+                key: key.clone(),
+                origin: self.origin.clone(),
+            })?;
+        let failure = Arc::new(Mutex::new(None));
+        let source = BufReader::new(Recorder {
+            inner,
+            failure: Arc::clone(&failure),
+        });
+        let message = Message::from_bytes(source).map_err(|e| match take_failure(&failure) {
+            Some(source) => CryptoError::Read {
+                key: key.clone(),
+                source,
+            },
+            None => corrupt(format!("bad OpenPGP message: {e}")),
+        })?;
+        if let Message::Encrypted { esk, .. } = &message {
+            // Only subkeys decrypt (see `PgpKey::parse`).
+            let ours: Vec<KeyId> = secret
+                .locked
+                .secret_subkeys
+                .iter()
+                .map(|s| s.key.legacy_key_id())
+                .collect();
+            let recipients: Vec<KeyId> = esk
+                .iter()
+                .filter_map(|e| match e {
+                    Esk::PublicKeyEncryptedSessionKey(p) => p.id().ok().copied(),
+                    Esk::SymKeyEncryptedSessionKey(_) => None,
+                })
+                .collect();
+            let anonymous = recipients.iter().any(|id| id.as_ref() == [0u8; 8]);
+            if !anonymous && !recipients.iter().any(|r| ours.contains(r)) {
+                return Err(CryptoError::WrongPgpKey {
+                    key: key.clone(),
+                    recipients: if recipients.is_empty() {
+                        "(none: a passphrase-encrypted message)".to_string()
+                    } else {
+                        recipients
+                            .into_iter()
+                            .map(hex_id)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    },
+                    origin: self.origin.clone(),
+                    ours: ours.into_iter().map(hex_id).collect::<Vec<_>>().join(", "),
+                });
+            }
+        }
+        let unlocked = secret.unlocked(&self.origin)?;
+        let no_password = Password::empty();
+        let ring = TheRing {
+            secret_keys: vec![unlocked],
+            key_passwords: vec![&no_password],
+            // Bounded memory for parts of any size; the MDC is checked at
+            // the end of the object and the codec checks the plaintext.
+            decrypt_options: DecryptionOptions::new()
+                .set_seipdv1_read_mode(Seipdv1ReadMode::Streaming),
+            ..Default::default()
+        };
+        let (message, _) = message
+            .decrypt_the_ring(ring, true)
+            .map_err(|e| corrupt(format!("cannot decrypt the OpenPGP session key: {e}")))?;
+        Ok(PgpReader { message, failure })
+    }
+}
+
+impl PgpSecret {
+    /// The private key without passphrase protection; unlocking costs the
+    /// key's S2K work once per process.
+    fn unlocked(&self, origin: &str) -> Result<&SignedSecretKey, CryptoError> {
+        if let Some(k) = self.unlocked.get() {
+            return Ok(k);
+        }
+        let mut key = self.locked.clone();
+        let locked = key
+            .secret_subkeys
+            .iter()
+            .any(|s| s.key.secret_params().is_encrypted());
+        if locked {
+            let passphrase =
+                self.passphrase
+                    .as_ref()
+                    .ok_or_else(|| CryptoError::PassphraseMissing {
+                        origin: origin.to_string(),
+                    })?;
+            let password = Password::from(passphrase.expose());
+            let wrong = |_| CryptoError::WrongPassphrase {
+                origin: origin.to_string(),
+            };
+            // Only the subkeys decrypt; the primary key stays locked.
+            for s in &mut key.secret_subkeys {
+                s.key.remove_password(&password).map_err(wrong)?;
+            }
+        }
+        Ok(self.unlocked.get_or_init(|| key))
+    }
+}
+
+/// Passes reads through and keeps the first error of the underlying
+/// reader, so that a storage failure is reported as such rather than as a
+/// decryption failure.
+struct Recorder<R> {
+    inner: R,
+    failure: Arc<Mutex<Option<io::Error>>>,
+}
+
+impl<R> fmt::Debug for Recorder<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Recorder")
+    }
+}
+
+impl<R: Read> Read for Recorder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            // rPGP gets a copy; the original (which may carry a storage
+            // error) is kept for the caller.
+            let copy = io::Error::new(e.kind(), e.to_string());
+            let mut slot = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert(e);
+            copy
+        })
+    }
+}
+
+fn take_failure(failure: &Mutex<Option<io::Error>>) -> Option<io::Error> {
+    failure.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+/// The plaintext of an OpenPGP message.
+struct PgpReader {
+    message: Message<'static>,
+    failure: Arc<Mutex<Option<io::Error>>>,
+}
+
+impl Read for PgpReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.message.read(buf).map_err(|e| {
+            take_failure(&self.failure).unwrap_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("OpenPGP decryption failed (modified or truncated object): {e}"),
+                )
+            })
+        })
+    }
+}
+
+/// The codec object inside a stored object (see [`Encryption::wrap_reader`]).
+pub struct DecryptReader<R: Read>(Opened<R>);
+
+type Peeked<R> = io::Chain<io::Cursor<Vec<u8>>, R>;
+
+enum Opened<R: Read> {
+    Plain(Peeked<R>),
+    Pgp(Box<PgpReader>),
+    Sodium(SodiumReader<Peeked<R>>),
+}
+
+impl<R: Read> Read for DecryptReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.0 {
+            Opened::Plain(r) => r.read(buf),
+            Opened::Pgp(r) => r.read(buf),
+            Opened::Sodium(r) => r.read(buf),
+        }
+    }
+}
+
+/// Encrypts what is written through it (see [`Encryption::wrap_writer`]).
+pub struct EncryptWriter<W: Write>(Sealing<W>);
+
+enum Sealing<W: Write> {
+    Plain(W),
+    Pgp(PgpWriter<W>),
+    Sodium(SodiumWriter<W>),
+}
+
+impl<W: Write> EncryptWriter<W> {
+    /// Completes the encrypted object and hands back the inner writer.
+    pub fn finish(self) -> io::Result<W> {
+        match self.0 {
+            Sealing::Plain(w) => Ok(w),
+            Sealing::Pgp(w) => w.finish(),
+            Sealing::Sodium(w) => w.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for EncryptWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.0 {
+            Sealing::Plain(w) => w.write(buf),
+            Sealing::Pgp(w) => w.write(buf),
+            Sealing::Sodium(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.0 {
+            Sealing::Plain(w) => w.flush(),
+            // Data moves on in whole chunks; finish() writes the rest.
+            Sealing::Pgp(_) | Sealing::Sodium(_) => Ok(()),
+        }
+    }
+}
+
+/// Bytes handed to the OpenPGP encryption thread at a time.
+const PIPE_CHUNK: usize = 64 * 1024;
+
+/// rPGP encrypts from a reader: it runs on a thread of its own, fed
+/// through a small bounded channel (bounded memory, any object size). An
+/// empty chunk marks the end; a closed channel without it aborts the
+/// message, so a writer dropped on error never completes an object.
+struct PgpWriter<W> {
+    tx: SyncSender<Vec<u8>>,
+    buf: Vec<u8>,
+    worker: Option<JoinHandle<io::Result<W>>>,
+}
+
+impl<W: Write + Send + 'static> PgpWriter<W> {
+    fn start(recipient: SignedPublicSubKey, mut inner: W) -> io::Result<PgpWriter<W>> {
+        let (tx, rx) = sync_channel(2);
+        let worker = std::thread::Builder::new()
+            .name("pgp-encrypt".into())
+            .spawn(move || {
+                let source = ChannelReader {
+                    rx,
+                    chunk: Vec::new(),
+                    pos: 0,
+                    ended: false,
+                };
+                let mut builder = MessageBuilder::from_reader("", source)
+                    .seipd_v1(OsRng, SymmetricKeyAlgorithm::AES256);
+                builder
+                    .encrypt_to_key(OsRng, &recipient)
+                    .map_err(io::Error::other)?;
+                builder
+                    .to_writer(OsRng, &mut inner)
+                    .map_err(io::Error::other)?;
+                inner.flush()?;
+                Ok(inner)
+            })?;
+        Ok(PgpWriter {
+            tx,
+            buf: Vec::with_capacity(PIPE_CHUNK),
+            worker: Some(worker),
+        })
+    }
+}
+
+impl<W> PgpWriter<W> {
+    fn send(&mut self, chunk: Vec<u8>) -> io::Result<()> {
+        if self.tx.send(chunk).is_ok() {
+            return Ok(());
+        }
+        // The thread stopped early: report its error.
+        Err(match self.worker.take().map(JoinHandle::join) {
+            Some(Ok(Err(e))) => e,
+            _ => io::Error::new(io::ErrorKind::BrokenPipe, "OpenPGP encryption stopped"),
+        })
+    }
+
+    fn finish(mut self) -> io::Result<W> {
+        if !self.buf.is_empty() {
+            let chunk = std::mem::take(&mut self.buf);
+            self.send(chunk)?;
+        }
+        self.send(Vec::new())?;
+        match self.worker.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            _ => Err(io::Error::other("OpenPGP encryption thread failed")),
+        }
+    }
+}
+
+impl<W> Write for PgpWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= PIPE_CHUNK {
+            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(PIPE_CHUNK));
+            self.send(chunk)?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The encryption thread's input.
+struct ChannelReader {
+    rx: Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    pos: usize,
+    ended: bool,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() && !self.ended {
+            match self.rx.recv() {
+                Ok(chunk) if chunk.is_empty() => self.ended = true,
+                Ok(chunk) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "object writer dropped before the end",
+                    ))
+                }
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl SodiumKey {
+    fn new(key: [u8; 32], origin: &str) -> SodiumKey {
+        let derived = blake3::derive_key("pgdrill libsodium key id v1", &key);
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&derived[..8]);
+        SodiumKey {
+            origin: origin.to_string(),
+            key: key.into(),
+            id,
+        }
+    }
+
+    fn cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new(&self.key)
+    }
+}
+
+fn sealing_failed(_: chacha20poly1305::aead::Error) -> io::Error {
+    io::Error::other("XChaCha20-Poly1305 encryption failed (object too large)")
+}
+
+struct SodiumWriter<W> {
+    inner: W,
+    stream: EncryptorBE32<XChaCha20Poly1305>,
+    header: [u8; SODIUM_HEADER_LEN],
+    /// Plaintext of the chunk being filled, sealed in place.
+    buf: Vec<u8>,
+}
+
+impl<W: Write> SodiumWriter<W> {
+    fn start(key: &SodiumKey, mut inner: W) -> io::Result<SodiumWriter<W>> {
+        let mut header = [0u8; SODIUM_HEADER_LEN];
+        header[..4].copy_from_slice(SODIUM_MAGIC);
+        header[4] = SODIUM_VERSION;
+        header[5] = SODIUM_CHUNK.trailing_zeros() as u8;
+        header[8..16].copy_from_slice(&key.id);
+        getrandom_nonce(&mut header[16..])?;
+        inner.write_all(&header)?;
+        let stream = EncryptorBE32::from_aead(key.cipher(), header[16..].into());
+        Ok(SodiumWriter {
+            inner,
+            stream,
+            header,
+            buf: Vec::with_capacity(SODIUM_CHUNK + SODIUM_TAG),
+        })
+    }
+
+    fn finish(mut self) -> io::Result<W> {
+        self.stream
+            .encrypt_last_in_place(&self.header, &mut self.buf)
+            .map_err(sealing_failed)?;
+        self.inner.write_all(&self.buf)?;
+        self.inner.flush()?;
+        Ok(self.inner)
+    }
+}
+
+fn getrandom_nonce(out: &mut [u8]) -> io::Result<()> {
+    use chacha20poly1305::aead::rand_core::RngCore;
+    OsRng.try_fill_bytes(out).map_err(io::Error::other)
+}
+
+impl<W: Write> Write for SodiumWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let mut rest = data;
+        while !rest.is_empty() {
+            // A full chunk is sealed only once more data follows: the
+            // last chunk must be sealed as last by finish().
+            if self.buf.len() == SODIUM_CHUNK {
+                self.stream
+                    .encrypt_next_in_place(&self.header, &mut self.buf)
+                    .map_err(sealing_failed)?;
+                self.inner.write_all(&self.buf)?;
+                self.buf.clear();
+            }
+            let n = rest.len().min(SODIUM_CHUNK - self.buf.len());
+            self.buf.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct SodiumReader<R> {
+    inner: R,
+    /// `None` once the last chunk was opened.
+    stream: Option<DecryptorBE32<XChaCha20Poly1305>>,
+    header: [u8; SODIUM_HEADER_LEN],
+    /// Ciphertext read ahead (up to one chunk and one byte, to know
+    /// whether the chunk is the last).
+    sealed: Vec<u8>,
+    plain: Vec<u8>,
+    pos: usize,
+}
+
+impl<R: Read> SodiumReader<R> {
+    fn open(key: &SodiumKey, object: &Key, mut inner: R) -> Result<SodiumReader<R>, CryptoError> {
+        let corrupt = |detail: &str| CryptoError::Corrupt {
+            key: object.clone(),
+            detail: detail.to_string(),
+        };
+        let mut header = [0u8; SODIUM_HEADER_LEN];
+        inner.read_exact(&mut header).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => corrupt("truncated encryption header"),
+            _ => CryptoError::Read {
+                key: object.clone(),
+                source: e,
+            },
+        })?;
+        if header[4] != SODIUM_VERSION || header[5] as u32 != SODIUM_CHUNK.trailing_zeros() {
+            return Err(corrupt(
+                "unsupported encryption header version or chunk size",
+            ));
+        }
+        if header[8..16] != key.id {
+            return Err(CryptoError::WrongSodiumKey {
+                key: object.clone(),
+                stored: hex::encode(&header[8..16]),
+                origin: key.origin.clone(),
+                ours: hex::encode(key.id),
+            });
+        }
+        let stream = DecryptorBE32::from_aead(key.cipher(), header[16..].into());
+        Ok(SodiumReader {
+            inner,
+            stream: Some(stream),
+            header,
+            sealed: Vec::with_capacity(SODIUM_CHUNK + SODIUM_TAG + 1),
+            plain: Vec::new(),
+            pos: 0,
+        })
+    }
+
+    /// Opens the next chunk into `plain`.
+    fn open_chunk(&mut self) -> io::Result<()> {
+        let sealed_len = SODIUM_CHUNK + SODIUM_TAG;
+        while self.sealed.len() <= sealed_len {
+            let have = self.sealed.len();
+            self.sealed.resize(sealed_len + 1, 0);
+            let n = self.inner.read(&mut self.sealed[have..])?;
+            self.sealed.truncate(have + n);
+            if n == 0 {
+                break;
+            }
+        }
+        let last = self.sealed.len() <= sealed_len;
+        self.plain = if last {
+            std::mem::take(&mut self.sealed)
+        } else {
+            let rest = self.sealed.split_off(sealed_len);
+            std::mem::replace(&mut self.sealed, rest)
+        };
+        self.pos = 0;
+        let opened = match self.stream.take() {
+            None => return Ok(()),
+            Some(stream) if last => stream.decrypt_last_in_place(&self.header, &mut self.plain),
+            Some(mut stream) => {
+                let opened = stream.decrypt_next_in_place(&self.header, &mut self.plain);
+                self.stream = Some(stream);
+                opened
+            }
+        };
+        opened.map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "libsodium decryption failed: the object was modified or truncated",
+            )
+        })
+    }
+}
+
+impl<R: Read> Read for SodiumReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.plain.len() && self.stream.is_some() {
+            self.open_chunk()?;
+        }
+        let n = buf.len().min(self.plain.len() - self.pos);
+        buf[..n].copy_from_slice(&self.plain[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PUBLIC: &str = include_str!("../../fixtures/keys/public.asc");
+    const PRIVATE: &str = include_str!("../../fixtures/keys/private.asc");
+    const PROTECTED: &str = include_str!("../../fixtures/keys/private-protected.asc");
+    const OTHER: &str = include_str!("../../fixtures/keys/other-private.asc");
+    const PASSPHRASE: &str = "pgdrill-test-passphrase";
+    const SODIUM_HEX: &str = include_str!("../../fixtures/keys/libsodium.hex");
+
+    fn pgp(key: &str, passphrase: Option<&str>) -> Encryption {
+        Encryption::new(&EncryptionConfig::Pgp {
+            key: Secret::new(key),
+            origin: "WALG_PGP_KEY".into(),
+            passphrase: passphrase.map(Secret::new),
+        })
+        .unwrap()
+    }
+
+    fn sodium(hex_key: &str) -> Encryption {
+        Encryption::new(&EncryptionConfig::Sodium {
+            key: Secret::new(hex_key),
+            origin: "WALG_LIBSODIUM_KEY".into(),
+            transform: KeyTransform::Hex,
+        })
+        .unwrap()
+    }
+
+    fn object_key() -> Key {
+        Key::new("wal_005/000000010000000000000003.lz4")
+    }
+
+    /// Stands in for a codec object: starts with the codec's magic.
+    fn sample(len: usize) -> Vec<u8> {
+        b"PGDR"
+            .iter()
+            .copied()
+            .chain((0..len as u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8))
+            .take(len)
+            .collect()
+    }
+
+    /// Encrypts with `enc` in odd-sized writes.
+    fn seal(enc: &Encryption, plain: &[u8]) -> Vec<u8> {
+        let mut w = enc.wrap_writer(Vec::new()).unwrap();
+        for piece in plain.chunks(7001) {
+            w.write_all(piece).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    fn open(enc: &Encryption, stored: &[u8]) -> Result<Vec<u8>, String> {
+        let mut r = enc
+            .wrap_reader(&object_key(), io::Cursor::new(stored.to_vec()))
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    #[test]
+    fn every_scheme_round_trips_small_and_multi_chunk_objects() {
+        let schemes = [
+            ("none", Encryption::None),
+            ("pgp", pgp(PRIVATE, None)),
+            ("sodium", sodium(SODIUM_HEX)),
+        ];
+        for (name, enc) in &schemes {
+            for len in [0, 1, 100, SODIUM_CHUNK, SODIUM_CHUNK + 1, 1_300_000] {
+                let plain = sample(len);
+                let stored = seal(enc, &plain);
+                assert_eq!(open(enc, &stored).unwrap(), plain, "{name} {len}");
+                assert_eq!(enc.encrypt_vec(plain.clone()).unwrap().len(), stored.len());
+                if !matches!(enc, Encryption::None) && len > 4 {
+                    assert!(
+                        !stored.windows(16).any(|w| w == &plain[4..20]),
+                        "{name}: plaintext visible"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn objects_are_recognized_by_their_first_bytes() {
+        let plain = sample(1000);
+        assert_eq!(detect(&plain), None);
+        assert_eq!(detect(&seal(&pgp(PUBLIC, None), &plain)), Some(Scheme::Pgp));
+        assert_eq!(
+            detect(&seal(&sodium(SODIUM_HEX), &plain)),
+            Some(Scheme::Sodium)
+        );
+        // Old-format OpenPGP headers: PKESK (0x84..) and SKESK (0x8c..).
+        assert_eq!(detect(&[0x85]), Some(Scheme::Pgp));
+        assert_eq!(detect(&[0x8c]), Some(Scheme::Pgp));
+        // A literal data packet is not an encrypted message.
+        assert_eq!(detect(&[0xcb]), None);
+        // Plaintext objects stay readable with any key configured.
+        assert_eq!(open(&sodium(SODIUM_HEX), &plain).unwrap(), plain);
+        assert_eq!(open(&pgp(PRIVATE, None), &plain).unwrap(), plain);
+    }
+
+    #[test]
+    fn pgp_public_key_encrypts_private_key_decrypts_with_passphrase() {
+        let plain = sample(200_000);
+        let stored = seal(&pgp(PUBLIC, None), &plain);
+        assert_eq!(open(&pgp(PRIVATE, None), &stored).unwrap(), plain);
+        assert_eq!(
+            open(&pgp(PROTECTED, Some(PASSPHRASE)), &stored).unwrap(),
+            plain
+        );
+
+        let err = open(&pgp(PUBLIC, None), &stored).unwrap_err();
+        assert!(err.contains("holds only a public key"), "{err}");
+        let err = open(&pgp(PROTECTED, None), &stored).unwrap_err();
+        assert!(err.contains("set WALG_PGP_KEY_PASSPHRASE"), "{err}");
+        let err = open(&pgp(PROTECTED, Some("not-the-passphrase")), &stored).unwrap_err();
+        assert!(err.contains("does not unlock"), "{err}");
+        assert!(!err.contains("not-the-passphrase"), "{err}");
+        let err = open(&pgp(OTHER, None), &stored).unwrap_err();
+        assert!(
+            err.contains("for key 74B0D9AF68882237") && err.contains("F875B65867966AAC"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn wrong_or_missing_key_is_named() {
+        let plain = sample(5000);
+        let by_pgp = seal(&pgp(PUBLIC, None), &plain);
+        let by_sodium = seal(&sodium(SODIUM_HEX), &plain);
+
+        let err = open(&Encryption::None, &by_pgp).unwrap_err();
+        assert_eq!(
+            err,
+            "object wal_005/000000010000000000000003.lz4 is encrypted with OpenPGP but no key is configured: set WALG_PGP_KEY or WALG_PGP_KEY_PATH"
+        );
+        let err = open(&Encryption::None, &by_sodium).unwrap_err();
+        assert!(err.contains("WALG_LIBSODIUM_KEY_PATH"), "{err}");
+        let err = open(&sodium(SODIUM_HEX), &by_pgp).unwrap_err();
+        assert!(
+            err.contains("only a libsodium key is configured") && err.contains("WALG_PGP_KEY"),
+            "{err}"
+        );
+        let err = open(&pgp(PRIVATE, None), &by_sodium).unwrap_err();
+        assert!(err.contains("only an OpenPGP key"), "{err}");
+
+        let other = sodium(&"ab".repeat(32));
+        let err = open(&other, &by_sodium).unwrap_err();
+        assert!(err.contains("another libsodium key"), "{err}");
+    }
+
+    #[test]
+    fn modified_or_truncated_ciphertext_is_detected() {
+        let plain = sample(3 * SODIUM_CHUNK + 100);
+        for enc in [pgp(PRIVATE, None), sodium(SODIUM_HEX)] {
+            let stored = seal(&enc, &plain);
+            let len = stored.len();
+            for pos in [40, len / 2, len - 20, len - 1] {
+                let mut bad = stored.clone();
+                bad[pos] ^= 0x04;
+                assert!(open(&enc, &bad).is_err(), "{enc:?}: flip at {pos}");
+            }
+            for cut in [
+                1,
+                17,
+                len - 3 * (SODIUM_CHUNK + SODIUM_TAG),
+                len / 2,
+                len - 60,
+            ] {
+                assert!(
+                    open(&enc, &stored[..len - cut]).is_err(),
+                    "{enc:?}: truncated by {cut}"
+                );
+            }
+        }
+        // Cut at a chunk boundary: the new last chunk was not sealed as last.
+        let enc = sodium(SODIUM_HEX);
+        let stored = seal(&enc, &plain);
+        let boundary = SODIUM_HEADER_LEN + 2 * (SODIUM_CHUNK + SODIUM_TAG);
+        let err = open(&enc, &stored[..boundary]).unwrap_err();
+        assert!(err.contains("modified or truncated"), "{err}");
+        let err = open(&enc, &stored[..SODIUM_HEADER_LEN]).unwrap_err();
+        assert!(err.contains("modified or truncated"), "{err}");
+    }
+
+    #[test]
+    fn codec_objects_decode_through_encryption_and_damage_is_corruption() {
+        use crate::backup::codec::{self, CodecError, Compression};
+        let plain = sample(400_000);
+        let (object, digest) = codec::encode(&plain, Compression::Lz4).unwrap();
+        for enc in [pgp(PRIVATE, None), sodium(SODIUM_HEX)] {
+            let stored = enc.encrypt_vec(object.clone()).unwrap();
+            let decode = |bytes: Vec<u8>| {
+                let reader = enc
+                    .wrap_reader(&object_key(), io::Cursor::new(bytes))
+                    .unwrap();
+                codec::decode_from(reader)
+            };
+            assert_eq!(decode(stored.clone()).unwrap(), (plain.clone(), digest));
+            let mut bad = stored.clone();
+            let mid = bad.len() / 2;
+            bad[mid] ^= 0x01;
+            assert!(
+                matches!(decode(bad), Err(CodecError::Corrupt(_))),
+                "{enc:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn libsodium_key_transforms_follow_wal_g() {
+        let key = [7u8; 32];
+        let hex_text = hex::encode(key);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(key);
+        assert_eq!(sodium_key_bytes(&hex_text, KeyTransform::Hex).unwrap(), key);
+        assert_eq!(
+            sodium_key_bytes(&format!("{b64}\n"), KeyTransform::Base64).unwrap(),
+            key
+        );
+        let raw = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            &sodium_key_bytes(raw, KeyTransform::None).unwrap(),
+            raw.as_bytes()
+        );
+        let padded = sodium_key_bytes("0123456789012345678901234", KeyTransform::None).unwrap();
+        assert_eq!(&padded[25..], &[0u8; 7]);
+        assert!(sodium_key_bytes("too short", KeyTransform::None)
+            .unwrap_err()
+            .contains("at least 25"));
+        assert!(sodium_key_bytes("abcd", KeyTransform::Hex)
+            .unwrap_err()
+            .contains("32 are needed"));
+        assert!(sodium_key_bytes("zz", KeyTransform::Hex)
+            .unwrap_err()
+            .contains("not hex"));
+    }
+
+    #[test]
+    fn unusable_keys_are_clear_errors_without_key_material() {
+        let err = Encryption::new(&EncryptionConfig::Pgp {
+            key: Secret::new("-----BEGIN PGP PUBLIC KEY BLOCK-----"),
+            origin: "WALG_PGP_KEY".into(),
+            passphrase: None,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("WALG_PGP_KEY does not hold a usable key")
+                && err.contains("first line"),
+            "{err}"
+        );
+        let err = Encryption::new(&EncryptionConfig::Sodium {
+            key: Secret::new("secret-but-short"),
+            origin: "WALG_LIBSODIUM_KEY".into(),
+            transform: KeyTransform::None,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains("secret-but-short"), "{err}");
+        let shown = format!(
+            "{:?} {:?}",
+            pgp(PROTECTED, Some(PASSPHRASE)),
+            sodium(SODIUM_HEX)
+        );
+        assert!(
+            !shown.contains(PASSPHRASE) && !shown.contains(SODIUM_HEX.trim()),
+            "{shown}"
+        );
+    }
+}
