@@ -82,7 +82,10 @@ pub enum Command {
     ///
     /// Connects with PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE, runs a
     /// non-exclusive backup, uploads the data directory in parallel
-    /// compressed parts, and writes the completion sentinel last.
+    /// compressed parts, and writes the completion sentinel last. With
+    /// WALG_DELTA_MAX_STEPS > 0 it takes a delta of the newest backup
+    /// (only pages changed since that backup started) while the chain is
+    /// shorter than that.
     BackupPush {
         /// The data directory (default: $PGDATA).
         data_dir: Option<PathBuf>,
@@ -92,6 +95,9 @@ pub enum Command {
         /// Let the starting checkpoint be spread out instead of immediate.
         #[arg(long)]
         spread_checkpoint: bool,
+        /// Take a full backup even when WALG_DELTA_MAX_STEPS allows a delta.
+        #[arg(long)]
+        full: bool,
     },
     /// Restore a base backup into a directory.
     ///
@@ -492,6 +498,7 @@ async fn run_backup_verb(command: Command, env_dir: Option<&Path>) -> Result<(),
             data_dir,
             permanent,
             spread_checkpoint,
+            full,
         } => {
             let dir = data_dir_arg(data_dir, &ctx.settings)?;
             let summary = base::backup_push(
@@ -499,6 +506,7 @@ async fn run_backup_verb(command: Command, env_dir: Option<&Path>) -> Result<(),
                 &dir,
                 &PushOptions {
                     permanent,
+                    full,
                     fast_checkpoint: !spread_checkpoint,
                 },
             )

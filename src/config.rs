@@ -229,6 +229,9 @@ pub struct Settings {
     pub prefetch: usize,
     /// Plaintext bytes per base backup part (`WALG_TAR_SIZE_THRESHOLD`).
     pub tar_size_threshold: u64,
+    /// Longest chain of delta backups on a full one (`WALG_DELTA_MAX_STEPS`);
+    /// 0 makes every backup full.
+    pub delta_max_steps: u32,
     pub pg: PgConfig,
     pub pgdata: Option<PathBuf>,
     /// A deliberate defect (`PGDRILL_SABOTAGE`), for proving drills fail.
@@ -311,6 +314,11 @@ impl Settings {
                 "WALG_PREFETCH",
                 8,
                 "expected a count of segments (0 disables)",
+            )?,
+            delta_max_steps: vars.parse(
+                "WALG_DELTA_MAX_STEPS",
+                0,
+                "expected a count of delta backups (0: always full)",
             )?,
             tar_size_threshold: vars.parse(
                 "WALG_TAR_SIZE_THRESHOLD",

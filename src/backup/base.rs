@@ -8,7 +8,7 @@
 //! leaves objects without a sentinel: not a backup, never listed.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use super::catalog::{self, BackupMetadata, BackupSummary, FileEntry, PartInfo};
 use super::codec::{Compression, ObjectReader, ObjectWriter};
 use super::crypto::Encryption;
+use super::delta;
 use super::layout;
 use super::pg::{connect, pg_err};
 use super::store::Key;
@@ -271,13 +272,28 @@ impl Read for FileReader<'_> {
     }
 }
 
-/// Writes one tar part into `sink`; returns the files it holds.
+/// What a delta backup compares with: the previous backup in its chain.
+#[derive(Debug)]
+pub struct DeltaBase {
+    /// Pages with an LSN at or after this one changed (its start LSN).
+    from_lsn: u64,
+    /// Its files' sizes.
+    sizes: HashMap<String, u64>,
+}
+
+/// Most bytes of changed pages one file may keep in memory before the
+/// file is stored whole instead (bounds backup-push's memory).
+const DELTA_PAGE_LIMIT: usize = 32 << 20;
+
+/// Writes one tar part into `sink`; returns the files it holds. With a
+/// delta base, relation files it also holds are stored as changed pages.
 fn write_part(
     entries: &[WalkEntry],
     part_name: &str,
     sink: ChunkSink,
     compression: Compression,
     encryption: &Encryption,
+    delta_base: Option<&DeltaBase>,
     progress: &Progress,
 ) -> io::Result<(Vec<FileEntry>, super::codec::Digest, u64)> {
     let mut tar = tar::Builder::new(ObjectWriter::new(
@@ -316,8 +332,38 @@ fn write_part(
                 ))
             }
         };
+        let mut file = file;
         let size = file.metadata()?.len();
         header.set_entry_type(tar::EntryType::Regular);
+        let previous_size = delta_base
+            .filter(|_| delta::is_paged_relation(&e.rel))
+            .and_then(|d| Some((d.from_lsn, *d.sizes.get(&e.rel)?)));
+        if let Some((from_lsn, previous_size)) = previous_size {
+            match delta::scan(&mut file, size, previous_size, from_lsn, DELTA_PAGE_LIMIT)? {
+                delta::Scan::Pages { numbers, pages } => {
+                    let head = delta::entry_head(size, &numbers);
+                    header.set_size(delta::entry_len(numbers.len()));
+                    tar.append_data(&mut header, &e.rel, head.as_slice().chain(pages.as_slice()))?;
+                    progress.add(size);
+                    let mut hasher = blake3::Hasher::new();
+                    hasher.update(&head);
+                    hasher.update(&pages);
+                    files.push(FileEntry {
+                        path: e.rel.clone(),
+                        is_dir: false,
+                        size,
+                        mode: e.mode,
+                        blake3: Some(hasher.finalize().to_hex().to_string()),
+                        part: part_name.to_string(),
+                        delta: true,
+                    });
+                    continue;
+                }
+                delta::Scan::Whole => {
+                    file.seek(io::SeekFrom::Start(0))?;
+                }
+            }
+        }
         header.set_size(size);
         let mut reader = FileReader {
             inner: file.take(size),
@@ -350,6 +396,7 @@ async fn upload_part(
     backup: &str,
     part_name: String,
     entries: Vec<WalkEntry>,
+    delta_base: Option<Arc<DeltaBase>>,
     progress: Arc<Progress>,
 ) -> Result<(PartInfo, Vec<FileEntry>), BackupError> {
     let compression = ctx.settings.compression;
@@ -364,7 +411,15 @@ async fn upload_part(
             buf: Vec::with_capacity(SINK_CHUNK),
             total: 0,
         };
-        let result = write_part(&entries, &name, sink, compression, &encryption, &progress);
+        let result = write_part(
+            &entries,
+            &name,
+            sink,
+            compression,
+            &encryption,
+            delta_base.as_deref(),
+            &progress,
+        );
         if let Err(e) = &result {
             let _ = abort_tx.blocking_send(Err(e.to_string()));
         }
@@ -393,6 +448,8 @@ async fn upload_part(
 #[derive(Debug, Clone, Default)]
 pub struct PushOptions {
     pub permanent: bool,
+    /// A full backup even when `WALG_DELTA_MAX_STEPS` allows a delta.
+    pub full: bool,
     /// Checkpoint at once instead of spreading it (pg_backup_start's `fast`).
     pub fast_checkpoint: bool,
 }
@@ -446,6 +503,7 @@ pub async fn backup_push(
             "the server reports another data directory; backing up the given one (a sidecar mount?)"
         );
     }
+    let previous = delta_previous(ctx, opts, &system_identifier).await?;
     let start_time = Utc::now();
     let label = format!("pgdrill {}", start_time.to_rfc3339());
     let start_sql = if pg_version >= 150000 {
@@ -460,7 +518,24 @@ pub async fn backup_push(
     let start_lsn: String = row.get(0);
     let start_wal: String = row.get(1);
     let timeline = u32::from_str_radix(&start_wal[..8], 16).unwrap_or(1);
-    let backup_name = format!("base_{start_wal}");
+    // A delta only on the same timeline: after a point-in-time restore,
+    // LSNs of the new timeline say nothing about the old one's pages.
+    let previous = previous.filter(|(p, _)| p.timeline == timeline);
+    let backup_name = match &previous {
+        Some((p, _)) => format!("base_{start_wal}_D_{}", p.wal_file_name),
+        None => format!("base_{start_wal}"),
+    };
+    let delta_base = previous.as_ref().map(|(p, metadata)| {
+        Arc::new(DeltaBase {
+            from_lsn: layout::Lsn::parse(&p.start_lsn).map_or(0, |l| l.0),
+            sizes: metadata
+                .files
+                .iter()
+                .filter(|f| !f.is_dir)
+                .map(|f| (f.path.clone(), f.size))
+                .collect(),
+        })
+    });
     info!(%backup_name, %start_lsn, "backup started");
 
     let walk_dir = data_dir.clone();
@@ -492,6 +567,7 @@ pub async fn backup_push(
                     &backup_name,
                     format!("part_{}", i + 1),
                     entries,
+                    delta_base.clone(),
                     Arc::clone(&progress),
                 )
             })
@@ -505,6 +581,7 @@ pub async fn backup_push(
             &backup_name,
             layout::PG_CONTROL_PART.to_string(),
             pg_control,
+            None,
             Arc::clone(&progress),
         )
         .await?,
@@ -558,9 +635,13 @@ pub async fn backup_push(
         compression: ctx.settings.compression.extension().to_string(),
         wal_segment_size: seg_size,
         metadata_blake3: blake3::hash(&metadata_json).to_hex().to_string(),
-        increment_from: None,
-        increment_full_name: None,
-        increment_count: 0,
+        increment_from: previous.as_ref().map(|(p, _)| p.backup_name.clone()),
+        increment_full_name: previous.as_ref().map(|(p, _)| {
+            p.increment_full_name
+                .clone()
+                .unwrap_or_else(|| p.backup_name.clone())
+        }),
+        increment_count: previous.as_ref().map_or(0, |(p, _)| p.increment_count + 1),
         pgdrill_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     ctx.store
@@ -582,6 +663,30 @@ pub async fn backup_push(
         "backup complete"
     );
     Ok(summary)
+}
+
+/// The backup a new delta builds on, with its metadata: the newest backup
+/// of the same cluster, while its chain is shorter than
+/// `WALG_DELTA_MAX_STEPS`. `None`: take a full backup.
+async fn delta_previous(
+    ctx: &Context,
+    opts: &PushOptions,
+    system_identifier: &str,
+) -> Result<Option<(BackupSummary, BackupMetadata)>, BackupError> {
+    let max = ctx.settings.delta_max_steps;
+    if opts.full || max == 0 {
+        return Ok(None);
+    }
+    let Some(newest) = catalog::list_backups(ctx).await?.pop() else {
+        return Ok(None);
+    };
+    let s = newest.summary;
+    if s.system_identifier != system_identifier || s.increment_count >= max {
+        info!(previous = %s.backup_name, "taking a full backup (chain at WALG_DELTA_MAX_STEPS or another cluster)");
+        return Ok(None);
+    }
+    let metadata = catalog::read_metadata(ctx, &s).await?;
+    Ok(Some((s, metadata)))
 }
 
 /// `part_1`, `part_2`, ..., then `pg_control`.
@@ -619,6 +724,68 @@ pub struct FetchOptions {
     pub no_archive: bool,
 }
 
+/// Restores one backup's parts into `dest` (its data parts in parallel,
+/// `pg_control` last) and checks that every listed entry arrived.
+async fn restore_files(
+    ctx: &Context,
+    dest: &Path,
+    metadata: &BackupMetadata,
+    progress: &Arc<Progress>,
+) -> Result<(), BackupError> {
+    let expected = files_by_path(metadata);
+    let (control, data): (Vec<&PartInfo>, Vec<&PartInfo>) = metadata
+        .parts
+        .iter()
+        .partition(|p| p.name == layout::PG_CONTROL_PART);
+    let restored: Vec<usize> = futures::stream::iter(data)
+        .map(|p| download_part(ctx, p, dest, Arc::clone(&expected), Arc::clone(progress)))
+        .buffer_unordered(ctx.settings.download_concurrency)
+        .try_collect()
+        .await?;
+    let mut count: usize = restored.iter().sum();
+    for p in control {
+        count += download_part(ctx, p, dest, Arc::clone(&expected), Arc::clone(progress)).await?;
+    }
+    let wanted = metadata.files.len();
+    if count != wanted {
+        return Err(BackupError::VerifyFailed(format!(
+            "{}: restored {count} entries, the backup lists {wanted}",
+            metadata.backup_name
+        )));
+    }
+    Ok(())
+}
+
+/// After a chain restore: removes files that earlier members had and the
+/// restored backup does not list (relations dropped in between).
+fn remove_unlisted(dest: &Path, metadata: &BackupMetadata) -> Result<(), BackupError> {
+    let listed: std::collections::HashSet<&str> =
+        metadata.files.iter().map(|f| f.path.as_str()).collect();
+    let mut stack = vec![(dest.to_path_buf(), String::new())];
+    while let Some((dir, rel_dir)) = stack.pop() {
+        let entries = std::fs::read_dir(&dir)
+            .map_err(BackupError::io(format!("reading {}", dir.display())))?;
+        for entry in entries {
+            let entry = entry.map_err(BackupError::io(format!("reading {}", dir.display())))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rel = if rel_dir.is_empty() {
+                name
+            } else {
+                format!("{rel_dir}/{name}")
+            };
+            if entry.path().is_dir() {
+                stack.push((entry.path(), rel));
+            } else if !listed.contains(rel.as_str()) {
+                std::fs::remove_file(entry.path()).map_err(BackupError::io(format!(
+                    "removing {}",
+                    entry.path().display()
+                )))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Restores backup `name` (or `LATEST`) into `dest`.
 pub async fn backup_fetch(
     ctx: &Context,
@@ -627,29 +794,38 @@ pub async fn backup_fetch(
     opts: &FetchOptions,
 ) -> Result<BackupSummary, BackupError> {
     let summary = catalog::resolve(ctx, name).await?;
-    let metadata = catalog::read_metadata(ctx, &summary).await?;
-    prepare_target(dest, opts.force)?;
-    let expected = files_by_path(&metadata);
-    let total: u64 = metadata.parts.iter().map(|p| p.plain_size).sum();
-    let (progress, _guard) = Progress::start("backup-fetch", total, Duration::from_secs(5));
-    let (control, data): (Vec<&PartInfo>, Vec<&PartInfo>) = metadata
-        .parts
-        .iter()
-        .partition(|p| p.name == layout::PG_CONTROL_PART);
-    let restored: Vec<usize> = futures::stream::iter(data)
-        .map(|p| download_part(ctx, p, dest, Arc::clone(&expected), Arc::clone(&progress)))
-        .buffer_unordered(ctx.settings.download_concurrency)
-        .try_collect()
-        .await?;
-    let mut count: usize = restored.iter().sum();
-    for p in control {
-        count += download_part(ctx, p, dest, Arc::clone(&expected), Arc::clone(&progress)).await?;
+    // A delta restores as its chain: the full backup, then each delta.
+    let mut chain = vec![(
+        summary.clone(),
+        catalog::read_metadata(ctx, &summary).await?,
+    )];
+    while let Some(from) = chain.last().and_then(|(s, _)| s.increment_from.clone()) {
+        let previous = catalog::resolve(ctx, &from).await.map_err(|e| {
+            BackupError::Invalid(format!(
+                "{} is a delta of {from}, which cannot be read: {e}",
+                chain.last().map_or("", |(s, _)| s.backup_name.as_str())
+            ))
+        })?;
+        let metadata = catalog::read_metadata(ctx, &previous).await?;
+        chain.push((previous, metadata));
     }
-    let wanted = metadata.files.len();
-    if count != wanted {
-        return Err(BackupError::VerifyFailed(format!(
-            "restored {count} entries, the backup lists {wanted}"
-        )));
+    chain.reverse();
+    prepare_target(dest, opts.force)?;
+    let total: u64 = chain
+        .iter()
+        .flat_map(|(_, m)| &m.parts)
+        .map(|p| p.plain_size)
+        .sum();
+    let (progress, _guard) = Progress::start("backup-fetch", total, Duration::from_secs(5));
+    for (backup, metadata) in &chain {
+        if chain.len() > 1 {
+            info!(backup = %backup.backup_name, "restoring chain member");
+        }
+        restore_files(ctx, dest, metadata, &progress).await?;
+    }
+    let metadata = &chain.last().expect("chain has the backup itself").1;
+    if chain.len() > 1 {
+        remove_unlisted(dest, metadata)?;
     }
     write_file(&dest.join("backup_label"), metadata.backup_label.as_bytes())?;
     if !metadata.tablespace_map.is_empty() {
@@ -833,6 +1009,28 @@ fn read_part(
                     std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o700))
                         .map_err(io_err)?;
                 }
+            } else if want.delta {
+                let mut hashing = HashingReader {
+                    inner: &mut entry,
+                    hasher: blake3::Hasher::new(),
+                    progress,
+                };
+                let applied = match &target {
+                    // The earlier members of the chain restored the file.
+                    Some(target) => std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(target)
+                        .and_then(|mut f| delta::apply_entry(&mut hashing, &mut f)),
+                    None => io::copy(&mut hashing, &mut io::sink()).map(|_| ()),
+                };
+                if let Err(e) = applied {
+                    report
+                        .problems
+                        .push(format!("{rel_str}: cannot apply its delta: {e}"));
+                    continue;
+                }
+                check_hash(&mut report, &rel_str, want, hashing.hasher.finalize());
             } else {
                 let mut out = match &target {
                     Some(target) => {
@@ -870,13 +1068,7 @@ fn read_part(
                     std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o600))
                         .map_err(io_err)?;
                 }
-                let actual = hasher.finalize().to_hex().to_string();
-                if want.blake3.as_deref() != Some(actual.as_str()) {
-                    report.problems.push(format!(
-                        "{rel_str}: content hashes to {actual}, the backup recorded {}",
-                        want.blake3.as_deref().unwrap_or("nothing")
-                    ));
-                }
+                check_hash(&mut report, &rel_str, want, hasher.finalize());
             }
             report.entries.push(rel_str);
         }
@@ -898,10 +1090,39 @@ fn read_part(
     Ok(report)
 }
 
-/// Re-reads every restored file and compares it with the backup's list.
+/// Records a problem when an entry's content does not hash as recorded.
+fn check_hash(report: &mut PartReport, rel: &str, want: &FileEntry, actual: blake3::Hash) {
+    let actual = actual.to_hex().to_string();
+    if want.blake3.as_deref() != Some(actual.as_str()) {
+        report.problems.push(format!(
+            "{rel}: content hashes to {actual}, the backup recorded {}",
+            want.blake3.as_deref().unwrap_or("nothing")
+        ));
+    }
+}
+
+/// Hashes what passes through and counts it as progress.
+struct HashingReader<'a, R> {
+    inner: R,
+    hasher: blake3::Hasher,
+    progress: &'a Progress,
+}
+
+impl<R: Read> Read for HashingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.progress.add(n as u64);
+        Ok(n)
+    }
+}
+
+/// Re-reads every restored file and compares it with the backup's list
+/// (files restored from a delta entry have the entry's checksum, checked
+/// when it was applied, so they are skipped here).
 fn verify_restored(dest: &Path, files: &[FileEntry]) -> Result<(), BackupError> {
     let mut problems = Vec::new();
-    for f in files.iter().filter(|f| !f.is_dir) {
+    for f in files.iter().filter(|f| !f.is_dir && !f.delta) {
         let path = dest.join(&f.path);
         match std::fs::File::open(&path) {
             Err(e) => problems.push(format!("{}: {e}", f.path)),

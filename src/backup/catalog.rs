@@ -254,6 +254,7 @@ pub fn render_table(backups: &[ListedBackup], detail: bool) -> String {
                 "pg_version",
                 "hostname",
                 "permanent",
+                "delta_of",
             ]
             .map(String::from)
             .to_vec(),
@@ -284,6 +285,7 @@ pub fn render_table(backups: &[ListedBackup], detail: bool) -> String {
                 s.pg_version.to_string(),
                 s.hostname.clone(),
                 s.is_permanent.to_string(),
+                s.increment_from.clone().unwrap_or_else(|| "-".into()),
             ]);
         }
         rows.push(row);

@@ -111,19 +111,26 @@ pub fn entry_len(count: usize) -> u64 {
     (MAGIC.len() + 8 + 4 + 4 * count + BLCKSZ * count) as u64
 }
 
-/// Writes a delta entry.
-pub fn write_entry(
+/// The part of a delta entry before its pages.
+pub fn entry_head(file_size: u64, numbers: &[u32]) -> Vec<u8> {
+    let mut head = Vec::with_capacity(MAGIC.len() + 12 + 4 * numbers.len());
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&file_size.to_le_bytes());
+    head.extend_from_slice(&(numbers.len() as u32).to_le_bytes());
+    for n in numbers {
+        head.extend_from_slice(&n.to_le_bytes());
+    }
+    head
+}
+
+#[cfg(test)]
+fn write_entry(
     mut out: impl Write,
     file_size: u64,
     numbers: &[u32],
     pages: &[u8],
 ) -> io::Result<()> {
-    out.write_all(MAGIC)?;
-    out.write_all(&file_size.to_le_bytes())?;
-    out.write_all(&(numbers.len() as u32).to_le_bytes())?;
-    for n in numbers {
-        out.write_all(&n.to_le_bytes())?;
-    }
+    out.write_all(&entry_head(file_size, numbers))?;
     out.write_all(pages)
 }
 

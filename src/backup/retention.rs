@@ -115,13 +115,17 @@ pub fn plan(
     let mut keep: BTreeSet<&str> = BTreeSet::new();
     match policy {
         Policy::Everything => {}
-        Policy::Retain {
-            count,
-            full_only: _,
-        } => {
-            // Every backup is a full backup until delta backups exist, so
-            // FULL and plain counting coincide.
-            for b in backups.iter().rev().take(*count) {
+        Policy::Retain { count, full_only } => {
+            // FULL counts full backups only and keeps every delta newer
+            // than the oldest full backup kept.
+            let counted = backups
+                .iter()
+                .rev()
+                .enumerate()
+                .filter(|(_, b)| !*full_only || b.increment_count == 0)
+                .nth(*count - 1)
+                .map_or(backups.len(), |(i, _)| i + 1);
+            for b in backups.iter().rev().take(counted) {
                 keep.insert(&b.backup_name);
             }
         }
@@ -153,6 +157,20 @@ pub fn plan(
     if *policy != Policy::Everything {
         for b in backups.iter().filter(|b| b.is_permanent) {
             keep.insert(&b.backup_name);
+        }
+        // A kept delta needs every backup of its chain.
+        let by_name: BTreeMap<&str, &BackupSummary> = backups
+            .iter()
+            .map(|b| (b.backup_name.as_str(), b))
+            .collect();
+        let mut pending: Vec<&str> = keep.iter().copied().collect();
+        while let Some(name) = pending.pop() {
+            let base = by_name.get(name).and_then(|b| b.increment_from.as_deref());
+            if let Some(base) = base.and_then(|n| by_name.get_key_value(n)).map(|(k, _)| *k) {
+                if keep.insert(base) {
+                    pending.push(base);
+                }
+            }
         }
     }
     let mut out = Plan::default();
@@ -192,7 +210,9 @@ pub fn plan(
         if let Some(name) = layout::backup_of_key(&o.key) {
             if !complete.contains(name) {
                 let older = match (
-                    name.strip_prefix("base_").and_then(layout::wal_sort_key),
+                    name.strip_prefix("base_")
+                        .and_then(|n| n.get(..24))
+                        .and_then(layout::wal_sort_key),
                     oldest_kept,
                 ) {
                     _ if everything => true,
@@ -403,6 +423,121 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("everything"));
+    }
+
+    /// base 2 <- delta 5 <- delta 9, then full 12 <- delta 15.
+    fn chain_fixture() -> Vec<BackupSummary> {
+        let mut b = vec![
+            summary("base_000000010000000000000002", "2026-01-01T00:00:00Z"),
+            summary(
+                "base_000000010000000000000005_D_000000010000000000000002",
+                "2026-01-02T00:00:00Z",
+            ),
+            summary(
+                "base_000000010000000000000009_D_000000010000000000000005",
+                "2026-01-03T00:00:00Z",
+            ),
+            summary("base_00000001000000000000000C", "2026-01-04T00:00:00Z"),
+            summary(
+                "base_00000001000000000000000F_D_00000001000000000000000C",
+                "2026-01-05T00:00:00Z",
+            ),
+        ];
+        for (i, from) in [(1, 0), (2, 1), (4, 3)] {
+            b[i].increment_from = Some(b[from].backup_name.clone());
+            b[i].increment_count = b[from].increment_count + 1;
+            b[i].wal_file_name = b[i].backup_name[5..29].to_string();
+        }
+        b
+    }
+
+    #[test]
+    fn kept_deltas_keep_their_chain_and_full_counts_full_backups() {
+        let backups = chain_fixture();
+        let names = |p: &Plan| {
+            p.keep_backups
+                .iter()
+                .map(|n| n[5..29].to_string())
+                .collect::<Vec<_>>()
+        };
+        // retain 3 keeps delta 9, whose chain is 5 and 2: nothing goes.
+        let p = plan(
+            &backups,
+            &[],
+            &[],
+            &Policy::Retain {
+                count: 3,
+                full_only: false,
+            },
+        )
+        .unwrap();
+        assert!(p.delete_backups.is_empty(), "{:?}", p.delete_backups);
+        // retain 2 keeps 12 and its delta: the old chain goes whole.
+        let p = plan(
+            &backups,
+            &[],
+            &[],
+            &Policy::Retain {
+                count: 2,
+                full_only: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(p.delete_backups.len(), 3);
+        // retain 1 keeps delta 15 and therefore its base 12.
+        let p = plan(
+            &backups,
+            &[],
+            &[],
+            &Policy::Retain {
+                count: 1,
+                full_only: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            names(&p),
+            ["00000001000000000000000C", "00000001000000000000000F"]
+        );
+        // retain FULL 1: the newest full backup and everything after it.
+        let p = plan(
+            &backups,
+            &[],
+            &[],
+            &Policy::Retain {
+                count: 1,
+                full_only: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            names(&p),
+            ["00000001000000000000000C", "00000001000000000000000F"]
+        );
+        // retain FULL 2: both chains.
+        let p = plan(
+            &backups,
+            &[],
+            &[],
+            &Policy::Retain {
+                count: 2,
+                full_only: true,
+            },
+        )
+        .unwrap();
+        assert!(p.delete_backups.is_empty());
+        // before the last delta keeps its base.
+        let p = plan(
+            &backups,
+            &[],
+            &[],
+            &Policy::Before(Before::Time("2026-01-04T12:00:00Z".parse().unwrap())),
+        )
+        .unwrap();
+        assert_eq!(
+            names(&p),
+            ["00000001000000000000000C", "00000001000000000000000F"]
+        );
     }
 
     #[test]
