@@ -254,6 +254,12 @@ pub async fn delete(ctx: &Context, policy: &Policy, confirm: bool) -> Result<Pla
     for b in &plan.keep_backups {
         println!("keeping backup {b}");
     }
+    if plan.delete_backups.is_empty()
+        && plan.delete_incomplete.is_empty()
+        && plan.delete_wal.is_empty()
+    {
+        println!("nothing to delete");
+    }
     if !confirm {
         println!("dry run: nothing deleted; add --confirm to delete");
         return Ok(plan);
