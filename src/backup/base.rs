@@ -188,6 +188,15 @@ fn walk_data_dir(root: &Path) -> Result<Vec<WalkEntry>, BackupError> {
     Ok(out)
 }
 
+/// Plaintext bytes per part: at most `threshold` (WALG_TAR_SIZE_THRESHOLD),
+/// and small enough that every upload worker gets about two parts, so the
+/// cores stay busy to the end (one 1 GiB part beside a small one would
+/// leave a core idle); never below 64 MiB, so small clusters stay one part.
+fn part_size(total: u64, threshold: u64, workers: usize) -> u64 {
+    let balanced = total / (2 * workers.max(1) as u64);
+    threshold.min(balanced.max(64 << 20))
+}
+
 /// Splits files into parts of at most `threshold` plaintext bytes (a larger
 /// file gets a part of its own); directories go into the first part.
 fn partition(entries: Vec<WalkEntry>, threshold: u64) -> Vec<Vec<WalkEntry>> {
@@ -552,7 +561,14 @@ pub async fn backup_push(
     }
     let total: u64 = data_entries.iter().map(|e| e.size).sum();
     let (progress, _guard) = Progress::start("backup-push", total, Duration::from_secs(5));
-    let parts = partition(data_entries, ctx.settings.tar_size_threshold);
+    let parts = partition(
+        data_entries,
+        part_size(
+            total,
+            ctx.settings.tar_size_threshold,
+            ctx.settings.upload_concurrency,
+        ),
+    );
     info!(
         parts = parts.len(),
         size = %human_bytes(total),
@@ -1308,6 +1324,14 @@ mod tests {
         std::os::unix::fs::symlink("/tmp", d.join("pg_tblspc/16500")).unwrap();
         let err = walk_data_dir(d).unwrap_err().to_string();
         assert!(err.contains("tablespaces"), "{err}");
+    }
+
+    #[test]
+    fn part_size_balances_workers_within_bounds() {
+        let gib = 1u64 << 30;
+        assert_eq!(part_size(3 * gib / 2, gib, 2), 3 * gib / 8);
+        assert_eq!(part_size(100 << 20, gib, 2), 64 << 20);
+        assert_eq!(part_size(100 * gib, gib, 4), gib);
     }
 
     #[test]
