@@ -5,18 +5,24 @@
 //! `report.json` schema (all times RFC 3339 UTC, durations in seconds):
 //! - `pgdrill_version`, `scenario`, `scenario_file`, `description`, `seed`,
 //!   `environment`, `engine`, `sabotage` (null unless sabotaged),
-//!   `postgres_version`, `started_at`, `finished_at`, `passed`, `failures`
-//!   (one line each).
+//!   `encryption` (none | pgp | libsodium), `postgres_version`,
+//!   `started_at`, `finished_at`, `passed`, `failures` (one line each).
 //! - `workload`: writers, sent / acked / failed / unknown counts, times.
 //! - `steps[]`: `action`, `planned_at_s`, `started_at`, `duration_s`, `ok`,
 //!   `detail`.
 //! - `backups[]`: the stored backups after the timeline (`backup-list --json`).
 //! - `wal_archived`: segments archived by the primary (pg_stat_archiver).
+//! - `wal_gaps[]`: WAL segments a `delete_wal` step removed: `segment`,
+//!   `key`, `from`, `to` (every commit in the segment was made between
+//!   these times), `detected` (`wal-verify integrity` reported it
+//!   lost), `wal_verify` (what it reported).
 //! - `disaster`: `kind`, `at`, `last_recovered_commit`, `rpo_s`,
 //!   `lost_acked_count`, `lost_acked` (writer, seq pairs).
 //! - `restores[]`: `label`, `kind` (latest | pitr), `target`, `backup`,
-//!   `passed`, `error`, `verify` (per-writer expected vs found, checks,
-//!   exactness), `rto` (`fetch_s`, `start_to_consistent_s`,
+//!   `expected` (pass | fail: a restore that needs a deleted WAL segment
+//!   must fail), `expected_because`, `passed` (the actual result: restored
+//!   and verified), `as_expected`, `error`, `verify` (per-writer expected
+//!   vs found, checks, exactness), `rto` (`fetch_s`, `start_to_consistent_s`,
 //!   `consistent_to_promoted_s`, `verify_s`, `total_s`, `wal_segments_fetched`,
 //!   `wal_bytes_fetched`).
 //! - `objectives[]`: `name` (rpo | rto), `limit_s`, `measured_s`, `passed`.
@@ -51,6 +57,37 @@ pub struct DisasterRecord {
     pub lost_acked: Vec<(u32, u64)>,
 }
 
+/// A WAL segment deleted from the archive by a `delete_wal` step, and
+/// whether `wal-verify` noticed.
+#[derive(Debug, Clone, Serialize)]
+pub struct WalGapRecord {
+    /// The segment's file name.
+    pub segment: String,
+    /// The object deleted.
+    pub key: String,
+    /// Just before the WAL switch that opened the segment: every commit in
+    /// it was made between `from` and `to`.
+    pub from: DateTime<Utc>,
+    /// When it was seen archived, after the switch that closed it.
+    pub to: DateTime<Utc>,
+    /// Whether `wal-verify integrity` reported it lost (exit 4, FAILURE, a
+    /// MISSING_LOST range holding it).
+    pub detected: bool,
+    /// What `wal-verify` reported about it.
+    pub wal_verify: String,
+}
+
+/// How a restore must turn out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expected {
+    /// Restored and verified exactly.
+    Pass,
+    /// Refused by PostgreSQL (a target beyond lost WAL), or missing
+    /// acknowledged transactions (the end of an archive with a hole).
+    Fail,
+}
+
 /// Where a restore's time went.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RtoBreakdown {
@@ -70,7 +107,13 @@ pub struct RestoreRecord {
     pub kind: String,
     pub target: Option<DateTime<Utc>>,
     pub backup: String,
+    pub expected: Expected,
+    /// Why it must fail.
+    pub expected_because: Option<String>,
+    /// Restored and verified.
     pub passed: bool,
+    /// The result is the expected one (a failure also the expected kind).
+    pub as_expected: bool,
     pub error: Option<String>,
     pub verify: Option<VerifyOutcome>,
     pub rto: RtoBreakdown,
@@ -96,6 +139,7 @@ pub struct DrillReport {
     pub environment: String,
     pub engine: String,
     pub sabotage: Option<String>,
+    pub encryption: String,
     pub postgres_version: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
@@ -105,6 +149,7 @@ pub struct DrillReport {
     pub steps: Vec<StepRecord>,
     pub backups: Vec<serde_json::Value>,
     pub wal_archived: Option<i64>,
+    pub wal_gaps: Vec<WalGapRecord>,
     pub disaster: Option<DisasterRecord>,
     pub restores: Vec<RestoreRecord>,
     pub objectives: Vec<ObjectiveResult>,
@@ -131,6 +176,20 @@ fn result_cell(ok: bool, ok_text: &str, error: &str) -> String {
     }
 }
 
+/// A restore's actual result for the table: pass, or fail with the start
+/// of the error; flagged when it is not the expected one.
+fn actual_cell(r: &RestoreRecord) -> String {
+    let actual = match r.passed {
+        true => "pass".to_string(),
+        false => result_cell(false, "", r.error.as_deref().unwrap_or("failed"))
+            .replacen("**FAIL**", "fail", 1),
+    };
+    match r.as_expected {
+        true => actual,
+        false => format!("**UNEXPECTED** {actual}"),
+    }
+}
+
 fn secs(v: f64) -> String {
     format!("{v:.1}s")
 }
@@ -139,7 +198,7 @@ impl DrillReport {
     /// The Markdown summary.
     pub fn to_markdown(&self) -> String {
         let mut md = format!(
-            "# Drill `{}`: {}\n\n{}\n\n| | |\n|---|---|\n| seed | {} (replay: `pgdrill run {} --seed {}`) |\n| environment | {} |\n| engine | {}{} |\n| PostgreSQL | {} |\n| pgdrill | {} |\n| started | {} |\n| duration | {} |\n",
+            "# Drill `{}`: {}\n\n{}\n\n| | |\n|---|---|\n| seed | {} (replay: `pgdrill run {} --seed {}`) |\n| environment | {} |\n| engine | {}{} |\n| encryption | {} |\n| PostgreSQL | {} |\n| pgdrill | {} |\n| started | {} |\n| duration | {} |\n",
             self.scenario,
             if self.passed { "PASSED" } else { "FAILED" },
             self.description,
@@ -149,6 +208,7 @@ impl DrillReport {
             self.environment,
             self.engine,
             self.sabotage.as_deref().map(|s| format!(" (sabotage: {s})")).unwrap_or_default(),
+            self.encryption,
             self.postgres_version,
             self.pgdrill_version,
             self.started_at.to_rfc3339(),
@@ -192,7 +252,23 @@ impl DrillReport {
                 }
             ));
         }
-        md.push_str("\n## Restores\n\n| restore | target | backup | result | exact | rows found | RTO | fetch | to consistent | to promoted | verify | WAL segments |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        if !self.wal_gaps.is_empty() {
+            md.push_str("\n## WAL gaps\n\n| deleted segment | its commits from | to | wal-verify |\n|---|---|---|---|\n");
+            for g in &self.wal_gaps {
+                md.push_str(&format!(
+                    "| {} | {} | {} | {} |\n",
+                    g.segment,
+                    g.from.format("%H:%M:%S%.6f"),
+                    g.to.format("%H:%M:%S%.6f"),
+                    result_cell(
+                        g.detected,
+                        &format!("reported lost: {}", g.wal_verify),
+                        &format!("NOT reported lost: {}", g.wal_verify)
+                    ),
+                ));
+            }
+        }
+        md.push_str("\n## Restores\n\n| restore | target | backup | expected | actual | exact | rows found | RTO | fetch | to consistent | to promoted | verify | WAL segments |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for r in &self.restores {
             let (exact, found) = match &r.verify {
                 Some(v) => (
@@ -205,14 +281,21 @@ impl DrillReport {
                 ),
                 None => ("-".into(), "-".into()),
             };
+            let expected = match (r.expected, &r.expected_because) {
+                (Expected::Pass, _) => "pass".to_string(),
+                (Expected::Fail, because) => {
+                    format!("fail: {}", cell(because.as_deref().unwrap_or("")))
+                }
+            };
             md.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 r.label,
                 r.target
                     .map(|t| t.format("%H:%M:%S%.6f").to_string())
                     .unwrap_or_else(|| "end of WAL".into()),
                 r.backup,
-                result_cell(r.passed, "pass", r.error.as_deref().unwrap_or("")),
+                expected,
+                actual_cell(r),
                 exact,
                 found,
                 secs(r.rto.total_s),

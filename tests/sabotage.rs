@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use pgdrill::drill::{self, RunOptions};
+use pgdrill::report::Expected;
 use pgdrill::scenario::Scenario;
 
 fn scenario(sabotage: &str) -> Scenario {
@@ -54,6 +55,10 @@ async fn dropped_wal_segments_fail_the_drill() {
         .find(|r| r.label == "latest")
         .expect("latest restore");
     assert!(!latest.passed, "{:?}", latest);
+    assert!(
+        latest.expected == Expected::Pass && !latest.as_expected,
+        "an archive without a deleted segment must restore: {latest:?}"
+    );
     assert!(
         report.failures.iter().any(|f| f.contains("restore latest")),
         "{:?}",

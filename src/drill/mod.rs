@@ -3,14 +3,20 @@
 //! 1. Start storage and an archiving primary in the scenario's environment.
 //! 2. Run the workload (every commit recorded in the ledger) while the
 //!    timeline's steps fire at their offsets: base backups, retention,
-//!    WAL switches, checkpoints, pauses, and at most one disaster.
+//!    WAL switches, checkpoints, pauses, a deleted WAL segment, a failover
+//!    to a point-in-time restore, and at most one disaster.
 //! 3. Without a disaster, close the last segment and wait until it is
-//!    archived: the archive then holds every acknowledged commit.
+//!    archived: the archive then holds every acknowledged commit (but
+//!    those of deleted segments, which `wal-verify` must then report).
 //! 4. Restore to the end of the archive (always after a disaster: that is
 //!    the recovery whose RPO and RTO are measured), then to random targets
-//!    drawn from the seeded RNG, each from the newest backup that ended
-//!    before it; verify each against the ledger exactly.
+//!    drawn from the seeded RNG, in turn from each period between backups,
+//!    gaps and failovers, each from the newest backup that ended before
+//!    it; verify each against the ledger exactly. A restore that needs a
+//!    deleted segment must fail; every restore must turn out as expected.
 //! 5. Judge objectives, write `report.json` and `report.md`.
+
+mod steps;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -19,31 +25,61 @@ use chrono::{DateTime, Utc};
 use rand::SeedableRng;
 use serde::Deserialize;
 
+use crate::config::Secret;
 use crate::env::local::LocalEnvironment;
 use crate::env::{EnvError, EnvSpec, Environment};
 use crate::report::{
-    DisasterRecord, DrillReport, ObjectiveResult, RestoreRecord, RtoBreakdown, StepRecord,
+    DisasterRecord, DrillReport, Expected, ObjectiveResult, RestoreRecord, RtoBreakdown, StepRecord,
 };
-use crate::scenario::{BackupChoice, Check, DisasterKind, Engine, Scenario, Step};
+use crate::scenario::{BackupChoice, Check, DisasterKind, Encryption, Engine, Scenario, Step};
 use crate::verify;
 use crate::workload::{self, Ledger, WorkloadError, WorkloadHandle, WorkloadSpec};
+use steps::{History, Live};
 
 /// Failures that stop a drill before it can report (a failed check does
 /// not: it is in the report).
 #[derive(Debug, thiserror::Error)]
 pub enum DrillError {
+    /// The scenario's environment cannot run here.
     #[error("environment {environment} is not available here: {reason}")]
-    Unavailable { environment: String, reason: String },
+    Unavailable {
+        /// Its name.
+        environment: String,
+        /// Why not.
+        reason: String,
+    },
+    /// The environment failed (start-up, a server, the backup tool).
     #[error(transparent)]
     Env(#[from] EnvError),
+    /// The workload could not start.
     #[error("workload: {0}")]
     Workload(#[from] WorkloadError),
+    /// A key's passphrase file could not be read (its content is never shown).
+    #[error("cannot read the passphrase file {}: {source}", path.display())]
+    Passphrase {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The report could not be written.
     #[error("cannot write the report to {}: {source}", path.display())]
     Report {
+        /// The report directory.
         path: PathBuf,
+        /// What the OS said.
         source: std::io::Error,
     },
 }
+
+/// How far from a deleted segment's commits random targets stay, on both
+/// sides: within it, whether recovery gets to the target depends on where
+/// exactly the segment boundary fell.
+const GAP_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
+
+/// The error PostgreSQL ends a recovery with when the archive ends before
+/// the recovery target (PostgreSQL 13 and later).
+const TARGET_NOT_REACHED: &str = "recovery ended before configured recovery target was reached";
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -72,6 +108,7 @@ pub struct DrillOutcome {
 #[derive(Debug, Clone)]
 struct ListedBackup {
     backup_name: String,
+    start_time: DateTime<Utc>,
     finish_time: DateTime<Utc>,
     row: serde_json::Value,
 }
@@ -81,12 +118,14 @@ impl<'de> Deserialize<'de> for ListedBackup {
         #[derive(Deserialize)]
         struct Fields {
             backup_name: String,
+            start_time: DateTime<Utc>,
             finish_time: DateTime<Utc>,
         }
         let row = serde_json::Value::deserialize(d)?;
         let f = Fields::deserialize(&row).map_err(serde::de::Error::custom)?;
         Ok(ListedBackup {
             backup_name: f.backup_name,
+            start_time: f.start_time,
             finish_time: f.finish_time,
             row,
         })
@@ -133,7 +172,7 @@ pub async fn run(
         scenario.name
     ));
     let mut env: Box<dyn Environment> = Box::new(
-        LocalEnvironment::start(&env_spec(scenario), &opts.pgdrill)
+        LocalEnvironment::start(&env_spec(scenario)?, &opts.pgdrill)
             .await
             .map_err(EnvError::from)?,
     );
@@ -151,6 +190,7 @@ pub async fn run(
         environment: env.kind().to_string(),
         engine: engine_name(scenario.engine).to_string(),
         sabotage: sabotage_setting(scenario),
+        encryption: scenario.storage.encryption.as_str().to_string(),
         postgres_version: env.postgres_version(),
         started_at,
         finished_at: started_at,
@@ -160,6 +200,7 @@ pub async fn run(
         steps: Vec::new(),
         backups: Vec::new(),
         wal_archived: None,
+        wal_gaps: Vec::new(),
         disaster: None,
         restores: Vec::new(),
         objectives: Vec::new(),
@@ -202,7 +243,8 @@ fn sabotage_setting(scenario: &Scenario) -> Option<String> {
     }
 }
 
-fn env_spec(scenario: &Scenario) -> EnvSpec {
+/// The environment's settings; reads the passphrase file, if any.
+fn env_spec(scenario: &Scenario) -> Result<EnvSpec, DrillError> {
     let mut tool_settings = vec![
         (
             "WALG_COMPRESSION_METHOD".to_string(),
@@ -216,9 +258,34 @@ fn env_spec(scenario: &Scenario) -> EnvSpec {
     if let Some(s) = sabotage_setting(scenario) {
         tool_settings.push(("PGDRILL_SABOTAGE".into(), s));
     }
-    EnvSpec {
+    let mut tool_secrets = Vec::new();
+    let path_setting = |name: &str, path: &Path| (name.to_string(), path.display().to_string());
+    match &scenario.storage.encryption {
+        Encryption::None => {}
+        Encryption::Pgp {
+            key_path,
+            passphrase_path,
+        } => {
+            tool_settings.push(path_setting("WALG_PGP_KEY_PATH", key_path));
+            if let Some(path) = passphrase_path {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| DrillError::Passphrase {
+                        path: path.clone(),
+                        source,
+                    })?;
+                let passphrase = Secret::new(text.lines().next().unwrap_or_default());
+                tool_secrets.push(("WALG_PGP_KEY_PASSPHRASE".to_string(), passphrase));
+            }
+        }
+        Encryption::Libsodium { key_path } => {
+            tool_settings.push(path_setting("WALG_LIBSODIUM_KEY_PATH", key_path));
+            tool_settings.push(("WALG_LIBSODIUM_KEY_TRANSFORM".into(), "hex".into()));
+        }
+    }
+    Ok(EnvSpec {
         bucket: scenario.storage.bucket.clone(),
         tool_settings,
+        tool_secrets,
         postgres_settings: scenario
             .postgres
             .settings
@@ -226,7 +293,7 @@ fn env_spec(scenario: &Scenario) -> EnvSpec {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         wal_segsize_mb: scenario.postgres.wal_segment_size_mb,
-    }
+    })
 }
 
 fn pg_err(e: tokio_postgres::Error) -> EnvError {
@@ -251,26 +318,34 @@ async fn drive(
         seed,
     };
     let timeline_start = Instant::now();
-    let handle = workload::start(env.primary_config(), spec)?;
+    let handle = workload::start(env.primary_config(), spec.clone())?;
     progress.say(&format!(
         "workload: {} writers, {}/s for {:?}",
         scenario.workload.writers, scenario.workload.rate_per_second, scenario.workload.duration
     ));
+    let mut live = Live {
+        scenario,
+        env,
+        progress,
+        primary,
+        started_at: handle.started_at(),
+        handle: Some(handle),
+        spec,
+        workload_end: timeline_start + scenario.workload.duration,
+        inherited: Vec::new(),
+        inherited_errors: Default::default(),
+        chain: None,
+        rng: rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(1)),
+        history: History::default(),
+    };
     let mut steps = scenario.steps.clone();
     steps.sort_by_key(Step::at);
     let mut disaster: Option<(String, DateTime<Utc>)> = None;
     for step in &steps {
-        wait_until(
-            timeline_start + step.at(),
-            &handle,
-            &primary,
-            disaster.is_some(),
-            progress,
-        )
-        .await;
+        wait_until(timeline_start + step.at(), &live, disaster.is_some()).await;
         let started_at = Utc::now();
         let clock = Instant::now();
-        let result = run_step(step, env, &primary, &handle).await;
+        let result = live.run_step(step).await;
         if let (Step::Disaster { kind, .. }, Ok(_)) = (step, &result) {
             disaster = Some((disaster_name(*kind).to_string(), started_at));
         }
@@ -298,27 +373,39 @@ async fn drive(
         });
     }
     if disaster.is_none() {
-        wait_until(
-            timeline_start + scenario.workload.duration,
-            &handle,
-            &primary,
-            false,
-            progress,
-        )
-        .await;
+        wait_until(live.workload_end, &live, false).await;
     }
-    handle.stop();
-    let ledger = handle.join().await;
+    let ledger = live.stop_writers().await;
+    let Live {
+        env,
+        primary,
+        mut history,
+        ..
+    } = live;
     report.workload = Some(ledger.summary());
     if disaster.is_none() {
         let segment = switch_and_wait_archived(&primary).await?;
         progress.say(&format!("workload done; archive complete up to {segment}"));
         report.wal_archived = archived_count(&primary).await;
+        if !history.gaps.is_empty() {
+            steps::detect_gaps(env, &mut history.gaps).await?;
+            for gap in history.gaps.iter().filter(|g| !g.detected) {
+                report.failures.push(format!(
+                    "wal-verify integrity did not report the deleted segment {} as lost: {}",
+                    gap.segment, gap.wal_verify
+                ));
+            }
+        }
     }
+    report.wal_gaps = history.gaps.clone();
     drop(primary);
 
-    let backups = list_backups(env).await?;
-    report.backups = backups.iter().map(|b| b.row.clone()).collect();
+    let listed = list_backups(env).await?;
+    report.backups = listed.iter().map(|b| b.row.clone()).collect();
+    let backups: Vec<ListedBackup> = listed
+        .into_iter()
+        .filter(|b| !history.abandoned.contains(&b.backup_name))
+        .collect();
     if backups.is_empty() {
         report
             .failures
@@ -332,21 +419,17 @@ async fn drive(
             BackupChoice::Latest => backups.last(),
             BackupChoice::Oldest => backups.first(),
         }
-        .expect("not empty")
-        .backup_name
-        .clone();
-        progress.say(&format!("restore latest from {backup}"));
-        let (record, loss) = restore_and_verify(
-            scenario,
-            env,
-            &ledger,
-            "latest",
-            &backup,
-            None,
-            disaster.is_some(),
-        )
-        .await;
-        rto_s = Some(record.rto.total_s);
+        .expect("not empty");
+        progress.say(&format!("restore latest from {}", backup.backup_name));
+        let plan = Plan {
+            label: "latest",
+            backup,
+            target: None,
+            must_fail: history.must_fail(backup, None),
+        };
+        let (record, loss) =
+            restore_and_verify(scenario, env, &ledger, &plan, disaster.is_some()).await;
+        rto_s = rto_of(&record);
         if let Some((kind, at)) = &disaster {
             let recovered = record.verify.as_ref().and_then(|v| v.last_commit_time);
             report.disaster = Some(DisasterRecord {
@@ -363,56 +446,141 @@ async fn drive(
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let earliest = backups[0].finish_time + chrono::Duration::milliseconds(1);
-    for i in 1..=scenario.restores.random_targets {
-        let Some(target) = last_point.and_then(|to| ledger.pick_target(&mut rng, earliest, to))
+    let periods = last_point.map_or_else(Vec::new, |to| history.periods(&backups, earliest, to));
+    for i in 0..scenario.restores.random_targets as usize {
+        let Some(target) = periods
+            .get(i % periods.len().max(1))
+            .and_then(|&(from, to)| ledger.pick_target(&mut rng, from, to))
         else {
             report.failures.push(format!(
                 "no random target possible: the archive holds no commit after the first backup ended ({earliest})"
             ));
             break;
         };
-        let backup = backups
-            .iter()
-            .rev()
-            .find(|b| b.finish_time < target)
-            .unwrap_or(&backups[0])
-            .backup_name
-            .clone();
-        let label = format!("pitr-{i}");
+        let backup = steps::newest_before(&backups, target);
+        let label = format!("pitr-{}", i + 1);
         progress.say(&format!(
-            "restore {label} to {} from {backup}",
-            target.format("%H:%M:%S%.6f")
+            "restore {label} to {} from {}",
+            target.format("%H:%M:%S%.6f"),
+            backup.backup_name
         ));
-        let (record, _) =
-            restore_and_verify(scenario, env, &ledger, &label, &backup, Some(target), false).await;
-        rto_s = rto_s
-            .or(Some(record.rto.total_s))
-            .map(|r: f64| r.max(record.rto.total_s));
+        let plan = Plan {
+            label: &label,
+            backup,
+            target: Some(target),
+            must_fail: history.must_fail(backup, Some(target)),
+        };
+        let (record, _) = restore_and_verify(scenario, env, &ledger, &plan, false).await;
+        rto_s = match (rto_s, rto_of(&record)) {
+            (Some(a), Some(b)) => Some(f64::max(a, b)),
+            (a, b) => a.or(b),
+        };
         note_restore(report, record, progress);
     }
     judge_objectives(scenario, report, rto_s);
     Ok(())
 }
 
+/// The time to restore, for the RTO objective: restores that must fail
+/// do not count.
+fn rto_of(record: &RestoreRecord) -> Option<f64> {
+    (record.expected == Expected::Pass).then_some(record.rto.total_s)
+}
+
+impl History {
+    /// Why a restore of `backup` to `target` (None: the end of the
+    /// archive) must fail, if it must: it needs a deleted WAL segment.
+    fn must_fail(&self, backup: &ListedBackup, target: Option<DateTime<Utc>>) -> Option<String> {
+        self.gaps
+            .iter()
+            .find(|g| g.to >= backup.start_time && target.is_none_or(|t| t >= g.from))
+            .map(|g| format!("needs deleted WAL segment {}", g.segment))
+    }
+
+    /// The periods random targets are drawn from in turn: `[from, to]` cut
+    /// at the end of every backup after the first (so that each backup is
+    /// restored from), around every deleted segment (both sides, at
+    /// [`GAP_MARGIN`]) and between a failover's target and its promotion
+    /// (before and after it).
+    fn periods(
+        &self,
+        backups: &[ListedBackup],
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+        let micro = chrono::TimeDelta::microseconds(1);
+        let mut cuts: Vec<(DateTime<Utc>, DateTime<Utc>)> = backups[1..]
+            .iter()
+            .map(|b| (b.finish_time, b.finish_time))
+            .chain(
+                self.gaps
+                    .iter()
+                    .map(|g| (g.from - GAP_MARGIN, g.to + GAP_MARGIN)),
+            )
+            .chain(
+                self.failovers
+                    .iter()
+                    .map(|f| (f.target + micro, f.promoted_at)),
+            )
+            .collect();
+        cuts.sort();
+        let mut periods = Vec::new();
+        let mut start = from;
+        for (cut_from, cut_to) in cuts {
+            let end = to.min(cut_from - micro);
+            if start <= end {
+                periods.push((start, end));
+            }
+            start = start.max(cut_to + micro);
+        }
+        if start <= to {
+            periods.push((start, to));
+        }
+        periods
+    }
+}
+
 fn note_restore(report: &mut DrillReport, record: RestoreRecord, progress: &Progress) {
     progress.say(&format!(
         "restore {}: {} in {:.1}s",
         record.label,
-        if record.passed { "verified" } else { "FAILED" },
+        match (record.passed, record.as_expected) {
+            (true, true) => "verified",
+            (false, true) => "failed, as it must",
+            (_, false) => "UNEXPECTED",
+        },
         record.rto.total_s
     ));
-    if !record.passed {
-        report.failures.push(format!(
-            "restore {} (target {}): {}",
-            record.label,
-            record
-                .target
-                .map(|t| t.to_rfc3339())
-                .unwrap_or_else(|| "end of WAL".into()),
-            record.error.as_deref().unwrap_or("failed")
-        ));
+    if !record.as_expected {
+        let target = record
+            .target
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_else(|| "end of WAL".into());
+        let error = record.error.as_deref().unwrap_or("failed");
+        report.failures.push(match &record.expected_because {
+            None => format!("restore {} (target {target}): {error}", record.label),
+            Some(because) if record.passed => format!(
+                "restore {} (target {target}) must fail ({because}), but it passed: a hole in the archive went unnoticed",
+                record.label
+            ),
+            Some(because) => format!(
+                "restore {} (target {target}) must fail ({because}) by {}, but: {error}",
+                record.label,
+                expected_failure(record.target)
+            ),
+        });
     }
     report.restores.push(record);
+}
+
+/// How a restore that needs a deleted segment must fail: a point-in-time
+/// restore is refused, a restore to the end of the archive stops early and
+/// lacks acknowledged transactions.
+fn expected_failure(target: Option<DateTime<Utc>>) -> &'static str {
+    match target {
+        Some(_) => "PostgreSQL refusing it (FATAL: recovery ended before configured recovery target was reached)",
+        None => "missing acknowledged transactions",
+    }
 }
 
 fn judge_objectives(scenario: &Scenario, report: &mut DrillReport, rto_s: Option<f64>) {
@@ -460,13 +628,7 @@ async fn archived_count(client: &tokio_postgres::Client) -> Option<i64> {
 }
 
 /// Sleeps until `deadline`, printing progress every 5 s.
-async fn wait_until(
-    deadline: Instant,
-    handle: &WorkloadHandle,
-    primary: &tokio_postgres::Client,
-    primary_gone: bool,
-    progress: &Progress,
-) {
+async fn wait_until(deadline: Instant, live: &Live<'_>, primary_gone: bool) {
     loop {
         let now = Instant::now();
         if now >= deadline {
@@ -477,61 +639,16 @@ async fn wait_until(
             let archived = if primary_gone {
                 None
             } else {
-                archived_count(primary).await
+                archived_count(&live.primary).await
             };
-            progress.say(&format!(
+            let count = |f: fn(&WorkloadHandle) -> u64| live.handle.as_ref().map_or(0, f);
+            live.progress.say(&format!(
                 "workload: {} sent, {} acknowledged; WAL archived: {}",
-                handle.rows_sent(),
-                handle.rows_acked(),
+                count(WorkloadHandle::rows_sent),
+                count(WorkloadHandle::rows_acked),
                 archived.map_or("-".to_string(), |n| n.to_string())
             ));
         }
-    }
-}
-
-async fn run_step(
-    step: &Step,
-    env: &mut dyn Environment,
-    primary: &tokio_postgres::Client,
-    handle: &WorkloadHandle,
-) -> Result<String, EnvError> {
-    match step {
-        Step::BaseBackup { full, .. } => {
-            let args: &[&str] = if *full {
-                &["backup-push", "--full"]
-            } else {
-                &["backup-push"]
-            };
-            Ok(env.backup_tool(args).await?.trim().to_string())
-        }
-        Step::Delete { retain, .. } => apply_retention(env, *retain as usize).await,
-        Step::SwitchWal { .. } => {
-            let row = primary
-                .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
-                .await
-                .map_err(pg_err)?;
-            Ok(format!("switched from {}", row.get::<_, String>(0)))
-        }
-        Step::Checkpoint { .. } => {
-            primary.batch_execute("CHECKPOINT").await.map_err(pg_err)?;
-            Ok("checkpoint done".into())
-        }
-        Step::Pause { duration, .. } => {
-            handle.pause();
-            tokio::time::sleep(*duration).await;
-            handle.resume();
-            Ok(format!("paused writers for {duration:?}"))
-        }
-        Step::Disaster { kind, .. } => {
-            env.kill_primary().await?;
-            Ok(format!(
-                "{kind:?}: primary SIGKILLed, data directory destroyed"
-            ))
-        }
-        other => Err(EnvError::Other(format!(
-            "step {} needs the containers environment",
-            other.action()
-        ))),
     }
 }
 
@@ -539,38 +656,6 @@ async fn list_backups(env: &dyn Environment) -> Result<Vec<ListedBackup>, EnvErr
     let json = env.backup_tool(&["backup-list", "--json"]).await?;
     serde_json::from_str(&json)
         .map_err(|e| EnvError::Other(format!("backup-list --json is not what we expect: {e}")))
-}
-
-/// `delete --confirm retain N`, then proves it: exactly the newest N
-/// backups are listed, and the others cannot be fetched.
-async fn apply_retention(env: &mut dyn Environment, retain: usize) -> Result<String, EnvError> {
-    let before = list_backups(env).await?;
-    env.backup_tool(&["delete", "--confirm", "retain", &retain.to_string()])
-        .await?;
-    let after = list_backups(env).await?;
-    let names = |v: &[ListedBackup]| v.iter().map(|b| b.backup_name.clone()).collect::<Vec<_>>();
-    let expected_kept = names(&before[before.len().saturating_sub(retain)..]);
-    if names(&after) != expected_kept {
-        return Err(EnvError::Other(format!(
-            "after delete retain {retain}: listed {:?}, expected {expected_kept:?}",
-            names(&after)
-        )));
-    }
-    let gone = names(&before[..before.len().saturating_sub(retain)]);
-    for name in &gone {
-        if env
-            .backup_tool(&["backup-fetch", "/nonexistent/pgdrill-retention-check", name])
-            .await
-            .is_ok()
-        {
-            return Err(EnvError::Other(format!(
-                "deleted backup {name} can still be fetched"
-            )));
-        }
-    }
-    Ok(format!(
-        "kept {expected_kept:?}; deleted and unfetchable: {gone:?}"
-    ))
 }
 
 /// Forces a segment switch and waits until the archiver stored it.
@@ -585,6 +670,12 @@ async fn switch_and_wait_archived(client: &tokio_postgres::Client) -> Result<Str
         .await
         .map_err(pg_err)?
         .get(0);
+    wait_archived(client, &segment).await?;
+    Ok(segment)
+}
+
+/// Waits until the archiver stored `segment` (or a later one).
+async fn wait_archived(client: &tokio_postgres::Client, segment: &str) -> Result<(), EnvError> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let row = client
@@ -596,7 +687,7 @@ async fn switch_and_wait_archived(client: &tokio_postgres::Client) -> Result<Str
             .map_err(pg_err)?;
         let archived: String = row.get(0);
         if archived.len() >= 24 && archived[8..24] >= segment[8..24] {
-            return Ok(segment);
+            return Ok(());
         }
         if Instant::now() > deadline {
             let failed: String = row.get(1);
@@ -608,40 +699,103 @@ async fn switch_and_wait_archived(client: &tokio_postgres::Client) -> Result<Str
     }
 }
 
+/// One restore to do.
+struct Plan<'a> {
+    label: &'a str,
+    backup: &'a ListedBackup,
+    /// None: the end of the archive.
+    target: Option<DateTime<Utc>>,
+    /// Why it must fail, if it must.
+    must_fail: Option<String>,
+}
+
 /// Restores, verifies against the ledger, and records timings; never
-/// fails: a failure is a failed record. After a disaster the archive ends
-/// where it ends, so the restore must equal the ledger as of its own last
-/// recovered commit; the second value then compares it with everything
-/// acknowledged, which is the disaster's loss.
+/// fails: a failure is a failed record, judged against what the plan
+/// expects. After a disaster the archive ends where it ends, so the
+/// restore must equal the ledger as of its own last recovered commit; the
+/// second value then compares it with everything acknowledged, which is
+/// the disaster's loss.
 async fn restore_and_verify(
     scenario: &Scenario,
     env: &mut dyn Environment,
     ledger: &Ledger,
-    label: &str,
-    backup: &str,
-    target: Option<DateTime<Utc>>,
+    plan: &Plan<'_>,
     after_disaster: bool,
 ) -> (RestoreRecord, Option<verify::VerifyOutcome>) {
+    let (label, target) = (plan.label, plan.target);
     let clock = Instant::now();
     let mut record = RestoreRecord {
         label: label.to_string(),
         kind: if target.is_some() { "pitr" } else { "latest" }.to_string(),
         target,
-        backup: backup.to_string(),
+        backup: plan.backup.backup_name.clone(),
+        expected: match plan.must_fail {
+            Some(_) => Expected::Fail,
+            None => Expected::Pass,
+        },
+        expected_because: plan.must_fail.clone(),
         passed: false,
+        as_expected: false,
         error: None,
         verify: None,
         rto: RtoBreakdown::default(),
     };
-    let restored = match env.restore(label, backup, target).await {
-        Ok(r) => r,
+    let loss = match env.restore(label, &record.backup, target).await {
+        Ok(restored) => {
+            let loss = verify_restored(
+                scenario,
+                &*env,
+                ledger,
+                &mut record,
+                restored,
+                after_disaster,
+            )
+            .await;
+            record.rto.total_s = clock.elapsed().as_secs_f64();
+            loss
+        }
         Err(e) => {
             record.error = Some(e.to_string());
             record.rto.total_s = clock.elapsed().as_secs_f64();
-            env.discard_restore(label).await;
-            return (record, None);
+            None
         }
     };
+    env.discard_restore(label).await;
+    record.as_expected = as_expected(&record);
+    (record, loss)
+}
+
+/// Whether `record` turned out as expected: passed when it must pass; when
+/// it must fail, refused by PostgreSQL (a point-in-time restore: it never
+/// got to verification) or short of acknowledged transactions (the end of
+/// the archive).
+fn as_expected(record: &RestoreRecord) -> bool {
+    match record.expected {
+        Expected::Pass => record.passed,
+        Expected::Fail if record.target.is_some() => {
+            record.verify.is_none()
+                && record
+                    .error
+                    .as_deref()
+                    .is_some_and(|e| e.contains(TARGET_NOT_REACHED))
+        }
+        Expected::Fail => record
+            .verify
+            .as_ref()
+            .is_some_and(|v| v.lost_acked_count > 0),
+    }
+}
+
+/// Verifies restored server `restored` into `record`; see
+/// [`restore_and_verify`].
+async fn verify_restored(
+    scenario: &Scenario,
+    env: &dyn Environment,
+    ledger: &Ledger,
+    record: &mut RestoreRecord,
+    restored: crate::env::Restored,
+    after_disaster: bool,
+) -> Option<verify::VerifyOutcome> {
     let t = &restored.timings;
     record.rto.fetch_s = t.fetch.as_secs_f64();
     record.rto.start_to_consistent_s = t.start_to_consistent.as_secs_f64();
@@ -651,7 +805,7 @@ async fn restore_and_verify(
     let verify_clock = Instant::now();
     let mut errors = Vec::new();
     let mut loss = None;
-    let mut expected_at = target;
+    let mut expected_at = record.target;
     if after_disaster {
         match verify::verify_restore(&restored.client, ledger, None).await {
             Ok(o) => {
@@ -672,22 +826,149 @@ async fn restore_and_verify(
         Err(e) => errors.push(format!("verification could not run: {e}")),
     }
     if scenario.verify.contains(&Check::Amcheck) {
-        if let Err(e) = env.amcheck(label).await {
+        if let Err(e) = env.amcheck(&record.label).await {
             errors.push(format!("amcheck: {e}"));
         }
     }
     record.rto.verify_s = verify_clock.elapsed().as_secs_f64();
-    drop(restored);
-    record.rto.total_s = clock.elapsed().as_secs_f64();
     record.passed = errors.is_empty();
     record.error = (!errors.is_empty()).then(|| errors.join("; "));
-    env.discard_restore(label).await;
-    (record, loss)
+    loss
 }
 
 /// The scenario-file name of a disaster.
 fn disaster_name(kind: DisasterKind) -> &'static str {
     match kind {
         DisasterKind::KillPrimary => "kill_primary",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::WalGapRecord;
+    use steps::Failover;
+
+    /// `s` seconds after an arbitrary epoch.
+    fn t(s: f64) -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(1_700_000_000_000_000 + (s * 1e6) as i64).unwrap()
+    }
+
+    fn backup(start: f64, finish: f64) -> ListedBackup {
+        ListedBackup {
+            backup_name: format!("base_{start}"),
+            start_time: t(start),
+            finish_time: t(finish),
+            row: serde_json::Value::Null,
+        }
+    }
+
+    fn gap(from: f64, to: f64) -> WalGapRecord {
+        WalGapRecord {
+            segment: "000000010000000000000010".into(),
+            key: "wal_005/000000010000000000000010.lz4".into(),
+            from: t(from),
+            to: t(to),
+            detected: true,
+            wal_verify: String::new(),
+        }
+    }
+
+    #[test]
+    fn periods_split_at_backups_and_skip_gaps_and_failovers() {
+        let backups = [backup(0.0, 1.0), backup(4.0, 5.0)];
+        let mut history = History {
+            gaps: vec![gap(10.0, 11.0)],
+            ..History::default()
+        };
+        let us = |s: f64| t(s) - chrono::TimeDelta::microseconds(1);
+        let after = |s: f64| t(s) + chrono::TimeDelta::microseconds(1);
+        assert_eq!(
+            history.periods(&backups, t(1.0), t(20.0)),
+            [
+                (t(1.0), us(5.0)),
+                (after(5.0), us(8.0)),
+                (after(13.0), t(20.0))
+            ]
+        );
+        history.gaps.clear();
+        history.failovers.push(Failover {
+            target: t(6.0),
+            promoted_at: t(7.5),
+        });
+        assert_eq!(
+            history.periods(&backups, t(1.0), t(20.0)),
+            [
+                (t(1.0), us(5.0)),
+                (after(5.0), t(6.0)),
+                (after(7.5), t(20.0))
+            ]
+        );
+        // Nothing after the cuts: no empty period.
+        assert_eq!(history.periods(&backups, t(1.0), t(7.0)).len(), 2);
+    }
+
+    #[test]
+    fn restores_that_need_a_deleted_segment_must_fail() {
+        let history = History {
+            gaps: vec![gap(10.0, 11.0)],
+            ..History::default()
+        };
+        let early = backup(0.0, 1.0);
+        assert_eq!(history.must_fail(&early, Some(t(9.0))), None);
+        let because = Some("needs deleted WAL segment 000000010000000000000010".to_string());
+        assert_eq!(history.must_fail(&early, Some(t(12.0))), because);
+        assert_eq!(history.must_fail(&early, None), because);
+        assert_eq!(history.must_fail(&backup(12.0, 13.0), None), None);
+    }
+
+    #[test]
+    fn a_failure_counts_only_when_expected_and_of_the_expected_kind() {
+        let record = |expected, target: Option<f64>, passed, error: &str| RestoreRecord {
+            label: "r".into(),
+            kind: "pitr".into(),
+            target: target.map(t),
+            backup: "b".into(),
+            expected,
+            expected_because: None,
+            passed,
+            as_expected: false,
+            error: (!error.is_empty()).then(|| error.to_string()),
+            verify: None,
+            rto: RtoBreakdown::default(),
+        };
+        let refused = format!("pg_ctl start failed: FATAL:  {TARGET_NOT_REACHED}");
+        assert!(as_expected(&record(Expected::Pass, Some(1.0), true, "")));
+        assert!(!as_expected(&record(Expected::Pass, Some(1.0), false, "x")));
+        assert!(as_expected(&record(
+            Expected::Fail,
+            Some(1.0),
+            false,
+            &refused
+        )));
+        assert!(!as_expected(&record(Expected::Fail, Some(1.0), true, "")));
+        assert!(!as_expected(&record(
+            Expected::Fail,
+            Some(1.0),
+            false,
+            "connection refused"
+        )));
+        // The end of an archive with a hole: acknowledged commits missing.
+        let mut latest = record(Expected::Fail, None, false, "row_count");
+        assert!(!as_expected(&latest));
+        latest.verify = Some(crate::verify::VerifyOutcome {
+            passed: false,
+            target: None,
+            exact: true,
+            rows: 1,
+            checks: Vec::new(),
+            per_writer: Vec::new(),
+            lost_acked: vec![(1, 2)],
+            lost_acked_count: 1,
+            content_hash: String::new(),
+            last_commit_time: None,
+        });
+        assert!(as_expected(&latest));
+        assert!(!as_expected(&record(Expected::Fail, None, false, &refused)));
     }
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::tail;
 use crate::config::Secret;
 
 /// Failures of the local environment.
@@ -585,11 +586,6 @@ impl LocalPostgres {
     }
 }
 
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 impl Drop for LocalPostgres {
     fn drop(&mut self) {
         if self.running {
@@ -631,6 +627,11 @@ impl LocalEnvironment {
         let env_dir = work.path().join("env");
         let mut tool_settings = s3.settings("drill");
         tool_settings.extend(spec.tool_settings.iter().cloned());
+        tool_settings.extend(
+            spec.tool_secrets
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose().to_string())),
+        );
         write_env_dir(&env_dir, &tool_settings, run_as)?;
         let primary_base = owned_dir(work.path(), "primary", run_as)?;
         let mut settings = archiving_settings(pgdrill, &env_dir, &[]);
@@ -645,13 +646,7 @@ impl LocalEnvironment {
             },
         )?;
         primary.start(Duration::from_secs(60))?;
-        let mut primary_config = tokio_postgres::Config::new();
-        primary_config
-            .host_path(&primary.socket_dir)
-            .port(primary.port)
-            .user("postgres")
-            .dbname("postgres")
-            .application_name("pgdrill-workload");
+        let primary_config = workload_config(&primary);
         Ok(LocalEnvironment {
             primary: Some(primary),
             restores: Default::default(),
@@ -679,6 +674,91 @@ impl LocalEnvironment {
         cmd.stdin(Stdio::null()).kill_on_drop(true);
         cmd
     }
+
+    /// Restores `backup` into a fresh server named `label` (kept in
+    /// `restores`, also when it fails to start): to the end of the archive
+    /// or to `target`; with `archive`, it archives into the storage as the
+    /// primary does, else never. Returns once the server is promoted.
+    async fn restore_server(
+        &mut self,
+        label: &str,
+        backup: &str,
+        target: Option<chrono::DateTime<chrono::Utc>>,
+        archive: bool,
+    ) -> Result<super::Restored, super::EnvError> {
+        use super::Environment;
+        let base = owned_dir(self.work.path(), &format!("restore-{label}"), self.run_as)?;
+        let data = base.join("data");
+        let data_s = data.display().to_string();
+        let target_s = target.map(crate::workload::target_time_arg);
+        let mut args = vec!["backup-fetch", data_s.as_str(), backup];
+        if !archive {
+            args.push("--no-archive");
+        }
+        match &target_s {
+            Some(t) => args.extend(["--recovery-target-time", t.as_str()]),
+            None => args.push("--recover"),
+        }
+        let started = Instant::now();
+        self.backup_tool(&args).await?;
+        let fetch = started.elapsed();
+        let mut pg = LocalPostgres::existing(&self.bin, &base, &data, self.run_as)?;
+        let started = Instant::now();
+        let start_result = pg.start(Duration::from_secs(1800));
+        let start_to_consistent = started.elapsed();
+        let log_file = pg.log_file.clone();
+        self.restores.insert(label.to_string(), pg);
+        start_result?;
+        let pg = &self.restores[label];
+        let client = pg.connect().await?;
+        let started = Instant::now();
+        loop {
+            // A server that accepted connections (hot standby) may still
+            // end recovery with a FATAL error: its log says why.
+            let in_recovery: bool = client
+                .query_one("SELECT pg_is_in_recovery()", &[])
+                .await
+                .map_err(|e| {
+                    super::EnvError::Other(format!(
+                        "restore {label} stopped during recovery ({}); log:\n{}",
+                        crate::backup::pg::pg_error_text(&e),
+                        pg.log_tail(20)
+                    ))
+                })?
+                .get(0);
+            if !in_recovery {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(1800) {
+                return Err(super::EnvError::Other(format!(
+                    "restore {label} did not finish recovery; log:\n{}",
+                    pg.log_tail(20)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(super::Restored {
+            client,
+            timings: super::RestoreTimings {
+                fetch,
+                start_to_consistent,
+                consistent_to_promoted: started.elapsed(),
+                wal_segments: restored_wal_files(&log_file),
+            },
+        })
+    }
+}
+
+/// Connection settings for the workload's writers on `pg`.
+fn workload_config(pg: &LocalPostgres) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host_path(&pg.socket_dir)
+        .port(pg.port)
+        .user("postgres")
+        .dbname("postgres")
+        .application_name("pgdrill-workload");
+    config
 }
 
 /// Counts the WAL files restore_command delivered, from the server log.
@@ -710,23 +790,34 @@ impl super::Environment for LocalEnvironment {
         self.wal_segment_size
     }
 
-    async fn backup_tool(&self, args: &[&str]) -> Result<String, super::EnvError> {
+    async fn backup_tool_status(&self, args: &[&str]) -> Result<super::ToolRun, super::EnvError> {
         let out = self
             .tool_command(args)
             .output()
             .await
             .map_err(io_err("starting the backup tool"))?;
-        if !out.status.success() {
-            return Err(super::EnvError::BackupTool {
-                command: args.join(" "),
-                detail: format!(
-                    "{}: {}",
-                    out.status,
-                    tail(String::from_utf8_lossy(&out.stderr).trim(), 5)
-                ),
-            });
+        Ok(super::ToolRun {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    async fn delete_wal(&self, segment: &str) -> Result<String, super::EnvError> {
+        use crate::backup::{codec::Compression, layout, store};
+        let settings = crate::config::Settings::load(Some(&self.env_dir))?;
+        let store = store::open(&settings.storage)?;
+        for compression in Compression::ALL {
+            let key = layout::wal_key(segment, compression);
+            if store.head(&key).await?.is_some() {
+                store.delete(&key).await?;
+                return Ok(key.to_string());
+            }
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Err(super::EnvError::Other(format!(
+            "WAL segment {segment} is not in {}",
+            store.describe()
+        )))
     }
 
     async fn kill_primary(&mut self) -> Result<(), super::EnvError> {
@@ -744,54 +835,28 @@ impl super::Environment for LocalEnvironment {
         backup: &str,
         target: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<super::Restored, super::EnvError> {
-        let base = owned_dir(self.work.path(), &format!("restore-{label}"), self.run_as)?;
-        let data = base.join("data");
-        let data_s = data.display().to_string();
-        let target_s = target.map(crate::workload::target_time_arg);
-        let mut args = vec!["backup-fetch", data_s.as_str(), backup, "--no-archive"];
-        match &target_s {
-            Some(t) => args.extend(["--recovery-target-time", t.as_str()]),
-            None => args.push("--recover"),
+        self.restore_server(label, backup, target, false).await
+    }
+
+    async fn fail_over(
+        &mut self,
+        label: &str,
+        backup: &str,
+        target: chrono::DateTime<chrono::Utc>,
+    ) -> Result<super::Restored, super::EnvError> {
+        if let Some(mut old) = self.primary.take() {
+            old.stop("fast")?;
         }
-        let started = Instant::now();
-        self.backup_tool(&args).await?;
-        let fetch = started.elapsed();
-        let mut pg = LocalPostgres::existing(&self.bin, &base, &data, self.run_as)?;
-        let started = Instant::now();
-        let start_result = pg.start(Duration::from_secs(1800));
-        let start_to_consistent = started.elapsed();
-        let log_file = pg.log_file.clone();
-        self.restores.insert(label.to_string(), pg);
-        start_result?;
-        let pg = &self.restores[label];
-        let client = pg.connect().await?;
-        let started = Instant::now();
-        loop {
-            let in_recovery: bool = client
-                .query_one("SELECT pg_is_in_recovery()", &[])
-                .await
-                .map_err(|e| super::EnvError::Postgres(crate::backup::pg::pg_error_text(&e)))?
-                .get(0);
-            if !in_recovery {
-                break;
-            }
-            if started.elapsed() > Duration::from_secs(1800) {
-                return Err(super::EnvError::Other(format!(
-                    "restore {label} did not finish recovery; log:\n{}",
-                    pg.log_tail(20)
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(super::Restored {
-            client,
-            timings: super::RestoreTimings {
-                fetch,
-                start_to_consistent,
-                consistent_to_promoted: started.elapsed(),
-                wal_segments: restored_wal_files(&log_file),
-            },
-        })
+        let restored = self
+            .restore_server(label, backup, Some(target), true)
+            .await?;
+        let pg = self
+            .restores
+            .remove(label)
+            .expect("restore_server keeps the server");
+        self.primary_config = workload_config(&pg);
+        self.primary = Some(pg);
+        Ok(restored)
     }
 
     async fn amcheck(&self, label: &str) -> Result<(), super::EnvError> {

@@ -13,12 +13,27 @@ use chrono::{DateTime, Utc};
 /// Failures of an environment, with the cause spelled out.
 #[derive(Debug, thiserror::Error)]
 pub enum EnvError {
+    /// The local environment's processes or files.
     #[error(transparent)]
     Local(#[from] local::LocalError),
+    /// A backup-tool verb exited non-zero (or could not be read).
     #[error("backup tool `{command}` failed: {detail}")]
-    BackupTool { command: String, detail: String },
+    BackupTool {
+        /// The verb and its arguments.
+        command: String,
+        /// The exit status and the end of its stderr.
+        detail: String,
+    },
+    /// The backup tool's settings, read as the tool reads them, are unusable.
+    #[error("backup tool settings: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// The archive's storage, reached directly (not through the tool).
+    #[error("storage: {0}")]
+    Storage(#[from] crate::backup::store::StoreError),
+    /// A statement on a server failed.
     #[error("postgres: {0}")]
     Postgres(String),
+    /// Anything else, spelled out.
     #[error("{0}")]
     Other(String),
 }
@@ -30,6 +45,9 @@ pub struct EnvSpec {
     pub bucket: String,
     /// Extra backup-tool settings (WALG_*, PGDRILL_SABOTAGE).
     pub tool_settings: Vec<(String, String)>,
+    /// Backup-tool settings that are secrets (a key's passphrase): handed
+    /// to the tool as its settings are, never printed.
+    pub tool_secrets: Vec<(String, crate::config::Secret)>,
     /// postgresql.conf settings for the primary.
     pub postgres_settings: Vec<(String, String)>,
     pub wal_segsize_mb: Option<u32>,
@@ -54,9 +72,18 @@ pub struct Restored {
     pub timings: RestoreTimings,
 }
 
+/// How a backup-tool run ended, and what it printed.
+#[derive(Debug)]
+pub struct ToolRun {
+    /// Its exit status.
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
 /// What a drill needs from an environment.
 #[async_trait]
-pub trait Environment: Send {
+pub trait Environment: Send + Sync {
     /// `local`, `containers` or `kind`.
     fn kind(&self) -> &'static str;
     /// The server version, e.g. "15.10".
@@ -65,9 +92,23 @@ pub trait Environment: Send {
     fn primary_config(&self) -> tokio_postgres::Config;
     /// WAL segment size of the primary, in bytes.
     fn wal_segment_size(&self) -> u64;
-    /// Runs a backup-tool verb against the primary and its storage; returns
-    /// its stdout.
-    async fn backup_tool(&self, args: &[&str]) -> Result<String, EnvError>;
+    /// Runs a backup-tool verb against the primary and its storage, however
+    /// it exits; `Err` only when it could not be run.
+    async fn backup_tool_status(&self, args: &[&str]) -> Result<ToolRun, EnvError>;
+    /// Runs a backup-tool verb that must succeed; returns its stdout.
+    async fn backup_tool(&self, args: &[&str]) -> Result<String, EnvError> {
+        let run = self.backup_tool_status(args).await?;
+        if !run.status.success() {
+            return Err(EnvError::BackupTool {
+                command: args.join(" "),
+                detail: format!("{}: {}", run.status, tail(run.stderr.trim(), 5)),
+            });
+        }
+        Ok(run.stdout)
+    }
+    /// Deletes archived WAL segment `segment` (a 24-digit file name) from
+    /// the storage, whatever its compression; returns the object's key.
+    async fn delete_wal(&self, segment: &str) -> Result<String, EnvError>;
     /// SIGKILLs the primary and destroys its data directory.
     async fn kill_primary(&mut self) -> Result<(), EnvError>;
     /// Restores `backup` into a fresh server: to the end of the archive, or
@@ -78,6 +119,17 @@ pub trait Environment: Send {
         backup: &str,
         target: Option<DateTime<Utc>>,
     ) -> Result<Restored, EnvError>;
+    /// Makes a point-in-time restore of `backup` to `target` the primary:
+    /// stops the primary, restores into a fresh server (named `label`)
+    /// that archives into the same storage, so its promotion starts a new
+    /// timeline, and returns once it is promoted. From then on
+    /// [`Environment::primary_config`] and the backup tool use it.
+    async fn fail_over(
+        &mut self,
+        label: &str,
+        backup: &str,
+        target: DateTime<Utc>,
+    ) -> Result<Restored, EnvError>;
     /// Runs amcheck on restore `label`.
     async fn amcheck(&self, label: &str) -> Result<(), EnvError>;
     /// Stops restore `label` and frees what it used.
@@ -85,6 +137,12 @@ pub trait Environment: Send {
     /// Keeps everything (processes stopped, directories left) for `--keep`;
     /// returns where.
     fn keep(&mut self) -> Option<std::path::PathBuf>;
+}
+
+/// The last `lines` lines of `text` (for error messages).
+pub(crate) fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Whether drills can run in an environment here; `Err` says why not.

@@ -148,6 +148,8 @@ pub struct Storage {
     /// Longest chain of delta backups on a full one
     /// (`WALG_DELTA_MAX_STEPS`); 0 makes every backup full. Default: 0.
     pub delta_max_steps: u32,
+    /// Encryption of stored objects. Default: [`Encryption::None`].
+    pub encryption: Encryption,
 }
 
 impl Default for Storage {
@@ -156,6 +158,57 @@ impl Default for Storage {
             bucket: "drill".to_owned(),
             compression: Compression::Lz4,
             delta_max_steps: 0,
+            encryption: Encryption::None,
+        }
+    }
+}
+
+/// Encryption of stored objects: `none`, `{ pgp: { key_path, passphrase_path } }`
+/// or `{ libsodium: { key_path } }`. Paths are written relative to the
+/// scenario file's directory; once loaded they are absolute.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Encryption {
+    /// Objects are stored unencrypted.
+    #[default]
+    None,
+    /// OpenPGP (`WALG_PGP_KEY_PATH`).
+    Pgp {
+        /// An armored private key (restores decrypt with it).
+        key_path: PathBuf,
+        /// A file whose first line is the key's passphrase
+        /// (`WALG_PGP_KEY_PASSPHRASE`); for a protected key only.
+        passphrase_path: Option<PathBuf>,
+    },
+    /// A 32-byte symmetric key (`WALG_LIBSODIUM_KEY_PATH`, with
+    /// `WALG_LIBSODIUM_KEY_TRANSFORM=hex`).
+    Libsodium {
+        /// A file holding the key as 64 hex digits.
+        key_path: PathBuf,
+    },
+}
+
+impl Encryption {
+    /// The name used in scenario files and reports.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Encryption::None => "none",
+            Encryption::Pgp { .. } => "pgp",
+            Encryption::Libsodium { .. } => "libsodium",
+        }
+    }
+
+    /// The key files, each with its key name, as written.
+    fn files_mut(&mut self) -> Vec<(&'static str, &mut PathBuf)> {
+        match self {
+            Encryption::None => Vec::new(),
+            Encryption::Pgp {
+                key_path,
+                passphrase_path,
+            } => std::iter::once(("key_path", key_path))
+                .chain(passphrase_path.as_mut().map(|p| ("passphrase_path", p)))
+                .collect(),
+            Encryption::Libsodium { key_path } => vec![("key_path", key_path)],
         }
     }
 }
@@ -237,13 +290,35 @@ pub enum Step {
         #[serde(deserialize_with = "duration")]
         duration: Duration,
     },
-    /// Apply retention: `delete retain N --confirm`.
+    /// Apply retention: `delete --confirm retain N`, or with `full`
+    /// `delete --confirm retain FULL N`.
     Delete {
         /// When.
         #[serde(deserialize_with = "duration")]
         at: Duration,
         /// Base backups to keep, at least 1.
         retain: u32,
+        /// Count full backups only: the newest `retain` full backups and
+        /// every backup after the oldest of them are kept. Default: false.
+        #[serde(default)]
+        full: bool,
+    },
+    /// Delete the archived WAL segment that was being written at `at`,
+    /// once the archiver has stored it: a silent hole in the archive.
+    /// Local environment only.
+    DeleteWal {
+        /// When.
+        #[serde(deserialize_with = "duration")]
+        at: Duration,
+    },
+    /// Stop the writers, restore a base backup to a quiet moment between
+    /// the end of the first base backup and now, with archiving into the
+    /// same storage (a new timeline), make that server the primary (the
+    /// old one is stopped) and go on writing on it.
+    PitrFailover {
+        /// When.
+        #[serde(deserialize_with = "duration")]
+        at: Duration,
     },
     /// End the drill with a disaster; at most one, and the last step. It may
     /// come at or after the workload's end.
@@ -289,6 +364,8 @@ impl Step {
             | Step::Checkpoint { at }
             | Step::Pause { at, .. }
             | Step::Delete { at, .. }
+            | Step::DeleteWal { at }
+            | Step::PitrFailover { at }
             | Step::Disaster { at, .. }
             | Step::StorageOutage { at, .. }
             | Step::StorageCorruption { at }
@@ -304,6 +381,8 @@ impl Step {
             Step::Checkpoint { .. } => "checkpoint",
             Step::Pause { .. } => "pause",
             Step::Delete { .. } => "delete",
+            Step::DeleteWal { .. } => "delete_wal",
+            Step::PitrFailover { .. } => "pitr_failover",
             Step::Disaster { .. } => "disaster",
             Step::StorageOutage { .. } => "storage_outage",
             Step::StorageCorruption { .. } => "storage_corruption",
@@ -311,14 +390,17 @@ impl Step {
         }
     }
 
-    /// Whether the step needs [`Environment::Containers`].
-    pub fn needs_containers(&self) -> bool {
-        matches!(
-            self,
+    /// The one environment the step is available in, if it is limited to
+    /// one: storage and network faults need [`Environment::Containers`],
+    /// `delete_wal` needs [`Environment::Local`].
+    pub fn only_in(&self) -> Option<Environment> {
+        match self {
             Step::StorageOutage { .. }
-                | Step::StorageCorruption { .. }
-                | Step::NetworkLatency { .. }
-        )
+            | Step::StorageCorruption { .. }
+            | Step::NetworkLatency { .. } => Some(Environment::Containers),
+            Step::DeleteWal { .. } => Some(Environment::Local),
+            _ => None,
+        }
     }
 }
 
@@ -335,10 +417,11 @@ pub enum DisasterKind {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Restores {
-    /// Point-in-time restores to commit timestamps drawn uniformly (from the
-    /// seed) between the end of the oldest base backup still stored and the
-    /// last archived commit, each from the newest base backup that ended
-    /// before its target. At most 1000. Default: 0.
+    /// Point-in-time restores to quiet moments drawn (from the seed)
+    /// between the end of the oldest base backup still stored and the last
+    /// archived commit, in turn from each period between later backups,
+    /// deleted WAL segments and failovers; each from the newest base backup
+    /// that ended before its target. At most 1000. Default: 0.
     pub random_targets: u32,
     /// Also restore to the end of the archived WAL. Default: false.
     pub latest: bool,
@@ -431,11 +514,12 @@ impl Scenario {
     }
 
     /// Parses and validates scenario `text`; `origin` names it in errors
-    /// (usually the file's path).
+    /// (usually the file's path), and relative key file paths are resolved
+    /// against its directory (the current one when it has none).
     #[allow(clippy::should_implement_trait)] // FromStr has no room for `origin`
     pub fn from_str(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
         let mut key = Vec::new();
-        let scenario: Scenario =
+        let mut scenario: Scenario =
             serde_saphyr::with_deserializer_from_str_with_options(text, yaml_options(), |de| {
                 serde_path_to_error::deserialize(de).map_err(|e| {
                     key = error::key_path(e.path());
@@ -443,7 +527,10 @@ impl Scenario {
                 })
             })
             .map_err(|e| error::from_yaml(&e, key, text, origin))?;
-        validate::check(&scenario).map_err(|problem| problem.locate(text, origin))?;
+        let base = Path::new(origin).parent().unwrap_or(Path::new(""));
+        validate::check(&scenario)
+            .and_then(|()| validate::key_files(&mut scenario.storage.encryption, base))
+            .map_err(|problem| problem.locate(text, origin))?;
         Ok(scenario)
     }
 }
@@ -553,11 +640,13 @@ objectives: { rpo: 5s, rto: 60s }
             s.steps[4],
             Step::Delete {
                 at: Duration::from_secs(20),
-                retain: 2
+                retain: 2,
+                full: false
             }
         );
         assert_eq!(s.steps[8].action(), "disaster");
-        assert!(s.steps[5].needs_containers() && !s.steps[4].needs_containers());
+        assert_eq!(s.steps[5].only_in(), Some(Environment::Containers));
+        assert_eq!(s.steps[4].only_in(), None);
         assert_eq!(s.restores.from, BackupChoice::Oldest);
         assert_eq!(s.objectives.rpo, Some(Duration::from_secs(5)));
     }
@@ -708,6 +797,100 @@ objectives: { rpo: 5s, rto: 60s }
             e.contains("steps[0].delay: `network_latency` needs a `delay` above zero"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn new_steps_parse_with_their_rules() {
+        let s = parse(
+            "steps:\n  - { at: 0s, action: base_backup }\n  - { at: 5s, action: delete_wal }\n  - { at: 8s, action: pitr_failover }\n  - { at: 9s, action: delete, retain: 1, full: true }\n",
+        )
+        .unwrap();
+        let actions: Vec<_> = s.steps.iter().map(Step::action).collect();
+        assert_eq!(
+            actions,
+            ["base_backup", "delete_wal", "pitr_failover", "delete"]
+        );
+        assert_eq!(s.steps[1].only_in(), Some(Environment::Local));
+        assert!(matches!(
+            s.steps[3],
+            Step::Delete {
+                retain: 1,
+                full: true,
+                ..
+            }
+        ));
+        let e =
+            error("steps: [{ at: 0s, action: pitr_failover }, { at: 0s, action: base_backup }]\n");
+        assert!(
+            e.contains(
+                "t.yaml:4:9: steps[0]: `pitr_failover` at 0s needs a base_backup step before it"
+            ),
+            "{e}"
+        );
+        let e = error("environment: containers\nsteps: [{ at: 1s, action: delete_wal }]\n");
+        assert!(
+            e.contains("steps[0].action: `delete_wal` is only available in environment `local`, not `containers`"),
+            "{e}"
+        );
+        assert!(e.contains("hint: `delete_wal` reaches into"), "{e}");
+    }
+
+    #[test]
+    fn encryption_keys_are_files_next_to_the_scenario() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("keys")).unwrap();
+        for f in ["key.asc", "pass", "sodium.hex"] {
+            std::fs::write(dir.path().join("keys").join(f), "x\n").unwrap();
+        }
+        let origin = dir.path().join("s.yaml");
+        let load = |storage: &str| {
+            Scenario::from_str(
+                &format!("{MINIMAL}storage: {storage}\n"),
+                origin.to_str().unwrap(),
+            )
+        };
+        assert_eq!(
+            load("{ encryption: none }").unwrap().storage.encryption,
+            Encryption::None
+        );
+        let s =
+            load("{ encryption: { pgp: { key_path: keys/key.asc, passphrase_path: keys/pass } } }")
+                .unwrap();
+        assert_eq!(s.storage.encryption.as_str(), "pgp");
+        assert_eq!(
+            s.storage.encryption,
+            Encryption::Pgp {
+                key_path: dir.path().join("keys/key.asc"),
+                passphrase_path: Some(dir.path().join("keys/pass")),
+            }
+        );
+        let s = load("{ encryption: { libsodium: { key_path: ./keys/sodium.hex } } }").unwrap();
+        assert_eq!(s.storage.encryption.as_str(), "libsodium");
+        let e =
+            load("{ encryption: { pgp: { key_path: keys/key.asc, passphrase_path: keys/nope } } }")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains(":4:74: storage.encryption.pgp.passphrase_path: cannot read `keys/nope` ("),
+            "{e}"
+        );
+        assert!(
+            e.contains("hint: key files are read relative to the scenario file's directory"),
+            "{e}"
+        );
+        let e = load("{ encryption: { libsodium: { key_path: keys } } }")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("storage.encryption.libsodium.key_path: cannot read `keys`"),
+            "{e}"
+        );
+        let e = load("{ encryption: { pgp: { key: k } } }")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `key`"), "{e}");
+        let e = load("{ encryption: gpg }").unwrap_err().to_string();
+        assert!(e.contains("unknown variant `gpg`"), "{e}");
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Semantic checks: the rules a well-formed scenario must also follow.
 
+use std::path::Path;
 use std::time::Duration;
 
 use humantime::format_duration;
 
 use super::error::{Problem, Seg};
-use super::{BackupChoice, Engine, Environment, Sabotage, Scenario, Step};
+use super::{BackupChoice, Encryption, Engine, Environment, Sabotage, Scenario, Step};
 
 /// Returns a [`Problem`] at key path `[segs]` with `hint` and a formatted message.
 macro_rules! bail {
@@ -200,12 +201,27 @@ fn steps(s: &Scenario) -> Result<(), Problem> {
             format_duration(at),
             format_duration(end)
         );
+        if let Some(only) = step.only_in().filter(|&e| e != s.environment) {
+            bail!(
+                ["steps", i, "action"],
+                match only {
+                    Environment::Containers => "storage and network faults need `environment: containers`; change the environment or remove the step",
+                    _ => "`delete_wal` reaches into the local environment's storage; use `environment: local` or remove the step",
+                },
+                "`{action}` is only available in environment `{}`, not `{}`",
+                only.as_str(),
+                s.environment.as_str()
+            );
+        }
         ensure!(
-            !step.needs_containers() || s.environment == Environment::Containers,
-            ["steps", i, "action"],
-            "storage and network faults need `environment: containers`; change the environment or remove the step",
-            "`{action}` is only available in environment `containers`, not `{}`",
-            s.environment.as_str()
+            !matches!(step, Step::PitrFailover { .. })
+                || s.steps[..i]
+                    .iter()
+                    .any(|b| matches!(b, Step::BaseBackup { .. }) && b.at() < at),
+            ["steps", i],
+            "the failover restores a base backup: add a `base_backup` step before it",
+            "`{action}` at {} needs a base_backup step before it",
+            format_duration(at)
         );
         let zero = match *step {
             Step::Delete { retain: 0, .. } => Some("retain"),
@@ -281,6 +297,31 @@ fn objectives(s: &Scenario) -> Result<(), Problem> {
         "request restores (`restores.latest` or `restores.random_targets`), or remove `rto`",
         "rto is measured on restores, and none is requested"
     );
+    Ok(())
+}
+
+/// Checks that the key files of `encryption` are readable files, written
+/// relative to `base` (the scenario file's directory), and makes their
+/// paths absolute (the backup tool may run in another directory).
+pub(super) fn key_files(encryption: &mut Encryption, base: &Path) -> Result<(), Problem> {
+    let variant = encryption.as_str();
+    for (key, path) in encryption.files_mut() {
+        let resolved = base.join(&*path);
+        let readable = std::fs::File::open(&resolved).and_then(|f| match f.metadata()?.is_file() {
+            true => std::path::absolute(&resolved),
+            false => Err(std::io::Error::other("not a file")),
+        });
+        match readable {
+            Ok(absolute) => *path = absolute,
+            Err(e) => bail!(
+                ["storage", "encryption", variant, key],
+                "key files are read relative to the scenario file's directory, e.g. `../fixtures/keys/private.asc`",
+                "cannot read `{}` ({}): {e}",
+                path.display(),
+                resolved.display()
+            ),
+        }
+    }
     Ok(())
 }
 

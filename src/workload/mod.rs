@@ -3,8 +3,9 @@
 //! [`Ledger`] of every commit, which is the truth restores are verified
 //! against (see [`crate::verify`]).
 //!
-//! Writer `w` (from 1) inserts rows `(w, seq, payload)` with seq 1, 2, 3, …,
-//! one autocommit INSERT each, with a payload derived from
+//! Writer `w` (from 1) inserts rows `(w, seq, payload)` with seq 1, 2, 3, …
+//! (or on from a given seq, on a server that holds the first ones: see
+//! [`start_from`]), one autocommit INSERT each, with a payload derived from
 //! (seed, writer, seq), so the expected table content follows from the
 //! ledger alone.
 
@@ -24,7 +25,7 @@ use crate::backup::pg::pg_error_text;
 pub use content::{payload, ContentHasher};
 pub use ledger::{Expectation, Ledger, LedgerEntry, LedgerSummary, Outcome};
 pub use seqs::SeqSet;
-pub use writer::{start, WorkloadHandle};
+pub use writer::{start, start_from, WorkloadHandle};
 
 /// The table the writers fill.
 pub const TABLE: &str = "pgdrill_ledger";

@@ -58,6 +58,17 @@ pub struct WorkloadHandle {
 /// `spec.duration` has passed or [`WorkloadHandle::stop`]. Call within a
 /// tokio runtime, after [`super::prepare`].
 pub fn start(config: Config, spec: WorkloadSpec) -> Result<WorkloadHandle, WorkloadError> {
+    start_from(config, spec, &BTreeMap::new())
+}
+
+/// [`start`] on a table that already holds rows: writer `w` continues at
+/// seq `first_seq[w]` (1 for a writer not listed), e.g. on a server
+/// restored from the workload's earlier commits.
+pub fn start_from(
+    config: Config,
+    spec: WorkloadSpec,
+    first_seq: &BTreeMap<u32, u64>,
+) -> Result<WorkloadHandle, WorkloadError> {
     if spec.writers == 0 || spec.rate_per_second == 0 {
         return Err(WorkloadError::InvalidSpec(
             "writers and rate_per_second must be at least 1".into(),
@@ -83,6 +94,7 @@ pub fn start(config: Config, spec: WorkloadSpec) -> Result<WorkloadHandle, Workl
         .map(|id| {
             let writer = Writer {
                 id,
+                first_seq: first_seq.get(&id).copied().unwrap_or(1).max(1),
                 seed: spec.seed,
                 payload_bytes: spec.payload_bytes,
                 first_tick: begin + period * (id - 1) / spec.writers,
@@ -186,6 +198,8 @@ fn now() -> DateTime<Utc> {
 /// One writer's settings and state.
 struct Writer {
     id: u32,
+    /// The seq of the writer's first row.
+    first_seq: u64,
     seed: u64,
     payload_bytes: usize,
     first_tick: Instant,
@@ -215,7 +229,7 @@ impl Writer {
         let writer_sql = i32::try_from(self.id).map_err(|e| e.to_string())?;
         let mut ticker = tokio::time::interval_at(self.first_tick, self.period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
-        let mut seq: u64 = 0;
+        let mut seq = self.first_seq - 1;
         while next_turn(&mut self.control, &mut ticker, self.deadline).await {
             seq += 1;
             let row = payload(self.seed, self.id, seq, self.payload_bytes);

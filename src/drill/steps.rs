@@ -1,0 +1,497 @@
+//! The timeline while it runs: the primary, its writers, and the steps,
+//! including those that change what restores must show (a deleted WAL
+//! segment, a failover to a new timeline).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use rand::rngs::StdRng;
+use tokio_postgres::Client;
+
+use super::{
+    list_backups, pg_err, switch_and_wait_archived, wait_archived, ListedBackup, Progress,
+};
+use crate::backup::layout::{Lsn, Segment};
+use crate::env::{EnvError, Environment};
+use crate::report::WalGapRecord;
+use crate::scenario::{Scenario, Step};
+use crate::verify;
+use crate::workload::{self, Ledger, LedgerEntry, WorkloadHandle, WorkloadSpec};
+
+/// A `pitr_failover`: the old timeline was given up after `target`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Failover {
+    /// The quiet moment the new primary was restored to.
+    pub target: DateTime<Utc>,
+    /// When the new primary was promoted and took writes.
+    pub promoted_at: DateTime<Utc>,
+}
+
+/// What the steps did that decides where restore targets lie and how the
+/// restores must turn out.
+#[derive(Debug, Default)]
+pub(super) struct History {
+    /// WAL segments deleted from the archive.
+    pub gaps: Vec<WalGapRecord>,
+    pub failovers: Vec<Failover>,
+    /// Backups of a timeline given up by a failover that ended after its
+    /// target: not on the new timeline's history, so never restored.
+    pub abandoned: Vec<String>,
+}
+
+/// The drill while its timeline runs.
+pub(super) struct Live<'a> {
+    pub scenario: &'a Scenario,
+    pub env: &'a mut dyn Environment,
+    pub progress: &'a Progress,
+    /// A connection to the current primary.
+    pub primary: Client,
+    /// The writers on the current primary; None once stopped for good.
+    pub handle: Option<WorkloadHandle>,
+    /// The workload as specified, and when it started.
+    pub spec: WorkloadSpec,
+    pub started_at: DateTime<Utc>,
+    /// When the writers stop.
+    pub workload_end: Instant,
+    /// Transactions of earlier primaries that the current one holds (after
+    /// a `pitr_failover`), and why their writers stopped early.
+    pub inherited: Vec<LedgerEntry>,
+    pub inherited_errors: BTreeMap<u32, String>,
+    /// Deltas on the newest backup of this timeline (None: no backup yet).
+    pub chain: Option<u32>,
+    /// Choices of the failovers.
+    pub rng: StdRng,
+    pub history: History,
+}
+
+impl Live<'_> {
+    /// Runs one step; the detail for the report, or why it failed.
+    pub async fn run_step(&mut self, step: &Step) -> Result<String, EnvError> {
+        match step {
+            Step::BaseBackup { full, .. } => self.base_backup(*full).await,
+            Step::Delete { retain, full, .. } => {
+                apply_retention(&*self.env, *retain as usize, *full).await
+            }
+            Step::SwitchWal { .. } => {
+                let row = self
+                    .primary
+                    .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+                    .await
+                    .map_err(pg_err)?;
+                Ok(format!("switched from {}", row.get::<_, String>(0)))
+            }
+            Step::Checkpoint { .. } => {
+                self.primary
+                    .batch_execute("CHECKPOINT")
+                    .await
+                    .map_err(pg_err)?;
+                Ok("checkpoint done".into())
+            }
+            Step::Pause { duration, .. } => {
+                if let Some(h) = &self.handle {
+                    h.pause();
+                    tokio::time::sleep(*duration).await;
+                    h.resume();
+                }
+                Ok(format!("paused writers for {duration:?}"))
+            }
+            Step::DeleteWal { .. } => self.delete_wal().await,
+            Step::PitrFailover { .. } => self.fail_over().await,
+            Step::Disaster { kind, .. } => {
+                self.env.kill_primary().await?;
+                Ok(format!(
+                    "{kind:?}: primary SIGKILLed, data directory destroyed"
+                ))
+            }
+            other => Err(EnvError::Other(format!(
+                "step {} needs the containers environment",
+                other.action()
+            ))),
+        }
+    }
+
+    /// `backup-push` (`--full` when asked); checks that the tool made a
+    /// delta exactly when `storage.delta_max_steps` allows one (WAL-G names
+    /// a delta `base_<start>_D_<parent start>`).
+    async fn base_backup(&mut self, full: bool) -> Result<String, EnvError> {
+        let args: &[&str] = if full {
+            &["backup-push", "--full"]
+        } else {
+            &["backup-push"]
+        };
+        let name = self.env.backup_tool(args).await?.trim().to_string();
+        let max = self.scenario.storage.delta_max_steps;
+        let expected = self.chain.filter(|&c| !full && c < max).map(|c| c + 1);
+        let made = delta_parent(&name).map(|_| self.chain.unwrap_or(0) + 1);
+        self.chain = Some(made.unwrap_or(0));
+        let kind = |n: Option<u32>| match n {
+            Some(n) => format!("delta {n} of at most {max}"),
+            None => "full".to_string(),
+        };
+        if made != expected {
+            return Err(EnvError::Other(format!(
+                "backup-push made {name}, a {} backup; expected a {} backup",
+                kind(made),
+                kind(expected)
+            )));
+        }
+        Ok(format!("{name} ({})", kind(made)))
+    }
+
+    /// Deletes a segment of the writers' commits from the archive, once the
+    /// archiver has stored it, and records when they were made: the
+    /// segment opened by a WAL switch now, closed by another a second later
+    /// (or earlier, by `archive_timeout`).
+    async fn delete_wal(&mut self) -> Result<String, EnvError> {
+        let from = Utc::now();
+        let switch = "SELECT pg_switch_wal()::text, pg_walfile_name(pg_current_wal_lsn())";
+        let row = self.primary.query_one(switch, &[]).await.map_err(pg_err)?;
+        let (end, current): (String, String) = (row.get(0), row.get(1));
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        self.primary.query_one(switch, &[]).await.map_err(pg_err)?;
+        let timeline = u32::from_str_radix(&current[..8], 16)
+            .map_err(|e| EnvError::Other(format!("timeline of {current}: {e}")))?;
+        let end = Lsn::parse(&end)
+            .ok_or_else(|| EnvError::Other(format!("pg_switch_wal returned {end:?}")))?;
+        // The switch returns the end of the segment it closed, within it, or
+        // (when there was nothing to close) the start of the current one:
+        // either way the new segment starts at the next boundary from there.
+        let seg_size = self.env.wal_segment_size();
+        let first = Lsn(end.0.div_ceil(seg_size) * seg_size);
+        let segment = Segment::of_lsn(timeline, first, seg_size).file_name(seg_size);
+        wait_archived(&self.primary, &segment).await?;
+        let to = Utc::now();
+        let key = self.env.delete_wal(&segment).await?;
+        let detail = format!(
+            "deleted {key}; every commit in it was made between {} and {}",
+            from.format("%H:%M:%S%.6f"),
+            to.format("%H:%M:%S%.6f")
+        );
+        self.history.gaps.push(WalGapRecord {
+            segment,
+            key,
+            from,
+            to,
+            detected: false,
+            wal_verify: "not checked".into(),
+        });
+        Ok(detail)
+    }
+
+    /// The ledger of what the current primary holds: the inherited
+    /// transactions and those of `run`, its writers' ledger.
+    fn combined(&self, run: Ledger) -> Ledger {
+        let mut entries = self.inherited.clone();
+        entries.extend_from_slice(run.entries());
+        let mut errors = self.inherited_errors.clone();
+        errors.extend(run.writer_errors().clone());
+        Ledger::new(self.spec.clone(), self.started_at, entries, errors)
+    }
+
+    /// Stops the writers and returns the ledger of everything the current
+    /// primary holds.
+    pub async fn stop_writers(&mut self) -> Ledger {
+        let run = match self.handle.take() {
+            Some(h) => {
+                h.stop();
+                h.join().await
+            }
+            None => Ledger::new(
+                self.spec.clone(),
+                self.started_at,
+                Vec::new(),
+                BTreeMap::new(),
+            ),
+        };
+        self.combined(run)
+    }
+
+    /// `pitr_failover`: see [`Step::PitrFailover`].
+    async fn fail_over(&mut self) -> Result<String, EnvError> {
+        let ledger = self.stop_writers().await;
+        // Every commit made so far is then in the archive.
+        switch_and_wait_archived(&self.primary).await?;
+        let backups: Vec<ListedBackup> = list_backups(&*self.env)
+            .await?
+            .into_iter()
+            .filter(|b| !self.history.abandoned.contains(&b.backup_name))
+            .collect();
+        let earliest = backups
+            .first()
+            .ok_or_else(|| EnvError::Other("no base backup to fail over from".into()))?
+            .finish_time
+            + chrono::Duration::milliseconds(1);
+        let target = ledger
+            .summary()
+            .last_acked_at
+            .and_then(|last| ledger.pick_target(&mut self.rng, earliest, last))
+            .ok_or_else(|| {
+                EnvError::Other(format!(
+                    "no commit after the first backup ended ({earliest}) to fail over to"
+                ))
+            })?;
+        let exact = ledger.expected_at(target).exact;
+        let backup = newest_before(&backups, target).backup_name.clone();
+        self.progress.say(&format!(
+            "failover: restoring {backup} to {} with archiving",
+            target.format("%H:%M:%S%.6f")
+        ));
+        let restored = self.env.fail_over("failover", &backup, target).await?;
+        let promoted_at = Utc::now();
+        let outcome = verify::verify_restore(&restored.client, &ledger, Some(target))
+            .await
+            .map_err(|e| EnvError::Other(format!("verifying the new primary: {e}")))?;
+        if !outcome.passed {
+            return Err(EnvError::Other(format!(
+                "the new primary does not hold the commits up to its target: {}",
+                outcome.summary()
+            )));
+        }
+        let current: String = restored
+            .client
+            .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        let held: BTreeMap<u32, u64> = outcome
+            .per_writer
+            .iter()
+            .map(|w| (w.writer, w.found))
+            .collect();
+        let abandoned_acked = ledger
+            .entries()
+            .iter()
+            .filter(|e| e.acked_at.is_some() && e.seq > held[&e.writer])
+            .count();
+        self.inherited = ledger
+            .entries()
+            .iter()
+            .filter(|e| e.seq <= held[&e.writer])
+            .cloned()
+            .collect();
+        self.inherited_errors = ledger.writer_errors().clone();
+        let abandoned: Vec<String> = backups
+            .iter()
+            .filter(|b| b.finish_time >= target)
+            .map(|b| b.backup_name.clone())
+            .collect();
+        self.history.abandoned.extend(abandoned.iter().cloned());
+        self.history.failovers.push(Failover {
+            target,
+            promoted_at,
+        });
+        self.chain = None;
+        self.primary = restored.client;
+        let next: BTreeMap<u32, u64> = held.iter().map(|(&w, &n)| (w, n + 1)).collect();
+        let remaining = self.workload_end.saturating_duration_since(Instant::now());
+        if !remaining.is_zero() {
+            let spec = WorkloadSpec {
+                duration: remaining,
+                ..self.spec.clone()
+            };
+            let handle = workload::start_from(self.env.primary_config(), spec, &next)
+                .map_err(|e| EnvError::Other(format!("workload on the new primary: {e}")))?;
+            self.handle = Some(handle);
+        }
+        Ok(format!(
+            "T1 {} ({}): restored {backup} with archiving, promoted to timeline {} ({current}) as the primary; \
+             {abandoned_acked} acknowledged commits of the old timeline after T1 given up; \
+             backups off the new timeline: {abandoned:?}; writers continue at seq {next:?}",
+            target.format("%H:%M:%S%.6f"),
+            if exact { "quiet: exact" } else { "no quiet moment: within a commit" },
+            u32::from_str_radix(&current[..8], 16).unwrap_or(0),
+        ))
+    }
+}
+
+/// The newest of `backups` (oldest first) that ended before `target`, else
+/// the oldest.
+pub(super) fn newest_before(backups: &[ListedBackup], target: DateTime<Utc>) -> &ListedBackup {
+    backups
+        .iter()
+        .rev()
+        .find(|b| b.finish_time < target)
+        .unwrap_or(&backups[0])
+}
+
+/// The start segment of the backup a delta was taken on, from its name
+/// (`base_<start>_D_<parent start>`); None for a full backup.
+fn delta_parent(name: &str) -> Option<&str> {
+    name.split_once("_D_").map(|(_, parent)| parent)
+}
+
+/// What `delete retain [FULL] N` must keep of `backups` (names, oldest
+/// first), and what it must delete: the newest N (with `full`: from the
+/// N-th newest full backup on), and every backup a kept delta builds on.
+fn retained(backups: &[String], retain: usize, full: bool) -> (Vec<String>, Vec<String>) {
+    let keep_from = if full {
+        backups
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, b)| delta_parent(b).is_none())
+            .nth(retain.saturating_sub(1))
+            .map_or(0, |(i, _)| i)
+    } else {
+        backups.len().saturating_sub(retain)
+    };
+    let mut kept: Vec<bool> = (0..backups.len()).map(|i| i >= keep_from).collect();
+    // Newest first, so that a kept delta's parent is marked before it is seen.
+    for i in (0..backups.len()).rev() {
+        if let Some(parent) = delta_parent(&backups[i]).filter(|_| kept[i]) {
+            let full_name = format!("base_{parent}");
+            let delta_prefix = format!("{full_name}_D_");
+            for (j, b) in backups.iter().enumerate() {
+                kept[j] |= *b == full_name || b.starts_with(&delta_prefix);
+            }
+        }
+    }
+    let (keep, drop): (Vec<_>, Vec<_>) = backups.iter().cloned().zip(kept).partition(|(_, k)| *k);
+    let names = |v: Vec<(String, bool)>| v.into_iter().map(|(b, _)| b).collect();
+    (names(keep), names(drop))
+}
+
+/// `delete --confirm retain [FULL] N`, then proves it: exactly the
+/// backups [`retained`] names are listed, and the others cannot be fetched.
+async fn apply_retention(
+    env: &dyn Environment,
+    retain: usize,
+    full: bool,
+) -> Result<String, EnvError> {
+    let before = list_backups(env).await?;
+    let count = retain.to_string();
+    let mut args = vec!["delete", "--confirm", "retain"];
+    if full {
+        args.push("FULL");
+    }
+    args.push(&count);
+    env.backup_tool(&args).await?;
+    let after = list_backups(env).await?;
+    let names: Vec<String> = before.iter().map(|b| b.backup_name.clone()).collect();
+    let (expected_kept, gone) = retained(&names, retain, full);
+    let listed: Vec<String> = after.iter().map(|b| b.backup_name.clone()).collect();
+    let policy = args[2..].join(" ");
+    if listed != expected_kept {
+        return Err(EnvError::Other(format!(
+            "after delete {policy}: listed {listed:?}, expected {expected_kept:?}"
+        )));
+    }
+    for name in &gone {
+        if env
+            .backup_tool(&["backup-fetch", "/nonexistent/pgdrill-retention-check", name])
+            .await
+            .is_ok()
+        {
+            return Err(EnvError::Other(format!(
+                "deleted backup {name} can still be fetched"
+            )));
+        }
+    }
+    Ok(format!(
+        "{policy}: kept {expected_kept:?}; deleted and unfetchable: {gone:?}"
+    ))
+}
+
+/// Runs `wal-verify integrity --json` and records, for each deleted
+/// segment, whether it was reported lost: exit 4, FAILURE, and a
+/// MISSING_LOST range holding the segment.
+pub(super) async fn detect_gaps(
+    env: &dyn Environment,
+    gaps: &mut [WalGapRecord],
+) -> Result<(), EnvError> {
+    #[derive(serde::Deserialize)]
+    struct Report {
+        integrity: Integrity,
+    }
+    #[derive(serde::Deserialize)]
+    struct Integrity {
+        status: String,
+        details: Vec<Range>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Range {
+        start_segment: String,
+        end_segment: String,
+        status: String,
+    }
+    let run = env
+        .backup_tool_status(&["wal-verify", "integrity", "--json"])
+        .await?;
+    let code = run.status.code();
+    let report: Result<Report, _> = serde_json::from_str(&run.stdout);
+    for gap in gaps {
+        let segment = gap.segment.as_str();
+        (gap.detected, gap.wal_verify) = match &report {
+            Err(e) => (
+                false,
+                format!(
+                    "{}, output is not its JSON ({e}): {}",
+                    run.status,
+                    crate::env::tail(run.stderr.trim(), 3)
+                ),
+            ),
+            Ok(r) => {
+                // Names of one timeline sort like their positions.
+                let range = r.integrity.details.iter().find(|d| {
+                    d.status == "MISSING_LOST"
+                        && d.start_segment.as_str() <= segment
+                        && segment <= d.end_segment.as_str()
+                });
+                (
+                    code == Some(4) && r.integrity.status == "FAILURE" && range.is_some(),
+                    format!(
+                        "exit {}, integrity {}, {}",
+                        code.map_or("-".to_string(), |c| c.to_string()),
+                        r.integrity.status,
+                        range.map_or("no MISSING_LOST range holds it".to_string(), |d| {
+                            format!("MISSING_LOST {} to {}", d.start_segment, d.end_segment)
+                        })
+                    ),
+                )
+            }
+        };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn retention_keeps_what_the_policy_and_delta_chains_need() {
+        let (a, a1, a2) = (
+            "base_000000010000000000000002",
+            "base_000000010000000000000008_D_000000010000000000000002",
+            "base_00000001000000000000000F_D_000000010000000000000008",
+        );
+        let (b, b1) = (
+            "base_000000010000000000000015",
+            "base_00000001000000000000001A_D_000000010000000000000015",
+        );
+        let all = names(&[a, a1, a2, b, b1]);
+        assert_eq!(delta_parent(a1), Some("000000010000000000000002"));
+        assert_eq!(delta_parent(a), None);
+        assert_eq!(
+            retained(&all, 1, true),
+            (names(&[b, b1]), names(&[a, a1, a2]))
+        );
+        assert_eq!(retained(&all, 2, true), (all.clone(), vec![]));
+        // A kept delta keeps the backups it builds on.
+        assert_eq!(
+            retained(&all, 1, false),
+            (names(&[b, b1]), names(&[a, a1, a2]))
+        );
+        assert_eq!(retained(&all[..3], 1, false), (names(&[a, a1, a2]), vec![]));
+        let fulls = names(&[a, b, "base_000000010000000000000020"]);
+        assert_eq!(
+            retained(&fulls, 2, false),
+            (fulls[1..].to_vec(), fulls[..1].to_vec())
+        );
+    }
+}
