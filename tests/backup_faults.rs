@@ -141,19 +141,6 @@ async fn corrupted_backup_part_fails_fetch() {
     assert!(stderr(&out).contains("corrupt"), "{}", stderr(&out));
 }
 
-fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk_files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_backup_push_leaves_no_listed_backup() {
     // Small parts uploaded one at a time, so the kill lands mid-backup.
@@ -188,7 +175,7 @@ async fn killed_backup_push_leaves_no_listed_backup() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let parts = walk_files_if_exists(&archive.join("basebackups_005"));
+        let parts = walk_files(&archive.join("basebackups_005"));
         if parts
             .iter()
             .filter(|p| p.to_string_lossy().contains("part_"))
@@ -227,24 +214,16 @@ async fn killed_backup_push_leaves_no_listed_backup() {
     let out = env.pgdrill(&["backup-list", "--json"]);
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 1);
-    let before = walk_files_if_exists(&archive.join("basebackups_005")).len();
+    let before = walk_files(&archive.join("basebackups_005")).len();
     assert_success(
         &env.pgdrill(&["delete", "--confirm", "retain", "1"]),
         "delete",
     );
-    let after = walk_files_if_exists(&archive.join("basebackups_005")).len();
+    let after = walk_files(&archive.join("basebackups_005")).len();
     assert!(
         after < before,
         "leftovers of the killed backup were deleted ({before} -> {after})"
     );
-}
-
-fn walk_files_if_exists(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    if dir.exists() {
-        walk_files(dir)
-    } else {
-        Vec::new()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

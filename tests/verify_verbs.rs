@@ -127,7 +127,7 @@ async fn healthy_archive_passes_and_each_defect_is_named() {
     );
 
     // A flipped byte in a backup part.
-    let part = walk(&s3.object_path("verify/basebackups_005"))
+    let part = walk_files(&s3.object_path("verify/basebackups_005"))
         .into_iter()
         .find(|p| p.to_string_lossy().contains("part_1.tar"))
         .expect("a part object");
@@ -177,19 +177,6 @@ fn pgdrill_against(env: &TestEnv, pg: &LocalPostgres, args: &[&str]) -> Output {
     as_user(&mut cmd, env.run_as)
         .output()
         .expect("pgdrill runs")
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread")]

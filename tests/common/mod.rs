@@ -228,3 +228,20 @@ pub fn run_ok(cmd: &mut Command, what: &str) {
     let out = cmd.output().expect(what);
     assert_success(&out, what);
 }
+
+/// Every file below `dir` (none when it does not exist).
+pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
