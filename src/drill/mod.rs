@@ -658,45 +658,17 @@ async fn list_backups(env: &dyn Environment) -> Result<Vec<ListedBackup>, EnvErr
         .map_err(|e| EnvError::Other(format!("backup-list --json is not what we expect: {e}")))
 }
 
+/// How long a drill waits for the archiver to store a segment.
+const ARCHIVE_WAIT: Duration = Duration::from_secs(300);
+
 /// Forces a segment switch and waits until the archiver stored it.
 async fn switch_and_wait_archived(client: &tokio_postgres::Client) -> Result<String, EnvError> {
-    // A write first, so the switch has something to close.
-    client
-        .batch_execute("CREATE TABLE IF NOT EXISTS pgdrill_switch(x int); INSERT INTO pgdrill_switch VALUES (1)")
-        .await
-        .map_err(pg_err)?;
-    let segment: String = client
-        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
-        .await
-        .map_err(pg_err)?
-        .get(0);
-    wait_archived(client, &segment).await?;
-    Ok(segment)
+    Ok(crate::env::local::switch_and_wait_archived(client, ARCHIVE_WAIT).await?)
 }
 
 /// Waits until the archiver stored `segment` (or a later one).
 async fn wait_archived(client: &tokio_postgres::Client, segment: &str) -> Result<(), EnvError> {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let row = client
-            .query_one(
-                "SELECT coalesce(last_archived_wal, ''), coalesce(last_failed_wal, '') FROM pg_stat_archiver",
-                &[],
-            )
-            .await
-            .map_err(pg_err)?;
-        let archived: String = row.get(0);
-        if archived.len() >= 24 && archived[8..24] >= segment[8..24] {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            let failed: String = row.get(1);
-            return Err(EnvError::Other(format!(
-                "segment {segment} not archived within 300s (last archived {archived:?}, last failed {failed:?})"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Ok(crate::env::local::wait_archived(client, segment, ARCHIVE_WAIT).await?)
 }
 
 /// One restore to do.

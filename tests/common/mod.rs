@@ -190,34 +190,9 @@ pub async fn wait_promoted(pg: &LocalPostgres) {
 /// Forces a segment switch and waits until the archiver has stored it.
 pub async fn switch_and_wait_archived(pg: &LocalPostgres) -> String {
     let client = pg.connect().await.unwrap();
-    // A write first, so the switch produces a new segment.
-    client
-        .batch_execute("CREATE TABLE IF NOT EXISTS switch_marker(x int); INSERT INTO switch_marker VALUES (1);")
+    pgdrill::env::local::switch_and_wait_archived(&client, Duration::from_secs(60))
         .await
-        .unwrap();
-    let row = client
-        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
-        .await
-        .unwrap();
-    let segment: String = row.get(0);
-    for _ in 0..600 {
-        let row = client
-            .query_one(
-                "SELECT coalesce(last_archived_wal, ''), coalesce(last_failed_wal, '') FROM pg_stat_archiver",
-                &[],
-            )
-            .await
-            .unwrap();
-        let archived: String = row.get(0);
-        if archived.as_str() >= segment.as_str() {
-            return segment;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "segment {segment} was not archived; log:\n{}",
-        pg.log_tail(30)
-    );
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", pg.log_tail(30)))
 }
 
 pub async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
