@@ -63,7 +63,10 @@ pub enum Command {
     /// Restore one WAL file: use as `restore_command = 'pgdrill wal-fetch %f %p'`.
     ///
     /// Exits 74 when the file is not in storage (the normal end of
-    /// recovery), 1 on any other error. Starts prefetching the next
+    /// recovery), 200 on any other error (corrupt or undecryptable object,
+    /// storage failing after retries, bad settings): above 125, PostgreSQL
+    /// aborts recovery instead of taking the failure for the end of the
+    /// archive and promoting early without the rest. Starts prefetching the next
     /// WALG_PREFETCH segments in the background into pg_wal/.pgdrill/prefetch.
     WalFetch {
         /// WAL file name (%f).
@@ -395,13 +398,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
             })
         }
-        other => Ok(match run_backup_verb(other, env_dir).await {
-            Ok(()) => exit::OK,
-            Err(e) => {
-                eprintln!("pgdrill: {e}");
-                e.exit_code()
-            }
-        }),
+        other => {
+            let fetch = matches!(other, Command::WalFetch { .. });
+            Ok(match run_backup_verb(other, env_dir).await {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("pgdrill: {e}");
+                    match e.exit_code() {
+                        exit::FAILURE if fetch => exit::FETCH_FAILED,
+                        code => code,
+                    }
+                }
+            })
+        }
     }
 }
 

@@ -157,3 +157,117 @@ mod tests {
         assert!(Sabotage::parse("explode:3").is_none());
     }
 }
+
+/// A limit on the storage's network link, applied with `tc` in the storage
+/// container's network namespace (its egress: what restores download).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkLimit {
+    /// Added one-way delay (the `netem` qdisc).
+    pub delay: Option<std::time::Duration>,
+    /// Bandwidth in kbit/s (an `htb` class).
+    pub rate_kbit: Option<u64>,
+}
+
+impl LinkLimit {
+    /// The `tc` argument lists that apply the limit to device `dev`,
+    /// replacing any earlier one.
+    pub fn tc_commands(&self, dev: &str) -> Vec<Vec<String>> {
+        let args = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        let netem = |parent: &str, d: std::time::Duration| {
+            args(&format!(
+                "qdisc replace dev {dev} {parent} netem delay {}us",
+                d.as_micros()
+            ))
+        };
+        match (self.delay, self.rate_kbit) {
+            (delay, Some(rate)) => {
+                let mut cmds = vec![
+                    args(&format!(
+                        "qdisc replace dev {dev} root handle 1: htb default 1"
+                    )),
+                    args(&format!(
+                        "class replace dev {dev} parent 1: classid 1:1 htb rate {rate}kbit"
+                    )),
+                ];
+                cmds.extend(delay.map(|d| netem("parent 1:1 handle 10:", d)));
+                cmds
+            }
+            (Some(d), None) => vec![netem("root", d)],
+            (None, None) => vec![args(&format!("qdisc del dev {dev} root"))],
+        }
+    }
+}
+
+impl std::fmt::Display for LinkLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(d) = self.delay {
+            parts.push(format!("delay {}", humantime::format_duration(d)));
+        }
+        if let Some(r) = self.rate_kbit {
+            parts.push(format!("rate {r} kbit/s"));
+        }
+        if parts.is_empty() {
+            parts.push("none".into());
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
+/// Whether this host can add delay with `tc netem`; `Err` says why not.
+/// Tried in a throwaway network namespace (needs root).
+pub fn netem_available() -> Result<(), String> {
+    let out = std::process::Command::new("unshare")
+        .args([
+            "--net", "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms",
+        ])
+        .output()
+        .map_err(|e| {
+            format!("cannot try tc netem (unshare: {e}); it needs root, util-linux and iproute2")
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    Err(if said.contains("qdisc kind is unknown") {
+        format!("this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM is off), so network delay cannot be injected here (tc: {said})")
+    } else {
+        format!("tc netem does not work here: {said}")
+    })
+}
+
+#[cfg(test)]
+mod link_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn tc_commands_shape_rate_with_htb_and_delay_with_netem() {
+        let both = LinkLimit {
+            delay: Some(Duration::from_millis(50)),
+            rate_kbit: Some(20_000),
+        };
+        let cmds: Vec<String> = both
+            .tc_commands("eth0")
+            .iter()
+            .map(|c| c.join(" "))
+            .collect();
+        assert_eq!(
+            cmds,
+            [
+                "qdisc replace dev eth0 root handle 1: htb default 1",
+                "class replace dev eth0 parent 1: classid 1:1 htb rate 20000kbit",
+                "qdisc replace dev eth0 parent 1:1 handle 10: netem delay 50000us",
+            ]
+        );
+        let delay = LinkLimit {
+            delay: Some(Duration::from_millis(5)),
+            rate_kbit: None,
+        };
+        assert_eq!(
+            delay.tc_commands("eth0")[0].join(" "),
+            "qdisc replace dev eth0 root netem delay 5000us"
+        );
+        assert_eq!(both.to_string(), "delay 50ms, rate 20000 kbit/s");
+    }
+}

@@ -12,10 +12,12 @@
 //!   `detail`.
 //! - `backups[]`: the stored backups after the timeline (`backup-list --json`).
 //! - `wal_archived`: segments archived by the primary (pg_stat_archiver).
-//! - `wal_gaps[]`: WAL segments a `delete_wal` step removed: `segment`,
-//!   `key`, `from`, `to` (every commit in the segment was made between
-//!   these times), `detected` (`wal-verify integrity` reported it
-//!   lost), `wal_verify` (what it reported).
+//! - `wal_gaps[]`: WAL segments a `delete_wal` step removed or a
+//!   `storage_corruption` step damaged: `segment`, `key`, `damage`
+//!   (deleted | corrupted), `from`, `to` (every commit in the segment was
+//!   made between these times), `detected` (deleted: `wal-verify integrity`
+//!   reported it lost; corrupted: `wal-fetch` refused it as corrupt),
+//!   `wal_verify` (what the tool reported).
 //! - `disaster`: `kind`, `at`, `last_recovered_commit`, `rpo_s`,
 //!   `lost_acked_count`, `lost_acked` (writer, seq pairs).
 //! - `restores[]`: `label`, `kind` (latest | pitr), `target`, `backup`,
@@ -26,6 +28,9 @@
 //!   `consistent_to_promoted_s`, `verify_s`, `total_s`, `wal_segments_fetched`,
 //!   `wal_bytes_fetched`).
 //! - `objectives[]`: `name` (rpo | rto), `limit_s`, `measured_s`, `passed`.
+//! - `images[]` (containers only): `role` (postgres | storage),
+//!   `reference`, `id` (the engine's image id), `created`; and
+//!   `docker_version`, the engine's version.
 
 use std::path::{Path, PathBuf};
 
@@ -63,8 +68,10 @@ pub struct DisasterRecord {
 pub struct WalGapRecord {
     /// The segment's file name.
     pub segment: String,
-    /// The object deleted.
+    /// The object deleted or damaged.
     pub key: String,
+    /// What happened to it.
+    pub damage: crate::env::Damage,
     /// Just before the WAL switch that opened the segment: every commit in
     /// it was made between `from` and `to`.
     pub from: DateTime<Utc>,
@@ -153,6 +160,8 @@ pub struct DrillReport {
     pub disaster: Option<DisasterRecord>,
     pub restores: Vec<RestoreRecord>,
     pub objectives: Vec<ObjectiveResult>,
+    pub images: Vec<crate::env::containers::ImageRecord>,
+    pub docker_version: Option<String>,
 }
 
 /// Makes text safe for one Markdown table cell.
@@ -223,6 +232,15 @@ impl DrillReport {
         if let Some(n) = self.wal_archived {
             md.push_str(&format!("| WAL archived | {n} segments |\n"));
         }
+        if let Some(v) = &self.docker_version {
+            md.push_str(&format!("| Docker engine | {v} |\n"));
+        }
+        for i in &self.images {
+            md.push_str(&format!(
+                "| {} image | {} ({}, created {}) |\n",
+                i.role, i.reference, i.id, i.created
+            ));
+        }
         if !self.failures.is_empty() {
             md.push_str("\n## Failures\n\n");
             for f in &self.failures {
@@ -253,17 +271,18 @@ impl DrillReport {
             ));
         }
         if !self.wal_gaps.is_empty() {
-            md.push_str("\n## WAL gaps\n\n| deleted segment | its commits from | to | wal-verify |\n|---|---|---|---|\n");
+            md.push_str("\n## WAL gaps\n\n| segment | damage | its commits from | to | detected by the tool |\n|---|---|---|---|---|\n");
             for g in &self.wal_gaps {
                 md.push_str(&format!(
-                    "| {} | {} | {} | {} |\n",
+                    "| {} | {:?} | {} | {} | {} |\n",
                     g.segment,
+                    g.damage,
                     g.from.format("%H:%M:%S%.6f"),
                     g.to.format("%H:%M:%S%.6f"),
                     result_cell(
                         g.detected,
-                        &format!("reported lost: {}", g.wal_verify),
-                        &format!("NOT reported lost: {}", g.wal_verify)
+                        &format!("yes: {}", g.wal_verify),
+                        &format!("NOT detected: {}", g.wal_verify)
                     ),
                 ));
             }

@@ -42,10 +42,10 @@ fn every_shipped_scenario_loads() {
 /// file name, and a word of the hint.
 const BAD: &[(&str, &str, &str, &str)] = &[
     ("bad-bucket", "5:11", "storage.bucket: invalid bucket name `Drill_Backups`: it may only contain lowercase letters, digits, `-` and `.`", "S3 bucket names"),
-    ("bad-delete-wal-containers", "11:23", "steps[1].action: `delete_wal` is only available in environment `local`, not `containers`", "environment: local"),
     ("bad-duration", "7:13", "workload.duration: invalid duration `20 sex`: unknown time unit \"sex\"", "`1m 30s`"),
     ("bad-encryption-key-missing", "8:24", "storage.encryption.pgp.passphrase_path: cannot read `../keys/no-such-passphrase` (", "relative to the scenario file's directory"),
     ("bad-environment", "2:14", "environment: unknown variant `vm`, expected one of local, containers, kind", "values listed"),
+    ("bad-images-local", "9:3", "images: `images` apply to `environment: containers` only", "environment: containers"),
     ("bad-failover-before-backup", "9:5", "steps[0]: `pitr_failover` at 5s needs a base_backup step before it", "add a `base_backup` step"),
     ("bad-local-fault", "11:23", "steps[1].action: `storage_outage` is only available in environment `containers`, not `local`", "environment: containers"),
     ("bad-missing-field", "5:3", "workload: missing field `rate_per_second`", "add the key"),

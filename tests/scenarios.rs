@@ -17,7 +17,8 @@ fn trial(file: PathBuf) -> Trial {
     let kind = scenario_kind(&file);
     Trial::ignorable_test(name, move || {
         let scenario = Scenario::load(&file).map_err(|e| Failed::from(e.to_string()))?;
-        if let Err(reason) = pgdrill::env::availability(scenario.environment) {
+        let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+        if let Err(reason) = runtime.block_on(pgdrill::env::availability(&scenario)) {
             return Ok(Completion::ignored_with(format!(
                 "environment {}: {reason}",
                 scenario.environment.as_str()
@@ -30,7 +31,6 @@ fn trial(file: PathBuf) -> Trial {
             quiet: std::env::var_os("PGDRILL_TRIAL_PROGRESS").is_none(),
             pgdrill: PathBuf::from(env!("CARGO_BIN_EXE_pgdrill")),
         };
-        let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
         let outcome = runtime
             .block_on(drill::run(&scenario, &file, &opts))
             .map_err(|e| Failed::from(e.to_string()))?;

@@ -32,6 +32,11 @@ pub mod exit {
     /// `wal-fetch`: the requested file is not in storage (WAL-G uses 74,
     /// sysexits' EX_IOERR); PostgreSQL treats it as the end of the archive.
     pub const NOT_FOUND: i32 = 74;
+    /// `wal-fetch`: any other failure (a corrupt or undecryptable object,
+    /// storage failing after retries, bad settings). Above 125, so
+    /// PostgreSQL aborts recovery rather than take the failure for the end
+    /// of the archive and promote without the rest of the WAL.
+    pub const FETCH_FAILED: i32 = 200;
     /// `wal-verify`: a check found only WARNING conditions (segments not
     /// archived yet, storage behind the cluster's timeline).
     pub const CHECK_WARNING: i32 = 3;

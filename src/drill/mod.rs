@@ -26,12 +26,16 @@ use rand::SeedableRng;
 use serde::Deserialize;
 
 use crate::config::Secret;
+use crate::env::containers::ContainersEnvironment;
 use crate::env::local::LocalEnvironment;
-use crate::env::{EnvError, EnvSpec, Environment};
+use crate::env::{Damage, EnvError, EnvSpec, Environment};
 use crate::report::{
     DisasterRecord, DrillReport, Expected, ObjectiveResult, RestoreRecord, RtoBreakdown, StepRecord,
 };
-use crate::scenario::{BackupChoice, Check, DisasterKind, Encryption, Engine, Scenario, Step};
+use crate::scenario::{
+    BackupChoice, Check, DisasterKind, Encryption, Engine, Environment as ScenarioEnv, Scenario,
+    Step,
+};
 use crate::verify;
 use crate::workload::{self, Ledger, WorkloadError, WorkloadHandle, WorkloadSpec};
 use steps::{History, Live};
@@ -79,6 +83,12 @@ const GAP_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
 
 /// The error PostgreSQL ends a recovery with when the archive ends before
 /// the recovery target (PostgreSQL 13 and later).
+/// How `expected_because` starts for a restore that needs a corrupted
+/// segment.
+const NEEDS_CORRUPTED: &str = "needs corrupted WAL segment";
+/// What wal-fetch says of a corrupt object (in the restored server's log).
+const CORRUPT: &str = "corrupt";
+
 const TARGET_NOT_REACHED: &str = "recovery ended before configured recovery target was reached";
 
 /// How to run.
@@ -152,10 +162,12 @@ pub async fn run(
     file: &Path,
     opts: &RunOptions,
 ) -> Result<DrillOutcome, DrillError> {
-    crate::env::availability(scenario.environment).map_err(|reason| DrillError::Unavailable {
-        environment: scenario.environment.as_str().to_string(),
-        reason,
-    })?;
+    crate::env::availability(scenario)
+        .await
+        .map_err(|reason| DrillError::Unavailable {
+            environment: scenario.environment.as_str().to_string(),
+            reason,
+        })?;
     let seed = opts.seed.or(scenario.seed).unwrap_or_else(rand::random);
     let progress = Progress {
         quiet: opts.quiet,
@@ -171,11 +183,24 @@ pub async fn run(
         started_at.format("%Y%m%dT%H%M%SZ"),
         scenario.name
     ));
-    let mut env: Box<dyn Environment> = Box::new(
-        LocalEnvironment::start(&env_spec(scenario)?, &opts.pgdrill)
-            .await
-            .map_err(EnvError::from)?,
-    );
+    let spec = EnvSpec {
+        log_dir: Some(dir.clone()),
+        ..env_spec(scenario)?
+    };
+    let mut env: Box<dyn Environment> = match scenario.environment {
+        ScenarioEnv::Containers => {
+            Box::new(ContainersEnvironment::start(&spec, &opts.pgdrill).await?)
+        }
+        _ => Box::new(
+            LocalEnvironment::start(&spec, &opts.pgdrill)
+                .await
+                .map_err(EnvError::from)?,
+        ),
+    };
+    let docker_version = match scenario.environment {
+        ScenarioEnv::Containers => crate::env::containers::engine_answers().await.ok(),
+        _ => None,
+    };
     progress.say(&format!(
         "{} environment up, PostgreSQL {}",
         env.kind(),
@@ -204,6 +229,8 @@ pub async fn run(
         disaster: None,
         restores: Vec::new(),
         objectives: Vec::new(),
+        images: env.images(),
+        docker_version,
     };
     let result = drive(scenario, seed, env.as_mut(), &mut report, &progress).await;
     if let Err(e) = &result {
@@ -258,6 +285,12 @@ fn env_spec(scenario: &Scenario) -> Result<EnvSpec, DrillError> {
     if let Some(s) = sabotage_setting(scenario) {
         tool_settings.push(("PGDRILL_SABOTAGE".into(), s));
     }
+    if let Some(t) = scenario.storage.retry_timeout {
+        tool_settings.push((
+            "PGDRILL_S3_RETRY_TIMEOUT_SECS".into(),
+            t.as_secs().to_string(),
+        ));
+    }
     let mut tool_secrets = Vec::new();
     let path_setting = |name: &str, path: &Path| (name.to_string(), path.display().to_string());
     match &scenario.storage.encryption {
@@ -293,6 +326,9 @@ fn env_spec(scenario: &Scenario) -> Result<EnvSpec, DrillError> {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         wal_segsize_mb: scenario.postgres.wal_segment_size_mb,
+        postgres_major: scenario.postgres.version,
+        images: scenario.images.clone(),
+        log_dir: None,
     })
 }
 
@@ -494,7 +530,10 @@ impl History {
         self.gaps
             .iter()
             .find(|g| g.to >= backup.start_time && target.is_none_or(|t| t >= g.from))
-            .map(|g| format!("needs deleted WAL segment {}", g.segment))
+            .map(|g| match g.damage {
+                Damage::Deleted => format!("needs deleted WAL segment {}", g.segment),
+                Damage::Corrupted => format!("{NEEDS_CORRUPTED} {}", g.segment),
+            })
     }
 
     /// The periods random targets are drawn from in turn: `[from, to]` cut
@@ -566,18 +605,30 @@ fn note_restore(report: &mut DrillReport, record: RestoreRecord, progress: &Prog
             Some(because) => format!(
                 "restore {} (target {target}) must fail ({because}) by {}, but: {error}",
                 record.label,
-                expected_failure(record.target)
+                expected_failure(&record)
             ),
         });
     }
     report.restores.push(record);
 }
 
-/// How a restore that needs a deleted segment must fail: a point-in-time
-/// restore is refused, a restore to the end of the archive stops early and
-/// lacks acknowledged transactions.
-fn expected_failure(target: Option<DateTime<Utc>>) -> &'static str {
-    match target {
+/// Whether `record` must fail because it needs a corrupted segment.
+fn needs_corrupted(record: &RestoreRecord) -> bool {
+    record
+        .expected_because
+        .as_deref()
+        .is_some_and(|b| b.starts_with(NEEDS_CORRUPTED))
+}
+
+/// How a restore that needs a damaged segment must fail: one that needs a
+/// corrupted segment is aborted; for a deleted one, a point-in-time restore
+/// is refused, a restore to the end of the archive stops early and lacks
+/// acknowledged transactions.
+fn expected_failure(record: &RestoreRecord) -> &'static str {
+    if needs_corrupted(record) {
+        return "wal-fetch refusing the corrupt segment, which aborts recovery";
+    }
+    match record.target {
         Some(_) => "PostgreSQL refusing it (FATAL: recovery ended before configured recovery target was reached)",
         None => "missing acknowledged transactions",
     }
@@ -609,14 +660,7 @@ fn judge_objectives(scenario: &Scenario, report: &mut DrillReport, rto_s: Option
 }
 
 async fn connect(config: tokio_postgres::Config) -> Result<tokio_postgres::Client, EnvError> {
-    let (client, conn) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(pg_err)?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
+    crate::env::connect_once(&config).await
 }
 
 async fn archived_count(client: &tokio_postgres::Client) -> Option<i64> {
@@ -742,15 +786,15 @@ async fn restore_and_verify(
 /// got to verification) or short of acknowledged transactions (the end of
 /// the archive).
 fn as_expected(record: &RestoreRecord) -> bool {
+    let refused_with = |text: &str| {
+        record.verify.is_none() && record.error.as_deref().is_some_and(|e| e.contains(text))
+    };
     match record.expected {
         Expected::Pass => record.passed,
-        Expected::Fail if record.target.is_some() => {
-            record.verify.is_none()
-                && record
-                    .error
-                    .as_deref()
-                    .is_some_and(|e| e.contains(TARGET_NOT_REACHED))
-        }
+        // Recovery must stop at the corrupt segment, whatever the target:
+        // wal-fetch exits above 125, so PostgreSQL aborts.
+        Expected::Fail if needs_corrupted(record) => refused_with(CORRUPT),
+        Expected::Fail if record.target.is_some() => refused_with(TARGET_NOT_REACHED),
         Expected::Fail => record
             .verify
             .as_ref()
@@ -839,6 +883,7 @@ mod tests {
         WalGapRecord {
             segment: "000000010000000000000010".into(),
             key: "wal_005/000000010000000000000010.lz4".into(),
+            damage: Damage::Deleted,
             from: t(from),
             to: t(to),
             detected: true,

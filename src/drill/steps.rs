@@ -13,7 +13,7 @@ use super::{
     list_backups, pg_err, switch_and_wait_archived, wait_archived, ListedBackup, Progress,
 };
 use crate::backup::layout::{Lsn, Segment};
-use crate::env::{EnvError, Environment};
+use crate::env::{Damage, EnvError, Environment};
 use crate::report::WalGapRecord;
 use crate::scenario::{Scenario, Step};
 use crate::verify;
@@ -96,7 +96,8 @@ impl Live<'_> {
                 }
                 Ok(format!("paused writers for {duration:?}"))
             }
-            Step::DeleteWal { .. } => self.delete_wal().await,
+            Step::DeleteWal { .. } => self.damage_wal(Damage::Deleted).await,
+            Step::StorageCorruption { .. } => self.damage_wal(Damage::Corrupted).await,
             Step::PitrFailover { .. } => self.fail_over().await,
             Step::Disaster { kind, .. } => {
                 self.env.kill_primary().await?;
@@ -104,11 +105,37 @@ impl Live<'_> {
                     "{kind:?}: primary SIGKILLed, data directory destroyed"
                 ))
             }
-            other => Err(EnvError::Other(format!(
-                "step {} needs the containers environment",
-                other.action()
-            ))),
+            Step::StorageOutage { duration, mode, .. } => {
+                self.storage_outage(*mode, *duration).await
+            }
+            Step::NetworkLatency { delay, rate, .. } => {
+                let limit = crate::fault::LinkLimit {
+                    delay: *delay,
+                    rate_kbit: *rate,
+                };
+                self.env.limit_storage_link(&limit).await
+            }
         }
+    }
+
+    /// Cuts the storage off for `duration`, then waits until the archiver
+    /// has caught up: it must have failed while the storage was away (and
+    /// never claimed a segment it could not store, which the restores
+    /// check) and archive everything once it is back.
+    async fn storage_outage(
+        &mut self,
+        mode: crate::scenario::OutageMode,
+        duration: std::time::Duration,
+    ) -> Result<String, EnvError> {
+        let failed_before = archiver_failures(&self.primary).await?;
+        let cut = self.env.storage_outage(mode, duration).await?;
+        let failed_during = archiver_failures(&self.primary).await? - failed_before;
+        let caught_up = std::time::Instant::now();
+        let segment = super::switch_and_wait_archived(&self.primary).await?;
+        Ok(format!(
+            "{cut}; archive_command failed {failed_during} times meanwhile; archive caught up to {segment} {:.1}s after the storage came back",
+            caught_up.elapsed().as_secs_f64()
+        ))
     }
 
     /// `backup-push` (`--full` when asked); checks that the tool made a
@@ -139,11 +166,11 @@ impl Live<'_> {
         Ok(format!("{name} ({})", kind(made)))
     }
 
-    /// Deletes a segment of the writers' commits from the archive, once the
-    /// archiver has stored it, and records when they were made: the
-    /// segment opened by a WAL switch now, closed by another a second later
-    /// (or earlier, by `archive_timeout`).
-    async fn delete_wal(&mut self) -> Result<String, EnvError> {
+    /// Deletes or corrupts a segment of the writers' commits in the
+    /// archive, once the archiver has stored it, and records when they were
+    /// made: the segment opened by a WAL switch now, closed by another a
+    /// second later (or earlier, by `archive_timeout`).
+    async fn damage_wal(&mut self, damage: Damage) -> Result<String, EnvError> {
         let from = Utc::now();
         let switch = "SELECT pg_switch_wal()::text, pg_walfile_name(pg_current_wal_lsn())";
         let row = self.primary.query_one(switch, &[]).await.map_err(pg_err)?;
@@ -162,15 +189,20 @@ impl Live<'_> {
         let segment = Segment::of_lsn(timeline, first, seg_size).file_name(seg_size);
         wait_archived(&self.primary, &segment).await?;
         let to = Utc::now();
-        let key = self.env.delete_wal(&segment).await?;
+        let key = self.env.damage_wal(&segment, damage).await?;
         let detail = format!(
-            "deleted {key}; every commit in it was made between {} and {}",
+            "{} {key}; every commit in it was made between {} and {}",
+            match damage {
+                Damage::Deleted => "deleted",
+                Damage::Corrupted => "flipped bytes in",
+            },
             from.format("%H:%M:%S%.6f"),
             to.format("%H:%M:%S%.6f")
         );
         self.history.gaps.push(WalGapRecord {
             segment,
             key,
+            damage,
             from,
             to,
             detected: false,
@@ -393,12 +425,51 @@ async fn apply_retention(
     ))
 }
 
-/// Runs `wal-verify integrity --json` and records, for each deleted
-/// segment, whether it was reported lost: exit 4, FAILURE, and a
-/// MISSING_LOST range holding the segment.
+/// `pg_stat_archiver.failed_count` of `primary`.
+async fn archiver_failures(primary: &Client) -> Result<i64, EnvError> {
+    let row = primary
+        .query_one("SELECT failed_count FROM pg_stat_archiver", &[])
+        .await
+        .map_err(pg_err)?;
+    Ok(row.get(0))
+}
+
+/// Records, for each damaged segment, whether the tool noticed: a deleted
+/// one must be reported lost by `wal-verify integrity` (see
+/// [`detect_deleted`]); a corrupted one must be refused by `wal-fetch`
+/// as corrupt, with the exit code that makes PostgreSQL abort recovery.
 pub(super) async fn detect_gaps(
     env: &dyn Environment,
     gaps: &mut [WalGapRecord],
+) -> Result<(), EnvError> {
+    let (deleted, corrupted): (Vec<_>, Vec<_>) =
+        gaps.iter_mut().partition(|g| g.damage == Damage::Deleted);
+    if !deleted.is_empty() {
+        detect_deleted(env, deleted).await?;
+    }
+    for gap in corrupted {
+        let dest = format!("/tmp/pgdrill-check-{}", gap.segment);
+        let run = env
+            .backup_tool_status(&["wal-fetch", &gap.segment, &dest])
+            .await?;
+        let code = run.status.code();
+        gap.detected =
+            code == Some(crate::backup::exit::FETCH_FAILED) && run.stderr.contains("corrupt");
+        gap.wal_verify = format!(
+            "wal-fetch exit {}: {}",
+            code.map_or("-".to_string(), |c| c.to_string()),
+            crate::env::tail(run.stderr.trim(), 1)
+        );
+    }
+    Ok(())
+}
+
+/// Runs `wal-verify integrity --json` and records, for each deleted
+/// segment, whether it was reported lost: exit 4, FAILURE, and a
+/// MISSING_LOST range holding the segment.
+async fn detect_deleted(
+    env: &dyn Environment,
+    gaps: Vec<&mut WalGapRecord>,
 ) -> Result<(), EnvError> {
     #[derive(serde::Deserialize)]
     struct Report {

@@ -769,39 +769,18 @@ impl LocalEnvironment {
         start_result?;
         let pg = &self.restores[label];
         let client = pg.connect().await?;
-        let started = Instant::now();
-        loop {
-            // A server that accepted connections (hot standby) may still
-            // end recovery with a FATAL error: its log says why.
-            let in_recovery: bool = client
-                .query_one("SELECT pg_is_in_recovery()", &[])
-                .await
-                .map_err(|e| {
-                    super::EnvError::Other(format!(
-                        "restore {label} stopped during recovery ({}); log:\n{}",
-                        crate::backup::pg::pg_error_text(&e),
-                        pg.log_tail(20)
-                    ))
-                })?
-                .get(0);
-            if !in_recovery {
-                break;
-            }
-            if started.elapsed() > Duration::from_secs(1800) {
-                return Err(super::EnvError::Other(format!(
-                    "restore {label} did not finish recovery; log:\n{}",
-                    pg.log_tail(20)
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let log_tail = || async { pg.log_tail(20) };
+        let consistent_to_promoted =
+            super::wait_promoted(&client, label, Duration::from_secs(1800), log_tail).await?;
         Ok(super::Restored {
             client,
             timings: super::RestoreTimings {
                 fetch,
                 start_to_consistent,
-                consistent_to_promoted: started.elapsed(),
-                wal_segments: restored_wal_files(&log_file),
+                consistent_to_promoted,
+                wal_segments: super::restored_wal_files(
+                    &std::fs::read_to_string(&log_file).unwrap_or_default(),
+                ),
             },
         })
     }
@@ -817,17 +796,6 @@ fn workload_config(pg: &LocalPostgres) -> tokio_postgres::Config {
         .dbname("postgres")
         .application_name("pgdrill-workload");
     config
-}
-
-/// Counts the WAL files restore_command delivered, from the server log.
-fn restored_wal_files(log: &Path) -> u64 {
-    std::fs::read_to_string(log)
-        .map(|text| {
-            text.lines()
-                .filter(|l| l.contains("restored log file") && !l.contains(".history"))
-                .count() as u64
-        })
-        .unwrap_or(0)
 }
 
 #[async_trait::async_trait]
@@ -861,21 +829,8 @@ impl super::Environment for LocalEnvironment {
         })
     }
 
-    async fn delete_wal(&self, segment: &str) -> Result<String, super::EnvError> {
-        use crate::backup::{codec::Compression, layout, store};
-        let settings = crate::config::Settings::load(Some(&self.env_dir))?;
-        let store = store::open(&settings.storage)?;
-        for compression in Compression::ALL {
-            let key = layout::wal_key(segment, compression);
-            if store.head(&key).await?.is_some() {
-                store.delete(&key).await?;
-                return Ok(key.to_string());
-            }
-        }
-        Err(super::EnvError::Other(format!(
-            "WAL segment {segment} is not in {}",
-            store.describe()
-        )))
+    fn storage_settings(&self) -> &Path {
+        &self.env_dir
     }
 
     async fn kill_primary(&mut self) -> Result<(), super::EnvError> {

@@ -1,11 +1,14 @@
 //! Environments drills run in, behind one trait: `local` (PostgreSQL
-//! processes and the embedded S3 server on loopback) is implemented;
-//! `containers` and `kind` report themselves unavailable until built.
+//! processes and the embedded S3 server on loopback) and `containers`
+//! (Docker, through testcontainers) are implemented; `kind` reports itself
+//! unavailable.
 
+pub mod containers;
 pub mod local;
 pub mod s3_server;
 
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -16,6 +19,9 @@ pub enum EnvError {
     /// The local environment's processes or files.
     #[error(transparent)]
     Local(#[from] local::LocalError),
+    /// The containers environment's Docker side.
+    #[error(transparent)]
+    Containers(#[from] containers::ContainersError),
     /// A backup-tool verb exited non-zero (or could not be read).
     #[error("backup tool `{command}` failed: {detail}")]
     BackupTool {
@@ -51,6 +57,12 @@ pub struct EnvSpec {
     /// postgresql.conf settings for the primary.
     pub postgres_settings: Vec<(String, String)>,
     pub wal_segsize_mb: Option<u32>,
+    /// The scenario's PostgreSQL major version (picks default images).
+    pub postgres_major: u32,
+    /// The scenario's `images` (containers only).
+    pub images: crate::scenario::Images,
+    /// Where container logs go (the drill's report directory).
+    pub log_dir: Option<std::path::PathBuf>,
 }
 
 /// How long the phases of one restore took.
@@ -106,9 +118,44 @@ pub trait Environment: Send + Sync {
         }
         Ok(run.stdout)
     }
-    /// Deletes archived WAL segment `segment` (a 24-digit file name) from
-    /// the storage, whatever its compression; returns the object's key.
-    async fn delete_wal(&self, segment: &str) -> Result<String, EnvError>;
+    /// Tool settings (an env directory) that reach the archive's storage
+    /// from this host, for faults injected from outside.
+    fn storage_settings(&self) -> &Path;
+    /// Damages archived WAL segment `segment` (a 24-digit file name) in the
+    /// storage, whatever its compression; returns the object's key.
+    async fn damage_wal(&self, segment: &str, damage: Damage) -> Result<String, EnvError> {
+        damage_wal(self.storage_settings(), segment, damage).await
+    }
+    /// The container images in use, for the report (none outside
+    /// containers).
+    fn images(&self) -> Vec<containers::ImageRecord> {
+        Vec::new()
+    }
+    /// Makes the storage unreachable for `duration` (containers only).
+    async fn storage_outage(
+        &mut self,
+        mode: crate::scenario::OutageMode,
+        duration: Duration,
+    ) -> Result<String, EnvError> {
+        let _ = (mode, duration);
+        Err(self.unsupported("storage_outage"))
+    }
+    /// Delays or throttles the storage's network link from now on
+    /// (containers only).
+    async fn limit_storage_link(
+        &mut self,
+        limit: &crate::fault::LinkLimit,
+    ) -> Result<String, EnvError> {
+        let _ = limit;
+        Err(self.unsupported("network_latency"))
+    }
+    /// The error for a step this environment cannot do.
+    fn unsupported(&self, action: &str) -> EnvError {
+        EnvError::Other(format!(
+            "step {action} is not available in the {} environment",
+            self.kind()
+        ))
+    }
     /// SIGKILLs the primary and destroys its data directory.
     async fn kill_primary(&mut self) -> Result<(), EnvError>;
     /// Restores `backup` into a fresh server: to the end of the archive, or
@@ -145,19 +192,153 @@ pub(crate) fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Whether drills can run in an environment here; `Err` says why not.
-pub fn availability(kind: crate::scenario::Environment) -> Result<(), String> {
+/// How a WAL object is damaged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Damage {
+    /// Deleted: a hole in the archive.
+    Deleted,
+    /// Bytes flipped in place: bit rot the checksum must catch.
+    Corrupted,
+}
+
+/// Damages the stored object of WAL segment `segment` in the storage that
+/// the env directory `settings` reaches; returns its key.
+pub async fn damage_wal(
+    settings: &Path,
+    segment: &str,
+    damage: Damage,
+) -> Result<String, EnvError> {
+    use crate::backup::{codec::Compression, layout, store};
+    let settings = crate::config::Settings::load(Some(settings))?;
+    let store = store::open(&settings.storage)?;
+    for compression in Compression::ALL {
+        let key = layout::wal_key(segment, compression);
+        if store.head(&key).await?.is_none() {
+            continue;
+        }
+        match damage {
+            Damage::Deleted => store.delete(&key).await?,
+            Damage::Corrupted => {
+                let mut bytes = store.get(&key).await?.to_vec();
+                flip_bytes(&mut bytes);
+                store.put(&key, bytes.into()).await?;
+            }
+        }
+        return Ok(key.to_string());
+    }
+    Err(EnvError::Other(format!(
+        "WAL segment {segment} is not in {}",
+        store.describe()
+    )))
+}
+
+/// Inverts 16 bytes in the middle of `bytes` (inside the payload, past
+/// any header), as a disk or a copy gone wrong would.
+fn flip_bytes(bytes: &mut [u8]) {
+    let mid = bytes.len() / 2;
+    let end = (mid + 16).min(bytes.len());
+    for b in &mut bytes[mid..end] {
+        *b = !*b;
+    }
+}
+
+/// One connection attempt; the connection runs on its own task.
+pub async fn connect_once(
+    config: &tokio_postgres::Config,
+) -> Result<tokio_postgres::Client, EnvError> {
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| EnvError::Postgres(crate::backup::pg::pg_error_text(&e)))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// Waits until restored server `label` (reached by `client`) has left
+/// recovery; how long that took. A server that accepted connections (hot
+/// standby) may still end recovery with a FATAL error: then the error
+/// carries `log_tail()`.
+pub(crate) async fn wait_promoted<F, Fut>(
+    client: &tokio_postgres::Client,
+    label: &str,
+    timeout: Duration,
+    log_tail: F,
+) -> Result<Duration, EnvError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
+    let started = Instant::now();
+    loop {
+        let in_recovery: bool = match client.query_one("SELECT pg_is_in_recovery()", &[]).await {
+            Ok(row) => row.get(0),
+            Err(e) => {
+                return Err(EnvError::Other(format!(
+                    "restore {label} stopped during recovery ({}); log:\n{}",
+                    crate::backup::pg::pg_error_text(&e),
+                    log_tail().await
+                )))
+            }
+        };
+        if !in_recovery {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            return Err(EnvError::Other(format!(
+                "restore {label} did not finish recovery; log:\n{}",
+                log_tail().await
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Counts the WAL files restore_command delivered, from a server's log.
+pub(crate) fn restored_wal_files(log: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains("restored log file") && !l.contains(".history"))
+        .count() as u64
+}
+
+/// Whether drills of `scenario` can run here; `Err` says why not.
+pub async fn availability(scenario: &crate::scenario::Scenario) -> Result<(), String> {
     use crate::scenario::Environment as Kind;
-    match kind {
+    match scenario.environment {
         Kind::Local => local::PgBinaries::find()
             .map(|_| ())
             .map_err(|e| e.to_string()),
-        Kind::Containers => Err(
-            "the containers environment is not implemented yet (issue: containers environment)"
-                .into(),
-        ),
+        Kind::Containers => {
+            containers::engine_answers().await?;
+            if scenario.needs_netem() {
+                crate::fault::netem_available()?;
+            }
+            Ok(())
+        }
         Kind::Kind => Err(
             "the kind environment is not implemented yet and needs a Kubernetes API server".into(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flipping_changes_the_middle_and_survives_tiny_objects() {
+        let mut b = vec![0u8; 100];
+        flip_bytes(&mut b);
+        assert_eq!(b.iter().filter(|&&x| x == 0xff).count(), 16);
+        assert_eq!(b[50], 0xff);
+        let mut tiny = vec![1u8];
+        flip_bytes(&mut tiny);
+        assert_eq!(tiny, [0xfe]);
+    }
+
+    #[test]
+    fn restored_wal_files_count_segments_not_history_files() {
+        let log = "LOG:  restored log file \"000000010000000000000003\" from archive\nLOG:  restored log file \"00000002.history\" from archive\nLOG: other";
+        assert_eq!(restored_wal_files(log), 1);
     }
 }

@@ -68,6 +68,33 @@ pub struct Scenario {
     /// Recovery objectives the drill must meet. Default: none.
     #[serde(default)]
     pub objectives: Objectives,
+    /// Container images; `containers` environment only. Default: see
+    /// [`Images`].
+    #[serde(default)]
+    pub images: Images,
+}
+
+/// Container images of the `containers` environment, as `name:tag`. Unset
+/// ones default by `PGDRILL_IMAGES`: unset, `postgres:<postgres.version>`
+/// and `minio/minio` (pulled from a registry); `local`, the images
+/// `ci/images/build` makes (`pgdrill/postgres:15-local`,
+/// `pgdrill/storage:local`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Images {
+    /// A PostgreSQL image with the official image's interface
+    /// (`docker-entrypoint.sh`, `POSTGRES_*` variables, PGDATA at
+    /// `/var/lib/postgresql/data`) and `runuser`.
+    pub postgres: Option<String>,
+    /// An S3 server: a `minio` image, or any other image in which the
+    /// harness runs `pgdrill s3-serve`.
+    pub storage: Option<String>,
+}
+
+impl Images {
+    pub(crate) fn is_set(&self) -> bool {
+        self.postgres.is_some() || self.storage.is_some()
+    }
 }
 
 /// Where a drill runs.
@@ -150,6 +177,11 @@ pub struct Storage {
     pub delta_max_steps: u32,
     /// Encryption of stored objects. Default: [`Encryption::None`].
     pub encryption: Encryption,
+    /// How long the tool retries a failing storage request before giving
+    /// up (`PGDRILL_S3_RETRY_TIMEOUT_SECS`, whole seconds). Default: the
+    /// tool's (120s).
+    #[serde(deserialize_with = "optional_duration")]
+    pub retry_timeout: Option<Duration>,
 }
 
 impl Default for Storage {
@@ -159,6 +191,7 @@ impl Default for Storage {
             compression: Compression::Lz4,
             delta_max_steps: 0,
             encryption: Encryption::None,
+            retry_timeout: None,
         }
     }
 }
@@ -305,7 +338,6 @@ pub enum Step {
     },
     /// Delete the archived WAL segment that was being written at `at`,
     /// once the archiver has stored it: a silent hole in the archive.
-    /// Local environment only.
     DeleteWal {
         /// When.
         #[serde(deserialize_with = "duration")]
@@ -337,22 +369,65 @@ pub enum Step {
         /// How long, more than 0s.
         #[serde(deserialize_with = "duration")]
         duration: Duration,
+        /// How. Default: [`OutageMode::Disconnect`].
+        #[serde(default)]
+        mode: OutageMode,
     },
-    /// Damage one stored backup object. Containers only.
+    /// Flip bytes in the stored WAL segment that was being written at `at`,
+    /// once the archiver has stored it: restores that need it must fail
+    /// on its checksum. Containers only.
     StorageCorruption {
         /// When.
         #[serde(deserialize_with = "duration")]
         at: Duration,
     },
-    /// Delay traffic to the storage from here on. Containers only.
+    /// Delay and/or throttle the storage's network link from here on (`tc`
+    /// in the storage container's network namespace). Containers only.
     NetworkLatency {
         /// When.
         #[serde(deserialize_with = "duration")]
         at: Duration,
-        /// Added one-way delay, more than 0s.
-        #[serde(deserialize_with = "duration")]
-        delay: Duration,
+        /// Added one-way delay (`tc netem`; the kernel needs
+        /// CONFIG_NET_SCH_NETEM). Default: none.
+        #[serde(default, deserialize_with = "optional_duration")]
+        delay: Option<Duration>,
+        /// Bandwidth limit such as `20mbit` or `512kbit` (`tc htb`).
+        /// Default: none. At least one of `delay` and `rate`.
+        #[serde(default, deserialize_with = "optional_rate")]
+        rate: Option<u64>,
     },
+}
+
+/// How a [`Step::StorageOutage`] cuts the storage off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutageMode {
+    /// Disconnect the storage container from the network: connections are
+    /// refused and names do not resolve.
+    #[default]
+    Disconnect,
+    /// Freeze the storage container (`docker pause`): connections hang.
+    Pause,
+}
+
+/// A bandwidth such as `20mbit`, `512kbit` or `1gbit`, in kbit/s.
+fn optional_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_rate(&text).map(Some).map_err(de::Error::custom)
+}
+
+fn parse_rate(text: &str) -> Result<u64, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let (digits, factor) = [("gbit", 1_000_000), ("mbit", 1_000), ("kbit", 1)]
+        .iter()
+        .find_map(|(unit, f)| t.strip_suffix(unit).map(|d| (d.trim(), *f)))
+        .ok_or_else(|| format!("invalid rate `{text}`: use kbit, mbit or gbit, e.g. `20mbit`"))?;
+    match digits.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n * factor),
+        _ => Err(format!(
+            "invalid rate `{text}`: a whole number above zero, e.g. `20mbit`"
+        )),
+    }
 }
 
 impl Step {
@@ -391,14 +466,12 @@ impl Step {
     }
 
     /// The one environment the step is available in, if it is limited to
-    /// one: storage and network faults need [`Environment::Containers`],
-    /// `delete_wal` needs [`Environment::Local`].
+    /// one: storage and network faults need [`Environment::Containers`].
     pub fn only_in(&self) -> Option<Environment> {
         match self {
             Step::StorageOutage { .. }
             | Step::StorageCorruption { .. }
             | Step::NetworkLatency { .. } => Some(Environment::Containers),
-            Step::DeleteWal { .. } => Some(Environment::Local),
             _ => None,
         }
     }
@@ -504,6 +577,13 @@ fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>
 }
 
 impl Scenario {
+    /// Whether a step adds network delay (which needs `tc netem`).
+    pub fn needs_netem(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(s, Step::NetworkLatency { delay: Some(_), .. }))
+    }
+
     /// Reads and validates the scenario file at `path`; errors name `path`.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
         let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
@@ -797,6 +877,52 @@ objectives: { rpo: 5s, rto: 60s }
             e.contains("steps[0].delay: `network_latency` needs a `delay` above zero"),
             "{e}"
         );
+        let e = error("environment: containers\nsteps: [{ at: 1s, action: network_latency }]\n");
+        assert!(e.contains("needs a `delay` or a `rate`"), "{e}");
+        let e = error(
+            "environment: containers\nsteps: [{ at: 1s, action: network_latency, rate: 5 }]\n",
+        );
+        assert!(e.contains("invalid rate `5`"), "{e}");
+        let s = parse(
+            "environment: containers\nsteps: [{ at: 1s, action: network_latency, rate: 20mbit }, { at: 2s, action: storage_outage, duration: 3s, mode: pause }]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            s.steps[0],
+            Step::NetworkLatency {
+                at: Duration::from_secs(1),
+                delay: None,
+                rate: Some(20_000)
+            }
+        );
+        assert!(!s.needs_netem());
+        assert!(matches!(
+            s.steps[1],
+            Step::StorageOutage {
+                mode: OutageMode::Pause,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn rates_parse_in_kbit() {
+        assert_eq!(parse_rate("512kbit"), Ok(512));
+        assert_eq!(parse_rate(" 20Mbit "), Ok(20_000));
+        assert_eq!(parse_rate("1gbit"), Ok(1_000_000));
+        assert!(parse_rate("0mbit").is_err());
+        assert!(parse_rate("20mb").is_err());
+    }
+
+    #[test]
+    fn images_are_for_the_containers_environment() {
+        let s = parse("environment: containers\nimages: { postgres: \"postgres:16\" }\n").unwrap();
+        assert_eq!(s.images.postgres.as_deref(), Some("postgres:16"));
+        let e = error("images: { storage: minio/minio }\n");
+        assert!(
+            e.contains("images: `images` apply to `environment: containers` only"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -810,7 +936,7 @@ objectives: { rpo: 5s, rto: 60s }
             actions,
             ["base_backup", "delete_wal", "pitr_failover", "delete"]
         );
-        assert_eq!(s.steps[1].only_in(), Some(Environment::Local));
+        assert_eq!(s.steps[1].only_in(), None);
         assert!(matches!(
             s.steps[3],
             Step::Delete {

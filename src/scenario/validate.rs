@@ -64,6 +64,20 @@ pub(super) fn check(scenario: &Scenario) -> Result<(), Problem> {
             scenario.storage.bucket
         );
     }
+    ensure!(
+        !scenario.images.is_set() || scenario.environment == Environment::Containers,
+        ["images"],
+        "remove `images`, or set `environment: containers`",
+        "`images` apply to `environment: containers` only"
+    );
+    if let Some(t) = scenario.storage.retry_timeout {
+        ensure!(
+            t >= Duration::from_secs(1),
+            ["storage", "retry_timeout"],
+            "use whole seconds, e.g. `10s`",
+            "`retry_timeout` must be at least 1s"
+        );
+    }
     workload(scenario)?;
     steps(scenario)?;
     restores(scenario)?;
@@ -204,10 +218,7 @@ fn steps(s: &Scenario) -> Result<(), Problem> {
         if let Some(only) = step.only_in().filter(|&e| e != s.environment) {
             bail!(
                 ["steps", i, "action"],
-                match only {
-                    Environment::Containers => "storage and network faults need `environment: containers`; change the environment or remove the step",
-                    _ => "`delete_wal` reaches into the local environment's storage; use `environment: local` or remove the step",
-                },
+                "storage and network faults need `environment: containers`; change the environment or remove the step",
                 "`{action}` is only available in environment `{}`, not `{}`",
                 only.as_str(),
                 s.environment.as_str()
@@ -228,9 +239,24 @@ fn steps(s: &Scenario) -> Result<(), Problem> {
             Step::Pause { duration, .. } | Step::StorageOutage { duration, .. } => {
                 duration.is_zero().then_some("duration")
             }
-            Step::NetworkLatency { delay, .. } => delay.is_zero().then_some("delay"),
+            Step::NetworkLatency { delay, .. } => {
+                delay.is_some_and(|d| d.is_zero()).then_some("delay")
+            }
             _ => None,
         };
+        ensure!(
+            !matches!(
+                step,
+                Step::NetworkLatency {
+                    delay: None,
+                    rate: None,
+                    ..
+                }
+            ),
+            ["steps", i],
+            "add e.g. `delay: 50ms` or `rate: 20mbit`",
+            "`{action}` needs a `delay` or a `rate`"
+        );
         if let Some(key) = zero {
             bail!(
                 ["steps", i, key],

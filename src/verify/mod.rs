@@ -15,7 +15,7 @@ use tokio_postgres::{Client, Row};
 use crate::backup::pg::pg_error_text;
 use crate::workload::{ContentHasher, Ledger, SeqSet, TABLE};
 
-pub use amcheck::amcheck;
+pub use amcheck::{amcheck, amcheck_result, AMCHECK_ARGS};
 pub use outcome::{Check, CheckName, VerifyOutcome, WriterResult};
 
 /// How many items a list in an outcome shows (per writer for missing

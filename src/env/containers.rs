@@ -1,0 +1,1130 @@
+//! The `containers` environment: PostgreSQL (with pgdrill inside, as the
+//! seed's WAL-G sidecar runs) and S3-compatible storage in their own
+//! containers on a Docker network made for the drill, through the
+//! `testcontainers` crate.
+//!
+//! Layout, matching the Kubernetes manifests: the backup tool's settings are
+//! an env directory mounted read-only at `/etc/wal-g/env` (keys at
+//! `/etc/wal-g/keys`), every data directory is a Docker volume at
+//! `/var/lib/postgresql/data`, archive_command and restore_command are
+//! `pgdrill --env-dir /etc/wal-g/env wal-push|wal-fetch`. The pgdrill binary
+//! under test is mounted read-only at `/usr/local/bin/pgdrill`, so images
+//! carry only the OS and PostgreSQL and are built once (`ci/images/build`).
+//!
+//! A restore is two containers on a fresh, empty volume, like the seed's
+//! PITR Job: one runs `backup-fetch` and exits (the init container), then a
+//! server starts on the volume and recovers. Nothing but the bucket is
+//! shared with the primary.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use testcontainers::bollard;
+use testcontainers::core::logs::consumer::LogConsumer;
+use testcontainers::core::logs::LogFrame;
+use testcontainers::core::wait::ExitWaitStrategy;
+use testcontainers::core::{AccessMode, ContainerPort, IntoContainerPort, Mount, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, ContainerRequest, GenericImage, ImageExt};
+
+use super::local::{archiving_settings, write_env_dir, WorkDir};
+use super::{tail, EnvError, EnvSpec, RestoreTimings, Restored, ToolRun};
+use crate::config::Secret;
+
+/// Where the seed's manifests mount the WAL-G Secret.
+pub const ENV_DIR: &str = "/etc/wal-g/env";
+/// Where encryption keys are mounted (the Secret's other files).
+pub const KEYS_DIR: &str = "/etc/wal-g/keys";
+/// The data directory, a volume, as in the official image and the seed.
+pub const PGDATA: &str = "/var/lib/postgresql/data";
+/// The pgdrill binary inside every container.
+pub const PGDRILL: &str = "/usr/local/bin/pgdrill";
+/// The storage's S3 port inside the network.
+const S3_PORT: u16 = 9000;
+/// Label on everything a drill creates, valued with the drill's id.
+pub const LABEL: &str = "org.pgdrill.drill";
+/// PostgreSQL's line once it accepts connections (after any recovery).
+const READY: &str = "database system is ready to accept connections";
+
+/// Failures of the containers environment.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainersError {
+    /// A Docker call failed.
+    #[error("docker: {what}: {detail}")]
+    Docker { what: String, detail: String },
+    /// A container did what it must not (exited, failed a command).
+    #[error("{0}")]
+    Container(String),
+    /// The host side (work directory, env directory, tc).
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    /// Which images to use could not be decided.
+    #[error("{0}")]
+    Images(String),
+}
+
+fn docker_err<E: std::fmt::Display>(what: impl Into<String>) -> impl FnOnce(E) -> ContainersError {
+    let what = what.into();
+    move |e| ContainersError::Docker {
+        what,
+        detail: e.to_string(),
+    }
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ContainersError {
+    let context = context.into();
+    move |source| ContainersError::Io { context, source }
+}
+
+/// The setting that picks image defaults: unset (or `default`) for the
+/// images users know, `local` for those `ci/images/build` makes.
+pub const IMAGES_SETTING: &str = "PGDRILL_IMAGES";
+
+/// The images of a drill, as `name:tag` references.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageChoice {
+    pub postgres: String,
+    pub storage: String,
+}
+
+impl ImageChoice {
+    /// The scenario's `images`, each defaulted by `PGDRILL_IMAGES`
+    /// (`setting`): `postgres:<version>` and `minio/minio`, or with `local`
+    /// the images `ci/images/build` makes (PostgreSQL 15 only).
+    pub fn choose(
+        postgres: Option<&str>,
+        storage: Option<&str>,
+        version: u32,
+        setting: Option<&str>,
+    ) -> Result<ImageChoice, ContainersError> {
+        let (default_pg, default_storage) = match setting.unwrap_or("default") {
+            "default" | "" => (format!("postgres:{version}"), "minio/minio".to_string()),
+            "local" if postgres.is_none() && version != 15 => {
+                return Err(ContainersError::Images(format!(
+                    "{IMAGES_SETTING}=local provides PostgreSQL 15 only (Debian 12's), but the scenario asks for {version}\nhint: set postgres.version: 15, or name an image in images.postgres"
+                )))
+            }
+            "local" => (
+                "pgdrill/postgres:15-local".to_string(),
+                "pgdrill/storage:local".to_string(),
+            ),
+            other => {
+                return Err(ContainersError::Images(format!(
+                    "{IMAGES_SETTING}={other} is not understood\nhint: use `local` (images from ci/images/build) or leave it unset (postgres:<version> and minio/minio)"
+                )))
+            }
+        };
+        Ok(ImageChoice {
+            postgres: postgres.map_or(default_pg, str::to_string),
+            storage: storage.map_or(default_storage, str::to_string),
+        })
+    }
+
+    /// What serves S3 in the storage image.
+    pub fn storage_flavor(&self) -> StorageFlavor {
+        if self.storage.contains("minio") {
+            StorageFlavor::Minio
+        } else {
+            StorageFlavor::Pgdrill
+        }
+    }
+}
+
+/// What the storage container runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageFlavor {
+    /// `minio server /data`.
+    Minio,
+    /// `pgdrill s3-serve` (the binary mounted in).
+    Pgdrill,
+}
+
+/// Splits `name[:tag]` (a registry port is not a tag).
+fn split_reference(reference: &str) -> (&str, &str) {
+    match reference.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name, tag),
+        _ => (reference, "latest"),
+    }
+}
+
+/// An image as the report shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImageRecord {
+    /// `postgres` or `storage`.
+    pub role: String,
+    /// The reference used.
+    pub reference: String,
+    /// The engine's image id (`sha256:...`).
+    pub id: String,
+    /// The image's creation time, as the engine reports it.
+    pub created: String,
+}
+
+/// Whether a Docker engine answers; `Err` says why not.
+pub async fn engine_answers() -> Result<String, String> {
+    let docker = testcontainers::core::client::docker_client_instance()
+        .await
+        .map_err(|e| format!("no Docker engine answers: {e}"))?;
+    let version = docker
+        .version()
+        .await
+        .map_err(|e| format!("no Docker engine answers: {e}"))?;
+    Ok(version.version.unwrap_or_default())
+}
+
+/// Checks that the images exist on the engine (they are never pulled
+/// implicitly from here: a missing local image gets a hint).
+pub async fn inspect_images(choice: &ImageChoice) -> Result<Vec<ImageRecord>, ContainersError> {
+    let docker = docker().await?;
+    let mut records = Vec::new();
+    for (role, reference) in [("postgres", &choice.postgres), ("storage", &choice.storage)] {
+        match docker.inspect_image(reference).await {
+            Ok(image) => records.push(ImageRecord {
+                role: role.to_string(),
+                reference: reference.clone(),
+                id: image.id.unwrap_or_default(),
+                created: image.created.map(|c| c.to_string()).unwrap_or_default(),
+            }),
+            Err(e) if reference.starts_with("pgdrill/") => {
+                return Err(ContainersError::Images(format!(
+                    "image {reference} is not on this Docker engine ({e})\nhint: build it with ci/images/build (ci/setup does)"
+                )))
+            }
+            Err(_) => {
+                // testcontainers pulls it on first use; say so if that fails.
+            }
+        }
+    }
+    Ok(records)
+}
+
+async fn docker() -> Result<bollard::Docker, ContainersError> {
+    testcontainers::core::client::docker_client_instance()
+        .await
+        .map_err(docker_err("connecting to the engine"))
+}
+
+/// Runs `fut` to completion from a `Drop` (on any tokio runtime).
+fn block_on_in_drop(fut: impl Future<Output = ()> + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| h.block_on(fut))
+        }
+        _ => {
+            let _ = std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    rt.block_on(fut)
+                }
+            })
+            .join();
+        }
+    }
+}
+
+/// Appends a container's output to a file in the drill's report directory.
+struct LogFile(std::sync::Mutex<std::fs::File>);
+
+impl LogConsumer for LogFile {
+    fn accept<'a>(&'a self, record: &'a LogFrame) -> futures::future::BoxFuture<'a, ()> {
+        use std::io::Write;
+        let bytes = match record {
+            LogFrame::StdOut(b) | LogFrame::StdErr(b) => b,
+        };
+        if let Ok(mut f) = self.0.lock() {
+            let _ = f.write_all(bytes);
+        }
+        Box::pin(async {})
+    }
+}
+
+/// A Docker volume of the drill, removed with [`ContainersEnvironment`].
+fn volume_name(drill: &str, what: &str) -> String {
+    format!("{drill}-{what}")
+}
+
+/// The `containers` drill environment.
+pub struct ContainersEnvironment {
+    // Containers go before volumes and the work directory (see Drop).
+    primary: Option<ContainerAsync<GenericImage>>,
+    restores: BTreeMap<String, ContainerAsync<GenericImage>>,
+    tools: Option<ContainerAsync<GenericImage>>,
+    storage: Option<ContainerAsync<GenericImage>>,
+    /// The drill's id: container, network and volume name prefix, label.
+    drill: String,
+    volumes: Vec<String>,
+    images: ImageChoice,
+    image_records: Vec<ImageRecord>,
+    pgdrill: PathBuf,
+    /// Mounted at /etc/wal-g: `env/` (tool settings) and `keys/`.
+    wal_g_dir: PathBuf,
+    /// Tool settings for reaching the storage from this host.
+    host_env_dir: PathBuf,
+    log_dir: Option<PathBuf>,
+    postgres_settings: Vec<(String, String)>,
+    version: String,
+    wal_segment_size: u64,
+    primary_config: tokio_postgres::Config,
+    keep: bool,
+    work: WorkDir,
+}
+
+/// Container paths for encryption keys named by `*_PATH` settings: the
+/// files are copied under `keys` and the settings rewritten.
+fn relocate_keys(settings: &mut [(String, String)], keys: &Path) -> Result<(), ContainersError> {
+    for (name, value) in settings.iter_mut() {
+        if !name.ends_with("_PATH") {
+            continue;
+        }
+        let source = PathBuf::from(&*value);
+        std::fs::copy(&source, keys.join(&*name))
+            .map_err(io_err(format!("copying {} for {name}", source.display())))?;
+        *value = format!("{KEYS_DIR}/{name}");
+    }
+    Ok(())
+}
+
+impl ContainersEnvironment {
+    /// Starts the network, the storage, a tools container and an archiving
+    /// primary; container logs go to `spec.log_dir/containers/`.
+    pub async fn start(spec: &EnvSpec, pgdrill: &Path) -> Result<Self, EnvError> {
+        let images = ImageChoice::choose(
+            spec.images.postgres.as_deref(),
+            spec.images.storage.as_deref(),
+            spec.postgres_major,
+            std::env::var(IMAGES_SETTING).ok().as_deref(),
+        )?;
+        let image_records = inspect_images(&images).await?;
+        let work = WorkDir::new("pgdrill-containers-", None)?;
+        let drill = format!(
+            "pgdrill-{}",
+            work.path()
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(|n| n.trim_start_matches("pgdrill-containers-").to_lowercase())
+                .unwrap_or_default()
+        );
+        let wal_g_dir = work.path().join("wal-g");
+        let keys = wal_g_dir.join("keys");
+        std::fs::create_dir_all(&keys).map_err(io_err("creating the keys directory"))?;
+        let access_key = format!("drill-{}", std::process::id());
+        let secret_key = Secret::new(format!("secret-{:016x}", rand::random::<u64>()));
+        let s3 = |endpoint: String| {
+            vec![
+                (
+                    "WALG_S3_PREFIX".to_string(),
+                    format!("s3://{}/drill", spec.bucket),
+                ),
+                ("AWS_ENDPOINT".into(), endpoint),
+                ("AWS_ACCESS_KEY_ID".into(), access_key.clone()),
+                (
+                    "AWS_SECRET_ACCESS_KEY".into(),
+                    secret_key.expose().to_string(),
+                ),
+                ("AWS_REGION".into(), "us-east-1".into()),
+                ("AWS_S3_FORCE_PATH_STYLE".into(), "true".into()),
+            ]
+        };
+        let mut env = ContainersEnvironment {
+            primary: None,
+            restores: BTreeMap::new(),
+            tools: None,
+            storage: None,
+            volumes: Vec::new(),
+            images,
+            image_records,
+            pgdrill: pgdrill.to_path_buf(),
+            host_env_dir: work.path().join("host-env"),
+            wal_g_dir,
+            log_dir: spec.log_dir.clone(),
+            postgres_settings: spec.postgres_settings.clone(),
+            version: String::new(),
+            wal_segment_size: u64::from(spec.wal_segsize_mb.unwrap_or(16)) << 20,
+            primary_config: tokio_postgres::Config::new(),
+            keep: false,
+            work,
+            drill,
+        };
+        // Storage first: everything else needs it.
+        let storage_name = format!("{}-storage", env.drill);
+        let storage = env
+            .start_storage(&storage_name, &spec.bucket, &access_key, &secret_key)
+            .await?;
+        let host_port = storage
+            .get_host_port_ipv4(S3_PORT)
+            .await
+            .map_err(docker_err("reading the storage's port"))?;
+        env.storage = Some(storage);
+        write_env_dir(
+            &env.host_env_dir,
+            &s3(format!("http://127.0.0.1:{host_port}")),
+            None,
+        )?;
+        env.wait_storage().await?;
+
+        let mut tool_settings = s3(format!("http://{storage_name}:{S3_PORT}"));
+        tool_settings.extend(spec.tool_settings.iter().cloned());
+        tool_settings.extend(
+            spec.tool_secrets
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose().to_string())),
+        );
+        relocate_keys(&mut tool_settings, &keys)?;
+        write_env_dir(&env.wal_g_dir.join("env"), &tool_settings, None)?;
+        make_readable(&env.wal_g_dir)?;
+
+        let tools = env
+            .request("tools", None)
+            .with_cmd(["sleep", "infinity"])
+            .start()
+            .await
+            .map_err(docker_err("starting the tools container"))?;
+        env.tools = Some(tools);
+
+        let mut settings = archiving_settings(Path::new(PGDRILL), Path::new(ENV_DIR), &[]);
+        settings.extend(spec.postgres_settings.iter().cloned());
+        let volume = env.volume("primary");
+        let mut primary = env
+            .request("primary", Some(&volume))
+            .with_ready_conditions(vec![WaitFor::message_on_stderr(READY)])
+            .with_startup_timeout(Duration::from_secs(180))
+            .with_cmd(postgres_command(&settings));
+        if let Some(mb) = spec.wal_segsize_mb {
+            primary = primary.with_env_var("POSTGRES_INITDB_ARGS", format!("--wal-segsize={mb}"));
+        }
+        let primary = primary
+            .start()
+            .await
+            .map_err(docker_err("starting the primary"))?;
+        env.primary_config = server_config(&primary).await?;
+        env.primary = Some(primary);
+        let client = connect_retrying(&env.primary_config, Duration::from_secs(60)).await?;
+        let row = client
+            .query_one("SHOW server_version", &[])
+            .await
+            .map_err(|e| EnvError::Postgres(crate::backup::pg::pg_error_text(&e)))?;
+        env.version = row
+            .get::<_, String>(0)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        Ok(env)
+    }
+
+    /// The images used, with their ids.
+    pub fn images(&self) -> &[ImageRecord] {
+        &self.image_records
+    }
+
+    fn volume(&mut self, what: &str) -> String {
+        let name = volume_name(&self.drill, what);
+        self.volumes.push(name.clone());
+        name
+    }
+
+    /// A container of the drill from the PostgreSQL image: on the drill's
+    /// network, labelled, pgdrill and /etc/wal-g mounted, logs to a file,
+    /// `data` (a volume) at PGDATA when given.
+    fn request(&self, role: &str, data: Option<&str>) -> ContainerRequest<GenericImage> {
+        let (name, tag) = split_reference(&self.images.postgres);
+        let mut request = GenericImage::new(name, tag)
+            .with_exposed_port(5432.tcp())
+            .with_container_name(format!("{}-{role}", self.drill))
+            .with_network(self.drill.clone())
+            .with_label(LABEL, self.drill.clone())
+            .with_env_var("POSTGRES_HOST_AUTH_METHOD", "trust")
+            .with_mount(
+                Mount::bind_mount(self.pgdrill.display().to_string(), PGDRILL)
+                    .with_access_mode(AccessMode::ReadOnly),
+            )
+            .with_mount(
+                Mount::bind_mount(self.wal_g_dir.display().to_string(), "/etc/wal-g")
+                    .with_access_mode(AccessMode::ReadOnly),
+            );
+        if let Some(volume) = data {
+            request = request.with_mount(Mount::volume_mount(volume, PGDATA));
+        }
+        match self.log_consumer(role) {
+            Some(consumer) => request.with_log_consumer(consumer),
+            None => request,
+        }
+    }
+
+    fn log_consumer(&self, role: &str) -> Option<LogFile> {
+        let dir = self.log_dir.as_ref()?.join("containers");
+        std::fs::create_dir_all(&dir).ok()?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{role}.log")))
+            .ok()?;
+        Some(LogFile(std::sync::Mutex::new(file)))
+    }
+
+    async fn start_storage(
+        &mut self,
+        name: &str,
+        bucket: &str,
+        access_key: &str,
+        secret_key: &Secret,
+    ) -> Result<ContainerAsync<GenericImage>, EnvError> {
+        let volume = self.volume("s3");
+        let reference = self.images.storage.clone();
+        let (image, tag) = split_reference(&reference);
+        let base = GenericImage::new(image, tag).with_exposed_port(S3_PORT.tcp());
+        let request = match self.images.storage_flavor() {
+            // minio serves the directories under /data as buckets.
+            StorageFlavor::Minio => base
+                .with_wait_for(WaitFor::message_on_either_std("API:"))
+                .with_entrypoint("sh")
+                .with_env_var("MINIO_ROOT_USER", access_key)
+                .with_env_var("MINIO_ROOT_PASSWORD", secret_key.expose())
+                .with_cmd([
+                    "-c".to_string(),
+                    format!(
+                        "mkdir -p /data/{bucket} && exec minio server /data --address :{S3_PORT}"
+                    ),
+                ]),
+            StorageFlavor::Pgdrill => base
+                .with_wait_for(WaitFor::message_on_stdout("listening on"))
+                .with_env_var("PGDRILL_S3_ACCESS_KEY", access_key)
+                .with_env_var("PGDRILL_S3_SECRET_KEY", secret_key.expose())
+                .with_cmd([
+                    PGDRILL.to_string(),
+                    "s3-serve".into(),
+                    "--dir".into(),
+                    "/data".into(),
+                    "--listen".into(),
+                    format!("0.0.0.0:{S3_PORT}"),
+                    "--bucket".into(),
+                    bucket.to_string(),
+                ]),
+        };
+        let mut request = request
+            .with_container_name(name)
+            .with_network(self.drill.clone())
+            .with_label(LABEL, self.drill.clone())
+            .with_mount(Mount::volume_mount(volume, "/data"))
+            .with_mount(
+                Mount::bind_mount(self.pgdrill.display().to_string(), PGDRILL)
+                    .with_access_mode(AccessMode::ReadOnly),
+            )
+            .with_startup_timeout(Duration::from_secs(120));
+        if let Some(consumer) = self.log_consumer("storage") {
+            request = request.with_log_consumer(consumer);
+        }
+        request.start().await.map_err(|e| {
+            EnvError::from(ContainersError::Docker {
+                what: format!("starting the storage container ({})", self.images.storage),
+                detail: e.to_string(),
+            })
+        })
+    }
+
+    /// Waits until the bucket answers a listing from this host.
+    async fn wait_storage(&self) -> Result<(), EnvError> {
+        let store = self.host_store()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match store.list("wal_005/").await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(EnvError::Other(format!(
+                        "the storage container does not answer S3 requests: {e}"
+                    )))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// The storage as this host reaches it (for faults).
+    fn host_store(&self) -> Result<std::sync::Arc<dyn crate::backup::store::Store>, EnvError> {
+        let settings = crate::config::Settings::load(Some(&self.host_env_dir))?;
+        Ok(crate::backup::store::open(&settings.storage)?)
+    }
+
+    fn storage(&self) -> &ContainerAsync<GenericImage> {
+        self.storage
+            .as_ref()
+            .expect("storage runs for the whole drill")
+    }
+
+    /// Runs `pgdrill --env-dir /etc/wal-g/env ARGS` as `postgres` in
+    /// `container`.
+    async fn exec_tool(
+        container: &ContainerAsync<GenericImage>,
+        args: &[&str],
+    ) -> Result<ToolRun, EnvError> {
+        let mut cmd = vec![
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            PGDRILL,
+            "--env-dir",
+            ENV_DIR,
+        ];
+        cmd.extend_from_slice(args);
+        exec(container, &cmd).await
+    }
+
+    /// Restores `backup` into a fresh volume and server `label`; see
+    /// [`super::Environment::restore`]. With `archive`, the server archives
+    /// as the primary does.
+    async fn restore_server(
+        &mut self,
+        label: &str,
+        backup: &str,
+        target: Option<chrono::DateTime<chrono::Utc>>,
+        archive: bool,
+    ) -> Result<Restored, EnvError> {
+        let volume = self.volume(&format!("restore-{label}"));
+        let target_s = target.map(crate::workload::target_time_arg);
+        let mut fetch_cmd = vec![
+            PGDRILL,
+            "--env-dir",
+            ENV_DIR,
+            "backup-fetch",
+            PGDATA,
+            backup,
+        ];
+        if !archive {
+            fetch_cmd.push("--no-archive");
+        }
+        match &target_s {
+            Some(t) => fetch_cmd.extend(["--recovery-target-time", t.as_str()]),
+            None => fetch_cmd.push("--recover"),
+        }
+        let started = Instant::now();
+        let fetcher = self
+            .request(&format!("fetch-{label}"), Some(&volume))
+            .with_cmd(fetch_cmd)
+            .with_ready_conditions(vec![WaitFor::Exit(ExitWaitStrategy::new())])
+            .with_startup_timeout(Duration::from_secs(3600))
+            .start()
+            .await
+            .map_err(docker_err(format!(
+                "running backup-fetch for restore {label}"
+            )))?;
+        let fetch = started.elapsed();
+        let code = fetcher
+            .exit_code()
+            .await
+            .map_err(docker_err("reading backup-fetch's exit code"))?;
+        if code != Some(0) {
+            let stderr = fetcher.stderr_to_vec().await.unwrap_or_default();
+            return Err(EnvError::BackupTool {
+                command: format!("backup-fetch {PGDATA} {backup}"),
+                detail: format!(
+                    "exit code {code:?}: {}",
+                    tail(String::from_utf8_lossy(&stderr).trim(), 5)
+                ),
+            });
+        }
+        drop(fetcher);
+
+        // The primary's settings come with the command line, not with the
+        // backup: repeat what recovery and verification need.
+        let mut settings = if archive {
+            archiving_settings(Path::new(PGDRILL), Path::new(ENV_DIR), &[])
+        } else {
+            vec![("track_commit_timestamp".to_string(), "on".to_string())]
+        };
+        settings.extend(self.postgres_settings.iter().cloned());
+        let started = Instant::now();
+        let server = self
+            .request(&format!("restore-{label}"), Some(&volume))
+            .with_cmd(postgres_command(&settings))
+            .start()
+            .await
+            .map_err(docker_err(format!("starting restore {label}")))?;
+        let config = server_config(&server).await?;
+        self.restores.insert(label.to_string(), server);
+        let server = &self.restores[label];
+        let log_tail = || async move {
+            let log = server.stderr_to_vec().await.unwrap_or_default();
+            tail(String::from_utf8_lossy(&log).trim(), 20)
+        };
+        let client = loop {
+            match super::connect_once(&config).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    let running = server.is_running().await.unwrap_or(false);
+                    if !running || started.elapsed() > Duration::from_secs(1800) {
+                        return Err(EnvError::Other(format!(
+                            "restore {label} did not come up ({e}); log:\n{}",
+                            log_tail().await
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        let start_to_consistent = started.elapsed();
+        let consistent_to_promoted =
+            super::wait_promoted(&client, label, Duration::from_secs(1800), || log_tail()).await?;
+        let log = server.stderr_to_vec().await.unwrap_or_default();
+        Ok(Restored {
+            client,
+            timings: RestoreTimings {
+                fetch,
+                start_to_consistent,
+                consistent_to_promoted,
+                wal_segments: super::restored_wal_files(&String::from_utf8_lossy(&log)),
+            },
+        })
+    }
+
+    /// The storage container's process id on this host (for `tc`).
+    async fn storage_pid(&self) -> Result<i64, EnvError> {
+        let inspect = docker()
+            .await?
+            .inspect_container(self.storage().id(), None)
+            .await
+            .map_err(docker_err("inspecting the storage container"))?;
+        inspect
+            .state
+            .and_then(|s| s.pid)
+            .filter(|&p| p > 0)
+            .ok_or_else(|| EnvError::Other("the storage container is not running".into()))
+    }
+
+    /// Removes the drill's volumes (after its containers are gone).
+    fn remove_volumes(&mut self) {
+        let volumes = std::mem::take(&mut self.volumes);
+        if volumes.is_empty() {
+            return;
+        }
+        block_on_in_drop(async move {
+            if let Ok(docker) = testcontainers::core::client::docker_client_instance().await {
+                for v in volumes {
+                    let _ = docker
+                        .remove_volume(&v, None::<bollard::query_parameters::RemoveVolumeOptions>)
+                        .await;
+                }
+            }
+        });
+    }
+}
+
+/// Makes the mounted settings readable by the containers' `postgres` user
+/// (a Kubernetes Secret volume is 0644 too).
+fn make_readable(dir: &Path) -> Result<(), ContainersError> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in walk(dir)? {
+        let mode = if entry.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(mode))
+            .map_err(io_err(format!("setting the mode of {}", entry.display())))?;
+    }
+    Ok(())
+}
+
+fn walk(dir: &Path) -> Result<Vec<PathBuf>, ContainersError> {
+    let mut all = vec![dir.to_path_buf()];
+    for entry in std::fs::read_dir(dir).map_err(io_err(format!("reading {}", dir.display())))? {
+        let path = entry.map_err(io_err("reading a directory"))?.path();
+        if path.is_dir() {
+            all.extend(walk(&path)?);
+        } else {
+            all.push(path);
+        }
+    }
+    Ok(all)
+}
+
+/// `postgres -c name=value ...` (no shell: values need no quoting).
+fn postgres_command(settings: &[(String, String)]) -> Vec<String> {
+    let mut cmd = vec![
+        "postgres".to_string(),
+        "-c".into(),
+        "listen_addresses=*".into(),
+    ];
+    for (k, v) in settings {
+        cmd.push("-c".into());
+        cmd.push(format!("{k}={v}"));
+    }
+    cmd
+}
+
+/// Connection settings for a server container, through its mapped port.
+async fn server_config(
+    container: &ContainerAsync<GenericImage>,
+) -> Result<tokio_postgres::Config, EnvError> {
+    let port = container
+        .get_host_port_ipv4(ContainerPort::Tcp(5432))
+        .await
+        .map_err(docker_err("reading a server's port"))?;
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .dbname("postgres")
+        .application_name("pgdrill-workload")
+        .connect_timeout(Duration::from_secs(5));
+    Ok(config)
+}
+
+/// Connects, retrying while the server starts (the official image starts
+/// and stops a temporary server before the real one).
+async fn connect_retrying(
+    config: &tokio_postgres::Config,
+    timeout: Duration,
+) -> Result<tokio_postgres::Client, EnvError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match super::connect_once(config).await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Runs `cmd` in `container`; its output and exit status. (Through
+/// bollard: testcontainers' exec result cannot be held across an await in
+/// a `Send` future.)
+async fn exec(container: &ContainerAsync<GenericImage>, cmd: &[&str]) -> Result<ToolRun, EnvError> {
+    use bollard::exec::{CreateExecOptions, StartExecResults};
+    use futures::StreamExt;
+    let what = || format!("running `{}`", cmd.join(" "));
+    let docker = docker().await?;
+    let created = docker
+        .create_exec(
+            container.id(),
+            CreateExecOptions {
+                cmd: Some(cmd.to_vec()),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(docker_err(what()))?;
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    if let StartExecResults::Attached { mut output, .. } = docker
+        .start_exec(&created.id, None)
+        .await
+        .map_err(docker_err(what()))?
+    {
+        while let Some(frame) = output.next().await {
+            match frame.map_err(docker_err(what()))? {
+                bollard::container::LogOutput::StdOut { message } => {
+                    stdout.extend_from_slice(&message)
+                }
+                bollard::container::LogOutput::StdErr { message } => {
+                    stderr.extend_from_slice(&message)
+                }
+                _ => {}
+            }
+        }
+    }
+    let code = docker
+        .inspect_exec(&created.id)
+        .await
+        .map_err(docker_err(what()))?
+        .exit_code
+        .ok_or_else(|| {
+            EnvError::Other(format!("`{}` did not report an exit code", cmd.join(" ")))
+        })?;
+    Ok(ToolRun {
+        status: std::process::ExitStatus::from_raw(((code as i32) & 0xff) << 8),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    })
+}
+
+#[async_trait::async_trait]
+impl super::Environment for ContainersEnvironment {
+    fn kind(&self) -> &'static str {
+        "containers"
+    }
+
+    fn postgres_version(&self) -> String {
+        self.version.clone()
+    }
+
+    fn primary_config(&self) -> tokio_postgres::Config {
+        self.primary_config.clone()
+    }
+
+    fn wal_segment_size(&self) -> u64 {
+        self.wal_segment_size
+    }
+
+    fn images(&self) -> Vec<ImageRecord> {
+        self.image_records.clone()
+    }
+
+    async fn backup_tool_status(&self, args: &[&str]) -> Result<ToolRun, EnvError> {
+        let container = self
+            .primary
+            .as_ref()
+            .or(self.tools.as_ref())
+            .expect("the tools container runs for the whole drill");
+        Self::exec_tool(container, args).await
+    }
+
+    fn storage_settings(&self) -> &Path {
+        &self.host_env_dir
+    }
+
+    async fn kill_primary(&mut self) -> Result<(), EnvError> {
+        if let Some(primary) = self.primary.take() {
+            docker()
+                .await?
+                .kill_container(
+                    primary.id(),
+                    Some(bollard::query_parameters::KillContainerOptions {
+                        signal: "SIGKILL".into(),
+                    }),
+                )
+                .await
+                .map_err(docker_err("SIGKILLing the primary"))?;
+            primary
+                .rm()
+                .await
+                .map_err(docker_err("removing the primary"))?;
+            let volume = volume_name(&self.drill, "primary");
+            docker()
+                .await?
+                .remove_volume(
+                    &volume,
+                    None::<bollard::query_parameters::RemoveVolumeOptions>,
+                )
+                .await
+                .map_err(docker_err(format!("discarding volume {volume}")))?;
+            self.volumes.retain(|v| *v != volume);
+        }
+        Ok(())
+    }
+
+    async fn restore(
+        &mut self,
+        label: &str,
+        backup: &str,
+        target: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Restored, EnvError> {
+        self.restore_server(label, backup, target, false).await
+    }
+
+    async fn fail_over(
+        &mut self,
+        label: &str,
+        backup: &str,
+        target: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Restored, EnvError> {
+        if let Some(old) = self.primary.take() {
+            old.stop_with_timeout(Some(60))
+                .await
+                .map_err(docker_err("stopping the old primary"))?;
+        }
+        let restored = self
+            .restore_server(label, backup, Some(target), true)
+            .await?;
+        let server = self
+            .restores
+            .remove(label)
+            .expect("restore_server keeps the server");
+        self.primary_config = server_config(&server).await?;
+        self.primary = Some(server);
+        Ok(restored)
+    }
+
+    async fn amcheck(&self, label: &str) -> Result<(), EnvError> {
+        let server = self
+            .restores
+            .get(label)
+            .ok_or_else(|| EnvError::Other(format!("no restore {label}")))?;
+        let mut cmd = vec!["runuser", "-u", "postgres", "--", "pg_amcheck"];
+        cmd.extend_from_slice(crate::verify::AMCHECK_ARGS);
+        let run = exec(server, &cmd).await?;
+        crate::verify::amcheck_result(run.status, &run.stdout, &run.stderr)
+            .map_err(|e| EnvError::Other(e.to_string()))
+    }
+
+    async fn discard_restore(&mut self, label: &str) {
+        if let Some(server) = self.restores.remove(label) {
+            let _ = server.rm().await;
+        }
+        let volume = volume_name(&self.drill, &format!("restore-{label}"));
+        if let Ok(docker) = docker().await {
+            if docker
+                .remove_volume(
+                    &volume,
+                    None::<bollard::query_parameters::RemoveVolumeOptions>,
+                )
+                .await
+                .is_ok()
+            {
+                self.volumes.retain(|v| *v != volume);
+            }
+        }
+    }
+
+    async fn storage_outage(
+        &mut self,
+        mode: crate::scenario::OutageMode,
+        duration: Duration,
+    ) -> Result<String, EnvError> {
+        use crate::scenario::OutageMode;
+        let storage = self.storage();
+        match mode {
+            OutageMode::Pause => {
+                storage
+                    .pause()
+                    .await
+                    .map_err(docker_err("pausing the storage"))?;
+                tokio::time::sleep(duration).await;
+                storage
+                    .unpause()
+                    .await
+                    .map_err(docker_err("unpausing the storage"))?;
+            }
+            OutageMode::Disconnect => {
+                let docker = docker().await?;
+                docker
+                    .disconnect_network(
+                        &self.drill,
+                        bollard::models::NetworkDisconnectRequest {
+                            container: storage.id().to_string(),
+                            force: Some(true),
+                        },
+                    )
+                    .await
+                    .map_err(docker_err("disconnecting the storage"))?;
+                tokio::time::sleep(duration).await;
+                docker
+                    .connect_network(
+                        &self.drill,
+                        bollard::models::NetworkConnectRequest {
+                            container: storage.id().to_string(),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map_err(docker_err("reconnecting the storage"))?;
+            }
+        }
+        Ok(format!(
+            "storage {} for {duration:?}",
+            match mode {
+                OutageMode::Pause => "paused",
+                OutageMode::Disconnect => "disconnected from the network",
+            }
+        ))
+    }
+
+    async fn limit_storage_link(
+        &mut self,
+        limit: &crate::fault::LinkLimit,
+    ) -> Result<String, EnvError> {
+        let pid = self.storage_pid().await?;
+        for args in limit.tc_commands("eth0") {
+            let out = tokio::process::Command::new("nsenter")
+                .arg("-t")
+                .arg(pid.to_string())
+                .arg("-n")
+                .arg("tc")
+                .args(&args)
+                .output()
+                .await
+                .map_err(io_err(
+                    "running nsenter tc (needs root, util-linux and iproute2 on this host)",
+                ))?;
+            if !out.status.success() {
+                return Err(EnvError::Other(format!(
+                    "tc {} in the storage container's network namespace failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        Ok(format!("storage link limited: {limit}"))
+    }
+
+    fn keep(&mut self) -> Option<PathBuf> {
+        self.keep = true;
+        Some(self.work.keep())
+    }
+}
+
+impl Drop for ContainersEnvironment {
+    fn drop(&mut self) {
+        if self.keep {
+            // Leave containers, network and volumes for inspection.
+            std::mem::forget(self.primary.take());
+            std::mem::forget(std::mem::take(&mut self.restores));
+            std::mem::forget(self.tools.take());
+            std::mem::forget(self.storage.take());
+            return;
+        }
+        // testcontainers removes each container (and then the network) as
+        // it drops; volumes can go only after their containers.
+        self.primary.take();
+        self.restores.clear();
+        self.tools.take();
+        self.storage.take();
+        self.remove_volumes();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_default_to_the_well_known_ones_and_local_means_ci_images() {
+        let d = ImageChoice::choose(None, None, 16, None).unwrap();
+        assert_eq!(d.postgres, "postgres:16");
+        assert_eq!(d.storage, "minio/minio");
+        assert_eq!(d.storage_flavor(), StorageFlavor::Minio);
+        let l = ImageChoice::choose(None, None, 15, Some("local")).unwrap();
+        assert_eq!(l.postgres, "pgdrill/postgres:15-local");
+        assert_eq!(l.storage_flavor(), StorageFlavor::Pgdrill);
+        let e = ImageChoice::choose(None, None, 16, Some("local")).unwrap_err();
+        assert!(e.to_string().contains("PostgreSQL 15 only"), "{e}");
+        let own = ImageChoice::choose(Some("my/pg:16"), None, 16, Some("local")).unwrap();
+        assert_eq!(own.postgres, "my/pg:16");
+        assert!(ImageChoice::choose(None, None, 15, Some("remote")).is_err());
+    }
+
+    #[test]
+    fn image_references_split_into_name_and_tag() {
+        assert_eq!(split_reference("postgres:16"), ("postgres", "16"));
+        assert_eq!(split_reference("minio/minio"), ("minio/minio", "latest"));
+        assert_eq!(
+            split_reference("registry:5000/pg"),
+            ("registry:5000/pg", "latest")
+        );
+        assert_eq!(
+            split_reference("registry:5000/pg:15"),
+            ("registry:5000/pg", "15")
+        );
+    }
+
+    #[test]
+    fn postgres_command_passes_settings_without_a_shell() {
+        let cmd = postgres_command(&[("archive_command".into(), "a b %p".into())]);
+        assert_eq!(
+            cmd,
+            [
+                "postgres",
+                "-c",
+                "listen_addresses=*",
+                "-c",
+                "archive_command=a b %p"
+            ]
+        );
+    }
+}
