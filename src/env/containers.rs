@@ -672,7 +672,7 @@ impl ContainersEnvironment {
         };
         let start_to_consistent = started.elapsed();
         let consistent_to_promoted =
-            super::wait_promoted(&client, label, Duration::from_secs(1800), || log_tail()).await?;
+            super::wait_promoted(&client, label, Duration::from_secs(1800), log_tail).await?;
         let log = server.stderr_to_vec().await.unwrap_or_default();
         Ok(Restored {
             client,
@@ -683,6 +683,24 @@ impl ContainersEnvironment {
                 wal_segments: super::restored_wal_files(&String::from_utf8_lossy(&log)),
             },
         })
+    }
+
+    /// Seconds a `backup-fetch LATEST` into a scratch directory of the tools
+    /// container takes (shows what a link limit does to restores).
+    async fn probe_fetch(&self) -> Result<f64, EnvError> {
+        let tools = self.tools.as_ref().expect("the tools container runs");
+        let dir = "/tmp/pgdrill-probe";
+        let started = Instant::now();
+        let run = Self::exec_tool(tools, &["backup-fetch", dir, "LATEST"]).await?;
+        let took = started.elapsed().as_secs_f64();
+        exec(tools, &["rm", "-rf", dir]).await?;
+        if !run.status.success() {
+            return Err(EnvError::BackupTool {
+                command: format!("backup-fetch {dir} LATEST"),
+                detail: format!("{}: {}", run.status, tail(run.stderr.trim(), 3)),
+            });
+        }
+        Ok(took)
     }
 
     /// The storage container's process id on this host (for `tc`).
@@ -1029,6 +1047,7 @@ impl super::Environment for ContainersEnvironment {
         &mut self,
         limit: &crate::fault::LinkLimit,
     ) -> Result<String, EnvError> {
+        let before = self.probe_fetch().await?;
         let pid = self.storage_pid().await?;
         for args in limit.tc_commands("eth0") {
             let out = tokio::process::Command::new("nsenter")
@@ -1050,7 +1069,10 @@ impl super::Environment for ContainersEnvironment {
                 )));
             }
         }
-        Ok(format!("storage link limited: {limit}"))
+        let after = self.probe_fetch().await?;
+        Ok(format!(
+            "storage link limited: {limit}; backup-fetch LATEST took {before:.1}s before, {after:.1}s after"
+        ))
     }
 
     fn keep(&mut self) -> Option<PathBuf> {
