@@ -1,6 +1,7 @@
 //! One trial per scenario file in `scenarios/` (sorted; zero files is a
-//! failure). Trials whose environment is not available here are reported
-//! as ignored, with the reason.
+//! failure), plus a trial that interrupts a containers drill. Trials whose
+//! environment is not available here are reported as ignored, with the
+//! reason.
 
 use std::path::{Path, PathBuf};
 
@@ -49,6 +50,70 @@ fn trial(file: PathBuf) -> Trial {
     .with_kind(kind)
 }
 
+/// Ctrl-C (SIGINT) in the middle of a containers drill removes everything
+/// the drill created: containers, volumes, network.
+fn interrupted_containers_drill(file: PathBuf) -> Trial {
+    use pgdrill::env::containers::{drills_with_containers, leftovers};
+    Trial::ignorable_test("containers-interrupted-leaves-nothing", move || {
+        let scenario = Scenario::load(&file).map_err(|e| Failed::from(e.to_string()))?;
+        let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+        if let Err(reason) = runtime.block_on(pgdrill::env::availability(&scenario)) {
+            return Ok(Completion::ignored_with(format!(
+                "environment containers: {reason}"
+            )));
+        }
+        let before = runtime
+            .block_on(drills_with_containers())
+            .map_err(|e| e.to_string())?;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgdrill"))
+            .args(["run", "--quiet", "--report-dir"])
+            .arg(Path::new(env!("CARGO_TARGET_TMPDIR")).join("drill-reports"))
+            .arg(&file)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        // Wait for the drill's primary: its id is the new label value.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let drill = loop {
+            let now = runtime
+                .block_on(drills_with_containers())
+                .map_err(|e| e.to_string())?;
+            let new: Vec<String> = now.difference(&before).cloned().collect();
+            let primary_up = new.iter().find(|d| {
+                runtime
+                    .block_on(leftovers(d))
+                    .is_ok_and(|l| l.iter().any(|x| x.ends_with("-primary")))
+            });
+            if let Some(d) = primary_up {
+                break d.clone();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                return Err("the drill started no primary container within 120s".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let status = child.wait().map_err(|e| e.to_string())?;
+        let left = runtime
+            .block_on(leftovers(&drill))
+            .map_err(|e| e.to_string())?;
+        if !left.is_empty() {
+            return Err(format!(
+                "after Ctrl-C ({status}), drill {drill} left: {}",
+                left.join(", ")
+            )
+            .into());
+        }
+        if status.success() {
+            return Err("an interrupted drill must not exit 0".into());
+        }
+        Ok(Completion::Completed)
+    })
+    .with_kind("containers")
+}
+
 fn scenario_kind(file: &Path) -> String {
     Scenario::load(file)
         .map(|s| s.environment.as_str().to_string())
@@ -60,6 +125,11 @@ fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
     let files = scenario::discover(&dir).expect("scenarios directory is readable");
     assert!(!files.is_empty(), "no scenario files in {}", dir.display());
-    let trials = files.into_iter().map(trial).collect();
+    let interrupted = dir.join("containers-kill.yaml");
+    let trials = files
+        .into_iter()
+        .map(trial)
+        .chain(std::iter::once(interrupted_containers_drill(interrupted)))
+        .collect();
     libtest_mimic::run(&args, trials).exit();
 }

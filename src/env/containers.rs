@@ -204,6 +204,67 @@ pub async fn inspect_images(choice: &ImageChoice) -> Result<Vec<ImageRecord>, Co
     Ok(records)
 }
 
+/// Drill ids with containers on the engine now (the [`LABEL`] values).
+pub async fn drills_with_containers() -> Result<std::collections::BTreeSet<String>, ContainersError>
+{
+    let containers = docker()
+        .await?
+        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+            all: true,
+            filters: Some([("label".to_string(), vec![LABEL.to_string()])].into()),
+            ..Default::default()
+        }))
+        .await
+        .map_err(docker_err("listing containers"))?;
+    Ok(containers
+        .into_iter()
+        .filter_map(|c| c.labels?.get(LABEL).cloned())
+        .collect())
+}
+
+/// What drill `drill` left on the engine: its containers, volumes and
+/// network, as `kind name` lines (empty when it cleaned up).
+pub async fn leftovers(drill: &str) -> Result<Vec<String>, ContainersError> {
+    let docker = docker().await?;
+    let mut left = Vec::new();
+    let containers = docker
+        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+            all: true,
+            filters: Some([("label".to_string(), vec![format!("{LABEL}={drill}")])].into()),
+            ..Default::default()
+        }))
+        .await
+        .map_err(docker_err("listing containers"))?;
+    left.extend(
+        containers
+            .into_iter()
+            .map(|c| format!("container {}", c.names.unwrap_or_default().join(","))),
+    );
+    let volumes = docker
+        .list_volumes(None::<bollard::query_parameters::ListVolumesOptions>)
+        .await
+        .map_err(docker_err("listing volumes"))?;
+    left.extend(
+        volumes
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|v| v.name.starts_with(&format!("{drill}-")))
+            .map(|v| format!("volume {}", v.name)),
+    );
+    let networks = docker
+        .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+        .await
+        .map_err(docker_err("listing networks"))?;
+    left.extend(
+        networks
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(drill))
+            .map(|n| format!("network {}", n.name.unwrap_or_default())),
+    );
+    Ok(left)
+}
+
 async fn docker() -> Result<bollard::Docker, ContainersError> {
     testcontainers::core::client::docker_client_instance()
         .await
