@@ -115,7 +115,12 @@ async fn missing_segment_exits_74_and_corruption_is_detected() {
     bytes[mid] ^= 0x01;
     std::fs::write(&object, &bytes).unwrap();
     let out = env.pgdrill(&["wal-fetch", &name, dest.to_str().unwrap()]);
-    assert_eq!(code(&out), 200, "{}", stderr(&out));
+    assert_eq!(
+        code(&out),
+        pgdrill::backup::exit::FETCH_FAILED,
+        "{}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains("corrupt"), "{}", stderr(&out));
     assert!(!dest.exists(), "nothing written for a corrupt object");
 }

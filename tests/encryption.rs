@@ -18,6 +18,7 @@ use std::process::{Command, Output};
 
 use common::*;
 use pgdrill::backup::codec::{self, Compression};
+use pgdrill::backup::exit::FETCH_FAILED;
 use pgdrill::env::local::InitOptions;
 
 const PASSPHRASE: &str = "pgdrill-test-passphrase";
@@ -162,7 +163,7 @@ async fn openpgp_archive_restores_and_decrypts_with_gpg() {
         let mut vars = storage.clone();
         vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let out = wal_fetch_with(&env, &vars, &name, &dest);
-        assert_eq!(code(&out), 1, "{}", stderr(&out));
+        assert_eq!(code(&out), FETCH_FAILED, "{}", stderr(&out));
         assert!(!dest.exists());
         stderr(&out)
     };
@@ -239,7 +240,7 @@ async fn libsodium_archive_over_s3_restores_and_refuses_another_key() {
     vars.push(("WALG_LIBSODIUM_KEY".into(), "cd".repeat(32)));
     vars.push(("WALG_LIBSODIUM_KEY_TRANSFORM".into(), "hex".into()));
     let out = wal_fetch_with(&env, &vars, &name, &dest);
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_eq!(code(&out), FETCH_FAILED, "{}", stderr(&out));
     assert!(
         stderr(&out).contains("is encrypted with another libsodium key"),
         "{}",
@@ -291,7 +292,7 @@ fn public_key_only_wal_push_is_idempotent() {
         "public.asc",
         &["wal-fetch", "000000010000000000000001", dest_s],
     );
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_eq!(code(&out), FETCH_FAILED, "{}", stderr(&out));
     assert!(
         stderr(&out).contains("holds only a public key"),
         "{}",

@@ -51,9 +51,10 @@ fn trial(file: PathBuf) -> Trial {
 }
 
 /// Ctrl-C (SIGINT) in the middle of a containers drill removes everything
-/// the drill created: containers, volumes, network.
+/// the drill created: containers, volumes, network. After a SIGKILL, the
+/// next drill's sweep removes what the dead process left.
 fn interrupted_containers_drill(file: PathBuf) -> Trial {
-    use pgdrill::env::containers::{drills_with_containers, leftovers};
+    use pgdrill::env::containers::{leftovers, sweep_abandoned};
     Trial::ignorable_test("containers-interrupted-leaves-nothing", move || {
         let scenario = Scenario::load(&file).map_err(|e| Failed::from(e.to_string()))?;
         let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
@@ -62,43 +63,13 @@ fn interrupted_containers_drill(file: PathBuf) -> Trial {
                 "environment containers: {reason}"
             )));
         }
-        let before = runtime
-            .block_on(drills_with_containers())
-            .map_err(|e| e.to_string())?;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgdrill"))
-            .args(["run", "--quiet", "--report-dir"])
-            .arg(Path::new(env!("CARGO_TARGET_TMPDIR")).join("drill-reports"))
-            .arg(&file)
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        // Wait for the drill's primary: its id is the new label value.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        let drill = loop {
-            let now = runtime
-                .block_on(drills_with_containers())
-                .map_err(|e| e.to_string())?;
-            let new: Vec<String> = now.difference(&before).cloned().collect();
-            let primary_up = new.iter().find(|d| {
-                runtime
-                    .block_on(leftovers(d))
-                    .is_ok_and(|l| l.iter().any(|x| x.ends_with("-primary")))
-            });
-            if let Some(d) = primary_up {
-                break d.clone();
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                return Err("the drill started no primary container within 120s".into());
-            }
-            std::thread::sleep(std::time::Duration::from_millis(200));
+        let left_by = |drill: &str| -> Result<Vec<String>, Failed> {
+            runtime
+                .block_on(leftovers(drill))
+                .map_err(|e| Failed::from(e.to_string()))
         };
-        std::thread::sleep(std::time::Duration::from_secs(3));
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        let status = child.wait().map_err(|e| e.to_string())?;
-        let left = runtime
-            .block_on(leftovers(&drill))
-            .map_err(|e| e.to_string())?;
+        let (drill, status) = run_and_signal(&runtime, &file, libc::SIGINT)?;
+        let left = left_by(&drill)?;
         if !left.is_empty() {
             return Err(format!(
                 "after Ctrl-C ({status}), drill {drill} left: {}",
@@ -109,9 +80,63 @@ fn interrupted_containers_drill(file: PathBuf) -> Trial {
         if status.success() {
             return Err("an interrupted drill must not exit 0".into());
         }
+        let (drill, _) = run_and_signal(&runtime, &file, libc::SIGKILL)?;
+        if left_by(&drill)?.is_empty() {
+            return Err("a SIGKILLed drill left nothing: the sweep is not tested".into());
+        }
+        runtime.block_on(sweep_abandoned());
+        let left = left_by(&drill)?;
+        if !left.is_empty() {
+            return Err(format!("the sweep left {}", left.join(", ")).into());
+        }
         Ok(Completion::Completed)
     })
     .with_kind("containers")
+}
+
+/// Starts `pgdrill run FILE`, waits until its primary container exists,
+/// sends `signal` and waits for the process; the drill's id and how the
+/// process ended.
+fn run_and_signal(
+    runtime: &tokio::runtime::Runtime,
+    file: &Path,
+    signal: i32,
+) -> Result<(String, std::process::ExitStatus), Failed> {
+    use pgdrill::env::containers::{drills_with_containers, leftovers};
+    let before = runtime
+        .block_on(drills_with_containers())
+        .map_err(|e| e.to_string())?;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgdrill"))
+        .args(["run", "--quiet", "--report-dir"])
+        .arg(Path::new(env!("CARGO_TARGET_TMPDIR")).join("drill-reports"))
+        .arg(file)
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    // The drill's id is the new label value that has a primary.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let drill = loop {
+        let now = runtime
+            .block_on(drills_with_containers())
+            .map_err(|e| e.to_string())?;
+        let primary_up = now.difference(&before).find(|d| {
+            runtime
+                .block_on(leftovers(d))
+                .is_ok_and(|l| l.iter().any(|x| x.ends_with("-primary")))
+        });
+        if let Some(d) = primary_up {
+            break d.clone();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            return Err("the drill started no primary container within 120s".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let status = child.wait().map_err(|e| e.to_string())?;
+    Ok((drill, status))
 }
 
 fn scenario_kind(file: &Path) -> String {

@@ -127,13 +127,15 @@ impl Live<'_> {
         mode: crate::scenario::OutageMode,
         duration: std::time::Duration,
     ) -> Result<String, EnvError> {
-        let failed_before = archiver_failures(&self.primary).await?;
+        let (archived_before, failed_before) = archiver_counts(&self.primary).await?;
         let cut = self.env.storage_outage(mode, duration).await?;
-        let failed_during = archiver_failures(&self.primary).await? - failed_before;
+        let (archived, failed) = archiver_counts(&self.primary).await?;
         let caught_up = std::time::Instant::now();
         let segment = super::switch_and_wait_archived(&self.primary).await?;
         Ok(format!(
-            "{cut}; archive_command failed {failed_during} times meanwhile; archive caught up to {segment} {:.1}s after the storage came back",
+            "{cut}; meanwhile archive_command failed {} times and succeeded {} times; archive caught up to {segment} {:.1}s after the storage came back",
+            failed - failed_before,
+            archived - archived_before,
             caught_up.elapsed().as_secs_f64()
         ))
     }
@@ -426,12 +428,16 @@ async fn apply_retention(
 }
 
 /// `pg_stat_archiver.failed_count` of `primary`.
-async fn archiver_failures(primary: &Client) -> Result<i64, EnvError> {
+/// `pg_stat_archiver`'s (archived_count, failed_count) of `primary`.
+async fn archiver_counts(primary: &Client) -> Result<(i64, i64), EnvError> {
     let row = primary
-        .query_one("SELECT failed_count FROM pg_stat_archiver", &[])
+        .query_one(
+            "SELECT archived_count, failed_count FROM pg_stat_archiver",
+            &[],
+        )
         .await
         .map_err(pg_err)?;
-    Ok(row.get(0))
+    Ok((row.get(0), row.get(1)))
 }
 
 /// Records, for each damaged segment, whether the tool noticed: a deleted

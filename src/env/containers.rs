@@ -46,6 +46,87 @@ pub const PGDRILL: &str = "/usr/local/bin/pgdrill";
 const S3_PORT: u16 = 9000;
 /// Label on everything a drill creates, valued with the drill's id.
 pub const LABEL: &str = "org.pgdrill.drill";
+/// Label with the `host:pid` of the pgdrill process that made a container.
+pub const OWNER_LABEL: &str = "org.pgdrill.owner";
+
+/// This process, as [`OWNER_LABEL`] names it.
+fn owner() -> String {
+    let host = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{host}:{}", std::process::id())
+}
+
+/// Whether the process an [`OWNER_LABEL`] names is gone (only decidable
+/// for this host's processes).
+fn owner_is_gone(label: &str) -> bool {
+    let Some((host, pid)) = label.rsplit_once(':') else {
+        return false;
+    };
+    let this_host = owner().rsplit_once(':').map(|(h, _)| h.to_string());
+    let Ok(pid) = pid.parse::<i32>() else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    this_host.as_deref() == Some(host)
+        && unsafe { libc::kill(pid, 0) } != 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
+/// Removes what drills whose pgdrill process died without cleaning up
+/// (SIGKILL, a crash) left on the engine; best effort, says what it did.
+pub async fn sweep_abandoned() {
+    let Ok(docker) = docker().await else { return };
+    let Ok(containers) = docker
+        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+            all: true,
+            filters: Some([("label".to_string(), vec![OWNER_LABEL.to_string()])].into()),
+            ..Default::default()
+        }))
+        .await
+    else {
+        return;
+    };
+    let mut drills = std::collections::BTreeSet::new();
+    for c in containers {
+        let labels = c.labels.unwrap_or_default();
+        let (Some(owner), Some(drill)) = (labels.get(OWNER_LABEL), labels.get(LABEL)) else {
+            continue;
+        };
+        if owner_is_gone(owner) {
+            if let Some(id) = c.id {
+                let _ = docker
+                    .remove_container(
+                        &id,
+                        Some(bollard::query_parameters::RemoveContainerOptions {
+                            force: true,
+                            v: true,
+                            ..Default::default()
+                        }),
+                    )
+                    .await;
+            }
+            drills.insert(drill.clone());
+        }
+    }
+    for drill in drills {
+        for left in leftovers(&drill).await.unwrap_or_default() {
+            let removed = match left.split_once(' ') {
+                Some(("volume", name)) => docker
+                    .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+                    .await
+                    .is_ok(),
+                Some(("network", name)) => docker.remove_network(name).await.is_ok(),
+                _ => false,
+            };
+            if removed {
+                tracing::info!("removed {left}, left behind by an interrupted drill");
+            }
+        }
+        eprintln!("pgdrill: removed what drill {drill} left behind (its pgdrill process is gone)");
+    }
+}
+
 /// PostgreSQL's line once it accepts connections (after any recovery).
 const READY: &str = "database system is ready to accept connections";
 
@@ -364,6 +445,7 @@ impl ContainersEnvironment {
             std::env::var(IMAGES_SETTING).ok().as_deref(),
         )?;
         let image_records = inspect_images(&images).await?;
+        sweep_abandoned().await;
         let work = WorkDir::new("pgdrill-containers-", None)?;
         let drill = format!(
             "pgdrill-{}",
@@ -502,6 +584,7 @@ impl ContainersEnvironment {
             .with_container_name(format!("{}-{role}", self.drill))
             .with_network(self.drill.clone())
             .with_label(LABEL, self.drill.clone())
+            .with_label(OWNER_LABEL, owner())
             .with_env_var("POSTGRES_HOST_AUTH_METHOD", "trust")
             .with_mount(
                 Mount::bind_mount(self.pgdrill.display().to_string(), PGDRILL)
@@ -574,6 +657,7 @@ impl ContainersEnvironment {
             .with_container_name(name)
             .with_network(self.drill.clone())
             .with_label(LABEL, self.drill.clone())
+            .with_label(OWNER_LABEL, owner())
             .with_mount(Mount::volume_mount(volume, "/data"))
             .with_mount(
                 Mount::bind_mount(self.pgdrill.display().to_string(), PGDRILL)
