@@ -152,9 +152,14 @@ pub enum ContainersError {
 
 fn docker_err<E: std::fmt::Display>(what: impl Into<String>) -> impl FnOnce(E) -> ContainersError {
     let what = what.into();
-    move |e| ContainersError::Docker {
-        what,
-        detail: e.to_string(),
+    move |e| {
+        let mut detail = e.to_string();
+        if detail.contains("failed to pull") {
+            detail.push_str(&format!(
+                "\nhint: without a registry, set {IMAGES_SETTING}=local to use the images of ci/images/build, or name local images in the scenario's `images`"
+            ));
+        }
+        ContainersError::Docker { what, detail }
     }
 }
 
@@ -667,12 +672,8 @@ impl ContainersEnvironment {
         if let Some(consumer) = self.log_consumer("storage") {
             request = request.with_log_consumer(consumer);
         }
-        request.start().await.map_err(|e| {
-            EnvError::from(ContainersError::Docker {
-                what: format!("starting the storage container ({})", self.images.storage),
-                detail: e.to_string(),
-            })
-        })
+        let what = format!("starting the storage container ({})", self.images.storage);
+        Ok(request.start().await.map_err(docker_err(what))?)
     }
 
     /// Waits until the bucket answers a listing from this host.
@@ -1264,6 +1265,14 @@ mod tests {
         let own = ImageChoice::choose(Some("my/pg:16"), None, 16, Some("local")).unwrap();
         assert_eq!(own.postgres, "my/pg:16");
         assert!(ImageChoice::choose(None, None, 15, Some("remote")).is_err());
+    }
+
+    #[test]
+    fn a_failed_pull_hints_at_the_local_images() {
+        let e = docker_err("starting x")("failed to pull the image 'minio/minio:latest'");
+        assert!(e.to_string().contains("PGDRILL_IMAGES=local"), "{e}");
+        let e = docker_err("starting x")("no such container");
+        assert!(!e.to_string().contains("hint"), "{e}");
     }
 
     #[test]
