@@ -94,6 +94,73 @@ fn interrupted_containers_drill(file: PathBuf) -> Trial {
     .with_kind("containers")
 }
 
+/// `--keep` leaves the drill's containers, volumes and network in place,
+/// and later sweeps leave them alone; `remove_drill` removes them.
+fn kept_containers_drill(file: PathBuf) -> Trial {
+    use pgdrill::env::containers::{
+        drills_with_containers, leftovers, remove_drill, sweep_abandoned,
+    };
+    Trial::ignorable_test("containers-keep-leaves-everything", move || {
+        let scenario = Scenario::load(&file).map_err(|e| Failed::from(e.to_string()))?;
+        let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+        if let Err(reason) = runtime.block_on(pgdrill::env::availability(&scenario)) {
+            return Ok(Completion::ignored_with(format!(
+                "environment containers: {reason}"
+            )));
+        }
+        let left_by = |drill: &str| -> Result<Vec<String>, Failed> {
+            runtime
+                .block_on(leftovers(drill))
+                .map_err(|e| Failed::from(e.to_string()))
+        };
+        let before = runtime
+            .block_on(drills_with_containers())
+            .map_err(|e| e.to_string())?;
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_pgdrill"))
+            .args(["run", "--quiet", "--keep", "--report-dir"])
+            .arg(Path::new(env!("CARGO_TARGET_TMPDIR")).join("drill-reports"))
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("the kept drill failed: {status}").into());
+        }
+        // Other trials' drills may be running: ours is the kept one.
+        let now = runtime
+            .block_on(drills_with_containers())
+            .map_err(|e| e.to_string())?;
+        let mut kept = Vec::new();
+        for d in now.difference(&before) {
+            let left = left_by(d)?;
+            if left.iter().any(|l| l.ends_with("-kept")) {
+                kept.push((d.clone(), left));
+            }
+        }
+        let [(drill, left)] = &kept[..] else {
+            return Err(format!("expected one kept drill, found {kept:?}").into());
+        };
+        if !left.iter().any(|l| l.ends_with("-storage"))
+            || !left.iter().any(|l| l.starts_with("network"))
+        {
+            return Err(format!("--keep left only {}", left.join(", ")).into());
+        }
+        runtime.block_on(sweep_abandoned());
+        if left_by(drill)? != *left {
+            return Err("a sweep removed a kept drill".into());
+        }
+        runtime
+            .block_on(remove_drill(drill))
+            .map_err(|e| e.to_string())?;
+        let left = left_by(drill)?;
+        if !left.is_empty() {
+            return Err(format!("remove_drill left {}", left.join(", ")).into());
+        }
+        Ok(Completion::Completed)
+    })
+    .with_kind("containers")
+}
+
 /// Starts `pgdrill run FILE`, waits until its primary container exists,
 /// sends `signal` and waits for the process; the drill's id and how the
 /// process ended.
@@ -110,6 +177,7 @@ fn run_and_signal(
         .args(["run", "--quiet", "--report-dir"])
         .arg(Path::new(env!("CARGO_TARGET_TMPDIR")).join("drill-reports"))
         .arg(file)
+        .stdout(std::process::Stdio::null())
         .spawn()
         .map_err(|e| e.to_string())?;
     // The drill's id is the new label value that has a primary.
@@ -154,7 +222,10 @@ fn main() {
     let trials = files
         .into_iter()
         .map(trial)
-        .chain(std::iter::once(interrupted_containers_drill(interrupted)))
+        .chain([
+            interrupted_containers_drill(interrupted.clone()),
+            kept_containers_drill(interrupted),
+        ])
         .collect();
     libtest_mimic::run(&args, trials).exit();
 }

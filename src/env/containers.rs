@@ -73,8 +73,14 @@ fn owner_is_gone(label: &str) -> bool {
         && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
+/// The volume that marks drill `drill` as kept (`--keep`).
+fn kept_marker(drill: &str) -> String {
+    volume_name(drill, "kept")
+}
+
 /// Removes what drills whose pgdrill process died without cleaning up
-/// (SIGKILL, a crash) left on the engine; best effort, says what it did.
+/// (SIGKILL, a crash) left on the engine, except drills kept with
+/// `--keep`; best effort, says what it did.
 pub async fn sweep_abandoned() {
     let Ok(docker) = docker().await else { return };
     let Ok(containers) = docker
@@ -87,44 +93,63 @@ pub async fn sweep_abandoned() {
     else {
         return;
     };
+    let kept: Vec<String> = docker
+        .list_volumes(None::<bollard::query_parameters::ListVolumesOptions>)
+        .await
+        .map(|v| v.volumes.unwrap_or_default())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
     let mut drills = std::collections::BTreeSet::new();
     for c in containers {
         let labels = c.labels.unwrap_or_default();
-        let (Some(owner), Some(drill)) = (labels.get(OWNER_LABEL), labels.get(LABEL)) else {
-            continue;
-        };
-        if owner_is_gone(owner) {
-            if let Some(id) = c.id {
-                let _ = docker
+        if let (Some(owner), Some(drill)) = (labels.get(OWNER_LABEL), labels.get(LABEL)) {
+            if owner_is_gone(owner) && !kept.contains(&kept_marker(drill)) {
+                drills.insert(drill.clone());
+            }
+        }
+    }
+    for drill in drills {
+        if remove_drill(&drill).await.is_ok() {
+            eprintln!(
+                "pgdrill: removed what drill {drill} left behind (its pgdrill process is gone)"
+            );
+        }
+    }
+}
+
+/// Removes everything of drill `drill` from the engine (containers,
+/// volumes, network), e.g. one kept with `--keep`.
+pub async fn remove_drill(drill: &str) -> Result<(), ContainersError> {
+    let docker = docker().await?;
+    // leftovers lists containers first: volumes and the network are free
+    // once they are gone.
+    for left in leftovers(drill).await? {
+        let result = match left.split_once(' ') {
+            Some(("container", name)) => {
+                docker
                     .remove_container(
-                        &id,
+                        name,
                         Some(bollard::query_parameters::RemoveContainerOptions {
                             force: true,
                             v: true,
                             ..Default::default()
                         }),
                     )
-                    .await;
+                    .await
             }
-            drills.insert(drill.clone());
-        }
-    }
-    for drill in drills {
-        for left in leftovers(&drill).await.unwrap_or_default() {
-            let removed = match left.split_once(' ') {
-                Some(("volume", name)) => docker
+            Some(("volume", name)) => {
+                docker
                     .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
                     .await
-                    .is_ok(),
-                Some(("network", name)) => docker.remove_network(name).await.is_ok(),
-                _ => false,
-            };
-            if removed {
-                tracing::info!("removed {left}, left behind by an interrupted drill");
             }
-        }
-        eprintln!("pgdrill: removed what drill {drill} left behind (its pgdrill process is gone)");
+            Some(("network", name)) => docker.remove_network(name).await,
+            _ => Ok(()),
+        };
+        result.map_err(docker_err(format!("removing {left}")))?;
     }
+    Ok(())
 }
 
 /// PostgreSQL's line once it accepts connections (after any recovery).
@@ -324,7 +349,8 @@ pub async fn leftovers(drill: &str) -> Result<Vec<String>, ContainersError> {
     left.extend(
         containers
             .into_iter()
-            .map(|c| format!("container {}", c.names.unwrap_or_default().join(","))),
+            .filter_map(|c| c.names?.into_iter().next())
+            .map(|name| format!("container {}", name.trim_start_matches('/'))),
     );
     let volumes = docker
         .list_volumes(None::<bollard::query_parameters::ListVolumesOptions>)
@@ -1223,6 +1249,22 @@ impl super::Environment for ContainersEnvironment {
 
     fn keep(&mut self) -> Option<PathBuf> {
         self.keep = true;
+        // A marker volume tells later sweeps to leave this drill alone.
+        let marker = kept_marker(&self.drill);
+        block_on_in_drop(async move {
+            if let Ok(docker) = docker().await {
+                let _ = docker
+                    .create_volume(bollard::models::VolumeCreateRequest {
+                        name: Some(marker),
+                        ..Default::default()
+                    })
+                    .await;
+            }
+        });
+        eprintln!(
+            "pgdrill: kept containers, volumes and network {drill}: `docker ps -a --filter label={LABEL}={drill}`; remove them with `docker rm -fv $(docker ps -aq --filter label={LABEL}={drill}); docker volume rm $(docker volume ls -q --filter name={drill}-); docker network rm {drill}`",
+            drill = self.drill
+        );
         Some(self.work.keep())
     }
 }
