@@ -377,6 +377,15 @@ pub async fn leftovers(drill: &str) -> Result<Vec<String>, ContainersError> {
     Ok(left)
 }
 
+/// Removes Docker volume `name`.
+async fn remove_volume(name: &str) -> Result<(), ContainersError> {
+    docker()
+        .await?
+        .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+        .await
+        .map_err(docker_err(format!("removing volume {name}")))
+}
+
 async fn docker() -> Result<bollard::Docker, ContainersError> {
     testcontainers::core::client::docker_client_instance()
         .await
@@ -592,11 +601,6 @@ impl ContainersEnvironment {
             .unwrap_or_default()
             .to_string();
         Ok(env)
-    }
-
-    /// The images used, with their ids.
-    pub fn images(&self) -> &[ImageRecord] {
-        &self.image_records
     }
 
     fn volume(&mut self, what: &str) -> String {
@@ -896,14 +900,18 @@ impl ContainersEnvironment {
             return;
         }
         block_on_in_drop(async move {
-            if let Ok(docker) = testcontainers::core::client::docker_client_instance().await {
-                for v in volumes {
-                    let _ = docker
-                        .remove_volume(&v, None::<bollard::query_parameters::RemoveVolumeOptions>)
-                        .await;
-                }
+            for v in volumes {
+                let _ = remove_volume(&v).await;
             }
         });
+    }
+
+    /// Removes the drill's volume for `what` now (its container is gone).
+    async fn drop_volume(&mut self, what: &str) -> Result<(), ContainersError> {
+        let name = volume_name(&self.drill, what);
+        remove_volume(&name).await?;
+        self.volumes.retain(|v| *v != name);
+        Ok(())
     }
 }
 
@@ -1085,16 +1093,7 @@ impl super::Environment for ContainersEnvironment {
                 .rm()
                 .await
                 .map_err(docker_err("removing the primary"))?;
-            let volume = volume_name(&self.drill, "primary");
-            docker()
-                .await?
-                .remove_volume(
-                    &volume,
-                    None::<bollard::query_parameters::RemoveVolumeOptions>,
-                )
-                .await
-                .map_err(docker_err(format!("discarding volume {volume}")))?;
-            self.volumes.retain(|v| *v != volume);
+            self.drop_volume("primary").await?;
         }
         Ok(())
     }
@@ -1147,19 +1146,7 @@ impl super::Environment for ContainersEnvironment {
         if let Some(server) = self.restores.remove(label) {
             let _ = server.rm().await;
         }
-        let volume = volume_name(&self.drill, &format!("restore-{label}"));
-        if let Ok(docker) = docker().await {
-            if docker
-                .remove_volume(
-                    &volume,
-                    None::<bollard::query_parameters::RemoveVolumeOptions>,
-                )
-                .await
-                .is_ok()
-            {
-                self.volumes.retain(|v| *v != volume);
-            }
-        }
+        let _ = self.drop_volume(&format!("restore-{label}")).await;
     }
 
     async fn storage_outage(
