@@ -334,7 +334,8 @@ pub async fn drills_with_containers() -> Result<std::collections::BTreeSet<Strin
 }
 
 /// What drill `drill` left on the engine: its containers, volumes and
-/// network, as `kind name` lines (empty when it cleaned up).
+/// network, as sorted `kind name` lines (empty when it cleaned up):
+/// containers come first.
 pub async fn leftovers(drill: &str) -> Result<Vec<String>, ContainersError> {
     let docker = docker().await?;
     let mut left = Vec::new();
@@ -374,6 +375,8 @@ pub async fn leftovers(drill: &str) -> Result<Vec<String>, ContainersError> {
             .filter(|n| n.name.as_deref() == Some(drill))
             .map(|n| format!("network {}", n.name.unwrap_or_default())),
     );
+    // Docker lists volumes in no fixed order.
+    left.sort();
     Ok(left)
 }
 
