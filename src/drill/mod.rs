@@ -344,7 +344,7 @@ async fn drive(
     report: &mut DrillReport,
     progress: &Progress,
 ) -> Result<(), DrillError> {
-    let primary = connect(env.primary_config()).await?;
+    let primary = crate::env::connect_once(&env.primary_config()).await?;
     workload::prepare(&primary).await?;
     let spec = WorkloadSpec {
         writers: scenario.workload.writers,
@@ -657,10 +657,6 @@ fn judge_objectives(scenario: &Scenario, report: &mut DrillReport, rto_s: Option
             passed,
         });
     }
-}
-
-async fn connect(config: tokio_postgres::Config) -> Result<tokio_postgres::Client, EnvError> {
-    crate::env::connect_once(&config).await
 }
 
 async fn archived_count(client: &tokio_postgres::Client) -> Option<i64> {

@@ -191,7 +191,7 @@ impl Live<'_> {
         let segment = Segment::of_lsn(timeline, first, seg_size).file_name(seg_size);
         wait_archived(&self.primary, &segment).await?;
         let to = Utc::now();
-        let key = self.env.damage_wal(&segment, damage).await?;
+        let key = crate::env::damage_wal(self.env.storage_settings(), &segment, damage).await?;
         let detail = format!(
             "{} {key}; every commit in it was made between {} and {}",
             match damage {

@@ -30,7 +30,7 @@ use testcontainers::core::{AccessMode, ContainerPort, IntoContainerPort, Mount, 
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, ContainerRequest, GenericImage, ImageExt};
 
-use super::local::{archiving_settings, write_env_dir, WorkDir};
+use super::local::{archiving_settings, drill_credentials, s3_settings, write_env_dir, WorkDir};
 use super::{tail, EnvError, EnvSpec, RestoreTimings, Restored, ToolRun};
 use crate::config::Secret;
 
@@ -501,24 +501,9 @@ impl ContainersEnvironment {
         let wal_g_dir = work.path().join("wal-g");
         let keys = wal_g_dir.join("keys");
         std::fs::create_dir_all(&keys).map_err(io_err("creating the keys directory"))?;
-        let access_key = format!("drill-{}", std::process::id());
-        let secret_key = Secret::new(format!("secret-{:016x}", rand::random::<u64>()));
-        let s3 = |endpoint: String| {
-            vec![
-                (
-                    "WALG_S3_PREFIX".to_string(),
-                    format!("s3://{}/drill", spec.bucket),
-                ),
-                ("AWS_ENDPOINT".into(), endpoint),
-                ("AWS_ACCESS_KEY_ID".into(), access_key.clone()),
-                (
-                    "AWS_SECRET_ACCESS_KEY".into(),
-                    secret_key.expose().to_string(),
-                ),
-                ("AWS_REGION".into(), "us-east-1".into()),
-                ("AWS_S3_FORCE_PATH_STYLE".into(), "true".into()),
-            ]
-        };
+        let (access_key, secret_key) = drill_credentials();
+        let prefix = format!("s3://{}/drill", spec.bucket);
+        let s3 = |endpoint: String| s3_settings(&prefix, &endpoint, &access_key, &secret_key);
         let mut env = ContainersEnvironment {
             primary: None,
             restores: BTreeMap::new(),

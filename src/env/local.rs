@@ -281,6 +281,37 @@ pub fn free_port() -> Result<u16, LocalError> {
         .port())
 }
 
+/// Fresh credentials for a drill's S3 server: the access key names this
+/// process, the secret is random.
+pub fn drill_credentials() -> (String, Secret) {
+    (
+        format!("drill-{}", std::process::id()),
+        Secret::new(format!("secret-{:016x}", rand::random::<u64>())),
+    )
+}
+
+/// WAL-G-style settings for an S3 server at `endpoint` (path-style
+/// addressing, as the embedded server and minio need), archive at `prefix`
+/// (`s3://bucket/path`).
+pub fn s3_settings(
+    prefix: &str,
+    endpoint: &str,
+    access_key: &str,
+    secret_key: &Secret,
+) -> Vec<(String, String)> {
+    vec![
+        ("WALG_S3_PREFIX".into(), prefix.to_string()),
+        ("AWS_ENDPOINT".into(), endpoint.to_string()),
+        ("AWS_ACCESS_KEY_ID".into(), access_key.to_string()),
+        (
+            "AWS_SECRET_ACCESS_KEY".into(),
+            secret_key.expose().to_string(),
+        ),
+        ("AWS_REGION".into(), "us-east-1".into()),
+        ("AWS_S3_FORCE_PATH_STYLE".into(), "true".into()),
+    ]
+}
+
 /// The embedded S3 server (`pgdrill s3-serve`) as a child process.
 #[derive(Debug)]
 pub struct LocalS3 {
@@ -295,8 +326,7 @@ pub struct LocalS3 {
 impl LocalS3 {
     /// Starts the server on a free loopback port with one bucket.
     pub fn start(pgdrill: &Path, data_dir: &Path, bucket: &str) -> Result<LocalS3, LocalError> {
-        let access_key = format!("drill-{}", std::process::id());
-        let secret_key = Secret::new(format!("secret-{:016x}", rand::random::<u64>()));
+        let (access_key, secret_key) = drill_credentials();
         let mut child = Command::new(pgdrill)
             .arg("s3-serve")
             .arg("--dir")
@@ -339,20 +369,12 @@ impl LocalS3 {
 
     /// WAL-G-style settings pointing at this server, under `prefix`.
     pub fn settings(&self, prefix: &str) -> Vec<(String, String)> {
-        vec![
-            (
-                "WALG_S3_PREFIX".into(),
-                format!("s3://{}/{prefix}", self.bucket),
-            ),
-            ("AWS_ENDPOINT".into(), self.endpoint.clone()),
-            ("AWS_ACCESS_KEY_ID".into(), self.access_key.clone()),
-            (
-                "AWS_SECRET_ACCESS_KEY".into(),
-                self.secret_key.expose().to_string(),
-            ),
-            ("AWS_REGION".into(), "us-east-1".into()),
-            ("AWS_S3_FORCE_PATH_STYLE".into(), "true".into()),
-        ]
+        s3_settings(
+            &format!("s3://{}/{prefix}", self.bucket),
+            &self.endpoint,
+            &self.access_key,
+            &self.secret_key,
+        )
     }
 
     /// Path of a stored object on the server's disk (for fault injection).

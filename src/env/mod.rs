@@ -121,11 +121,6 @@ pub trait Environment: Send + Sync {
     /// Tool settings (an env directory) that reach the archive's storage
     /// from this host, for faults injected from outside.
     fn storage_settings(&self) -> &Path;
-    /// Damages archived WAL segment `segment` (a 24-digit file name) in the
-    /// storage, whatever its compression; returns the object's key.
-    async fn damage_wal(&self, segment: &str, damage: Damage) -> Result<String, EnvError> {
-        damage_wal(self.storage_settings(), segment, damage).await
-    }
     /// The container images in use, for the report (none outside
     /// containers).
     fn images(&self) -> Vec<containers::ImageRecord> {
@@ -202,8 +197,10 @@ pub enum Damage {
     Corrupted,
 }
 
-/// Damages the stored object of WAL segment `segment` in the storage that
-/// the env directory `settings` reaches; returns its key.
+/// Damages the stored object of WAL segment `segment` (a 24-digit file
+/// name, whatever its compression) in the storage that the env directory
+/// `settings` reaches (see [`Environment::storage_settings`]); returns its
+/// key.
 pub async fn damage_wal(
     settings: &Path,
     segment: &str,
