@@ -9,6 +9,20 @@ use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use pgdrill::drill::{self, RunOptions};
 use pgdrill::scenario::{self, Scenario};
 
+/// Loads scenario `file` and makes a runtime; `Ok(Err(ignored))` when its
+/// environment is not available here (the trial is ignored, saying why).
+fn prepare(file: &Path) -> Result<Result<(Scenario, tokio::runtime::Runtime), Completion>, Failed> {
+    let scenario = Scenario::load(file).map_err(|e| Failed::from(e.to_string()))?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    if let Err(reason) = runtime.block_on(pgdrill::env::availability(&scenario)) {
+        return Ok(Err(Completion::ignored_with(format!(
+            "environment {}: {reason}",
+            scenario.environment.as_str()
+        ))));
+    }
+    Ok(Ok((scenario, runtime)))
+}
+
 fn trial(file: PathBuf) -> Trial {
     let name = file
         .file_stem()
@@ -17,14 +31,10 @@ fn trial(file: PathBuf) -> Trial {
         .into_owned();
     let kind = scenario_kind(&file);
     Trial::ignorable_test(name, move || {
-        let scenario = Scenario::load(&file).map_err(|e| Failed::from(e.to_string()))?;
-        let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-        if let Err(reason) = runtime.block_on(pgdrill::env::availability(&scenario)) {
-            return Ok(Completion::ignored_with(format!(
-                "environment {}: {reason}",
-                scenario.environment.as_str()
-            )));
-        }
+        let (scenario, runtime) = match prepare(&file)? {
+            Ok(ready) => ready,
+            Err(ignored) => return Ok(ignored),
+        };
         let opts = RunOptions {
             seed: None,
             report_dir: Path::new(env!("CARGO_TARGET_TMPDIR")).join("drill-reports"),
@@ -56,13 +66,10 @@ fn trial(file: PathBuf) -> Trial {
 fn interrupted_containers_drill(file: PathBuf) -> Trial {
     use pgdrill::env::containers::{leftovers, sweep_abandoned};
     Trial::ignorable_test("containers-interrupted-leaves-nothing", move || {
-        let scenario = Scenario::load(&file).map_err(|e| Failed::from(e.to_string()))?;
-        let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-        if let Err(reason) = runtime.block_on(pgdrill::env::availability(&scenario)) {
-            return Ok(Completion::ignored_with(format!(
-                "environment containers: {reason}"
-            )));
-        }
+        let (_, runtime) = match prepare(&file)? {
+            Ok(ready) => ready,
+            Err(ignored) => return Ok(ignored),
+        };
         let left_by = |drill: &str| -> Result<Vec<String>, Failed> {
             runtime
                 .block_on(leftovers(drill))
@@ -101,13 +108,10 @@ fn kept_containers_drill(file: PathBuf) -> Trial {
         drills_with_containers, leftovers, remove_drill, sweep_abandoned,
     };
     Trial::ignorable_test("containers-keep-leaves-everything", move || {
-        let scenario = Scenario::load(&file).map_err(|e| Failed::from(e.to_string()))?;
-        let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-        if let Err(reason) = runtime.block_on(pgdrill::env::availability(&scenario)) {
-            return Ok(Completion::ignored_with(format!(
-                "environment containers: {reason}"
-            )));
-        }
+        let (_, runtime) = match prepare(&file)? {
+            Ok(ready) => ready,
+            Err(ignored) => return Ok(ignored),
+        };
         let left_by = |drill: &str| -> Result<Vec<String>, Failed> {
             runtime
                 .block_on(leftovers(drill))
