@@ -64,19 +64,14 @@ fn trial(file: PathBuf) -> Trial {
 /// the drill created: containers, volumes, network. After a SIGKILL, the
 /// next drill's sweep removes what the dead process left.
 fn interrupted_containers_drill(file: PathBuf) -> Trial {
-    use pgdrill::env::containers::{leftovers, sweep_abandoned};
+    use pgdrill::env::containers::sweep_abandoned;
     Trial::ignorable_test("containers-interrupted-leaves-nothing", move || {
         let (_, runtime) = match prepare(&file)? {
             Ok(ready) => ready,
             Err(ignored) => return Ok(ignored),
         };
-        let left_by = |drill: &str| -> Result<Vec<String>, Failed> {
-            runtime
-                .block_on(leftovers(drill))
-                .map_err(|e| Failed::from(e.to_string()))
-        };
         let (drill, status) = run_and_signal(&runtime, &file, libc::SIGINT)?;
-        let left = left_by(&drill)?;
+        let left = left_by(&runtime, &drill)?;
         if !left.is_empty() {
             return Err(format!(
                 "after Ctrl-C ({status}), drill {drill} left: {}",
@@ -88,11 +83,11 @@ fn interrupted_containers_drill(file: PathBuf) -> Trial {
             return Err("an interrupted drill must not exit 0".into());
         }
         let (drill, _) = run_and_signal(&runtime, &file, libc::SIGKILL)?;
-        if left_by(&drill)?.is_empty() {
+        if left_by(&runtime, &drill)?.is_empty() {
             return Err("a SIGKILLed drill left nothing: the sweep is not tested".into());
         }
         runtime.block_on(sweep_abandoned());
-        let left = left_by(&drill)?;
+        let left = left_by(&runtime, &drill)?;
         if !left.is_empty() {
             return Err(format!("the sweep left {}", left.join(", ")).into());
         }
@@ -104,18 +99,11 @@ fn interrupted_containers_drill(file: PathBuf) -> Trial {
 /// `--keep` leaves the drill's containers, volumes and network in place,
 /// and later sweeps leave them alone; `remove_drill` removes them.
 fn kept_containers_drill(file: PathBuf) -> Trial {
-    use pgdrill::env::containers::{
-        drills_with_containers, leftovers, remove_drill, sweep_abandoned,
-    };
+    use pgdrill::env::containers::{drills_with_containers, remove_drill, sweep_abandoned};
     Trial::ignorable_test("containers-keep-leaves-everything", move || {
         let (_, runtime) = match prepare(&file)? {
             Ok(ready) => ready,
             Err(ignored) => return Ok(ignored),
-        };
-        let left_by = |drill: &str| -> Result<Vec<String>, Failed> {
-            runtime
-                .block_on(leftovers(drill))
-                .map_err(|e| Failed::from(e.to_string()))
         };
         let before = runtime
             .block_on(drills_with_containers())
@@ -136,7 +124,7 @@ fn kept_containers_drill(file: PathBuf) -> Trial {
             .map_err(|e| e.to_string())?;
         let mut kept = Vec::new();
         for d in now.difference(&before) {
-            let left = left_by(d)?;
+            let left = left_by(&runtime, d)?;
             if left.iter().any(|l| l.ends_with("-kept")) {
                 kept.push((d.clone(), left));
             }
@@ -150,19 +138,26 @@ fn kept_containers_drill(file: PathBuf) -> Trial {
             return Err(format!("--keep left only {}", left.join(", ")).into());
         }
         runtime.block_on(sweep_abandoned());
-        if left_by(drill)? != *left {
+        if left_by(&runtime, drill)? != *left {
             return Err("a sweep removed a kept drill".into());
         }
         runtime
             .block_on(remove_drill(drill))
             .map_err(|e| e.to_string())?;
-        let left = left_by(drill)?;
+        let left = left_by(&runtime, drill)?;
         if !left.is_empty() {
             return Err(format!("remove_drill left {}", left.join(", ")).into());
         }
         Ok(Completion::Completed)
     })
     .with_kind("containers")
+}
+
+/// What drill `drill` left on the Docker engine.
+fn left_by(runtime: &tokio::runtime::Runtime, drill: &str) -> Result<Vec<String>, Failed> {
+    runtime
+        .block_on(pgdrill::env::containers::leftovers(drill))
+        .map_err(|e| Failed::from(e.to_string()))
 }
 
 /// Starts `pgdrill run FILE`, waits until its primary container exists,
