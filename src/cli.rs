@@ -12,6 +12,16 @@ use crate::config::{Secret, Settings};
 use crate::env::s3_server::{S3Server, S3ServerConfig};
 use crate::scenario::{self, Scenario};
 
+/// `--version`; a build that can sabotage itself says so.
+const VERSION: &str = if crate::fault::SABOTAGE_BUILT_IN {
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (test build: honours PGDRILL_SABOTAGE)"
+    )
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 /// pgdrill: disaster-recovery drills for PostgreSQL, with a WAL-G-compatible
 /// physical backup tool.
 ///
@@ -25,12 +35,12 @@ use crate::scenario::{self, Scenario};
 /// PGPASSWORD, PGDATABASE, PGDATA), optionally from an env directory. The
 /// README lists them with defaults.
 ///
-/// Exit codes: 0 success; 1 failure; 2 bad command line; 74 wal-fetch: file
-/// not in storage; wal-verify: 3 WARNING, 4 FAILURE; backup-verify: 4
-/// problems found; backup-check: Nagios' 0 OK, 1 WARNING, 2 CRITICAL,
-/// 3 UNKNOWN.
+/// Exit codes: 0 success; 1 failure; 2 bad command line; wal-fetch: 74 file
+/// not in storage, 200 any other failure (bad command line included);
+/// wal-verify: 3 WARNING, 4 FAILURE; backup-verify: 4 problems found;
+/// backup-check: Nagios' 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 #[derive(Debug, Parser)]
-#[command(name = "pgdrill", version, max_term_width = 100)]
+#[command(name = "pgdrill", version = VERSION, max_term_width = 100)]
 pub struct Cli {
     /// Read settings from this directory too (envdir semantics: each file
     /// is a variable named after the file, its first line the value); they
@@ -62,11 +72,13 @@ pub enum Command {
     },
     /// Restore one WAL file: use as `restore_command = 'pgdrill wal-fetch %f %p'`.
     ///
-    /// Exits 74 when the file is not in storage (the normal end of
-    /// recovery), 200 on any other error (corrupt or undecryptable object,
-    /// storage failing after retries, bad settings): above 125, PostgreSQL
-    /// aborts recovery instead of taking the failure for the end of the
-    /// archive and promoting early without the rest. Starts prefetching the next
+    /// Exits 74 when the file is not in storage and the bucket (or
+    /// directory) answers (the normal end of recovery), 200 on any other
+    /// error (missing bucket, denied access, corrupt, undecryptable or
+    /// unexpectedly unencrypted object, storage failing after retries, bad
+    /// settings or arguments): above 125, PostgreSQL aborts recovery
+    /// instead of taking the failure for the end of the archive and
+    /// promoting early without the rest. Starts prefetching the next
     /// WALG_PREFETCH segments in the background into pg_wal/.pgdrill/prefetch.
     WalFetch {
         /// WAL file name (%f).
@@ -88,7 +100,11 @@ pub enum Command {
     ///
     /// Connects with PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE, runs a
     /// non-exclusive backup, uploads the data directory in parallel
-    /// compressed parts, and writes the completion sentinel last. With
+    /// compressed parts, waits (up to PGDRILL_ARCHIVE_CHECK_TIMEOUT) until
+    /// the WAL from the backup's start to its end is in this storage, and
+    /// writes the completion sentinel last. Refuses a server that does not
+    /// archive (archive_mode off); fails, listing nothing, when the WAL does
+    /// not arrive (archive_command storing elsewhere). With
     /// WALG_DELTA_MAX_STEPS > 0 it takes a delta of the newest backup
     /// (only pages changed since that backup started) while the chain is
     /// shorter than that.
@@ -115,7 +131,9 @@ pub enum Command {
         dest: PathBuf,
         /// Backup name (base_...) or LATEST.
         name: String,
-        /// Restore into a non-empty directory, overwriting files.
+        /// Restore into a non-empty directory: everything in it is removed
+        /// first (stale relation files, WAL and prefetch state would be
+        /// picked up by recovery); a symlinked pg_wal stays, emptied.
         #[arg(long)]
         force: bool,
         /// Re-read every restored file and check it against the backup.
@@ -166,7 +184,10 @@ pub enum Command {
     /// Delete old backups and the WAL no kept backup needs.
     ///
     /// Policies: `retain N`, `retain FULL N`, `before TIMESTAMP|BACKUP_NAME`,
-    /// `everything`. A dry run that prints what would go unless --confirm.
+    /// `everything [FORCE]`. Permanent backups (and the WAL from their
+    /// start on) are kept by every policy; `everything` refuses while any
+    /// exist, `everything FORCE` deletes them too. A dry run that prints
+    /// what would go unless --confirm.
     Delete {
         /// Actually delete.
         #[arg(long)]
@@ -193,8 +214,9 @@ pub enum Command {
         json: bool,
     },
     /// Check a stored backup without restoring it: every part decoded and
-    /// every file's checksum compared with metadata.json, and the WAL from
-    /// its start to its finish segment present and decodable.
+    /// every file's checksum compared with metadata.json (for a delta, of
+    /// every backup in its chain), and the WAL from its start to its finish
+    /// segment present and decodable.
     ///
     /// Lists every problem. Exits 0 when clean, 4 when problems were found,
     /// 1 when the check cannot run (no such backup, storage unreachable).
@@ -276,6 +298,24 @@ pub enum Command {
         #[arg(long = "bucket")]
         buckets: Vec<String>,
     },
+}
+
+/// Whether a command line (program name first) runs `wal-fetch`: its verb
+/// is the first argument that is neither an option nor the value of a
+/// global option. Decided before parsing, so that even a command line
+/// clap rejects exits as wal-fetch must.
+pub fn runs_wal_fetch(args: &[std::ffi::OsString]) -> bool {
+    let mut rest = args.iter().skip(1);
+    while let Some(arg) = rest.next() {
+        match arg.to_str() {
+            Some("--env-dir" | "--log") => {
+                rest.next();
+            }
+            Some(a) if a.starts_with('-') => {}
+            verb => return verb == Some("wal-fetch"),
+        }
+    }
+    false
 }
 
 /// Runs a parsed command; returns the exit code.
@@ -604,4 +644,24 @@ async fn run_backup_verb(command: Command, env_dir: Option<&Path>) -> Result<(),
         | Command::BackupCheck { .. } => unreachable!("handled by run"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wal_fetch_verb_is_found_before_parsing() {
+        let runs = |line: &str| {
+            let args: Vec<std::ffi::OsString> = line.split_whitespace().map(Into::into).collect();
+            runs_wal_fetch(&args)
+        };
+        assert!(runs("pgdrill wal-fetch"));
+        assert!(runs("pgdrill --env-dir /etc/wal-g/env wal-fetch %f %p"));
+        assert!(runs("pgdrill --log warn --bogus wal-fetch a"));
+        assert!(runs("pgdrill --env-dir=/e wal-fetch a b"));
+        assert!(!runs("pgdrill --env-dir wal-fetch wal-push %p"));
+        assert!(!runs("pgdrill wal-push wal-fetch"));
+        assert!(!runs("pgdrill"));
+    }
 }

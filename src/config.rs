@@ -172,6 +172,33 @@ impl EnvVars {
         }
     }
 
+    /// A duration given as seconds (`60`) or with units (`90s`, `2m`).
+    fn duration(&self, name: &str, default: Duration) -> Result<Duration, ConfigError> {
+        let Some(v) = self.get(name) else {
+            return Ok(default);
+        };
+        let v = v.trim();
+        v.parse::<u64>()
+            .map(Duration::from_secs)
+            .or_else(|_| humantime::parse_duration(v))
+            .map_err(|_| ConfigError::Invalid {
+                name: name.to_string(),
+                value: v.to_string(),
+                hint: "expected seconds or a duration such as 90s or 5m".into(),
+            })
+    }
+
+    fn boolean(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => parse_bool(v).ok_or_else(|| ConfigError::Invalid {
+                name: name.to_string(),
+                value: v.to_string(),
+                hint: "expected true or false".into(),
+            }),
+        }
+    }
+
     fn positive(&self, name: &str, default: usize) -> Result<usize, ConfigError> {
         let n: usize = self.parse(name, default, "expected a positive integer")?;
         if n == 0 {
@@ -234,10 +261,17 @@ pub struct Settings {
     pub delta_max_steps: u32,
     pub pg: PgConfig,
     pub pgdata: Option<PathBuf>,
+    /// How long `backup-push` waits for the WAL its backup needs to appear
+    /// in the store before it fails (`PGDRILL_ARCHIVE_CHECK_TIMEOUT`).
+    pub archive_check_timeout: Duration,
     /// A deliberate defect (`PGDRILL_SABOTAGE`), for proving drills fail.
     pub sabotage: Option<crate::fault::Sabotage>,
     /// Encryption of stored objects (`WALG_PGP_KEY*`, `WALG_LIBSODIUM_KEY*`).
     pub encryption: EncryptionConfig,
+    /// Read unencrypted objects although a key is configured
+    /// (`PGDRILL_ALLOW_UNENCRYPTED_READS`, while migrating an archive to
+    /// encryption); refused otherwise.
+    pub allow_unencrypted_reads: bool,
 }
 
 /// How stored objects are encrypted; the keys themselves are parsed by
@@ -275,6 +309,9 @@ pub enum KeyTransform {
 }
 
 pub const DEFAULT_TAR_SIZE_THRESHOLD: u64 = 1 << 30;
+
+/// pgBackRest's `archive-timeout` default.
+pub const DEFAULT_ARCHIVE_CHECK_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Settings {
     /// Reads settings from the process environment and, if given, an env dir
@@ -333,21 +370,37 @@ impl Settings {
                 dbname: vars.get("PGDATABASE").unwrap_or("postgres").to_string(),
             },
             pgdata: vars.get("PGDATA").map(PathBuf::from),
-            sabotage: match vars.get("PGDRILL_SABOTAGE") {
-                None => None,
-                Some(v) => {
-                    Some(
-                        crate::fault::Sabotage::parse(v).ok_or_else(|| ConfigError::Invalid {
-                            name: "PGDRILL_SABOTAGE".into(),
-                            value: v.into(),
-                            hint: "expected drop_every_nth_wal:N or corrupt_every_nth_wal:N".into(),
-                        })?,
-                    )
-                }
-            },
+            archive_check_timeout: vars.duration(
+                "PGDRILL_ARCHIVE_CHECK_TIMEOUT",
+                DEFAULT_ARCHIVE_CHECK_TIMEOUT,
+            )?,
+            sabotage: sabotage(vars, crate::fault::SABOTAGE_BUILT_IN)?,
             encryption: encryption_config(vars)?,
+            allow_unencrypted_reads: vars.boolean("PGDRILL_ALLOW_UNENCRYPTED_READS", false)?,
         })
     }
+}
+
+/// `PGDRILL_SABOTAGE`, honoured only by a build made for tests
+/// (`built_in`): in a build made for use, one stray variable or env-dir
+/// file must not make wal-push report success without storing.
+fn sabotage(vars: &EnvVars, built_in: bool) -> Result<Option<crate::fault::Sabotage>, ConfigError> {
+    let Some(v) = vars.get("PGDRILL_SABOTAGE") else {
+        return Ok(None);
+    };
+    if !built_in {
+        return Err(ConfigError::Unsupported {
+            name: "PGDRILL_SABOTAGE",
+            hint: "this pgdrill is built for use and has no deliberate defects (they exist only in test builds, cargo feature `sabotage`); remove the variable, or the file of that name in the env directory",
+        });
+    }
+    crate::fault::Sabotage::parse(v)
+        .map(Some)
+        .ok_or_else(|| ConfigError::Invalid {
+            name: "PGDRILL_SABOTAGE".into(),
+            value: v.into(),
+            hint: "expected drop_every_nth_wal:N or corrupt_every_nth_wal:N".into(),
+        })
 }
 
 /// A key given in a variable or in a file named by another variable.
@@ -486,14 +539,7 @@ fn s3_config(vars: &EnvVars, url: &str) -> Result<S3Config, ConfigError> {
             });
         }
     }
-    let force_path_style = match vars.get("AWS_S3_FORCE_PATH_STYLE") {
-        None => endpoint.is_some(),
-        Some(v) => parse_bool(v).ok_or_else(|| ConfigError::Invalid {
-            name: "AWS_S3_FORCE_PATH_STYLE".into(),
-            value: v.into(),
-            hint: "expected true or false".into(),
-        })?,
-    };
+    let force_path_style = vars.boolean("AWS_S3_FORCE_PATH_STYLE", endpoint.is_some())?;
     Ok(S3Config {
         bucket: bucket.to_string(),
         prefix: prefix.trim_matches('/').to_string(),
@@ -615,6 +661,43 @@ mod tests {
             }
         );
         assert_eq!(s.pg.port, 5433);
+    }
+
+    #[test]
+    fn archive_check_timeout_takes_seconds_or_units() {
+        let timeout = |v: &str| {
+            let mut vars = s3_vars();
+            vars.set("PGDRILL_ARCHIVE_CHECK_TIMEOUT", v);
+            Settings::from_vars(&vars).map(|s| s.archive_check_timeout)
+        };
+        assert_eq!(timeout("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(timeout("2m").unwrap(), Duration::from_secs(120));
+        let err = timeout("soon").unwrap_err().to_string();
+        assert!(err.contains("PGDRILL_ARCHIVE_CHECK_TIMEOUT"), "{err}");
+        assert_eq!(
+            Settings::from_vars(&s3_vars())
+                .unwrap()
+                .archive_check_timeout,
+            DEFAULT_ARCHIVE_CHECK_TIMEOUT
+        );
+    }
+
+    #[test]
+    fn sabotage_needs_a_test_build() {
+        let mut v = s3_vars();
+        v.set("PGDRILL_SABOTAGE", "drop_every_nth_wal:1");
+        let err = sabotage(&v, false).unwrap_err().to_string();
+        assert!(
+            err.contains("PGDRILL_SABOTAGE") && err.contains("built for use"),
+            "{err}"
+        );
+        assert_eq!(
+            sabotage(&v, true).unwrap(),
+            Some(crate::fault::Sabotage::DropEveryNthWal(1))
+        );
+        assert_eq!(sabotage(&s3_vars(), false).unwrap(), None);
+        v.set("PGDRILL_SABOTAGE", "explode");
+        assert!(sabotage(&v, true).is_err());
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Deliberate defects for proving that drills can fail: a store wrapper
-//! that sabotages WAL uploads. Enabled only by `PGDRILL_SABOTAGE` (set by
-//! the `pgdrill-sabotaged` engine of a scenario), and loud when active.
+//! that sabotages WAL uploads. Enabled by `PGDRILL_SABOTAGE` (set by the
+//! `pgdrill-sabotaged` engine of a scenario) only in builds with the cargo
+//! feature `sabotage`, which the tests turn on (a dev-dependency of the
+//! crate on itself) and `cargo build`/`cargo install` leave off; loud on
+//! every run where it is active.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -10,6 +13,9 @@ use std::sync::Arc;
 use crate::backup::layout::{self, WalFileKind};
 use crate::backup::store::{ChunkReceiver, Key, ObjectInfo, Store, StoreError};
 
+/// Whether this build can sabotage at all (the cargo feature `sabotage`).
+pub const SABOTAGE_BUILT_IN: bool = cfg!(feature = "sabotage");
+
 /// What the sabotaged tool does wrong. `every` counts WAL segments by their
 /// number, so separate `wal-push` processes agree on which ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,11 +24,19 @@ pub enum Sabotage {
     DropEveryNthWal(u32),
     /// Store every Nth segment with one byte flipped.
     CorruptEveryNthWal(u32),
+    /// Delta backups pick the pages of visibility-map and free-space-map
+    /// forks by LSN, as before issue 9.1 was fixed: a restore gets a stale
+    /// map, and index-only scans return deleted rows.
+    StaleVisibilityMap,
 }
 
 impl Sabotage {
-    /// Parses `drop_every_nth_wal:N` or `corrupt_every_nth_wal:N`.
+    /// Parses `drop_every_nth_wal:N`, `corrupt_every_nth_wal:N` or
+    /// `stale_visibility_map`.
     pub fn parse(s: &str) -> Option<Sabotage> {
+        if s.trim() == "stale_visibility_map" {
+            return Some(Sabotage::StaleVisibilityMap);
+        }
         let (kind, n) = s.trim().split_once(':')?;
         let n: u32 = n.parse().ok().filter(|n| *n > 0)?;
         match kind {
@@ -36,24 +50,23 @@ impl Sabotage {
         match self {
             Sabotage::DropEveryNthWal(n) => format!("drop_every_nth_wal:{n}"),
             Sabotage::CorruptEveryNthWal(n) => format!("corrupt_every_nth_wal:{n}"),
-        }
-    }
-
-    fn every(self) -> u64 {
-        match self {
-            Sabotage::DropEveryNthWal(n) | Sabotage::CorruptEveryNthWal(n) => n as u64,
+            Sabotage::StaleVisibilityMap => "stale_visibility_map".to_string(),
         }
     }
 
     /// Whether this WAL object is one to sabotage.
     fn hits(self, key: &Key) -> bool {
+        let every = match self {
+            Sabotage::DropEveryNthWal(n) | Sabotage::CorruptEveryNthWal(n) => n as u64,
+            Sabotage::StaleVisibilityMap => return false,
+        };
         let Some(name) = layout::wal_name_of(key) else {
             return false;
         };
         if layout::wal_file_kind(name) != Some(WalFileKind::Segment) {
             return false;
         }
-        u64::from_str_radix(&name[16..24], 16).is_ok_and(|seg| seg % self.every() == 0)
+        u64::from_str_radix(&name[16..24], 16).is_ok_and(|seg| seg % every == 0)
     }
 }
 
@@ -79,6 +92,7 @@ impl Store for SabotagedStore {
                 bytes[mid] ^= 0x40;
                 self.inner.put(key, Bytes::from(bytes)).await
             }
+            Sabotage::StaleVisibilityMap => self.inner.put(key, data).await,
         }
     }
     async fn put_stream(&self, key: &Key, chunks: ChunkReceiver) -> Result<u64, StoreError> {
@@ -101,6 +115,9 @@ impl Store for SabotagedStore {
     }
     async fn delete(&self, key: &Key) -> Result<(), StoreError> {
         self.inner.delete(key).await
+    }
+    async fn confirm_location(&self) -> Result<(), StoreError> {
+        self.inner.confirm_location().await
     }
     fn describe(&self) -> String {
         format!(
@@ -154,6 +171,10 @@ mod tests {
             Bytes::from_static(b"abcdef")
         );
         assert!(Sabotage::parse("drop_every_nth_wal:0").is_none());
+        assert_eq!(
+            Sabotage::parse("stale_visibility_map"),
+            Some(Sabotage::StaleVisibilityMap)
+        );
         assert!(Sabotage::parse("explode:3").is_none());
     }
 }

@@ -1,7 +1,29 @@
 use clap::Parser;
+use pgdrill::backup::exit;
 
 fn main() {
-    let cli = pgdrill::cli::Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // wal-fetch runs as restore_command: every failure but "not found"
+    // (74) must exit above 125, or PostgreSQL takes it for the end of the
+    // archive and promotes a half-restored server. That includes a typo in
+    // its arguments, a runtime that cannot start and a panic.
+    let failure = if pgdrill::cli::runs_wal_fetch(&args) {
+        std::panic::set_hook(Box::new(|info| {
+            eprintln!("pgdrill: internal error: {info}");
+            std::process::exit(exit::FETCH_FAILED);
+        }));
+        exit::FETCH_FAILED
+    } else {
+        exit::FAILURE
+    };
+    let cli = match pgdrill::cli::Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() && failure == exit::FETCH_FAILED => {
+            let _ = e.print();
+            std::process::exit(failure);
+        }
+        Err(e) => e.exit(),
+    };
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
         // rPGP logs key material at debug level: never let it through.
@@ -16,14 +38,14 @@ fn main() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pgdrill: cannot start the async runtime: {e}");
-            std::process::exit(pgdrill::backup::exit::FAILURE);
+            std::process::exit(failure);
         }
     };
     let code = match runtime.block_on(pgdrill::cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("pgdrill: {e:#}");
-            pgdrill::backup::exit::FAILURE
+            failure
         }
     };
     // Do not wait for background tasks (progress reporters, idle pools).

@@ -150,3 +150,67 @@ async fn directory_store_with_zstd_and_64mb_segments() {
     );
     run_e2e(&env, 2).await;
 }
+
+/// Issue 9.8: `backup-fetch --force` into a used directory leaves nothing
+/// the backup does not hold: no stale relation file, WAL segment or
+/// prefetched segment that recovery could pick up.
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_fetch_force_leaves_nothing_the_backup_does_not_hold() {
+    let env = TestEnv::start("force", Storage::Dir, &[], InitOptions::default());
+    let client = env.primary.connect().await.unwrap();
+    client
+        .batch_execute("CREATE TABLE kept AS SELECT g FROM generate_series(1, 1000) g")
+        .await
+        .unwrap();
+    let out = env.pgdrill(&["backup-push", env.primary.data_dir.to_str().unwrap()]);
+    assert_success(&out, "backup-push");
+    let backup = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    switch_and_wait_archived(&env.primary).await;
+
+    let base = env.dir("target");
+    let data = base.join("data");
+    let data_s = data.to_str().unwrap();
+    assert_success(
+        &env.pgdrill(&["backup-fetch", data_s, &backup]),
+        "first backup-fetch",
+    );
+    let stale = [
+        "base/1/999999",
+        "base/1/999999_vm",
+        "pg_wal/000000010000000000000099",
+        "pg_wal/.pgdrill/prefetch/00000001000000000000009A",
+        "pg_wal/.pgdrill/uploaded/00000001000000000000009B",
+        "leftover.conf",
+    ];
+    for rel in stale {
+        let path = data.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"stale").unwrap();
+    }
+    if let Some(u) = env.run_as {
+        u.chown_tree(&data).unwrap();
+    }
+    assert_success(
+        &env.pgdrill(&[
+            "backup-fetch",
+            data_s,
+            &backup,
+            "--force",
+            "--recover",
+            "--no-archive",
+        ]),
+        "backup-fetch --force",
+    );
+    let left: Vec<&str> = stale
+        .iter()
+        .copied()
+        .filter(|rel| data.join(rel).exists())
+        .collect();
+    assert!(left.is_empty(), "stale files survived --force: {left:?}");
+    let mut pg =
+        pgdrill::env::local::LocalPostgres::existing(&env.bin, &base, &data, env.run_as).unwrap();
+    pg.start(Duration::from_secs(120)).unwrap();
+    wait_promoted(&pg).await;
+    let c = pg.connect().await.unwrap();
+    assert_eq!(count(&c, "SELECT count(*) FROM kept").await, 1000);
+}

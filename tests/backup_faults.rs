@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pgdrill::env::local::{as_user, InitOptions};
+use pgdrill::backup::exit::FETCH_FAILED;
+use pgdrill::env::local::{as_user, write_env_dir, InitOptions, RunAs};
 
 fn code(out: &std::process::Output) -> i32 {
     out.status.code().unwrap_or(-1)
@@ -330,8 +331,12 @@ fn upload_ahead_pushes_ready_segments_and_trusts_only_identical_files() {
         "two segments pushed ahead"
     );
     assert!(!stored(&names[3]), "no more than concurrency - 1 ahead");
-    let marker = pg_wal.join(".pgdrill/uploaded").join(&names[1]);
-    assert!(marker.exists());
+    let markers: Vec<std::path::PathBuf> = walk_files(&pg_wal.join(".pgdrill/uploaded"));
+    let marker = markers
+        .iter()
+        .find(|m| m.file_name().unwrap().to_str() == Some(names[1].as_str()))
+        .expect("a marker for the pushed-ahead segment, under the store's id")
+        .clone();
 
     // PostgreSQL's own call for a pushed-ahead segment: answered from the
     // marker, which is consumed.
@@ -348,4 +353,221 @@ fn upload_ahead_pushes_ready_segments_and_trusts_only_identical_files() {
         "{}",
         stderr(&out)
     );
+}
+
+fn listed_backups(env: &TestEnv) -> String {
+    let out = env.pgdrill(&["backup-list", "--json"]);
+    assert_success(&out, "backup-list");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Issue 9.2: with `archive_mode = off` the backup's WAL never reaches the
+/// store; backup-push must fail, naming the setting, and list nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_push_without_archiving_fails_and_lists_nothing() {
+    let env = TestEnv::start(
+        "no-archive",
+        Storage::Dir,
+        &[("PGDRILL_ARCHIVE_CHECK_TIMEOUT", "5s")],
+        InitOptions {
+            settings: vec![("archive_mode".into(), "off".into())],
+            ..InitOptions::default()
+        },
+    );
+    let out = env.pgdrill(&["backup-push", env.primary.data_dir.to_str().unwrap()]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("archive_mode"), "{}", stderr(&out));
+    assert_eq!(listed_backups(&env), "[]");
+}
+
+/// Issue 9.2: archive_command archives into another prefix; the backup's
+/// WAL is archived, but not where the backup goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_push_fails_when_its_wal_goes_to_another_store() {
+    let env = TestEnv::start(
+        "archive-elsewhere",
+        Storage::Dir,
+        &[("PGDRILL_ARCHIVE_CHECK_TIMEOUT", "5s")],
+        InitOptions::default(),
+    );
+    let elsewhere = env.dir("elsewhere");
+    let other_env = env.work.path().join("env-elsewhere");
+    write_env_dir(
+        &other_env,
+        &[(
+            "WALG_FILE_PREFIX".to_string(),
+            elsewhere.display().to_string(),
+        )],
+        env.run_as,
+    )
+    .unwrap();
+    let c = env.primary.connect().await.unwrap();
+    let command = format!("{PGDRILL} --env-dir {} wal-push %p", other_env.display());
+    c.execute(
+        &format!("ALTER SYSTEM SET archive_command = '{command}'"),
+        &[],
+    )
+    .await
+    .unwrap();
+    c.execute("SELECT pg_reload_conf()", &[]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let started = Instant::now();
+    let out = env.pgdrill(&["backup-push", env.primary.data_dir.to_str().unwrap()]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let msg = stderr(&out);
+    assert!(
+        msg.contains("archive_command") && msg.contains("not in"),
+        "{msg}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "bounded by PGDRILL_ARCHIVE_CHECK_TIMEOUT"
+    );
+    assert_eq!(listed_backups(&env), "[]");
+    assert!(
+        !walk_files(&elsewhere.join("wal_005")).is_empty(),
+        "the WAL went to the other store"
+    );
+}
+
+/// Issue 9.3: a missing bucket is not the end of the archive. S3 answers
+/// 404 for it too; wal-fetch must exit above 125 (PostgreSQL aborts
+/// recovery) and name the bucket, and exit 74 only when the bucket
+/// answers and the object is absent.
+#[tokio::test(flavor = "multi_thread")]
+async fn wal_fetch_from_a_missing_bucket_aborts_recovery() {
+    let env = TestEnv::start("no-bucket", Storage::S3, &[], InitOptions::default());
+    let dest = env.dir("scratch").join("RECOVERYXLOG");
+    let with_prefix = |prefix: &str| {
+        let mut vars = env.storage_vars.clone();
+        for (k, v) in vars.iter_mut() {
+            if k == "WALG_S3_PREFIX" {
+                *v = prefix.to_string();
+            }
+        }
+        vars.push(("WALG_PREFETCH".into(), "0".into()));
+        vars.push(("WALG_S3_MAX_RETRIES".into(), "1".into()));
+        env.pgdrill_with_vars(
+            &vars,
+            &[
+                "wal-fetch",
+                "000000010000000000000001",
+                dest.to_str().unwrap(),
+            ],
+        )
+    };
+    let out = with_prefix("s3://no-such-bucket/db");
+    assert_eq!(code(&out), FETCH_FAILED, "{}", stderr(&out));
+    assert!(stderr(&out).contains("no-such-bucket"), "{}", stderr(&out));
+    assert!(!dest.exists());
+
+    // The bucket exists, the prefix is empty: the end of the archive.
+    let out = with_prefix("s3://drill/empty-prefix");
+    assert_eq!(code(&out), 74, "{}", stderr(&out));
+}
+
+/// Issue 9.3: a typo in restore_command must not end recovery early:
+/// usage errors of wal-fetch exit above 125 too.
+#[test]
+fn wal_fetch_usage_errors_exit_above_125() {
+    let run = |args: &[&str]| {
+        Command::new(PGDRILL)
+            .args(args)
+            .env("WALG_FILE_PREFIX", "/nonexistent")
+            .env_remove("PGDRILL_ENV_DIR")
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &["wal-fetch", "000000010000000000000001"][..],
+        &["wal-fetch", "--prefetch-ahead", "a", "b"],
+        &["--log", "warn", "wal-fetch"],
+    ] {
+        let out = run(args);
+        assert_eq!(code(&out), FETCH_FAILED, "{args:?}: {}", stderr(&out));
+    }
+    assert_eq!(code(&run(&["wal-fetch", "--help"])), 0);
+    assert_eq!(code(&run(&["wal-push"])), 2, "other verbs keep exit 2");
+}
+
+/// Issue 9.10: an upload-ahead marker vouches for one store only: after
+/// the prefix changes, wal-push must store the segment in the new one.
+#[test]
+fn upload_ahead_markers_are_tied_to_their_store() {
+    let work = tempfile::tempdir().unwrap();
+    let pg_wal = work.path().join("pg_wal");
+    std::fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
+    let names: Vec<String> = (1..=2)
+        .map(|i| format!("0000000100000000{i:08X}"))
+        .collect();
+    for (i, n) in names.iter().enumerate() {
+        std::fs::write(pg_wal.join(n), vec![i as u8 + 1; 64 * 1024]).unwrap();
+        std::fs::write(
+            pg_wal.join("archive_status").join(format!("{n}.ready")),
+            b"",
+        )
+        .unwrap();
+    }
+    let push = |archive: &std::path::Path, name: &str| {
+        Command::new(PGDRILL)
+            .args(["wal-push", pg_wal.join(name).to_str().unwrap()])
+            .env("WALG_FILE_PREFIX", archive)
+            .env("WALG_UPLOAD_CONCURRENCY", "2")
+            .env_remove("PGDRILL_ENV_DIR")
+            .output()
+            .unwrap()
+    };
+    let (first, second) = (work.path().join("first"), work.path().join("second"));
+    assert_success(&push(&first, &names[0]), "wal-push into the first store");
+    assert!(first.join(format!("wal_005/{}.lz4", names[1])).exists());
+    assert_success(&push(&second, &names[1]), "wal-push into the second store");
+    assert!(
+        second.join(format!("wal_005/{}.lz4", names[1])).exists(),
+        "exit 0 means stored in the configured store"
+    );
+}
+
+/// Issue 9.12: the directory store syncs the directories it changes, new
+/// ones included, and a failed directory sync is an error. A directory
+/// the server user may write but not read cannot be opened for fsync.
+#[test]
+fn directory_store_fails_when_a_directory_cannot_be_synced() {
+    use std::os::unix::fs::PermissionsExt;
+    let run_as = RunAs::detect().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let segment = work.path().join("000000010000000000000001");
+    std::fs::write(&segment, vec![7u8; 64 * 1024]).unwrap();
+    let push = |archive: &std::path::Path| {
+        let mut cmd = Command::new(PGDRILL);
+        cmd.args(["wal-push", segment.to_str().unwrap()])
+            .env("WALG_FILE_PREFIX", archive)
+            .env("WALG_UPLOAD_CONCURRENCY", "1")
+            .env_remove("PGDRILL_ENV_DIR");
+        as_user(&mut cmd, run_as).output().unwrap()
+    };
+    let owned = |path: &std::path::Path| {
+        std::fs::create_dir_all(path).unwrap();
+        if let Some(u) = run_as {
+            u.chown_tree(path).unwrap();
+        }
+    };
+    owned(work.path());
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // wal_005/ is new: the store root that gained it must be synced.
+    let root = work.path().join("new-dir");
+    owned(&root);
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o300)).unwrap();
+    let out = push(&root);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("sync"), "{}", stderr(&out));
+
+    // wal_005/ exists: the rename into it must be synced.
+    let root = work.path().join("old-dir");
+    owned(&root.join("wal_005"));
+    std::fs::set_permissions(root.join("wal_005"), std::fs::Permissions::from_mode(0o300)).unwrap();
+    let out = push(&root);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("sync"), "{}", stderr(&out));
 }

@@ -164,3 +164,133 @@ async fn delta_chain_stores_changed_pages_and_restores_exactly() {
         .collect();
     assert_eq!(names, [forced]);
 }
+
+/// Issue 9.1: clearing a visibility-map bit (a DELETE on an all-visible
+/// page) does not change the map page's LSN. A delta that picked `_vm`
+/// pages by LSN kept the full backup's map, so after the restore
+/// index-only scans returned deleted rows while sequential scans did not.
+#[tokio::test(flavor = "multi_thread")]
+async fn delta_restore_keeps_the_visibility_map_exact() {
+    let env = TestEnv::start(
+        "delta-vm",
+        Storage::Dir,
+        &[("WALG_DELTA_MAX_STEPS", "1")],
+        InitOptions::default(),
+    );
+    let c = env.primary.connect().await.unwrap();
+    c.batch_execute(
+        "CREATE EXTENSION pg_visibility; \
+         CREATE TABLE vm(id int PRIMARY KEY, pad text) WITH (autovacuum_enabled = off); \
+         INSERT INTO vm SELECT g, 'row ' || g FROM generate_series(1, 200000) g",
+    )
+    .await
+    .unwrap();
+    c.batch_execute("VACUUM (FREEZE) vm").await.unwrap();
+    c.batch_execute("CHECKPOINT").await.unwrap();
+    let full = push(&env, &[]);
+    c.batch_execute("DELETE FROM vm WHERE id % 10 = 0")
+        .await
+        .unwrap();
+    c.batch_execute("CHECKPOINT").await.unwrap();
+    let delta = push(&env, &[]);
+    assert!(delta.ends_with(&full[5..]), "a delta of {full}: {delta}");
+    switch_and_wait_archived(&env.primary).await;
+
+    let r = env.restore("vm-restored", &delta, &["--recover"]).await;
+    let rc = r.connect().await.unwrap();
+    rc.batch_execute(
+        "SET enable_indexscan = off; SET enable_indexonlyscan = off; \
+         SET enable_bitmapscan = off",
+    )
+    .await
+    .unwrap();
+    let seq = count(&rc, "SELECT count(*) FROM vm").await;
+    assert_eq!(seq, 180_000);
+    rc.batch_execute(
+        "RESET ALL; SET enable_seqscan = off; SET enable_bitmapscan = off; \
+         SET enable_indexscan = off",
+    )
+    .await
+    .unwrap();
+    let plan: String = rc
+        .query("EXPLAIN SELECT count(id) FROM vm WHERE id > 0", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(plan.contains("Index Only Scan"), "{plan}");
+    let index_only = count(&rc, "SELECT count(id) FROM vm WHERE id > 0").await;
+    assert_eq!(index_only, seq, "index-only scan sees what a seq scan sees");
+    let not_visible = count(&rc, "SELECT count(*) FROM pg_check_visible('vm')").await;
+    assert_eq!(
+        not_visible, 0,
+        "pg_check_visible finds no wrongly all-visible tuple"
+    );
+}
+
+/// The drills' `visibility` check must be able to fail: with the defect of
+/// issue 9.1 put back (`PGDRILL_SABOTAGE=stale_visibility_map`, test builds
+/// only) a delta restores a stale visibility map, and the check names the
+/// table; the same steps with the fixed tool pass it.
+#[tokio::test(flavor = "multi_thread")]
+async fn visibility_check_catches_a_stale_visibility_map() {
+    let env = TestEnv::start(
+        "delta-vm-mutant",
+        Storage::Dir,
+        &[("WALG_DELTA_MAX_STEPS", "1")],
+        InitOptions::default(),
+    );
+    let c = env.primary.connect().await.unwrap();
+    c.batch_execute(
+        "CREATE TABLE vm(id int PRIMARY KEY, pad text) WITH (autovacuum_enabled = off); \
+         INSERT INTO vm SELECT g, 'row ' || g FROM generate_series(1, 100000) g",
+    )
+    .await
+    .unwrap();
+    let mut verdicts = Vec::new();
+    for (round, sabotage) in [(0, None), (1, Some("stale_visibility_map"))] {
+        c.batch_execute("VACUUM (FREEZE) vm").await.unwrap();
+        c.batch_execute("CHECKPOINT").await.unwrap();
+        push(&env, &["--full"]);
+        c.batch_execute(&format!("DELETE FROM vm WHERE id % 10 = {round}"))
+            .await
+            .unwrap();
+        c.batch_execute("CHECKPOINT").await.unwrap();
+        let mut cmd = std::process::Command::new(PGDRILL);
+        cmd.arg("--env-dir")
+            .arg(&env.env_dir)
+            .args(["backup-push", env.primary.data_dir.to_str().unwrap()]);
+        for (k, v) in env.primary.pg_settings() {
+            cmd.env(k, v);
+        }
+        if let Some(s) = sabotage {
+            cmd.env("PGDRILL_SABOTAGE", s);
+        }
+        let out = pgdrill::env::local::as_user(&mut cmd, env.run_as)
+            .output()
+            .unwrap();
+        assert_success(&out, "backup-push of the delta");
+        let delta = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(delta.contains("_D_"), "{delta}");
+        switch_and_wait_archived(&env.primary).await;
+        let r = env
+            .restore(&format!("vm-{round}"), &delta, &["--recover"])
+            .await;
+        let check = pgdrill::verify::check_visibility(&r.connect().await.unwrap())
+            .await
+            .unwrap();
+        verdicts.push(check);
+    }
+    assert!(verdicts[0].passed, "{:?}", verdicts[0]);
+    assert!(!verdicts[1].passed, "the check sees the stale map");
+    assert!(
+        verdicts[1]
+            .detail
+            .contains("vm: an index-only scan of vm_pkey counts")
+            && verdicts[1].detail.contains("pg_check_visible"),
+        "{}",
+        verdicts[1].detail
+    );
+}

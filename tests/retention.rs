@@ -1,6 +1,7 @@
 //! Retention against real backups: permanent backups and their WAL
 //! survive every delete; a dry run deletes nothing; `before NAME` keeps
-//! the named backup; `everything` empties the archive.
+//! the named backup; `everything` empties the archive, permanent backups
+//! only with FORCE.
 
 mod common;
 
@@ -99,9 +100,21 @@ async fn permanent_backups_survive_and_policies_do_what_they_say() {
         .await;
     drop(r);
 
+    // Issue 9.5: `everything` does not remove a permanent backup without
+    // FORCE (as the help text and WAL-G say); it refuses and deletes nothing.
+    assert_success(&env.pgdrill(&["backup-mark", &third]), "backup-mark");
+    let out = env.pgdrill(&["delete", "--confirm", "everything"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let msg = stderr(&out);
+    assert!(
+        msg.contains(&third) && msg.contains("permanent") && msg.contains("FORCE"),
+        "{msg}"
+    );
+    assert_eq!(listed(&env), [(third.clone(), true)]);
+    assert!(!wal_files(&env).is_empty());
     assert_success(
-        &env.pgdrill(&["delete", "--confirm", "everything"]),
-        "delete everything",
+        &env.pgdrill(&["delete", "--confirm", "everything", "FORCE"]),
+        "delete everything FORCE",
     );
     assert!(listed(&env).is_empty());
     assert!(wal_files(&env).is_empty(), "{:?}", wal_files(&env));

@@ -257,3 +257,47 @@ async fn storage_only_checks_and_missing_backup_wal() {
     assert_eq!(code(&out), 1);
     assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
 }
+
+/// Issue 9.9: a delta restores as its chain, so `backup-verify` of a delta
+/// checks every backup it builds on: a part missing from the full backup
+/// fails the delta's verification.
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_verify_of_a_delta_checks_its_whole_chain() {
+    let env = TestEnv::start(
+        "verify-chain",
+        Storage::Dir,
+        &[("WALG_DELTA_MAX_STEPS", "2")],
+        InitOptions::default(),
+    );
+    let c = env.primary.connect().await.unwrap();
+    c.batch_execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g")
+        .await
+        .unwrap();
+    let full = backup_push(&env);
+    c.batch_execute("UPDATE t SET g = g + 1 WHERE g < 100")
+        .await
+        .unwrap();
+    switch_and_wait_archived(&env.primary).await;
+    let delta = backup_push(&env);
+    assert!(delta.contains("_D_"), "{delta}");
+    switch_and_wait_archived(&env.primary).await;
+    let out = env.pgdrill(&["backup-verify", &delta]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+
+    let archive = Path::new(&env.storage_vars[0].1);
+    let part = archive.join(format!(
+        "basebackups_005/{full}/tar_partitions/part_1.tar.lz4"
+    ));
+    std::fs::remove_file(&part).unwrap();
+    let out = env.pgdrill(&["backup-verify", &delta, "--json"]);
+    assert_eq!(code(&out), 4, "{}{}", stdout(&out), stderr(&out));
+    let report = json(&out);
+    let problems = report["problems"].as_array().unwrap();
+    assert!(
+        problems.iter().any(|p| p["object"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{full}/tar_partitions/part_1"))),
+        "{report}"
+    );
+}

@@ -1,10 +1,11 @@
 //! `backup-verify NAME|LATEST`: checks a stored backup without restoring
-//! it: `metadata.json` against the sentinel's checksum; every part present,
+//! it, and for a delta every backup of its chain, since a restore applies
+//! them all: `metadata.json` against the sentinel's checksum; every part present,
 //! of the size the metadata records, decoded in full (object trailer, tar
 //! stream, every file's BLAKE3 against the file list, the part's checksum);
 //! every file of the list found in its part; and every WAL segment from the
-//! backup's start to its finish segment stored and decodable. Every problem
-//! is reported, not just the first.
+//! backup's own start to its finish segment stored and decodable. Every
+//! problem is reported, not just the first.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -51,6 +52,9 @@ impl Problem {
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditReport {
     pub backup_name: String,
+    /// The backups checked: the chain a restore applies, full backup
+    /// first, ending with this one.
+    pub backups_checked: Vec<String>,
     /// OK or FAILURE.
     pub status: CheckStatus,
     pub parts_checked: usize,
@@ -61,9 +65,15 @@ pub struct AuditReport {
 
 impl fmt::Display for AuditReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let chain = match self.backups_checked.split_last() {
+            Some((_, bases)) if !bases.is_empty() => {
+                format!(" (a delta: with {})", bases.join(", "))
+            }
+            _ => String::new(),
+        };
         writeln!(
             f,
-            "backup {}: {}, {} and {} checked",
+            "backup {}{chain}: {}, {} and {} checked",
             self.backup_name,
             count(self.parts_checked as u64, "part"),
             count(self.files_checked as u64, "file"),
@@ -90,18 +100,32 @@ pub async fn backup_verify(ctx: &Context, name: &str) -> Result<AuditReport, Bac
     let summary = catalog::resolve(ctx, name).await?;
     let mut report = AuditReport {
         backup_name: summary.backup_name.clone(),
+        backups_checked: Vec::new(),
         status: CheckStatus::Ok,
         parts_checked: 0,
         files_checked: 0,
         wal_segments_checked: 0,
         problems: Vec::new(),
     };
-    match catalog::read_metadata(ctx, &summary).await {
-        Ok(metadata) => check_parts(ctx, &metadata, &mut report).await?,
-        Err(e) => report.problems.push(Problem::from_error(
-            &layout::metadata_key(&summary.backup_name),
-            e,
-        )),
+    let chain = match catalog::chain(ctx, &summary).await {
+        Ok(chain) => chain,
+        Err(e) => {
+            report.problems.push(Problem::from_error(
+                &layout::sentinel_key(&summary.backup_name),
+                e,
+            ));
+            vec![summary.clone()]
+        }
+    };
+    for member in &chain {
+        report.backups_checked.push(member.backup_name.clone());
+        match catalog::read_metadata(ctx, member).await {
+            Ok(metadata) => check_parts(ctx, &metadata, &mut report).await?,
+            Err(e) => report.problems.push(Problem::from_error(
+                &layout::metadata_key(&member.backup_name),
+                e,
+            )),
+        }
     }
     check_wal(ctx, &summary, &mut report).await?;
     if !report.problems.is_empty() {
@@ -303,6 +327,7 @@ mod tests {
     fn report_lists_every_problem() {
         let mut report = AuditReport {
             backup_name: "base_000000010000000000000003".into(),
+            backups_checked: vec!["base_000000010000000000000003".into()],
             status: CheckStatus::Ok,
             parts_checked: 2,
             files_checked: 10,

@@ -4,8 +4,10 @@
 //! Push order (crash safety): `pg_backup_start` on one connection held for
 //! the whole backup; data parts in parallel; `global/pg_control` in a part
 //! of its own, read last; `pg_backup_stop` (waits for the WAL to be
-//! archived); `metadata.json`; the sentinel LAST. A push that dies anywhere
-//! leaves objects without a sentinel: not a backup, never listed.
+//! archived); the archive check (every segment from the start to the stop
+//! segment is in this store); `metadata.json`; the sentinel LAST. A push
+//! that dies or fails anywhere leaves objects without a sentinel: not a
+//! backup, never listed.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Seek, Write};
@@ -23,9 +25,10 @@ use super::catalog::{self, BackupMetadata, BackupSummary, FileEntry, PartInfo};
 use super::codec::{Compression, ObjectReader, ObjectWriter};
 use super::crypto::Encryption;
 use super::delta;
-use super::layout;
+use super::layout::{self, Segment};
 use super::pg::{connect, pg_err};
 use super::store::Key;
+use super::wal;
 use super::{BackupError, Context};
 use crate::progress::{human_bytes, Progress};
 
@@ -288,6 +291,19 @@ pub struct DeltaBase {
     from_lsn: u64,
     /// Its files' sizes.
     sizes: HashMap<String, u64>,
+    /// The deliberate defect `PGDRILL_SABOTAGE=stale_visibility_map` (test
+    /// builds only): map forks picked by LSN too.
+    stale_visibility_map: bool,
+}
+
+impl DeltaBase {
+    /// Whether `rel`'s changed pages are picked by LSN.
+    fn by_lsn(&self, rel: &str) -> bool {
+        if self.stale_visibility_map {
+            return matches!(delta::relation_fork(rel), Some("" | "vm" | "fsm"));
+        }
+        delta::pages_selectable_by_lsn(rel)
+    }
 }
 
 /// Most bytes of changed pages one file may keep in memory before the
@@ -345,7 +361,7 @@ fn write_part(
         let size = file.metadata()?.len();
         header.set_entry_type(tar::EntryType::Regular);
         let previous_size = delta_base
-            .filter(|_| delta::is_paged_relation(&e.rel))
+            .filter(|d| d.by_lsn(&e.rel))
             .and_then(|d| Some((d.from_lsn, *d.sizes.get(&e.rel)?)));
         if let Some((from_lsn, previous_size)) = previous_size {
             match delta::scan(&mut file, size, previous_size, from_lsn, DELTA_PAGE_LIMIT)? {
@@ -476,7 +492,10 @@ pub async fn backup_push(
                     current_setting('data_directory'), \
                     (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), \
                     (SELECT system_identifier::text FROM pg_control_system()), \
-                    pg_is_in_recovery()",
+                    pg_is_in_recovery(), \
+                    current_setting('archive_mode'), \
+                    current_setting('archive_command'), \
+                    coalesce(current_setting('archive_library', true), '')",
             &[],
         )
         .await
@@ -490,6 +509,7 @@ pub async fn backup_push(
             "the server is a standby; pgdrill takes backups from the primary only".into(),
         ));
     }
+    check_archiving(row.get(5), row.get(6), row.get(7))?;
     if pg_version < 100000 {
         return Err(BackupError::Invalid(format!(
             "PostgreSQL {pg_version} is too old; pgdrill supports 10 and later"
@@ -543,6 +563,8 @@ pub async fn backup_push(
                 .filter(|f| !f.is_dir)
                 .map(|f| (f.path.clone(), f.size))
                 .collect(),
+            stale_visibility_map: ctx.settings.sabotage
+                == Some(crate::fault::Sabotage::StaleVisibilityMap),
         })
     });
     info!(%backup_name, %start_lsn, "backup started");
@@ -560,7 +582,7 @@ pub async fn backup_push(
         )));
     }
     let total: u64 = data_entries.iter().map(|e| e.size).sum();
-    let (progress, _guard) = Progress::start("backup-push", total, Duration::from_secs(5));
+    let (progress, progress_guard) = Progress::start("backup-push", total, Duration::from_secs(5));
     let parts = partition(
         data_entries,
         part_size(
@@ -602,6 +624,9 @@ pub async fn backup_push(
         )
         .await?,
     );
+    // The data is read: later waits (archiving) are not upload progress.
+    let rate = progress.rate();
+    drop(progress_guard);
 
     let stop_sql = if pg_version >= 150000 {
         "SELECT lsn::text, labelfile, spcmapfile, pg_walfile_name(lsn) FROM pg_backup_stop(true)"
@@ -616,6 +641,12 @@ pub async fn backup_push(
     let tablespace_map: Option<String> = row.get(2);
     let finish_wal: String = row.get(3);
     let finish_time = Utc::now();
+    // pg_backup_stop waited for the archiver, but not necessarily for this
+    // store: prove the backup's WAL is here before declaring it complete.
+    if let Err(e) = wait_for_wal(ctx, &backup_name, &start_wal, &finish_wal, seg_size).await {
+        discard_unfinished(ctx, &backup_name).await;
+        return Err(e);
+    }
 
     uploaded.sort_by_key(|a| part_order(&a.0.name));
     let (parts, files): (Vec<PartInfo>, Vec<Vec<FileEntry>>) = uploaded.into_iter().unzip();
@@ -675,10 +706,109 @@ pub async fn backup_push(
         %backup_name,
         size = %human_bytes(summary.uncompressed_size),
         compressed = %human_bytes(summary.compressed_size),
-        rate = %format!("{}/s", human_bytes(progress.rate() as u64)),
+        rate = %format!("{}/s", human_bytes(rate as u64)),
         "backup complete"
     );
     Ok(summary)
+}
+
+/// Refuses to start a backup that could never be restored: a server that
+/// does not archive WAL at all.
+fn check_archiving(mode: String, command: String, library: String) -> Result<(), BackupError> {
+    if mode == "off" {
+        return Err(BackupError::ArchivingOff(
+            "archive_mode is off on this server".into(),
+        ));
+    }
+    if command.trim().is_empty() && library.trim().is_empty() {
+        return Err(BackupError::ArchivingOff(
+            "archive_command is empty on this server (archive_mode is on but nothing archives)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Waits until every WAL segment from `start_wal` to `finish_wal` is stored
+/// (in any compression), up to `PGDRILL_ARCHIVE_CHECK_TIMEOUT`, as
+/// pgBackRest's archive check does. A backup whose WAL is elsewhere (or
+/// nowhere) cannot be restored from this store, and a listed one would make
+/// retention delete older good backups.
+async fn wait_for_wal(
+    ctx: &Context,
+    backup: &str,
+    start_wal: &str,
+    finish_wal: &str,
+    seg_size: u64,
+) -> Result<(), BackupError> {
+    let (Some(start), Some(finish)) = (
+        Segment::parse(start_wal, seg_size),
+        Segment::parse(finish_wal, seg_size),
+    ) else {
+        return Err(BackupError::Invalid(format!(
+            "the server reported WAL segments {start_wal} and {finish_wal}, which are not segment names for {seg_size}-byte segments"
+        )));
+    };
+    let mut missing: Vec<String> = (start.segno..=finish.segno)
+        .map(|segno| {
+            Segment {
+                timeline: finish.timeline,
+                segno,
+            }
+            .file_name(seg_size)
+        })
+        .collect();
+    let timeout = ctx.settings.archive_check_timeout;
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let found: Vec<bool> =
+            futures::stream::iter(&missing)
+                .map(|name| async move {
+                    Ok::<_, BackupError>(wal::find_wal(ctx, name).await?.is_some())
+                })
+                .buffered(ctx.settings.download_concurrency)
+                .try_collect()
+                .await?;
+        let mut found = found.into_iter();
+        missing.retain(|_| !found.next().unwrap_or(false));
+        let waited = started.elapsed();
+        let (Some(first), Some(last)) = (missing.first(), missing.last()) else {
+            return Ok(());
+        };
+        if waited >= timeout {
+            return Err(BackupError::WalNotArchived {
+                backup: backup.to_string(),
+                missing: if first == last {
+                    format!("WAL segment {first}")
+                } else {
+                    format!("{} WAL segments ({first} to {last})", missing.len())
+                },
+                is_are: if first == last { "is" } else { "are" },
+                store: ctx.store.describe(),
+                waited: humantime::format_duration(Duration::from_secs(waited.as_secs()))
+                    .to_string(),
+            });
+        }
+        if pause == Duration::from_millis(100) {
+            info!(first = %first, last = %last, "waiting for the backup's WAL to be archived");
+        }
+        tokio::time::sleep(pause.min(timeout - waited)).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Best effort: removes what an unfinished backup uploaded (it has no
+/// sentinel, so it is not listed either way; `delete` would remove it later).
+async fn discard_unfinished(ctx: &Context, backup: &str) {
+    let Ok(objects) = ctx.store.list(&layout::backup_prefix(backup)).await else {
+        return;
+    };
+    for o in objects {
+        if let Err(e) = ctx.store.delete(&o.key).await {
+            warn!(key = %o.key, "cannot remove a part of the unfinished backup: {e}");
+        }
+    }
 }
 
 /// The backup a new delta builds on, with its metadata: the newest backup
@@ -811,21 +941,11 @@ pub async fn backup_fetch(
 ) -> Result<BackupSummary, BackupError> {
     let summary = catalog::resolve(ctx, name).await?;
     // A delta restores as its chain: the full backup, then each delta.
-    let mut chain = vec![(
-        summary.clone(),
-        catalog::read_metadata(ctx, &summary).await?,
-    )];
-    while let Some(from) = chain.last().and_then(|(s, _)| s.increment_from.clone()) {
-        let previous = catalog::resolve(ctx, &from).await.map_err(|e| {
-            BackupError::Invalid(format!(
-                "{} is a delta of {from}, which cannot be read: {e}",
-                chain.last().map_or("", |(s, _)| s.backup_name.as_str())
-            ))
-        })?;
-        let metadata = catalog::read_metadata(ctx, &previous).await?;
-        chain.push((previous, metadata));
+    let mut chain = Vec::new();
+    for member in catalog::chain(ctx, &summary).await? {
+        let metadata = catalog::read_metadata(ctx, &member).await?;
+        chain.push((member, metadata));
     }
-    chain.reverse();
     prepare_target(dest, opts.force)?;
     let total: u64 = chain
         .iter()
@@ -860,7 +980,7 @@ pub async fn backup_fetch(
         info!("verified every restored file against the backup's checksums");
     }
     write_recovery_config(ctx, dest, opts)?;
-    sync_filesystem(dest);
+    sync_filesystem(dest)?;
     info!(
         backup = %summary.backup_name,
         size = %human_bytes(total),
@@ -870,15 +990,21 @@ pub async fn backup_fetch(
     Ok(summary)
 }
 
+/// Makes `dest` an empty directory for a restore: created when absent;
+/// refused when not empty unless `force`, which empties it.
 fn prepare_target(dest: &Path, force: bool) -> Result<(), BackupError> {
     use std::os::unix::fs::PermissionsExt;
     match std::fs::read_dir(dest) {
         Ok(mut d) => {
-            if d.next().is_some() && !force {
-                return Err(BackupError::Invalid(format!(
-                    "{} is not empty; restore into an empty directory or pass --force to overwrite",
-                    dest.display()
-                )));
+            if d.next().is_some() {
+                if !force {
+                    return Err(BackupError::Invalid(format!(
+                        "{} is not empty; restore into an empty directory or pass --force to replace its contents",
+                        dest.display()
+                    )));
+                }
+                info!(target = %dest.display(), "--force: removing the target's contents");
+                empty_directory(dest)?;
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir_all(dest)
@@ -888,6 +1014,31 @@ fn prepare_target(dest: &Path, force: bool) -> Result<(), BackupError> {
     std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o700)).map_err(BackupError::io(
         format!("setting permissions of {}", dest.display()),
     ))
+}
+
+/// Removes everything inside `dir`: whatever the backup does not hold
+/// (old relation files, WAL segments, prefetched segments) could be picked
+/// up by recovery. A symlink to a directory (`pg_wal` on another disk) is
+/// kept and the directory it points to emptied.
+fn empty_directory(dir: &Path) -> Result<(), BackupError> {
+    let entries =
+        std::fs::read_dir(dir).map_err(BackupError::io(format!("reading {}", dir.display())))?;
+    for entry in entries {
+        let path = entry
+            .map_err(BackupError::io(format!("reading {}", dir.display())))?
+            .path();
+        let removing = BackupError::io(format!("removing {}", path.display()));
+        let meta = std::fs::symlink_metadata(&path)
+            .map_err(BackupError::io(format!("reading {}", path.display())))?;
+        if meta.is_dir() {
+            std::fs::remove_dir_all(&path).map_err(removing)?;
+        } else if meta.file_type().is_symlink() && path.is_dir() {
+            empty_directory(&path)?;
+        } else {
+            std::fs::remove_file(&path).map_err(removing)?;
+        }
+    }
+    Ok(())
 }
 
 fn write_file(path: &Path, data: &[u8]) -> Result<(), BackupError> {
@@ -1234,20 +1385,22 @@ fn write_recovery_config(
 }
 
 /// Flushes everything written to the target's file system at once
-/// (cheaper than an fsync per file).
-fn sync_filesystem(dest: &Path) {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(dest.as_os_str().as_bytes()) else {
-        return;
-    };
-    // SAFETY: plain libc calls on a valid C string and the fd they return.
-    unsafe {
-        let fd = libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
-        if fd >= 0 {
-            libc::syncfs(fd);
-            libc::close(fd);
-        }
+/// (cheaper than an fsync per file). A restore that could not be made
+/// durable is a failed restore.
+fn sync_filesystem(dest: &Path) -> Result<(), BackupError> {
+    use std::os::unix::io::AsRawFd;
+    let dir = std::fs::File::open(dest).map_err(BackupError::io(format!(
+        "opening {} to sync it",
+        dest.display()
+    )))?;
+    // SAFETY: syncfs on a file descriptor that `dir` keeps open.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(BackupError::io(format!(
+            "syncing the file system of {}",
+            dest.display()
+        ))(io::Error::last_os_error()));
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1358,6 +1511,36 @@ mod tests {
             .map(|p| p.iter().map(|e| e.rel.as_str()).collect())
             .collect();
         assert_eq!(names, [vec!["a", "d"], vec!["b"], vec!["c"], vec!["e"]]);
+    }
+
+    #[test]
+    fn force_empties_the_target_and_keeps_a_symlinked_pg_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, wal) = (dir.path().join("data"), dir.path().join("wal-disk"));
+        std::fs::create_dir_all(data.join("base/1")).unwrap();
+        std::fs::create_dir_all(wal.join(".pgdrill/prefetch")).unwrap();
+        std::fs::write(data.join("base/1/999"), b"x").unwrap();
+        std::fs::write(wal.join("000000010000000000000009"), b"x").unwrap();
+        std::fs::write(wal.join(".pgdrill/prefetch/00000001000000000000000A"), b"x").unwrap();
+        std::os::unix::fs::symlink(&wal, data.join("pg_wal")).unwrap();
+        assert!(prepare_target(&data, false).is_err());
+        prepare_target(&data, true).unwrap();
+        let left: Vec<_> = std::fs::read_dir(&data)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["pg_wal"], "only the symlink stays");
+        assert!(std::fs::symlink_metadata(data.join("pg_wal"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(
+            std::fs::read_dir(&wal).unwrap().count(),
+            0,
+            "pg_wal's disk emptied"
+        );
+        assert!(sync_filesystem(&data).is_ok());
+        assert!(sync_filesystem(&dir.path().join("absent")).is_err());
     }
 
     #[test]

@@ -194,6 +194,39 @@ pub async fn resolve(ctx: &Context, name: &str) -> Result<BackupSummary, BackupE
     }
 }
 
+/// Longest delta chain followed: a bound against a looping chain in a
+/// damaged or hostile bucket (WALG_DELTA_MAX_STEPS is far below it).
+const MAX_CHAIN: usize = 1000;
+
+/// The backups a restore of `summary` applies, the full backup first and
+/// `summary` itself last (just `summary` when it is a full backup).
+pub async fn chain(
+    ctx: &Context,
+    summary: &BackupSummary,
+) -> Result<Vec<BackupSummary>, BackupError> {
+    let mut chain = vec![summary.clone()];
+    while let Some(from) = chain.last().and_then(|s| s.increment_from.clone()) {
+        let delta = chain.last().map_or("", |s| s.backup_name.as_str());
+        if chain.len() >= MAX_CHAIN || chain.iter().any(|s| s.backup_name == from) {
+            return Err(BackupError::Corrupt {
+                key: layout::sentinel_key(delta),
+                detail: format!(
+                    "the delta chain of {} loops or is longer than {MAX_CHAIN} backups",
+                    summary.backup_name
+                ),
+            });
+        }
+        let previous = resolve(ctx, &from).await.map_err(|e| {
+            BackupError::Invalid(format!(
+                "{delta} is a delta of {from}, which cannot be read: {e}"
+            ))
+        })?;
+        chain.push(previous);
+    }
+    chain.reverse();
+    Ok(chain)
+}
+
 /// Marks a backup permanent (no `delete` removes it or the WAL it needs)
 /// or, with `permanent = false`, ordinary again. Rewrites the sentinel,
 /// which a store replaces atomically.

@@ -9,8 +9,10 @@
 //!
 //! A reader knows what it reads from the object's first bytes (key names
 //! do not change):
-//! - `PGDR`: a codec object, not encrypted (objects written before
-//!   encryption was configured stay readable);
+//! - `PGDR`: a codec object, not encrypted. With a key configured it is
+//!   refused: anyone who can write to the bucket could have planted it.
+//!   `PGDRILL_ALLOW_UNENCRYPTED_READS` accepts it, for an archive being
+//!   migrated to encryption;
 //! - `PGDS`: the symmetric format below;
 //! - an OpenPGP packet header with tag 1 (public-key encrypted session key)
 //!   or 3 (symmetric-key encrypted session key): an OpenPGP message.
@@ -25,6 +27,8 @@
 //! private key, unlocked with `WALG_PGP_KEY_PASSPHRASE` once per process.
 //! Decryption streams: the modification detection code is checked at the
 //! end of the object, and the codec's trailer check covers the plaintext.
+//! Messages whose content is a compressed data packet (gpg compresses by
+//! default) are decompressed (ZIP, ZLIB).
 //!
 //! **Symmetric** (`WALG_LIBSODIUM_KEY`, `WALG_LIBSODIUM_KEY_PATH`): the
 //! settings are WAL-G's, the format is pgdrill's: XChaCha20-Poly1305 in the
@@ -125,6 +129,13 @@ pub enum CryptoError {
         origin: String,
         ours: String,
     },
+    /// An unencrypted object although a key is configured: someone who can
+    /// write to the bucket but has no key may have planted it.
+    #[error("object {key} is not encrypted, but a key is configured ({origin}): it may have been written by someone without the key, so it is not trusted; while migrating an archive from unencrypted to encrypted objects, set PGDRILL_ALLOW_UNENCRYPTED_READS=true")]
+    Unencrypted { key: Key, origin: String },
+    /// An OpenPGP message compressed with an algorithm pgdrill cannot read.
+    #[error("object {key} is an OpenPGP message compressed with {algorithm}, which pgdrill cannot decompress (it reads ZIP and ZLIB): re-encrypt it with gpg --compress-algo zlib (or none)")]
+    PgpCompression { key: Key, algorithm: String },
     /// The private key is locked and no passphrase is configured.
     #[error(
         "the private key in {origin} is protected by a passphrase: set WALG_PGP_KEY_PASSPHRASE"
@@ -145,13 +156,32 @@ pub enum CryptoError {
 
 /// How objects are encrypted and decrypted; built once per process from
 /// the settings (see [`Encryption::new`]).
-pub enum Encryption {
+pub struct Encryption {
+    keys: Keys,
+    /// Whether unencrypted objects are read although a key is configured
+    /// (`PGDRILL_ALLOW_UNENCRYPTED_READS`, for migrations).
+    allow_unencrypted_reads: bool,
+}
+
+/// The configured key, if any.
+enum Keys {
     /// Objects are stored as codec objects.
     None,
     /// OpenPGP with a public or private key.
     Pgp(Box<PgpKey>),
     /// XChaCha20-Poly1305 STREAM with a 32-byte key.
     Sodium(SodiumKey),
+}
+
+impl Keys {
+    /// Where the configured key came from, for messages.
+    fn origin(&self) -> &str {
+        match self {
+            Keys::None => "no key",
+            Keys::Pgp(k) => &k.origin,
+            Keys::Sodium(k) => &k.origin,
+        }
+    }
 }
 
 /// An OpenPGP key: the subkey objects are encrypted to and, when a private
@@ -179,18 +209,20 @@ pub struct SodiumKey {
 
 impl fmt::Debug for Encryption {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Encryption::None => f.write_str("None"),
-            Encryption::Pgp(k) => f
+        match &self.keys {
+            Keys::None => f.write_str("None"),
+            Keys::Pgp(k) => f
                 .debug_struct("Pgp")
                 .field("origin", &k.origin)
                 .field("subkey", &hex_id(k.recipient.legacy_key_id()))
                 .field("private", &k.secret.is_some())
+                .field("allow_unencrypted_reads", &self.allow_unencrypted_reads)
                 .finish(),
-            Encryption::Sodium(k) => f
+            Keys::Sodium(k) => f
                 .debug_struct("Sodium")
                 .field("origin", &k.origin)
                 .field("key_id", &hex::encode(k.id))
+                .field("allow_unencrypted_reads", &self.allow_unencrypted_reads)
                 .finish(),
         }
     }
@@ -210,17 +242,42 @@ const SODIUM_HEADER_LEN: usize = 35;
 const PEEK: usize = 4;
 
 impl Encryption {
-    /// Parses the configured key.
-    pub fn new(config: &EncryptionConfig) -> Result<Encryption, CryptoError> {
+    /// No encryption: objects are stored and read as codec objects.
+    pub fn none() -> Encryption {
+        Encryption {
+            keys: Keys::None,
+            allow_unencrypted_reads: true,
+        }
+    }
+
+    /// Parses the configured key; `allow_unencrypted_reads` accepts
+    /// unencrypted objects although a key is configured.
+    pub fn new(
+        config: &EncryptionConfig,
+        allow_unencrypted_reads: bool,
+    ) -> Result<Encryption, CryptoError> {
+        let keys = Keys::new(config)?;
+        Ok(Encryption {
+            allow_unencrypted_reads: allow_unencrypted_reads || matches!(keys, Keys::None),
+            keys,
+        })
+    }
+
+    /// Whether a key is configured.
+    pub fn is_configured(&self) -> bool {
+        !matches!(self.keys, Keys::None)
+    }
+}
+
+impl Keys {
+    fn new(config: &EncryptionConfig) -> Result<Keys, CryptoError> {
         match config {
-            EncryptionConfig::None => Ok(Encryption::None),
+            EncryptionConfig::None => Ok(Keys::None),
             EncryptionConfig::Pgp {
                 key,
                 origin,
                 passphrase,
-            } => {
-                PgpKey::parse(key, origin, passphrase.clone()).map(|k| Encryption::Pgp(Box::new(k)))
-            }
+            } => PgpKey::parse(key, origin, passphrase.clone()).map(|k| Keys::Pgp(Box::new(k))),
             EncryptionConfig::Sodium {
                 key,
                 origin,
@@ -232,24 +289,26 @@ impl Encryption {
                         detail,
                     }
                 })?;
-                Ok(Encryption::Sodium(SodiumKey::new(bytes, origin)))
+                Ok(Keys::Sodium(SodiumKey::new(bytes, origin)))
             }
         }
     }
+}
 
+impl Encryption {
     /// Encrypts everything written through the returned writer into
     /// `inner`; [`EncryptWriter::finish`] completes the object.
     pub fn wrap_writer<W: Write + Send + 'static>(&self, inner: W) -> io::Result<EncryptWriter<W>> {
-        Ok(EncryptWriter(match self {
-            Encryption::None => Sealing::Plain(inner),
-            Encryption::Pgp(k) => Sealing::Pgp(PgpWriter::start(k.recipient.clone(), inner)?),
-            Encryption::Sodium(k) => Sealing::Sodium(SodiumWriter::start(k, inner)?),
+        Ok(EncryptWriter(match &self.keys {
+            Keys::None => Sealing::Plain(inner),
+            Keys::Pgp(k) => Sealing::Pgp(PgpWriter::start(k.recipient.clone(), inner)?),
+            Keys::Sodium(k) => Sealing::Sodium(SodiumWriter::start(k, inner)?),
         }))
     }
 
     /// Encrypts a whole object.
     pub fn encrypt_vec(&self, object: Vec<u8>) -> io::Result<Vec<u8>> {
-        if let Encryption::None = self {
+        if let Keys::None = self.keys {
             return Ok(object);
         }
         let mut w = self.wrap_writer(Vec::with_capacity(object.len() + 4096))?;
@@ -275,10 +334,16 @@ impl Encryption {
             })?;
         let scheme = detect(&first);
         let inner = io::Cursor::new(first).chain(inner);
-        let opened = match (scheme, self) {
-            (None, _) => Opened::Plain(inner),
-            (Some(Scheme::Pgp), Encryption::Pgp(k)) => Opened::Pgp(Box::new(k.open(key, inner)?)),
-            (Some(Scheme::Sodium), Encryption::Sodium(k)) => {
+        let opened = match (scheme, &self.keys) {
+            (None, _) if self.allow_unencrypted_reads => Opened::Plain(inner),
+            (None, keys) => {
+                return Err(CryptoError::Unencrypted {
+                    key: key.clone(),
+                    origin: keys.origin().to_string(),
+                })
+            }
+            (Some(Scheme::Pgp), Keys::Pgp(k)) => Opened::Pgp(Box::new(k.open(key, inner)?)),
+            (Some(Scheme::Sodium), Keys::Sodium(k)) => {
                 Opened::Sodium(SodiumReader::open(k, key, inner)?)
             }
             (Some(scheme), configured) => {
@@ -286,11 +351,11 @@ impl Encryption {
                     key: key.clone(),
                     scheme,
                     configured: match configured {
-                        Encryption::None => "no key is configured".to_string(),
-                        Encryption::Pgp(k) => {
+                        Keys::None => "no key is configured".to_string(),
+                        Keys::Pgp(k) => {
                             format!("only an OpenPGP key is configured ({})", k.origin)
                         }
-                        Encryption::Sodium(k) => {
+                        Keys::Sodium(k) => {
                             format!("only a libsodium key is configured ({})", k.origin)
                         }
                     },
@@ -472,6 +537,20 @@ impl PgpKey {
         let (message, _) = message
             .decrypt_the_ring(ring, true)
             .map_err(|e| corrupt(format!("cannot decrypt the OpenPGP session key: {e}")))?;
+        // gpg compresses before it encrypts unless told not to.
+        let mut message = message;
+        while message.is_compressed() {
+            message = message.decompress().map_err(|e| {
+                let said = e.to_string();
+                match said.split_once("unsupported compression algorithm ") {
+                    Some((_, algorithm)) => CryptoError::PgpCompression {
+                        key: key.clone(),
+                        algorithm: algorithm.trim().to_string(),
+                    },
+                    None => corrupt(format!("bad compressed OpenPGP data: {said}")),
+                }
+            })?;
+        }
         Ok(PgpReader { message, failure })
     }
 }
@@ -932,20 +1011,26 @@ mod tests {
     const SODIUM_HEX: &str = include_str!("../../fixtures/keys/libsodium.hex");
 
     fn pgp(key: &str, passphrase: Option<&str>) -> Encryption {
-        Encryption::new(&EncryptionConfig::Pgp {
-            key: Secret::new(key),
-            origin: "WALG_PGP_KEY".into(),
-            passphrase: passphrase.map(Secret::new),
-        })
+        Encryption::new(
+            &EncryptionConfig::Pgp {
+                key: Secret::new(key),
+                origin: "WALG_PGP_KEY".into(),
+                passphrase: passphrase.map(Secret::new),
+            },
+            false,
+        )
         .unwrap()
     }
 
     fn sodium(hex_key: &str) -> Encryption {
-        Encryption::new(&EncryptionConfig::Sodium {
-            key: Secret::new(hex_key),
-            origin: "WALG_LIBSODIUM_KEY".into(),
-            transform: KeyTransform::Hex,
-        })
+        Encryption::new(
+            &EncryptionConfig::Sodium {
+                key: Secret::new(hex_key),
+                origin: "WALG_LIBSODIUM_KEY".into(),
+                transform: KeyTransform::Hex,
+            },
+            false,
+        )
         .unwrap()
     }
 
@@ -984,7 +1069,7 @@ mod tests {
     #[test]
     fn every_scheme_round_trips_small_and_multi_chunk_objects() {
         let schemes = [
-            ("none", Encryption::None),
+            ("none", Encryption::none()),
             ("pgp", pgp(PRIVATE, None)),
             ("sodium", sodium(SODIUM_HEX)),
         ];
@@ -994,7 +1079,7 @@ mod tests {
                 let stored = seal(enc, &plain);
                 assert_eq!(open(enc, &stored).unwrap(), plain, "{name} {len}");
                 assert_eq!(enc.encrypt_vec(plain.clone()).unwrap().len(), stored.len());
-                if !matches!(enc, Encryption::None) && len > 4 {
+                if enc.is_configured() && len > 4 {
                     assert!(
                         !stored.windows(16).any(|w| w == &plain[4..20]),
                         "{name}: plaintext visible"
@@ -1018,9 +1103,52 @@ mod tests {
         assert_eq!(detect(&[0x8c]), Some(Scheme::Pgp));
         // A literal data packet is not an encrypted message.
         assert_eq!(detect(&[0xcb]), None);
-        // Plaintext objects stay readable with any key configured.
-        assert_eq!(open(&sodium(SODIUM_HEX), &plain).unwrap(), plain);
-        assert_eq!(open(&pgp(PRIVATE, None), &plain).unwrap(), plain);
+    }
+
+    #[test]
+    fn unencrypted_objects_are_refused_unless_allowed() {
+        let plain = sample(1000);
+        for enc in [sodium(SODIUM_HEX), pgp(PUBLIC, None), pgp(PRIVATE, None)] {
+            let err = open(&enc, &plain).unwrap_err();
+            assert!(
+                err.contains("is not encrypted") && err.contains("PGDRILL_ALLOW_UNENCRYPTED_READS"),
+                "{err}"
+            );
+        }
+        let migrating = Encryption::new(
+            &EncryptionConfig::Sodium {
+                key: Secret::new(SODIUM_HEX),
+                origin: "WALG_LIBSODIUM_KEY".into(),
+                transform: KeyTransform::Hex,
+            },
+            true,
+        )
+        .unwrap();
+        assert_eq!(open(&migrating, &plain).unwrap(), plain);
+        assert_eq!(open(&Encryption::none(), &plain).unwrap(), plain);
+    }
+
+    #[test]
+    fn compressed_openpgp_messages_are_read() {
+        use pgp::types::CompressionAlgorithm;
+        let plain = sample(300_000);
+        let public = pgp(PUBLIC, None);
+        let Keys::Pgp(key) = &public.keys else {
+            panic!("an OpenPGP configuration")
+        };
+        let recipient = key.recipient.clone();
+        for algorithm in [CompressionAlgorithm::ZLIB, CompressionAlgorithm::ZIP] {
+            let mut builder = MessageBuilder::from_bytes("", plain.clone())
+                .seipd_v1(OsRng, SymmetricKeyAlgorithm::AES256);
+            builder.compression(algorithm);
+            builder.encrypt_to_key(OsRng, &recipient).unwrap();
+            let stored = builder.to_vec(OsRng).unwrap();
+            assert_eq!(
+                open(&pgp(PRIVATE, None), &stored).unwrap(),
+                plain,
+                "{algorithm:?}"
+            );
+        }
     }
 
     #[test]
@@ -1053,12 +1181,12 @@ mod tests {
         let by_pgp = seal(&pgp(PUBLIC, None), &plain);
         let by_sodium = seal(&sodium(SODIUM_HEX), &plain);
 
-        let err = open(&Encryption::None, &by_pgp).unwrap_err();
+        let err = open(&Encryption::none(), &by_pgp).unwrap_err();
         assert_eq!(
             err,
             "object wal_005/000000010000000000000003.lz4 is encrypted with OpenPGP but no key is configured: set WALG_PGP_KEY or WALG_PGP_KEY_PATH"
         );
-        let err = open(&Encryption::None, &by_sodium).unwrap_err();
+        let err = open(&Encryption::none(), &by_sodium).unwrap_err();
         assert!(err.contains("WALG_LIBSODIUM_KEY_PATH"), "{err}");
         let err = open(&sodium(SODIUM_HEX), &by_pgp).unwrap_err();
         assert!(
@@ -1161,11 +1289,14 @@ mod tests {
 
     #[test]
     fn unusable_keys_are_clear_errors_without_key_material() {
-        let err = Encryption::new(&EncryptionConfig::Pgp {
-            key: Secret::new("-----BEGIN PGP PUBLIC KEY BLOCK-----"),
-            origin: "WALG_PGP_KEY".into(),
-            passphrase: None,
-        })
+        let err = Encryption::new(
+            &EncryptionConfig::Pgp {
+                key: Secret::new("-----BEGIN PGP PUBLIC KEY BLOCK-----"),
+                origin: "WALG_PGP_KEY".into(),
+                passphrase: None,
+            },
+            false,
+        )
         .unwrap_err()
         .to_string();
         assert!(
@@ -1173,11 +1304,14 @@ mod tests {
                 && err.contains("first line"),
             "{err}"
         );
-        let err = Encryption::new(&EncryptionConfig::Sodium {
-            key: Secret::new("secret-but-short"),
-            origin: "WALG_LIBSODIUM_KEY".into(),
-            transform: KeyTransform::None,
-        })
+        let err = Encryption::new(
+            &EncryptionConfig::Sodium {
+                key: Secret::new("secret-but-short"),
+                origin: "WALG_LIBSODIUM_KEY".into(),
+                transform: KeyTransform::None,
+            },
+            false,
+        )
         .unwrap_err()
         .to_string();
         assert!(!err.contains("secret-but-short"), "{err}");

@@ -1,13 +1,19 @@
 //! Delta (incremental) backups at page level.
 //!
-//! A delta backup stores, for each relation file that its base chain also
-//! holds, only the pages whose LSN is at or after the previous backup's
-//! start LSN, plus all-zero pages (extension leftovers whose older content
-//! must not resurface) and pages beyond the file's previous size. Every
-//! other file is stored whole. Pages with an older LSN were not touched
-//! since the previous backup began, so its copy is current; pages changed
-//! later are fixed by WAL replay from the delta's own start, as for any
-//! base backup.
+//! A delta backup stores, for each main-fork relation segment that its base
+//! chain also holds, only the pages whose LSN is at or after the previous
+//! backup's start LSN, plus all-zero pages (extension leftovers whose older
+//! content must not resurface) and pages beyond the file's previous size.
+//! Every other file is stored whole. Pages with an older LSN were not
+//! touched since the previous backup began, so its copy is current; pages
+//! changed later are fixed by WAL replay from the delta's own start, as for
+//! any base backup.
+//!
+//! The LSN rule holds for the main fork only. Clearing a visibility-map bit
+//! (a DELETE or UPDATE on an all-visible page) does not set the map page's
+//! LSN, and free-space-map pages are not WAL-logged at all, so `_vm` and
+//! `_fsm` files always go whole (as WAL-G increments only main forks): a
+//! stale visibility map makes index-only scans return deleted rows.
 //!
 //! A delta file entry (inside the tar part, under the file's own path):
 //!
@@ -21,22 +27,30 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 pub const BLCKSZ: usize = 8192;
 const MAGIC: &[u8; 8] = b"PGDRDLT1";
 
-/// Whether a data-directory path is a relation segment made of pages:
-/// `base/<db>/<node>[_fork][.seg]` or `global/<node>[_fork][.seg]`.
-pub fn is_paged_relation(rel: &str) -> bool {
+/// Whether a data-directory path is a main-fork relation segment, whose
+/// changed pages a delta can pick by LSN: `base/<db>/<node>[.seg]` or
+/// `global/<node>[.seg]` (not `_fsm`, `_vm` or `_init`).
+pub fn pages_selectable_by_lsn(rel: &str) -> bool {
+    relation_fork(rel) == Some("")
+}
+
+/// The fork of a relation segment file (`""` for the main fork, `fsm`,
+/// `vm`, `init`); `None` for any other path.
+pub fn relation_fork(rel: &str) -> Option<&str> {
     let name = match rel.rsplit_once('/') {
         Some((dir, name)) if dir == "global" || is_db_dir(dir) => name,
-        _ => return false,
+        _ => return None,
     };
     let base = name.split('.').next().unwrap_or("");
     let seg_ok = name
         .split_once('.')
         .is_none_or(|(_, seg)| !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()));
     let (node, fork) = base.split_once('_').unwrap_or((base, ""));
-    seg_ok
+    (seg_ok
         && !node.is_empty()
         && node.bytes().all(|b| b.is_ascii_digit())
-        && matches!(fork, "" | "fsm" | "vm" | "init")
+        && matches!(fork, "" | "fsm" | "vm" | "init"))
+    .then_some(fork)
 }
 
 fn is_db_dir(dir: &str) -> bool {
@@ -197,18 +211,15 @@ mod tests {
     }
 
     #[test]
-    fn relation_paths() {
-        for yes in [
-            "base/5/16384",
-            "base/5/16384.2",
-            "base/5/16384_fsm",
-            "base/5/16384_vm.1",
-            "global/1262",
-            "base/5/16390_init",
-        ] {
-            assert!(is_paged_relation(yes), "{yes}");
+    fn only_main_forks_take_pages_by_lsn() {
+        for yes in ["base/5/16384", "base/5/16384.2", "global/1262"] {
+            assert!(pages_selectable_by_lsn(yes), "{yes}");
         }
         for no in [
+            "base/5/16384_fsm",
+            "base/5/16384_vm",
+            "base/5/16384_vm.1",
+            "base/5/16390_init",
             "global/pg_control",
             "global/pg_filenode.map",
             "base/5/PG_VERSION",
@@ -218,7 +229,7 @@ mod tests {
             "base/5/1.",
             "16384",
         ] {
-            assert!(!is_paged_relation(no), "{no}");
+            assert!(!pages_selectable_by_lsn(no), "{no}");
         }
     }
 

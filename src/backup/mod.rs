@@ -74,13 +74,13 @@ pub enum BackupError {
         stored: String,
         local: String,
     },
-    /// Like `WalConflict`, found by size: with only a public OpenPGP key
-    /// the stored object cannot be decrypted.
-    #[error("{name} is already archived with different content (the stored object is {stored} bytes, this file would be stored as {local}; with only a public key configured the content itself cannot be compared); refusing to overwrite it: check that two clusters do not archive into the same prefix")]
-    WalConflictBySize {
+    /// A WAL file is already stored, and with only a public OpenPGP key the
+    /// stored object cannot be decrypted to compare it with this file.
+    #[error("{name} is already in storage ({key}), and with only a public key configured ({origin}) pgdrill cannot compare it with this file (it cannot decrypt it, and a size proves nothing); refusing to report it archived. If a wal-push of this file was interrupted, configure the private key for wal-push so it can compare, or check with the private key that the stored object is this file (pgdrill wal-fetch {name} FILE) and delete {key}, so that the next retry stores it")]
+    WalUncomparable {
         name: String,
-        stored: u64,
-        local: u64,
+        key: Key,
+        origin: String,
     },
     /// A stored object failed verification.
     #[error("stored object {key} is corrupt: {detail}")]
@@ -99,6 +99,18 @@ pub enum BackupError {
     /// Bad user input that clap cannot catch.
     #[error("{0}")]
     Invalid(String),
+    /// The server does not archive WAL, so no backup of it can be restored.
+    #[error("{0}; a backup is restorable only with the WAL from its start to its end in the same storage: set archive_mode = on (needs a restart) and archive_command = 'pgdrill wal-push %p' with this storage's settings")]
+    ArchivingOff(String),
+    /// The WAL a new backup needs did not reach this store in time.
+    #[error("backup {backup} is not usable and was not completed: {missing} it needs {is_are} not in {store} after {waited}; check that archive_mode = on and that archive_command runs 'pgdrill wal-push %p' with this same storage (WALG_S3_PREFIX or WALG_FILE_PREFIX), or raise PGDRILL_ARCHIVE_CHECK_TIMEOUT if archiving is only slow")]
+    WalNotArchived {
+        backup: String,
+        missing: String,
+        is_are: &'static str,
+        store: String,
+        waited: String,
+    },
     /// A restored file did not match the backup's file list.
     #[error("verification failed: {0}")]
     VerifyFailed(String),
@@ -158,16 +170,20 @@ impl Context {
     pub fn open(settings: Settings, env_dir: Option<&Path>) -> Result<Context, BackupError> {
         let mut store = store::open(&settings.storage)?;
         if let Some(sabotage) = settings.sabotage {
-            tracing::warn!(
-                ?sabotage,
-                "PGDRILL_SABOTAGE is set: this backup tool is deliberately broken"
+            // Not through the log filter: a sabotaged run always says so.
+            eprintln!(
+                "pgdrill: WARNING: PGDRILL_SABOTAGE={} is set: this backup tool is deliberately broken (test build)",
+                sabotage.to_setting()
             );
             store = Arc::new(crate::fault::SabotagedStore {
                 inner: store,
                 sabotage,
             });
         }
-        let encryption = Arc::new(crypto::Encryption::new(&settings.encryption)?);
+        let encryption = Arc::new(crypto::Encryption::new(
+            &settings.encryption,
+            settings.allow_unencrypted_reads,
+        )?);
         Ok(Context {
             settings,
             store,

@@ -23,8 +23,9 @@ pub enum Policy {
     Retain { count: usize, full_only: bool },
     /// Delete backups older than a time or than a named backup.
     Before(Before),
-    /// Delete every backup and all WAL.
-    Everything,
+    /// Delete every backup and all WAL; permanent backups only with
+    /// `force` (`everything FORCE`), as in WAL-G.
+    Everything { force: bool },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -38,7 +39,7 @@ impl Policy {
     /// `before TIMESTAMP|BACKUP_NAME`, `everything`.
     pub fn parse(args: &[String]) -> Result<Policy, BackupError> {
         let bad = |m: &str| {
-            BackupError::Invalid(format!("{m}; usage: delete [--confirm] retain [FULL] N | before TIMESTAMP|BACKUP_NAME | everything"))
+            BackupError::Invalid(format!("{m}; usage: delete [--confirm] retain [FULL] N | before TIMESTAMP|BACKUP_NAME | everything [FORCE]"))
         };
         let words: Vec<&str> = args.iter().map(String::as_str).collect();
         let count = |s: &str| -> Result<usize, BackupError> {
@@ -65,7 +66,8 @@ impl Policy {
                     )))
                 }
             })),
-            ["everything"] | ["everything", "FORCE"] => Ok(Policy::Everything),
+            ["everything"] => Ok(Policy::Everything { force: false }),
+            ["everything", "FORCE"] => Ok(Policy::Everything { force: true }),
             [] => Err(bad("missing policy")),
             _ => Err(bad(&format!("unknown policy {:?}", words.join(" ")))),
         }
@@ -114,7 +116,21 @@ pub fn plan(
 ) -> Result<Plan, BackupError> {
     let mut keep: BTreeSet<&str> = BTreeSet::new();
     match policy {
-        Policy::Everything => {}
+        Policy::Everything { force: true } => {}
+        Policy::Everything { force: false } => {
+            let permanent: Vec<&str> = backups
+                .iter()
+                .filter(|b| b.is_permanent)
+                .map(|b| b.backup_name.as_str())
+                .collect();
+            if !permanent.is_empty() {
+                return Err(BackupError::Invalid(format!(
+                    "`delete everything` deletes permanent backups only with FORCE, and {} permanent: {}; add FORCE (`delete --confirm everything FORCE`) to delete them too, or make them ordinary first with `backup-mark -i NAME`",
+                    if permanent.len() == 1 { "this one is" } else { "these are" },
+                    permanent.join(", ")
+                )));
+            }
+        }
         Policy::Retain { count, full_only } => {
             // FULL counts full backups only and keeps every delta newer
             // than the oldest full backup kept.
@@ -154,7 +170,8 @@ pub fn plan(
             }
         }
     }
-    if *policy != Policy::Everything {
+    let everything = matches!(policy, Policy::Everything { .. });
+    if !everything {
         for b in backups.iter().filter(|b| b.is_permanent) {
             keep.insert(&b.backup_name);
         }
@@ -187,7 +204,6 @@ pub fn plan(
         .filter(|b| keep.contains(b.backup_name.as_str()))
         .filter_map(|b| layout::wal_sort_key(&b.wal_file_name))
         .min();
-    let everything = *policy == Policy::Everything;
     for o in wal {
         let Some(name) = layout::wal_name_of(&o.key) else {
             continue;
@@ -549,9 +565,28 @@ mod tests {
     #[test]
     fn everything_deletes_all_including_history() {
         let (backups, wal) = fixture();
-        let p = plan(&backups, &wal, &[], &Policy::Everything).unwrap();
+        let p = plan(&backups, &wal, &[], &Policy::Everything { force: false }).unwrap();
         assert_eq!(p.delete_backups.len(), 3);
         assert_eq!(p.delete_wal.len(), wal.len());
+    }
+
+    #[test]
+    fn everything_spares_permanent_backups_unless_forced() {
+        let (mut backups, wal) = fixture();
+        backups[1].is_permanent = true;
+        let words =
+            |w: &[&str]| Policy::parse(&w.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let policy = words(&["everything"]).unwrap();
+        assert_eq!(policy, Policy::Everything { force: false });
+        let err = plan(&backups, &wal, &[], &policy).unwrap_err().to_string();
+        assert!(
+            err.contains("base_000000010000000000000005") && err.contains("FORCE"),
+            "{err}"
+        );
+        let forced = words(&["everything", "FORCE"]).unwrap();
+        let p = plan(&backups, &wal, &[], &forced).unwrap();
+        assert_eq!(p.delete_backups.len(), 3);
+        assert!(p.keep_backups.is_empty());
     }
 
     #[test]

@@ -106,6 +106,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
     /// Removes an object; removing an absent object is not an error.
     async fn delete(&self, key: &Key) -> Result<(), StoreError>;
+    /// Confirms that the store's location (bucket, directory) exists and
+    /// answers. S3 answers 404 for a missing bucket as for a missing key:
+    /// an object is known to be absent only when this succeeds.
+    async fn confirm_location(&self) -> Result<(), StoreError>;
     /// Where this store is, for messages (no secrets).
     fn describe(&self) -> String;
 }
@@ -207,13 +211,16 @@ impl S3Store {
     /// Maps an `object_store` error to ours, with a message that says what
     /// to check. Its messages carry no credentials.
     fn error(&self, key: &Key, err: object_store::Error) -> StoreError {
-        if let object_store::Error::NotFound { .. } = err {
-            return StoreError::NotFound(key.clone());
-        }
         // HTTP statuses of list requests are only in the text (the retry
         // error type is private to object_store).
         let text = err.to_string();
         let code = s3_code(&text);
+        if code == Some("NoSuchBucket") {
+            return self.no_bucket(key);
+        }
+        if let object_store::Error::NotFound { .. } = err {
+            return StoreError::NotFound(key.clone());
+        }
         let denied = matches!(
             err,
             object_store::Error::PermissionDenied { .. }
@@ -229,15 +236,6 @@ impl S3Store {
             return StoreError::AccessDenied {
                 key: key.clone(),
                 detail: code.unwrap_or("HTTP 403").to_string(),
-            };
-        }
-        if code == Some("NoSuchBucket") {
-            return StoreError::Other {
-                key: key.clone(),
-                detail: format!(
-                    "bucket {} does not exist at {}: check WALG_S3_PREFIX",
-                    self.bucket, self.endpoint
-                ),
             };
         }
         if text.contains("error sending request") || text.contains("kind Connect") {
@@ -261,6 +259,18 @@ impl S3Store {
         StoreError::Other {
             key: key.clone(),
             detail: first_line(&text),
+        }
+    }
+}
+
+impl S3Store {
+    fn no_bucket(&self, key: &Key) -> StoreError {
+        StoreError::Other {
+            key: key.clone(),
+            detail: format!(
+                "bucket {} does not exist at {} (or the endpoint does not serve it): check WALG_S3_PREFIX and AWS_ENDPOINT",
+                self.bucket, self.endpoint
+            ),
         }
     }
 }
@@ -422,6 +432,19 @@ impl Store for S3Store {
         }
     }
 
+    async fn confirm_location(&self) -> Result<(), StoreError> {
+        // The first page of a listing under the prefix: one request that
+        // fails when the bucket is missing or refused.
+        let root = Key::new("");
+        let prefix = self.path(&root);
+        let prefix = (!prefix.as_ref().is_empty()).then_some(&prefix);
+        match self.inner.list(prefix).next().await {
+            None | Some(Ok(_)) => Ok(()),
+            Some(Err(object_store::Error::NotFound { .. })) => Err(self.no_bucket(&root)),
+            Some(Err(e)) => Err(self.error(&root, e)),
+        }
+    }
+
     fn describe(&self) -> String {
         format!("s3://{}/{} at {}", self.bucket, self.prefix, self.endpoint)
     }
@@ -471,12 +494,46 @@ impl DirStore {
         }
     }
 
+    /// Creates `dir` and its missing parents, syncing each directory that
+    /// gained an entry, so that a new directory survives a crash.
+    async fn create_dir_durable(dir: &Path) -> Result<(), StoreError> {
+        if tokio::fs::metadata(dir).await.is_ok_and(|m| m.is_dir()) {
+            return Ok(());
+        }
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Box::pin(Self::create_dir_durable(parent)).await?;
+        }
+        match tokio::fs::create_dir(dir).await {
+            Ok(()) => {}
+            // Another writer made it first; it syncs the parent itself.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) => return Err(Self::io_err(dir, e)),
+        }
+        match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => Self::sync_dir(parent).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Makes a directory's entries (new files, renames) durable.
+    async fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+        let sync = async {
+            let d = tokio::fs::File::open(dir).await?;
+            d.sync_all().await
+        };
+        sync.await.map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(
+                source.kind(),
+                format!("cannot sync the directory: {source}"),
+            ),
+        })
+    }
+
     async fn write_atomic(&self, key: &Key, mut chunks: ChunkReceiver) -> Result<u64, StoreError> {
         let path = self.path(key);
         let parent = path.parent().unwrap_or(&self.root).to_path_buf();
-        tokio::fs::create_dir_all(&parent)
-            .await
-            .map_err(|e| Self::io_err(&parent, e))?;
+        Self::create_dir_durable(&parent).await?;
         let tmp = path.with_file_name(format!(
             "{}.{}{}",
             key.file_name(),
@@ -502,9 +559,12 @@ impl DirStore {
             tokio::fs::rename(&tmp, &path)
                 .await
                 .map_err(|e| Self::io_err(&path, e))?;
-            // Make the rename itself durable.
-            if let Ok(d) = tokio::fs::File::open(&parent).await {
-                let _ = d.sync_all().await;
+            // Make the rename itself durable: until then the object may
+            // vanish in a crash. If that fails, take the object away again,
+            // so that a retry does not find it and take it as stored.
+            if let Err(e) = Self::sync_dir(&parent).await {
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(e);
             }
             Ok(total)
         }
@@ -628,6 +688,27 @@ impl Store for DirStore {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Self::io_err(&path, e)),
+        }
+    }
+
+    async fn confirm_location(&self) -> Result<(), StoreError> {
+        match tokio::fs::metadata(&self.root).await {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(StoreError::Other {
+                key: Key::new(""),
+                detail: format!(
+                    "{} is not a directory: check WALG_FILE_PREFIX",
+                    self.root.display()
+                ),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::Other {
+                key: Key::new(""),
+                detail: format!(
+                    "directory {} does not exist: check WALG_FILE_PREFIX",
+                    self.root.display()
+                ),
+            }),
+            Err(e) => Err(Self::io_err(&self.root, e)),
         }
     }
 

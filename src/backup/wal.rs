@@ -3,12 +3,18 @@
 //!
 //! Local state lives in `pg_wal/.pgdrill/`, so parallel restores of the same
 //! archive never share it:
-//! - `uploaded/<name>`: a segment already pushed ahead; holds the BLAKE3 of
-//!   what was stored, so PostgreSQL's later call for it is answered without
-//!   uploading again, and only if the file is still byte-identical.
+//! - `uploaded/<store id>/<name>`: a segment already pushed ahead into the
+//!   store of that id (a digest of its location); holds the BLAKE3 of what
+//!   was stored, so PostgreSQL's later call for it is answered without
+//!   uploading again, only if the file is still byte-identical and only
+//!   while the same store is configured.
 //! - `prefetch/<name>`: a segment fetched ahead, verified, complete (it
 //!   appears by rename only after verification);
-//!   `prefetch/running/<name>`: a fetch in progress (never served).
+//!   `prefetch/running/<name>`: the claim of a fetch in progress (empty;
+//!   its age tells a live prefetcher from a dead one);
+//!   `prefetch/running/<name>.<pid>.<n>.download`: the download itself,
+//!   written only by the prefetcher that named it and renamed into place
+//!   by it alone, so a claim taken over never publishes another's file.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -73,7 +79,7 @@ pub async fn wal_push(ctx: &Context, path: &Path) -> Result<PushOutcome, BackupE
         .await
         .map_err(BackupError::io(format!("reading {}", path.display())))?;
     let pg_wal = path.parent().unwrap_or(Path::new("."));
-    let marker = pg_wal.join(STATE_DIR).join("uploaded").join(&name);
+    let marker = marker_dir(ctx, pg_wal).join(&name);
     if let Ok(stored_hash) = tokio::fs::read_to_string(&marker).await {
         let _ = tokio::fs::remove_file(&marker).await;
         if stored_hash.trim() == blake3::hash(&data).to_hex().as_str() {
@@ -88,9 +94,20 @@ pub async fn wal_push(ctx: &Context, path: &Path) -> Result<PushOutcome, BackupE
     Ok(outcome)
 }
 
+/// Where upload-ahead markers for the configured store live: a marker
+/// vouches for one store only, so after the prefix or bucket changes no
+/// marker can answer for a segment the new store does not have.
+fn marker_dir(ctx: &Context, pg_wal: &Path) -> PathBuf {
+    let id = blake3::hash(ctx.store.describe().as_bytes()).to_hex();
+    pg_wal
+        .join(STATE_DIR)
+        .join("uploaded")
+        .join(&id.as_str()[..16])
+}
+
 /// The stored object of WAL file `name`, whatever compression it was
 /// written with; the existence checks run concurrently (one round trip).
-async fn find_wal(ctx: &Context, name: &str) -> Result<Option<Key>, BackupError> {
+pub(super) async fn find_wal(ctx: &Context, name: &str) -> Result<Option<Key>, BackupError> {
     let keys: Vec<Key> = Compression::ALL
         .into_iter()
         .map(|c| layout::wal_key(name, c))
@@ -110,8 +127,12 @@ pub async fn push_bytes(
     if let Some(existing) = find_wal(ctx, name).await? {
         let stored = match ctx.fetch_object(&existing).await {
             Ok((_, stored)) => stored,
-            Err(BackupError::Crypto(CryptoError::PublicKeyOnly { .. })) => {
-                return compare_by_size(ctx, name, &existing, data).await;
+            Err(BackupError::Crypto(CryptoError::PublicKeyOnly { origin, .. })) => {
+                return Err(BackupError::WalUncomparable {
+                    name: name.to_string(),
+                    key: existing,
+                    origin,
+                });
             }
             Err(e) => return Err(e),
         };
@@ -151,35 +172,6 @@ async fn encode(
     .map_err(BackupError::io("compressing and encrypting WAL"))
 }
 
-/// The re-push check when only a public OpenPGP key is configured and the
-/// stored object cannot be decrypted: it counts as identical when it has
-/// exactly the size this file would be stored with (compression is
-/// deterministic, and the encryption overhead is fixed for a key; an RSA
-/// key's varies by a byte now and then, which shows as a conflict that the
-/// archiver's next retry clears).
-async fn compare_by_size(
-    ctx: &Context,
-    name: &str,
-    existing: &Key,
-    data: Bytes,
-) -> Result<(PushOutcome, Digest), BackupError> {
-    let compression = Compression::ALL
-        .into_iter()
-        .find(|c| layout::wal_key(name, *c) == *existing)
-        .unwrap_or(ctx.settings.compression);
-    let (object, digest) = encode(ctx, data, compression).await?;
-    let stored = ctx.store.head(existing).await?.map_or(0, |o| o.size);
-    if stored != object.len() as u64 {
-        return Err(BackupError::WalConflictBySize {
-            name: name.to_string(),
-            stored,
-            local: object.len() as u64,
-        });
-    }
-    warn!(%name, "already archived with the same size; with only a public key configured the content itself cannot be compared");
-    Ok((PushOutcome::AlreadyArchived, digest))
-}
-
 /// Pushes up to `upload_concurrency - 1` later `.ready` segments in parallel
 /// and leaves a marker for each; failures are only logged, because
 /// PostgreSQL will ask for those segments itself anyway.
@@ -202,7 +194,7 @@ async fn upload_ahead(ctx: &Context, pg_wal: &Path, current: &str) {
     if ready.is_empty() {
         return;
     }
-    let marker_dir = pg_wal.join(STATE_DIR).join("uploaded");
+    let marker_dir = marker_dir(ctx, pg_wal);
     if tokio::fs::create_dir_all(&marker_dir).await.is_err() {
         return;
     }
@@ -231,16 +223,21 @@ async fn upload_ahead(ctx: &Context, pg_wal: &Path, current: &str) {
 
 /// Writes a file by temp file, fsync and rename.
 pub async fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = tmp_path(path);
+    write_atomic_as(&tmp_path(path), path, data).await
+}
+
+/// Writes `data` into `tmp`, syncs it and renames it to `path`; removes
+/// `tmp` on failure.
+async fn write_atomic_as(tmp: &Path, path: &Path, data: &[u8]) -> std::io::Result<()> {
     let result = async {
-        let mut f = tokio::fs::File::create(&tmp).await?;
+        let mut f = tokio::fs::File::create(tmp).await?;
         tokio::io::AsyncWriteExt::write_all(&mut f, data).await?;
         f.sync_all().await?;
-        tokio::fs::rename(&tmp, path).await
+        tokio::fs::rename(tmp, path).await
     }
     .await;
     if result.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
+        let _ = tokio::fs::remove_file(tmp).await;
     }
     result
 }
@@ -321,14 +318,19 @@ async fn read_head(path: &Path) -> Option<Vec<u8>> {
     Some(buf)
 }
 
-/// Downloads and verifies one WAL file.
+/// Downloads and verifies one WAL file. Not found only when the store's
+/// location answers: a missing bucket is an error, not the end of the
+/// archive (which would end recovery early).
 pub async fn download_wal(ctx: &Context, name: &str) -> Result<Vec<u8>, BackupError> {
     match fetch_wal(ctx, name).await? {
         Some((data, _)) => Ok(data),
-        None => Err(BackupError::WalNotFound {
-            name: name.to_string(),
-            store: ctx.store.describe(),
-        }),
+        None => {
+            ctx.store.confirm_location().await?;
+            Err(BackupError::WalNotFound {
+                name: name.to_string(),
+                store: ctx.store.describe(),
+            })
+        }
     }
 }
 
@@ -410,47 +412,200 @@ async fn prefetch_one(
     if target.exists() || claim_is_fresh(&claim) {
         return Ok(());
     }
-    // create_new makes the claim exclusive among concurrent prefetchers;
-    // a stale claim (dead prefetcher) is replaced.
-    if !claim_is_fresh(&claim) {
-        let _ = std::fs::remove_file(&claim);
-    }
-    let file = std::fs::OpenOptions::new()
+    // A stale claim (its prefetcher died, or is still downloading after
+    // CLAIM_STALE_AFTER) is replaced; create_new makes the claim exclusive
+    // among concurrent prefetchers.
+    let _ = std::fs::remove_file(&claim);
+    let Ok(claimed) = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(&claim);
-    let Ok(file) = file else {
+        .open(&claim)
+    else {
         return Ok(());
     };
+    let claim_id = claimed.metadata().ok().map(|m| file_id(&m));
+    drop(claimed);
+    // The download goes into a file only this prefetcher knows: the claim
+    // may be taken over, its content never published by another.
+    let own = running.join(format!(
+        "{name}.{}.{}.download",
+        std::process::id(),
+        DOWNLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let result = async {
         let data = download_wal(ctx, name).await?;
-        let mut file = tokio::fs::File::from_std(file);
-        tokio::io::AsyncWriteExt::write_all(&mut file, &data)
+        write_atomic_as(&own, &target, &data)
             .await
-            .map_err(BackupError::io("writing prefetched segment"))?;
-        file.sync_all()
-            .await
-            .map_err(BackupError::io("syncing prefetched segment"))?;
-        tokio::fs::rename(&claim, &target)
-            .await
-            .map_err(BackupError::io("publishing prefetched segment"))
+            .map_err(BackupError::io(format!("publishing prefetched {name}")))
     }
     .await;
-    if result.is_err() {
+    let _ = tokio::fs::remove_file(&own).await;
+    // Release the claim only if it is still ours.
+    let still_ours = std::fs::metadata(&claim)
+        .ok()
+        .is_some_and(|m| Some(file_id(&m)) == claim_id);
+    if still_ours {
         let _ = tokio::fs::remove_file(&claim).await;
     }
     result
 }
 
+/// Downloads started by this process, for unique download file names.
+static DOWNLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Identifies a file (device and inode), to tell our claim from a
+/// successor's of the same name.
+fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
 /// Deletes prefetched segments at or before `current`: recovery is past them.
+/// Downloads of passed segments that dead prefetchers left in `running/`
+/// go too.
 async fn remove_passed(dir: &Path, current: &str) {
-    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
-        return;
-    };
-    while let Ok(Some(e)) = entries.next_entry().await {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if layout::wal_file_kind(&name) == Some(WalFileKind::Segment) && name[8..] <= current[8..] {
-            let _ = tokio::fs::remove_file(e.path()).await;
+    for dir in [dir.to_path_buf(), dir.join("running")] {
+        let Ok(mut entries) = tokio::fs::read_dir(&dir).await else {
+            continue;
+        };
+        while let Ok(Some(e)) = entries.next_entry().await {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let segment = name.get(..24).unwrap_or("");
+            let passed = layout::wal_file_kind(segment) == Some(WalFileKind::Segment)
+                && segment[8..] <= current[8..];
+            if passed && (name.len() == 24 || name.ends_with(".download")) {
+                let _ = tokio::fs::remove_file(e.path()).await;
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::stream::BoxStream;
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::backup::store::{ChunkReceiver, DirStore, ObjectInfo, Store, StoreError};
+    use crate::config::{EnvVars, Settings};
+
+    /// A directory store whose `get`s wait, in order, for a permit.
+    #[derive(Debug)]
+    struct GatedStore {
+        inner: DirStore,
+        gate: Semaphore,
+        waiting: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for GatedStore {
+        async fn put(&self, key: &Key, data: Bytes) -> Result<(), StoreError> {
+            self.inner.put(key, data).await
+        }
+        async fn put_stream(&self, key: &Key, chunks: ChunkReceiver) -> Result<u64, StoreError> {
+            self.inner.put_stream(key, chunks).await
+        }
+        async fn head(&self, key: &Key) -> Result<Option<ObjectInfo>, StoreError> {
+            self.inner.head(key).await
+        }
+        async fn get(&self, key: &Key) -> Result<Bytes, StoreError> {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            self.gate.acquire().await.expect("open gate").forget();
+            self.inner.get(key).await
+        }
+        async fn get_stream(
+            &self,
+            key: &Key,
+        ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
+            self.inner.get_stream(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+            self.inner.list(prefix).await
+        }
+        async fn delete(&self, key: &Key) -> Result<(), StoreError> {
+            self.inner.delete(key).await
+        }
+        async fn confirm_location(&self) -> Result<(), StoreError> {
+            self.inner.confirm_location().await
+        }
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+    }
+
+    async fn wait_for(what: &str, done: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    /// Issue 9.7: a download that outlives its claim's staleness window
+    /// must not publish the file of the prefetcher that took the claim
+    /// over (nor may that one publish the first one's file): only a file
+    /// its own prefetcher completed and verified is ever renamed into place.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn prefetch_publishes_only_its_own_complete_download() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let vars = EnvVars::from_pairs([("WALG_FILE_PREFIX", root.to_str().unwrap())]);
+        let mut ctx = Context::open(Settings::from_vars(&vars).unwrap(), None).unwrap();
+        let name = "000000010000000000000005";
+        let segment: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 253) as u8).collect();
+        push_bytes(&ctx, name, Bytes::from(segment.clone()))
+            .await
+            .unwrap();
+        let gated = Arc::new(GatedStore {
+            inner: DirStore::new(root),
+            gate: Semaphore::new(0),
+            waiting: AtomicUsize::new(0),
+        });
+        ctx.store = Arc::clone(&gated) as Arc<dyn Store>;
+        let ctx = Arc::new(ctx);
+        let prefetch = dir.path().join("pg_wal/.pgdrill/prefetch");
+        let running = prefetch.join("running");
+        std::fs::create_dir_all(&running).unwrap();
+        let start = |ctx: &Arc<Context>| {
+            let (ctx, prefetch, running) = (Arc::clone(ctx), prefetch.clone(), running.clone());
+            tokio::spawn(async move { prefetch_one(&ctx, &prefetch, &running, name).await })
+        };
+
+        // The first prefetcher claims the segment and waits for storage...
+        let first = start(&ctx);
+        wait_for("the first download", || {
+            gated.waiting.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        // ...so long that its claim goes stale and a second one takes over.
+        let claim = running.join(name);
+        std::fs::File::options()
+            .write(true)
+            .open(&claim)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
+        let second = start(&ctx);
+        wait_for("the second download", || {
+            gated.waiting.load(Ordering::SeqCst) == 2
+        })
+        .await;
+
+        // The first download completes: what is published is complete.
+        gated.gate.add_permits(1);
+        let _ = first.await.unwrap();
+        let published = std::fs::read(prefetch.join(name)).unwrap_or_default();
+        assert!(
+            published == segment,
+            "published {} bytes, not the verified segment",
+            published.len()
+        );
+        gated.gate.add_permits(1);
+        let _ = second.await.unwrap();
+        assert_eq!(std::fs::read(prefetch.join(name)).unwrap(), segment);
     }
 }

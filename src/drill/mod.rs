@@ -837,6 +837,20 @@ async fn verify_restored(
         }
         Err(e) => errors.push(format!("verification could not run: {e}")),
     }
+    if scenario.verify.contains(&Check::Visibility) {
+        match verify::check_visibility(&restored.client).await {
+            Ok(check) => {
+                if !check.passed {
+                    errors.push(format!("visibility: {}", check.detail));
+                }
+                if let Some(o) = &mut record.verify {
+                    o.passed &= check.passed;
+                    o.checks.push(check);
+                }
+            }
+            Err(e) => errors.push(format!("visibility check could not run: {e}")),
+        }
+    }
     if scenario.verify.contains(&Check::Amcheck) {
         if let Err(e) = env.amcheck(&record.label).await {
             errors.push(format!("amcheck: {e}"));

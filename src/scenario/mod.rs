@@ -135,12 +135,14 @@ pub enum Engine {
 }
 
 /// The YAML form of a [`Sabotage`]: `drop_every_nth_wal: N` or
-/// `corrupt_every_nth_wal: N`, N counting WAL segments (1 means every one).
+/// `corrupt_every_nth_wal: N`, N counting WAL segments (1 means every one),
+/// or `stale_visibility_map`.
 #[derive(Deserialize)]
 #[serde(remote = "Sabotage", rename_all = "snake_case")]
 enum SabotageDef {
     DropEveryNthWal(u32),
     CorruptEveryNthWal(u32),
+    StaleVisibilityMap,
 }
 
 fn sabotage<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Sabotage>, D::Error> {
@@ -538,6 +540,10 @@ pub enum Check {
     ContentHash,
     /// `amcheck` finds no corrupt index or heap page.
     Amcheck,
+    /// Index-only scans see what sequential scans see in every table, and
+    /// `pg_check_visible` finds no tuple the visibility map wrongly calls
+    /// all-visible (a stale map makes index-only scans return deleted rows).
+    Visibility,
 }
 
 /// Recovery objectives. A drill that misses one fails.

@@ -105,13 +105,18 @@ fn engine(s: &Scenario) -> Result<(), Problem> {
             "add e.g. `sabotage: { drop_every_nth_wal: 10 }`",
             "engine `pgdrill-sabotaged` needs a `sabotage` entry"
         ),
+        (Engine::PgdrillSabotaged, Some(_)) if !crate::fault::SABOTAGE_BUILT_IN => bail!(
+            ["engine"],
+            "run it from a test build (`cargo test`, or build with `--features sabotage`)",
+            "this pgdrill is built for use and cannot sabotage itself"
+        ),
         (_, Some(Sabotage::DropEveryNthWal(n) | Sabotage::CorruptEveryNthWal(n))) => ensure!(
             n >= 1,
             ["sabotage"],
             "1 sabotages every WAL segment, 10 every tenth",
             "the sabotage interval must be at least 1"
         ),
-        (Engine::Pgdrill, None) => {}
+        (_, Some(Sabotage::StaleVisibilityMap)) | (Engine::Pgdrill, None) => {}
     }
     Ok(())
 }

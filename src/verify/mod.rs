@@ -1,9 +1,11 @@
 //! Verifying a restored cluster against the workload's [`Ledger`]: row
 //! counts, gap-free sequences, no extra rows, no lost acknowledged commits,
-//! payloads and the content hash; and [`amcheck`] for physical corruption.
+//! payloads and the content hash; [`amcheck`] for physical corruption; and
+//! [`check_visibility`] for what index-only scans see.
 
 mod amcheck;
 mod outcome;
+mod visibility;
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -17,6 +19,7 @@ use crate::workload::{ContentHasher, Ledger, SeqSet, TABLE};
 
 pub use amcheck::{amcheck, amcheck_result, AMCHECK_ARGS};
 pub use outcome::{Check, CheckName, VerifyOutcome, WriterResult};
+pub use visibility::check_visibility;
 
 /// How many items a list in an outcome shows (per writer for missing
 /// seqs); the counts are always complete.

@@ -25,6 +25,9 @@ pub enum CheckName {
     Payloads,
     /// The hash of the restored rows equals the ledger's for the found counts.
     ContentHash,
+    /// Index-only scans count what sequential scans count, and the
+    /// visibility map calls no invisible tuple all-visible.
+    Visibility,
 }
 
 impl CheckName {
@@ -38,6 +41,7 @@ impl CheckName {
             CheckName::AckedKept => "acked_kept",
             CheckName::Payloads => "payloads",
             CheckName::ContentHash => "content_hash",
+            CheckName::Visibility => "visibility",
         }
     }
 }
