@@ -40,9 +40,7 @@ async fn run_e2e(env: &TestEnv, pgbench_scale: u32) {
         .unwrap();
     let accounts = 100_000 * pgbench_scale as i64;
 
-    let out = env.pgdrill(&["backup-push", env.primary.data_dir.to_str().unwrap()]);
-    assert_success(&out, "backup-push");
-    let backup = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let backup = env.backup_push(&[]);
     assert!(
         backup.starts_with("base_"),
         "backup-push prints the name: {backup:?}"
@@ -162,9 +160,7 @@ async fn backup_fetch_force_leaves_nothing_the_backup_does_not_hold() {
         .batch_execute("CREATE TABLE kept AS SELECT g FROM generate_series(1, 1000) g")
         .await
         .unwrap();
-    let out = env.pgdrill(&["backup-push", env.primary.data_dir.to_str().unwrap()]);
-    assert_success(&out, "backup-push");
-    let backup = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let backup = env.backup_push(&[]);
     switch_and_wait_archived(&env.primary).await;
 
     let base = env.dir("target");

@@ -129,10 +129,7 @@ async fn missing_segment_exits_74_and_corruption_is_detected() {
 #[tokio::test(flavor = "multi_thread")]
 async fn corrupted_backup_part_fails_fetch() {
     let env = TestEnv::start("faults", Storage::S3, &[], InitOptions::default());
-    assert_success(
-        &env.pgdrill(&["backup-push", env.primary.data_dir.to_str().unwrap()]),
-        "backup-push",
-    );
+    env.backup_push(&[]);
     let s3 = env.s3.as_ref().unwrap();
     let parts = s3.object_path("faults/basebackups_005");
     let part = walk_files(&parts)
@@ -215,10 +212,7 @@ async fn killed_backup_push_leaves_no_listed_backup() {
 
     // The server's side of the killed backup was released: a new backup
     // works, and retention removes the dead one's leftovers.
-    assert_success(
-        &env.pgdrill(&["backup-push", env.primary.data_dir.to_str().unwrap()]),
-        "second backup-push",
-    );
+    env.backup_push(&[]);
     let out = env.pgdrill(&["backup-list", "--json"]);
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 1);
@@ -295,16 +289,11 @@ async fn bad_credentials_and_endpoints_give_clear_errors() {
     assert_eq!(code(&out), 2, "usage errors exit 2");
 }
 
-/// wal-push with WALG_UPLOAD_CONCURRENCY > 1 uploads later `.ready`
-/// segments ahead and answers PostgreSQL's later call for them from a
-/// marker, but only while the file is byte-identical.
-#[test]
-fn upload_ahead_pushes_ready_segments_and_trusts_only_identical_files() {
-    let work = tempfile::tempdir().unwrap();
-    let archive = work.path().join("archive");
-    let pg_wal = work.path().join("pg_wal");
+/// `count` segments (segment i filled with byte i) in `pg_wal`, each with
+/// a `.ready` file as the archiver leaves them; their names.
+fn ready_segments(pg_wal: &std::path::Path, count: u32) -> Vec<String> {
     std::fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
-    let names: Vec<String> = (1..=4)
+    let names: Vec<String> = (1..=count)
         .map(|i| format!("0000000100000000{i:08X}"))
         .collect();
     for (i, n) in names.iter().enumerate() {
@@ -315,6 +304,18 @@ fn upload_ahead_pushes_ready_segments_and_trusts_only_identical_files() {
         )
         .unwrap();
     }
+    names
+}
+
+/// wal-push with WALG_UPLOAD_CONCURRENCY > 1 uploads later `.ready`
+/// segments ahead and answers PostgreSQL's later call for them from a
+/// marker, but only while the file is byte-identical.
+#[test]
+fn upload_ahead_pushes_ready_segments_and_trusts_only_identical_files() {
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("archive");
+    let pg_wal = work.path().join("pg_wal");
+    let names = ready_segments(&pg_wal, 4);
     let push = |name: &str| {
         Command::new(PGDRILL)
             .args(["wal-push", pg_wal.join(name).to_str().unwrap()])
@@ -497,18 +498,7 @@ fn wal_fetch_usage_errors_exit_above_125() {
 fn upload_ahead_markers_are_tied_to_their_store() {
     let work = tempfile::tempdir().unwrap();
     let pg_wal = work.path().join("pg_wal");
-    std::fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
-    let names: Vec<String> = (1..=2)
-        .map(|i| format!("0000000100000000{i:08X}"))
-        .collect();
-    for (i, n) in names.iter().enumerate() {
-        std::fs::write(pg_wal.join(n), vec![i as u8 + 1; 64 * 1024]).unwrap();
-        std::fs::write(
-            pg_wal.join("archive_status").join(format!("{n}.ready")),
-            b"",
-        )
-        .unwrap();
-    }
+    let names = ready_segments(&pg_wal, 2);
     let push = |archive: &std::path::Path, name: &str| {
         Command::new(PGDRILL)
             .args(["wal-push", pg_wal.join(name).to_str().unwrap()])

@@ -8,14 +8,6 @@ mod common;
 use common::*;
 use pgdrill::env::local::InitOptions;
 
-fn push(env: &TestEnv, extra: &[&str]) -> String {
-    let mut args = vec!["backup-push", env.primary.data_dir.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    let out = env.pgdrill(&args);
-    assert_success(&out, "backup-push");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn list(env: &TestEnv) -> Vec<serde_json::Value> {
     let out = env.pgdrill(&["backup-list", "--json"]);
     assert_success(&out, "backup-list");
@@ -47,14 +39,14 @@ async fn delta_chain_stores_changed_pages_and_restores_exactly() {
     c.batch_execute("CREATE TABLE doomed AS SELECT g FROM generate_series(1, 10000) g; CHECKPOINT")
         .await
         .unwrap();
-    let full = push(&env, &[]);
+    let full = env.backup_push(&[]);
     assert!(!full.contains("_D_"), "first backup is full: {full}");
 
     // About 1% of pgbench_accounts' pages change.
     c.batch_execute("UPDATE pgbench_accounts SET abalance = 7 WHERE aid <= 5000; CHECKPOINT")
         .await
         .unwrap();
-    let d1 = push(&env, &[]);
+    let d1 = env.backup_push(&[]);
     assert_eq!(
         d1,
         format!("{}_D_{}", &d1[..29], &full[5..]),
@@ -77,17 +69,17 @@ async fn delta_chain_stores_changed_pages_and_restores_exactly() {
     )
     .await
     .unwrap();
-    let d2 = push(&env, &[]);
+    let d2 = env.backup_push(&[]);
     assert!(
         d2.ends_with(&d1[5..29]),
         "second delta builds on the first: {d2}"
     );
-    let third_full = push(&env, &[]);
+    let third_full = env.backup_push(&[]);
     assert!(
         !third_full.contains("_D_"),
         "WALG_DELTA_MAX_STEPS=2 ends the chain: {third_full}"
     );
-    let forced = push(&env, &["--full"]);
+    let forced = env.backup_push(&["--full"]);
     assert!(!forced.contains("_D_"));
     switch_and_wait_archived(&env.primary).await;
 
@@ -187,12 +179,12 @@ async fn delta_restore_keeps_the_visibility_map_exact() {
     .unwrap();
     c.batch_execute("VACUUM (FREEZE) vm").await.unwrap();
     c.batch_execute("CHECKPOINT").await.unwrap();
-    let full = push(&env, &[]);
+    let full = env.backup_push(&[]);
     c.batch_execute("DELETE FROM vm WHERE id % 10 = 0")
         .await
         .unwrap();
     c.batch_execute("CHECKPOINT").await.unwrap();
-    let delta = push(&env, &[]);
+    let delta = env.backup_push(&[]);
     assert!(delta.ends_with(&full[5..]), "a delta of {full}: {delta}");
     switch_and_wait_archived(&env.primary).await;
 
@@ -253,24 +245,16 @@ async fn visibility_check_catches_a_stale_visibility_map() {
     for (round, sabotage) in [(0, None), (1, Some("stale_visibility_map"))] {
         c.batch_execute("VACUUM (FREEZE) vm").await.unwrap();
         c.batch_execute("CHECKPOINT").await.unwrap();
-        push(&env, &["--full"]);
+        env.backup_push(&["--full"]);
         c.batch_execute(&format!("DELETE FROM vm WHERE id % 10 = {round}"))
             .await
             .unwrap();
         c.batch_execute("CHECKPOINT").await.unwrap();
-        let mut cmd = std::process::Command::new(PGDRILL);
-        cmd.arg("--env-dir")
-            .arg(&env.env_dir)
-            .args(["backup-push", env.primary.data_dir.to_str().unwrap()]);
-        for (k, v) in env.primary.pg_settings() {
-            cmd.env(k, v);
-        }
-        if let Some(s) = sabotage {
-            cmd.env("PGDRILL_SABOTAGE", s);
-        }
-        let out = pgdrill::env::local::as_user(&mut cmd, env.run_as)
-            .output()
-            .unwrap();
+        let push = ["backup-push", env.primary.data_dir.to_str().unwrap()];
+        let out = match sabotage {
+            Some(s) => env.pgdrill_env(&push, &[("PGDRILL_SABOTAGE", s)]),
+            None => env.pgdrill(&push),
+        };
         assert_success(&out, "backup-push of the delta");
         let delta = String::from_utf8_lossy(&out.stdout).trim().to_string();
         assert!(delta.contains("_D_"), "{delta}");

@@ -68,8 +68,7 @@ async fn backup_and_restore(env: &TestEnv) {
         )
         .await
         .unwrap();
-    let out = env.pgdrill(&["backup-push", env.primary.data_dir.to_str().unwrap()]);
-    assert_success(&out, "backup-push");
+    env.backup_push(&[]);
     client
         .batch_execute("INSERT INTO t SELECT g, 'after' FROM generate_series(1001, 1500) g")
         .await
@@ -87,35 +86,52 @@ fn wal_fetch_with(env: &TestEnv, vars: &[(String, String)], name: &str, dest: &P
     env.pgdrill_with_vars(&vars, &["wal-fetch", name, dest.to_str().unwrap()])
 }
 
-/// `gpg --decrypt` in a throw-away GNUPGHOME holding the protected key.
-fn gpg_decrypt(object: &Path) -> Vec<u8> {
-    let home = tempfile::tempdir().unwrap();
-    let gpg = |args: &[&str]| {
+/// Debian's `gpg` in a throw-away GNUPGHOME holding `key`; its agent is
+/// stopped when dropped.
+struct Gpg(tempfile::TempDir);
+
+impl Gpg {
+    fn with_key(key: &str) -> Gpg {
+        let gpg = Gpg(tempfile::tempdir().unwrap());
+        gpg.run(&["--import", &key_file(key)]);
+        gpg
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
         let out = Command::new("gpg")
             .arg("--homedir")
-            .arg(home.path())
-            .arg("--batch")
+            .arg(self.0.path())
+            .args(["--batch", "--yes"])
             .args(args)
             .output()
             .expect("gpg runs (ci/setup installs gnupg)");
         assert_success(&out, &format!("gpg {args:?}"));
         out
-    };
-    gpg(&["--import", &key_file("private-protected.asc")]);
-    let out = gpg(&[
-        "--pinentry-mode",
-        "loopback",
-        "--passphrase",
-        PASSPHRASE,
-        "--decrypt",
-        object.to_str().unwrap(),
-    ]);
-    let _ = Command::new("gpgconf")
-        .arg("--homedir")
-        .arg(home.path())
-        .args(["--kill", "gpg-agent"])
-        .output();
-    out.stdout
+    }
+}
+
+impl Drop for Gpg {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .arg("--homedir")
+            .arg(self.0.path())
+            .args(["--kill", "gpg-agent"])
+            .output();
+    }
+}
+
+/// `gpg --decrypt` with the protected key.
+fn gpg_decrypt(object: &Path) -> Vec<u8> {
+    Gpg::with_key("private-protected.asc")
+        .run(&[
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            PASSPHRASE,
+            "--decrypt",
+            object.to_str().unwrap(),
+        ])
+        .stdout
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -263,7 +279,7 @@ fn run_on(store: &Path, vars: &[(&str, &str)], args: &[&str]) -> Output {
     cmd.output().unwrap()
 }
 
-/// A fake segment of `len` bytes in a `pg_wal` directory under `dir`.
+/// A segment file holding `content` in a `pg_wal` directory under `dir`.
 fn segment_file(dir: &Path, content: &[u8]) -> PathBuf {
     let pg_wal = dir.join("pg_wal");
     std::fs::create_dir_all(&pg_wal).unwrap();
@@ -274,6 +290,19 @@ fn segment_file(dir: &Path, content: &[u8]) -> PathBuf {
 
 fn sample_segment() -> Vec<u8> {
     (0..1_000_000u32).map(|i| (i % 251) as u8).collect()
+}
+
+/// A directory store under `dir` holding one segment pushed without a key;
+/// returns the store and the segment's content.
+fn unencrypted_archive(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let store = dir.join("store");
+    let content = sample_segment();
+    let segment = segment_file(dir, &content);
+    assert_success(
+        &run_on(&store, &[], &["wal-push", segment.to_str().unwrap()]),
+        "unencrypted wal-push",
+    );
+    (store, content)
 }
 
 /// An archiving host may hold only the public key. It cannot decrypt what
@@ -362,13 +391,7 @@ fn public_key_only_wal_push_refuses_what_it_cannot_compare() {
 #[test]
 fn unencrypted_objects_are_refused_when_a_key_is_configured() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let content = sample_segment();
-    let segment = segment_file(dir.path(), &content);
-    assert_success(
-        &run_on(&store, &[], &["wal-push", segment.to_str().unwrap()]),
-        "plaintext wal-push",
-    );
+    let (store, content) = unencrypted_archive(dir.path());
     let sodium = sodium_key();
     let private = key_file("private.asc");
     let dest = dir.path().join("fetched");
@@ -403,21 +426,10 @@ fn unencrypted_objects_are_refused_when_a_key_is_configured() {
     assert_eq!(std::fs::read(&dest).unwrap(), content);
 }
 
-/// `gpg --encrypt` in a throw-away GNUPGHOME, for the fixture's public key.
+/// `gpg --encrypt` for the fixture's public key, compressing with
+/// `compress_algo` first.
 fn gpg_encrypt(input: &Path, output: &Path, compress_algo: &str) {
-    let home = tempfile::tempdir().unwrap();
-    let gpg = |args: &[&str]| {
-        let out = Command::new("gpg")
-            .arg("--homedir")
-            .arg(home.path())
-            .args(["--batch", "--yes"])
-            .args(args)
-            .output()
-            .expect("gpg runs (ci/setup installs gnupg)");
-        assert_success(&out, &format!("gpg {args:?}"));
-    };
-    gpg(&["--import", &key_file("public.asc")]);
-    gpg(&[
+    Gpg::with_key("public.asc").run(&[
         "--trust-model",
         "always",
         "--recipient",
@@ -429,11 +441,6 @@ fn gpg_encrypt(input: &Path, output: &Path, compress_algo: &str) {
         "--encrypt",
         input.to_str().unwrap(),
     ]);
-    let _ = Command::new("gpgconf")
-        .arg("--homedir")
-        .arg(home.path())
-        .args(["--kill", "gpg-agent"])
-        .output();
 }
 
 /// Issue 9.13: gpg compresses before it encrypts unless told otherwise;
@@ -441,13 +448,7 @@ fn gpg_encrypt(input: &Path, output: &Path, compress_algo: &str) {
 #[test]
 fn gpg_encrypted_objects_with_compression_are_read() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let content = sample_segment();
-    let segment = segment_file(dir.path(), &content);
-    assert_success(
-        &run_on(&store, &[], &["wal-push", segment.to_str().unwrap()]),
-        "plaintext wal-push",
-    );
+    let (store, content) = unencrypted_archive(dir.path());
     let object = store.join("wal_005/000000010000000000000001.lz4");
     let plain_object = dir.path().join("object");
     std::fs::copy(&object, &plain_object).unwrap();

@@ -8,14 +8,6 @@ mod common;
 use common::*;
 use pgdrill::env::local::InitOptions;
 
-fn backup(env: &TestEnv, extra: &[&str]) -> String {
-    let mut args = vec!["backup-push", env.primary.data_dir.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    let out = env.pgdrill(&args);
-    assert_success(&out, "backup-push");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn listed(env: &TestEnv) -> Vec<(String, bool)> {
     let out = env.pgdrill(&["backup-list", "--json"]);
     assert_success(&out, "backup-list");
@@ -45,11 +37,11 @@ fn wal_files(env: &TestEnv) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn permanent_backups_survive_and_policies_do_what_they_say() {
     let env = TestEnv::start("retention", Storage::Dir, &[], InitOptions::default());
-    let first = backup(&env, &["--permanent"]);
+    let first = env.backup_push(&["--permanent"]);
     switch_and_wait_archived(&env.primary).await;
-    let second = backup(&env, &[]);
+    let second = env.backup_push(&[]);
     switch_and_wait_archived(&env.primary).await;
-    let third = backup(&env, &[]);
+    let third = env.backup_push(&[]);
     switch_and_wait_archived(&env.primary).await;
     assert_eq!(listed(&env).len(), 3);
     let first_wal = format!("{}.lz4", first.trim_start_matches("base_"));

@@ -55,9 +55,7 @@ async fn second_pitr_follows_the_new_timeline() {
         .batch_execute("CREATE TABLE t(id bigserial, batch text)")
         .await
         .unwrap();
-    let out = env.pgdrill(&["backup-push", env.primary.data_dir.to_str().unwrap()]);
-    assert_success(&out, "backup-push");
-    let backup = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let backup = env.backup_push(&[]);
 
     insert(&primary, "a", 10).await;
     let t1 = now_target(&primary).await;

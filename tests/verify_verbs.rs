@@ -43,16 +43,10 @@ fn segment_name(object: &Path) -> String {
     object.file_stem().unwrap().to_str().unwrap().to_string()
 }
 
-fn backup_push(env: &TestEnv) -> String {
-    let out = env.pgdrill(&["backup-push", env.primary.data_dir.to_str().unwrap()]);
-    assert_success(&out, "backup-push");
-    stdout(&out).trim().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn healthy_archive_passes_and_each_defect_is_named() {
     let env = TestEnv::start("verify", Storage::S3, &[], InitOptions::default());
-    let backup = backup_push(&env);
+    let backup = env.backup_push(&[]);
     for _ in 0..3 {
         switch_and_wait_archived(&env.primary).await;
     }
@@ -187,7 +181,7 @@ async fn storage_only_checks_and_missing_backup_wal() {
         &[("WALG_COMPRESSION_METHOD", "zstd")],
         InitOptions::default(),
     );
-    let backup = backup_push(&env);
+    let backup = env.backup_push(&[]);
     switch_and_wait_archived(&env.primary).await;
 
     // Without the cluster: integrity and backup-check work from storage,
@@ -273,12 +267,12 @@ async fn backup_verify_of_a_delta_checks_its_whole_chain() {
     c.batch_execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g")
         .await
         .unwrap();
-    let full = backup_push(&env);
+    let full = env.backup_push(&[]);
     c.batch_execute("UPDATE t SET g = g + 1 WHERE g < 100")
         .await
         .unwrap();
     switch_and_wait_archived(&env.primary).await;
-    let delta = backup_push(&env);
+    let delta = env.backup_push(&[]);
     assert!(delta.contains("_D_"), "{delta}");
     switch_and_wait_archived(&env.primary).await;
     let out = env.pgdrill(&["backup-verify", &delta]);

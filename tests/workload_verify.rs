@@ -48,8 +48,7 @@ async fn restores_match_the_ledger_and_tampering_is_named() {
     let mut env = TestEnv::start("workload-verify", Storage::Dir, &[], InitOptions::default());
     let client = env.primary.connect().await.unwrap();
     workload::prepare(&client).await.unwrap();
-    let out = env.pgdrill(&["backup-push", env.primary.data_dir.to_str().unwrap()]);
-    assert_success(&out, "backup-push");
+    env.backup_push(&[]);
 
     let handle = workload::start(
         config(&env.primary, "postgres"),

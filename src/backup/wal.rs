@@ -10,9 +10,10 @@
 //!   while the same store is configured.
 //! - `prefetch/<name>`: a segment fetched ahead, verified, complete (it
 //!   appears by rename only after verification);
-//!   `prefetch/running/<name>`: the claim of a fetch in progress (empty;
-//!   its age tells a live prefetcher from a dead one);
-//!   `prefetch/running/<name>.<pid>.<n>.download`: the download itself,
+//!   `prefetch/running/<name>`: the claim of a fetch in progress (its age
+//!   tells a live prefetcher from a dead one; it holds the claimant's
+//!   token, `<pid>.<n>`, so only the claimant releases it);
+//!   `prefetch/running/<name>.<token>.download`: the download itself,
 //!   written only by the prefetcher that named it and renamed into place
 //!   by it alone, so a claim taken over never publishes another's file.
 
@@ -407,6 +408,18 @@ async fn prefetch_one(
     running: &Path,
     name: &str,
 ) -> Result<(), BackupError> {
+    prefetch_into(dir, running, name, download_wal(ctx, name)).await
+}
+
+/// Claims segment `name`, runs `download` (which verifies what it returns)
+/// and publishes the result as `dir/name`, unless it is there already or
+/// a live prefetcher claimed it.
+async fn prefetch_into(
+    dir: &Path,
+    running: &Path,
+    name: &str,
+    download: impl std::future::Future<Output = Result<Vec<u8>, BackupError>>,
+) -> Result<(), BackupError> {
     let target = dir.join(name);
     let claim = running.join(name);
     if target.exists() || claim_is_fresh(&claim) {
@@ -416,49 +429,39 @@ async fn prefetch_one(
     // CLAIM_STALE_AFTER) is replaced; create_new makes the claim exclusive
     // among concurrent prefetchers.
     let _ = std::fs::remove_file(&claim);
-    let Ok(claimed) = std::fs::OpenOptions::new()
+    // The claim holds a token only this prefetcher uses, and the download
+    // goes into a file named by it: the claim may be taken over, but no
+    // prefetcher ever publishes or releases another's.
+    let token = format!(
+        "{}.{}",
+        std::process::id(),
+        DOWNLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let claimed = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&claim)
-    else {
+        .and_then(|mut f| std::io::Write::write_all(&mut f, token.as_bytes()));
+    if claimed.is_err() {
         return Ok(());
-    };
-    let claim_id = claimed.metadata().ok().map(|m| file_id(&m));
-    drop(claimed);
-    // The download goes into a file only this prefetcher knows: the claim
-    // may be taken over, its content never published by another.
-    let own = running.join(format!(
-        "{name}.{}.{}.download",
-        std::process::id(),
-        DOWNLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
+    }
+    let own = running.join(format!("{name}.{token}.download"));
     let result = async {
-        let data = download_wal(ctx, name).await?;
+        let data = download.await?;
         write_atomic_as(&own, &target, &data)
             .await
             .map_err(BackupError::io(format!("publishing prefetched {name}")))
     }
     .await;
     let _ = tokio::fs::remove_file(&own).await;
-    // Release the claim only if it is still ours.
-    let still_ours = std::fs::metadata(&claim)
-        .ok()
-        .is_some_and(|m| Some(file_id(&m)) == claim_id);
-    if still_ours {
+    if std::fs::read_to_string(&claim).is_ok_and(|held| held == token) {
         let _ = tokio::fs::remove_file(&claim).await;
     }
     result
 }
 
-/// Downloads started by this process, for unique download file names.
+/// Claims and downloads started by this process, for unique tokens.
 static DOWNLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Identifies a file (device and inode), to tell our claim from a
-/// successor's of the same name.
-fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    (m.dev(), m.ino())
-}
 
 /// Deletes prefetched segments at or before `current`: recovery is past them.
 /// Downloads of passed segments that dead prefetchers left in `running/`
@@ -482,57 +485,12 @@ async fn remove_passed(dir: &Path, current: &str) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use futures::stream::BoxStream;
-    use tokio::sync::Semaphore;
+    use tokio::sync::oneshot;
 
     use super::*;
-    use crate::backup::store::{ChunkReceiver, DirStore, ObjectInfo, Store, StoreError};
-    use crate::config::{EnvVars, Settings};
 
-    /// A directory store whose `get`s wait, in order, for a permit.
-    #[derive(Debug)]
-    struct GatedStore {
-        inner: DirStore,
-        gate: Semaphore,
-        waiting: AtomicUsize,
-    }
-
-    #[async_trait::async_trait]
-    impl Store for GatedStore {
-        async fn put(&self, key: &Key, data: Bytes) -> Result<(), StoreError> {
-            self.inner.put(key, data).await
-        }
-        async fn put_stream(&self, key: &Key, chunks: ChunkReceiver) -> Result<u64, StoreError> {
-            self.inner.put_stream(key, chunks).await
-        }
-        async fn head(&self, key: &Key) -> Result<Option<ObjectInfo>, StoreError> {
-            self.inner.head(key).await
-        }
-        async fn get(&self, key: &Key) -> Result<Bytes, StoreError> {
-            self.waiting.fetch_add(1, Ordering::SeqCst);
-            self.gate.acquire().await.expect("open gate").forget();
-            self.inner.get(key).await
-        }
-        async fn get_stream(
-            &self,
-            key: &Key,
-        ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
-            self.inner.get_stream(key).await
-        }
-        async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
-            self.inner.list(prefix).await
-        }
-        async fn delete(&self, key: &Key) -> Result<(), StoreError> {
-            self.inner.delete(key).await
-        }
-        async fn confirm_location(&self) -> Result<(), StoreError> {
-            self.inner.confirm_location().await
-        }
-        fn describe(&self) -> String {
-            self.inner.describe()
-        }
+    fn modified(path: &Path) -> Option<SystemTime> {
+        std::fs::metadata(path).and_then(|m| m.modified()).ok()
     }
 
     async fn wait_for(what: &str, done: impl Fn() -> bool) {
@@ -548,64 +506,64 @@ mod tests {
     /// Issue 9.7: a download that outlives its claim's staleness window
     /// must not publish the file of the prefetcher that took the claim
     /// over (nor may that one publish the first one's file): only a file
-    /// its own prefetcher completed and verified is ever renamed into place.
+    /// its own prefetcher completed is ever renamed into place.
     #[tokio::test(flavor = "multi_thread")]
     async fn prefetch_publishes_only_its_own_complete_download() {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("store");
-        let vars = EnvVars::from_pairs([("WALG_FILE_PREFIX", root.to_str().unwrap())]);
-        let mut ctx = Context::open(Settings::from_vars(&vars).unwrap(), None).unwrap();
-        let name = "000000010000000000000005";
-        let segment: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 253) as u8).collect();
-        push_bytes(&ctx, name, Bytes::from(segment.clone()))
-            .await
-            .unwrap();
-        let gated = Arc::new(GatedStore {
-            inner: DirStore::new(root),
-            gate: Semaphore::new(0),
-            waiting: AtomicUsize::new(0),
-        });
-        ctx.store = Arc::clone(&gated) as Arc<dyn Store>;
-        let ctx = Arc::new(ctx);
         let prefetch = dir.path().join("pg_wal/.pgdrill/prefetch");
         let running = prefetch.join("running");
         std::fs::create_dir_all(&running).unwrap();
-        let start = |ctx: &Arc<Context>| {
-            let (ctx, prefetch, running) = (Arc::clone(ctx), prefetch.clone(), running.clone());
-            tokio::spawn(async move { prefetch_one(&ctx, &prefetch, &running, name).await })
+        let name = "000000010000000000000005";
+        let segment: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 253) as u8).collect();
+        let start = |download: oneshot::Receiver<Vec<u8>>| {
+            let (prefetch, running) = (prefetch.clone(), running.clone());
+            tokio::spawn(async move {
+                let download = async {
+                    download
+                        .await
+                        .map_err(|e| BackupError::Invalid(e.to_string()))
+                };
+                prefetch_into(&prefetch, &running, name, download).await
+            })
         };
 
         // The first prefetcher claims the segment and waits for storage...
-        let first = start(&ctx);
-        wait_for("the first download", || {
-            gated.waiting.load(Ordering::SeqCst) == 1
-        })
-        .await;
-        // ...so long that its claim goes stale and a second one takes over.
+        let (first_done, first_download) = oneshot::channel();
+        let first = start(first_download);
         let claim = running.join(name);
+        wait_for("the first claim", || claim.exists()).await;
+        // ...so long that its claim goes stale and a second one takes over.
+        let stale = SystemTime::now() - Duration::from_secs(3600);
         std::fs::File::options()
             .write(true)
             .open(&claim)
             .unwrap()
-            .set_modified(SystemTime::now() - Duration::from_secs(3600))
+            .set_modified(stale)
             .unwrap();
-        let second = start(&ctx);
-        wait_for("the second download", || {
-            gated.waiting.load(Ordering::SeqCst) == 2
+        let (second_done, second_download) = oneshot::channel();
+        let second = start(second_download);
+        wait_for("the second claim", || {
+            modified(&claim).is_some_and(|t| t > stale)
         })
         .await;
 
         // The first download completes: what is published is complete.
-        gated.gate.add_permits(1);
-        let _ = first.await.unwrap();
+        first_done.send(segment.clone()).unwrap();
+        first.await.unwrap().unwrap();
         let published = std::fs::read(prefetch.join(name)).unwrap_or_default();
         assert!(
             published == segment,
-            "published {} bytes, not the verified segment",
+            "published {} bytes, not the downloaded segment",
             published.len()
         );
-        gated.gate.add_permits(1);
-        let _ = second.await.unwrap();
+        assert!(
+            claim.exists(),
+            "the second prefetcher's claim is left to it"
+        );
+        second_done.send(segment.clone()).unwrap();
+        second.await.unwrap().unwrap();
         assert_eq!(std::fs::read(prefetch.join(name)).unwrap(), segment);
+        let left: Vec<_> = std::fs::read_dir(&running).unwrap().collect();
+        assert!(left.is_empty(), "claims and downloads cleaned up: {left:?}");
     }
 }

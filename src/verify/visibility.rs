@@ -71,9 +71,12 @@ pub async fn check_visibility(client: &Client) -> Result<Check, VerifyError> {
     }
     let passed = problems.is_empty();
     let detail = if passed {
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         format!(
-            "{} tables: {compared} index-only scans count what sequential scans count; the visibility map is exact",
-            tables.len()
+            "{}: forced index-only scans of {} count what sequential scans count; pg_check_visible finds nothing",
+            plural(tables.len(), "indexed table", "indexed tables"),
+            plural(compared, "index", "indexes")
         )
     } else {
         problems.join("; ")

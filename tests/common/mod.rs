@@ -92,14 +92,29 @@ impl TestEnv {
     /// Runs `pgdrill --env-dir ENV ARGS` as the server user, with the
     /// primary's connection settings in the environment.
     pub fn pgdrill(&self, args: &[&str]) -> Output {
+        self.pgdrill_env(args, &[])
+    }
+
+    /// Like [`TestEnv::pgdrill`], with `extra` variables set too.
+    pub fn pgdrill_env(&self, args: &[&str], extra: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new(PGDRILL);
         cmd.arg("--env-dir").arg(&self.env_dir).args(args);
         for (k, v) in self.primary.pg_settings() {
             cmd.env(k, v);
         }
+        cmd.envs(extra.iter().copied());
         as_user(&mut cmd, self.run_as)
             .output()
             .expect("pgdrill runs")
+    }
+
+    /// `backup-push` of the primary with `flags`; returns the backup's name.
+    pub fn backup_push(&self, flags: &[&str]) -> String {
+        let mut args = vec!["backup-push", self.primary.data_dir.to_str().unwrap()];
+        args.extend_from_slice(flags);
+        let out = self.pgdrill(&args);
+        assert_success(&out, "backup-push");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// Like [`TestEnv::pgdrill`] but with the given variables instead of the
