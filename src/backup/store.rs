@@ -65,6 +65,10 @@ pub enum StoreError {
     },
     #[error("upload of {key} was aborted: {reason}")]
     Aborted { key: Key, reason: String },
+    /// The store's location itself (bucket, directory) is missing or not
+    /// served; the message names it and the setting to check.
+    #[error("{0}")]
+    NoLocation(String),
 }
 
 impl StoreError {
@@ -75,7 +79,10 @@ impl StoreError {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            StoreError::NotFound(_) | StoreError::AccessDenied { .. } | StoreError::Aborted { .. }
+            StoreError::NotFound(_)
+                | StoreError::AccessDenied { .. }
+                | StoreError::Aborted { .. }
+                | StoreError::NoLocation(_)
         )
     }
 }
@@ -216,7 +223,7 @@ impl S3Store {
         let text = err.to_string();
         let code = s3_code(&text);
         if code == Some("NoSuchBucket") {
-            return self.no_bucket(key);
+            return self.no_bucket();
         }
         if let object_store::Error::NotFound { .. } = err {
             return StoreError::NotFound(key.clone());
@@ -264,14 +271,11 @@ impl S3Store {
 }
 
 impl S3Store {
-    fn no_bucket(&self, key: &Key) -> StoreError {
-        StoreError::Other {
-            key: key.clone(),
-            detail: format!(
-                "bucket {} does not exist at {} (or the endpoint does not serve it): check WALG_S3_PREFIX and AWS_ENDPOINT",
-                self.bucket, self.endpoint
-            ),
-        }
+    fn no_bucket(&self) -> StoreError {
+        StoreError::NoLocation(format!(
+            "bucket {} does not exist at {} (or the endpoint does not serve it): check WALG_S3_PREFIX and AWS_ENDPOINT",
+            self.bucket, self.endpoint
+        ))
     }
 }
 
@@ -440,7 +444,7 @@ impl Store for S3Store {
         let prefix = (!prefix.as_ref().is_empty()).then_some(&prefix);
         match self.inner.list(prefix).next().await {
             None | Some(Ok(_)) => Ok(()),
-            Some(Err(object_store::Error::NotFound { .. })) => Err(self.no_bucket(&root)),
+            Some(Err(object_store::Error::NotFound { .. })) => Err(self.no_bucket()),
             Some(Err(e)) => Err(self.error(&root, e)),
         }
     }
@@ -504,9 +508,10 @@ impl DirStore {
             Box::pin(Self::create_dir_durable(parent)).await?;
         }
         match tokio::fs::create_dir(dir).await {
+            // Made by another writer just now: it may not have synced the
+            // parent yet, so sync it here too.
             Ok(()) => {}
-            // Another writer made it first; it syncs the parent itself.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(Self::io_err(dir, e)),
         }
         match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -694,20 +699,16 @@ impl Store for DirStore {
     async fn confirm_location(&self) -> Result<(), StoreError> {
         match tokio::fs::metadata(&self.root).await {
             Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err(StoreError::Other {
-                key: Key::new(""),
-                detail: format!(
-                    "{} is not a directory: check WALG_FILE_PREFIX",
-                    self.root.display()
-                ),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::Other {
-                key: Key::new(""),
-                detail: format!(
+            Ok(_) => Err(StoreError::NoLocation(format!(
+                "{} is not a directory: check WALG_FILE_PREFIX",
+                self.root.display()
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StoreError::NoLocation(format!(
                     "directory {} does not exist: check WALG_FILE_PREFIX",
                     self.root.display()
-                ),
-            }),
+                )))
+            }
             Err(e) => Err(Self::io_err(&self.root, e)),
         }
     }

@@ -319,19 +319,23 @@ async fn read_head(path: &Path) -> Option<Vec<u8>> {
     Some(buf)
 }
 
-/// Downloads and verifies one WAL file. Not found only when the store's
-/// location answers: a missing bucket is an error, not the end of the
-/// archive (which would end recovery early).
+/// Downloads and verifies one WAL file for restore_command. Not found only
+/// when the store's location answers: a missing bucket is an error, not the
+/// end of the archive (which would end recovery early).
 pub async fn download_wal(ctx: &Context, name: &str) -> Result<Vec<u8>, BackupError> {
     match fetch_wal(ctx, name).await? {
         Some((data, _)) => Ok(data),
         None => {
             ctx.store.confirm_location().await?;
-            Err(BackupError::WalNotFound {
-                name: name.to_string(),
-                store: ctx.store.describe(),
-            })
+            Err(not_found(ctx, name))
         }
+    }
+}
+
+fn not_found(ctx: &Context, name: &str) -> BackupError {
+    BackupError::WalNotFound {
+        name: name.to_string(),
+        store: ctx.store.describe(),
     }
 }
 
@@ -408,7 +412,15 @@ async fn prefetch_one(
     running: &Path,
     name: &str,
 ) -> Result<(), BackupError> {
-    prefetch_into(dir, running, name, download_wal(ctx, name)).await
+    // Segments past the end of the archive are normal here, and a failure
+    // only stops prefetching: restore_command itself tells them apart.
+    let download = async {
+        match fetch_wal(ctx, name).await? {
+            Some((data, _)) => Ok(data),
+            None => Err(not_found(ctx, name)),
+        }
+    };
+    prefetch_into(dir, running, name, download).await
 }
 
 /// Claims segment `name`, runs `download` (which verifies what it returns)
