@@ -469,7 +469,8 @@ async fn wal_fetch_from_a_missing_bucket_aborts_recovery() {
 }
 
 /// Issue 9.3: a typo in restore_command must not end recovery early:
-/// usage errors of wal-fetch exit above 125 too.
+/// usage errors of wal-fetch exit above 125 too, and so does a wal-fetch
+/// whose runtime cannot start.
 #[test]
 fn wal_fetch_usage_errors_exit_above_125() {
     let run = |args: &[&str]| {
@@ -490,6 +491,21 @@ fn wal_fetch_usage_errors_exit_above_125() {
     }
     assert_eq!(code(&run(&["wal-fetch", "--help"])), 0);
     assert_eq!(code(&run(&["wal-push"])), 2, "other verbs keep exit 2");
+
+    // No thread may start (RLIMIT_NPROC of 1; root ignores it, so as the
+    // server user): the async runtime cannot start, which panics in tokio.
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(format!(
+            "ulimit -u 1 && exec {PGDRILL} wal-fetch 000000010000000000000001 /tmp/unused"
+        ))
+        .env("WALG_FILE_PREFIX", "/nonexistent")
+        .env_remove("PGDRILL_ENV_DIR");
+    let out = as_user(&mut cmd, RunAs::detect().unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), FETCH_FAILED, "{}", stderr(&out));
+    assert!(stderr(&out).contains("thread"), "{}", stderr(&out));
 }
 
 /// Issue 9.10: an upload-ahead marker vouches for one store only: after
