@@ -52,7 +52,7 @@ const BAD: &[(&str, &str, &str, &str)] = &[
     ("bad-restore-without-backup", "11:3", "restores: restores need at least one base_backup step", "action: base_backup"),
     ("bad-step-after-end", "10:11", "steps[1].at: `base_backup` at 25s is after the workload ends at 20s", "only `disaster`"),
     ("bad-steps-out-of-order", "10:9", "steps[1].at: `switch_wal` at 5s comes before the previous step at 10s", "time order"),
-    ("bad-unknown-key", "7:3", "workload.writerz: unknown field `writerz`, expected one of writers, rate_per_second, duration, payload_bytes", "spelling"),
+    ("bad-unknown-key", "7:3", "workload.writerz: unknown field `writerz`, expected one of writers, rate_per_second, duration, payload_bytes, mix", "spelling"),
     ("bad-wrong-type", "5:12", "workload.writers: invalid u32", "whole number"),
     ("bad-yaml-syntax", "9:9", "verify: illegal placement of ':' indicator", "YAML syntax"),
 ];

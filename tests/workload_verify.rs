@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use common::*;
 use pgdrill::env::local::{InitOptions, LocalPostgres};
 use pgdrill::verify::{amcheck, verify_restore, CheckName};
-use pgdrill::workload::{self, target_time_arg, Outcome, WorkloadSpec, TABLE};
+use pgdrill::workload::{self, target_time_arg, Mix, Outcome, WorkloadSpec, ITEMS, TABLE};
 
 /// Connection settings for database `db` of `pg`.
 fn config(pg: &LocalPostgres, db: &str) -> tokio_postgres::Config {
@@ -32,6 +32,8 @@ async fn connect(cfg: &tokio_postgres::Config) -> tokio_postgres::Client {
     client
 }
 
+/// A mixed workload: ledger rows plus item inserts, updates (HOT and not)
+/// and deletes, and VACUUM (FREEZE) every second.
 fn spec(duration: Duration) -> WorkloadSpec {
     WorkloadSpec {
         writers: 2,
@@ -39,6 +41,12 @@ fn spec(duration: Duration) -> WorkloadSpec {
         duration,
         payload_bytes: 64,
         seed: 42,
+        mix: Some(Mix {
+            updates: 30,
+            deletes: 15,
+            vacuum_freeze_every: Some(Duration::from_secs(1)),
+            prefill: 500,
+        }),
     }
 }
 
@@ -47,7 +55,9 @@ async fn restores_match_the_ledger_and_tampering_is_named() {
     let clock = Instant::now();
     let mut env = TestEnv::start("workload-verify", Storage::Dir, &[], InitOptions::default());
     let client = env.primary.connect().await.unwrap();
-    workload::prepare(&client).await.unwrap();
+    workload::prepare(&client, &spec(Duration::ZERO))
+        .await
+        .unwrap();
     env.backup_push(&[]);
 
     let handle = workload::start(
@@ -55,6 +65,11 @@ async fn restores_match_the_ledger_and_tampering_is_named() {
         spec(Duration::from_secs(3)),
     )
     .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        handle.vacuums() >= 1,
+        "VACUUM (FREEZE) ran during the workload"
+    );
     let ledger = handle.join().await;
     assert!(
         ledger.writer_errors().is_empty(),
@@ -93,6 +108,7 @@ async fn restores_match_the_ledger_and_tampering_is_named() {
     let v = verify_restore(&c, &ledger, Some(target)).await.unwrap();
     assert!(v.passed && v.exact, "{v}");
     assert!(v.rows > 0 && v.rows < acked, "{v}");
+    assert!(v.check(CheckName::Items).unwrap().passed, "{v}");
     let last_commit = v.last_commit_time.expect("track_commit_timestamp is on");
     let last_acked = ledger.last_acked_before(target).unwrap();
     assert!(
@@ -100,6 +116,20 @@ async fn restores_match_the_ledger_and_tampering_is_named() {
         "{last_commit} vs {last_acked:?}"
     );
     amcheck(&pitr).unwrap();
+
+    // Tampering with an item (a lost update) is named by writer and id.
+    let changed = c
+        .execute(
+            &format!("UPDATE {ITEMS} SET rev = rev - 1 WHERE (writer, id) = (SELECT writer, id FROM {ITEMS} WHERE rev > 1 LIMIT 1)"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed, 1, "some item was updated by the target");
+    let v = verify_restore(&c, &ledger, Some(target)).await.unwrap();
+    let items = v.check(CheckName::Items).unwrap();
+    assert!(!v.passed && !items.passed, "{v}");
+    assert!(items.detail.contains("differs: rev"), "{}", items.detail);
 
     // Tampering: one acknowledged row deleted is named by writer and seq.
     let seq = *expectation.per_writer[&2].start() / 2;
@@ -137,7 +167,9 @@ async fn restores_match_the_ledger_and_tampering_is_named() {
     // in flight unknown (or none in flight), and nothing panics.
     client.batch_execute("CREATE DATABASE crash").await.unwrap();
     let crash = config(&env.primary, "crash");
-    workload::prepare(&connect(&crash).await).await.unwrap();
+    workload::prepare(&connect(&crash).await, &spec(Duration::ZERO))
+        .await
+        .unwrap();
     let handle = workload::start(crash, spec(Duration::from_secs(30))).unwrap();
     while handle.rows_acked() < 20 {
         tokio::time::sleep(Duration::from_millis(20)).await;

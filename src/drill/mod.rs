@@ -345,14 +345,18 @@ async fn drive(
     progress: &Progress,
 ) -> Result<(), DrillError> {
     let primary = crate::env::connect_once(&env.primary_config()).await?;
-    workload::prepare(&primary).await?;
     let spec = WorkloadSpec {
         writers: scenario.workload.writers,
         rate_per_second: scenario.workload.rate_per_second,
         duration: scenario.workload.duration,
         payload_bytes: scenario.workload.payload_bytes as usize,
         seed,
+        mix: scenario
+            .workload
+            .mix
+            .map(crate::scenario::WorkloadMix::to_mix),
     };
+    workload::prepare(&primary, &spec).await?;
     let timeline_start = Instant::now();
     let handle = workload::start(env.primary_config(), spec.clone())?;
     progress.say(&format!(

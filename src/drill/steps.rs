@@ -88,6 +88,18 @@ impl Live<'_> {
                     .map_err(pg_err)?;
                 Ok("checkpoint done".into())
             }
+            Step::VacuumFreeze { .. } => {
+                let tables = if self.spec.mix.is_some() {
+                    format!("{}, {}", workload::TABLE, workload::ITEMS)
+                } else {
+                    workload::TABLE.to_string()
+                };
+                self.primary
+                    .batch_execute(&format!("VACUUM (FREEZE) {tables}"))
+                    .await
+                    .map_err(pg_err)?;
+                Ok(format!("VACUUM (FREEZE) {tables}"))
+            }
             Step::Pause { duration, .. } => {
                 if let Some(h) = &self.handle {
                     h.pause();

@@ -286,6 +286,48 @@ pub struct Workload {
     /// Bytes of random payload per row, at most 1 MiB. Default: 100.
     #[serde(default = "default_payload_bytes")]
     pub payload_bytes: u32,
+    /// Updates, deletes and VACUUM besides the ledger's inserts (a second
+    /// table, `pgdrill_items`); absent: ledger inserts only.
+    #[serde(default)]
+    pub mix: Option<WorkloadMix>,
+}
+
+/// `workload.mix`: what each transaction does besides its ledger row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadMix {
+    /// Percent of transactions that update one of the writer's items (half
+    /// HOT, half changing indexed columns). Default: 0.
+    #[serde(default)]
+    pub updates: u8,
+    /// Percent of transactions that delete one of the writer's items.
+    /// Default: 0. The rest insert one.
+    #[serde(default)]
+    pub deletes: u8,
+    /// `VACUUM (FREEZE)` of the workload tables this often, at least 1s.
+    /// Default: never (autovacuum still runs, tuned to act often).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub vacuum_freeze_every: Option<Duration>,
+    /// Items each writer has before the workload starts, at most 100000.
+    /// Default: 1000.
+    #[serde(default = "default_prefill")]
+    pub prefill: u32,
+}
+
+fn default_prefill() -> u32 {
+    1000
+}
+
+impl WorkloadMix {
+    /// The workload's form of the mix.
+    pub fn to_mix(self) -> crate::workload::Mix {
+        crate::workload::Mix {
+            updates: self.updates,
+            deletes: self.deletes,
+            vacuum_freeze_every: self.vacuum_freeze_every,
+            prefill: self.prefill,
+        }
+    }
 }
 
 /// One timed event of the drill, tagged by `action`. `at` is the time since
@@ -312,6 +354,13 @@ pub enum Step {
     },
     /// Run `CHECKPOINT`.
     Checkpoint {
+        /// When.
+        #[serde(deserialize_with = "duration")]
+        at: Duration,
+    },
+    /// Run `VACUUM (FREEZE)` on the workload's tables: sets visibility-map
+    /// and freeze bits that the writers' updates and deletes then clear.
+    VacuumFreeze {
         /// When.
         #[serde(deserialize_with = "duration")]
         at: Duration,
@@ -453,6 +502,7 @@ impl Step {
             Step::BaseBackup { at, .. }
             | Step::SwitchWal { at }
             | Step::Checkpoint { at }
+            | Step::VacuumFreeze { at }
             | Step::Pause { at, .. }
             | Step::Delete { at, .. }
             | Step::DeleteWal { at }
@@ -470,6 +520,7 @@ impl Step {
             Step::BaseBackup { .. } => "base_backup",
             Step::SwitchWal { .. } => "switch_wal",
             Step::Checkpoint { .. } => "checkpoint",
+            Step::VacuumFreeze { .. } => "vacuum_freeze",
             Step::Pause { .. } => "pause",
             Step::Delete { .. } => "delete",
             Step::DeleteWal { .. } => "delete_wal",

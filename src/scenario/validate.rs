@@ -185,6 +185,32 @@ fn workload(s: &Scenario) -> Result<(), Problem> {
         "payload_bytes {} is too large",
         w.payload_bytes
     );
+    if let Some(mix) = &w.mix {
+        ensure!(
+            u32::from(mix.updates) + u32::from(mix.deletes) <= 90,
+            ["workload", "mix"],
+            "updates and deletes are percent of transactions; leave at least 10 for inserts",
+            "updates {} + deletes {} is more than 90 percent",
+            mix.updates,
+            mix.deletes
+        );
+        ensure!(
+            mix.prefill <= 100_000,
+            ["workload", "mix", "prefill"],
+            "use at most 100000 items per writer",
+            "prefill {} is too large",
+            mix.prefill
+        );
+        if let Some(every) = mix.vacuum_freeze_every {
+            ensure!(
+                every >= Duration::from_secs(1),
+                ["workload", "mix", "vacuum_freeze_every"],
+                "use at least 1s, e.g. `3s`",
+                "vacuum_freeze_every {} is too short",
+                format_duration(every)
+            );
+        }
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! [`check_visibility`] for what index-only scans see.
 
 mod amcheck;
+mod items;
 mod outcome;
 mod visibility;
 
@@ -84,7 +85,14 @@ pub async fn verify_restore(
         }
         last_commit_time = newest_commit(client).await?;
     }
-    Ok(scan.outcome(target, last_commit_time))
+    let mut outcome = scan.outcome(target, last_commit_time);
+    if let Some(mix) = ledger.spec().mix {
+        let check =
+            items::check_items(client, ledger.spec().seed, mix, &outcome.per_writer).await?;
+        outcome.passed &= check.passed;
+        outcome.checks.push(check);
+    }
+    Ok(outcome)
 }
 
 /// A row of the workload table as (writer, seq, payload).
@@ -374,6 +382,7 @@ mod tests {
             duration: Duration::from_secs(1),
             payload_bytes: 12,
             seed: 5,
+            mix: None,
         };
         let entries = (1..=2u32)
             .flat_map(|w| {

@@ -28,6 +28,9 @@ pub enum CheckName {
     /// Index-only scans count what sequential scans count, and the
     /// visibility map calls no invisible tuple all-visible.
     Visibility,
+    /// Each writer's items (mixed workload) are exactly what its restored
+    /// commits wrote.
+    Items,
 }
 
 impl CheckName {
@@ -42,6 +45,7 @@ impl CheckName {
             CheckName::Payloads => "payloads",
             CheckName::ContentHash => "content_hash",
             CheckName::Visibility => "visibility",
+            CheckName::Items => "items",
         }
     }
 }

@@ -14,17 +14,34 @@ const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx
 /// The payload of row (`writer`, `seq`): `len` ASCII characters drawn from
 /// BLAKE3's extendable output keyed by `seed`, `writer` and `seq`.
 pub fn payload(seed: u64, writer: u32, seq: u64, len: usize) -> String {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(b"pgdrill payload v1\0");
-    hasher.update(&seed.to_le_bytes());
-    hasher.update(&writer.to_le_bytes());
-    hasher.update(&seq.to_le_bytes());
+    text(b"pgdrill payload v1\0", seed, writer, seq, len)
+}
+
+/// `len` ASCII characters of the stream `domain` for (`seed`, `writer`,
+/// `seq`): every stream of the workload is a pure function of these.
+pub(super) fn text(domain: &[u8], seed: u64, writer: u32, seq: u64, len: usize) -> String {
     let mut bytes = vec![0u8; len];
-    hasher.finalize_xof().fill(&mut bytes);
+    stream(domain, seed, writer, seq).fill(&mut bytes);
     bytes
         .iter()
         .map(|b| char::from(ALPHABET[usize::from(b & 63)]))
         .collect()
+}
+
+/// The first 8 bytes of the stream `domain` for (`seed`, `writer`, `seq`).
+pub(super) fn draw(domain: &[u8], seed: u64, writer: u32, seq: u64) -> u64 {
+    let mut bytes = [0u8; 8];
+    stream(domain, seed, writer, seq).fill(&mut bytes);
+    u64::from_le_bytes(bytes)
+}
+
+fn stream(domain: &[u8], seed: u64, writer: u32, seq: u64) -> blake3::OutputReader {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(domain);
+    hasher.update(&seed.to_le_bytes());
+    hasher.update(&writer.to_le_bytes());
+    hasher.update(&seq.to_le_bytes());
+    hasher.finalize_xof()
 }
 
 /// Hashes rows in the canonical encoding; feed rows in (writer, seq) order.

@@ -384,6 +384,7 @@ mod tests {
             duration: Duration::from_secs(1),
             payload_bytes: 16,
             seed: 99,
+            mix: None,
         }
     }
 

@@ -5,11 +5,14 @@
 //!
 //! Writer `w` (from 1) inserts rows `(w, seq, payload)` with seq 1, 2, 3, …
 //! (or on from a given seq, on a server that holds the first ones: see
-//! [`start_from`]), one autocommit INSERT each, with a payload derived from
-//! (seed, writer, seq), so the expected table content follows from the
-//! ledger alone.
+//! [`start_from`]), one autocommit statement each, with a payload derived
+//! from (seed, writer, seq), so the expected table content follows from the
+//! ledger alone. With a [`Mix`], the same statement also inserts, updates
+//! or deletes one of the writer's rows in [`ITEMS`] (see [`items`]), and a
+//! task runs `VACUUM (FREEZE)` now and then.
 
 mod content;
+pub mod items;
 mod ledger;
 mod seqs;
 mod writer;
@@ -23,6 +26,7 @@ use tokio_postgres::Client;
 use crate::backup::pg::pg_error_text;
 
 pub use content::{payload, ContentHasher};
+pub use items::{Item, ItemModel, ItemOp, Mix, ITEMS};
 pub use ledger::{Expectation, Ledger, LedgerEntry, LedgerSummary, Outcome};
 pub use seqs::SeqSet;
 pub use writer::{start, start_from, WorkloadHandle};
@@ -43,6 +47,9 @@ pub struct WorkloadSpec {
     pub payload_bytes: usize,
     /// Seed of the payloads.
     pub seed: u64,
+    /// Updates, deletes and VACUUM besides the ledger's inserts; `None`:
+    /// ledger inserts only.
+    pub mix: Option<Mix>,
 }
 
 /// Failures of the workload.
@@ -68,8 +75,9 @@ fn pg_err(context: &str) -> impl Fn(tokio_postgres::Error) -> WorkloadError + '_
     }
 }
 
-/// Creates [`TABLE`] (if missing) and checks that it is empty.
-pub async fn prepare(client: &Client) -> Result<(), WorkloadError> {
+/// Creates [`TABLE`] (and [`ITEMS`] for a mixed workload) if missing and
+/// checks that it is empty.
+pub async fn prepare(client: &Client, spec: &WorkloadSpec) -> Result<(), WorkloadError> {
     client
         .batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS {TABLE} (\
@@ -78,6 +86,13 @@ pub async fn prepare(client: &Client) -> Result<(), WorkloadError> {
         ))
         .await
         .map_err(pg_err("creating the workload table"))?;
+    if let Some(mix) = spec.mix {
+        client
+            .batch_execute(items::CREATE_ITEMS)
+            .await
+            .map_err(pg_err("creating the items table"))?;
+        prefill(client, spec.seed, mix, spec.writers).await?;
+    }
     let row = client
         .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {TABLE})"), &[])
         .await
@@ -85,6 +100,32 @@ pub async fn prepare(client: &Client) -> Result<(), WorkloadError> {
     if row.get::<_, bool>(0) {
         return Err(WorkloadError::NotEmpty);
     }
+    Ok(())
+}
+
+/// Loads every writer's prefilled items (one COPY, one transaction).
+async fn prefill(client: &Client, seed: u64, mix: Mix, writers: u32) -> Result<(), WorkloadError> {
+    use futures::SinkExt;
+    if mix.prefill == 0 {
+        return Ok(());
+    }
+    let copy = client
+        .copy_in(&format!(
+            "COPY {ITEMS} (writer, id, rev, tag, labels, body) FROM STDIN"
+        ))
+        .await
+        .map_err(pg_err("starting the prefill of the items table"))?;
+    let mut copy = std::pin::pin!(copy);
+    for writer in 1..=writers {
+        let text = items::prefill_copy_text(seed, mix, writer);
+        copy.send(bytes::Bytes::from(text))
+            .await
+            .map_err(pg_err("prefilling the items table"))?;
+    }
+    copy.as_mut()
+        .finish()
+        .await
+        .map_err(pg_err("prefilling the items table"))?;
     Ok(())
 }
 

@@ -15,6 +15,7 @@ use tokio_postgres::error::Severity;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
+use super::items::{ItemModel, ItemOp, Mix, ITEMS};
 use super::{payload, pg_err, Ledger, LedgerEntry, Outcome, WorkloadError, WorkloadSpec, TABLE};
 use crate::backup::pg::pg_error_text;
 
@@ -35,6 +36,7 @@ enum Control {
 struct Progress {
     sent: AtomicU64,
     acked: AtomicU64,
+    vacuums: AtomicU64,
 }
 
 /// What one writer task returns.
@@ -52,6 +54,8 @@ pub struct WorkloadHandle {
     control: watch::Sender<Control>,
     progress: Arc<Progress>,
     tasks: Vec<(u32, JoinHandle<WriterRun>)>,
+    /// The task running `VACUUM (FREEZE)` of a mixed workload.
+    vacuum: Option<JoinHandle<()>>,
 }
 
 /// Starts `spec.writers` writers connecting with `config`, from now until
@@ -96,6 +100,7 @@ pub fn start_from(
                 id,
                 first_seq: first_seq.get(&id).copied().unwrap_or(1).max(1),
                 seed: spec.seed,
+                mix: spec.mix,
                 payload_bytes: spec.payload_bytes,
                 first_tick: begin + period * (id - 1) / spec.writers,
                 period,
@@ -107,13 +112,50 @@ pub fn start_from(
             (id, tokio::spawn(async move { writer.run(&config).await }))
         })
         .collect();
+    let vacuum = spec.mix.and_then(|m| m.vacuum_freeze_every).map(|every| {
+        let (config, control) = (Arc::clone(&config), control_rx.clone());
+        let progress = Arc::clone(&progress);
+        tokio::spawn(vacuum_freeze(config, every, deadline, control, progress))
+    });
     Ok(WorkloadHandle {
         spec,
         started_at,
         control,
         progress,
         tasks,
+        vacuum,
     })
+}
+
+/// Runs `VACUUM (FREEZE)` on the workload tables every `every` until the
+/// stop or the deadline, so visibility-map and freeze bits are set while
+/// the writers clear them (and a backup can land between the two). Ends
+/// quietly when the server goes away (a disaster is not its business).
+async fn vacuum_freeze(
+    config: Arc<Config>,
+    every: Duration,
+    deadline: Instant,
+    mut control: watch::Receiver<Control>,
+    progress: Arc<Progress>,
+) {
+    let Ok((client, connection)) = config.connect(NoTls).await else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let sql = format!("VACUUM (FREEZE) {ITEMS}, {TABLE}");
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop_or_deadline(&mut control, deadline) => return,
+        }
+        if let Err(e) = client.batch_execute(&sql).await {
+            tracing::debug!("workload VACUUM (FREEZE) ended: {}", pg_error_text(&e));
+            return;
+        }
+        progress.vacuums.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl WorkloadHandle {
@@ -130,6 +172,11 @@ impl WorkloadHandle {
     /// Transactions acknowledged so far.
     pub fn rows_acked(&self) -> u64 {
         self.progress.acked.load(Ordering::Relaxed)
+    }
+
+    /// `VACUUM (FREEZE)` runs of a mixed workload so far.
+    pub fn vacuums(&self) -> u64 {
+        self.progress.vacuums.load(Ordering::Relaxed)
     }
 
     /// Holds the writers after their commits in flight; the deadline does
@@ -180,6 +227,9 @@ impl WorkloadHandle {
                 }
             }
         }
+        if let Some(vacuum) = self.vacuum.take() {
+            let _ = vacuum.await;
+        }
         Ledger::new(self.spec.clone(), self.started_at, entries, errors)
     }
 }
@@ -201,6 +251,7 @@ struct Writer {
     /// The seq of the writer's first row.
     first_seq: u64,
     seed: u64,
+    mix: Option<Mix>,
     payload_bytes: usize,
     first_tick: Instant,
     period: Duration,
@@ -222,68 +273,153 @@ impl Writer {
         config: &Config,
         entries: &mut Vec<LedgerEntry>,
     ) -> Result<(), String> {
-        let (client, insert) = tokio::select! {
-            connected = connect(config) => connected.map_err(|e| e.to_string())?,
+        let (client, statements) = tokio::select! {
+            connected = connect(config, self.mix.is_some()) => connected.map_err(|e| e.to_string())?,
             _ = stop_or_deadline(&mut self.control, self.deadline) => return Ok(()),
         };
         let writer_sql = i32::try_from(self.id).map_err(|e| e.to_string())?;
         let mut ticker = tokio::time::interval_at(self.first_tick, self.period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let mut seq = self.first_seq - 1;
+        // A writer continuing on a restored server finds the items of its
+        // first seq - 1 operations there.
+        let mut items = self
+            .mix
+            .map(|mix| ItemModel::after(self.seed, mix, self.id, seq));
         while next_turn(&mut self.control, &mut ticker, self.deadline).await {
             seq += 1;
             let row = payload(self.seed, self.id, seq, self.payload_bytes);
             let seq_sql = i64::try_from(seq).map_err(|e| e.to_string())?;
+            let op = items.as_mut().map(ItemModel::next_op);
             let sent_at = now();
             self.progress.sent.fetch_add(1, Ordering::Relaxed);
-            let params: [&(dyn ToSql + Sync); 3] = [&writer_sql, &seq_sql, &row];
             let answer = tokio::select! {
-                r = client.execute(&insert, &params) => Some(r),
+                r = statements.run(&client, [&writer_sql, &seq_sql, &row], op.as_ref()) => Some(r),
                 _ = grace(&mut self.control, self.deadline) => None,
             };
             let acked_at = now();
-            let outcome = match answer {
+            let outcome = match &answer {
                 Some(Ok(_)) => Outcome::Acked,
-                Some(Err(e)) => failure(&e),
+                Some(Err(e)) => failure(e),
                 None => Outcome::Unknown(format!(
                     "no answer within {}s of the stop",
                     STOP_GRACE.as_secs()
                 )),
             };
-            let error = match &outcome {
-                Outcome::Acked => None,
-                Outcome::Failed(e) | Outcome::Unknown(e) => Some(format!("seq {seq}: {e}")),
+            let error = match (&outcome, &answer) {
+                (Outcome::Acked, Some(Ok(changed))) if op.is_some() && *changed != 1 => Some(format!(
+                    "seq {seq}: its {ITEMS} operation changed {changed} rows, not 1: the primary does not hold the items this writer wrote"
+                )),
+                (Outcome::Acked, _) => None,
+                (Outcome::Failed(e) | Outcome::Unknown(e), _) => Some(format!("seq {seq}: {e}")),
             };
+            let acked = outcome == Outcome::Acked;
             entries.push(LedgerEntry {
                 writer: self.id,
                 seq,
                 sent_at,
-                acked_at: error.is_none().then_some(acked_at),
+                acked_at: acked.then_some(acked_at),
                 outcome,
             });
+            if acked {
+                self.progress.acked.fetch_add(1, Ordering::Relaxed);
+            }
             if let Some(e) = error {
                 return Err(e);
             }
-            self.progress.acked.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
 }
 
-/// A connection with the INSERT prepared (so each commit is one round trip).
-async fn connect(config: &Config) -> Result<(Client, Statement), WorkloadError> {
+/// The prepared statements of a writer, so each commit is one round trip.
+struct Statements {
+    ledger: Statement,
+    /// Ledger row plus item insert, update and delete, each one statement
+    /// (a data-modifying WITH), so both commit together.
+    items: Option<[Statement; 3]>,
+}
+
+impl Statements {
+    /// Commits the ledger row `(writer, seq, payload)` with `op`; returns
+    /// the rows `op` changed.
+    async fn run(
+        &self,
+        client: &Client,
+        ledger: [&(dyn ToSql + Sync); 3],
+        op: Option<&ItemOp>,
+    ) -> Result<u64, tokio_postgres::Error> {
+        let (Some([insert, update, delete]), Some(op)) = (&self.items, op) else {
+            return client.execute(&self.ledger, &ledger).await;
+        };
+        match op {
+            ItemOp::Insert { id, item } | ItemOp::Update { id, item } => {
+                let id = *id as i64;
+                let params: [&(dyn ToSql + Sync); 8] = [
+                    ledger[0],
+                    ledger[1],
+                    ledger[2],
+                    &id,
+                    &item.rev,
+                    &item.tag,
+                    &item.labels,
+                    &item.body,
+                ];
+                let statement = match op {
+                    ItemOp::Insert { .. } => insert,
+                    _ => update,
+                };
+                client.execute(statement, &params).await
+            }
+            ItemOp::Delete { id } => {
+                let id = *id as i64;
+                let params: [&(dyn ToSql + Sync); 4] = [ledger[0], ledger[1], ledger[2], &id];
+                client.execute(delete, &params).await
+            }
+        }
+    }
+}
+
+/// A connection with the writer's statements prepared.
+async fn connect(config: &Config, mixed: bool) -> Result<(Client, Statements), WorkloadError> {
     let (client, connection) = config.connect(NoTls).await.map_err(pg_err("connecting"))?;
     tokio::spawn(async move {
         // Errors surface on the client's next statement.
         let _ = connection.await;
     });
-    let insert = client
-        .prepare(&format!(
-            "INSERT INTO {TABLE} (writer, seq, payload) VALUES ($1, $2, $3)"
-        ))
-        .await
-        .map_err(pg_err("preparing the insert"))?;
-    Ok((client, insert))
+    let ledger_insert = format!("INSERT INTO {TABLE} (writer, seq, payload) VALUES ($1, $2, $3)");
+    let prepare = |sql: String| {
+        let client = &client;
+        async move {
+            client
+                .prepare(&sql)
+                .await
+                .map_err(pg_err("preparing the workload statements"))
+        }
+    };
+    let ledger = prepare(ledger_insert.clone()).await?;
+    let items = if mixed {
+        let with = format!("WITH ledger AS ({ledger_insert})");
+        Some([
+            prepare(format!(
+                "{with} INSERT INTO {ITEMS} (writer, id, rev, tag, labels, body) \
+                 VALUES ($1, $4, $5, $6, $7, $8)"
+            ))
+            .await?,
+            prepare(format!(
+                "{with} UPDATE {ITEMS} SET rev = $5, tag = $6, labels = $7, body = $8 \
+                 WHERE writer = $1 AND id = $4"
+            ))
+            .await?,
+            prepare(format!(
+                "{with} DELETE FROM {ITEMS} WHERE writer = $1 AND id = $4"
+            ))
+            .await?,
+        ])
+    } else {
+        None
+    };
+    Ok((client, Statements { ledger, items }))
 }
 
 /// A commit's failure: an ERROR rolled the transaction back; anything else
@@ -350,6 +486,7 @@ mod tests {
             duration: Duration::from_millis(300),
             payload_bytes: 8,
             seed: 1,
+            mix: None,
         }
     }
 
