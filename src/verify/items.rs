@@ -151,12 +151,7 @@ mod tests {
     use super::*;
 
     fn mix() -> Mix {
-        Mix {
-            updates: 30,
-            deletes: 15,
-            vacuum_freeze_every: None,
-            prefill: 20,
-        }
+        Mix::for_tests(20)
     }
 
     fn writer(w: u32, max_seq: u64) -> WriterResult {

@@ -220,17 +220,26 @@ fn labels(r: u64) -> Vec<i32> {
     labels
 }
 
+impl Mix {
+    /// 30% updates, 15% deletes, `prefill` items, no VACUUM task: the mix
+    /// unit tests use.
+    #[cfg(test)]
+    pub(crate) fn for_tests(prefill: u32) -> Mix {
+        Mix {
+            updates: 30,
+            deletes: 15,
+            vacuum_freeze_every: None,
+            prefill,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn mix() -> Mix {
-        Mix {
-            updates: 30,
-            deletes: 15,
-            vacuum_freeze_every: None,
-            prefill: 0,
-        }
+        Mix::for_tests(0)
     }
 
     #[test]
