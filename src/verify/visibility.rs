@@ -25,11 +25,11 @@ const INDEXED_TABLES: &str = "\
       AND n.nspname NOT LIKE 'pg_toast%' \
     ORDER BY 1, 2";
 
-/// For every indexed user table: a forced index-only scan counts what a
-/// sequential scan counts (in one snapshot), and `pg_check_visible` (the
-/// `pg_visibility` extension, created here: a restored copy is
-/// throw-away) finds no tuple on a page the map calls all-visible that is
-/// not visible to all.
+/// For every indexed user table: forced index and index-only scans count
+/// what a sequential scan counts (in one snapshot), and `pg_check_visible`
+/// and `pg_check_frozen` (the `pg_visibility` extension, created here: a
+/// restored copy is throw-away) find no tuple on a page the map calls
+/// all-visible (all-frozen) that is not visible to all (frozen).
 pub async fn check_visibility(client: &Client) -> Result<Check, VerifyError> {
     client
         .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_visibility")
@@ -45,27 +45,38 @@ pub async fn check_visibility(client: &Client) -> Result<Check, VerifyError> {
     for row in &indexed {
         let (table, index, column): (String, String, String) = (row.get(0), row.get(1), row.get(2));
         let counts = compare_scans(client, &table, &column).await?;
-        match counts {
-            Some((seq, index_only)) if seq != index_only => problems.push(format!(
-                "{table}: an index-only scan of {index} counts {index_only} rows, a sequential scan {seq}"
-            )),
-            Some(_) => compared += 1,
-            // The planner would not use an index-only scan: nothing to compare.
-            None => {}
+        for (path, n) in [
+            ("an index scan", counts.index),
+            ("an index-only scan", counts.index_only),
+        ] {
+            match n {
+                Some(n) if n != counts.seq => problems.push(format!(
+                    "{table}: {path} of {index} counts {n} rows, a sequential scan {}",
+                    counts.seq
+                )),
+                Some(_) => compared += 1,
+                // The planner will not take that path: nothing to compare.
+                None => {}
+            }
         }
         if tables.insert(table.clone()) {
-            let invisible: i64 = client
-                .query_one(
-                    &format!("SELECT count(*) FROM pg_check_visible('{table}'::regclass)"),
-                    &[],
-                )
-                .await
-                .map_err(pg_err("running pg_check_visible"))?
-                .get(0);
-            if invisible > 0 {
-                problems.push(format!(
-                    "{table}: pg_check_visible finds {invisible} tuples on pages the visibility map calls all-visible"
-                ));
+            for (function, bit) in [
+                ("pg_check_visible", "all-visible"),
+                ("pg_check_frozen", "all-frozen"),
+            ] {
+                let wrong: i64 = client
+                    .query_one(
+                        &format!("SELECT count(*) FROM {function}('{table}'::regclass)"),
+                        &[],
+                    )
+                    .await
+                    .map_err(pg_err("running pg_visibility's checks"))?
+                    .get(0);
+                if wrong > 0 {
+                    problems.push(format!(
+                        "{table}: {function} finds {wrong} tuples on pages the visibility map calls {bit}"
+                    ));
+                }
             }
         }
     }
@@ -74,9 +85,9 @@ pub async fn check_visibility(client: &Client) -> Result<Check, VerifyError> {
         let plural =
             |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         format!(
-            "{}: forced index-only scans of {} count what sequential scans count; pg_check_visible finds nothing",
+            "{}: {} through forced index and index-only scans count what sequential scans count; pg_check_visible and pg_check_frozen find nothing",
             plural(tables.len(), "indexed table", "indexed tables"),
-            plural(compared, "index", "indexes")
+            plural(compared, "count", "counts")
         )
     } else {
         problems.join("; ")
@@ -88,52 +99,38 @@ pub async fn check_visibility(client: &Client) -> Result<Check, VerifyError> {
     })
 }
 
-/// Counts the rows of `table` with a sequential scan and with a forced
-/// index-only scan of the index on `column`, in one snapshot; `None` when
-/// the planner does not choose an index-only scan even when forced. The
-/// rows are ordered by `column`, which makes the planner consider the
-/// index (a bare count would not).
-async fn compare_scans(
-    client: &Client,
-    table: &str,
-    column: &str,
-) -> Result<Option<(i64, i64)>, VerifyError> {
+/// The row counts of one table through each path a query can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    seq: i64,
+    /// `None` when the planner will not use that path even when forced.
+    index: Option<i64>,
+    index_only: Option<i64>,
+}
+
+/// Counts the rows of `table` with a sequential scan, a forced index scan
+/// and a forced index-only scan of the index on `column`, in one
+/// snapshot. The rows are ordered by `column`, which makes the planner
+/// consider the index (a bare count would not).
+async fn compare_scans(client: &Client, table: &str, column: &str) -> Result<Counts, VerifyError> {
     let count =
         format!("SELECT count(*) FROM (SELECT {column} FROM {table} ORDER BY {column}) rows");
     client
-        .batch_execute(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ; \
-             SET LOCAL enable_indexscan = off; SET LOCAL enable_indexonlyscan = off; \
-             SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = on",
-        )
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         .await
-        .map_err(pg_err("forcing a sequential scan"))?;
+        .map_err(pg_err("starting the comparison"))?;
     let result = async {
-        let seq: i64 = client
-            .query_one(&count, &[])
-            .await
-            .map_err(pg_err("counting with a sequential scan"))?
-            .get(0);
-        client
-            .batch_execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_indexonlyscan = on")
-            .await
-            .map_err(pg_err("forcing an index-only scan"))?;
-        let plan: Vec<String> = client
-            .query(&format!("EXPLAIN {count}"), &[])
-            .await
-            .map_err(pg_err("explaining the index-only count"))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        if !plan.iter().any(|line| line.contains("Index Only Scan")) {
-            return Ok(None);
-        }
-        let index_only: i64 = client
-            .query_one(&count, &[])
-            .await
-            .map_err(pg_err("counting with an index-only scan"))?
-            .get(0);
-        Ok(Some((seq, index_only)))
+        let seq = count_through(client, &count, "enable_seqscan", "Seq Scan").await?;
+        // Index-only before index scan: an index scan marks the entries of
+        // dead heap tuples killed, and index-only scans skip killed entries,
+        // which would hide a stale visibility map.
+        let index_only =
+            count_through(client, &count, "enable_indexonlyscan", "Index Only Scan").await?;
+        Ok(Counts {
+            seq: seq.unwrap_or(-1),
+            index: count_through(client, &count, "enable_indexscan", "Index Scan").await?,
+            index_only,
+        })
     }
     .await;
     client
@@ -141,4 +138,51 @@ async fn compare_scans(
         .await
         .map_err(pg_err("ending the comparison"))?;
     result
+}
+
+/// Runs `count` with only the scan `enable` allows; `None` when the plan
+/// does not use `node`.
+async fn count_through(
+    client: &Client,
+    count: &str,
+    enable: &str,
+    node: &str,
+) -> Result<Option<i64>, VerifyError> {
+    let mut settings = String::new();
+    for scan in [
+        "enable_seqscan",
+        "enable_indexscan",
+        "enable_indexonlyscan",
+        "enable_bitmapscan",
+    ] {
+        let on = if scan == enable { "on" } else { "off" };
+        settings.push_str(&format!("SET LOCAL {scan} = {on}; "));
+    }
+    client
+        .batch_execute(&settings)
+        .await
+        .map_err(pg_err("choosing the scan"))?;
+    let plan: Vec<String> = client
+        .query(&format!("EXPLAIN {count}"), &[])
+        .await
+        .map_err(pg_err("explaining the count"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // "Index Scan" also matches "Index Only Scan": compare whole node names.
+    let uses = plan.iter().any(|line| {
+        line.trim_start()
+            .trim_start_matches("->")
+            .trim_start()
+            .starts_with(node)
+    });
+    if !uses {
+        return Ok(None);
+    }
+    let n: i64 = client
+        .query_one(count, &[])
+        .await
+        .map_err(pg_err("counting"))?
+        .get(0);
+    Ok(Some(n))
 }
