@@ -268,6 +268,37 @@ pub enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Run the mutation suite: every deliberate defect of the backup tool
+    /// must make one of the scenarios' drills fail.
+    ///
+    /// Each mutant (see `--mutant`) runs as engine `pgdrill-sabotaged`
+    /// against the scenarios in order until a drill fails (killed); one
+    /// that passes them all survived. Prints a table (mutant, result, what
+    /// caught it, in which scenario), writes it as mutants.md and
+    /// mutants.json into REPORT_DIR/<UTC time>-mutants/, and exits 1 when
+    /// a mutant survived. Needs a test build: `cargo run --release
+    /// --features sabotage -- mutants`.
+    Mutants {
+        /// Scenarios, in the order they are tried.
+        #[arg(default_values = [
+            "scenarios/quick.yaml",
+            "scenarios/delta-chain.yaml",
+            "scenarios/retention.yaml",
+            "scenarios/timeline-switch.yaml",
+        ])]
+        scenarios: Vec<PathBuf>,
+        /// Only this mutant (repeatable), by its PGDRILL_SABOTAGE name,
+        /// e.g. `stale_visibility_map` or `drop_every_nth_wal:3`; default:
+        /// the whole catalogue.
+        #[arg(long = "mutant", value_name = "NAME")]
+        mutants: Vec<String>,
+        /// Where reports go.
+        #[arg(long, default_value = "reports")]
+        report_dir: PathBuf,
+        /// No progress lines from the drills.
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Check scenario files without running them.
     Validate {
         #[arg(required = true)]
@@ -357,6 +388,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             keep,
             quiet,
         } => run_drills(&scenarios, seed, report_dir, keep, quiet).await,
+        Command::Mutants {
+            scenarios,
+            mutants,
+            report_dir,
+            quiet,
+        } => run_mutants(&scenarios, &mutants, report_dir, quiet).await,
         Command::Validate { scenarios } => {
             let mut code = exit::OK;
             for path in &scenarios {
@@ -490,6 +527,77 @@ async fn run_drills(
         }
     }
     Ok(code)
+}
+
+/// Runs the mutation suite (see `Command::Mutants`).
+async fn run_mutants(
+    files: &[PathBuf],
+    names: &[String],
+    report_dir: PathBuf,
+    quiet: bool,
+) -> anyhow::Result<i32> {
+    if !crate::fault::SABOTAGE_BUILT_IN {
+        anyhow::bail!(
+            "this pgdrill is built for use and has no deliberate defects; run the mutation suite from a test build: cargo run --release --features sabotage -- mutants"
+        );
+    }
+    let mutants = if names.is_empty() {
+        crate::fault::Sabotage::catalogue()
+    } else {
+        names
+            .iter()
+            .map(|n| {
+                crate::fault::Sabotage::parse(n).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--mutant {n:?} is not a known defect; the catalogue: {}",
+                        crate::fault::Sabotage::catalogue()
+                            .iter()
+                            .map(|m| m.to_setting())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let scenarios = files
+        .iter()
+        .map(|f| Scenario::load(f).map(|s| (s, f.clone())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let opts = crate::drill::RunOptions {
+        seed: None,
+        report_dir: report_dir.clone(),
+        keep: false,
+        quiet,
+        pgdrill: std::env::current_exe()?,
+    };
+    let suite = crate::drill::mutants::run(&mutants, &scenarios, &opts, |r| {
+        eprintln!(
+            "mutant {}: {} ({})",
+            r.mutant,
+            if r.killed { "killed" } else { "SURVIVED" },
+            r.caught_by
+        );
+    });
+    let results = tokio::select! {
+        r = suite => r?,
+        () = shutdown_signal() => {
+            eprintln!("pgdrill: interrupted; cleaned up");
+            return Ok(130);
+        }
+    };
+    let dir = report_dir.join(format!(
+        "{}-mutants",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+    ));
+    crate::drill::mutants::write(&dir, &results)?;
+    print!("{}", crate::drill::mutants::to_markdown(&results));
+    println!("\nwritten to {}", dir.join("mutants.md").display());
+    Ok(if results.iter().all(|r| r.killed) {
+        exit::OK
+    } else {
+        exit::FAILURE
+    })
 }
 
 async fn shutdown_signal() {
@@ -637,6 +745,7 @@ async fn run_backup_verb(command: Command, env_dir: Option<&Path>) -> Result<(),
         Command::S3Serve { .. }
         | Command::Bench(_)
         | Command::Run { .. }
+        | Command::Mutants { .. }
         | Command::Validate { .. }
         | Command::List { .. }
         | Command::WalVerify { .. }

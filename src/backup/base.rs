@@ -30,6 +30,7 @@ use super::pg::{connect, pg_err};
 use super::store::Key;
 use super::wal;
 use super::{BackupError, Context};
+use crate::fault::Sabotage;
 use crate::progress::{human_bytes, Progress};
 
 /// Directories whose contents are never backed up (the directory itself is
@@ -291,19 +292,36 @@ pub struct DeltaBase {
     from_lsn: u64,
     /// Its files' sizes.
     sizes: HashMap<String, u64>,
-    /// The deliberate defect `PGDRILL_SABOTAGE=stale_visibility_map` (test
-    /// builds only): map forks picked by LSN too.
-    stale_visibility_map: bool,
+    /// A deliberate defect (test builds only).
+    sabotage: Option<Sabotage>,
 }
 
 impl DeltaBase {
     /// Whether `rel`'s changed pages are picked by LSN.
     fn by_lsn(&self, rel: &str) -> bool {
-        if self.stale_visibility_map {
+        if self.sabotage == Some(Sabotage::StaleVisibilityMap) {
             return matches!(delta::relation_fork(rel), Some("" | "vm" | "fsm"));
         }
         delta::pages_selectable_by_lsn(rel)
     }
+
+    /// Pages of `rel` with an LSN at or after this one changed.
+    fn changed_since(&self, rel: &str) -> u64 {
+        if self.sabotage == Some(Sabotage::DeltaMissesChanges) && is_user_relation(rel) {
+            return u64::MAX;
+        }
+        self.from_lsn
+    }
+}
+
+/// Whether `rel` is a file of a relation users made (OID at least
+/// FirstNormalObjectId, 16384) in a database directory.
+fn is_user_relation(rel: &str) -> bool {
+    rel.strip_prefix("base/")
+        .and_then(|r| r.split('/').nth(1))
+        .and_then(|name| name.split(['_', '.']).next())
+        .and_then(|oid| oid.parse::<u32>().ok())
+        .is_some_and(|oid| oid >= 16384)
 }
 
 /// Most bytes of changed pages one file may keep in memory before the
@@ -362,7 +380,7 @@ fn write_part(
         header.set_entry_type(tar::EntryType::Regular);
         let previous_size = delta_base
             .filter(|d| d.by_lsn(&e.rel))
-            .and_then(|d| Some((d.from_lsn, *d.sizes.get(&e.rel)?)));
+            .and_then(|d| Some((d.changed_since(&e.rel), *d.sizes.get(&e.rel)?)));
         if let Some((from_lsn, previous_size)) = previous_size {
             match delta::scan(&mut file, size, previous_size, from_lsn, DELTA_PAGE_LIMIT)? {
                 delta::Scan::Pages { numbers, pages } => {
@@ -563,16 +581,27 @@ pub async fn backup_push(
                 .filter(|f| !f.is_dir)
                 .map(|f| (f.path.clone(), f.size))
                 .collect(),
-            stale_visibility_map: ctx.settings.sabotage
-                == Some(crate::fault::Sabotage::StaleVisibilityMap),
+            sabotage: ctx.settings.sabotage,
         })
     });
     info!(%backup_name, %start_lsn, "backup started");
 
     let walk_dir = data_dir.clone();
-    let entries = tokio::task::spawn_blocking(move || walk_data_dir(&walk_dir))
+    let mut entries = tokio::task::spawn_blocking(move || walk_data_dir(&walk_dir))
         .await
         .map_err(|e| BackupError::Invalid(format!("directory walk failed: {e}")))??;
+    if ctx.settings.sabotage == Some(Sabotage::OmitRelationFile) {
+        let largest = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| is_user_relation(&e.rel) && delta::pages_selectable_by_lsn(&e.rel))
+            .max_by_key(|(_, e)| e.size)
+            .map(|(i, _)| i);
+        if let Some(i) = largest {
+            warn!(file = %entries[i].rel, "SABOTAGE: leaving a relation file out of the backup");
+            entries.remove(i);
+        }
+    }
     let (pg_control, data_entries): (Vec<_>, Vec<_>) =
         entries.into_iter().partition(|e| e.rel == PG_CONTROL);
     if pg_control.is_empty() {
@@ -637,7 +666,19 @@ pub async fn backup_push(
         "stopping the backup (the WAL it needs may not be archived: check archive_command)",
     ))?;
     let finish_lsn: String = row.get(0);
-    let backup_label: String = row.get(1);
+    let mut backup_label: String = row.get(1);
+    if ctx.settings.sabotage == Some(Sabotage::WrongBackupLabel) {
+        warn!("SABOTAGE: backup_label names the backup's end as its checkpoint");
+        backup_label = backup_label
+            .lines()
+            .map(|line| match line.strip_prefix("CHECKPOINT LOCATION: ") {
+                Some(_) => format!("CHECKPOINT LOCATION: {}", row.get::<_, String>(0)),
+                None => line.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n";
+    }
     let tablespace_map: Option<String> = row.get(2);
     let finish_wal: String = row.get(3);
     let finish_time = Utc::now();
@@ -1348,6 +1389,12 @@ fn write_recovery_config(
             ));
         }
         RecoveryConfig::Time(t) => {
+            let t = if ctx.settings.sabotage == Some(Sabotage::LateRecoveryTarget) {
+                warn!("SABOTAGE: writing the recovery target two seconds late");
+                *t + chrono::Duration::seconds(2)
+            } else {
+                *t
+            };
             settings.push(format!(
                 "restore_command = '{}'",
                 restore_command.replace('\'', "''")

@@ -251,7 +251,11 @@ pub async fn delete(ctx: &Context, policy: &Policy, confirm: bool) -> Result<Pla
     let summaries: Vec<BackupSummary> = listed.into_iter().map(|b| b.summary).collect();
     let wal = ctx.store.list(layout::WAL_DIR).await?;
     let backup_objects = ctx.store.list(layout::BACKUP_DIR).await?;
-    let plan = plan(&summaries, &wal, &backup_objects, policy)?;
+    let mut plan = plan(&summaries, &wal, &backup_objects, policy)?;
+    if ctx.settings.sabotage == Some(crate::fault::Sabotage::RetentionDeletesNeededWal) {
+        tracing::warn!("SABOTAGE: deleting the WAL the oldest kept backup needs");
+        delete_wal_below_newest_kept(&mut plan, &summaries, &wal);
+    }
     let verb = if confirm { "deleting" } else { "would delete" };
     for b in &plan.delete_backups {
         println!("{verb} backup {b}");
@@ -292,6 +296,27 @@ pub async fn delete(ctx: &Context, policy: &Policy, confirm: bool) -> Result<Pla
         ctx.store.delete(key).await?;
     }
     Ok(plan)
+}
+
+/// The defect `retention_deletes_needed_wal`: WAL goes up to the start of
+/// the newest kept backup instead of the oldest.
+fn delete_wal_below_newest_kept(plan: &mut Plan, backups: &[BackupSummary], wal: &[ObjectInfo]) {
+    let newest_kept = backups
+        .iter()
+        .filter(|b| plan.keep_backups.contains(&b.backup_name))
+        .filter_map(|b| layout::wal_sort_key(&b.wal_file_name))
+        .max();
+    let Some(bound) = newest_kept else {
+        return;
+    };
+    for o in wal {
+        let below = layout::wal_name_of(&o.key)
+            .and_then(layout::wal_sort_key)
+            .is_some_and(|pos| pos < bound);
+        if below && !plan.delete_wal.contains(&o.key) {
+            plan.delete_wal.push(o.key.clone());
+        }
+    }
 }
 
 async fn delete_prefix(

@@ -16,6 +16,7 @@
 //!    deleted segment must fail; every restore must turn out as expected.
 //! 5. Judge objectives, write `report.json` and `report.md`.
 
+pub mod mutants;
 mod steps;
 
 use std::path::{Path, PathBuf};

@@ -134,15 +134,24 @@ pub enum Engine {
     PgdrillSabotaged,
 }
 
-/// The YAML form of a [`Sabotage`]: `drop_every_nth_wal: N` or
-/// `corrupt_every_nth_wal: N`, N counting WAL segments (1 means every one),
-/// or `stale_visibility_map`.
+/// The YAML form of a [`Sabotage`]: `drop_every_nth_wal: N` and the other
+/// every-Nth WAL defects, N counting WAL segments (1 means every one), or
+/// the name of a defect without a number, e.g. `stale_visibility_map`.
 #[derive(Deserialize)]
 #[serde(remote = "Sabotage", rename_all = "snake_case")]
 enum SabotageDef {
     DropEveryNthWal(u32),
     CorruptEveryNthWal(u32),
+    AlterEveryNthWal(u32),
+    TruncateEveryNthWal(u32),
+    HideEveryNthWal(u32),
     StaleVisibilityMap,
+    OmitRelationFile,
+    DeltaMissesChanges,
+    DropHistory,
+    RetentionDeletesNeededWal,
+    WrongBackupLabel,
+    LateRecoveryTarget,
 }
 
 fn sabotage<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Sabotage>, D::Error> {

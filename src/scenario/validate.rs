@@ -110,13 +110,22 @@ fn engine(s: &Scenario) -> Result<(), Problem> {
             "run it from a test build (`cargo test`, or build with `--features sabotage`)",
             "this pgdrill is built for use and cannot sabotage itself"
         ),
-        (_, Some(Sabotage::DropEveryNthWal(n) | Sabotage::CorruptEveryNthWal(n))) => ensure!(
+        (
+            _,
+            Some(
+                Sabotage::DropEveryNthWal(n)
+                | Sabotage::CorruptEveryNthWal(n)
+                | Sabotage::AlterEveryNthWal(n)
+                | Sabotage::TruncateEveryNthWal(n)
+                | Sabotage::HideEveryNthWal(n),
+            ),
+        ) => ensure!(
             n >= 1,
             ["sabotage"],
             "1 sabotages every WAL segment, 10 every tenth",
             "the sabotage interval must be at least 1"
         ),
-        (_, Some(Sabotage::StaleVisibilityMap)) | (Engine::Pgdrill, None) => {}
+        (_, Some(_)) | (Engine::Pgdrill, None) => {}
     }
     Ok(())
 }

@@ -1,0 +1,180 @@
+//! The mutation suite: a drill is only worth its PASS if it fails when the
+//! backup tool is broken. Every deliberate defect of the catalogue
+//! ([`Sabotage::catalogue`], test builds only) is run against a fixed set
+//! of scenarios, each turned into a `pgdrill-sabotaged` drill; a mutant is
+//! killed by the first drill that fails, and survives if all pass.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::{DrillError, RunOptions};
+use crate::fault::Sabotage;
+use crate::report::DrillReport;
+use crate::scenario::{Engine, Scenario};
+
+/// How one mutant fared.
+#[derive(Debug, Clone, Serialize)]
+pub struct MutantResult {
+    /// The defect, as `PGDRILL_SABOTAGE` spells it.
+    pub mutant: String,
+    /// What the defect does.
+    pub description: String,
+    pub killed: bool,
+    /// The scenario whose drill failed.
+    pub scenario: Option<String>,
+    /// What failed: the checks of the restores, or the step.
+    pub caught_by: String,
+    /// Drills run for this mutant.
+    pub drills: usize,
+    /// The report of the drill that killed it (or of the last one run).
+    pub report_dir: Option<PathBuf>,
+}
+
+/// Runs every mutant against the scenarios, in order, until a drill fails.
+pub async fn run(
+    mutants: &[Sabotage],
+    scenarios: &[(Scenario, PathBuf)],
+    opts: &RunOptions,
+    mut progress: impl FnMut(&MutantResult),
+) -> Result<Vec<MutantResult>, DrillError> {
+    let mut results = Vec::new();
+    for &mutant in mutants {
+        let mut result = MutantResult {
+            mutant: mutant.to_setting(),
+            description: mutant.description().to_string(),
+            killed: false,
+            scenario: None,
+            caught_by: "every drill passed".to_string(),
+            drills: 0,
+            report_dir: None,
+        };
+        for (scenario, file) in scenarios {
+            let sabotaged = Scenario {
+                engine: Engine::PgdrillSabotaged,
+                sabotage: Some(mutant),
+                ..scenario.clone()
+            };
+            let outcome = super::run(&sabotaged, file, opts).await?;
+            result.drills += 1;
+            result.report_dir = Some(outcome.dir.clone());
+            if !outcome.report.passed {
+                result.killed = true;
+                result.scenario = Some(scenario.name.clone());
+                result.caught_by = caught_by(&outcome.report);
+                break;
+            }
+        }
+        progress(&result);
+        results.push(result);
+    }
+    Ok(results)
+}
+
+/// What made a drill fail, briefly: the failed checks of each restore that
+/// did not end as expected, or the failed steps.
+pub fn caught_by(report: &DrillReport) -> String {
+    let mut parts: Vec<String> = report
+        .steps
+        .iter()
+        .filter(|s| !s.ok)
+        .map(|s| format!("step {} failed", s.action))
+        .collect();
+    for r in report.restores.iter().filter(|r| !r.as_expected) {
+        let failed: Vec<&str> = r
+            .verify
+            .iter()
+            .flat_map(|v| &v.checks)
+            .filter(|c| !c.passed)
+            .map(|c| c.name.as_str())
+            .collect();
+        parts.push(if failed.is_empty() {
+            let error = r.error.as_deref().unwrap_or("failed");
+            format!("restore {}: {}", r.label, first_words(error, 12))
+        } else {
+            format!("restore {}: {}", r.label, failed.join(", "))
+        });
+    }
+    if parts.is_empty() {
+        parts.extend(report.failures.iter().map(|f| first_words(f, 12)));
+    }
+    parts.truncate(3);
+    parts.join("; ")
+}
+
+fn first_words(text: &str, n: usize) -> String {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let mut out = words[..words.len().min(n)].join(" ");
+    if words.len() > n {
+        out.push_str(" …");
+    }
+    out
+}
+
+/// The results as a Markdown table.
+pub fn to_markdown(results: &[MutantResult]) -> String {
+    let killed = results.iter().filter(|r| r.killed).count();
+    let mut out = format!(
+        "# Mutation suite: {killed} of {} mutants killed\n\n| mutant | what it breaks | result | caught by | scenario |\n|---|---|---|---|---|\n",
+        results.len()
+    );
+    for r in results {
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} | {} |\n",
+            r.mutant,
+            r.description,
+            if r.killed { "killed" } else { "**SURVIVED**" },
+            r.caught_by.replace('|', "\\|"),
+            r.scenario.as_deref().unwrap_or("-")
+        ));
+    }
+    out
+}
+
+/// Writes `mutants.md` and `mutants.json` into `dir`.
+pub fn write(dir: &Path, results: &[MutantResult]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("mutants.md"), to_markdown(results))?;
+    let json = serde_json::to_vec_pretty(results).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join("mutants.json"), json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(mutant: Sabotage, killed: bool) -> MutantResult {
+        MutantResult {
+            mutant: mutant.to_setting(),
+            description: mutant.description().to_string(),
+            killed,
+            scenario: killed.then(|| "quick".to_string()),
+            caught_by: if killed {
+                "restore latest: row_count | acked_kept".to_string()
+            } else {
+                "every drill passed".to_string()
+            },
+            drills: 1,
+            report_dir: None,
+        }
+    }
+
+    #[test]
+    fn the_table_names_survivors_and_what_caught_the_others() {
+        let table = to_markdown(&[
+            result(Sabotage::LateRecoveryTarget, true),
+            result(Sabotage::DropHistory, false),
+        ]);
+        assert!(
+            table.starts_with("# Mutation suite: 1 of 2 mutants killed"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| `late_recovery_target` | the recovery target written two seconds late | killed | restore latest: row_count \\| acked_kept | quick |"),
+            "{table}"
+        );
+        assert!(table.contains("| `drop_history` | timeline history files not stored | **SURVIVED** | every drill passed | - |"), "{table}");
+        assert_eq!(first_words("a b c d", 2), "a b …");
+        assert_eq!(first_words("a b", 2), "a b");
+    }
+}
