@@ -13,7 +13,7 @@ use rand::SeedableRng;
 
 use common::*;
 use pgdrill::env::local::{InitOptions, LocalPostgres};
-use pgdrill::verify::{amcheck, verify_restore, CheckName};
+use pgdrill::verify::{identity, identity_checks, verify_restore, CheckName};
 use pgdrill::workload::{self, target_time_arg, Mix, Outcome, WorkloadSpec, ITEMS, TABLE};
 
 /// Connection settings for database `db` of `pg`.
@@ -33,7 +33,7 @@ async fn connect(cfg: &tokio_postgres::Config) -> tokio_postgres::Client {
 }
 
 /// A mixed workload: ledger rows plus item inserts, updates (HOT and not)
-/// and deletes, and VACUUM (FREEZE) every second.
+/// and deletes, VACUUM (FREEZE) every second, and DDL every 400 ms.
 fn spec(duration: Duration) -> WorkloadSpec {
     WorkloadSpec {
         writers: 2,
@@ -46,6 +46,7 @@ fn spec(duration: Duration) -> WorkloadSpec {
             deletes: 15,
             vacuum_freeze_every: Some(Duration::from_secs(1)),
             prefill: 500,
+            ddl_every: Some(Duration::from_millis(400)),
         }),
     }
 }
@@ -115,7 +116,8 @@ async fn restores_match_the_ledger_and_tampering_is_named() {
         last_acked.sent_at <= last_commit && last_commit <= target,
         "{last_commit} vs {last_acked:?}"
     );
-    amcheck(&pitr).unwrap();
+    let amcheck = pitr.amcheck().await.unwrap();
+    assert!(amcheck.passed, "{amcheck:?}");
 
     // Tampering with an item (a lost update) is named by writer and id.
     let changed = c
@@ -130,6 +132,36 @@ async fn restores_match_the_ledger_and_tampering_is_named() {
     let items = v.check(CheckName::Items).unwrap();
     assert!(!v.passed && !items.passed, "{v}");
     assert!(items.detail.contains("differs: rev"), "{}", items.detail);
+
+    // The DDL objects: round 1's table and database exist by the target;
+    // a table gone, rows in the unlogged table and a sequence set back are
+    // each named.
+    let ddl = ledger.ddl();
+    assert!(ddl.error.is_none(), "{:?}", ddl.error);
+    assert!(ddl.events.len() >= 8, "{:?}", ddl.events);
+    for check in [
+        CheckName::DdlObjects,
+        CheckName::Sequence,
+        CheckName::Unlogged,
+    ] {
+        assert!(v.check(check).unwrap().passed, "{v}");
+    }
+    c.batch_execute(
+        "DROP TABLE pgdrill_ddl_t1; INSERT INTO pgdrill_unlogged VALUES (-1); SELECT setval('pgdrill_ddl_seq', 1)",
+    )
+    .await
+    .unwrap();
+    let v = verify_restore(&c, &ledger, Some(target)).await.unwrap();
+    let detail = |name| v.check(name).unwrap().detail.clone();
+    assert!(
+        detail(CheckName::DdlObjects).contains("pgdrill_ddl_t1 is missing"),
+        "{v}"
+    );
+    assert!(detail(CheckName::Unlogged).contains("holds 1 rows"), "{v}");
+    assert!(
+        detail(CheckName::Sequence).contains("went back to 1"),
+        "{v}"
+    );
 
     // Tampering: one acknowledged row deleted is named by writer and seq.
     let seq = *expectation.per_writer[&2].start() / 2;
@@ -160,7 +192,31 @@ async fn restores_match_the_ledger_and_tampering_is_named() {
     let v = verify_restore(&c, &ledger, None).await.unwrap();
     assert!(v.passed && v.exact, "{v}");
     assert_eq!(v.rows, acked);
+    // The source's cluster, promoted to timeline 2.
+    let source = identity(&client).await.unwrap();
+    let restored = identity(&c).await.unwrap();
+    assert_eq!(restored.timeline, 2, "{restored:?}");
+    for check in identity_checks(&source, &restored) {
+        assert!(check.passed, "{check:?}");
+    }
+    // pg_checksums passes on the stopped restore, and names a block whose
+    // bytes changed behind PostgreSQL's back.
+    let file: String = c
+        .query_one(&format!("SELECT pg_relation_filepath('{TABLE}')"), &[])
+        .await
+        .unwrap()
+        .get(0);
     drop(c);
+    let mut latest = latest;
+    let checksums = latest.checksums().await.unwrap();
+    assert!(checksums.passed, "{checksums:?}");
+    let path = latest.data_dir.join(&file);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[4000] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let checksums = latest.checksums().await.unwrap();
+    assert!(!checksums.passed, "{checksums:?}");
+    assert!(checksums.detail.contains(&file), "{checksums:?}");
     drop(latest);
 
     // (c) The primary dies mid-workload: each writer ends with its commit

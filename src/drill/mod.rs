@@ -346,6 +346,9 @@ async fn drive(
     progress: &Progress,
 ) -> Result<(), DrillError> {
     let primary = crate::env::connect_once(&env.primary_config()).await?;
+    let source = verify::identity(&primary)
+        .await
+        .map_err(|e| EnvError::Other(format!("the primary: {e}")))?;
     let spec = WorkloadSpec {
         writers: scenario.workload.writers,
         rate_per_second: scenario.workload.rate_per_second,
@@ -378,6 +381,7 @@ async fn drive(
         chain: None,
         rng: rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(1)),
         history: History::default(),
+        source,
     };
     let mut steps = scenario.steps.clone();
     steps.sort_by_key(Step::at);
@@ -421,6 +425,7 @@ async fn drive(
         env,
         primary,
         mut history,
+        source,
         ..
     } = live;
     report.workload = Some(ledger.summary());
@@ -469,7 +474,7 @@ async fn drive(
             must_fail: history.must_fail(backup, None),
         };
         let (record, loss) =
-            restore_and_verify(scenario, env, &ledger, &plan, disaster.is_some()).await;
+            restore_and_verify(scenario, env, &ledger, &source, &plan, disaster.is_some()).await;
         rto_s = rto_of(&record);
         if let Some((kind, at)) = &disaster {
             let recovered = record.verify.as_ref().and_then(|v| v.last_commit_time);
@@ -511,7 +516,7 @@ async fn drive(
             target: Some(target),
             must_fail: history.must_fail(backup, Some(target)),
         };
-        let (record, _) = restore_and_verify(scenario, env, &ledger, &plan, false).await;
+        let (record, _) = restore_and_verify(scenario, env, &ledger, &source, &plan, false).await;
         rto_s = match (rto_s, rto_of(&record)) {
             (Some(a), Some(b)) => Some(f64::max(a, b)),
             (a, b) => a.or(b),
@@ -736,6 +741,7 @@ async fn restore_and_verify(
     scenario: &Scenario,
     env: &mut dyn Environment,
     ledger: &Ledger,
+    source: &verify::ClusterIdentity,
     plan: &Plan<'_>,
     after_disaster: bool,
 ) -> (RestoreRecord, Option<verify::VerifyOutcome>) {
@@ -761,8 +767,9 @@ async fn restore_and_verify(
         Ok(restored) => {
             let loss = verify_restored(
                 scenario,
-                &*env,
+                env,
                 ledger,
+                source,
                 &mut record,
                 restored,
                 after_disaster,
@@ -807,8 +814,9 @@ fn as_expected(record: &RestoreRecord) -> bool {
 /// [`restore_and_verify`].
 async fn verify_restored(
     scenario: &Scenario,
-    env: &dyn Environment,
+    env: &mut dyn Environment,
     ledger: &Ledger,
+    source: &verify::ClusterIdentity,
     record: &mut RestoreRecord,
     restored: crate::env::Restored,
     after_disaster: bool,
@@ -842,25 +850,48 @@ async fn verify_restored(
         }
         Err(e) => errors.push(format!("verification could not run: {e}")),
     }
-    if scenario.verify.contains(&Check::Visibility) {
-        match verify::check_visibility(&restored.client).await {
-            Ok(check) => {
+    let mut add = |checks: Result<Vec<verify::Check>, String>, what: &str| match checks {
+        Ok(checks) => {
+            for check in checks {
                 if !check.passed {
-                    errors.push(format!("visibility: {}", check.detail));
+                    errors.push(format!("{}: {}", check.name, check.detail));
                 }
                 if let Some(o) = &mut record.verify {
                     o.passed &= check.passed;
                     o.checks.push(check);
                 }
             }
-            Err(e) => errors.push(format!("visibility check could not run: {e}")),
         }
+        Err(e) => errors.push(format!("{what} could not run: {e}")),
+    };
+    if scenario.verify.contains(&Check::Visibility) {
+        let check = verify::check_visibility(&restored.client).await;
+        add(
+            check.map(|c| vec![c]).map_err(|e| e.to_string()),
+            "visibility check",
+        );
     }
+    let identity = verify::identity(&restored.client).await;
+    add(
+        identity
+            .map(|found| verify::identity_checks(source, &found).to_vec())
+            .map_err(|e| e.to_string()),
+        "identity check",
+    );
     if scenario.verify.contains(&Check::Amcheck) {
-        if let Err(e) = env.amcheck(&record.label).await {
-            errors.push(format!("amcheck: {e}"));
-        }
+        let check = env.amcheck(&record.label).await;
+        add(
+            check.map(|c| vec![c]).map_err(|e| e.to_string()),
+            "pg_amcheck",
+        );
     }
+    // Last: it shuts the restore down.
+    drop(restored);
+    let check = env.checksums(&record.label).await;
+    add(
+        check.map(|c| vec![c]).map_err(|e| e.to_string()),
+        "pg_checksums",
+    );
     record.rto.verify_s = verify_clock.elapsed().as_secs_f64();
     record.passed = errors.is_empty();
     record.error = (!errors.is_empty()).then(|| errors.join("; "));

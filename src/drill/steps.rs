@@ -63,6 +63,8 @@ pub(super) struct Live<'a> {
     /// Choices of the failovers.
     pub rng: StdRng,
     pub history: History,
+    /// The primaries' cluster, and the newest timeline one wrote on.
+    pub source: verify::ClusterIdentity,
 }
 
 impl Live<'_> {
@@ -232,7 +234,8 @@ impl Live<'_> {
         entries.extend_from_slice(run.entries());
         let mut errors = self.inherited_errors.clone();
         errors.extend(run.writer_errors().clone());
-        Ledger::new(self.spec.clone(), self.started_at, entries, errors)
+        // DDL runs without failovers only (see scenario validation).
+        Ledger::new(self.spec.clone(), self.started_at, entries, errors).with_ddl(run.ddl().clone())
     }
 
     /// Stops the writers and returns the ledger of everything the current
@@ -300,6 +303,19 @@ impl Live<'_> {
             .await
             .map_err(pg_err)?
             .get(0);
+        let promoted = verify::identity(&restored.client)
+            .await
+            .map_err(|e| EnvError::Other(format!("the new primary: {e}")))?;
+        if let Some(wrong) = verify::identity_checks(&self.source, &promoted)
+            .into_iter()
+            .find(|c| !c.passed)
+        {
+            return Err(EnvError::Other(format!(
+                "the new primary: {}: {}",
+                wrong.name, wrong.detail
+            )));
+        }
+        self.source = promoted;
         let held: BTreeMap<u32, u64> = outcome
             .per_writer
             .iter()

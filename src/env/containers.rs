@@ -563,15 +563,13 @@ impl ContainersEnvironment {
         let mut settings = archiving_settings(Path::new(PGDRILL), Path::new(ENV_DIR), &[]);
         settings.extend(spec.postgres_settings.iter().cloned());
         let volume = env.volume("primary");
-        let mut primary = env
+        let primary = env
             .request("primary", Some(&volume))
             .with_ready_conditions(vec![WaitFor::message_on_stderr(READY)])
             .with_startup_timeout(Duration::from_secs(180))
             .with_cmd(postgres_command(&settings));
-        if let Some(mb) = spec.wal_segsize_mb {
-            primary = primary.with_env_var("POSTGRES_INITDB_ARGS", format!("--wal-segsize={mb}"));
-        }
         let primary = primary
+            .with_env_var("POSTGRES_INITDB_ARGS", initdb_args(spec.wal_segsize_mb))
             .start()
             .await
             .map_err(docker_err("starting the primary"))?;
@@ -929,6 +927,16 @@ fn walk(dir: &Path) -> Result<Vec<PathBuf>, ContainersError> {
 }
 
 /// `postgres -c name=value ...` (no shell: values need no quoting).
+/// `POSTGRES_INITDB_ARGS` of the primary: data checksums (which
+/// `pg_checksums --check` verifies in every restore) and the WAL segment
+/// size in MiB, if not the default.
+fn initdb_args(wal_segsize_mb: Option<u32>) -> String {
+    match wal_segsize_mb {
+        Some(mb) => format!("--data-checksums --wal-segsize={mb}"),
+        None => "--data-checksums".to_string(),
+    }
+}
+
 fn postgres_command(settings: &[(String, String)]) -> Vec<String> {
     let mut cmd = vec![
         "postgres".to_string(),
@@ -1118,7 +1126,7 @@ impl super::Environment for ContainersEnvironment {
         Ok(restored)
     }
 
-    async fn amcheck(&self, label: &str) -> Result<(), EnvError> {
+    async fn amcheck(&self, label: &str) -> Result<crate::verify::Check, EnvError> {
         let server = self
             .restores
             .get(label)
@@ -1126,8 +1134,55 @@ impl super::Environment for ContainersEnvironment {
         let mut cmd = vec!["runuser", "-u", "postgres", "--", "pg_amcheck"];
         cmd.extend_from_slice(crate::verify::AMCHECK_ARGS);
         let run = exec(server, &cmd).await?;
-        crate::verify::amcheck_result(run.status, &run.stdout, &run.stderr)
-            .map_err(|e| EnvError::Other(e.to_string()))
+        Ok(crate::verify::amcheck_check(
+            run.status.success(),
+            &run.stdout,
+            &run.stderr,
+        ))
+    }
+
+    async fn checksums(&mut self, label: &str) -> Result<crate::verify::Check, EnvError> {
+        let server = self
+            .restores
+            .get(label)
+            .ok_or_else(|| EnvError::Other(format!("no restore {label}")))?;
+        // The image's stop signal is SIGINT: a fast, clean shutdown.
+        server
+            .stop_with_timeout(Some(60))
+            .await
+            .map_err(docker_err(format!("stopping restore {label}")))?;
+        let volume = self.volume(&format!("restore-{label}"));
+        let checker = self
+            .request(&format!("checksums-{label}"), Some(&volume))
+            .with_cmd([
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                "pg_checksums",
+                "--check",
+                "-D",
+                PGDATA,
+            ])
+            .with_ready_conditions(vec![WaitFor::Exit(ExitWaitStrategy::new())])
+            .with_startup_timeout(Duration::from_secs(3600))
+            .start()
+            .await
+            .map_err(docker_err(format!(
+                "running pg_checksums on restore {label}"
+            )))?;
+        let code = checker
+            .exit_code()
+            .await
+            .map_err(docker_err("reading pg_checksums' exit code"))?;
+        let stdout = checker.stdout_to_vec().await.unwrap_or_default();
+        let stderr = checker.stderr_to_vec().await.unwrap_or_default();
+        let _ = checker.rm().await;
+        Ok(crate::verify::checksums_check(
+            code == Some(0),
+            &String::from_utf8_lossy(&stdout),
+            &String::from_utf8_lossy(&stderr),
+        ))
     }
 
     async fn discard_restore(&mut self, label: &str) {

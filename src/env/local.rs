@@ -451,6 +451,8 @@ impl LocalPostgres {
             "UTF8",
             "--locale=C",
             "--no-sync",
+            // pg_checksums --check then verifies every restored block.
+            "--data-checksums",
         ]);
         if let Some(mb) = opts.wal_segsize_mb {
             cmd.arg(format!("--wal-segsize={mb}"));
@@ -655,6 +657,42 @@ impl LocalPostgres {
             .env("PGDATABASE", "postgres");
         as_user(&mut cmd, self.run_as);
         cmd
+    }
+
+    /// Runs `pg_amcheck` ([`crate::verify::AMCHECK_ARGS`]) against this
+    /// server.
+    pub async fn amcheck(&self) -> Result<crate::verify::Check, LocalError> {
+        let mut cmd = tokio::process::Command::from(self.client_tool("pg_amcheck"));
+        let out = cmd
+            .args(crate::verify::AMCHECK_ARGS)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(io_err("running pg_amcheck"))?;
+        Ok(crate::verify::amcheck_check(
+            out.status.success(),
+            &String::from_utf8_lossy(&out.stdout),
+            &String::from_utf8_lossy(&out.stderr),
+        ))
+    }
+
+    /// Shuts this server down cleanly and runs `pg_checksums --check` on
+    /// its data directory (it refuses a running or crashed cluster).
+    pub async fn checksums(&mut self) -> Result<crate::verify::Check, LocalError> {
+        self.stop("fast")?;
+        let mut cmd = self.bin.tool("pg_checksums");
+        cmd.arg("--check").arg("-D").arg(&self.data_dir);
+        as_user(&mut cmd, self.run_as);
+        let out = tokio::process::Command::from(cmd)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(io_err("running pg_checksums"))?;
+        Ok(crate::verify::checksums_check(
+            out.status.success(),
+            &String::from_utf8_lossy(&out.stdout),
+            &String::from_utf8_lossy(&out.stderr),
+        ))
     }
 
     /// The server log's last lines (for error messages).
@@ -894,12 +932,20 @@ impl super::Environment for LocalEnvironment {
         Ok(restored)
     }
 
-    async fn amcheck(&self, label: &str) -> Result<(), super::EnvError> {
+    async fn amcheck(&self, label: &str) -> Result<crate::verify::Check, super::EnvError> {
         let pg = self
             .restores
             .get(label)
             .ok_or_else(|| super::EnvError::Other(format!("no restore {label}")))?;
-        crate::verify::amcheck(pg).map_err(|e| super::EnvError::Other(e.to_string()))
+        Ok(pg.amcheck().await?)
+    }
+
+    async fn checksums(&mut self, label: &str) -> Result<crate::verify::Check, super::EnvError> {
+        let pg = self
+            .restores
+            .get_mut(label)
+            .ok_or_else(|| super::EnvError::Other(format!("no restore {label}")))?;
+        Ok(pg.checksums().await?)
     }
 
     async fn discard_restore(&mut self, label: &str) {

@@ -172,8 +172,12 @@ pub trait Environment: Send + Sync {
         backup: &str,
         target: DateTime<Utc>,
     ) -> Result<Restored, EnvError>;
-    /// Runs amcheck on restore `label`.
-    async fn amcheck(&self, label: &str) -> Result<(), EnvError>;
+    /// Runs `pg_amcheck` ([`crate::verify::AMCHECK_ARGS`]) on restore
+    /// `label`; the check fails when it finds corruption.
+    async fn amcheck(&self, label: &str) -> Result<crate::verify::Check, EnvError>;
+    /// Shuts restore `label` down cleanly and runs `pg_checksums --check`
+    /// on its data directory; the restore serves no query after this.
+    async fn checksums(&mut self, label: &str) -> Result<crate::verify::Check, EnvError>;
     /// Stops restore `label` and frees what it used.
     async fn discard_restore(&mut self, label: &str);
     /// Keeps everything (processes stopped, directories left) for `--keep`;

@@ -321,6 +321,11 @@ pub struct WorkloadMix {
     /// Default: 1000.
     #[serde(default = "default_prefill")]
     pub prefill: u32,
+    /// One DDL operation this often (relation rewrites, CREATE INDEX
+    /// CONCURRENTLY, CREATE/DROP TABLE and DATABASE; see scenarios/README),
+    /// at least 500ms. Default: none.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub ddl_every: Option<Duration>,
 }
 
 fn default_prefill() -> u32 {
@@ -335,6 +340,7 @@ impl WorkloadMix {
             deletes: self.deletes,
             vacuum_freeze_every: self.vacuum_freeze_every,
             prefill: self.prefill,
+            ddl_every: self.ddl_every,
         }
     }
 }

@@ -219,6 +219,26 @@ fn workload(s: &Scenario) -> Result<(), Problem> {
                 format_duration(every)
             );
         }
+        if let Some(every) = mix.ddl_every {
+            ensure!(
+                every >= Duration::from_millis(500),
+                ["workload", "mix", "ddl_every"],
+                "use at least 500ms, e.g. `1s`",
+                "ddl_every {} is too short",
+                format_duration(every)
+            );
+            // Its record starts on the first primary and its objects are
+            // judged at the target; a new primary or an archive cut short
+            // by a crash would need both to carry over (not built yet).
+            ensure!(
+                !s.steps
+                    .iter()
+                    .any(|st| matches!(st, Step::PitrFailover { .. } | Step::Disaster { .. })),
+                ["workload", "mix", "ddl_every"],
+                "run DDL in a scenario without pitr_failover and disaster steps",
+                "ddl_every cannot be combined with a pitr_failover or disaster step yet"
+            );
+        }
     }
     Ok(())
 }

@@ -1,9 +1,11 @@
 //! Verifying a restored cluster against the workload's [`Ledger`]: row
 //! counts, gap-free sequences, no extra rows, no lost acknowledged commits,
-//! payloads and the content hash; [`amcheck`] for physical corruption; and
-//! [`check_visibility`] for what index-only scans see.
+//! payloads and the content hash; [`check_visibility`] for what index-only
+//! scans see; and [`cluster`] checks of the cluster as a whole (identity,
+//! timeline, amcheck and checksums verdicts).
 
-mod amcheck;
+mod cluster;
+mod ddl;
 mod items;
 mod outcome;
 mod visibility;
@@ -18,7 +20,9 @@ use tokio_postgres::{Client, Row};
 use crate::backup::pg::pg_error_text;
 use crate::workload::{ContentHasher, Ledger, SeqSet, TABLE};
 
-pub use amcheck::{amcheck, amcheck_result, AMCHECK_ARGS};
+pub use cluster::{
+    amcheck_check, checksums_check, identity, identity_checks, ClusterIdentity, AMCHECK_ARGS,
+};
 pub use outcome::{Check, CheckName, VerifyOutcome, WriterResult};
 pub use visibility::check_visibility;
 
@@ -36,12 +40,6 @@ pub enum VerifyError {
     /// A query on the restored server failed.
     #[error("{context}: {message}")]
     Postgres { context: String, message: String },
-    /// pg_amcheck could not be started.
-    #[error("could not run pg_amcheck: {0}")]
-    AmcheckStart(#[source] std::io::Error),
-    /// pg_amcheck reported corruption or failed.
-    #[error("pg_amcheck failed ({status}): {output}")]
-    Amcheck { status: String, output: String },
 }
 
 fn pg_err(context: &str) -> impl Fn(tokio_postgres::Error) -> VerifyError + '_ {
@@ -91,6 +89,18 @@ pub async fn verify_restore(
             items::check_items(client, ledger.spec().seed, mix, &outcome.per_writer).await?;
         outcome.passed &= check.passed;
         outcome.checks.push(check);
+        if mix.ddl_every.is_some() {
+            // Recovery to a time ends at it; to the end of WAL, after
+            // every acknowledged operation.
+            let (lo, hi) = match target {
+                Some(t) => (t, Some(t)),
+                None => (DateTime::<Utc>::MAX_UTC, None),
+            };
+            let expected = crate::workload::ddl::DdlModel::new(ledger.ddl()).expected(lo, hi);
+            let checks = ddl::judge(&expected, &ddl::observe(client).await?);
+            outcome.passed &= checks.iter().all(|c| c.passed);
+            outcome.checks.extend(checks);
+        }
     }
     Ok(outcome)
 }

@@ -31,6 +31,22 @@ pub enum CheckName {
     /// Each writer's items (mixed workload) are exactly what its restored
     /// commits wrote.
     Items,
+    /// The restored cluster is the source's (`pg_control`'s system
+    /// identifier).
+    SystemIdentifier,
+    /// The restore was promoted to the timeline after the archive's newest.
+    Timeline,
+    /// `pg_amcheck --heapallindexed --parent-check` finds no corruption.
+    Amcheck,
+    /// `pg_checksums --check` on the stopped restore finds no bad block.
+    Checksums,
+    /// The DDL task's tables (rows, indexes) and databases are those of
+    /// a state the DDL record allows at the target.
+    DdlObjects,
+    /// The DDL sequence is at or past its last acknowledged value.
+    Sequence,
+    /// The unlogged table exists and is empty.
+    Unlogged,
 }
 
 impl CheckName {
@@ -46,6 +62,13 @@ impl CheckName {
             CheckName::ContentHash => "content_hash",
             CheckName::Visibility => "visibility",
             CheckName::Items => "items",
+            CheckName::SystemIdentifier => "system_identifier",
+            CheckName::Timeline => "timeline",
+            CheckName::Amcheck => "amcheck",
+            CheckName::Checksums => "checksums",
+            CheckName::DdlObjects => "ddl_objects",
+            CheckName::Sequence => "sequence",
+            CheckName::Unlogged => "unlogged",
         }
     }
 }

@@ -52,6 +52,8 @@ pub struct Mix {
     pub vacuum_freeze_every: Option<Duration>,
     /// Items each writer has before the workload starts.
     pub prefill: u32,
+    /// Run one DDL operation (see [`super::ddl`]) this often.
+    pub ddl_every: Option<Duration>,
 }
 
 /// One item as the table holds it (besides its writer and id).
@@ -230,6 +232,7 @@ impl Mix {
             deletes: 15,
             vacuum_freeze_every: None,
             prefill,
+            ddl_every: None,
         }
     }
 }
@@ -307,6 +310,7 @@ mod tests {
             deletes: 0,
             vacuum_freeze_every: None,
             prefill: 0,
+            ddl_every: None,
         };
         let model = ItemModel::after(1, none, 1, 50);
         assert_eq!(

@@ -22,6 +22,7 @@ use rand::Rng;
 use serde::Serialize;
 
 use super::content::{payload, ContentHasher};
+use super::ddl::DdlLog;
 use super::seqs::SeqSet;
 use super::WorkloadSpec;
 
@@ -125,6 +126,7 @@ pub struct Ledger {
     started_at: DateTime<Utc>,
     entries: Vec<LedgerEntry>,
     writer_errors: BTreeMap<u32, String>,
+    ddl: DdlLog,
 }
 
 impl Ledger {
@@ -142,7 +144,19 @@ impl Ledger {
             started_at,
             entries,
             writer_errors,
+            ddl: DdlLog::default(),
         }
+    }
+
+    /// This ledger with the DDL task's record.
+    pub fn with_ddl(mut self, ddl: DdlLog) -> Ledger {
+        self.ddl = ddl;
+        self
+    }
+
+    /// The DDL task's record (empty without one).
+    pub fn ddl(&self) -> &DdlLog {
+        &self.ddl
     }
 
     pub fn spec(&self) -> &WorkloadSpec {

@@ -9,9 +9,11 @@
 //! from (seed, writer, seq), so the expected table content follows from the
 //! ledger alone. With a [`Mix`], the same statement also inserts, updates
 //! or deletes one of the writer's rows in [`ITEMS`] (see [`items`]), and a
-//! task runs `VACUUM (FREEZE)` now and then.
+//! task runs `VACUUM (FREEZE)` now and then, and another DDL (see
+//! [`ddl`]).
 
 mod content;
+pub mod ddl;
 pub mod items;
 mod ledger;
 mod seqs;
@@ -92,6 +94,9 @@ pub async fn prepare(client: &Client, spec: &WorkloadSpec) -> Result<(), Workloa
             .await
             .map_err(pg_err("creating the items table"))?;
         prefill(client, spec.seed, mix, spec.writers).await?;
+        if mix.ddl_every.is_some() {
+            ddl::prepare(client).await?;
+        }
     }
     let row = client
         .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {TABLE})"), &[])

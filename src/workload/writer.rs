@@ -15,6 +15,7 @@ use tokio_postgres::error::Severity;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
+use super::ddl::DdlLog;
 use super::items::{ItemModel, ItemOp, Mix, ITEMS};
 use super::{payload, pg_err, Ledger, LedgerEntry, Outcome, WorkloadError, WorkloadSpec, TABLE};
 use crate::backup::pg::pg_error_text;
@@ -25,7 +26,7 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// What the handle asks of the writers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Control {
+pub(super) enum Control {
     Run,
     Pause,
     Stop,
@@ -56,6 +57,8 @@ pub struct WorkloadHandle {
     tasks: Vec<(u32, JoinHandle<WriterRun>)>,
     /// The task running `VACUUM (FREEZE)` of a mixed workload.
     vacuum: Option<JoinHandle<()>>,
+    /// The task running DDL (see [`super::ddl`]).
+    ddl: Option<JoinHandle<DdlLog>>,
 }
 
 /// Starts `spec.writers` writers connecting with `config`, from now until
@@ -117,6 +120,10 @@ pub fn start_from(
         let progress = Arc::clone(&progress);
         tokio::spawn(vacuum_freeze(config, every, deadline, control, progress))
     });
+    let ddl = spec.mix.and_then(|m| m.ddl_every).map(|every| {
+        let (config, control) = (Arc::clone(&config), control_rx.clone());
+        tokio::spawn(super::ddl::run(config, every, deadline, control))
+    });
     Ok(WorkloadHandle {
         spec,
         started_at,
@@ -124,6 +131,7 @@ pub fn start_from(
         progress,
         tasks,
         vacuum,
+        ddl,
     })
 }
 
@@ -230,7 +238,14 @@ impl WorkloadHandle {
         if let Some(vacuum) = self.vacuum.take() {
             let _ = vacuum.await;
         }
-        Ledger::new(self.spec.clone(), self.started_at, entries, errors)
+        let ddl = match self.ddl.take() {
+            Some(task) => task.await.unwrap_or_else(|e| DdlLog {
+                events: Vec::new(),
+                error: Some(format!("DDL task ended abnormally: {e}")),
+            }),
+            None => DdlLog::default(),
+        };
+        Ledger::new(self.spec.clone(), self.started_at, entries, errors).with_ddl(ddl)
     }
 }
 
@@ -241,7 +256,7 @@ impl Drop for WorkloadHandle {
 }
 
 /// Now, at PostgreSQL's resolution (see the ledger's module docs).
-fn now() -> DateTime<Utc> {
+pub(super) fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
@@ -461,7 +476,7 @@ async fn next_turn(
 }
 
 /// Resolves at the deadline or the stop, whichever comes first.
-async fn stop_or_deadline(control: &mut watch::Receiver<Control>, deadline: Instant) {
+pub(super) async fn stop_or_deadline(control: &mut watch::Receiver<Control>, deadline: Instant) {
     tokio::select! {
         _ = sleep_until(deadline) => {}
         // A dropped handle counts as a stop.
