@@ -325,6 +325,7 @@ impl DrillReport {
                 r.rto.wal_segments_fetched,
             ));
         }
+        md.push_str(&checks_table(&self.restores));
         if !self.objectives.is_empty() {
             md.push_str(
                 "\n## Objectives\n\n| objective | limit | measured | result |\n|---|---|---|---|\n",
@@ -365,5 +366,113 @@ impl DrillReport {
         )?;
         std::fs::write(&md, self.to_markdown())?;
         Ok((json, md))
+    }
+}
+
+/// The checks of every verified restore by name: one row per check, one
+/// column per restore ("pass", "**FAIL**", or "-" where it did not run);
+/// empty when no restore was verified.
+fn checks_table(restores: &[RestoreRecord]) -> String {
+    let verified: Vec<(&str, &VerifyOutcome)> = restores
+        .iter()
+        .filter_map(|r| Some((r.label.as_str(), r.verify.as_ref()?)))
+        .collect();
+    let mut names = Vec::new();
+    for (_, v) in &verified {
+        for c in &v.checks {
+            if !names.contains(&c.name) {
+                names.push(c.name);
+            }
+        }
+    }
+    if names.is_empty() {
+        return String::new();
+    }
+    let labels: Vec<&str> = verified.iter().map(|(l, _)| *l).collect();
+    let mut md = format!(
+        "\n## Checks\n\n| check | {} |\n|---|{}\n",
+        labels.join(" | "),
+        "---|".repeat(labels.len())
+    );
+    for name in names {
+        let cells: Vec<&str> = verified
+            .iter()
+            .map(|(_, v)| match v.check(name) {
+                Some(c) if c.passed => "pass",
+                Some(_) => "**FAIL**",
+                None => "-",
+            })
+            .collect();
+        md.push_str(&format!("| {name} | {} |\n", cells.join(" | ")));
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::{Check, CheckName};
+
+    fn restore(label: &str, checks: Vec<Check>) -> RestoreRecord {
+        RestoreRecord {
+            label: label.into(),
+            kind: "pitr".into(),
+            target: None,
+            backup: "base_1".into(),
+            expected: Expected::Pass,
+            expected_because: None,
+            passed: true,
+            as_expected: true,
+            error: None,
+            verify: Some(VerifyOutcome {
+                passed: checks.iter().all(|c| c.passed),
+                target: None,
+                exact: true,
+                rows: 0,
+                checks,
+                per_writer: Vec::new(),
+                lost_acked: Vec::new(),
+                lost_acked_count: 0,
+                content_hash: String::new(),
+                last_commit_time: None,
+            }),
+            rto: RtoBreakdown::default(),
+        }
+    }
+
+    fn check(name: CheckName, passed: bool) -> Check {
+        Check {
+            name,
+            passed,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_checks_table_names_every_check_of_every_restore() {
+        let table = checks_table(&[
+            restore(
+                "latest",
+                vec![
+                    check(CheckName::RowCount, true),
+                    check(CheckName::Checksums, true),
+                ],
+            ),
+            restore(
+                "pitr-1",
+                vec![
+                    check(CheckName::RowCount, true),
+                    check(CheckName::Visibility, false),
+                ],
+            ),
+        ]);
+        assert_eq!(
+            table,
+            "\n## Checks\n\n| check | latest | pitr-1 |\n|---|---|---|\n\
+             | row_count | pass | pass |\n\
+             | checksums | pass | - |\n\
+             | visibility | - | **FAIL** |\n"
+        );
+        assert_eq!(checks_table(&[]), "");
     }
 }

@@ -139,3 +139,57 @@ verify: [row_count, content_hash, visibility]
         "the ledger's sequential reads cannot see it; only the visibility check does"
     );
 }
+
+/// The mutation suite's command, on one mutant and one short scenario:
+/// recovery that stops two seconds after its target must be caught by the
+/// ledger's checks, the table must say so, and the command exits 0.
+#[test]
+fn the_mutants_command_kills_a_late_recovery_target() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mutants-command");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pitr.yaml");
+    std::fs::write(
+        &file,
+        r#"name: pitr
+description: two random point-in-time restores
+environment: local
+seed: 11
+postgres:
+  version: 15
+  settings: { archive_timeout: 1s, track_commit_timestamp: "on" }
+storage: { bucket: drill, compression: lz4 }
+workload: { writers: 2, rate_per_second: 40, duration: 10s }
+steps:
+  - { at: 0s, action: base_backup }
+restores:
+  random_targets: 2
+verify: [row_count, content_hash]
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgdrill"))
+        .args(["mutants", "--quiet", "--mutant", "late_recovery_target"])
+        .arg("--report-dir")
+        .arg(dir.join("reports"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("# Mutation suite: 1 of 1 mutants killed"),
+        "{stdout}"
+    );
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("| `late_recovery_target`"))
+        .expect("a row for the mutant");
+    assert!(
+        row.contains("| killed |") && row.contains("row_count"),
+        "{row}"
+    );
+}

@@ -90,7 +90,7 @@ pub fn caught_by(report: &DrillReport) -> String {
             .collect();
         parts.push(if failed.is_empty() {
             let error = r.error.as_deref().unwrap_or("failed");
-            format!("restore {}: {}", r.label, first_words(error, 12))
+            format!("restore {}: {}", r.label, cause(error))
         } else {
             format!("restore {}: {}", r.label, failed.join(", "))
         });
@@ -100,6 +100,25 @@ pub fn caught_by(report: &DrillReport) -> String {
     }
     parts.truncate(3);
     parts.join("; ")
+}
+
+/// The telling part of a restore's error: the server's FATAL or PANIC
+/// message, else the backup tool's complaint about a corrupt object, else
+/// its first words.
+fn cause(error: &str) -> String {
+    let server = error.lines().find_map(|l| {
+        let (_, message) = l.split_once("FATAL:").or_else(|| l.split_once("PANIC:"))?;
+        Some(format!("server: {}", message.trim()))
+    });
+    let tool = || {
+        error
+            .lines()
+            .find(|l| l.contains("is corrupt"))
+            .map(|l| first_words(l, 12))
+    };
+    server
+        .or_else(tool)
+        .unwrap_or_else(|| first_words(error, 12))
 }
 
 fn first_words(text: &str, n: usize) -> String {
@@ -157,6 +176,21 @@ mod tests {
             drills: 1,
             report_dir: None,
         }
+    }
+
+    #[test]
+    fn the_cause_of_a_failed_start_is_the_servers_fatal_message() {
+        let error = "pg_ctl start failed: exit status: 1: pg_ctl: could not start server\nExamine the log output.; server log tail:\n2026-12-02 01:35:08.547 UTC [32661] LOG:  invalid xl_info in checkpoint record\n2026-12-02 01:35:08.547 UTC [32661] FATAL:  could not locate required checkpoint record\n";
+        assert_eq!(
+            cause(error),
+            "server: could not locate required checkpoint record"
+        );
+        let corrupt = "restore stopped during recovery (connection closed); log:\npgdrill: stored object wal_005/000000010000000000000003.lz4 is corrupt: checksum mismatch\n";
+        assert_eq!(
+            cause(corrupt),
+            "pgdrill: stored object wal_005/000000010000000000000003.lz4 is corrupt: checksum mismatch"
+        );
+        assert_eq!(cause("connection refused"), "connection refused");
     }
 
     #[test]
