@@ -435,6 +435,7 @@ mod tests {
                 lost_acked_count: 0,
                 content_hash: String::new(),
                 last_commit_time: None,
+                cost_s: Default::default(),
             }),
             rto: RtoBreakdown::default(),
         }

@@ -37,7 +37,7 @@ use crate::scenario::{
     BackupChoice, Check, DisasterKind, Encryption, Engine, Environment as ScenarioEnv, Scenario,
     Step,
 };
-use crate::verify;
+use crate::verify::{self, CostGroup};
 use crate::workload::{self, Ledger, WorkloadError, WorkloadHandle, WorkloadSpec};
 use steps::{History, Live};
 
@@ -850,47 +850,60 @@ async fn verify_restored(
         }
         Err(e) => errors.push(format!("verification could not run: {e}")),
     }
-    let mut add = |checks: Result<Vec<verify::Check>, String>, what: &str| match checks {
-        Ok(checks) => {
-            for check in checks {
-                if !check.passed {
-                    errors.push(format!("{}: {}", check.name, check.detail));
+    // Adds the checks of `group`, which started at `clock`.
+    let mut add =
+        |group: CostGroup, clock: Instant, checks: Result<Vec<verify::Check>, String>| match checks
+        {
+            Ok(checks) => {
+                for check in checks {
+                    if !check.passed {
+                        errors.push(format!("{}: {}", check.name, check.detail));
+                    }
+                    if let Some(o) = &mut record.verify {
+                        o.passed &= check.passed;
+                        o.checks.push(check);
+                    }
                 }
                 if let Some(o) = &mut record.verify {
-                    o.passed &= check.passed;
-                    o.checks.push(check);
+                    o.cost(group, clock);
                 }
             }
-        }
-        Err(e) => errors.push(format!("{what} could not run: {e}")),
-    };
-    if scenario.verify.contains(&Check::Visibility) {
-        let check = verify::check_visibility(&restored.client).await;
-        add(
-            check.map(|c| vec![c]).map_err(|e| e.to_string()),
-            "visibility check",
-        );
+            Err(e) => errors.push(format!("{} checks could not run: {e}", group.as_str())),
+        };
+    fn one<E: std::fmt::Display>(
+        c: Result<verify::Check, E>,
+    ) -> Result<Vec<verify::Check>, String> {
+        c.map(|c| vec![c]).map_err(|e| e.to_string())
     }
+    if scenario.verify.contains(&Check::Visibility) {
+        let clock = Instant::now();
+        let check = verify::check_visibility(&restored.client).await;
+        add(CostGroup::Visibility, clock, one(check));
+    }
+    let clock = Instant::now();
     let identity = verify::identity(&restored.client).await;
     add(
+        CostGroup::Identity,
+        clock,
         identity
             .map(|found| verify::identity_checks(source, &found).to_vec())
             .map_err(|e| e.to_string()),
-        "identity check",
     );
     if scenario.verify.contains(&Check::Amcheck) {
-        let check = env.amcheck(&record.label).await;
+        let clock = Instant::now();
         add(
-            check.map(|c| vec![c]).map_err(|e| e.to_string()),
-            "pg_amcheck",
+            CostGroup::Amcheck,
+            clock,
+            one(env.amcheck(&record.label).await),
         );
     }
     // Last: it shuts the restore down.
     drop(restored);
-    let check = env.checksums(&record.label).await;
+    let clock = Instant::now();
     add(
-        check.map(|c| vec![c]).map_err(|e| e.to_string()),
-        "pg_checksums",
+        CostGroup::Checksums,
+        clock,
+        one(env.checksums(&record.label).await),
     );
     record.rto.verify_s = verify_clock.elapsed().as_secs_f64();
     record.passed = errors.is_empty();
@@ -1030,6 +1043,7 @@ mod tests {
             lost_acked_count: 1,
             content_hash: String::new(),
             last_commit_time: None,
+            cost_s: Default::default(),
         });
         assert!(as_expected(&latest));
         assert!(!as_expected(&record(Expected::Fail, None, false, &refused)));

@@ -23,7 +23,7 @@ use crate::workload::{ContentHasher, Ledger, SeqSet, TABLE};
 pub use cluster::{
     amcheck_check, checksums_check, identity, identity_checks, ClusterIdentity, AMCHECK_ARGS,
 };
-pub use outcome::{Check, CheckName, VerifyOutcome, WriterResult};
+pub use outcome::{Check, CheckName, CostGroup, VerifyOutcome, WriterResult};
 pub use visibility::check_visibility;
 
 /// How many items a list in an outcome shows (per writer for missing
@@ -62,6 +62,7 @@ pub async fn verify_restore(
         .await
         .map_err(pg_err("looking for the workload table"))?
         .get(0);
+    let clock = std::time::Instant::now();
     let mut scan = Scan::new(ledger, exists);
     let mut last_commit_time = None;
     if exists {
@@ -84,12 +85,16 @@ pub async fn verify_restore(
         last_commit_time = newest_commit(client).await?;
     }
     let mut outcome = scan.outcome(target, last_commit_time);
+    outcome.cost(CostGroup::Ledger, clock);
     if let Some(mix) = ledger.spec().mix {
+        let clock = std::time::Instant::now();
         let check =
             items::check_items(client, ledger.spec().seed, mix, &outcome.per_writer).await?;
         outcome.passed &= check.passed;
         outcome.checks.push(check);
+        outcome.cost(CostGroup::Items, clock);
         if mix.ddl_every.is_some() {
+            let clock = std::time::Instant::now();
             // Recovery to a time ends at it; to the end of WAL, after
             // every acknowledged operation.
             let (lo, hi) = match target {
@@ -100,6 +105,7 @@ pub async fn verify_restore(
             let checks = ddl::judge(&expected, &ddl::observe(client).await?);
             outcome.passed &= checks.iter().all(|c| c.passed);
             outcome.checks.extend(checks);
+            outcome.cost(CostGroup::Ddl, clock);
         }
     }
     Ok(outcome)
@@ -324,6 +330,7 @@ impl<'a> Scan<'a> {
             lost_acked_count: lost.count,
             content_hash,
             last_commit_time,
+            cost_s: BTreeMap::new(),
         }
     }
 }

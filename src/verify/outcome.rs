@@ -1,5 +1,6 @@
 //! The result of verifying a restore, and its human-readable form.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::RangeInclusive;
 
@@ -133,7 +134,7 @@ impl WriterResult {
 }
 
 /// Everything verify found about one restored cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VerifyOutcome {
     /// Every check passed.
     pub passed: bool,
@@ -154,6 +155,51 @@ pub struct VerifyOutcome {
     /// The newest commit timestamp among the restored rows, when
     /// `track_commit_timestamp` is on.
     pub last_commit_time: Option<DateTime<Utc>>,
+    /// Seconds each group of checks took (see [`CostGroup`]).
+    pub cost_s: BTreeMap<CostGroup, f64>,
+}
+
+/// The checks that cost time together, for the report and `pgdrill bench
+/// verify`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CostGroup {
+    /// One scan of the ledger table: `table` to `content_hash`.
+    Ledger,
+    Items,
+    /// `ddl_objects`, `sequence`, `unlogged`.
+    Ddl,
+    Visibility,
+    /// `system_identifier` and `timeline`.
+    Identity,
+    Amcheck,
+    /// `checksums`, including the clean shutdown it needs.
+    Checksums,
+}
+
+impl CostGroup {
+    pub const ALL: [CostGroup; 7] = [
+        CostGroup::Ledger,
+        CostGroup::Items,
+        CostGroup::Ddl,
+        CostGroup::Visibility,
+        CostGroup::Identity,
+        CostGroup::Amcheck,
+        CostGroup::Checksums,
+    ];
+
+    /// Its name in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CostGroup::Ledger => "ledger",
+            CostGroup::Items => "items",
+            CostGroup::Ddl => "ddl",
+            CostGroup::Visibility => "visibility",
+            CostGroup::Identity => "identity",
+            CostGroup::Amcheck => "amcheck",
+            CostGroup::Checksums => "checksums",
+        }
+    }
 }
 
 impl VerifyOutcome {
@@ -179,6 +225,11 @@ impl VerifyOutcome {
             text.push_str(&format!("\n- {}: {}", c.name, c.detail));
         }
         text
+    }
+
+    /// Records that `group` took the time since `since`.
+    pub fn cost(&mut self, group: CostGroup, since: std::time::Instant) {
+        *self.cost_s.entry(group).or_default() += since.elapsed().as_secs_f64();
     }
 
     /// The check named `name`.

@@ -1,5 +1,6 @@
 //! `pgdrill bench backup`: backup and restore speed measured side by side
-//! with `pg_basebackup` on one freshly loaded cluster.
+//! with `pg_basebackup` on one freshly loaded cluster. (`pgdrill bench
+//! verify`, the cost of each check of a restore: [`verify`].)
 //!
 //! One run: `initdb` and `pgbench -i -s SCALE` with `archive_mode = on` and
 //! `archive_command` = our `wal-push` into the embedded S3 server, then
@@ -45,12 +46,22 @@ use crate::env::local::{
     LocalS3, PgBinaries, RunAs, WorkDir,
 };
 
+mod verify;
+
 /// Arguments of `pgdrill bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// What to measure (only `backup` for now).
+    /// What to measure: `backup` (backup, restore and wal-push speed) or
+    /// `verify` (what each check of a restore costs, over drills of
+    /// `--scenario`).
     #[arg(default_value = "backup")]
     pub what: String,
+    /// `verify`: the drill whose restores are measured.
+    #[arg(long, default_value = "scenarios/quick.yaml")]
+    pub scenario: PathBuf,
+    /// `verify`: how many drills (different seeds) are run.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
     /// pgbench scale of the loaded cluster (100 is about 1.5 GB).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub scale: u32,
@@ -98,15 +109,20 @@ const PGBENCH_CHUNK: [&str; 7] = ["-n", "-c", "4", "-j", "2", "-T", "3"];
 
 /// Runs the benchmark; returns the exit code.
 pub async fn run(args: BenchArgs) -> Result<i32> {
-    if args.what != "backup" {
-        bail!(
-            "unknown benchmark {:?}: the only one is `backup`",
-            args.what
-        );
-    }
-    let report = bench_backup(&args).await?;
-    let markdown = report.markdown();
-    let written = write_report(&args.report_dir, &report, &markdown);
+    let (json, markdown, stem) = match args.what.as_str() {
+        "backup" => {
+            let report = bench_backup(&args).await?;
+            let stem = format!("backup-{}", report.started_at.format("%Y%m%dT%H%M%SZ"));
+            (serde_json::to_value(&report)?, report.markdown(), stem)
+        }
+        "verify" => {
+            let report = verify::run(&args).await?;
+            let stem = format!("verify-{}", report.started_at.format("%Y%m%dT%H%M%SZ"));
+            (serde_json::to_value(&report)?, report.markdown(), stem)
+        }
+        other => bail!("unknown benchmark {other:?}: use `backup` or `verify`"),
+    };
+    let written = write_report(&args.report_dir, &stem, &json, &markdown);
     print!("{markdown}");
     let (json, md) = written?;
     eprintln!("bench: figures in {} and {}", json.display(), md.display());
@@ -1030,11 +1046,15 @@ impl Report {
     }
 }
 
-/// Writes `<dir>/bench/backup-<time>.json` and `.md`.
-fn write_report(dir: &Path, report: &Report, markdown: &str) -> Result<(PathBuf, PathBuf)> {
+/// Writes `<dir>/bench/<stem>.json` and `.md`.
+fn write_report(
+    dir: &Path,
+    stem: &str,
+    report: &serde_json::Value,
+    markdown: &str,
+) -> Result<(PathBuf, PathBuf)> {
     let dir = dir.join("bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let stem = format!("backup-{}", report.started_at.format("%Y%m%dT%H%M%SZ"));
     let json_path = dir.join(format!("{stem}.json"));
     let md_path = dir.join(format!("{stem}.md"));
     let json = serde_json::to_string_pretty(report).context("encoding the report")?;
