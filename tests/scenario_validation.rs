@@ -42,7 +42,7 @@ fn every_shipped_scenario_loads() {
 /// file name, and a word of the hint.
 const BAD: &[(&str, &str, &str, &str)] = &[
     ("bad-bucket", "5:11", "storage.bucket: invalid bucket name `Drill_Backups`: it may only contain lowercase letters, digits, `-` and `.`", "S3 bucket names"),
-    ("bad-ddl-with-disaster", "8:47", "workload.mix.ddl_every: ddl_every cannot be combined with a pitr_failover or disaster step yet", "without pitr_failover"),
+    ("bad-ddl-with-failover", "8:47", "workload.mix.ddl_every: ddl_every cannot be combined with a pitr_failover step yet", "without a pitr_failover"),
     ("bad-duration", "7:13", "workload.duration: invalid duration `20 sex`: unknown time unit \"sex\"", "`1m 30s`"),
     ("bad-encryption-key-missing", "8:24", "storage.encryption.pgp.passphrase_path: cannot read `../keys/no-such-passphrase` (", "relative to the scenario file's directory"),
     ("bad-environment", "2:14", "environment: unknown variant `vm`, expected one of local, containers, kind", "values listed"),

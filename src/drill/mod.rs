@@ -840,7 +840,12 @@ async fn verify_restored(
             Err(e) => errors.push(format!("verification could not run: {e}")),
         }
     }
-    let outcome = verify::verify_restore(&restored.client, ledger, expected_at).await;
+    let outcome = match expected_at {
+        Some(last_commit) if after_disaster => {
+            verify::verify_after_crash(&restored.client, ledger, last_commit).await
+        }
+        _ => verify::verify_restore(&restored.client, ledger, expected_at).await,
+    };
     match outcome {
         Ok(o) => {
             if !o.passed {

@@ -57,6 +57,29 @@ pub async fn verify_restore(
     ledger: &Ledger,
     target: Option<DateTime<Utc>>,
 ) -> Result<VerifyOutcome, VerifyError> {
+    verify(client, ledger, target, false).await
+}
+
+/// Checks a restore to the end of an archive that a crash cut short, whose
+/// newest restored ledger commit is from `last_commit`: the ledger must be
+/// exactly as of then; DDL operations acknowledged by then must be there,
+/// and later ones may be (the archive may hold WAL past that commit).
+pub async fn verify_after_crash(
+    client: &Client,
+    ledger: &Ledger,
+    last_commit: DateTime<Utc>,
+) -> Result<VerifyOutcome, VerifyError> {
+    verify(client, ledger, Some(last_commit), true).await
+}
+
+/// [`verify_restore`]; with `open_ended`, recovery may have gone on past
+/// `target` (see [`verify_after_crash`]).
+async fn verify(
+    client: &Client,
+    ledger: &Ledger,
+    target: Option<DateTime<Utc>>,
+    open_ended: bool,
+) -> Result<VerifyOutcome, VerifyError> {
     let exists: bool = client
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&TABLE])
         .await
@@ -98,7 +121,7 @@ pub async fn verify_restore(
             // Recovery to a time ends at it; to the end of WAL, after
             // every acknowledged operation.
             let (lo, hi) = match target {
-                Some(t) => (t, Some(t)),
+                Some(t) => (t, (!open_ended).then_some(t)),
                 None => (DateTime::<Utc>::MAX_UTC, None),
             };
             let expected = crate::workload::ddl::DdlModel::new(ledger.ddl()).expected(lo, hi);
