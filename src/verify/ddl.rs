@@ -29,6 +29,9 @@ pub struct ObservedDdl {
     /// Each created database and the rows its template table holds (or
     /// why they could not be counted).
     pub databases: BTreeMap<u32, Result<i64, String>>,
+    /// Databases marked invalid (`datconnlimit = -2`): what a DROP
+    /// DATABASE leaves when recovery stops inside it.
+    pub invalid_databases: BTreeSet<u32>,
     /// The sequence's `last_value`, None when it is missing.
     pub sequence: Option<i64>,
     /// The unlogged table's `relpersistence` and row count, None when it
@@ -77,7 +80,7 @@ pub async fn observe(client: &Client) -> Result<ObservedDdl, VerifyError> {
     }
     let databases = client
         .query(
-            "SELECT datname::text FROM pg_database WHERE datname ~ $1",
+            "SELECT datname::text, datconnlimit = -2 FROM pg_database WHERE datname ~ $1",
             &[&format!("^{DATABASE_PREFIX}[0-9]+$")],
         )
         .await
@@ -87,6 +90,13 @@ pub async fn observe(client: &Client) -> Result<ObservedDdl, VerifyError> {
         let Ok(number) = name[DATABASE_PREFIX.len()..].parse::<u32>() else {
             continue;
         };
+        if row.get::<_, bool>(1) {
+            observed.invalid_databases.insert(number);
+            observed
+                .databases
+                .insert(number, Err("it is marked invalid".into()));
+            continue;
+        }
         let count = client
             .query_one(
                 &format!(
@@ -183,13 +193,16 @@ fn table_differences(
     wrong
 }
 
-/// What is wrong with the databases for state `state`; empty when they
+/// What is wrong with the databases for state `state`, with `in_flight`
+/// the operation that may have begun after it (recovery that stops inside
+/// a DROP DATABASE leaves the database marked invalid); empty when they
 /// match.
 fn database_differences(
     state: &DdlState,
-    observed: &BTreeMap<u32, Result<i64, String>>,
+    in_flight: Option<DdlOp>,
+    observed: &ObservedDdl,
 ) -> Vec<String> {
-    let found: BTreeSet<u32> = observed.keys().copied().collect();
+    let found: BTreeSet<u32> = observed.databases.keys().copied().collect();
     let mut wrong: Vec<String> = found
         .difference(&state.databases)
         .map(|n| format!("{DATABASE_PREFIX}{n} exists but must not"))
@@ -201,7 +214,15 @@ fn database_differences(
         )
         .collect();
     for n in state.databases.intersection(&found) {
-        match &observed[n] {
+        if observed.invalid_databases.contains(n) {
+            if in_flight != Some(DdlOp::DropDatabase { database: *n }) {
+                wrong.push(format!(
+                    "{DATABASE_PREFIX}{n} is marked invalid, as an interrupted DROP DATABASE leaves it, but no drop of it was under way"
+                ));
+            }
+            continue;
+        }
+        match &observed.databases[n] {
             Ok(TEMPLATE_ROWS) => {}
             Ok(rows) => wrong.push(format!(
                 "{DATABASE_PREFIX}{n} holds {rows} template rows, not {TEMPLATE_ROWS}"
@@ -218,7 +239,7 @@ pub fn judge(expected: &DdlExpectation, observed: &ObservedDdl) -> Vec<Check> {
     let differences: Vec<Vec<String>> = states
         .map(|(state, &in_flight)| {
             let mut d = table_differences(state, in_flight, &observed.tables);
-            d.extend(database_differences(state, &observed.databases));
+            d.extend(database_differences(state, in_flight, observed));
             d
         })
         .collect();
@@ -342,6 +363,7 @@ mod tests {
         ObservedDdl {
             tables: numbers.iter().copied().zip(tables).collect(),
             databases: databases.iter().map(|&d| (d, Ok(TEMPLATE_ROWS))).collect(),
+            invalid_databases: BTreeSet::new(),
             sequence: Some(40),
             unlogged: Some((b'u' as i8, 0)),
         }
@@ -413,6 +435,22 @@ mod tests {
             let o = observed(vec![table(1, 1, v)], &[1], &[1]);
             assert!(judge(&e, &o)[0].passed, "{v:?}: {:?}", judge(&e, &o));
         }
+        // A database marked invalid only while it is being dropped.
+        let drop = DdlOp::DropDatabase { database: 1 };
+        let e = expectation(
+            vec![state(&[(1, 1, false)], &[1]), state(&[(1, 1, false)], &[])],
+            vec![Some(drop), None],
+        );
+        let mut o = observed(vec![table(1, 1, None)], &[1], &[1]);
+        o.databases.insert(1, Err("it is marked invalid".into()));
+        o.invalid_databases.insert(1);
+        assert!(judge(&e, &o)[0].passed, "{:?}", judge(&e, &o));
+        let e = expectation(vec![state(&[(1, 1, false)], &[1])], vec![None]);
+        let check = &judge(&e, &o)[0];
+        assert!(
+            !check.passed && check.detail.contains("marked invalid"),
+            "{check:?}"
+        );
         // An invalid index is only allowed while it is being built.
         let e = expectation(vec![state(&[(1, 1, false)], &[1])], vec![None]);
         let o = observed(vec![table(1, 1, Some(false))], &[1], &[1]);

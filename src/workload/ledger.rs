@@ -117,6 +117,10 @@ pub struct LedgerSummary {
     pub last_acked_at: Option<DateTime<Utc>>,
     /// Why writers stopped early, by writer.
     pub writer_errors: BTreeMap<u32, String>,
+    /// The DDL task's operations (with `ddl_every`), each with when it was
+    /// sent and acknowledged, and why it stopped early.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ddl: Option<DdlLog>,
 }
 
 /// Every transaction of one workload run, in (writer, seq) order.
@@ -196,6 +200,7 @@ impl Ledger {
             first_sent_at: self.entries.iter().map(|e| e.sent_at).min(),
             last_acked_at: self.entries.iter().filter_map(LedgerEntry::acked).max(),
             writer_errors: self.writer_errors.clone(),
+            ddl: (self.ddl != DdlLog::default()).then(|| self.ddl.clone()),
         }
     }
 
