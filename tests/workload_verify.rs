@@ -162,6 +162,16 @@ async fn restores_match_the_ledger_and_tampering_is_named() {
         detail(CheckName::Sequence).contains("went back to 1"),
         "{v}"
     );
+    // A table that cannot be read fails its check, by name.
+    c.batch_execute(&format!("ALTER TABLE {ITEMS} DROP COLUMN body"))
+        .await
+        .unwrap();
+    let v = verify_restore(&c, &ledger, Some(target)).await.unwrap();
+    let items = v.check(CheckName::Items).unwrap();
+    assert!(
+        !items.passed && items.detail.contains("cannot be read"),
+        "{v}"
+    );
 
     // Tampering: one acknowledged row deleted is named by writer and seq.
     let seq = *expectation.per_writer[&2].start() / 2;
