@@ -5,15 +5,15 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 
 use crate::backup::base::{self, FetchOptions, PushOptions, RecoveryConfig};
+use crate::backup::config::{Secret, Settings};
 use crate::backup::retention::{self, Policy};
 use crate::backup::walverify::{self, CheckError};
 use crate::backup::{audit, catalog, exit, monitor, wal, BackupError, Context};
-use crate::config::{Secret, Settings};
 use crate::env::s3_server::{S3Server, S3ServerConfig};
 use crate::scenario::{self, Scenario};
 
 /// `--version`; a build that can sabotage itself says so.
-const VERSION: &str = if crate::fault::SABOTAGE_BUILT_IN {
+const VERSION: &str = if crate::backup::sabotage::SABOTAGE_BUILT_IN {
     concat!(
         env!("CARGO_PKG_VERSION"),
         " (test build: honours PGDRILL_SABOTAGE)"
@@ -536,21 +536,21 @@ async fn run_mutants(
     report_dir: PathBuf,
     quiet: bool,
 ) -> anyhow::Result<i32> {
-    if !crate::fault::SABOTAGE_BUILT_IN {
+    if !crate::backup::sabotage::SABOTAGE_BUILT_IN {
         anyhow::bail!(
             "this pgdrill is built for use and has no deliberate defects; run the mutation suite from a test build: cargo run --release --features sabotage -- mutants"
         );
     }
     let mutants = if names.is_empty() {
-        crate::fault::Sabotage::catalogue()
+        crate::backup::sabotage::Sabotage::catalogue()
     } else {
         names
             .iter()
             .map(|n| {
-                crate::fault::Sabotage::parse(n).ok_or_else(|| {
+                crate::backup::sabotage::Sabotage::parse(n).ok_or_else(|| {
                     anyhow::anyhow!(
                         "--mutant {n:?} is not a known defect; the catalogue: {}",
-                        crate::fault::Sabotage::catalogue()
+                        crate::backup::sabotage::Sabotage::catalogue()
                             .iter()
                             .map(|m| m.to_setting())
                             .collect::<Vec<_>>()

@@ -21,7 +21,7 @@ use super::layout::{self, Segment};
 use super::store::Key;
 use super::walverify::{count, valid_segment_size, CheckStatus, MAX_SCAN};
 use super::{BackupError, Context};
-use crate::progress::Progress;
+use crate::backup::progress::Progress;
 
 /// One thing wrong with a stored object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

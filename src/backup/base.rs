@@ -30,8 +30,8 @@ use super::pg::{connect, pg_err};
 use super::store::Key;
 use super::wal;
 use super::{BackupError, Context};
-use crate::fault::Sabotage;
-use crate::progress::{human_bytes, Progress};
+use crate::backup::progress::{human_bytes, Progress};
+use crate::backup::sabotage::Sabotage;
 
 /// Directories whose contents are never backed up (the directory itself is
 /// kept, empty), as in `pg_basebackup`.

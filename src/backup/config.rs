@@ -265,7 +265,7 @@ pub struct Settings {
     /// in the store before it fails (`PGDRILL_ARCHIVE_CHECK_TIMEOUT`).
     pub archive_check_timeout: Duration,
     /// A deliberate defect (`PGDRILL_SABOTAGE`), for proving drills fail.
-    pub sabotage: Option<crate::fault::Sabotage>,
+    pub sabotage: Option<crate::backup::sabotage::Sabotage>,
     /// Encryption of stored objects (`WALG_PGP_KEY*`, `WALG_LIBSODIUM_KEY*`).
     pub encryption: EncryptionConfig,
     /// Read unencrypted objects although a key is configured
@@ -374,7 +374,7 @@ impl Settings {
                 "PGDRILL_ARCHIVE_CHECK_TIMEOUT",
                 DEFAULT_ARCHIVE_CHECK_TIMEOUT,
             )?,
-            sabotage: sabotage(vars, crate::fault::SABOTAGE_BUILT_IN)?,
+            sabotage: sabotage(vars, crate::backup::sabotage::SABOTAGE_BUILT_IN)?,
             encryption: encryption_config(vars)?,
             allow_unencrypted_reads: vars.boolean("PGDRILL_ALLOW_UNENCRYPTED_READS", false)?,
         })
@@ -384,7 +384,10 @@ impl Settings {
 /// `PGDRILL_SABOTAGE`, honoured only by a build made for tests
 /// (`built_in`): in a build made for use, one stray variable or env-dir
 /// file must not make wal-push report success without storing.
-fn sabotage(vars: &EnvVars, built_in: bool) -> Result<Option<crate::fault::Sabotage>, ConfigError> {
+fn sabotage(
+    vars: &EnvVars,
+    built_in: bool,
+) -> Result<Option<crate::backup::sabotage::Sabotage>, ConfigError> {
     let Some(v) = vars.get("PGDRILL_SABOTAGE") else {
         return Ok(None);
     };
@@ -394,7 +397,7 @@ fn sabotage(vars: &EnvVars, built_in: bool) -> Result<Option<crate::fault::Sabot
             hint: "this pgdrill is built for use and has no deliberate defects (they exist only in test builds, cargo feature `sabotage`); remove the variable, or the file of that name in the env directory",
         });
     }
-    crate::fault::Sabotage::parse(v)
+    crate::backup::sabotage::Sabotage::parse(v)
         .map(Some)
         .ok_or_else(|| ConfigError::Invalid {
             name: "PGDRILL_SABOTAGE".into(),
@@ -693,7 +696,7 @@ mod tests {
         );
         assert_eq!(
             sabotage(&v, true).unwrap(),
-            Some(crate::fault::Sabotage::DropEveryNthWal(1))
+            Some(crate::backup::sabotage::Sabotage::DropEveryNthWal(1))
         );
         assert_eq!(sabotage(&s3_vars(), false).unwrap(), None);
         v.set("PGDRILL_SABOTAGE", "explode");

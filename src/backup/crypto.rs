@@ -66,7 +66,7 @@ use pgp::crypto::sym::SymmetricKeyAlgorithm;
 use pgp::types::{KeyDetails, KeyId, Password, Seipdv1ReadMode};
 
 use super::store::Key;
-use crate::config::{EncryptionConfig, KeyTransform, Secret};
+use crate::backup::config::{EncryptionConfig, KeyTransform, Secret};
 
 /// The encryption schemes, for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

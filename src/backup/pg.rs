@@ -3,7 +3,7 @@
 use tokio_postgres::{Client, NoTls};
 
 use super::BackupError;
-use crate::config::PgConfig;
+use crate::backup::config::PgConfig;
 
 /// Connects with libpq's settings; a host starting with `/` is a Unix
 /// socket directory, as in libpq.

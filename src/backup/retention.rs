@@ -252,7 +252,7 @@ pub async fn delete(ctx: &Context, policy: &Policy, confirm: bool) -> Result<Pla
     let wal = ctx.store.list(layout::WAL_DIR).await?;
     let backup_objects = ctx.store.list(layout::BACKUP_DIR).await?;
     let mut plan = plan(&summaries, &wal, &backup_objects, policy)?;
-    if ctx.settings.sabotage == Some(crate::fault::Sabotage::RetentionDeletesNeededWal) {
+    if ctx.settings.sabotage == Some(crate::backup::sabotage::Sabotage::RetentionDeletesNeededWal) {
         tracing::warn!("SABOTAGE: deleting the WAL the oldest kept backup needs");
         delete_wal_below_newest_kept(&mut plan, &summaries, &wal);
     }

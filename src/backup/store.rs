@@ -16,7 +16,7 @@ use object_store::{ObjectStore, PutPayload, WriteMultipart};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::config::{S3Config, StorageConfig};
+use crate::backup::config::{S3Config, StorageConfig};
 
 /// A key inside the store, relative to the configured prefix, `/`-separated.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

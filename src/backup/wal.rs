@@ -149,7 +149,7 @@ pub async fn push_bytes(
         });
     }
     let compression = ctx.settings.compression;
-    let data = crate::fault::Sabotage::wal_content(ctx.settings.sabotage, name, data);
+    let data = crate::backup::sabotage::Sabotage::wal_content(ctx.settings.sabotage, name, data);
     let (object, digest) = encode(ctx, data, compression).await?;
     ctx.store
         .put(&layout::wal_key(name, compression), Bytes::from(object))
@@ -279,7 +279,7 @@ pub async fn wal_fetch(ctx: &Context, name: &str, dest: &Path) -> Result<(), Bac
             "{name} is a partial segment and is never served as a complete one"
         )));
     }
-    if crate::fault::Sabotage::hides(ctx.settings.sabotage, name) {
+    if crate::backup::sabotage::Sabotage::hides(ctx.settings.sabotage, name) {
         warn!(%name, "SABOTAGE: answering not found for a stored segment");
         return Err(not_found(ctx, name));
     }

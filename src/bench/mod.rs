@@ -38,9 +38,9 @@ use tokio_postgres::Client;
 
 use crate::backup::catalog::BackupListRow;
 use crate::backup::codec::Compression;
+use crate::backup::config::{EnvVars, Settings};
 use crate::backup::layout::{self, Segment, DEFAULT_WAL_SEGMENT_SIZE};
 use crate::backup::pg::pg_error_text;
-use crate::config::{EnvVars, Settings};
 use crate::env::local::{
     archiving_settings, as_user, owned_dir, run_checked, write_env_dir, InitOptions, LocalPostgres,
     LocalS3, PgBinaries, RunAs, WorkDir,

@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use rand::SeedableRng;
 use serde::Deserialize;
 
-use crate::config::Secret;
+use crate::backup::config::Secret;
 use crate::env::containers::ContainersEnvironment;
 use crate::env::local::LocalEnvironment;
 use crate::env::{Damage, EnvError, EnvSpec, Environment};
@@ -266,7 +266,9 @@ fn engine_name(engine: Engine) -> &'static str {
 
 fn sabotage_setting(scenario: &Scenario) -> Option<String> {
     match scenario.engine {
-        Engine::PgdrillSabotaged => scenario.sabotage.map(crate::fault::Sabotage::to_setting),
+        Engine::PgdrillSabotaged => scenario
+            .sabotage
+            .map(crate::backup::sabotage::Sabotage::to_setting),
         Engine::Pgdrill => None,
     }
 }

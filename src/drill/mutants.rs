@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::{DrillError, RunOptions};
-use crate::fault::Sabotage;
+use crate::backup::sabotage::Sabotage;
 use crate::report::DrillReport;
 use crate::scenario::{Engine, Scenario};
 

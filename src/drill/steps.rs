@@ -123,7 +123,7 @@ impl Live<'_> {
                 self.storage_outage(*mode, *duration).await
             }
             Step::NetworkLatency { delay, rate, .. } => {
-                let limit = crate::fault::LinkLimit {
+                let limit = crate::env::fault::LinkLimit {
                     delay: *delay,
                     rate_kbit: *rate,
                 };

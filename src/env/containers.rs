@@ -32,7 +32,7 @@ use testcontainers::{ContainerAsync, ContainerRequest, GenericImage, ImageExt};
 
 use super::local::{archiving_settings, drill_credentials, s3_settings, write_env_dir, WorkDir};
 use super::{tail, EnvError, EnvSpec, RestoreTimings, Restored, ToolRun};
-use crate::config::Secret;
+use crate::backup::config::Secret;
 
 /// Where the seed's manifests mount the WAL-G Secret.
 pub const ENV_DIR: &str = "/etc/wal-g/env";
@@ -711,7 +711,7 @@ impl ContainersEnvironment {
 
     /// The storage as this host reaches it (for faults).
     fn host_store(&self) -> Result<std::sync::Arc<dyn crate::backup::store::Store>, EnvError> {
-        let settings = crate::config::Settings::load(Some(&self.host_env_dir))?;
+        let settings = crate::backup::config::Settings::load(Some(&self.host_env_dir))?;
         Ok(crate::backup::store::open(&settings.storage)?)
     }
 
@@ -1247,7 +1247,7 @@ impl super::Environment for ContainersEnvironment {
 
     async fn limit_storage_link(
         &mut self,
-        limit: &crate::fault::LinkLimit,
+        limit: &crate::env::fault::LinkLimit,
     ) -> Result<String, EnvError> {
         let before = self.probe_fetch().await?;
         let pid = self.storage_pid().await?;

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::tail;
-use crate::config::Secret;
+use crate::backup::config::Secret;
 
 /// Failures of the local environment.
 #[derive(Debug, thiserror::Error)]

@@ -4,8 +4,11 @@
 //! unavailable.
 
 pub mod containers;
+pub mod fault;
 pub mod local;
 pub mod s3_server;
+
+pub use fault::{damage_wal, Damage};
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -32,7 +35,7 @@ pub enum EnvError {
     },
     /// The backup tool's settings, read as the tool reads them, are unusable.
     #[error("backup tool settings: {0}")]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] crate::backup::config::ConfigError),
     /// The archive's storage, reached directly (not through the tool).
     #[error("storage: {0}")]
     Storage(#[from] crate::backup::store::StoreError),
@@ -53,7 +56,7 @@ pub struct EnvSpec {
     pub tool_settings: Vec<(String, String)>,
     /// Backup-tool settings that are secrets (a key's passphrase): handed
     /// to the tool as its settings are, never printed.
-    pub tool_secrets: Vec<(String, crate::config::Secret)>,
+    pub tool_secrets: Vec<(String, crate::backup::config::Secret)>,
     /// postgresql.conf settings for the primary.
     pub postgres_settings: Vec<(String, String)>,
     pub wal_segsize_mb: Option<u32>,
@@ -139,7 +142,7 @@ pub trait Environment: Send + Sync {
     /// (containers only).
     async fn limit_storage_link(
         &mut self,
-        limit: &crate::fault::LinkLimit,
+        limit: &crate::env::fault::LinkLimit,
     ) -> Result<String, EnvError> {
         let _ = limit;
         Err(self.unsupported("network_latency"))
@@ -189,59 +192,6 @@ pub trait Environment: Send + Sync {
 pub(crate) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// How a WAL object is damaged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Damage {
-    /// Deleted: a hole in the archive.
-    Deleted,
-    /// Bytes flipped in place: bit rot the checksum must catch.
-    Corrupted,
-}
-
-/// Damages the stored object of WAL segment `segment` (a 24-digit file
-/// name, whatever its compression) in the storage that the env directory
-/// `settings` reaches (see [`Environment::storage_settings`]); returns its
-/// key.
-pub async fn damage_wal(
-    settings: &Path,
-    segment: &str,
-    damage: Damage,
-) -> Result<String, EnvError> {
-    use crate::backup::{codec::Compression, layout, store};
-    let settings = crate::config::Settings::load(Some(settings))?;
-    let store = store::open(&settings.storage)?;
-    for compression in Compression::ALL {
-        let key = layout::wal_key(segment, compression);
-        if store.head(&key).await?.is_none() {
-            continue;
-        }
-        match damage {
-            Damage::Deleted => store.delete(&key).await?,
-            Damage::Corrupted => {
-                let mut bytes = store.get(&key).await?.to_vec();
-                flip_bytes(&mut bytes);
-                store.put(&key, bytes.into()).await?;
-            }
-        }
-        return Ok(key.to_string());
-    }
-    Err(EnvError::Other(format!(
-        "WAL segment {segment} is not in {}",
-        store.describe()
-    )))
-}
-
-/// Inverts 16 bytes in the middle of `bytes` (inside the payload, past
-/// any header), as a disk or a copy gone wrong would.
-fn flip_bytes(bytes: &mut [u8]) {
-    let mid = bytes.len() / 2;
-    let end = (mid + 16).min(bytes.len());
-    for b in &mut bytes[mid..end] {
-        *b = !*b;
-    }
 }
 
 /// One connection attempt; the connection runs on its own task.
@@ -312,7 +262,7 @@ pub async fn availability(scenario: &crate::scenario::Scenario) -> Result<(), St
         Kind::Containers => {
             containers::engine_answers().await?;
             if scenario.needs_netem() {
-                crate::fault::netem_available()?;
+                crate::env::fault::netem_available()?;
             }
             Ok(())
         }
@@ -325,17 +275,6 @@ pub async fn availability(scenario: &crate::scenario::Scenario) -> Result<(), St
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn flipping_changes_the_middle_and_survives_tiny_objects() {
-        let mut b = vec![0u8; 100];
-        flip_bytes(&mut b);
-        assert_eq!(b.iter().filter(|&&x| x == 0xff).count(), 16);
-        assert_eq!(b[50], 0xff);
-        let mut tiny = vec![1u8];
-        flip_bytes(&mut tiny);
-        assert_eq!(tiny, [0xfe]);
-    }
 
     #[test]
     fn restored_wal_files_count_segments_not_history_files() {

@@ -17,7 +17,7 @@ pub struct S3ServerConfig {
     pub dir: PathBuf,
     pub listen: SocketAddr,
     pub access_key: String,
-    pub secret_key: crate::config::Secret,
+    pub secret_key: crate::backup::config::Secret,
     /// Buckets to create (as directories) before serving.
     pub buckets: Vec<String>,
 }

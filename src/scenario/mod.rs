@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-pub use crate::fault::Sabotage;
+pub use crate::backup::sabotage::Sabotage;
 pub use error::{Location, ScenarioError};
 
 /// One drill, as read from a scenario file.

@@ -105,11 +105,13 @@ fn engine(s: &Scenario) -> Result<(), Problem> {
             "add e.g. `sabotage: { drop_every_nth_wal: 10 }`",
             "engine `pgdrill-sabotaged` needs a `sabotage` entry"
         ),
-        (Engine::PgdrillSabotaged, Some(_)) if !crate::fault::SABOTAGE_BUILT_IN => bail!(
-            ["engine"],
-            "run it from a test build (`cargo test`, or build with `--features sabotage`)",
-            "this pgdrill is built for use and cannot sabotage itself"
-        ),
+        (Engine::PgdrillSabotaged, Some(_)) if !crate::backup::sabotage::SABOTAGE_BUILT_IN => {
+            bail!(
+                ["engine"],
+                "run it from a test build (`cargo test`, or build with `--features sabotage`)",
+                "this pgdrill is built for use and cannot sabotage itself"
+            )
+        }
         (
             _,
             Some(

@@ -1,0 +1,302 @@
+//! Deliberate defects of the backup tool, for proving that drills can fail
+//! (the mutation suite): the catalogue, and a store wrapper that sabotages
+//! WAL uploads, beside the real stores. Enabled by `PGDRILL_SABOTAGE` (set by the
+//! `pgdrill-sabotaged` engine of a scenario) only in builds with the cargo
+//! feature `sabotage`, which the tests turn on (a dev-dependency of the
+//! crate on itself) and `cargo build`/`cargo install` leave off; loud on
+//! every run where it is active.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use std::sync::Arc;
+
+use super::layout::{self, WalFileKind};
+use super::store::{ChunkReceiver, Key, ObjectInfo, Store, StoreError};
+
+/// Whether this build can sabotage at all (the cargo feature `sabotage`).
+pub const SABOTAGE_BUILT_IN: bool = cfg!(feature = "sabotage");
+
+/// What the sabotaged tool does wrong: the mutants of the mutation suite
+/// (`pgdrill mutants`). `every` counts WAL segments by their
+/// number, so separate `wal-push` and `wal-fetch` processes agree on which
+/// ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sabotage {
+    /// Report success for every Nth segment without storing it.
+    DropEveryNthWal(u32),
+    /// Store every Nth segment with one byte flipped (after checksumming:
+    /// wal-fetch refuses it).
+    CorruptEveryNthWal(u32),
+    /// Flip one byte of every Nth segment before checksumming: the stored
+    /// object verifies, only replay can notice.
+    AlterEveryNthWal(u32),
+    /// Store the first half of every Nth segment (checksummed as such).
+    TruncateEveryNthWal(u32),
+    /// wal-fetch answers "not found" (exit 74) for every Nth segment, which
+    /// ends recovery early.
+    HideEveryNthWal(u32),
+    /// Delta backups pick the pages of visibility-map and free-space-map
+    /// forks by LSN, as before issue 9.1 was fixed: a restore gets a stale
+    /// map, and index-only scans return deleted rows.
+    StaleVisibilityMap,
+    /// backup-push leaves the largest user relation file out of the backup.
+    OmitRelationFile,
+    /// Delta backups store only appended pages of user relations, none of
+    /// the changed ones: the previous backup's stale pages are restored.
+    DeltaMissesChanges,
+    /// wal-push reports success for `.history` files without storing them.
+    DropHistory,
+    /// `delete` also removes the WAL the oldest kept backup needs.
+    RetentionDeletesNeededWal,
+    /// backup-push writes a `backup_label` whose checkpoint location is the
+    /// backup's end, not its checkpoint.
+    WrongBackupLabel,
+    /// backup-fetch writes `recovery_target_time` two seconds late (a
+    /// time-zone or rounding bug).
+    LateRecoveryTarget,
+}
+
+impl Sabotage {
+    /// One of each kind, with the intervals the mutation suite uses.
+    pub fn catalogue() -> Vec<Sabotage> {
+        vec![
+            Sabotage::DropEveryNthWal(3),
+            Sabotage::CorruptEveryNthWal(3),
+            Sabotage::AlterEveryNthWal(3),
+            Sabotage::TruncateEveryNthWal(3),
+            Sabotage::HideEveryNthWal(3),
+            Sabotage::StaleVisibilityMap,
+            Sabotage::OmitRelationFile,
+            Sabotage::DeltaMissesChanges,
+            Sabotage::DropHistory,
+            Sabotage::RetentionDeletesNeededWal,
+            Sabotage::WrongBackupLabel,
+            Sabotage::LateRecoveryTarget,
+        ]
+    }
+
+    /// Parses a [`Sabotage::to_setting`] form: `NAME:N` for the WAL
+    /// defects (N at least 1), `NAME` for the others.
+    pub fn parse(s: &str) -> Option<Sabotage> {
+        let s = s.trim();
+        let (kind, n) = match s.split_once(':') {
+            Some((kind, n)) => (kind, Some(n.parse::<u32>().ok().filter(|n| *n > 0)?)),
+            None => (s, None),
+        };
+        Some(match (kind, n) {
+            ("drop_every_nth_wal", Some(n)) => Sabotage::DropEveryNthWal(n),
+            ("corrupt_every_nth_wal", Some(n)) => Sabotage::CorruptEveryNthWal(n),
+            ("alter_every_nth_wal", Some(n)) => Sabotage::AlterEveryNthWal(n),
+            ("truncate_every_nth_wal", Some(n)) => Sabotage::TruncateEveryNthWal(n),
+            ("hide_every_nth_wal", Some(n)) => Sabotage::HideEveryNthWal(n),
+            ("stale_visibility_map", None) => Sabotage::StaleVisibilityMap,
+            ("omit_relation_file", None) => Sabotage::OmitRelationFile,
+            ("delta_misses_changes", None) => Sabotage::DeltaMissesChanges,
+            ("drop_history", None) => Sabotage::DropHistory,
+            ("retention_deletes_needed_wal", None) => Sabotage::RetentionDeletesNeededWal,
+            ("wrong_backup_label", None) => Sabotage::WrongBackupLabel,
+            ("late_recovery_target", None) => Sabotage::LateRecoveryTarget,
+            _ => return None,
+        })
+    }
+
+    pub fn to_setting(self) -> String {
+        match self {
+            Sabotage::DropEveryNthWal(n) => format!("drop_every_nth_wal:{n}"),
+            Sabotage::CorruptEveryNthWal(n) => format!("corrupt_every_nth_wal:{n}"),
+            Sabotage::AlterEveryNthWal(n) => format!("alter_every_nth_wal:{n}"),
+            Sabotage::TruncateEveryNthWal(n) => format!("truncate_every_nth_wal:{n}"),
+            Sabotage::HideEveryNthWal(n) => format!("hide_every_nth_wal:{n}"),
+            Sabotage::StaleVisibilityMap => "stale_visibility_map".into(),
+            Sabotage::OmitRelationFile => "omit_relation_file".into(),
+            Sabotage::DeltaMissesChanges => "delta_misses_changes".into(),
+            Sabotage::DropHistory => "drop_history".into(),
+            Sabotage::RetentionDeletesNeededWal => "retention_deletes_needed_wal".into(),
+            Sabotage::WrongBackupLabel => "wrong_backup_label".into(),
+            Sabotage::LateRecoveryTarget => "late_recovery_target".into(),
+        }
+    }
+
+    /// What the defect does, for the mutation suite's table.
+    pub fn description(self) -> &'static str {
+        match self {
+            Sabotage::DropEveryNthWal(_) => "wal-push exits 0 without storing a segment",
+            Sabotage::CorruptEveryNthWal(_) => {
+                "a stored segment's bytes flipped after checksumming"
+            }
+            Sabotage::AlterEveryNthWal(_) => {
+                "a segment altered before checksumming (only replay can notice)"
+            }
+            Sabotage::TruncateEveryNthWal(_) => "a segment stored truncated",
+            Sabotage::HideEveryNthWal(_) => "wal-fetch says \"not found\" for a stored segment",
+            Sabotage::StaleVisibilityMap => "delta backups pick visibility-map pages by LSN",
+            Sabotage::OmitRelationFile => "a relation file left out of the base backup",
+            Sabotage::DeltaMissesChanges => "delta backups keep stale copies of changed pages",
+            Sabotage::DropHistory => "timeline history files not stored",
+            Sabotage::RetentionDeletesNeededWal => "retention deletes WAL a kept backup needs",
+            Sabotage::WrongBackupLabel => "backup_label names the wrong checkpoint",
+            Sabotage::LateRecoveryTarget => "the recovery target written two seconds late",
+        }
+    }
+
+    /// Whether WAL file `name` is one that an every-Nth defect `n` hits.
+    fn nth_segment(n: u32, name: &str) -> bool {
+        layout::wal_file_kind(name) == Some(WalFileKind::Segment)
+            && u64::from_str_radix(&name[16..24], 16).is_ok_and(|seg| seg % u64::from(n) == 0)
+    }
+
+    /// Whether this WAL object is one the store drops or corrupts.
+    fn hits(self, key: &Key) -> bool {
+        let Some(name) = layout::wal_name_of(key) else {
+            return false;
+        };
+        match self {
+            Sabotage::DropEveryNthWal(n) | Sabotage::CorruptEveryNthWal(n) => {
+                Sabotage::nth_segment(n, name)
+            }
+            Sabotage::DropHistory => layout::wal_file_kind(name) == Some(WalFileKind::History),
+            _ => false,
+        }
+    }
+
+    /// The WAL content wal-push stores for `name`: altered or truncated by
+    /// those defects, else `data` itself.
+    pub fn wal_content(sabotage: Option<Sabotage>, name: &str, data: Bytes) -> Bytes {
+        match sabotage {
+            Some(Sabotage::AlterEveryNthWal(n)) if Sabotage::nth_segment(n, name) => {
+                tracing::warn!(%name, "SABOTAGE: altering the segment before checksumming");
+                let mut bytes = data.to_vec();
+                // Past the first page's long header (40 bytes), inside the
+                // first records: a segment closed by archive_timeout holds
+                // little WAL, and the zeros after it are never replayed.
+                let at = 100;
+                if let Some(b) = bytes.get_mut(at) {
+                    *b ^= 0x55;
+                }
+                Bytes::from(bytes)
+            }
+            Some(Sabotage::TruncateEveryNthWal(n)) if Sabotage::nth_segment(n, name) => {
+                tracing::warn!(%name, "SABOTAGE: storing the segment truncated");
+                data.slice(..data.len() / 2)
+            }
+            _ => data,
+        }
+    }
+
+    /// Whether wal-fetch pretends that `name` is not stored.
+    pub fn hides(sabotage: Option<Sabotage>, name: &str) -> bool {
+        matches!(sabotage, Some(Sabotage::HideEveryNthWal(n)) if Sabotage::nth_segment(n, name))
+    }
+}
+
+/// A store that applies a [`Sabotage`] to WAL uploads.
+#[derive(Debug)]
+pub struct SabotagedStore {
+    pub inner: Arc<dyn Store>,
+    pub sabotage: Sabotage,
+}
+
+#[async_trait]
+impl Store for SabotagedStore {
+    async fn put(&self, key: &Key, data: Bytes) -> Result<(), StoreError> {
+        if !self.sabotage.hits(key) {
+            return self.inner.put(key, data).await;
+        }
+        tracing::warn!(%key, sabotage = ?self.sabotage, "SABOTAGE: deliberately mishandling this upload");
+        match self.sabotage {
+            Sabotage::CorruptEveryNthWal(_) => {
+                let mut bytes = data.to_vec();
+                let mid = bytes.len() / 2;
+                bytes[mid] ^= 0x40;
+                self.inner.put(key, Bytes::from(bytes)).await
+            }
+            // Dropped: success without storing.
+            _ => Ok(()),
+        }
+    }
+    async fn put_stream(&self, key: &Key, chunks: ChunkReceiver) -> Result<u64, StoreError> {
+        self.inner.put_stream(key, chunks).await
+    }
+    async fn head(&self, key: &Key) -> Result<Option<ObjectInfo>, StoreError> {
+        self.inner.head(key).await
+    }
+    async fn get(&self, key: &Key) -> Result<Bytes, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn get_stream(
+        &self,
+        key: &Key,
+    ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
+        self.inner.get_stream(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &Key) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn confirm_location(&self) -> Result<(), StoreError> {
+        self.inner.confirm_location().await
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} (SABOTAGED: {})",
+            self.inner.describe(),
+            self.sabotage.to_setting()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::codec::Compression;
+    use crate::backup::store::DirStore;
+
+    #[tokio::test]
+    async fn every_nth_segment_is_dropped_or_corrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner: Arc<dyn Store> = Arc::new(DirStore::new(dir.path().to_path_buf()));
+        let drop = SabotagedStore {
+            inner: Arc::clone(&inner),
+            sabotage: Sabotage::parse("drop_every_nth_wal:5").unwrap(),
+        };
+        for seg in 1..=10u32 {
+            let key = layout::wal_key(&format!("0000000100000000{seg:08X}"), Compression::None);
+            drop.put(&key, Bytes::from_static(b"payload"))
+                .await
+                .unwrap();
+        }
+        let stored = inner.list("wal_005/").await.unwrap();
+        assert_eq!(stored.len(), 8, "segments 5 and 10 dropped");
+        let history = layout::wal_key("00000005.history", Compression::None);
+        drop.put(&history, Bytes::from_static(b"h")).await.unwrap();
+        assert!(
+            inner.get(&history).await.is_ok(),
+            "only segments are sabotaged"
+        );
+
+        let corrupt = SabotagedStore {
+            inner: Arc::clone(&inner),
+            sabotage: Sabotage::CorruptEveryNthWal(3),
+        };
+        let key = layout::wal_key("000000010000000000000003", Compression::None);
+        corrupt
+            .put(&key, Bytes::from_static(b"abcdef"))
+            .await
+            .unwrap();
+        assert_ne!(
+            inner.get(&key).await.unwrap(),
+            Bytes::from_static(b"abcdef")
+        );
+        assert!(Sabotage::parse("drop_every_nth_wal:0").is_none());
+        assert!(Sabotage::parse("stale_visibility_map:2").is_none());
+        assert!(Sabotage::parse("drop_every_nth_wal").is_none());
+        for mutant in Sabotage::catalogue() {
+            assert_eq!(Sabotage::parse(&mutant.to_setting()), Some(mutant));
+        }
+        assert!(Sabotage::catalogue().len() >= 12);
+        assert!(Sabotage::parse("explode:3").is_none());
+    }
+}
