@@ -154,7 +154,7 @@ pub struct DrillReport {
     pub failures: Vec<String>,
     pub workload: Option<LedgerSummary>,
     pub steps: Vec<StepRecord>,
-    pub backups: Vec<serde_json::Value>,
+    pub backups: Vec<crate::backup::catalog::BackupListRow>,
     pub wal_archived: Option<i64>,
     pub wal_gaps: Vec<WalGapRecord>,
     pub disaster: Option<DisasterRecord>,

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::catalog::{self, ListedBackup};
@@ -75,7 +75,8 @@ impl From<StoreError> for CheckError {
 }
 
 /// A check's verdict, WAL-G's words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum CheckStatus {
     Ok,
     Warning,
@@ -101,14 +102,9 @@ impl CheckStatus {
     }
 }
 
-impl Serialize for CheckStatus {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
 /// What the integrity check found for one segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SegmentStatus {
     Found,
     MissingDelayed,
@@ -127,14 +123,8 @@ impl SegmentStatus {
     }
 }
 
-impl Serialize for SegmentStatus {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
 /// Contiguous segments with the same timeline and status (WAL-G's JSON names).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentRange {
     pub timeline_id: u32,
     pub start_segment: String,
@@ -570,14 +560,14 @@ pub enum WalCheck {
 }
 
 /// One check's result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckResult<D> {
     pub status: CheckStatus,
     pub details: D,
 }
 
 /// The timeline check's details (WAL-G's JSON names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimelineDetails {
     pub current_timeline_id: u32,
     pub highest_storage_timeline_id: u32,
@@ -598,13 +588,13 @@ impl TimelineDetails {
     }
 }
 
-/// What `wal-verify` prints: `{"integrity": {...}, "timeline": {...}}`
-/// with the checks that ran.
-#[derive(Debug, Clone, Serialize)]
+/// What `wal-verify --json` prints: `{"integrity": {...}, "timeline":
+/// {...}}` with the checks that ran. The drill reads it with this type.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WalVerifyReport {
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub integrity: Option<CheckResult<Vec<SegmentRange>>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<CheckResult<TimelineDetails>>,
 }
 
@@ -759,6 +749,39 @@ pub(crate) mod tests {
     use super::*;
 
     const SEG: u64 = 16 << 20;
+
+    /// The JSON is the tool's contract with the drill: it reads back what
+    /// it writes, in WAL-G's words.
+    #[test]
+    fn the_json_report_reads_back_in_wal_gs_words() {
+        let report = WalVerifyReport {
+            integrity: Some(CheckResult {
+                status: CheckStatus::Failure,
+                details: vec![SegmentRange {
+                    timeline_id: 1,
+                    start_segment: "000000010000000000000003".into(),
+                    end_segment: "000000010000000000000004".into(),
+                    segments_count: 2,
+                    status: SegmentStatus::MissingLost,
+                }],
+            }),
+            timeline: None,
+        };
+        let json = serde_json::to_string(&report).unwrap();
+        assert!(json.contains(r#""status":"FAILURE""#), "{json}");
+        assert!(json.contains(r#""status":"MISSING_LOST""#), "{json}");
+        let back: WalVerifyReport = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            back.integrity.unwrap().details,
+            report.integrity.unwrap().details
+        );
+        for s in [CheckStatus::Ok, CheckStatus::Warning, CheckStatus::Failure] {
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
+        }
+    }
 
     fn seg(timeline: u32, segno: u64) -> Segment {
         Segment { timeline, segno }

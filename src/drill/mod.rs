@@ -22,9 +22,9 @@ mod steps;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::backup::catalog::BackupListRow;
 use chrono::{DateTime, Utc};
 use rand::SeedableRng;
-use serde::Deserialize;
 
 use crate::backup::config::Secret;
 use crate::env::containers::ContainersEnvironment;
@@ -114,31 +114,31 @@ pub struct DrillOutcome {
     pub dir: PathBuf,
 }
 
-/// A row of `backup-list --json`: the fields the runner uses, and the
-/// whole row for the report.
+/// A backup as the runner uses it: a row of `backup-list --json` with its
+/// times read.
 #[derive(Debug, Clone)]
 struct ListedBackup {
     backup_name: String,
     start_time: DateTime<Utc>,
     finish_time: DateTime<Utc>,
-    row: serde_json::Value,
 }
 
-impl<'de> Deserialize<'de> for ListedBackup {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        struct Fields {
-            backup_name: String,
-            start_time: DateTime<Utc>,
-            finish_time: DateTime<Utc>,
-        }
-        let row = serde_json::Value::deserialize(d)?;
-        let f = Fields::deserialize(&row).map_err(serde::de::Error::custom)?;
+impl ListedBackup {
+    fn from_row(row: &BackupListRow) -> Result<ListedBackup, EnvError> {
+        let time = |field: &str, value: &str| {
+            DateTime::parse_from_rfc3339(value)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| {
+                    EnvError::Other(format!(
+                        "backup-list --json: {field} {value:?} of {} is not a time: {e}",
+                        row.backup_name
+                    ))
+                })
+        };
         Ok(ListedBackup {
-            backup_name: f.backup_name,
-            start_time: f.start_time,
-            finish_time: f.finish_time,
-            row,
+            backup_name: row.backup_name.clone(),
+            start_time: time("start_time", &row.start_time)?,
+            finish_time: time("finish_time", &row.finish_time)?,
         })
     }
 }
@@ -448,12 +448,15 @@ async fn drive(
     report.wal_gaps = history.gaps.clone();
     drop(primary);
 
-    let listed = list_backups(env).await?;
-    report.backups = listed.iter().map(|b| b.row.clone()).collect();
-    let backups: Vec<ListedBackup> = listed
+    let rows = backup_list(env).await?;
+    let backups: Vec<ListedBackup> = rows
+        .iter()
+        .map(ListedBackup::from_row)
+        .collect::<Result<Vec<_>, _>>()?
         .into_iter()
         .filter(|b| !history.abandoned.contains(&b.backup_name))
         .collect();
+    report.backups = rows;
     if backups.is_empty() {
         report
             .failures
@@ -704,10 +707,20 @@ async fn wait_until(deadline: Instant, live: &Live<'_>, primary_gone: bool) {
     }
 }
 
-async fn list_backups(env: &dyn Environment) -> Result<Vec<ListedBackup>, EnvError> {
+/// `backup-list --json`, read with the tool's own row type.
+async fn backup_list(env: &dyn Environment) -> Result<Vec<BackupListRow>, EnvError> {
     let json = env.backup_tool(&["backup-list", "--json"]).await?;
     serde_json::from_str(&json)
         .map_err(|e| EnvError::Other(format!("backup-list --json is not what we expect: {e}")))
+}
+
+/// The backups in storage, oldest first.
+async fn list_backups(env: &dyn Environment) -> Result<Vec<ListedBackup>, EnvError> {
+    backup_list(env)
+        .await?
+        .iter()
+        .map(ListedBackup::from_row)
+        .collect()
 }
 
 /// How long a drill waits for the archiver to store a segment.
@@ -941,7 +954,6 @@ mod tests {
             backup_name: format!("base_{start}"),
             start_time: t(start),
             finish_time: t(finish),
-            row: serde_json::Value::Null,
         }
     }
 

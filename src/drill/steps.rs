@@ -505,26 +505,16 @@ async fn detect_deleted(
     env: &dyn Environment,
     gaps: Vec<&mut WalGapRecord>,
 ) -> Result<(), EnvError> {
-    #[derive(serde::Deserialize)]
-    struct Report {
-        integrity: Integrity,
-    }
-    #[derive(serde::Deserialize)]
-    struct Integrity {
-        status: String,
-        details: Vec<Range>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Range {
-        start_segment: String,
-        end_segment: String,
-        status: String,
-    }
+    use crate::backup::exit;
+    use crate::backup::walverify::{CheckStatus, SegmentStatus, WalVerifyReport};
     let run = env
         .backup_tool_status(&["wal-verify", "integrity", "--json"])
         .await?;
     let code = run.status.code();
-    let report: Result<Report, _> = serde_json::from_str(&run.stdout);
+    let report = serde_json::from_str::<WalVerifyReport>(&run.stdout).and_then(|r| {
+        r.integrity
+            .ok_or_else(|| serde::de::Error::custom("it has no integrity check"))
+    });
     for gap in gaps {
         let segment = gap.segment.as_str();
         (gap.detected, gap.wal_verify) = match &report {
@@ -536,19 +526,21 @@ async fn detect_deleted(
                     crate::env::tail(run.stderr.trim(), 3)
                 ),
             ),
-            Ok(r) => {
+            Ok(integrity) => {
                 // Names of one timeline sort like their positions.
-                let range = r.integrity.details.iter().find(|d| {
-                    d.status == "MISSING_LOST"
+                let range = integrity.details.iter().find(|d| {
+                    d.status == SegmentStatus::MissingLost
                         && d.start_segment.as_str() <= segment
                         && segment <= d.end_segment.as_str()
                 });
                 (
-                    code == Some(4) && r.integrity.status == "FAILURE" && range.is_some(),
+                    code == Some(exit::CHECK_FAILURE)
+                        && integrity.status == CheckStatus::Failure
+                        && range.is_some(),
                     format!(
                         "exit {}, integrity {}, {}",
                         code.map_or("-".to_string(), |c| c.to_string()),
-                        r.integrity.status,
+                        integrity.status.as_str(),
                         range.map_or("no MISSING_LOST range holds it".to_string(), |d| {
                             format!("MISSING_LOST {} to {}", d.start_segment, d.end_segment)
                         })

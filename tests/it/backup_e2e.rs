@@ -3,7 +3,7 @@
 //! `wal-fetch` to the end of WAL and to a timestamp between two known
 //! commits; row counts must match exactly.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

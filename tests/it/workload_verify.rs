@@ -4,7 +4,7 @@
 //! matching once a row is deleted), a restore to the end of WAL, and writers
 //! that outlive a killed primary.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

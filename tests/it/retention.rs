@@ -3,7 +3,7 @@
 //! the named backup; `everything` empties the archive, permanent backups
 //! only with FORCE.
 
-mod common;
+use crate::common;
 
 use common::*;
 use pgdrill::env::local::InitOptions;

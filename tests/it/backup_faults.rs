@@ -1,7 +1,7 @@
 //! Crash and bad-input behaviour of the backup verbs against real
 //! PostgreSQL and a real S3 server.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! follows timeline 2 (recovery_target_timeline = 'latest', the default)
 //! to a target on it.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! pg_wal/.pgdrill/prefetch; a prefetched segment is served by rename; an
 //! unfinished (claimed) file is never served.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, SystemTime};
 

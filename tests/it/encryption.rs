@@ -11,7 +11,7 @@
 //! what `codec::encode` makes of that segment unencrypted (lz4 framing is
 //! deterministic), i.e. the encryption wraps the unencrypted object.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -3,7 +3,7 @@
 //! WALG_DELTA_MAX_STEPS, and retention never removes a base a kept delta
 //! needs.
 
-mod common;
+use crate::common;
 
 use common::*;
 use pgdrill::env::local::InitOptions;

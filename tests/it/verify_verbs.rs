@@ -2,7 +2,7 @@
 //! with pgdrill: `wal-verify`, `backup-verify` and `backup-check` pass on a
 //! healthy archive and name each defect injected into it.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
