@@ -331,6 +331,21 @@ pub enum Command {
     },
 }
 
+/// An error and its causes as one line, each cause once: many messages
+/// name their cause already ("cannot read X: No such file"), and anyhow's
+/// `{:#}` would repeat it.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
 /// Whether a command line (program name first) runs `wal-fetch`: its verb
 /// is the first argument that is neither an option nor the value of a
 /// global option. Decided before parsing, so that even a command line
@@ -758,6 +773,26 @@ async fn run_backup_verb(command: Command, env_dir: Option<&Path>) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_text_names_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot read x.yaml: {source}")]
+        struct Named {
+            source: std::io::Error,
+        }
+        let e = anyhow::Error::new(Named {
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+        assert_eq!(
+            format!("{e:#}"),
+            "cannot read x.yaml: entity not found: entity not found"
+        );
+        assert_eq!(error_text(&e), "cannot read x.yaml: entity not found");
+        let e = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::NotFound))
+            .context("loading the scenario");
+        assert_eq!(error_text(&e), "loading the scenario: entity not found");
+    }
 
     #[test]
     fn the_wal_fetch_verb_is_found_before_parsing() {

@@ -44,7 +44,7 @@ fn main() {
     let code = match runtime.block_on(pgdrill::cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("pgdrill: {e:#}");
+            eprintln!("pgdrill: {}", pgdrill::cli::error_text(&e));
             failure
         }
     };

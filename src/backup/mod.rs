@@ -139,18 +139,19 @@ impl BackupError {
                 key: key.clone(),
                 detail,
             },
-            codec::CodecError::Io(source) => match source
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<StoreError>())
+            // A store failure while streaming keeps its kind (not found,
+            // access denied, ...), so callers and exit codes can tell.
+            codec::CodecError::Io(source)
+                if source.get_ref().is_some_and(|i| i.is::<StoreError>()) =>
             {
-                Some(se) => BackupError::Store(StoreError::Other {
-                    key: key.clone(),
-                    detail: se.to_string(),
-                }),
-                None => BackupError::Io {
-                    context: format!("reading {key}"),
-                    source,
-                },
+                match source.into_inner().map(|i| i.downcast::<StoreError>()) {
+                    Some(Ok(store)) => BackupError::Store(*store),
+                    _ => unreachable!("checked to be a StoreError"),
+                }
+            }
+            codec::CodecError::Io(source) => BackupError::Io {
+                context: format!("reading {key}"),
+                source,
             },
         }
     }
@@ -222,6 +223,35 @@ impl Context {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_failure_while_decoding_keeps_its_kind() {
+        let key = Key::new("wal_005/000000010000000000000003.lz4");
+        let denied = StoreError::AccessDenied {
+            key: key.clone(),
+            detail: "403".into(),
+        };
+        let e = BackupError::from_codec(&key, codec::CodecError::Io(std::io::Error::other(denied)));
+        assert!(
+            matches!(e, BackupError::Store(StoreError::AccessDenied { .. })),
+            "{e:?}"
+        );
+        let e = BackupError::from_codec(
+            &key,
+            codec::CodecError::Io(std::io::Error::other(StoreError::NotFound(key.clone()))),
+        );
+        assert!(
+            matches!(e, BackupError::Store(StoreError::NotFound(_))),
+            "{e:?}"
+        );
+        let e = BackupError::from_codec(
+            &key,
+            codec::CodecError::Io(std::io::Error::from(std::io::ErrorKind::BrokenPipe)),
+        );
+        assert!(matches!(e, BackupError::Io { .. }), "{e:?}");
+    }
+
     /// The backup tool is a leaf: the harness uses it, never the other way
     /// round, so no file under src/backup/ names another module of the
     /// crate.

@@ -20,8 +20,10 @@ pub const SABOTAGE_BUILT_IN: bool = cfg!(feature = "sabotage");
 /// What the sabotaged tool does wrong: the mutants of the mutation suite
 /// (`pgdrill mutants`). `every` counts WAL segments by their
 /// number, so separate `wal-push` and `wal-fetch` processes agree on which
-/// ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// ones. Scenario files spell it as serde does: `drop_every_nth_wal: N`
+/// for the every-Nth defects, the bare name for the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Sabotage {
     /// Report success for every Nth segment without storing it.
     DropEveryNthWal(u32),

@@ -43,7 +43,7 @@ pub struct Scenario {
     /// How the sabotaged engine misbehaves, e.g.
     /// `sabotage: { drop_every_nth_wal: 10 }`; required with
     /// [`Engine::PgdrillSabotaged`] and rejected otherwise.
-    #[serde(default, deserialize_with = "sabotage")]
+    #[serde(default)]
     pub sabotage: Option<Sabotage>,
     /// Seed for every random choice of the drill (restore targets, payloads).
     /// When absent the runner picks one and reports it.
@@ -132,30 +132,6 @@ pub enum Engine {
     /// pgdrill's backup tool with a deliberate defect ([`Scenario::sabotage`]),
     /// to prove the harness notices a broken backup tool.
     PgdrillSabotaged,
-}
-
-/// The YAML form of a [`Sabotage`]: `drop_every_nth_wal: N` and the other
-/// every-Nth WAL defects, N counting WAL segments (1 means every one), or
-/// the name of a defect without a number, e.g. `stale_visibility_map`.
-#[derive(Deserialize)]
-#[serde(remote = "Sabotage", rename_all = "snake_case")]
-enum SabotageDef {
-    DropEveryNthWal(u32),
-    CorruptEveryNthWal(u32),
-    AlterEveryNthWal(u32),
-    TruncateEveryNthWal(u32),
-    HideEveryNthWal(u32),
-    StaleVisibilityMap,
-    OmitRelationFile,
-    DeltaMissesChanges,
-    DropHistory,
-    RetentionDeletesNeededWal,
-    WrongBackupLabel,
-    LateRecoveryTarget,
-}
-
-fn sabotage<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Sabotage>, D::Error> {
-    SabotageDef::deserialize(d).map(Some)
 }
 
 /// The PostgreSQL server.

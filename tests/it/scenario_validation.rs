@@ -96,3 +96,24 @@ fn every_bad_fixture_fails_with_its_message() {
         );
     }
 }
+
+/// An error's cause is printed once: `cannot read X: No such file`, not the
+/// cause again after it (anyhow's `{:#}` repeats causes that messages name).
+#[test]
+fn a_missing_scenario_file_is_named_with_its_cause_once() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgdrill"))
+        .args(["run", "/nonexistent/drill.yaml"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot read /nonexistent/drill.yaml"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+}
