@@ -100,7 +100,6 @@ const BACKUP_PUSH_RSS_GOAL_MIB: f64 = 256.0;
 /// Longest wait for the archiver, and for a restore to finish recovery.
 const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(1800);
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(3600);
-const POLL: Duration = Duration::from_millis(50);
 /// The server settings of the loaded primary.
 const PRIMARY_SETTINGS: [(&str, &str); 2] = [("max_wal_size", "1GB"), ("fsync", "off")];
 /// How WAL is written between measurements: short pgbench runs, until
@@ -316,39 +315,11 @@ impl Rig {
     /// Forces a segment switch and waits until the archiver has stored the
     /// segment; returns it.
     async fn switch_and_wait_archived(&self, client: &Client) -> Result<Segment> {
-        // A commit record first, so that the switch has a segment to complete.
-        query_value::<i64>(client, "SELECT txid_current()").await?;
-        let name: String = query_value(client, "SELECT pg_walfile_name(pg_switch_wal())").await?;
-        let segment = Segment::parse(&name, SEGMENT_SIZE)
-            .with_context(|| format!("{name:?} is not a WAL segment name"))?;
-        let started = Instant::now();
-        let mut next_note = started + Duration::from_secs(15);
-        loop {
-            let archived: String = query_value(
-                client,
-                "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
-            )
-            .await?;
-            if archived >= name {
-                return Ok(segment);
-            }
-            if started.elapsed() > ARCHIVE_TIMEOUT {
-                let failed: String = query_value(
-                    client,
-                    "SELECT coalesce(last_failed_wal, '') FROM pg_stat_archiver",
-                )
-                .await?;
-                bail!(
-                    "{name} was not archived within {ARCHIVE_TIMEOUT:?} (last archived {archived:?}, last failed {failed:?}); server log:\n{}",
-                    self.primary.log_tail(20)
-                );
-            }
-            if Instant::now() > next_note {
-                eprintln!("bench: waiting for the archiver: at {archived}, waiting for {name}");
-                next_note += Duration::from_secs(15);
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        let name = crate::env::pg::switch_and_wait_archived(client, ARCHIVE_TIMEOUT)
+            .await
+            .with_context(|| format!("server log:\n{}", self.primary.log_tail(20)))?;
+        Segment::parse(&name, SEGMENT_SIZE)
+            .with_context(|| format!("{name:?} is not a WAL segment name"))
     }
 
     /// Runs pgbench in short rounds until at least `bytes` of WAL are
@@ -409,7 +380,7 @@ impl Rig {
             }
         })
         .await?;
-        wait_promoted(&pg, started + RECOVERY_TIMEOUT).await?;
+        wait_promoted(&pg).await?;
         let replay_secs = started.elapsed().as_secs_f64();
         eprintln!("bench: replay with WALG_PREFETCH={prefetch} took {replay_secs:.1} s");
         blocking(move || {
@@ -530,23 +501,11 @@ impl Rig {
 }
 
 /// Waits until `pg` has left recovery.
-async fn wait_promoted(pg: &LocalPostgres, deadline: Instant) -> Result<()> {
+async fn wait_promoted(pg: &LocalPostgres) -> Result<()> {
     let client = pg.connect().await?;
-    loop {
-        let in_recovery: bool = query_value(&client, "SELECT pg_is_in_recovery()")
-            .await
-            .with_context(|| format!("restored server log:\n{}", pg.log_tail(20)))?;
-        if !in_recovery {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the restored server was still in recovery after {RECOVERY_TIMEOUT:?}; log:\n{}",
-                pg.log_tail(20)
-            );
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    let log_tail = || async { pg.log_tail(20) };
+    crate::env::pg::wait_promoted(&client, "bench restore", RECOVERY_TIMEOUT, log_tail).await?;
+    Ok(())
 }
 
 async fn remove_dir(dir: &Path) -> Result<()> {

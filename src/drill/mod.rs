@@ -728,12 +728,12 @@ const ARCHIVE_WAIT: Duration = Duration::from_secs(300);
 
 /// Forces a segment switch and waits until the archiver stored it.
 async fn switch_and_wait_archived(client: &tokio_postgres::Client) -> Result<String, EnvError> {
-    Ok(crate::env::local::switch_and_wait_archived(client, ARCHIVE_WAIT).await?)
+    crate::env::pg::switch_and_wait_archived(client, ARCHIVE_WAIT).await
 }
 
 /// Waits until the archiver stored `segment` (or a later one).
 async fn wait_archived(client: &tokio_postgres::Client, segment: &str) -> Result<(), EnvError> {
-    Ok(crate::env::local::wait_archived(client, segment, ARCHIVE_WAIT).await?)
+    crate::env::pg::wait_archived(client, segment, ARCHIVE_WAIT).await
 }
 
 /// One restore to do.

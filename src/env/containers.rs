@@ -575,7 +575,8 @@ impl ContainersEnvironment {
             .map_err(docker_err("starting the primary"))?;
         env.primary_config = server_config(&primary).await?;
         env.primary = Some(primary);
-        let client = connect_retrying(&env.primary_config, Duration::from_secs(60)).await?;
+        let client =
+            super::pg::connect_retrying(&env.primary_config, Duration::from_secs(60)).await?;
         let row = client
             .query_one("SHOW server_version", &[])
             .await
@@ -834,7 +835,7 @@ impl ContainersEnvironment {
         };
         let start_to_consistent = started.elapsed();
         let consistent_to_promoted =
-            super::wait_promoted(&client, label, Duration::from_secs(1800), log_tail).await?;
+            super::pg::wait_promoted(&client, label, Duration::from_secs(1800), log_tail).await?;
         let log = server.stderr_to_vec().await.unwrap_or_default();
         Ok(Restored {
             client,
@@ -967,22 +968,6 @@ async fn server_config(
         .application_name("pgdrill-workload")
         .connect_timeout(Duration::from_secs(5));
     Ok(config)
-}
-
-/// Connects, retrying while the server starts (the official image starts
-/// and stops a temporary server before the real one).
-async fn connect_retrying(
-    config: &tokio_postgres::Config,
-    timeout: Duration,
-) -> Result<tokio_postgres::Client, EnvError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match super::connect_once(config).await {
-            Ok(c) => return Ok(c),
-            Err(e) if Instant::now() > deadline => return Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
 }
 
 /// Runs `cmd` in `container`; its output and exit status. (Through

@@ -214,64 +214,6 @@ pub fn archiving_settings(
     .collect()
 }
 
-fn pg_command_err(what: &str) -> impl Fn(tokio_postgres::Error) -> LocalError + '_ {
-    move |e| LocalError::Command {
-        what: what.to_string(),
-        detail: crate::backup::pg::pg_error_text(&e),
-    }
-}
-
-/// Forces a WAL segment switch on a server and waits up to `timeout` until
-/// its archiver stored the closed segment; returns that segment's name.
-pub async fn switch_and_wait_archived(
-    client: &tokio_postgres::Client,
-    timeout: Duration,
-) -> Result<String, LocalError> {
-    // A write first, so the switch has something to close.
-    client
-        .batch_execute("CREATE TABLE IF NOT EXISTS pgdrill_switch(x int); INSERT INTO pgdrill_switch VALUES (1)")
-        .await
-        .map_err(pg_command_err("writing before the WAL switch"))?;
-    let segment: String = client
-        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
-        .await
-        .map_err(pg_command_err("pg_switch_wal()"))?
-        .get(0);
-    wait_archived(client, &segment, timeout).await?;
-    Ok(segment)
-}
-
-/// Waits up to `timeout` until the archiver stored `segment` or a later one
-/// (compared timeline-blind, so a promoted server's segments count).
-pub async fn wait_archived(
-    client: &tokio_postgres::Client,
-    segment: &str,
-    timeout: Duration,
-) -> Result<(), LocalError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let row = client
-            .query_one(
-                "SELECT coalesce(last_archived_wal, ''), coalesce(last_failed_wal, '') FROM pg_stat_archiver",
-                &[],
-            )
-            .await
-            .map_err(pg_command_err("reading pg_stat_archiver"))?;
-        let archived: String = row.get(0);
-        if archived.len() >= 24 && archived[8..24] >= segment[8..24] {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            let failed: String = row.get(1);
-            return Err(LocalError::Timeout(format!(
-                "segment {segment} not archived within {}s (last archived {archived:?}, last failed {failed:?})",
-                timeout.as_secs()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Picks a free TCP port on loopback. Another process may take it before
 /// we bind it, so callers retry on "address in use".
 pub fn free_port() -> Result<u16, LocalError> {
@@ -831,7 +773,7 @@ impl LocalEnvironment {
         let client = pg.connect().await?;
         let log_tail = || async { pg.log_tail(20) };
         let consistent_to_promoted =
-            super::wait_promoted(&client, label, Duration::from_secs(1800), log_tail).await?;
+            super::pg::wait_promoted(&client, label, Duration::from_secs(1800), log_tail).await?;
         Ok(super::Restored {
             client,
             timings: super::RestoreTimings {

@@ -6,12 +6,14 @@
 pub mod containers;
 pub mod fault;
 pub mod local;
+pub mod pg;
 pub mod s3_server;
 
 pub use fault::{damage_wal, Damage};
+pub use pg::connect_once;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -192,57 +194,6 @@ pub trait Environment: Send + Sync {
 pub(crate) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// One connection attempt; the connection runs on its own task.
-pub async fn connect_once(
-    config: &tokio_postgres::Config,
-) -> Result<tokio_postgres::Client, EnvError> {
-    let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| EnvError::Postgres(crate::backup::pg::pg_error_text(&e)))?;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
-/// Waits until restored server `label` (reached by `client`) has left
-/// recovery; how long that took. A server that accepted connections (hot
-/// standby) may still end recovery with a FATAL error: then the error
-/// carries `log_tail()`.
-pub(crate) async fn wait_promoted<F, Fut>(
-    client: &tokio_postgres::Client,
-    label: &str,
-    timeout: Duration,
-    log_tail: F,
-) -> Result<Duration, EnvError>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = String>,
-{
-    let started = Instant::now();
-    loop {
-        let in_recovery: bool = match client.query_one("SELECT pg_is_in_recovery()", &[]).await {
-            Ok(row) => row.get(0),
-            Err(e) => {
-                return Err(EnvError::Other(format!(
-                    "restore {label} stopped during recovery ({}); log:\n{}",
-                    crate::backup::pg::pg_error_text(&e),
-                    log_tail().await
-                )))
-            }
-        };
-        if !in_recovery {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > timeout {
-            return Err(EnvError::Other(format!(
-                "restore {label} did not finish recovery; log:\n{}",
-                log_tail().await
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Counts the WAL files restore_command delivered, from a server's log.

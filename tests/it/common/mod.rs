@@ -186,26 +186,16 @@ pub fn stderr(out: &Output) -> String {
 /// Waits until the server has left recovery.
 pub async fn wait_promoted(pg: &LocalPostgres) {
     let client = pg.connect().await.expect("connect to restored server");
-    for _ in 0..600 {
-        let row = client
-            .query_one("SELECT pg_is_in_recovery()", &[])
-            .await
-            .unwrap();
-        if !row.get::<_, bool>(0) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "restored server did not leave recovery; log:\n{}",
-        pg.log_tail(30)
-    );
+    let log_tail = || async { pg.log_tail(30) };
+    pgdrill::env::pg::wait_promoted(&client, "restore", Duration::from_secs(60), log_tail)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Forces a segment switch and waits until the archiver has stored it.
 pub async fn switch_and_wait_archived(pg: &LocalPostgres) -> String {
     let client = pg.connect().await.unwrap();
-    pgdrill::env::local::switch_and_wait_archived(&client, Duration::from_secs(60))
+    pgdrill::env::pg::switch_and_wait_archived(&client, Duration::from_secs(60))
         .await
         .unwrap_or_else(|e| panic!("{e}; log:\n{}", pg.log_tail(30)))
 }
