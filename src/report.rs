@@ -107,6 +107,30 @@ pub struct RtoBreakdown {
     pub wal_bytes_fetched: u64,
 }
 
+/// Why a restore must fail: the archive it needs was damaged on purpose.
+/// Written to report.json as its sentence, e.g. "needs deleted WAL
+/// segment 000000010000000000000010".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MustFail {
+    NeedsDeletedSegment(String),
+    NeedsCorruptedSegment(String),
+}
+
+impl std::fmt::Display for MustFail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MustFail::NeedsDeletedSegment(s) => write!(f, "needs deleted WAL segment {s}"),
+            MustFail::NeedsCorruptedSegment(s) => write!(f, "needs corrupted WAL segment {s}"),
+        }
+    }
+}
+
+impl Serialize for MustFail {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// One restore and its verification.
 #[derive(Debug, Clone, Serialize)]
 pub struct RestoreRecord {
@@ -116,7 +140,7 @@ pub struct RestoreRecord {
     pub backup: String,
     pub expected: Expected,
     /// Why it must fail.
-    pub expected_because: Option<String>,
+    pub expected_because: Option<MustFail>,
     /// Restored and verified.
     pub passed: bool,
     /// The result is the expected one (a failure also the expected kind).
@@ -302,9 +326,15 @@ impl DrillReport {
             };
             let expected = match (r.expected, &r.expected_because) {
                 (Expected::Pass, _) => "pass".to_string(),
-                (Expected::Fail, because) => {
-                    format!("fail: {}", cell(because.as_deref().unwrap_or("")))
-                }
+                (Expected::Fail, because) => format!(
+                    "fail: {}",
+                    cell(
+                        &because
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .unwrap_or_default()
+                    )
+                ),
             };
             md.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
@@ -447,6 +477,15 @@ mod tests {
             passed,
             detail: String::new(),
         }
+    }
+
+    #[test]
+    fn why_a_restore_must_fail_is_written_as_its_sentence() {
+        let because = MustFail::NeedsCorruptedSegment("000000010000000000000010".into());
+        assert_eq!(
+            serde_json::to_string(&because).unwrap(),
+            r#""needs corrupted WAL segment 000000010000000000000010""#
+        );
     }
 
     #[test]

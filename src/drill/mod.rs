@@ -31,7 +31,8 @@ use crate::env::containers::ContainersEnvironment;
 use crate::env::local::LocalEnvironment;
 use crate::env::{Damage, EnvError, EnvSpec, Environment};
 use crate::report::{
-    DisasterRecord, DrillReport, Expected, ObjectiveResult, RestoreRecord, RtoBreakdown, StepRecord,
+    DisasterRecord, DrillReport, Expected, MustFail, ObjectiveResult, RestoreRecord, RtoBreakdown,
+    StepRecord,
 };
 use crate::scenario::{
     BackupChoice, Check, DisasterKind, Encryption, Engine, Environment as ScenarioEnv, Scenario,
@@ -84,9 +85,6 @@ const GAP_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
 
 /// The error PostgreSQL ends a recovery with when the archive ends before
 /// the recovery target (PostgreSQL 13 and later).
-/// How `expected_because` starts for a restore that needs a corrupted
-/// segment.
-const NEEDS_CORRUPTED: &str = "needs corrupted WAL segment";
 /// What wal-fetch says of a corrupt object (in the restored server's log).
 const CORRUPT: &str = "corrupt";
 
@@ -541,13 +539,13 @@ fn rto_of(record: &RestoreRecord) -> Option<f64> {
 impl History {
     /// Why a restore of `backup` to `target` (None: the end of the
     /// archive) must fail, if it must: it needs a deleted WAL segment.
-    fn must_fail(&self, backup: &ListedBackup, target: Option<DateTime<Utc>>) -> Option<String> {
+    fn must_fail(&self, backup: &ListedBackup, target: Option<DateTime<Utc>>) -> Option<MustFail> {
         self.gaps
             .iter()
             .find(|g| g.to >= backup.start_time && target.is_none_or(|t| t >= g.from))
             .map(|g| match g.damage {
-                Damage::Deleted => format!("needs deleted WAL segment {}", g.segment),
-                Damage::Corrupted => format!("{NEEDS_CORRUPTED} {}", g.segment),
+                Damage::Deleted => MustFail::NeedsDeletedSegment(g.segment.clone()),
+                Damage::Corrupted => MustFail::NeedsCorruptedSegment(g.segment.clone()),
             })
     }
 
@@ -629,10 +627,10 @@ fn note_restore(report: &mut DrillReport, record: RestoreRecord, progress: &Prog
 
 /// Whether `record` must fail because it needs a corrupted segment.
 fn needs_corrupted(record: &RestoreRecord) -> bool {
-    record
-        .expected_because
-        .as_deref()
-        .is_some_and(|b| b.starts_with(NEEDS_CORRUPTED))
+    matches!(
+        record.expected_because,
+        Some(MustFail::NeedsCorruptedSegment(_))
+    )
 }
 
 /// How a restore that needs a damaged segment must fail: one that needs a
@@ -743,7 +741,7 @@ struct Plan<'a> {
     /// None: the end of the archive.
     target: Option<DateTime<Utc>>,
     /// Why it must fail, if it must.
-    must_fail: Option<String>,
+    must_fail: Option<MustFail>,
 }
 
 /// Restores, verifies against the ledger, and records timings; never
@@ -1011,7 +1009,9 @@ mod tests {
         };
         let early = backup(0.0, 1.0);
         assert_eq!(history.must_fail(&early, Some(t(9.0))), None);
-        let because = Some("needs deleted WAL segment 000000010000000000000010".to_string());
+        let because = Some(MustFail::NeedsDeletedSegment(
+            "000000010000000000000010".to_string(),
+        ));
         assert_eq!(history.must_fail(&early, Some(t(12.0))), because);
         assert_eq!(history.must_fail(&early, None), because);
         assert_eq!(history.must_fail(&backup(12.0, 13.0), None), None);
