@@ -27,8 +27,6 @@ use chrono::{DateTime, Utc};
 use rand::SeedableRng;
 
 use crate::backup::config::Secret;
-use crate::env::containers::ContainersEnvironment;
-use crate::env::local::LocalEnvironment;
 use crate::env::{Damage, EnvError, EnvSpec, Environment};
 use crate::report::{
     DisasterRecord, DrillReport, Expected, MustFail, ObjectiveResult, RestoreRecord, RtoBreakdown,
@@ -186,16 +184,7 @@ pub async fn run(
         log_dir: Some(dir.clone()),
         ..env_spec(scenario)?
     };
-    let mut env: Box<dyn Environment> = match scenario.environment {
-        ScenarioEnv::Containers => {
-            Box::new(ContainersEnvironment::start(&spec, &opts.pgdrill).await?)
-        }
-        _ => Box::new(
-            LocalEnvironment::start(&spec, &opts.pgdrill)
-                .await
-                .map_err(EnvError::from)?,
-        ),
-    };
+    let mut env = crate::env::start(scenario.environment, &spec, &opts.pgdrill).await?;
     let docker_version = match scenario.environment {
         ScenarioEnv::Containers => crate::env::containers::engine_answers().await.ok(),
         _ => None,

@@ -203,6 +203,26 @@ pub(crate) fn restored_wal_files(log: &str) -> u64 {
         .count() as u64
 }
 
+/// Starts the environment of kind `kind`: storage and an archiving primary.
+pub async fn start(
+    kind: crate::scenario::Environment,
+    spec: &EnvSpec,
+    pgdrill: &Path,
+) -> Result<Box<dyn Environment>, EnvError> {
+    use crate::scenario::Environment as Kind;
+    Ok(match kind {
+        Kind::Local => Box::new(local::LocalEnvironment::start(spec, pgdrill).await?),
+        Kind::Containers => {
+            Box::new(containers::ContainersEnvironment::start(spec, pgdrill).await?)
+        }
+        Kind::Kind => {
+            return Err(EnvError::Other(
+                "the kind environment is not implemented yet (issue 12)".into(),
+            ))
+        }
+    })
+}
+
 /// Whether drills of `scenario` can run here; `Err` says why not.
 pub async fn availability(scenario: &crate::scenario::Scenario) -> Result<(), String> {
     use crate::scenario::Environment as Kind;
