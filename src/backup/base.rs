@@ -471,7 +471,7 @@ async fn upload_part(
     let stored = ctx.store.put_stream(&key, rx).await;
     let produced = producer
         .await
-        .map_err(|e| BackupError::Invalid(format!("part writer failed: {e}")))?;
+        .map_err(BackupError::internal("the part writer task"))?;
     let (files, digest, compressed) =
         produced.map_err(BackupError::io(format!("writing {part_name}")))?;
     stored?;
@@ -589,7 +589,7 @@ pub async fn backup_push(
     let walk_dir = data_dir.clone();
     let mut entries = tokio::task::spawn_blocking(move || walk_data_dir(&walk_dir))
         .await
-        .map_err(|e| BackupError::Invalid(format!("directory walk failed: {e}")))??;
+        .map_err(BackupError::internal("the directory walk task"))??;
     if ctx.settings.sabotage == Some(Sabotage::OmitRelationFile) {
         let largest = entries
             .iter()
@@ -701,7 +701,7 @@ pub async fn backup_push(
         files,
     };
     let metadata_json = serde_json::to_vec_pretty(&metadata)
-        .map_err(|e| BackupError::Invalid(format!("serializing metadata: {e}")))?;
+        .map_err(BackupError::internal("serializing metadata.json"))?;
     let summary = BackupSummary {
         backup_name: backup_name.clone(),
         start_time,
@@ -739,7 +739,7 @@ pub async fn backup_push(
         )
         .await?;
     let sentinel = serde_json::to_vec_pretty(&summary)
-        .map_err(|e| BackupError::Invalid(format!("serializing sentinel: {e}")))?;
+        .map_err(BackupError::internal("serializing the sentinel"))?;
     ctx.store
         .put(&layout::sentinel_key(&backup_name), Bytes::from(sentinel))
         .await?;
@@ -1017,7 +1017,7 @@ pub async fn backup_fetch(
         let files = metadata.files.clone();
         tokio::task::spawn_blocking(move || verify_restored(&dest, &files))
             .await
-            .map_err(|e| BackupError::Invalid(format!("verification task failed: {e}")))??;
+            .map_err(BackupError::internal("the verification task"))??;
         info!("verified every restored file against the backup's checksums");
     }
     write_recovery_config(ctx, dest, opts)?;
@@ -1160,7 +1160,7 @@ pub async fn read_stored_part(
         read_part(reader, &part, &key, dest.as_deref(), &expected, &progress)
     })
     .await
-    .map_err(|e| BackupError::Invalid(format!("extract task failed: {e}")))?
+    .map_err(BackupError::internal("the extract task"))?
 }
 
 /// Decodes one part, walks its tar entries and checks each against the

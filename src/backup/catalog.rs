@@ -238,7 +238,7 @@ pub async fn mark(
     let mut summary = resolve(ctx, name).await?;
     summary.is_permanent = permanent;
     let json = serde_json::to_vec_pretty(&summary)
-        .map_err(|e| BackupError::Invalid(format!("serializing sentinel: {e}")))?;
+        .map_err(BackupError::internal("serializing the sentinel"))?;
     ctx.store
         .put(&layout::sentinel_key(&summary.backup_name), json.into())
         .await?;

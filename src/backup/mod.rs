@@ -102,6 +102,11 @@ pub enum BackupError {
     /// Bad user input that clap cannot catch.
     #[error("{0}")]
     Invalid(String),
+    /// A failure of pgdrill itself, not of its input or storage: a worker
+    /// task that panicked or was cancelled, a document that would not
+    /// serialize. `what` says which.
+    #[error("internal error: {what} failed: {detail}")]
+    Internal { what: String, detail: String },
     /// The server does not archive WAL, so no backup of it can be restored.
     #[error("{0}; a backup is restorable only with the WAL from its start to its end in the same storage: set archive_mode = on (needs a restart) and archive_command = 'pgdrill wal-push %p' with this storage's settings")]
     ArchivingOff(String),
@@ -124,6 +129,14 @@ impl BackupError {
         match self {
             BackupError::WalNotFound { .. } => exit::NOT_FOUND,
             _ => exit::FAILURE,
+        }
+    }
+
+    /// Maps a failure of pgdrill itself (see [`BackupError::Internal`]).
+    pub fn internal<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> BackupError + '_ {
+        move |e| BackupError::Internal {
+            what: what.to_string(),
+            detail: e.to_string(),
         }
     }
 
@@ -206,7 +219,7 @@ impl Context {
             codec::decode_from(object).map_err(|e| BackupError::from_codec(&key, e))
         })
         .await
-        .map_err(|e| BackupError::Invalid(format!("decoder task failed: {e}")))?
+        .map_err(BackupError::internal("the decoder task"))?
     }
 
     /// The command line that runs this binary with the same `--env-dir`.
@@ -224,6 +237,20 @@ impl Context {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_failed_worker_task_is_an_internal_error_not_bad_input() {
+        let e = tokio::spawn(async { panic!("worker panicked") })
+            .await
+            .map_err(BackupError::internal("the test task"))
+            .unwrap_err();
+        assert!(matches!(e, BackupError::Internal { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with("internal error: the test task failed: task "),
+            "{e}"
+        );
+    }
 
     #[test]
     fn a_store_failure_while_decoding_keeps_its_kind() {

@@ -170,7 +170,7 @@ async fn encode(
         Ok::<_, std::io::Error>((encryption.encrypt_vec(object)?, digest))
     })
     .await
-    .map_err(|e| BackupError::Invalid(format!("encoder task failed: {e}")))?
+    .map_err(BackupError::internal("the encoder task"))?
     .map_err(BackupError::io("compressing and encrypting WAL"))
 }
 
@@ -538,7 +538,7 @@ mod tests {
                 let download = async {
                     download
                         .await
-                        .map_err(|e| BackupError::Invalid(e.to_string()))
+                        .map_err(BackupError::internal("the prefetch download task"))
                 };
                 prefetch_into(&prefetch, &running, name, download).await
             })
