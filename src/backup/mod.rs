@@ -94,7 +94,7 @@ pub enum BackupError {
         source: std::io::Error,
     },
     #[error("postgres: {0}")]
-    Postgres(String),
+    Postgres(pg::PgError),
     #[error("no backups found in {0}")]
     NoBackups(String),
     #[error("backup {name} not found in {store} (run backup-list to see what exists)")]

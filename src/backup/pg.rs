@@ -19,12 +19,12 @@ pub async fn connect(cfg: &PgConfig) -> Result<Client, BackupError> {
         c.password(p.expose());
     }
     let (client, connection) = c.connect(NoTls).await.map_err(|e| {
-        BackupError::Postgres(format!(
-            "cannot connect to {}:{} as {} (PGHOST/PGPORT/PGUSER/PGPASSWORD): {}",
-            cfg.host,
-            cfg.port,
-            cfg.user,
-            pg_error_text(&e)
+        BackupError::Postgres(PgError::new(
+            format!(
+                "cannot connect to {}:{} as {} (PGHOST/PGPORT/PGUSER/PGPASSWORD)",
+                cfg.host, cfg.port, cfg.user
+            ),
+            &e,
         ))
     })?;
     tokio::spawn(async move {
@@ -47,5 +47,37 @@ pub fn pg_error_text(e: &tokio_postgres::Error) -> String {
 }
 
 pub fn pg_err(context: &str) -> impl Fn(tokio_postgres::Error) -> BackupError + '_ {
-    move |e| BackupError::Postgres(format!("{context}: {}", pg_error_text(&e)))
+    move |e| BackupError::Postgres(PgError::new(context, &e))
+}
+
+/// A failed PostgreSQL connection or statement: what pgdrill was doing,
+/// the server's message (else the client's), and the SQLSTATE when the
+/// server sent one, so callers can tell kinds of failure apart without
+/// reading the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{context}: {message}")]
+pub struct PgError {
+    pub context: String,
+    pub message: String,
+    /// The SQLSTATE, e.g. `42P01` (undefined table).
+    pub code: Option<String>,
+}
+
+impl PgError {
+    pub fn new(context: impl Into<String>, e: &tokio_postgres::Error) -> PgError {
+        PgError {
+            context: context.into(),
+            message: pg_error_text(e),
+            code: e.code().map(|c| c.code().to_string()),
+        }
+    }
+
+    /// A failure found by pgdrill in what the server returned.
+    pub fn other(context: impl Into<String>, message: impl Into<String>) -> PgError {
+        PgError {
+            context: context.into(),
+            message: message.into(),
+            code: None,
+        }
+    }
 }

@@ -291,8 +291,12 @@ pub async fn probe_cluster(ctx: &Context) -> Result<Result<Cluster, String>, Che
         )
         .await
         .map_err(pg_err("reading the WAL position and pg_stat_archiver"))?;
-    let seg_size = u64::try_from(row.get::<_, i64>(0))
-        .map_err(|_| BackupError::Postgres("negative wal_segment_size".into()))?;
+    let seg_size = u64::try_from(row.get::<_, i64>(0)).map_err(|_| {
+        BackupError::Postgres(super::pg::PgError::other(
+            "reading wal_segment_size",
+            "it is negative",
+        ))
+    })?;
     let lsn: Option<String> = row.get(1);
     let name: Option<String> = row.get(2);
     let current = lsn

@@ -323,7 +323,7 @@ fn env_spec(scenario: &Scenario) -> Result<EnvSpec, DrillError> {
 }
 
 fn pg_err(e: tokio_postgres::Error) -> EnvError {
-    EnvError::Postgres(crate::backup::pg::pg_error_text(&e))
+    crate::env::pg::pg_err("a statement on the primary")(e)
 }
 
 /// Steps 2 to 5; failures of checks go into the report, errors end the drill.

@@ -580,7 +580,7 @@ impl ContainersEnvironment {
         let row = client
             .query_one("SHOW server_version", &[])
             .await
-            .map_err(|e| EnvError::Postgres(crate::backup::pg::pg_error_text(&e)))?;
+            .map_err(super::pg::pg_err("reading the server version"))?;
         env.version = row
             .get::<_, String>(0)
             .split_whitespace()

@@ -43,7 +43,7 @@ pub enum EnvError {
     Storage(#[from] crate::backup::store::StoreError),
     /// A statement on a server failed.
     #[error("postgres: {0}")]
-    Postgres(String),
+    Postgres(crate::backup::pg::PgError),
     /// Anything else, spelled out.
     #[error("{0}")]
     Other(String),

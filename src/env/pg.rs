@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 use tokio_postgres::{Client, Config};
 
 use super::EnvError;
-use crate::backup::pg::pg_error_text;
+use crate::backup::pg::{pg_error_text, PgError};
 
 /// How often the waits below look again.
 const POLL: Duration = Duration::from_millis(50);
 
 /// Maps a failed statement to [`EnvError::Postgres`], saying what it did.
 pub fn pg_err(context: &str) -> impl Fn(tokio_postgres::Error) -> EnvError + '_ {
-    move |e| EnvError::Postgres(format!("{context}: {}", pg_error_text(&e)))
+    move |e| EnvError::Postgres(PgError::new(context, &e))
 }
 
 /// One connection attempt; the connection runs on its own task.
@@ -23,7 +23,7 @@ pub async fn connect_once(config: &Config) -> Result<Client, EnvError> {
     let (client, connection) = config
         .connect(tokio_postgres::NoTls)
         .await
-        .map_err(|e| EnvError::Postgres(pg_error_text(&e)))?;
+        .map_err(pg_err("connecting"))?;
     tokio::spawn(connection);
     Ok(client)
 }

@@ -43,9 +43,11 @@ pub async fn identity(client: &Client) -> Result<ClusterIdentity, VerifyError> {
     let timeline: String = row.get(1);
     Ok(ClusterIdentity {
         system_identifier: row.get(0),
-        timeline: u32::from_str_radix(&timeline, 16).map_err(|e| VerifyError::Postgres {
-            context: "reading the timeline".into(),
-            message: format!("WAL file name prefix {timeline:?}: {e}"),
+        timeline: u32::from_str_radix(&timeline, 16).map_err(|e| {
+            VerifyError::Postgres(crate::backup::pg::PgError::other(
+                "reading the timeline",
+                format!("WAL file name prefix {timeline:?}: {e}"),
+            ))
         })?,
     })
 }

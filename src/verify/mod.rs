@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use tokio_postgres::{Client, Row};
 
-use crate::backup::pg::pg_error_text;
+use crate::backup::pg::PgError;
 use crate::workload::{ContentHasher, Ledger, SeqSet, TABLE};
 
 pub use cluster::{
@@ -38,15 +38,12 @@ pub const LOST_ACKED_LIMIT: usize = 1000;
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     /// A query on the restored server failed.
-    #[error("{context}: {message}")]
-    Postgres { context: String, message: String },
+    #[error(transparent)]
+    Postgres(#[from] PgError),
 }
 
 fn pg_err(context: &str) -> impl Fn(tokio_postgres::Error) -> VerifyError + '_ {
-    move |e| VerifyError::Postgres {
-        context: context.to_string(),
-        message: pg_error_text(&e),
-    }
+    move |e| VerifyError::Postgres(PgError::new(context, &e))
 }
 
 /// Checks the restored table behind `client` against `ledger`, for a

@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::backup::pg::pg_error_text;
+use crate::backup::pg::PgError;
 
 pub use content::{payload, ContentHasher};
 pub use items::{Item, ItemModel, ItemOp, Mix, ITEMS};
@@ -61,8 +61,8 @@ pub enum WorkloadError {
     #[error("invalid workload: {0}")]
     InvalidSpec(String),
     /// A statement failed.
-    #[error("{context}: {message}")]
-    Postgres { context: String, message: String },
+    #[error(transparent)]
+    Postgres(#[from] PgError),
     /// The table holds rows of an earlier run, which the new ledger would
     /// not account for.
     #[error("table {TABLE} already holds rows: use a fresh database")]
@@ -71,10 +71,7 @@ pub enum WorkloadError {
 
 /// Maps a tokio-postgres error to [`WorkloadError::Postgres`].
 fn pg_err(context: &str) -> impl Fn(tokio_postgres::Error) -> WorkloadError + '_ {
-    move |e| WorkloadError::Postgres {
-        context: context.to_string(),
-        message: pg_error_text(&e),
-    }
+    move |e| WorkloadError::Postgres(PgError::new(context, &e))
 }
 
 /// Creates [`TABLE`] (and [`ITEMS`] for a mixed workload) if missing and

@@ -173,6 +173,18 @@ async fn restores_match_the_ledger_and_tampering_is_named() {
         "{v}"
     );
 
+    // A failed statement keeps the server's SQLSTATE, not only its text.
+    let e = c
+        .query_one("SELECT * FROM no_such_table", &[])
+        .await
+        .unwrap_err();
+    let e = pgdrill::backup::pg::PgError::new("reading no_such_table", &e);
+    assert_eq!(e.code.as_deref(), Some("42P01"), "{e}");
+    assert!(
+        e.to_string().starts_with("reading no_such_table: relation"),
+        "{e}"
+    );
+
     // Tampering: one acknowledged row deleted is named by writer and seq.
     let seq = *expectation.per_writer[&2].start() / 2;
     let deleted = c
