@@ -62,7 +62,8 @@ pub struct Scenario {
     #[serde(default)]
     pub restores: Restores,
     /// Checks run on every restored server, each listed once.
-    /// Default: `[row_count, content_hash]`.
+    /// Default: all of them, `[row_count, content_hash, visibility,
+    /// amcheck]`.
     #[serde(default = "default_verify")]
     pub verify: Vec<Check>,
     /// Recovery objectives the drill must meet. Default: none.
@@ -603,7 +604,12 @@ pub struct Objectives {
 }
 
 fn default_verify() -> Vec<Check> {
-    vec![Check::RowCount, Check::ContentHash]
+    vec![
+        Check::RowCount,
+        Check::ContentHash,
+        Check::Visibility,
+        Check::Amcheck,
+    ]
 }
 
 fn default_payload_bytes() -> u32 {
@@ -730,7 +736,15 @@ mod tests {
         assert!(s.steps.is_empty());
         assert_eq!(s.restores, Restores::default());
         assert_eq!(s.restores.from, BackupChoice::Latest);
-        assert_eq!(s.verify, [Check::RowCount, Check::ContentHash]);
+        assert_eq!(
+            s.verify,
+            [
+                Check::RowCount,
+                Check::ContentHash,
+                Check::Visibility,
+                Check::Amcheck
+            ]
+        );
         assert_eq!(s.objectives, Objectives::default());
     }
 
