@@ -460,7 +460,7 @@ async fn drive(
         .expect("not empty");
         progress.say(&format!("restore latest from {}", backup.backup_name));
         let plan = Plan {
-            label: "latest",
+            label: "latest".to_string(),
             backup,
             target: None,
             must_fail: history.must_fail(backup, None),
@@ -482,32 +482,28 @@ async fn drive(
         }
         note_restore(report, record, progress);
     }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let earliest = backups[0].finish_time + chrono::Duration::milliseconds(1);
     let periods = last_point.map_or_else(Vec::new, |to| history.periods(&backups, earliest, to));
-    for i in 0..scenario.restores.random_targets as usize {
-        let Some(target) = periods
-            .get(i % periods.len().max(1))
-            .and_then(|&(from, to)| ledger.pick_target(&mut rng, from, to))
-        else {
-            report.failures.push(format!(
-                "no random target possible: the archive holds no commit after the first backup ended ({earliest})"
-            ));
-            break;
-        };
-        let backup = steps::newest_before(&backups, target);
-        let label = format!("pitr-{}", i + 1);
-        progress.say(&format!(
-            "restore {label} to {} from {}",
-            target.format("%H:%M:%S%.6f"),
-            backup.backup_name
+    let (plans, complete) = plan_random_restores(
+        scenario.restores.random_targets as usize,
+        &periods,
+        &ledger,
+        &backups,
+        &history,
+        seed,
+    );
+    if !complete {
+        report.failures.push(format!(
+            "no random target possible: the archive holds no commit after the first backup ended ({earliest})"
         ));
-        let plan = Plan {
-            label: &label,
-            backup,
-            target: Some(target),
-            must_fail: history.must_fail(backup, Some(target)),
-        };
+    }
+    for plan in plans {
+        progress.say(&format!(
+            "restore {} to {} from {}",
+            plan.label,
+            plan.target.expect("a point in time").format("%H:%M:%S%.6f"),
+            plan.backup.backup_name
+        ));
         let (record, _) = restore_and_verify(scenario, env, &ledger, &source, &plan, false).await;
         rto_s = match (rto_s, rto_of(&record)) {
             (Some(a), Some(b)) => Some(f64::max(a, b)),
@@ -517,6 +513,39 @@ async fn drive(
     }
     judge_objectives(scenario, report, rto_s);
     Ok(())
+}
+
+/// The point-in-time restores of a drill, planned before any runs (pure:
+/// the same seed gives the same plans): `count` targets drawn from
+/// `periods` in turn, each restored from the newest backup that ended
+/// before it, and failing when it needs a damaged segment. The flag is
+/// false when a period held no commit to aim at (planning stops there).
+fn plan_random_restores<'a>(
+    count: usize,
+    periods: &[(DateTime<Utc>, DateTime<Utc>)],
+    ledger: &Ledger,
+    backups: &'a [ListedBackup],
+    history: &History,
+    seed: u64,
+) -> (Vec<Plan<'a>>, bool) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut plans = Vec::new();
+    for i in 0..count {
+        let Some(target) = periods
+            .get(i % periods.len().max(1))
+            .and_then(|&(from, to)| ledger.pick_target(&mut rng, from, to))
+        else {
+            return (plans, false);
+        };
+        let backup = steps::newest_before(backups, target);
+        plans.push(Plan {
+            label: format!("pitr-{}", i + 1),
+            backup,
+            target: Some(target),
+            must_fail: history.must_fail(backup, Some(target)),
+        });
+    }
+    (plans, true)
 }
 
 /// The time to restore, for the RTO objective: restores that must fail
@@ -724,8 +753,9 @@ async fn wait_archived(client: &tokio_postgres::Client, segment: &str) -> Result
 }
 
 /// One restore to do.
+#[derive(Debug)]
 struct Plan<'a> {
-    label: &'a str,
+    label: String,
     backup: &'a ListedBackup,
     /// None: the end of the archive.
     target: Option<DateTime<Utc>>,
@@ -747,7 +777,7 @@ async fn restore_and_verify(
     plan: &Plan<'_>,
     after_disaster: bool,
 ) -> (RestoreRecord, Option<verify::VerifyOutcome>) {
-    let (label, target) = (plan.label, plan.target);
+    let (label, target) = (plan.label.as_str(), plan.target);
     let clock = Instant::now();
     let mut record = RestoreRecord {
         label: label.to_string(),
@@ -954,6 +984,60 @@ mod tests {
             detected: true,
             wal_verify: String::new(),
         }
+    }
+
+    #[test]
+    fn random_restores_are_planned_from_the_seed_alone() {
+        use crate::workload::{LedgerEntry, Outcome, WorkloadSpec};
+        let spec = WorkloadSpec {
+            writers: 1,
+            rate_per_second: 5,
+            duration: Duration::from_secs(20),
+            payload_bytes: 8,
+            seed: 1,
+            mix: None,
+        };
+        // A commit every 0.2 s for 20 s.
+        let entries = (1..=100u64)
+            .map(|seq| LedgerEntry {
+                writer: 1,
+                seq,
+                sent_at: t(seq as f64 * 0.2),
+                acked_at: Some(t(seq as f64 * 0.2 + 0.01)),
+                outcome: Outcome::Acked,
+            })
+            .collect();
+        let ledger = Ledger::new(spec, t(0.0), entries, Default::default());
+        let backups = [backup(0.0, 1.0), backup(10.0, 11.0)];
+        let history = History {
+            gaps: vec![gap(14.0, 15.0)],
+            ..History::default()
+        };
+        let periods = history.periods(&backups, t(1.001), t(20.0));
+        let plan = |seed| plan_random_restores(8, &periods, &ledger, &backups, &history, seed);
+        let (plans, complete) = plan(42);
+        assert!(complete);
+        let labels: Vec<&str> = plans.iter().map(|p| p.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            ["pitr-1", "pitr-2", "pitr-3", "pitr-4", "pitr-5", "pitr-6", "pitr-7", "pitr-8"]
+        );
+        for p in &plans {
+            let target = p.target.unwrap();
+            assert!(p.backup.finish_time < target, "{p:?}");
+            assert_eq!(p.must_fail.is_some(), target >= t(14.0), "{p:?}");
+        }
+        // Every period is used, and each backup restored from.
+        assert!(plans.iter().any(|p| p.backup.backup_name == "base_0"));
+        assert!(plans.iter().any(|p| p.backup.backup_name == "base_10"));
+        assert!(plans.iter().any(|p| p.must_fail.is_some()));
+        let targets = |plans: &[Plan]| plans.iter().map(|p| p.target).collect::<Vec<_>>();
+        assert_eq!(targets(&plan(42).0), targets(&plans));
+        assert_ne!(targets(&plan(43).0), targets(&plans));
+        // No period to aim at (no commit after the first backup): planning
+        // says so.
+        let (plans, complete) = plan_random_restores(2, &[], &ledger, &backups, &history, 1);
+        assert!(plans.is_empty() && !complete);
     }
 
     #[test]
