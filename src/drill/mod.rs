@@ -864,7 +864,7 @@ async fn verify_restored(
     let mut loss = None;
     let mut expected_at = record.target;
     if after_disaster {
-        match verify::verify_restore(&restored.client, ledger, None).await {
+        match verify::verify_ledger(&restored.client, ledger, None).await {
             Ok(o) => {
                 expected_at = Some(o.last_commit_time.unwrap_or(ledger.started_at()));
                 loss = Some(o);

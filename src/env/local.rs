@@ -214,6 +214,25 @@ pub fn archiving_settings(
     .collect()
 }
 
+/// Runs `cmd` (a verification program named `what`) off the runtime's
+/// threads and hands its outcome to `judge`.
+async fn judged(
+    cmd: Command,
+    what: &str,
+    judge: fn(bool, &str, &str) -> crate::verify::Check,
+) -> Result<crate::verify::Check, LocalError> {
+    let out = tokio::process::Command::from(cmd)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(io_err(format!("running {what}")))?;
+    Ok(judge(
+        out.status.success(),
+        &String::from_utf8_lossy(&out.stdout),
+        &String::from_utf8_lossy(&out.stderr),
+    ))
+}
+
 /// Picks a free TCP port on loopback. Another process may take it before
 /// we bind it, so callers retry on "address in use".
 pub fn free_port() -> Result<u16, LocalError> {
@@ -604,18 +623,9 @@ impl LocalPostgres {
     /// Runs `pg_amcheck` ([`crate::verify::AMCHECK_ARGS`]) against this
     /// server.
     pub async fn amcheck(&self) -> Result<crate::verify::Check, LocalError> {
-        let mut cmd = tokio::process::Command::from(self.client_tool("pg_amcheck"));
-        let out = cmd
-            .args(crate::verify::AMCHECK_ARGS)
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .map_err(io_err("running pg_amcheck"))?;
-        Ok(crate::verify::amcheck_check(
-            out.status.success(),
-            &String::from_utf8_lossy(&out.stdout),
-            &String::from_utf8_lossy(&out.stderr),
-        ))
+        let mut cmd = self.client_tool("pg_amcheck");
+        cmd.args(crate::verify::AMCHECK_ARGS);
+        judged(cmd, "pg_amcheck", crate::verify::amcheck_check).await
     }
 
     /// Shuts this server down cleanly and runs `pg_checksums --check` on
@@ -625,16 +635,7 @@ impl LocalPostgres {
         let mut cmd = self.bin.tool("pg_checksums");
         cmd.arg("--check").arg("-D").arg(&self.data_dir);
         as_user(&mut cmd, self.run_as);
-        let out = tokio::process::Command::from(cmd)
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .map_err(io_err("running pg_checksums"))?;
-        Ok(crate::verify::checksums_check(
-            out.status.success(),
-            &String::from_utf8_lossy(&out.stdout),
-            &String::from_utf8_lossy(&out.stderr),
-        ))
+        judged(cmd, "pg_checksums", crate::verify::checksums_check).await
     }
 
     /// The server log's last lines (for error messages).

@@ -109,14 +109,7 @@ pub async fn observe(client: &Client) -> Result<ObservedDdl, VerifyError> {
             .map_err(|e| crate::backup::pg::pg_error_text(&e));
         observed.databases.insert(number, count);
     }
-    let exists = |name: &'static str| async move {
-        client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
-            .await
-            .map(|r| r.get::<_, bool>(0))
-            .map_err(pg_err("looking for a DDL object"))
-    };
-    if exists(SEQUENCE).await? {
+    if super::relation_exists(client, SEQUENCE).await? {
         observed.sequence = Some(
             client
                 .query_one(&format!("SELECT last_value FROM {SEQUENCE}"), &[])
@@ -125,7 +118,7 @@ pub async fn observe(client: &Client) -> Result<ObservedDdl, VerifyError> {
                 .get(0),
         );
     }
-    if exists(UNLOGGED).await? {
+    if super::relation_exists(client, UNLOGGED).await? {
         let row = client
             .query_one(
                 &format!(

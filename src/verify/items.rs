@@ -19,11 +19,7 @@ pub async fn check_items(
     mix: Mix,
     per_writer: &[WriterResult],
 ) -> Result<Check, VerifyError> {
-    let exists: bool = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&ITEMS])
-        .await
-        .map_err(pg_err("looking for the items table"))?
-        .get(0);
+    let exists = super::relation_exists(client, ITEMS).await?;
     let mut restored: BTreeMap<i32, BTreeMap<i64, Item>> = BTreeMap::new();
     if exists {
         let rows = client

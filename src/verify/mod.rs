@@ -77,35 +77,7 @@ async fn verify(
     target: Option<DateTime<Utc>>,
     open_ended: bool,
 ) -> Result<VerifyOutcome, VerifyError> {
-    let exists: bool = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&TABLE])
-        .await
-        .map_err(pg_err("looking for the workload table"))?
-        .get(0);
-    let clock = std::time::Instant::now();
-    let mut scan = Scan::new(ledger, exists);
-    let mut last_commit_time = None;
-    if exists {
-        let rows = client
-            .query_raw(
-                &format!("SELECT writer, seq, payload FROM {TABLE} ORDER BY writer, seq"),
-                std::iter::empty::<i32>(),
-            )
-            .await
-            .map_err(pg_err("reading the workload table"))?;
-        let mut rows = std::pin::pin!(rows);
-        while let Some(row) = rows
-            .try_next()
-            .await
-            .map_err(pg_err("reading the workload table"))?
-        {
-            let (writer, seq, payload) = decode(&row).map_err(pg_err("decoding a workload row"))?;
-            scan.row(writer, seq, payload);
-        }
-        last_commit_time = newest_commit(client).await?;
-    }
-    let mut outcome = scan.outcome(target, last_commit_time);
-    outcome.cost(CostGroup::Ledger, clock);
+    let mut outcome = verify_ledger(client, ledger, target).await?;
     if let Some(mix) = ledger.spec().mix {
         let clock = std::time::Instant::now();
         let check = items::check_items(client, ledger.spec().seed, mix, &outcome.per_writer)
@@ -133,6 +105,51 @@ async fn verify(
         }
     }
     Ok(outcome)
+}
+
+/// The ledger table's checks alone (`table` to `content_hash`), for a
+/// restore to `target` (None: to the end of WAL): what the RPO of a
+/// disaster is computed from.
+pub async fn verify_ledger(
+    client: &Client,
+    ledger: &Ledger,
+    target: Option<DateTime<Utc>>,
+) -> Result<VerifyOutcome, VerifyError> {
+    let exists = relation_exists(client, TABLE).await?;
+    let clock = std::time::Instant::now();
+    let mut scan = Scan::new(ledger, exists);
+    let mut last_commit_time = None;
+    if exists {
+        let rows = client
+            .query_raw(
+                &format!("SELECT writer, seq, payload FROM {TABLE} ORDER BY writer, seq"),
+                std::iter::empty::<i32>(),
+            )
+            .await
+            .map_err(pg_err("reading the workload table"))?;
+        let mut rows = std::pin::pin!(rows);
+        while let Some(row) = rows
+            .try_next()
+            .await
+            .map_err(pg_err("reading the workload table"))?
+        {
+            let (writer, seq, payload) = decode(&row).map_err(pg_err("decoding a workload row"))?;
+            scan.row(writer, seq, payload);
+        }
+        last_commit_time = newest_commit(client).await?;
+    }
+    let mut outcome = scan.outcome(target, last_commit_time);
+    outcome.cost(CostGroup::Ledger, clock);
+    Ok(outcome)
+}
+
+/// Whether relation `name` exists in the restored database.
+async fn relation_exists(client: &Client, name: &str) -> Result<bool, VerifyError> {
+    Ok(client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+        .await
+        .map_err(pg_err("looking for a workload relation"))?
+        .get(0))
 }
 
 /// The failed check `name` when what it reads cannot be read: a restore
