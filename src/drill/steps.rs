@@ -91,16 +91,9 @@ impl Live<'_> {
                 Ok("checkpoint done".into())
             }
             Step::VacuumFreeze { .. } => {
-                let tables = if self.spec.mix.is_some() {
-                    format!("{}, {}", workload::TABLE, workload::ITEMS)
-                } else {
-                    workload::TABLE.to_string()
-                };
-                self.primary
-                    .batch_execute(&format!("VACUUM (FREEZE) {tables}"))
-                    .await
-                    .map_err(pg_err)?;
-                Ok(format!("VACUUM (FREEZE) {tables}"))
+                let sql = workload::vacuum_freeze_sql(self.spec.mix.is_some());
+                self.primary.batch_execute(&sql).await.map_err(pg_err)?;
+                Ok(sql)
             }
             Step::Pause { duration, .. } => {
                 if let Some(h) = &self.handle {

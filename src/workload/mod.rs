@@ -131,6 +131,16 @@ async fn prefill(client: &Client, seed: u64, mix: Mix, writers: u32) -> Result<(
     Ok(())
 }
 
+/// `VACUUM (FREEZE)` of the workload's tables: the ledger, and the items of
+/// a mixed workload.
+pub fn vacuum_freeze_sql(mixed: bool) -> String {
+    if mixed {
+        format!("VACUUM (FREEZE) {TABLE}, {ITEMS}")
+    } else {
+        format!("VACUUM (FREEZE) {TABLE}")
+    }
+}
+
 /// `t` as a `recovery_target_time` value: microseconds and an explicit UTC
 /// offset, so the server reads it as the same instant whatever its
 /// `timezone`.

@@ -152,7 +152,7 @@ async fn vacuum_freeze(
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    let sql = format!("VACUUM (FREEZE) {ITEMS}, {TABLE}");
+    let sql = super::vacuum_freeze_sql(true);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
