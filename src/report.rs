@@ -146,6 +146,10 @@ pub struct RestoreRecord {
     /// The result is the expected one (a failure also the expected kind).
     pub as_expected: bool,
     pub error: Option<String>,
+    /// How the restore ended when it produced no promoted server (typed:
+    /// restores that must fail are judged on this).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<crate::env::RestoreFailure>,
     pub verify: Option<VerifyOutcome>,
     pub rto: RtoBreakdown,
 }
@@ -184,7 +188,7 @@ pub struct DrillReport {
     pub disaster: Option<DisasterRecord>,
     pub restores: Vec<RestoreRecord>,
     pub objectives: Vec<ObjectiveResult>,
-    pub images: Vec<crate::env::containers::ImageRecord>,
+    pub images: Vec<crate::env::ImageRecord>,
     pub docker_version: Option<String>,
 }
 
@@ -454,6 +458,7 @@ mod tests {
             passed: true,
             as_expected: true,
             error: None,
+            failure: None,
             verify: Some(VerifyOutcome {
                 passed: checks.iter().all(|c| c.passed),
                 target: None,

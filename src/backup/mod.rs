@@ -125,6 +125,16 @@ pub enum BackupError {
 }
 
 impl BackupError {
+    /// Whether trying the same operation again cannot help: everything but
+    /// a transient storage failure ([`StoreError::is_permanent`]). Loops
+    /// that wait anyway (the archive check) go on through transient ones.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            BackupError::Store(e) => e.is_permanent(),
+            _ => true,
+        }
+    }
+
     pub fn exit_code(&self) -> i32 {
         match self {
             BackupError::WalNotFound { .. } => exit::NOT_FOUND,

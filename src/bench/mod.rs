@@ -42,8 +42,7 @@ use crate::backup::config::{EnvVars, Settings};
 use crate::backup::layout::{self, Segment, DEFAULT_WAL_SEGMENT_SIZE};
 use crate::backup::pg::pg_error_text;
 use crate::env::local::{
-    archiving_settings, as_user, owned_dir, run_checked, write_env_dir, InitOptions, LocalPostgres,
-    LocalS3, PgBinaries, RunAs, WorkDir,
+    as_user, run_checked, ArchiveStorage, ArchivingCluster, InitOptions, LocalPostgres, LocalS3,
 };
 
 mod verify;
@@ -228,76 +227,79 @@ async fn query_value<T: for<'a> FromSql<'a>>(client: &Client, sql: &str) -> Resu
 }
 
 /// Creates `work/name`, owned by the server user.
-/// WAL-G settings for `prefix` on the local S3, lz4, with `WALG_PREFETCH`.
-fn storage_vars(s3: &LocalS3, prefix: &str, prefetch: u32) -> Vec<(String, String)> {
-    let mut vars = s3.settings(prefix);
-    vars.push(("WALG_COMPRESSION_METHOD".into(), "lz4".into()));
-    vars.push(("WALG_PREFETCH".into(), prefetch.to_string()));
-    vars
+/// The backup tool settings of every bench archive: lz4, with
+/// `WALG_PREFETCH`.
+fn tool_vars(prefetch: u32) -> Vec<(String, String)> {
+    vec![
+        ("WALG_COMPRESSION_METHOD".into(), "lz4".into()),
+        ("WALG_PREFETCH".into(), prefetch.to_string()),
+    ]
 }
 
-/// The loaded primary archiving into the local S3, and where it all lives.
+/// The loaded primary archiving into the local S3 (the archiving-cluster
+/// fixture the local environment and the tests use too).
 struct Rig {
-    exe: PathBuf,
-    run_as: Option<RunAs>,
-    work: PathBuf,
-    /// Declared before `s3`, so it stops first.
-    primary: LocalPostgres,
-    s3: LocalS3,
-    /// The env dir of the primary's archive (prefetch off).
-    env: PathBuf,
+    cluster: ArchivingCluster,
 }
 
 impl Rig {
-    /// Starts the S3 server and an empty archiving primary.
-    fn start(exe: PathBuf, bin: PgBinaries, run_as: Option<RunAs>, work: PathBuf) -> Result<Rig> {
-        let s3 = LocalS3::start(&exe, &work.join("s3"), BUCKET)?;
-        let env = work.join("env");
-        write_env_dir(&env, &storage_vars(&s3, ARCHIVE_PREFIX, 0), run_as)?;
-        let base = owned_dir(&work, "primary", run_as)?;
-        let settings = archiving_settings(&exe, &env, &PRIMARY_SETTINGS);
-        let opts = InitOptions {
-            settings,
-            ..InitOptions::default()
+    /// Starts the S3 server and an empty archiving primary (prefetch off)
+    /// in a work directory `pgdrill-bench-…`.
+    fn start(exe: &Path) -> Result<Rig> {
+        let storage = ArchiveStorage::S3 {
+            bucket: BUCKET.into(),
+            prefix: ARCHIVE_PREFIX.into(),
         };
-        let mut primary = LocalPostgres::init(&bin, &base, run_as, &opts)?;
-        primary.start(Duration::from_secs(60))?;
-        Ok(Rig {
+        let cluster = ArchivingCluster::start(
             exe,
-            run_as,
-            work,
-            primary,
-            s3,
-            env,
-        })
+            "pgdrill-bench-",
+            &storage,
+            &tool_vars(0),
+            &InitOptions::default(),
+            &PRIMARY_SETTINGS,
+        )?;
+        Ok(Rig { cluster })
+    }
+
+    fn primary(&self) -> &LocalPostgres {
+        &self.cluster.primary
+    }
+
+    fn s3(&self) -> &LocalS3 {
+        self.cluster
+            .archive
+            .s3
+            .as_ref()
+            .expect("the bench archive is on S3")
     }
 
     fn dir(&self, name: &str) -> Result<PathBuf> {
-        Ok(owned_dir(&self.work, name, self.run_as)?)
+        Ok(self.cluster.archive.dir(name)?)
     }
 
     /// Writes an env dir `name` for `prefix` with `WALG_PREFETCH=prefetch`.
     fn env_dir(&self, name: &str, prefix: &str, prefetch: u32) -> Result<PathBuf> {
-        let dir = self.work.join(name);
-        write_env_dir(&dir, &storage_vars(&self.s3, prefix, prefetch), self.run_as)?;
-        Ok(dir)
+        let mut vars = self.s3().settings(prefix);
+        vars.extend(tool_vars(prefetch));
+        Ok(self.cluster.archive.env_dir_with(name, &vars)?)
     }
 
     /// `pgdrill --env-dir ENV ARGS` as the server user, with the primary's
     /// connection settings.
     fn pgdrill<S: AsRef<OsStr>>(&self, env: &Path, args: impl IntoIterator<Item = S>) -> Command {
-        let mut cmd = Command::new(&self.exe);
-        cmd.arg("--env-dir")
-            .arg(env)
-            .args(args)
-            .envs(self.primary.pg_settings());
-        as_user(&mut cmd, self.run_as);
+        let mut cmd = self.cluster.archive.tool_command(env, Some(self.primary()));
+        cmd.args(args);
         cmd
+    }
+
+    /// `pgdrill` with the primary's archive's env dir.
+    fn archive_tool<S: AsRef<OsStr>>(&self, args: impl IntoIterator<Item = S>) -> Command {
+        self.pgdrill(&self.cluster.archive.env_dir, args)
     }
 
     /// A client tool (pgbench, pg_basebackup) against the primary.
     fn client<S: AsRef<OsStr>>(&self, tool: &str, args: impl IntoIterator<Item = S>) -> Command {
-        let mut cmd = self.primary.client_tool(tool);
+        let mut cmd = self.primary().client_tool(tool);
         cmd.args(args);
         cmd
     }
@@ -317,7 +319,7 @@ impl Rig {
     async fn switch_and_wait_archived(&self, client: &Client) -> Result<Segment> {
         let name = crate::env::pg::switch_and_wait_archived(client, ARCHIVE_TIMEOUT)
             .await
-            .with_context(|| format!("server log:\n{}", self.primary.log_tail(20)))?;
+            .with_context(|| format!("server log:\n{}", self.primary().log_tail(20)))?;
         Segment::parse(&name, SEGMENT_SIZE)
             .with_context(|| format!("{name:?} is not a WAL segment name"))
     }
@@ -366,7 +368,12 @@ impl Rig {
             "--no-archive".as_ref(),
         ];
         let fetch = timed(self.pgdrill(&env, fetch_args), "backup-fetch --recover").await?;
-        let mut pg = LocalPostgres::existing(&self.primary.bin, &base, &data, self.run_as)?;
+        let mut pg = LocalPostgres::existing(
+            &self.primary().bin,
+            &base,
+            &data,
+            self.cluster.archive.run_as,
+        )?;
         let started = Instant::now();
         let pg = blocking(move || match pg.start(RECOVERY_TIMEOUT) {
             Ok(()) => Ok(pg),
@@ -417,7 +424,7 @@ impl Rig {
         }
         eprintln!("bench: copying {count} archived segments out for wal-push");
         let dir = self.dir("wal-push-source")?;
-        let vars = storage_vars(&self.s3, ARCHIVE_PREFIX, 0);
+        let vars = &self.cluster.archive.storage_vars;
         let settings = Settings::from_vars(&EnvVars::from_pairs(
             vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         ))?;
@@ -446,7 +453,7 @@ impl Rig {
             .buffered(4)
             .try_collect()
             .await?;
-        if let Some(u) = self.run_as {
+        if let Some(u) = self.cluster.archive.run_as {
             u.chown_tree(&dir)?;
         }
         Ok(files)
@@ -487,11 +494,7 @@ impl Rig {
 
     /// The catalog entry of `backup` (sizes).
     async fn backup_row(&self, backup: &str) -> Result<BackupListRow> {
-        let list = timed(
-            self.pgdrill(&self.env, ["backup-list", "--json"]),
-            "backup-list",
-        )
-        .await?;
+        let list = timed(self.archive_tool(["backup-list", "--json"]), "backup-list").await?;
         let all: Vec<BackupListRow> =
             serde_json::from_str(&list.stdout).context("parsing backup-list --json")?;
         all.into_iter()
@@ -590,7 +593,7 @@ struct Figures {
 /// Loads the cluster and measures everything, in order; returns the
 /// server's version too.
 async fn measure(args: &BenchArgs, rig: &Rig) -> Result<(String, Figures)> {
-    let client = rig.primary.connect().await?;
+    let client = rig.primary().connect().await?;
     let version: String = query_value(&client, "SELECT current_setting('server_version')").await?;
     eprintln!("bench: pgbench -i -s {}", args.scale);
     let scale = args.scale.to_string();
@@ -634,9 +637,9 @@ async fn measure(args: &BenchArgs, rig: &Rig) -> Result<(String, Figures)> {
     rig.settle(&client).await?;
 
     eprintln!("bench: backup-push");
-    let data_dir = rig.primary.data_dir.as_os_str();
+    let data_dir = rig.primary().data_dir.as_os_str();
     let push = timed(
-        rig.pgdrill(&rig.env, [OsStr::new("backup-push"), data_dir]),
+        rig.archive_tool([OsStr::new("backup-push"), data_dir]),
         "backup-push",
     )
     .await?;
@@ -661,7 +664,7 @@ async fn measure(args: &BenchArgs, rig: &Rig) -> Result<(String, Figures)> {
         dest.as_os_str(),
         OsStr::new(&name),
     ];
-    let fetch = timed(rig.pgdrill(&rig.env, fetch_args), "backup-fetch").await?;
+    let fetch = timed(rig.archive_tool(fetch_args), "backup-fetch").await?;
     remove_dir(&dest).await?;
     eprintln!("bench: backup-fetch took {:.1} s", fetch.timed.wall_secs);
 
@@ -707,27 +710,23 @@ async fn bench_backup(args: &BenchArgs) -> Result<Report> {
     let started_at = Utc::now();
     let load_average_start = load_average()?;
     let exe = std::env::current_exe().context("locating the pgdrill binary")?;
-    let bin = PgBinaries::find()?;
-    let run_as = RunAs::detect()?;
-    let mut work = WorkDir::new("pgdrill-bench-", run_as)?;
-    eprintln!("bench: working in {}", work.path().display());
-    let path = work.path().to_path_buf();
-    let figures = match blocking(move || Rig::start(exe, bin, run_as, path)).await {
-        Ok(rig) => {
-            let figures = measure(args, &rig).await;
-            // Stopping the servers waits for them: off the async workers.
-            blocking(move || {
-                drop(rig);
-                Ok(())
-            })
-            .await?;
-            figures
+    let rig = blocking(move || Rig::start(&exe)).await?;
+    eprintln!(
+        "bench: working in {}",
+        rig.cluster.archive.work.path().display()
+    );
+    let figures = measure(args, &rig).await;
+    let keep = args.keep;
+    // Stopping the servers waits for them: off the async workers.
+    blocking(move || {
+        let mut rig = rig;
+        if keep {
+            eprintln!("bench: kept {}", rig.cluster.archive.work.keep().display());
         }
-        Err(e) => Err(e),
-    };
-    if args.keep {
-        eprintln!("bench: kept {}", work.keep().display());
-    }
+        drop(rig);
+        Ok(())
+    })
+    .await?;
     let (postgres_version, figures) = figures?;
     let machine = Machine {
         nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),

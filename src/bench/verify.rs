@@ -180,6 +180,7 @@ mod tests {
             passed: true,
             as_expected: true,
             error: None,
+            failure: None,
             verify: Some(crate::verify::VerifyOutcome {
                 passed: true,
                 target: None,

@@ -27,7 +27,7 @@ use chrono::{DateTime, Utc};
 use rand::SeedableRng;
 
 use crate::backup::config::Secret;
-use crate::env::{Damage, EnvError, EnvSpec, Environment};
+use crate::env::{Damage, EnvError, EnvSpec, Environment, RestoreFailure};
 use crate::report::{
     DisasterRecord, DrillReport, Expected, MustFail, ObjectiveResult, RestoreRecord, RtoBreakdown,
     StepRecord,
@@ -80,13 +80,6 @@ pub enum DrillError {
 /// sides: within it, whether recovery gets to the target depends on where
 /// exactly the segment boundary fell.
 const GAP_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
-
-/// The error PostgreSQL ends a recovery with when the archive ends before
-/// the recovery target (PostgreSQL 13 and later).
-/// What wal-fetch says of a corrupt object (in the restored server's log).
-const CORRUPT: &str = "corrupt";
-
-const TARGET_NOT_REACHED: &str = "recovery ended before configured recovery target was reached";
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -189,10 +182,11 @@ pub async fn run(
         ScenarioEnv::Containers => crate::env::containers::engine_answers().await.ok(),
         _ => None,
     };
+    let facts = env.facts().clone();
     progress.say(&format!(
         "{} environment up, PostgreSQL {}",
-        env.kind(),
-        env.postgres_version()
+        facts.kind.as_str(),
+        facts.postgres_version
     ));
     let mut report = DrillReport {
         pgdrill_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -200,11 +194,11 @@ pub async fn run(
         scenario_file: file.display().to_string(),
         description: scenario.description.clone(),
         seed,
-        environment: env.kind().to_string(),
+        environment: facts.kind.as_str().to_string(),
         engine: engine_name(scenario.engine).to_string(),
         sabotage: sabotage_setting(scenario),
         encryption: scenario.storage.encryption.as_str().to_string(),
-        postgres_version: env.postgres_version(),
+        postgres_version: facts.postgres_version,
         started_at,
         finished_at: started_at,
         passed: false,
@@ -217,12 +211,15 @@ pub async fn run(
         disaster: None,
         restores: Vec::new(),
         objectives: Vec::new(),
-        images: env.images(),
+        images: facts.images,
         docker_version,
     };
     let result = drive(scenario, seed, env.as_mut(), &mut report, &progress).await;
     if let Err(e) = &result {
         report.failures.push(format!("drill aborted: {e}"));
+    }
+    if let Some(kept) = env.teardown(opts.keep).await {
+        progress.say(&format!("kept work directory {}", kept.display()));
     }
     report.finished_at = Utc::now();
     report.passed = report.failures.is_empty();
@@ -230,11 +227,6 @@ pub async fn run(
         path: dir.clone(),
         source,
     })?;
-    if opts.keep {
-        if let Some(kept) = env.keep() {
-            progress.say(&format!("kept work directory {}", kept.display()));
-        }
-    }
     progress.say(&format!(
         "drill {}: {} (report {})",
         scenario.name,
@@ -792,6 +784,7 @@ async fn restore_and_verify(
         passed: false,
         as_expected: false,
         error: None,
+        failure: None,
         verify: None,
         rto: RtoBreakdown::default(),
     };
@@ -811,6 +804,9 @@ async fn restore_and_verify(
             loss
         }
         Err(e) => {
+            if let EnvError::Restore { failure, .. } = &e {
+                record.failure = Some(failure.clone());
+            }
             record.error = Some(e.to_string());
             record.rto.total_s = clock.elapsed().as_secs_f64();
             None
@@ -822,19 +818,24 @@ async fn restore_and_verify(
 }
 
 /// Whether `record` turned out as expected: passed when it must pass; when
-/// it must fail, refused by PostgreSQL (a point-in-time restore: it never
-/// got to verification) or short of acknowledged transactions (the end of
-/// the archive).
+/// it must fail, stopped by wal-fetch refusing the corrupt segment (it
+/// needs one), refused by PostgreSQL (a point-in-time restore: it never got
+/// to verification) or short of acknowledged transactions (the end of the
+/// archive).
 fn as_expected(record: &RestoreRecord) -> bool {
-    let refused_with = |text: &str| {
-        record.verify.is_none() && record.error.as_deref().is_some_and(|e| e.contains(text))
+    let stopped_by = |wanted: RestoreFailure| {
+        record.verify.is_none() && record.failure.as_ref() == Some(&wanted)
     };
     match record.expected {
         Expected::Pass => record.passed,
         // Recovery must stop at the corrupt segment, whatever the target:
         // wal-fetch exits above 125, so PostgreSQL aborts.
-        Expected::Fail if needs_corrupted(record) => refused_with(CORRUPT),
-        Expected::Fail if record.target.is_some() => refused_with(TARGET_NOT_REACHED),
+        Expected::Fail if needs_corrupted(record) => {
+            stopped_by(RestoreFailure::RestoreCommandAborted {
+                exit_code: crate::backup::exit::FETCH_FAILED,
+            })
+        }
+        Expected::Fail if record.target.is_some() => stopped_by(RestoreFailure::TargetNotReached),
         Expected::Fail => record
             .verify
             .as_ref()
@@ -858,7 +859,7 @@ async fn verify_restored(
     record.rto.start_to_consistent_s = t.start_to_consistent.as_secs_f64();
     record.rto.consistent_to_promoted_s = t.consistent_to_promoted.as_secs_f64();
     record.rto.wal_segments_fetched = t.wal_segments;
-    record.rto.wal_bytes_fetched = t.wal_segments * env.wal_segment_size();
+    record.rto.wal_bytes_fetched = t.wal_segments * env.facts().wal_segment_size;
     let verify_clock = Instant::now();
     let mut errors = Vec::new();
     let mut loss = None;
@@ -1092,37 +1093,63 @@ mod tests {
 
     #[test]
     fn a_failure_counts_only_when_expected_and_of_the_expected_kind() {
-        let record = |expected, target: Option<f64>, passed, error: &str| RestoreRecord {
-            label: "r".into(),
-            kind: "pitr".into(),
-            target: target.map(t),
-            backup: "b".into(),
-            expected,
-            expected_because: None,
-            passed,
-            as_expected: false,
-            error: (!error.is_empty()).then(|| error.to_string()),
-            verify: None,
-            rto: RtoBreakdown::default(),
+        let record = |expected, target: Option<f64>, passed, failure: Option<RestoreFailure>| {
+            RestoreRecord {
+                label: "r".into(),
+                kind: "pitr".into(),
+                target: target.map(t),
+                backup: "b".into(),
+                expected,
+                expected_because: None,
+                passed,
+                as_expected: false,
+                error: failure.as_ref().map(ToString::to_string),
+                failure,
+                verify: None,
+                rto: RtoBreakdown::default(),
+            }
         };
-        let refused = format!("pg_ctl start failed: FATAL:  {TARGET_NOT_REACHED}");
-        assert!(as_expected(&record(Expected::Pass, Some(1.0), true, "")));
-        assert!(!as_expected(&record(Expected::Pass, Some(1.0), false, "x")));
+        let refused = || Some(RestoreFailure::TargetNotReached);
+        let other = || {
+            Some(RestoreFailure::ServerStopped {
+                message: Some("connection refused".into()),
+            })
+        };
+        assert!(as_expected(&record(Expected::Pass, Some(1.0), true, None)));
+        assert!(!as_expected(&record(
+            Expected::Pass,
+            Some(1.0),
+            false,
+            other()
+        )));
         assert!(as_expected(&record(
             Expected::Fail,
             Some(1.0),
             false,
-            &refused
+            refused()
         )));
-        assert!(!as_expected(&record(Expected::Fail, Some(1.0), true, "")));
+        assert!(!as_expected(&record(Expected::Fail, Some(1.0), true, None)));
         assert!(!as_expected(&record(
             Expected::Fail,
             Some(1.0),
             false,
-            "connection refused"
+            other()
         )));
+        // A corrupt segment must stop recovery through wal-fetch's exit code.
+        let mut corrupt = record(
+            Expected::Fail,
+            Some(1.0),
+            false,
+            Some(RestoreFailure::RestoreCommandAborted {
+                exit_code: crate::backup::exit::FETCH_FAILED,
+            }),
+        );
+        corrupt.expected_because = Some(MustFail::NeedsCorruptedSegment("s".into()));
+        assert!(as_expected(&corrupt));
+        corrupt.failure = refused();
+        assert!(!as_expected(&corrupt));
         // The end of an archive with a hole: acknowledged commits missing.
-        let mut latest = record(Expected::Fail, None, false, "row_count");
+        let mut latest = record(Expected::Fail, None, false, None);
         assert!(!as_expected(&latest));
         latest.verify = Some(crate::verify::VerifyOutcome {
             passed: false,
@@ -1138,6 +1165,11 @@ mod tests {
             cost_s: Default::default(),
         });
         assert!(as_expected(&latest));
-        assert!(!as_expected(&record(Expected::Fail, None, false, &refused)));
+        assert!(!as_expected(&record(
+            Expected::Fail,
+            None,
+            false,
+            refused()
+        )));
     }
 }

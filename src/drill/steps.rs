@@ -13,7 +13,7 @@ use super::{
     list_backups, pg_err, switch_and_wait_archived, wait_archived, ListedBackup, Progress,
 };
 use crate::backup::layout::{Lsn, Segment};
-use crate::env::{Damage, EnvError, Environment};
+use crate::env::{Damage, EnvError, Environment, StorageFaults};
 use crate::report::WalGapRecord;
 use crate::scenario::{Scenario, Step};
 use crate::verify;
@@ -68,6 +68,18 @@ pub(super) struct Live<'a> {
 }
 
 impl Live<'_> {
+    /// The environment's storage faults, for step `action`; validation
+    /// keeps steps from environments that have none.
+    fn storage_faults(&mut self, action: &str) -> Result<&mut dyn StorageFaults, EnvError> {
+        let kind = self.env.facts().kind;
+        self.env.storage_faults().ok_or_else(|| {
+            EnvError::Other(format!(
+                "step {action} is not available in the {} environment",
+                kind.as_str()
+            ))
+        })
+    }
+
     /// Runs one step; the detail for the report, or why it failed.
     pub async fn run_step(&mut self, step: &Step) -> Result<String, EnvError> {
         match step {
@@ -120,7 +132,9 @@ impl Live<'_> {
                     delay: *delay,
                     rate_kbit: *rate,
                 };
-                self.env.limit_storage_link(&limit).await
+                self.storage_faults(step.action())?
+                    .limit_storage_link(&limit)
+                    .await
             }
         }
     }
@@ -135,7 +149,10 @@ impl Live<'_> {
         duration: std::time::Duration,
     ) -> Result<String, EnvError> {
         let (archived_before, failed_before) = archiver_counts(&self.primary).await?;
-        let cut = self.env.storage_outage(mode, duration).await?;
+        let cut = self
+            .storage_faults("storage_outage")?
+            .storage_outage(mode, duration)
+            .await?;
         let (archived, failed) = archiver_counts(&self.primary).await?;
         let caught_up = std::time::Instant::now();
         let segment = super::switch_and_wait_archived(&self.primary).await?;
@@ -193,12 +210,13 @@ impl Live<'_> {
         // The switch returns the end of the segment it closed, within it, or
         // (when there was nothing to close) the start of the current one:
         // either way the new segment starts at the next boundary from there.
-        let seg_size = self.env.wal_segment_size();
+        let seg_size = self.env.facts().wal_segment_size;
         let first = Lsn(end.0.div_ceil(seg_size) * seg_size);
         let segment = Segment::of_lsn(timeline, first, seg_size).file_name(seg_size);
         wait_archived(&self.primary, &segment).await?;
         let to = Utc::now();
-        let key = crate::env::damage_wal(self.env.storage_settings(), &segment, damage).await?;
+        let key =
+            crate::env::damage_wal(&self.env.facts().storage_settings, &segment, damage).await?;
         let detail = format!(
             "{} {key}; every commit in it was made between {} and {}",
             match damage {

@@ -7,10 +7,12 @@ pub mod containers;
 pub mod fault;
 pub mod local;
 pub mod pg;
+pub mod recovery;
 pub mod s3_server;
 
 pub use fault::{damage_wal, Damage};
 pub use pg::connect_once;
+pub use recovery::RestoreFailure;
 
 use std::path::Path;
 use std::time::Duration;
@@ -33,6 +35,13 @@ pub enum EnvError {
         /// The verb and its arguments.
         command: String,
         /// The exit status and the end of its stderr.
+        detail: String,
+    },
+    /// A restore ended without a promoted server: `failure` says how,
+    /// `detail` shows the evidence (backup-fetch's stderr, the server log).
+    #[error("{failure}: {detail}")]
+    Restore {
+        failure: RestoreFailure,
         detail: String,
     },
     /// The backup tool's settings, read as the tool reads them, are unusable.
@@ -98,17 +107,42 @@ pub struct ToolRun {
     pub stderr: String,
 }
 
+/// What a started environment is: fixed for its life, shown in the report.
+#[derive(Debug, Clone)]
+pub struct EnvFacts {
+    pub kind: crate::scenario::Environment,
+    /// The server version, e.g. "15.10".
+    pub postgres_version: String,
+    /// WAL segment size of the primary, in bytes.
+    pub wal_segment_size: u64,
+    /// Tool settings (an env directory) that reach the archive's storage
+    /// from this host, for faults injected from outside.
+    pub storage_settings: std::path::PathBuf,
+    /// The container images in use (none outside containers).
+    pub images: Vec<ImageRecord>,
+}
+
+/// An image as the report shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImageRecord {
+    /// `postgres` or `storage`.
+    pub role: String,
+    /// The reference used.
+    pub reference: String,
+    /// The engine's image id (`sha256:...`).
+    pub id: String,
+    /// The image's creation time, as the engine reports it.
+    pub created: String,
+}
+
 /// What a drill needs from an environment.
 #[async_trait]
 pub trait Environment: Send + Sync {
-    /// `local`, `containers` or `kind`.
-    fn kind(&self) -> &'static str;
-    /// The server version, e.g. "15.10".
-    fn postgres_version(&self) -> String;
-    /// Connection settings of the primary (for the workload's writers).
+    /// What it is.
+    fn facts(&self) -> &EnvFacts;
+    /// Connection settings of the primary (for the workload's writers); a
+    /// failover changes them.
     fn primary_config(&self) -> tokio_postgres::Config;
-    /// WAL segment size of the primary, in bytes.
-    fn wal_segment_size(&self) -> u64;
     /// Runs a backup-tool verb against the primary and its storage, however
     /// it exits; `Err` only when it could not be run.
     async fn backup_tool_status(&self, args: &[&str]) -> Result<ToolRun, EnvError>;
@@ -123,43 +157,17 @@ pub trait Environment: Send + Sync {
         }
         Ok(run.stdout)
     }
-    /// Tool settings (an env directory) that reach the archive's storage
-    /// from this host, for faults injected from outside.
-    fn storage_settings(&self) -> &Path;
-    /// The container images in use, for the report (none outside
-    /// containers).
-    fn images(&self) -> Vec<containers::ImageRecord> {
-        Vec::new()
-    }
-    /// Makes the storage unreachable for `duration` (containers only).
-    async fn storage_outage(
-        &mut self,
-        mode: crate::scenario::OutageMode,
-        duration: Duration,
-    ) -> Result<String, EnvError> {
-        let _ = (mode, duration);
-        Err(self.unsupported("storage_outage"))
-    }
-    /// Delays or throttles the storage's network link from now on
-    /// (containers only).
-    async fn limit_storage_link(
-        &mut self,
-        limit: &crate::env::fault::LinkLimit,
-    ) -> Result<String, EnvError> {
-        let _ = limit;
-        Err(self.unsupported("network_latency"))
-    }
-    /// The error for a step this environment cannot do.
-    fn unsupported(&self, action: &str) -> EnvError {
-        EnvError::Other(format!(
-            "step {action} is not available in the {} environment",
-            self.kind()
-        ))
+    /// The storage faults this environment can inject, when it can: exactly
+    /// when its kind [`supports`](crate::scenario::Environment::supports)
+    /// them.
+    fn storage_faults(&mut self) -> Option<&mut dyn StorageFaults> {
+        None
     }
     /// SIGKILLs the primary and destroys its data directory.
     async fn kill_primary(&mut self) -> Result<(), EnvError>;
     /// Restores `backup` into a fresh server: to the end of the archive, or
-    /// to `target`; returns once the server is promoted.
+    /// to `target`; returns once the server is promoted. A restore that
+    /// ends without a promoted server is [`EnvError::Restore`].
     async fn restore(
         &mut self,
         label: &str,
@@ -185,15 +193,49 @@ pub trait Environment: Send + Sync {
     async fn checksums(&mut self, label: &str) -> Result<crate::verify::Check, EnvError>;
     /// Stops restore `label` and frees what it used.
     async fn discard_restore(&mut self, label: &str);
-    /// Keeps everything (processes stopped, directories left) for `--keep`;
-    /// returns where.
-    fn keep(&mut self) -> Option<std::path::PathBuf>;
+    /// Stops everything and removes it, or with `keep` leaves it for
+    /// inspection (processes stopped, directories, containers and volumes
+    /// left) and returns where. Dropping an environment without this still
+    /// cleans up, blocking.
+    async fn teardown(self: Box<Self>, keep: bool) -> Option<std::path::PathBuf>;
+}
+
+/// Faults on the archive's storage that only some environments can inject.
+#[async_trait]
+pub trait StorageFaults: Send {
+    /// Makes the storage unreachable for `duration`; says how.
+    async fn storage_outage(
+        &mut self,
+        mode: crate::scenario::OutageMode,
+        duration: Duration,
+    ) -> Result<String, EnvError>;
+    /// Delays or throttles the storage's network link from now on.
+    async fn limit_storage_link(&mut self, limit: &fault::LinkLimit) -> Result<String, EnvError>;
 }
 
 /// The last `lines` lines of `text` (for error messages).
 pub(crate) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The error for a restore whose backup-fetch run `run` failed.
+pub(crate) fn fetch_failed(run: &ToolRun) -> EnvError {
+    EnvError::Restore {
+        failure: RestoreFailure::Fetch {
+            exit_code: run.status.code(),
+        },
+        detail: tail(run.stderr.trim(), 5),
+    }
+}
+
+/// The error for a restored server that stopped (or never started):
+/// why, read from its `log`, with `error` as the evidence.
+pub(crate) fn recovery_failed(log: &str, error: impl std::fmt::Display) -> EnvError {
+    EnvError::Restore {
+        failure: RestoreFailure::from_server_log(log),
+        detail: error.to_string(),
+    }
 }
 
 /// Counts the WAL files restore_command delivered, from a server's log.
@@ -209,8 +251,8 @@ pub async fn start(
     spec: &EnvSpec,
     pgdrill: &Path,
 ) -> Result<Box<dyn Environment>, EnvError> {
-    use crate::scenario::Environment as Kind;
-    Ok(match kind {
+    use crate::scenario::{Capability, Environment as Kind};
+    let mut env: Box<dyn Environment> = match kind {
         Kind::Local => Box::new(local::LocalEnvironment::start(spec, pgdrill).await?),
         Kind::Containers => {
             Box::new(containers::ContainersEnvironment::start(spec, pgdrill).await?)
@@ -220,7 +262,17 @@ pub async fn start(
                 "the kind environment is not implemented yet (issue 12)".into(),
             ))
         }
-    })
+    };
+    // The validator trusts the kind's declared capabilities.
+    let declared =
+        kind.supports(Capability::StorageOutage) || kind.supports(Capability::LinkShaping);
+    if env.storage_faults().is_some() != declared {
+        return Err(EnvError::Other(format!(
+            "internal error: the {} environment's storage faults do not match its declared capabilities",
+            kind.as_str()
+        )));
+    }
+    Ok(env)
 }
 
 /// Whether drills of `scenario` can run here; `Err` says why not.

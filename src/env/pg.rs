@@ -116,22 +116,26 @@ where
         let in_recovery: bool = match client.query_one("SELECT pg_is_in_recovery()", &[]).await {
             Ok(row) => row.get(0),
             Err(e) => {
-                return Err(EnvError::Other(format!(
-                    "restore {label} stopped during recovery ({}); log:\n{}",
-                    pg_error_text(&e),
-                    log_tail().await
-                )))
+                let log = log_tail().await;
+                let error = format!(
+                    "restore {label} stopped during recovery ({}); log:\n{log}",
+                    pg_error_text(&e)
+                );
+                return Err(super::recovery_failed(&log, error));
             }
         };
         if !in_recovery {
             return Ok(started.elapsed());
         }
         if started.elapsed() > timeout {
-            return Err(EnvError::Other(format!(
-                "restore {label} did not finish recovery within {}s; log:\n{}",
-                timeout.as_secs(),
-                log_tail().await
-            )));
+            return Err(EnvError::Restore {
+                failure: super::RestoreFailure::TimedOut,
+                detail: format!(
+                    "restore {label} did not finish recovery within {}s; log:\n{}",
+                    timeout.as_secs(),
+                    log_tail().await
+                ),
+            });
         }
         tokio::time::sleep(POLL).await;
     }

@@ -112,7 +112,41 @@ pub enum Environment {
     Kind,
 }
 
+/// What an environment can do beyond the core (storage, a primary,
+/// restores, crashing the primary), asked for by steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    /// Cutting the storage off for a while (`storage_outage`).
+    StorageOutage,
+    /// Delaying and throttling the storage's network link
+    /// (`network_latency`).
+    LinkShaping,
+}
+
+impl Capability {
+    /// Which environments have it, for error messages.
+    pub fn environments(self) -> Vec<Environment> {
+        [
+            Environment::Local,
+            Environment::Containers,
+            Environment::Kind,
+        ]
+        .into_iter()
+        .filter(|e| e.supports(self))
+        .collect()
+    }
+}
+
 impl Environment {
+    /// Whether drills in this environment can use `capability`; the
+    /// environments' `storage_faults()` agree (checked when one starts).
+    pub fn supports(self, capability: Capability) -> bool {
+        match (self, capability) {
+            (Environment::Containers, _) => true,
+            (Environment::Local | Environment::Kind, _) => false,
+        }
+    }
+
     /// The name used in scenario files.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -418,7 +452,7 @@ pub enum Step {
     },
     /// Flip bytes in the stored WAL segment that was being written at `at`,
     /// once the archiver has stored it: restores that need it must fail
-    /// on its checksum. Containers only.
+    /// on its checksum.
     StorageCorruption {
         /// When.
         #[serde(deserialize_with = "duration")]
@@ -524,13 +558,11 @@ impl Step {
         }
     }
 
-    /// The one environment the step is available in, if it is limited to
-    /// one: storage and network faults need [`Environment::Containers`].
-    pub fn only_in(&self) -> Option<Environment> {
+    /// The capability beyond the core that the step needs, if any.
+    pub fn needs(&self) -> Option<Capability> {
         match self {
-            Step::StorageOutage { .. }
-            | Step::StorageCorruption { .. }
-            | Step::NetworkLatency { .. } => Some(Environment::Containers),
+            Step::StorageOutage { .. } => Some(Capability::StorageOutage),
+            Step::NetworkLatency { .. } => Some(Capability::LinkShaping),
             _ => None,
         }
     }
@@ -801,8 +833,10 @@ objectives: { rpo: 5s, rto: 60s }
             }
         );
         assert_eq!(s.steps[8].action(), "disaster");
-        assert_eq!(s.steps[5].only_in(), Some(Environment::Containers));
-        assert_eq!(s.steps[4].only_in(), None);
+        assert_eq!(s.steps[5].needs(), Some(Capability::StorageOutage));
+        assert!(!Environment::Local.supports(Capability::StorageOutage));
+        assert!(Environment::Containers.supports(Capability::StorageOutage));
+        assert_eq!(s.steps[4].needs(), None);
         assert_eq!(s.restores.from, BackupChoice::Oldest);
         assert_eq!(s.objectives.rpo, Some(Duration::from_secs(5)));
     }
@@ -930,11 +964,10 @@ objectives: { rpo: 5s, rto: 60s }
 
     #[test]
     fn container_faults_need_the_containers_environment() {
-        for fault in [
-            "storage_outage, duration: 1s",
-            "storage_corruption",
-            "network_latency, delay: 10ms",
-        ] {
+        // Corrupting a stored object goes through the S3 API: anywhere.
+        let corrupt = "steps: [{ at: 1s, action: storage_corruption }]\n";
+        assert!(parse(&format!("environment: kind\n{corrupt}")).is_ok());
+        for fault in ["storage_outage, duration: 1s", "network_latency, delay: 10ms"] {
             let steps = format!("steps: [{{ at: 1s, action: {fault} }}]\n");
             assert!(
                 parse(&format!("environment: containers\n{steps}")).is_ok(),
@@ -1012,7 +1045,7 @@ objectives: { rpo: 5s, rto: 60s }
             actions,
             ["base_backup", "delete_wal", "pitr_failover", "delete"]
         );
-        assert_eq!(s.steps[1].only_in(), None);
+        assert_eq!(s.steps[1].needs(), None);
         assert!(matches!(
             s.steps[3],
             Step::Delete {

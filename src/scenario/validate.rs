@@ -277,12 +277,20 @@ fn steps(s: &Scenario) -> Result<(), Problem> {
             format_duration(at),
             format_duration(end)
         );
-        if let Some(only) = step.only_in().filter(|&e| e != s.environment) {
+        if let Some(capability) = step.needs().filter(|&c| !s.environment.supports(c)) {
+            let able: Vec<String> = capability
+                .environments()
+                .iter()
+                .map(|e| format!("`{}`", e.as_str()))
+                .collect();
+            let able = able.join(" or ");
             bail!(
                 ["steps", i, "action"],
-                "storage and network faults need `environment: containers`; change the environment or remove the step",
-                "`{action}` is only available in environment `{}`, not `{}`",
-                only.as_str(),
+                format!(
+                    "`{action}` needs `environment: {}`; change the environment or remove the step",
+                    capability.environments()[0].as_str()
+                ),
+                "`{action}` is only available in environment {able}, not `{}`",
                 s.environment.as_str()
             );
         }

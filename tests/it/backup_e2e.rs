@@ -183,7 +183,7 @@ async fn backup_fetch_force_leaves_nothing_the_backup_does_not_hold() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, b"stale").unwrap();
     }
-    if let Some(u) = env.run_as {
+    if let Some(u) = env.archive.run_as {
         u.chown_tree(&data).unwrap();
     }
     assert_success(
@@ -203,8 +203,13 @@ async fn backup_fetch_force_leaves_nothing_the_backup_does_not_hold() {
         .filter(|rel| data.join(rel).exists())
         .collect();
     assert!(left.is_empty(), "stale files survived --force: {left:?}");
-    let mut pg =
-        pgdrill::env::local::LocalPostgres::existing(&env.bin, &base, &data, env.run_as).unwrap();
+    let mut pg = pgdrill::env::local::LocalPostgres::existing(
+        &env.archive.bin,
+        &base,
+        &data,
+        env.archive.run_as,
+    )
+    .unwrap();
     pg.start(Duration::from_secs(120)).unwrap();
     wait_promoted(&pg).await;
     let c = pg.connect().await.unwrap();

@@ -16,7 +16,7 @@ fn code(out: &std::process::Output) -> i32 {
 
 /// The first archived segment's object path on the S3 server's disk.
 fn first_wal_object(env: &TestEnv) -> std::path::PathBuf {
-    let s3 = env.s3.as_ref().unwrap();
+    let s3 = env.archive.s3.as_ref().unwrap();
     let dir = s3.object_path("faults/wal_005");
     let mut names: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -130,7 +130,7 @@ async fn missing_segment_exits_74_and_corruption_is_detected() {
 async fn corrupted_backup_part_fails_fetch() {
     let env = TestEnv::start("faults", Storage::S3, &[], InitOptions::default());
     env.backup_push(&[]);
-    let s3 = env.s3.as_ref().unwrap();
+    let s3 = env.archive.s3.as_ref().unwrap();
     let parts = s3.object_path("faults/basebackups_005");
     let part = walk_files(&parts)
         .into_iter()
@@ -164,16 +164,16 @@ async fn killed_backup_push_leaves_no_listed_backup() {
             .args(["-i", "-q", "-s", "3"]),
         "pgbench -i",
     );
-    let archive = std::path::PathBuf::from(&env.storage_vars[0].1);
+    let archive = std::path::PathBuf::from(&env.archive.storage_vars[0].1);
     let mut cmd = Command::new(PGDRILL);
     cmd.arg("--env-dir")
-        .arg(&env.env_dir)
+        .arg(&env.archive.env_dir)
         .arg("backup-push")
         .arg(&env.primary.data_dir);
     for (k, v) in env.primary.pg_settings() {
         cmd.env(k, v);
     }
-    let mut child = as_user(&mut cmd, env.run_as)
+    let mut child = as_user(&mut cmd, env.archive.run_as)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -232,7 +232,7 @@ async fn killed_backup_push_leaves_no_listed_backup() {
 async fn bad_credentials_and_endpoints_give_clear_errors() {
     let env = TestEnv::start("creds", Storage::S3, &[], InitOptions::default());
     let secret = "definitely-wrong-secret-value";
-    let mut vars = env.storage_vars.clone();
+    let mut vars = env.archive.storage_vars.clone();
     for (k, v) in vars.iter_mut() {
         if k == "AWS_SECRET_ACCESS_KEY" {
             *v = secret.to_string();
@@ -392,14 +392,14 @@ async fn backup_push_fails_when_its_wal_goes_to_another_store() {
         InitOptions::default(),
     );
     let elsewhere = env.dir("elsewhere");
-    let other_env = env.work.path().join("env-elsewhere");
+    let other_env = env.archive.work.path().join("env-elsewhere");
     write_env_dir(
         &other_env,
         &[(
             "WALG_FILE_PREFIX".to_string(),
             elsewhere.display().to_string(),
         )],
-        env.run_as,
+        env.archive.run_as,
     )
     .unwrap();
     let c = env.primary.connect().await.unwrap();
@@ -441,7 +441,7 @@ async fn wal_fetch_from_a_missing_bucket_aborts_recovery() {
     let env = TestEnv::start("no-bucket", Storage::S3, &[], InitOptions::default());
     let dest = env.dir("scratch").join("RECOVERYXLOG");
     let with_prefix = |prefix: &str| {
-        let mut vars = env.storage_vars.clone();
+        let mut vars = env.archive.storage_vars.clone();
         for (k, v) in vars.iter_mut() {
             if k == "WALG_S3_PREFIX" {
                 *v = prefix.to_string();

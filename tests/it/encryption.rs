@@ -149,6 +149,7 @@ async fn openpgp_archive_restores_and_decrypts_with_gpg() {
     backup_and_restore(&env).await;
 
     let storage: Vec<(String, String)> = env
+        .archive
         .storage_vars
         .iter()
         .filter(|(k, _)| k == "WALG_FILE_PREFIX")
@@ -229,7 +230,7 @@ async fn libsodium_archive_over_s3_restores_and_refuses_another_key() {
     backup_and_restore(&env).await;
 
     // Objects are encrypted; metadata and sentinel stay plaintext JSON.
-    let s3 = env.s3.as_ref().unwrap();
+    let s3 = env.archive.s3.as_ref().unwrap();
     let object = segment_objects(&s3.object_path("enc-sodium/wal_005")).remove(0);
     assert_eq!(&std::fs::read(&object).unwrap()[..4], b"PGDS");
     let backups = s3.object_path("enc-sodium/basebackups_005");
@@ -248,6 +249,7 @@ async fn libsodium_archive_over_s3_restores_and_refuses_another_key() {
     let name = object.file_stem().unwrap().to_str().unwrap().to_string();
     let dest = env.dir("scratch").join("RECOVERYXLOG");
     let mut vars: Vec<(String, String)> = env
+        .archive
         .storage_vars
         .iter()
         .filter(|(k, _)| !k.starts_with("WALG_LIBSODIUM"))

@@ -23,7 +23,7 @@ fn listed(env: &TestEnv) -> Vec<(String, bool)> {
 }
 
 fn wal_files(env: &TestEnv) -> Vec<String> {
-    let dir = std::path::Path::new(&env.storage_vars[0].1).join("wal_005");
+    let dir = std::path::Path::new(&env.archive.storage_vars[0].1).join("wal_005");
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|d| {
             d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

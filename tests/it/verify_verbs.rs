@@ -84,7 +84,7 @@ async fn healthy_archive_passes_and_each_defect_is_named() {
     assert!(line.contains("WAL segments continuous since it"), "{line}");
 
     // One archived segment disappears between the backup and the newest.
-    let s3 = env.s3.as_ref().unwrap();
+    let s3 = env.archive.s3.as_ref().unwrap();
     let segments = stored_segments(&s3.object_path("verify/wal_005"));
     let victim = &segments[segments.len() - 2];
     let lost = segment_name(victim);
@@ -164,11 +164,11 @@ async fn healthy_archive_passes_and_each_defect_is_named() {
 /// Runs pgdrill with the env dir and `pg`'s connection settings.
 fn pgdrill_against(env: &TestEnv, pg: &LocalPostgres, args: &[&str]) -> Output {
     let mut cmd = Command::new(PGDRILL);
-    cmd.arg("--env-dir").arg(&env.env_dir).args(args);
+    cmd.arg("--env-dir").arg(&env.archive.env_dir).args(args);
     for (k, v) in pg.pg_settings() {
         cmd.env(k, v);
     }
-    as_user(&mut cmd, env.run_as)
+    as_user(&mut cmd, env.archive.run_as)
         .output()
         .expect("pgdrill runs")
 }
@@ -186,7 +186,7 @@ async fn storage_only_checks_and_missing_backup_wal() {
 
     // Without the cluster: integrity and backup-check work from storage,
     // the timeline check says what it needs.
-    let mut vars = env.storage_vars.clone();
+    let mut vars = env.archive.storage_vars.clone();
     vars.push(("PGHOST".to_string(), "/nonexistent".to_string()));
     let out = env.pgdrill_with_vars(&vars, &["wal-verify", "integrity"]);
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
@@ -225,7 +225,7 @@ async fn storage_only_checks_and_missing_backup_wal() {
     assert!(stdout(&out).contains("another cluster"), "{}", stdout(&out));
 
     // The last segment the backup needs is gone.
-    let archive = PathBuf::from(&env.storage_vars[0].1);
+    let archive = PathBuf::from(&env.archive.storage_vars[0].1);
     let sentinel: Value = serde_json::from_slice(
         &std::fs::read(archive.join(format!(
             "basebackups_005/{backup}_backup_stop_sentinel.json"
@@ -278,7 +278,7 @@ async fn backup_verify_of_a_delta_checks_its_whole_chain() {
     let out = env.pgdrill(&["backup-verify", &delta]);
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
 
-    let archive = Path::new(&env.storage_vars[0].1);
+    let archive = Path::new(&env.archive.storage_vars[0].1);
     let part = archive.join(format!(
         "basebackups_005/{full}/tar_partitions/part_1.tar.lz4"
     ));

@@ -52,7 +52,7 @@ async fn prefetched_segments_are_complete_and_served() {
     let direct = direct_dir.join("RECOVERYXLOG");
     let out = env.pgdrill_with_vars(
         &[
-            env.storage_vars.clone(),
+            env.archive.storage_vars.clone(),
             vec![("WALG_PREFETCH".into(), "0".into())],
         ]
         .concat(),

@@ -230,6 +230,7 @@ async fn restores_match_the_ledger_and_tampering_is_named() {
         .get(0);
     drop(c);
     let mut latest = latest;
+    latest.stop("fast").unwrap();
     let checksums = latest.checksums().await.unwrap();
     assert!(checksums.passed, "{checksums:?}");
     let path = latest.data_dir.join(&file);

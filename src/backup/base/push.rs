@@ -610,14 +610,24 @@ pub(super) async fn wait_for_wal(
     let started = tokio::time::Instant::now();
     let mut pause = Duration::from_millis(100);
     loop {
-        let found: Vec<bool> =
+        let checked: Result<Vec<bool>, BackupError> =
             futures::stream::iter(&missing)
                 .map(|name| async move {
                     Ok::<_, BackupError>(wal::find_wal(ctx, name).await?.is_some())
                 })
                 .buffered(ctx.settings.download_concurrency)
                 .try_collect()
-                .await?;
+                .await;
+        // A transient storage failure is one more reason to wait; a
+        // permanent one (access denied, no bucket) ends the wait at once.
+        let found = match checked {
+            Ok(found) => found,
+            Err(e) if e.is_permanent() || started.elapsed() >= timeout => return Err(e),
+            Err(e) => {
+                warn!("checking the backup's WAL in storage failed, trying again: {e}");
+                vec![false; missing.len()]
+            }
+        };
         let mut found = found.into_iter();
         missing.retain(|_| !found.next().unwrap_or(false));
         let waited = started.elapsed();
@@ -681,4 +691,132 @@ pub(super) async fn delta_previous(
     }
     let metadata = catalog::read_metadata(ctx, &s).await?;
     Ok(Some((s, metadata)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use futures::stream::BoxStream;
+
+    use super::*;
+    use crate::backup::codec::Compression;
+    use crate::backup::config::{EnvVars, Settings};
+    use crate::backup::store::{ChunkReceiver, DirStore, Key, ObjectInfo, Store, StoreError};
+
+    /// A directory store whose `head` fails the first `failures` times
+    /// with `error`.
+    #[derive(Debug)]
+    struct FlakyStore {
+        inner: DirStore,
+        failures: usize,
+        calls: AtomicUsize,
+        error: fn(&Key) -> StoreError,
+    }
+
+    #[async_trait]
+    impl Store for FlakyStore {
+        async fn put(&self, key: &Key, data: Bytes) -> Result<(), StoreError> {
+            self.inner.put(key, data).await
+        }
+        async fn put_stream(&self, key: &Key, chunks: ChunkReceiver) -> Result<u64, StoreError> {
+            self.inner.put_stream(key, chunks).await
+        }
+        async fn head(&self, key: &Key) -> Result<Option<ObjectInfo>, StoreError> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) < self.failures {
+                return Err((self.error)(key));
+            }
+            self.inner.head(key).await
+        }
+        async fn get(&self, key: &Key) -> Result<Bytes, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn get_stream(
+            &self,
+            key: &Key,
+        ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
+            self.inner.get_stream(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+            self.inner.list(prefix).await
+        }
+        async fn delete(&self, key: &Key) -> Result<(), StoreError> {
+            self.inner.delete(key).await
+        }
+        async fn confirm_location(&self) -> Result<(), StoreError> {
+            self.inner.confirm_location().await
+        }
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+    }
+
+    async fn context(
+        dir: &std::path::Path,
+        failures: usize,
+        error: fn(&Key) -> StoreError,
+    ) -> Context {
+        let root = dir.display().to_string();
+        let settings = Settings::from_vars(&EnvVars::from_pairs([
+            ("WALG_FILE_PREFIX", root.as_str()),
+            ("PGDRILL_ARCHIVE_CHECK_TIMEOUT", "20s"),
+        ]))
+        .unwrap();
+        let inner = DirStore::new(dir.to_path_buf());
+        let segment = layout::wal_key("000000010000000000000003", Compression::None);
+        inner
+            .put(&segment, Bytes::from_static(b"wal"))
+            .await
+            .unwrap();
+        let encryption =
+            Arc::new(crate::backup::crypto::Encryption::new(&settings.encryption, false).unwrap());
+        Context {
+            settings,
+            store: Arc::new(FlakyStore {
+                inner,
+                failures,
+                calls: AtomicUsize::new(0),
+                error,
+            }),
+            encryption,
+            env_dir: None,
+        }
+    }
+
+    const SEGMENT: &str = "000000010000000000000003";
+
+    #[tokio::test]
+    async fn the_archive_check_waits_through_transient_storage_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let transient = |key: &Key| StoreError::Other {
+            key: key.clone(),
+            detail: "503 Slow Down".into(),
+        };
+        // Every head of the first check fails (one per compression).
+        let ctx = context(dir.path(), Compression::ALL.len(), transient).await;
+        wait_for_wal(&ctx, "base_x", SEGMENT, SEGMENT, 16 << 20)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_archive_check_stops_at_once_on_a_permanent_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let denied = |key: &Key| StoreError::AccessDenied {
+            key: key.clone(),
+            detail: "403".into(),
+        };
+        let ctx = context(dir.path(), usize::MAX, denied).await;
+        let started = std::time::Instant::now();
+        let e = wait_for_wal(&ctx, "base_x", SEGMENT, SEGMENT, 16 << 20)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, BackupError::Store(StoreError::AccessDenied { .. })),
+            "{e:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "it waited");
+    }
 }

@@ -7,10 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use pgdrill::env::local::{
-    archiving_settings, as_user, owned_dir, write_env_dir, InitOptions, LocalPostgres, LocalS3,
-    PgBinaries, RunAs, WorkDir,
-};
+use pgdrill::env::local::{ArchiveStorage, ArchivingCluster, InitOptions, LocalPostgres};
 
 pub const PGDRILL: &str = env!("CARGO_BIN_EXE_pgdrill");
 
@@ -20,73 +17,56 @@ pub enum Storage {
     Dir,
 }
 
-/// A primary cluster archiving into storage, with the env dir its
-/// archive_command and our commands use.
+/// A primary cluster archiving into storage (the fixture the local
+/// environment and `pgdrill bench` use too), with helpers that fail the
+/// test on errors.
 pub struct TestEnv {
-    pub work: WorkDir,
-    pub bin: PgBinaries,
-    pub run_as: Option<RunAs>,
-    pub s3: Option<LocalS3>,
-    pub env_dir: PathBuf,
-    pub storage_vars: Vec<(String, String)>,
-    pub primary: LocalPostgres,
+    cluster: ArchivingCluster,
+}
+
+impl std::ops::Deref for TestEnv {
+    type Target = ArchivingCluster;
+    fn deref(&self) -> &ArchivingCluster {
+        &self.cluster
+    }
+}
+
+impl std::ops::DerefMut for TestEnv {
+    fn deref_mut(&mut self) -> &mut ArchivingCluster {
+        &mut self.cluster
+    }
 }
 
 impl TestEnv {
-    /// Starts storage and an archiving primary.
+    /// Starts storage and an archiving primary; `extra` tool settings go
+    /// into its env directory, `init.settings` into postgresql.conf.
     pub fn start(
         name: &str,
         storage: Storage,
         extra: &[(&str, &str)],
         init: InitOptions,
     ) -> TestEnv {
-        let bin = PgBinaries::find().expect("PostgreSQL 15 binaries (run ci/setup)");
-        let run_as = RunAs::detect().expect("user to run PostgreSQL as");
-        let work = WorkDir::new(&format!("pgdrill-{name}-"), run_as).expect("work dir");
-        let (s3, mut storage_vars) = match storage {
-            Storage::S3 => {
-                let s3 = LocalS3::start(Path::new(PGDRILL), &work.path().join("s3"), "drill")
-                    .expect("s3-serve starts");
-                let vars = s3.settings(name);
-                (Some(s3), vars)
-            }
-            Storage::Dir => {
-                let dir = work.path().join("archive");
-                std::fs::create_dir_all(&dir).unwrap();
-                if let Some(u) = run_as {
-                    u.chown_tree(&dir).unwrap();
-                }
-                (
-                    None,
-                    vec![("WALG_FILE_PREFIX".to_string(), dir.display().to_string())],
-                )
-            }
+        let storage = match storage {
+            Storage::S3 => ArchiveStorage::S3 {
+                bucket: "drill".into(),
+                prefix: name.into(),
+            },
+            Storage::Dir => ArchiveStorage::Dir,
         };
-        storage_vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let env_dir = work.path().join("env");
-        write_env_dir(&env_dir, &storage_vars, run_as).expect("env dir");
-        let mut settings = archiving_settings(
+        let extra: Vec<(String, String)> = extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let cluster = ArchivingCluster::start(
             Path::new(PGDRILL),
-            &env_dir,
+            &format!("pgdrill-{name}-"),
+            &storage,
+            &extra,
+            &init,
             &[("max_wal_size", "1GB"), ("fsync", "off")],
-        );
-        settings.extend(init.settings.iter().cloned());
-        let base = owned_dir(work.path(), "primary", run_as).expect("primary dir");
-        let mut primary =
-            LocalPostgres::init(&bin, &base, run_as, &InitOptions { settings, ..init })
-                .expect("initdb");
-        primary
-            .start(Duration::from_secs(60))
-            .expect("primary starts");
-        TestEnv {
-            work,
-            bin,
-            run_as,
-            s3,
-            env_dir,
-            storage_vars,
-            primary,
-        }
+        )
+        .unwrap_or_else(|e| panic!("archiving cluster starts (run ci/setup): {e}"));
+        TestEnv { cluster }
     }
 
     /// Runs `pgdrill --env-dir ENV ARGS` as the server user, with the
@@ -97,13 +77,9 @@ impl TestEnv {
 
     /// Like [`TestEnv::pgdrill`], with `extra` variables set too.
     pub fn pgdrill_env(&self, args: &[&str], extra: &[(&str, &str)]) -> Output {
-        let mut cmd = Command::new(PGDRILL);
-        cmd.arg("--env-dir").arg(&self.env_dir).args(args);
-        for (k, v) in self.primary.pg_settings() {
-            cmd.env(k, v);
-        }
-        cmd.envs(extra.iter().copied());
-        as_user(&mut cmd, self.run_as)
+        self.tool_command()
+            .args(args)
+            .envs(extra.iter().copied())
             .output()
             .expect("pgdrill runs")
     }
@@ -125,14 +101,14 @@ impl TestEnv {
         for (k, v) in vars {
             cmd.env(k, v);
         }
-        as_user(&mut cmd, self.run_as)
+        pgdrill::env::local::as_user(&mut cmd, self.archive.run_as)
             .output()
             .expect("pgdrill runs")
     }
 
     /// A fresh directory the server user owns.
     pub fn dir(&self, name: &str) -> PathBuf {
-        owned_dir(self.work.path(), name, self.run_as).expect("test dir")
+        self.archive.dir(name).expect("test dir")
     }
 
     /// Restores `backup` with the given extra backup-fetch flags, starts a
@@ -161,7 +137,8 @@ impl TestEnv {
         args.extend_from_slice(flags);
         let out = self.pgdrill(&args);
         assert_success(&out, "backup-fetch");
-        let mut pg = LocalPostgres::existing(&self.bin, &base, &data, self.run_as).unwrap();
+        let mut pg =
+            LocalPostgres::existing(&self.archive.bin, &base, &data, self.archive.run_as).unwrap();
         pg.start(Duration::from_secs(180))
             .unwrap_or_else(|e| panic!("restored server starts: {e}"));
         wait_promoted(&pg).await;

@@ -16,15 +16,22 @@
 //! server starts on the volume and recovers. Nothing but the bucket is
 //! shared with the primary.
 
+mod docker;
+mod images;
+mod sweep;
+
+pub use docker::engine_answers;
+pub use images::{inspect_images, ImageChoice, StorageFlavor, IMAGES_SETTING};
+pub use sweep::{
+    drills_with_containers, leftovers, remove_drill, sweep_abandoned, LABEL, OWNER_LABEL,
+};
+
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use testcontainers::bollard;
-use testcontainers::core::logs::consumer::LogConsumer;
-use testcontainers::core::logs::LogFrame;
 use testcontainers::core::wait::ExitWaitStrategy;
 use testcontainers::core::{AccessMode, ContainerPort, IntoContainerPort, Mount, WaitFor};
 use testcontainers::runners::AsyncRunner;
@@ -33,6 +40,9 @@ use testcontainers::{ContainerAsync, ContainerRequest, GenericImage, ImageExt};
 use super::local::{archiving_settings, drill_credentials, s3_settings, write_env_dir, WorkDir};
 use super::{tail, EnvError, EnvSpec, RestoreTimings, Restored, ToolRun};
 use crate::backup::config::Secret;
+use docker::{block_on_in_drop, docker, remove_volume, LogFile};
+use images::split_reference;
+use sweep::{kept_marker, owner, volume_name};
 
 /// Where the seed's manifests mount the WAL-G Secret.
 pub const ENV_DIR: &str = "/etc/wal-g/env";
@@ -44,114 +54,6 @@ pub const PGDATA: &str = "/var/lib/postgresql/data";
 pub const PGDRILL: &str = "/usr/local/bin/pgdrill";
 /// The storage's S3 port inside the network.
 const S3_PORT: u16 = 9000;
-/// Label on everything a drill creates, valued with the drill's id.
-pub const LABEL: &str = "org.pgdrill.drill";
-/// Label with the `host:pid` of the pgdrill process that made a container.
-pub const OWNER_LABEL: &str = "org.pgdrill.owner";
-
-/// This process, as [`OWNER_LABEL`] names it.
-fn owner() -> String {
-    let host = hostname::get()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    format!("{host}:{}", std::process::id())
-}
-
-/// Whether the process an [`OWNER_LABEL`] names is gone (only decidable
-/// for this host's processes).
-fn owner_is_gone(label: &str) -> bool {
-    let Some((host, pid)) = label.rsplit_once(':') else {
-        return false;
-    };
-    let this_host = owner().rsplit_once(':').map(|(h, _)| h.to_string());
-    let Ok(pid) = pid.parse::<i32>() else {
-        return false;
-    };
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    this_host.as_deref() == Some(host)
-        && unsafe { libc::kill(pid, 0) } != 0
-        && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
-}
-
-/// The volume that marks drill `drill` as kept (`--keep`).
-fn kept_marker(drill: &str) -> String {
-    volume_name(drill, "kept")
-}
-
-/// Removes what drills whose pgdrill process died without cleaning up
-/// (SIGKILL, a crash) left on the engine, except drills kept with
-/// `--keep`; best effort, says what it did.
-pub async fn sweep_abandoned() {
-    let Ok(docker) = docker().await else { return };
-    let Ok(containers) = docker
-        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
-            all: true,
-            filters: Some([("label".to_string(), vec![OWNER_LABEL.to_string()])].into()),
-            ..Default::default()
-        }))
-        .await
-    else {
-        return;
-    };
-    let kept: Vec<String> = docker
-        .list_volumes(None::<bollard::query_parameters::ListVolumesOptions>)
-        .await
-        .map(|v| v.volumes.unwrap_or_default())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|v| v.name)
-        .collect();
-    let mut drills = std::collections::BTreeSet::new();
-    for c in containers {
-        let labels = c.labels.unwrap_or_default();
-        if let (Some(owner), Some(drill)) = (labels.get(OWNER_LABEL), labels.get(LABEL)) {
-            if owner_is_gone(owner) && !kept.contains(&kept_marker(drill)) {
-                drills.insert(drill.clone());
-            }
-        }
-    }
-    for drill in drills {
-        if remove_drill(&drill).await.is_ok() {
-            eprintln!(
-                "pgdrill: removed what drill {drill} left behind (its pgdrill process is gone)"
-            );
-        }
-    }
-}
-
-/// Removes everything of drill `drill` from the engine (containers,
-/// volumes, network), e.g. one kept with `--keep`.
-pub async fn remove_drill(drill: &str) -> Result<(), ContainersError> {
-    let docker = docker().await?;
-    // leftovers lists containers first: volumes and the network are free
-    // once they are gone.
-    for left in leftovers(drill).await? {
-        let result = match left.split_once(' ') {
-            Some(("container", name)) => {
-                docker
-                    .remove_container(
-                        name,
-                        Some(bollard::query_parameters::RemoveContainerOptions {
-                            force: true,
-                            v: true,
-                            ..Default::default()
-                        }),
-                    )
-                    .await
-            }
-            Some(("volume", name)) => {
-                docker
-                    .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
-                    .await
-            }
-            Some(("network", name)) => docker.remove_network(name).await,
-            _ => Ok(()),
-        };
-        result.map_err(docker_err(format!("removing {left}")))?;
-    }
-    Ok(())
-}
-
 /// PostgreSQL's line once it accepts connections (after any recovery).
 const READY: &str = "database system is ready to accept connections";
 
@@ -193,249 +95,6 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Containe
     move |source| ContainersError::Io { context, source }
 }
 
-/// The setting that picks image defaults: unset (or `default`) for the
-/// images users know, `local` for those `ci/images/build` makes.
-pub const IMAGES_SETTING: &str = "PGDRILL_IMAGES";
-
-/// The images of a drill, as `name:tag` references.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageChoice {
-    pub postgres: String,
-    pub storage: String,
-}
-
-impl ImageChoice {
-    /// The scenario's `images`, each defaulted by `PGDRILL_IMAGES`
-    /// (`setting`): `postgres:<version>` and `minio/minio`, or with `local`
-    /// the images `ci/images/build` makes (PostgreSQL 15 only).
-    pub fn choose(
-        postgres: Option<&str>,
-        storage: Option<&str>,
-        version: u32,
-        setting: Option<&str>,
-    ) -> Result<ImageChoice, ContainersError> {
-        let (default_pg, default_storage) = match setting.unwrap_or("default") {
-            "default" | "" => (format!("postgres:{version}"), "minio/minio".to_string()),
-            "local" if postgres.is_none() && version != 15 => {
-                return Err(ContainersError::Images(format!(
-                    "{IMAGES_SETTING}=local provides PostgreSQL 15 only (Debian 12's), but the scenario asks for {version}\nhint: set postgres.version: 15, or name an image in images.postgres"
-                )))
-            }
-            "local" => (
-                "pgdrill/postgres:15-local".to_string(),
-                "pgdrill/storage:local".to_string(),
-            ),
-            other => {
-                return Err(ContainersError::Images(format!(
-                    "{IMAGES_SETTING}={other} is not understood\nhint: use `local` (images from ci/images/build) or leave it unset (postgres:<version> and minio/minio)"
-                )))
-            }
-        };
-        Ok(ImageChoice {
-            postgres: postgres.map_or(default_pg, str::to_string),
-            storage: storage.map_or(default_storage, str::to_string),
-        })
-    }
-
-    /// What serves S3 in the storage image.
-    pub fn storage_flavor(&self) -> StorageFlavor {
-        if self.storage.contains("minio") {
-            StorageFlavor::Minio
-        } else {
-            StorageFlavor::Pgdrill
-        }
-    }
-}
-
-/// What the storage container runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StorageFlavor {
-    /// `minio server /data`.
-    Minio,
-    /// `pgdrill s3-serve` (the binary mounted in).
-    Pgdrill,
-}
-
-/// Splits `name[:tag]` (a registry port is not a tag).
-fn split_reference(reference: &str) -> (&str, &str) {
-    match reference.rsplit_once(':') {
-        Some((name, tag)) if !tag.contains('/') => (name, tag),
-        _ => (reference, "latest"),
-    }
-}
-
-/// An image as the report shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ImageRecord {
-    /// `postgres` or `storage`.
-    pub role: String,
-    /// The reference used.
-    pub reference: String,
-    /// The engine's image id (`sha256:...`).
-    pub id: String,
-    /// The image's creation time, as the engine reports it.
-    pub created: String,
-}
-
-/// Whether a Docker engine answers; `Err` says why not.
-pub async fn engine_answers() -> Result<String, String> {
-    let docker = testcontainers::core::client::docker_client_instance()
-        .await
-        .map_err(|e| format!("no Docker engine answers: {e}"))?;
-    let version = docker
-        .version()
-        .await
-        .map_err(|e| format!("no Docker engine answers: {e}"))?;
-    Ok(version.version.unwrap_or_default())
-}
-
-/// Checks that the images exist on the engine (they are never pulled
-/// implicitly from here: a missing local image gets a hint).
-pub async fn inspect_images(choice: &ImageChoice) -> Result<Vec<ImageRecord>, ContainersError> {
-    let docker = docker().await?;
-    let mut records = Vec::new();
-    for (role, reference) in [("postgres", &choice.postgres), ("storage", &choice.storage)] {
-        match docker.inspect_image(reference).await {
-            Ok(image) => records.push(ImageRecord {
-                role: role.to_string(),
-                reference: reference.clone(),
-                id: image.id.unwrap_or_default(),
-                created: image.created.map(|c| c.to_string()).unwrap_or_default(),
-            }),
-            Err(e) if reference.starts_with("pgdrill/") => {
-                return Err(ContainersError::Images(format!(
-                    "image {reference} is not on this Docker engine ({e})\nhint: build it with ci/images/build (ci/setup does)"
-                )))
-            }
-            Err(_) => {
-                // testcontainers pulls it on first use; say so if that fails.
-            }
-        }
-    }
-    Ok(records)
-}
-
-/// Drill ids with containers on the engine now (the [`LABEL`] values).
-pub async fn drills_with_containers() -> Result<std::collections::BTreeSet<String>, ContainersError>
-{
-    let containers = docker()
-        .await?
-        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
-            all: true,
-            filters: Some([("label".to_string(), vec![LABEL.to_string()])].into()),
-            ..Default::default()
-        }))
-        .await
-        .map_err(docker_err("listing containers"))?;
-    Ok(containers
-        .into_iter()
-        .filter_map(|c| c.labels?.get(LABEL).cloned())
-        .collect())
-}
-
-/// What drill `drill` left on the engine: its containers, volumes and
-/// network, as sorted `kind name` lines (empty when it cleaned up):
-/// containers come first.
-pub async fn leftovers(drill: &str) -> Result<Vec<String>, ContainersError> {
-    let docker = docker().await?;
-    let mut left = Vec::new();
-    let containers = docker
-        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
-            all: true,
-            filters: Some([("label".to_string(), vec![format!("{LABEL}={drill}")])].into()),
-            ..Default::default()
-        }))
-        .await
-        .map_err(docker_err("listing containers"))?;
-    left.extend(
-        containers
-            .into_iter()
-            .filter_map(|c| c.names?.into_iter().next())
-            .map(|name| format!("container {}", name.trim_start_matches('/'))),
-    );
-    let volumes = docker
-        .list_volumes(None::<bollard::query_parameters::ListVolumesOptions>)
-        .await
-        .map_err(docker_err("listing volumes"))?;
-    left.extend(
-        volumes
-            .volumes
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|v| v.name.starts_with(&format!("{drill}-")))
-            .map(|v| format!("volume {}", v.name)),
-    );
-    let networks = docker
-        .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
-        .await
-        .map_err(docker_err("listing networks"))?;
-    left.extend(
-        networks
-            .into_iter()
-            .filter(|n| n.name.as_deref() == Some(drill))
-            .map(|n| format!("network {}", n.name.unwrap_or_default())),
-    );
-    // Docker lists volumes in no fixed order.
-    left.sort();
-    Ok(left)
-}
-
-/// Removes Docker volume `name`.
-async fn remove_volume(name: &str) -> Result<(), ContainersError> {
-    docker()
-        .await?
-        .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
-        .await
-        .map_err(docker_err(format!("removing volume {name}")))
-}
-
-async fn docker() -> Result<bollard::Docker, ContainersError> {
-    testcontainers::core::client::docker_client_instance()
-        .await
-        .map_err(docker_err("connecting to the engine"))
-}
-
-/// Runs `fut` to completion from a `Drop` (on any tokio runtime).
-fn block_on_in_drop(fut: impl Future<Output = ()> + Send + 'static) {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(|| h.block_on(fut))
-        }
-        _ => {
-            let _ = std::thread::spawn(move || {
-                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    rt.block_on(fut)
-                }
-            })
-            .join();
-        }
-    }
-}
-
-/// Appends a container's output to a file in the drill's report directory.
-struct LogFile(std::sync::Mutex<std::fs::File>);
-
-impl LogConsumer for LogFile {
-    fn accept<'a>(&'a self, record: &'a LogFrame) -> futures::future::BoxFuture<'a, ()> {
-        use std::io::Write;
-        let bytes = match record {
-            LogFrame::StdOut(b) | LogFrame::StdErr(b) => b,
-        };
-        if let Ok(mut f) = self.0.lock() {
-            let _ = f.write_all(bytes);
-        }
-        Box::pin(async {})
-    }
-}
-
-/// A Docker volume of the drill, removed with [`ContainersEnvironment`].
-fn volume_name(drill: &str, what: &str) -> String {
-    format!("{drill}-{what}")
-}
-
 /// The `containers` drill environment.
 pub struct ContainersEnvironment {
     // Containers go before volumes and the work directory (see Drop).
@@ -447,16 +106,12 @@ pub struct ContainersEnvironment {
     drill: String,
     volumes: Vec<String>,
     images: ImageChoice,
-    image_records: Vec<ImageRecord>,
+    facts: super::EnvFacts,
     pgdrill: PathBuf,
     /// Mounted at /etc/wal-g: `env/` (tool settings) and `keys/`.
     wal_g_dir: PathBuf,
-    /// Tool settings for reaching the storage from this host.
-    host_env_dir: PathBuf,
     log_dir: Option<PathBuf>,
     postgres_settings: Vec<(String, String)>,
-    version: String,
-    wal_segment_size: u64,
     primary_config: tokio_postgres::Config,
     keep: bool,
     work: WorkDir,
@@ -511,14 +166,18 @@ impl ContainersEnvironment {
             storage: None,
             volumes: Vec::new(),
             images,
-            image_records,
+            facts: super::EnvFacts {
+                kind: crate::scenario::Environment::Containers,
+                postgres_version: String::new(),
+                wal_segment_size: u64::from(spec.wal_segsize_mb.unwrap_or(16)) << 20,
+                // Tool settings for reaching the storage from this host.
+                storage_settings: work.path().join("host-env"),
+                images: image_records,
+            },
             pgdrill: pgdrill.to_path_buf(),
-            host_env_dir: work.path().join("host-env"),
             wal_g_dir,
             log_dir: spec.log_dir.clone(),
             postgres_settings: spec.postgres_settings.clone(),
-            version: String::new(),
-            wal_segment_size: u64::from(spec.wal_segsize_mb.unwrap_or(16)) << 20,
             primary_config: tokio_postgres::Config::new(),
             keep: false,
             work,
@@ -535,7 +194,7 @@ impl ContainersEnvironment {
             .map_err(docker_err("reading the storage's port"))?;
         env.storage = Some(storage);
         write_env_dir(
-            &env.host_env_dir,
+            &env.facts.storage_settings,
             &s3(format!("http://127.0.0.1:{host_port}")),
             None,
         )?;
@@ -581,7 +240,7 @@ impl ContainersEnvironment {
             .query_one("SHOW server_version", &[])
             .await
             .map_err(super::pg::pg_err("reading the server version"))?;
-        env.version = row
+        env.facts.postgres_version = row
             .get::<_, String>(0)
             .split_whitespace()
             .next()
@@ -712,7 +371,7 @@ impl ContainersEnvironment {
 
     /// The storage as this host reaches it (for faults).
     fn host_store(&self) -> Result<std::sync::Arc<dyn crate::backup::store::Store>, EnvError> {
-        let settings = crate::backup::config::Settings::load(Some(&self.host_env_dir))?;
+        let settings = crate::backup::config::Settings::load(Some(&self.facts.storage_settings))?;
         Ok(crate::backup::store::open(&settings.storage)?)
     }
 
@@ -1025,24 +684,12 @@ async fn exec(container: &ContainerAsync<GenericImage>, cmd: &[&str]) -> Result<
 
 #[async_trait::async_trait]
 impl super::Environment for ContainersEnvironment {
-    fn kind(&self) -> &'static str {
-        "containers"
-    }
-
-    fn postgres_version(&self) -> String {
-        self.version.clone()
+    fn facts(&self) -> &super::EnvFacts {
+        &self.facts
     }
 
     fn primary_config(&self) -> tokio_postgres::Config {
         self.primary_config.clone()
-    }
-
-    fn wal_segment_size(&self) -> u64 {
-        self.wal_segment_size
-    }
-
-    fn images(&self) -> Vec<ImageRecord> {
-        self.image_records.clone()
     }
 
     async fn backup_tool_status(&self, args: &[&str]) -> Result<ToolRun, EnvError> {
@@ -1054,8 +701,8 @@ impl super::Environment for ContainersEnvironment {
         Self::exec_tool(container, args).await
     }
 
-    fn storage_settings(&self) -> &Path {
-        &self.host_env_dir
+    fn storage_faults(&mut self) -> Option<&mut dyn super::StorageFaults> {
+        Some(self)
     }
 
     async fn kill_primary(&mut self) -> Result<(), EnvError> {
@@ -1177,6 +824,47 @@ impl super::Environment for ContainersEnvironment {
         let _ = self.drop_volume(&format!("restore-{label}")).await;
     }
 
+    async fn teardown(mut self: Box<Self>, keep: bool) -> Option<PathBuf> {
+        if keep {
+            // Drop leaves containers, network and volumes alone; a marker
+            // volume tells later sweeps to leave this drill alone too.
+            self.keep = true;
+            if let Ok(docker) = docker().await {
+                let _ = docker
+                    .create_volume(bollard::models::VolumeCreateRequest {
+                        name: Some(kept_marker(&self.drill)),
+                        ..Default::default()
+                    })
+                    .await;
+            }
+            eprintln!(
+                "pgdrill: kept containers, volumes and network {drill}: `docker ps -a --filter label={LABEL}={drill}`; remove them with `docker rm -fv $(docker ps -aq --filter label={LABEL}={drill}); docker volume rm $(docker volume ls -q --filter name={drill}-); docker network rm {drill}`",
+                drill = self.drill
+            );
+            return Some(self.work.keep());
+        }
+        // Containers first (the network goes with the last one), then the
+        // volumes they used.
+        let restores = std::mem::take(&mut self.restores).into_values();
+        let containers = self
+            .primary
+            .take()
+            .into_iter()
+            .chain(restores)
+            .chain(self.tools.take())
+            .chain(self.storage.take());
+        for container in containers {
+            let _ = container.rm().await;
+        }
+        for volume in std::mem::take(&mut self.volumes) {
+            let _ = remove_volume(&volume).await;
+        }
+        None
+    }
+}
+
+#[async_trait::async_trait]
+impl super::StorageFaults for ContainersEnvironment {
     async fn storage_outage(
         &mut self,
         mode: crate::scenario::OutageMode,
@@ -1261,27 +949,6 @@ impl super::Environment for ContainersEnvironment {
             "storage link limited: {limit}; backup-fetch LATEST took {before:.1}s before, {after:.1}s after"
         ))
     }
-
-    fn keep(&mut self) -> Option<PathBuf> {
-        self.keep = true;
-        // A marker volume tells later sweeps to leave this drill alone.
-        let marker = kept_marker(&self.drill);
-        block_on_in_drop(async move {
-            if let Ok(docker) = docker().await {
-                let _ = docker
-                    .create_volume(bollard::models::VolumeCreateRequest {
-                        name: Some(marker),
-                        ..Default::default()
-                    })
-                    .await;
-            }
-        });
-        eprintln!(
-            "pgdrill: kept containers, volumes and network {drill}: `docker ps -a --filter label={LABEL}={drill}`; remove them with `docker rm -fv $(docker ps -aq --filter label={LABEL}={drill}); docker volume rm $(docker volume ls -q --filter name={drill}-); docker network rm {drill}`",
-            drill = self.drill
-        );
-        Some(self.work.keep())
-    }
 }
 
 impl Drop for ContainersEnvironment {
@@ -1309,41 +976,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn images_default_to_the_well_known_ones_and_local_means_ci_images() {
-        let d = ImageChoice::choose(None, None, 16, None).unwrap();
-        assert_eq!(d.postgres, "postgres:16");
-        assert_eq!(d.storage, "minio/minio");
-        assert_eq!(d.storage_flavor(), StorageFlavor::Minio);
-        let l = ImageChoice::choose(None, None, 15, Some("local")).unwrap();
-        assert_eq!(l.postgres, "pgdrill/postgres:15-local");
-        assert_eq!(l.storage_flavor(), StorageFlavor::Pgdrill);
-        let e = ImageChoice::choose(None, None, 16, Some("local")).unwrap_err();
-        assert!(e.to_string().contains("PostgreSQL 15 only"), "{e}");
-        let own = ImageChoice::choose(Some("my/pg:16"), None, 16, Some("local")).unwrap();
-        assert_eq!(own.postgres, "my/pg:16");
-        assert!(ImageChoice::choose(None, None, 15, Some("remote")).is_err());
-    }
-
-    #[test]
     fn a_failed_pull_hints_at_the_local_images() {
         let e = docker_err("starting x")("failed to pull the image 'minio/minio:latest'");
         assert!(e.to_string().contains("PGDRILL_IMAGES=local"), "{e}");
         let e = docker_err("starting x")("no such container");
         assert!(!e.to_string().contains("hint"), "{e}");
-    }
-
-    #[test]
-    fn image_references_split_into_name_and_tag() {
-        assert_eq!(split_reference("postgres:16"), ("postgres", "16"));
-        assert_eq!(split_reference("minio/minio"), ("minio/minio", "latest"));
-        assert_eq!(
-            split_reference("registry:5000/pg"),
-            ("registry:5000/pg", "latest")
-        );
-        assert_eq!(
-            split_reference("registry:5000/pg:15"),
-            ("registry:5000/pg", "15")
-        );
     }
 
     #[test]

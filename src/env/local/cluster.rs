@@ -1,0 +1,161 @@
+//! The archiving-cluster fixture that the local environment, the
+//! integration tests and `pgdrill bench` share: storage (the embedded S3
+//! server or a directory), the env directory the backup tool reads, and a
+//! primary whose `archive_command` is `pgdrill wal-push %p` into that
+//! storage, all in one work directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::postgres::{archiving_settings, InitOptions, LocalPostgres, PgBinaries};
+use super::process::{as_user, owned_dir, RunAs, WorkDir};
+use super::s3::{write_env_dir, LocalS3};
+use super::LocalError;
+
+/// Where an archive keeps its objects.
+#[derive(Debug, Clone)]
+pub enum ArchiveStorage {
+    /// The embedded S3 server, with one bucket; the archive is at `prefix`.
+    S3 { bucket: String, prefix: String },
+    /// A directory in the work directory (`WALG_FILE_PREFIX`).
+    Dir,
+}
+
+/// Storage and the settings that reach it; everything lives in `work`,
+/// removed on drop unless kept.
+#[derive(Debug)]
+pub struct LocalArchive {
+    /// The S3 server, when the storage is S3; stopped on drop.
+    pub s3: Option<LocalS3>,
+    /// The env directory of the archive: its storage settings plus the
+    /// extra settings it was started with.
+    pub env_dir: PathBuf,
+    /// What `env_dir` holds, as variables.
+    pub storage_vars: Vec<(String, String)>,
+    pub bin: PgBinaries,
+    pub run_as: Option<RunAs>,
+    /// The pgdrill binary that archives and restores.
+    pub pgdrill: PathBuf,
+    /// Last, so that it goes after the servers that use it.
+    pub work: WorkDir,
+}
+
+impl LocalArchive {
+    /// Creates a work directory named `work_prefix…`, starts the storage and
+    /// writes the env directory: the storage's settings, then `extra`.
+    pub fn start(
+        pgdrill: &Path,
+        work_prefix: &str,
+        storage: &ArchiveStorage,
+        extra: &[(String, String)],
+    ) -> Result<LocalArchive, LocalError> {
+        let bin = PgBinaries::find()?;
+        let run_as = RunAs::detect()?;
+        let work = WorkDir::new(work_prefix, run_as)?;
+        let (s3, mut storage_vars) = match storage {
+            ArchiveStorage::S3 { bucket, prefix } => {
+                let s3 = LocalS3::start(pgdrill, &work.path().join("s3"), bucket)?;
+                let vars = s3.settings(prefix);
+                (Some(s3), vars)
+            }
+            ArchiveStorage::Dir => {
+                let dir = owned_dir(work.path(), "archive", run_as)?;
+                let vars = vec![("WALG_FILE_PREFIX".to_string(), dir.display().to_string())];
+                (None, vars)
+            }
+        };
+        storage_vars.extend(extra.iter().cloned());
+        let env_dir = work.path().join("env");
+        write_env_dir(&env_dir, &storage_vars, run_as)?;
+        Ok(LocalArchive {
+            s3,
+            env_dir,
+            storage_vars,
+            bin,
+            run_as,
+            pgdrill: pgdrill.to_path_buf(),
+            work,
+        })
+    }
+
+    /// A fresh directory `name` in the work directory, owned by the server
+    /// user.
+    pub fn dir(&self, name: &str) -> Result<PathBuf, LocalError> {
+        owned_dir(self.work.path(), name, self.run_as)
+    }
+
+    /// Writes another env directory `name` holding `vars`; returns it.
+    pub fn env_dir_with(
+        &self,
+        name: &str,
+        vars: &[(String, String)],
+    ) -> Result<PathBuf, LocalError> {
+        let dir = self.work.path().join(name);
+        write_env_dir(&dir, vars, self.run_as)?;
+        Ok(dir)
+    }
+
+    /// `initdb`s and starts a primary in `primary/` that archives into this
+    /// storage, with `extra` then `init.settings` in postgresql.conf.
+    pub fn start_primary(
+        &self,
+        init: &InitOptions,
+        extra: &[(&str, &str)],
+    ) -> Result<LocalPostgres, LocalError> {
+        let mut settings = archiving_settings(&self.pgdrill, &self.env_dir, extra);
+        settings.extend(init.settings.iter().cloned());
+        let base = self.dir("primary")?;
+        let options = InitOptions {
+            settings,
+            ..init.clone()
+        };
+        let mut primary = LocalPostgres::init(&self.bin, &base, self.run_as, &options)?;
+        primary.start(Duration::from_secs(60))?;
+        Ok(primary)
+    }
+
+    /// `pgdrill --env-dir ENV_DIR`, run as the server user, with `primary`'s
+    /// connection settings (PGHOST, PGPORT, PGUSER) when given.
+    pub fn tool_command(&self, env_dir: &Path, primary: Option<&LocalPostgres>) -> Command {
+        let mut cmd = Command::new(&self.pgdrill);
+        cmd.arg("--env-dir").arg(env_dir);
+        if let Some(p) = primary {
+            cmd.envs(p.pg_settings());
+        }
+        as_user(&mut cmd, self.run_as);
+        cmd
+    }
+}
+
+/// A primary archiving into a [`LocalArchive`]. The primary stops before
+/// the storage does.
+#[derive(Debug)]
+pub struct ArchivingCluster {
+    pub primary: LocalPostgres,
+    pub archive: LocalArchive,
+}
+
+impl ArchivingCluster {
+    /// Starts the storage and the primary; see [`LocalArchive::start`] and
+    /// [`LocalArchive::start_primary`].
+    pub fn start(
+        pgdrill: &Path,
+        work_prefix: &str,
+        storage: &ArchiveStorage,
+        tool_settings: &[(String, String)],
+        init: &InitOptions,
+        primary_settings: &[(&str, &str)],
+    ) -> Result<ArchivingCluster, LocalError> {
+        let archive = LocalArchive::start(pgdrill, work_prefix, storage, tool_settings)?;
+        let primary = archive.start_primary(init, primary_settings)?;
+        Ok(ArchivingCluster { primary, archive })
+    }
+
+    /// `pgdrill --env-dir ENV_DIR` against the primary; see
+    /// [`LocalArchive::tool_command`].
+    pub fn tool_command(&self) -> Command {
+        self.archive
+            .tool_command(&self.archive.env_dir, Some(&self.primary))
+    }
+}

@@ -1,0 +1,319 @@
+//! The `local` environment: PostgreSQL server processes and the embedded S3
+//! server on loopback. Used by local drills and by the integration tests.
+//!
+//! PostgreSQL refuses to run as root, so when we are root every server and
+//! every backup command that touches a data directory runs as the
+//! `postgres` user, in directories that user owns.
+
+mod cluster;
+mod postgres;
+mod process;
+mod s3;
+
+pub use cluster::{ArchiveStorage, ArchivingCluster, LocalArchive};
+pub use postgres::{
+    archiving_settings, conf_value, InitOptions, LocalPostgres, PgBinaries, DEFAULT_PG_BIN,
+};
+pub use process::{as_user, free_port, owned_dir, run_checked, RunAs, WorkDir};
+pub use s3::{drill_credentials, s3_settings, write_env_dir, LocalS3};
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use super::tail;
+
+/// Failures of the local environment.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("PostgreSQL binaries not found in {}: install postgresql-15 (ci/setup does) or set PGDRILL_PG_BIN", dir.display())]
+    NoBinaries { dir: PathBuf },
+    #[error("running as root but there is no `postgres` user to run PostgreSQL as: create it (apt-get install postgresql-15 does)")]
+    NoPostgresUser,
+    #[error("{what} failed: {detail}")]
+    Command { what: String, detail: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Timeout(String),
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalError {
+    let context = context.into();
+    move |source| LocalError::Io { context, source }
+}
+
+/// Runs blocking work (initdb, pg_ctl: they wait for their servers) off the
+/// async workers; a panic in it goes on here.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, LocalError> + Send + 'static,
+) -> Result<T, LocalError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(LocalError::Timeout(
+            "cancelled: the runtime is shutting down".into(),
+        )),
+    }
+}
+
+/// Runs `work` on server `pg` off the async workers; hands the server back
+/// with what `work` returned.
+async fn on_server<T: Send + 'static>(
+    mut pg: LocalPostgres,
+    work: impl FnOnce(&mut LocalPostgres) -> Result<T, LocalError> + Send + 'static,
+) -> Result<(LocalPostgres, Result<T, LocalError>), LocalError> {
+    blocking(move || {
+        let result = work(&mut pg);
+        Ok((pg, result))
+    })
+    .await
+}
+
+/// The `local` drill environment: an [`LocalArchive`] (the embedded S3
+/// server), an archiving primary, and restored servers, each a process on
+/// loopback in one work directory that is removed at the end unless kept.
+pub struct LocalEnvironment {
+    // Field order is drop order: servers stop before the storage and the
+    // directory go.
+    primary: Option<LocalPostgres>,
+    restores: std::collections::BTreeMap<String, LocalPostgres>,
+    archive: LocalArchive,
+    facts: super::EnvFacts,
+    primary_config: tokio_postgres::Config,
+}
+
+impl LocalEnvironment {
+    /// Starts storage and an archiving primary.
+    pub async fn start(
+        spec: &super::EnvSpec,
+        pgdrill: &Path,
+    ) -> Result<LocalEnvironment, LocalError> {
+        let spec = spec.clone();
+        let pgdrill = pgdrill.to_path_buf();
+        // initdb and pg_ctl wait for their servers: off the async workers.
+        blocking(move || {
+            let storage = ArchiveStorage::S3 {
+                bucket: spec.bucket.clone(),
+                prefix: "drill".into(),
+            };
+            let mut tool_settings = spec.tool_settings.clone();
+            tool_settings.extend(
+                spec.tool_secrets
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.expose().to_string())),
+            );
+            let archive =
+                LocalArchive::start(&pgdrill, "pgdrill-drill-", &storage, &tool_settings)?;
+            let version = archive.bin.version()?;
+            let init = InitOptions {
+                wal_segsize_mb: spec.wal_segsize_mb,
+                settings: spec.postgres_settings.clone(),
+            };
+            let primary = archive.start_primary(&init, &[])?;
+            Ok(LocalEnvironment {
+                primary_config: workload_config(&primary),
+                primary: Some(primary),
+                restores: Default::default(),
+                facts: super::EnvFacts {
+                    kind: crate::scenario::Environment::Local,
+                    postgres_version: version,
+                    wal_segment_size: u64::from(spec.wal_segsize_mb.unwrap_or(16)) << 20,
+                    storage_settings: archive.env_dir.clone(),
+                    images: Vec::new(),
+                },
+                archive,
+            })
+        })
+        .await
+    }
+
+    fn tool_command(&self, args: &[&str]) -> tokio::process::Command {
+        let primary = self.primary.as_ref();
+        let mut cmd = self.archive.tool_command(&self.archive.env_dir, primary);
+        cmd.args(args).stdin(Stdio::null());
+        if let Some(p) = primary {
+            cmd.env("PGDATA", &p.data_dir);
+        }
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.kill_on_drop(true);
+        cmd
+    }
+
+    /// Restores `backup` into a fresh server named `label` (kept in
+    /// `restores`, also when it fails to start): to the end of the archive
+    /// or to `target`; with `archive`, it archives into the storage as the
+    /// primary does, else never. Returns once the server is promoted.
+    async fn restore_server(
+        &mut self,
+        label: &str,
+        backup: &str,
+        target: Option<chrono::DateTime<chrono::Utc>>,
+        archive: bool,
+    ) -> Result<super::Restored, super::EnvError> {
+        use super::Environment;
+        let base = self.archive.dir(&format!("restore-{label}"))?;
+        let data = base.join("data");
+        let data_s = data.display().to_string();
+        let target_s = target.map(crate::workload::target_time_arg);
+        let mut args = vec!["backup-fetch", data_s.as_str(), backup];
+        if !archive {
+            args.push("--no-archive");
+        }
+        match &target_s {
+            Some(t) => args.extend(["--recovery-target-time", t.as_str()]),
+            None => args.push("--recover"),
+        }
+        let started = Instant::now();
+        let run = self.backup_tool_status(&args).await?;
+        if !run.status.success() {
+            return Err(super::fetch_failed(&run));
+        }
+        let fetch = started.elapsed();
+        let pg = LocalPostgres::existing(&self.archive.bin, &base, &data, self.archive.run_as)?;
+        let started = Instant::now();
+        let (pg, start_result) = on_server(pg, |pg| pg.start(Duration::from_secs(1800))).await?;
+        let start_to_consistent = started.elapsed();
+        let log_file = pg.log_file.clone();
+        self.restores.insert(label.to_string(), pg);
+        if let Err(e) = start_result {
+            let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+            return Err(super::recovery_failed(&log, e));
+        }
+        let pg = &self.restores[label];
+        let client = pg.connect().await?;
+        let log_tail = || async { pg.log_tail(20) };
+        let consistent_to_promoted =
+            super::pg::wait_promoted(&client, label, Duration::from_secs(1800), log_tail).await?;
+        Ok(super::Restored {
+            client,
+            timings: super::RestoreTimings {
+                fetch,
+                start_to_consistent,
+                consistent_to_promoted,
+                wal_segments: super::restored_wal_files(
+                    &std::fs::read_to_string(&log_file).unwrap_or_default(),
+                ),
+            },
+        })
+    }
+}
+
+/// Connection settings for the workload's writers on `pg`.
+fn workload_config(pg: &LocalPostgres) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host_path(&pg.socket_dir)
+        .port(pg.port)
+        .user("postgres")
+        .dbname("postgres")
+        .application_name("pgdrill-workload");
+    config
+}
+
+#[async_trait::async_trait]
+impl super::Environment for LocalEnvironment {
+    fn facts(&self) -> &super::EnvFacts {
+        &self.facts
+    }
+
+    fn primary_config(&self) -> tokio_postgres::Config {
+        self.primary_config.clone()
+    }
+
+    async fn backup_tool_status(&self, args: &[&str]) -> Result<super::ToolRun, super::EnvError> {
+        let out = self
+            .tool_command(args)
+            .output()
+            .await
+            .map_err(io_err("starting the backup tool"))?;
+        Ok(super::ToolRun {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    async fn kill_primary(&mut self) -> Result<(), super::EnvError> {
+        if let Some(p) = self.primary.take() {
+            let (p, killed) = on_server(p, LocalPostgres::kill).await?;
+            killed?;
+            tokio::fs::remove_dir_all(&p.data_dir)
+                .await
+                .map_err(io_err("destroying the primary's data directory"))?;
+        }
+        Ok(())
+    }
+
+    async fn restore(
+        &mut self,
+        label: &str,
+        backup: &str,
+        target: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<super::Restored, super::EnvError> {
+        self.restore_server(label, backup, target, false).await
+    }
+
+    async fn fail_over(
+        &mut self,
+        label: &str,
+        backup: &str,
+        target: chrono::DateTime<chrono::Utc>,
+    ) -> Result<super::Restored, super::EnvError> {
+        if let Some(old) = self.primary.take() {
+            on_server(old, |old| old.stop("fast")).await?.1?;
+        }
+        let restored = self
+            .restore_server(label, backup, Some(target), true)
+            .await?;
+        let pg = self
+            .restores
+            .remove(label)
+            .expect("restore_server keeps the server");
+        self.primary_config = workload_config(&pg);
+        self.primary = Some(pg);
+        Ok(restored)
+    }
+
+    async fn amcheck(&self, label: &str) -> Result<crate::verify::Check, super::EnvError> {
+        let pg = self
+            .restores
+            .get(label)
+            .ok_or_else(|| super::EnvError::Other(format!("no restore {label}")))?;
+        Ok(pg.amcheck().await?)
+    }
+
+    async fn checksums(&mut self, label: &str) -> Result<crate::verify::Check, super::EnvError> {
+        let pg = self
+            .restores
+            .remove(label)
+            .ok_or_else(|| super::EnvError::Other(format!("no restore {label}")))?;
+        let (pg, stopped) = on_server(pg, |pg| pg.stop("fast")).await?;
+        self.restores.insert(label.to_string(), pg);
+        stopped?;
+        Ok(self.restores[label].checksums().await?)
+    }
+
+    async fn discard_restore(&mut self, label: &str) {
+        if let Some(pg) = self.restores.remove(label) {
+            let _ = on_server(pg, |pg| pg.stop("immediate")).await;
+        }
+    }
+
+    async fn teardown(self: Box<Self>, keep: bool) -> Option<PathBuf> {
+        let mut env = *self;
+        // Stopping the servers waits for them; removing the directory
+        // walks it: both off the async workers.
+        blocking(move || {
+            let kept = keep.then(|| env.archive.work.keep());
+            drop(env);
+            Ok(kept)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}

@@ -1,0 +1,136 @@
+//! The embedded S3 server as a child process, and the backup tool's
+//! settings (an env directory) that reach it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use super::process::RunAs;
+use super::{io_err, LocalError};
+use crate::backup::config::Secret;
+
+/// Fresh credentials for a drill's S3 server: the access key names this
+/// process, the secret is random.
+pub fn drill_credentials() -> (String, Secret) {
+    (
+        format!("drill-{}", std::process::id()),
+        Secret::new(format!("secret-{:016x}", rand::random::<u64>())),
+    )
+}
+
+/// WAL-G-style settings for an S3 server at `endpoint` (path-style
+/// addressing, as the embedded server and minio need), archive at `prefix`
+/// (`s3://bucket/path`).
+pub fn s3_settings(
+    prefix: &str,
+    endpoint: &str,
+    access_key: &str,
+    secret_key: &Secret,
+) -> Vec<(String, String)> {
+    vec![
+        ("WALG_S3_PREFIX".into(), prefix.to_string()),
+        ("AWS_ENDPOINT".into(), endpoint.to_string()),
+        ("AWS_ACCESS_KEY_ID".into(), access_key.to_string()),
+        (
+            "AWS_SECRET_ACCESS_KEY".into(),
+            secret_key.expose().to_string(),
+        ),
+        ("AWS_REGION".into(), "us-east-1".into()),
+        ("AWS_S3_FORCE_PATH_STYLE".into(), "true".into()),
+    ]
+}
+
+/// The embedded S3 server (`pgdrill s3-serve`) as a child process.
+#[derive(Debug)]
+pub struct LocalS3 {
+    child: Child,
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: Secret,
+    pub bucket: String,
+    pub data_dir: PathBuf,
+}
+
+impl LocalS3 {
+    /// Starts the server on a free loopback port with one bucket.
+    pub fn start(pgdrill: &Path, data_dir: &Path, bucket: &str) -> Result<LocalS3, LocalError> {
+        let (access_key, secret_key) = drill_credentials();
+        let mut child = Command::new(pgdrill)
+            .arg("s3-serve")
+            .arg("--dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--bucket")
+            .arg(bucket)
+            .env("PGDRILL_S3_ACCESS_KEY", &access_key)
+            .env("PGDRILL_S3_SECRET_KEY", secret_key.expose())
+            .env("PGDRILL_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(io_err(format!("starting {} s3-serve", pgdrill.display())))?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut line = String::new();
+        let read = BufReader::new(stdout).read_line(&mut line);
+        let endpoint = match (read, line.trim().strip_prefix("listening on ")) {
+            (Ok(_), Some(url)) => url.to_string(),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(LocalError::Command {
+                    what: "s3-serve".into(),
+                    detail: format!("did not report its address (got {line:?})"),
+                });
+            }
+        };
+        Ok(LocalS3 {
+            child,
+            endpoint,
+            access_key,
+            secret_key,
+            bucket: bucket.to_string(),
+            data_dir: data_dir.to_path_buf(),
+        })
+    }
+
+    /// WAL-G-style settings pointing at this server, under `prefix`.
+    pub fn settings(&self, prefix: &str) -> Vec<(String, String)> {
+        s3_settings(
+            &format!("s3://{}/{prefix}", self.bucket),
+            &self.endpoint,
+            &self.access_key,
+            &self.secret_key,
+        )
+    }
+
+    /// Path of a stored object on the server's disk (for fault injection).
+    pub fn object_path(&self, key: &str) -> PathBuf {
+        self.data_dir.join(&self.bucket).join(key)
+    }
+}
+
+impl Drop for LocalS3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes an envdir-style directory (one file per variable), readable by
+/// `owner`, as a Kubernetes Secret volume would be.
+pub fn write_env_dir(
+    dir: &Path,
+    vars: &[(String, String)],
+    owner: Option<RunAs>,
+) -> Result<(), LocalError> {
+    std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    for (k, v) in vars {
+        std::fs::write(dir.join(k), format!("{v}\n")).map_err(io_err(format!("writing {k}")))?;
+    }
+    if let Some(o) = owner {
+        o.chown_tree(dir)?;
+    }
+    Ok(())
+}
