@@ -53,6 +53,12 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "info", env = "PGDRILL_LOG")]
     pub log: String,
 
+    /// How a failure is reported on stderr's last line: `text` (a message
+    /// for people) or `json` (`{"kind", "exit_code", "message"}`, for
+    /// programs that drive pgdrill; the kinds are in the README).
+    #[arg(long, global = true, value_enum, default_value_t = ErrorFormat::Text, env = "PGDRILL_ERROR_FORMAT")]
+    pub error_format: ErrorFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -334,6 +340,45 @@ pub enum Command {
 /// An error and its causes as one line, each cause once: many messages
 /// name their cause already ("cannot read X: No such file"), and anyhow's
 /// `{:#}` would repeat it.
+/// How failures are printed (`--error-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ErrorFormat {
+    Text,
+    Json,
+}
+
+/// The line that reports a failure of `kind` with `message`, ending the
+/// process with `exit_code`, in `format`.
+pub fn failure_line(
+    format: ErrorFormat,
+    kind: exit::FailureKind,
+    exit_code: i32,
+    message: String,
+) -> String {
+    match format {
+        ErrorFormat::Text => format!("pgdrill: {message}"),
+        ErrorFormat::Json => {
+            let report = exit::FailureReport {
+                kind,
+                exit_code,
+                message,
+            };
+            serde_json::to_string(&report)
+                .unwrap_or_else(|_| format!("pgdrill: {}", report.message))
+        }
+    }
+}
+
+/// [`failure_line`] for an error that reached `main`: its kind is that of
+/// the tool's error in its chain, if any.
+pub fn error_line(e: &anyhow::Error, format: ErrorFormat, exit_code: i32) -> String {
+    let kind = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<BackupError>())
+        .map_or(exit::FailureKind::Internal, BackupError::kind);
+    failure_line(format, kind, exit_code, error_text(e))
+}
+
 pub fn error_text(e: &anyhow::Error) -> String {
     let mut text = e.to_string();
     for cause in e.chain().skip(1) {
@@ -354,7 +399,7 @@ pub fn runs_wal_fetch(args: &[std::ffi::OsString]) -> bool {
     let mut rest = args.iter().skip(1);
     while let Some(arg) = rest.next() {
         match arg.to_str() {
-            Some("--env-dir" | "--log") => {
+            Some("--env-dir" | "--log" | "--error-format") => {
                 rest.next();
             }
             Some(a) if a.starts_with('-') => {}
@@ -495,11 +540,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(match run_backup_verb(other, env_dir).await {
                 Ok(()) => exit::OK,
                 Err(e) => {
-                    eprintln!("pgdrill: {e}");
-                    match e.exit_code() {
+                    let code = match e.exit_code() {
                         exit::FAILURE if fetch => exit::FETCH_FAILED,
                         code => code,
-                    }
+                    };
+                    eprintln!(
+                        "{}",
+                        failure_line(cli.error_format, e.kind(), code, e.to_string())
+                    );
+                    code
                 }
             })
         }
@@ -792,6 +841,30 @@ mod tests {
         let e = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::NotFound))
             .context("loading the scenario");
         assert_eq!(error_text(&e), "loading the scenario: entity not found");
+    }
+
+    #[test]
+    fn a_failure_is_a_typed_json_line_for_programs() {
+        let e = anyhow::Error::new(BackupError::Corrupt {
+            key: crate::backup::store::Key::new("wal_005/x.lz4"),
+            detail: "BLAKE3 mismatch".into(),
+        })
+        .context("wal-fetch x");
+        let line = error_line(&e, ErrorFormat::Json, exit::FETCH_FAILED);
+        let report =
+            exit::FailureReport::from_stderr(&format!("WARN something\n{line}\n")).unwrap();
+        assert_eq!(report.kind, exit::FailureKind::Corrupt);
+        assert_eq!(report.exit_code, exit::FETCH_FAILED);
+        assert!(report.message.contains("BLAKE3 mismatch"), "{report:?}");
+        assert_eq!(
+            error_line(&e, ErrorFormat::Text, 1),
+            format!("pgdrill: {}", error_text(&e))
+        );
+        let other = anyhow::anyhow!("no tool error");
+        let line = error_line(&other, ErrorFormat::Json, 1);
+        let report = exit::FailureReport::from_stderr(&line).unwrap();
+        assert_eq!(report.kind, exit::FailureKind::Internal);
+        assert!(exit::FailureReport::from_stderr("pgdrill: text").is_none());
     }
 
     #[test]

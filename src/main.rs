@@ -41,10 +41,11 @@ fn main() {
             std::process::exit(failure);
         }
     };
+    let format = cli.error_format;
     let code = match runtime.block_on(pgdrill::cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("pgdrill: {}", pgdrill::cli::error_text(&e));
+            eprintln!("{}", pgdrill::cli::error_line(&e, format, failure));
             failure
         }
     };

@@ -53,6 +53,56 @@ pub mod exit {
     /// `backup-check`: the check itself could not run (storage unreachable,
     /// bad settings).
     pub const NAGIOS_UNKNOWN: i32 = 3;
+
+    /// What kind of failure ended a verb: the last line of stderr with
+    /// `--error-format json`, for programs that drive the tool (the drill)
+    /// and must not read its messages.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum FailureKind {
+        /// The WAL file, backup or object is not in storage.
+        NotFound,
+        /// A stored object failed verification (checksum, authentication).
+        Corrupt,
+        /// Storage refused the credentials.
+        AccessDenied,
+        /// Storage failed otherwise (after retries).
+        Storage,
+        /// The encryption key is missing, wrong or unusable.
+        Key,
+        /// Bad settings or arguments.
+        Invalid,
+        /// The server being backed up failed or is not set up for it.
+        Postgres,
+        /// Storage holds other content under the name being written.
+        Conflict,
+        /// A new backup's WAL did not reach storage in time.
+        NotArchived,
+        /// A restored file did not match its backup.
+        VerifyFailed,
+        /// A local file or directory failed.
+        Io,
+        /// pgdrill itself failed.
+        Internal,
+    }
+
+    /// The failure line of `--error-format json`.
+    #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    pub struct FailureReport {
+        pub kind: FailureKind,
+        /// The code the process exits with.
+        pub exit_code: i32,
+        /// The message the text format prints.
+        pub message: String,
+    }
+
+    impl FailureReport {
+        /// The report on the last line of `stderr`, if it holds one.
+        pub fn from_stderr(stderr: &str) -> Option<FailureReport> {
+            let line = stderr.lines().rev().find(|l| !l.trim().is_empty())?;
+            serde_json::from_str(line).ok()
+        }
+    }
 }
 
 /// Errors of the backup verbs. Messages are lowercase, say what failed and
@@ -125,6 +175,30 @@ pub enum BackupError {
 }
 
 impl BackupError {
+    /// Its kind, for `--error-format json`.
+    pub fn kind(&self) -> exit::FailureKind {
+        use exit::FailureKind as K;
+        match self {
+            BackupError::Config(_) | BackupError::Invalid(_) => K::Invalid,
+            BackupError::Store(StoreError::NotFound(_))
+            | BackupError::WalNotFound { .. }
+            | BackupError::NoBackups(_)
+            | BackupError::BackupNotFound { .. } => K::NotFound,
+            BackupError::Store(StoreError::AccessDenied { .. }) => K::AccessDenied,
+            BackupError::Store(StoreError::Io { .. }) | BackupError::Io { .. } => K::Io,
+            BackupError::Store(_) => K::Storage,
+            BackupError::Corrupt { .. }
+            | BackupError::Crypto(crypto::CryptoError::Corrupt { .. }) => K::Corrupt,
+            BackupError::Crypto(crypto::CryptoError::Read { .. }) => K::Storage,
+            BackupError::Crypto(_) => K::Key,
+            BackupError::WalConflict { .. } | BackupError::WalUncomparable { .. } => K::Conflict,
+            BackupError::Postgres(_) | BackupError::ArchivingOff(_) => K::Postgres,
+            BackupError::WalNotArchived { .. } => K::NotArchived,
+            BackupError::VerifyFailed(_) => K::VerifyFailed,
+            BackupError::Internal { .. } => K::Internal,
+        }
+    }
+
     /// Whether trying the same operation again cannot help: everything but
     /// a transient storage failure ([`StoreError::is_permanent`]). Loops
     /// that wait anyway (the archive check) go on through transient ones.

@@ -417,10 +417,16 @@ async fn drive(
         if !history.gaps.is_empty() {
             steps::detect_gaps(env, &mut history.gaps).await?;
             for gap in history.gaps.iter().filter(|g| !g.detected) {
-                report.failures.push(format!(
-                    "wal-verify integrity did not report the deleted segment {} as lost: {}",
-                    gap.segment, gap.wal_verify
-                ));
+                report.failures.push(match gap.damage {
+                    Damage::Deleted => format!(
+                        "wal-verify integrity did not report the deleted segment {} as lost: {}",
+                        gap.segment, gap.wal_verify
+                    ),
+                    Damage::Corrupted => format!(
+                        "wal-fetch did not refuse the corrupted segment {} as corrupt: {}",
+                        gap.segment, gap.wal_verify
+                    ),
+                });
             }
         }
     }

@@ -12,6 +12,7 @@ use tokio_postgres::Client;
 use super::{
     list_backups, pg_err, switch_and_wait_archived, wait_archived, ListedBackup, Progress,
 };
+use crate::backup::exit::{self, FailureKind, FailureReport};
 use crate::backup::layout::{Lsn, Segment};
 use crate::env::{Damage, EnvError, Environment, StorageFaults};
 use crate::report::WalGapRecord;
@@ -495,15 +496,21 @@ pub(super) async fn detect_gaps(
     for gap in corrupted {
         let dest = format!("/tmp/pgdrill-check-{}", gap.segment);
         let run = env
-            .backup_tool_status(&["wal-fetch", &gap.segment, &dest])
+            .backup_tool_status(&["--error-format", "json", "wal-fetch", &gap.segment, &dest])
             .await?;
         let code = run.status.code();
-        gap.detected =
-            code == Some(crate::backup::exit::FETCH_FAILED) && run.stderr.contains("corrupt");
+        let failure = FailureReport::from_stderr(&run.stderr);
+        gap.detected = code == Some(exit::FETCH_FAILED)
+            && failure
+                .as_ref()
+                .is_some_and(|f| f.kind == FailureKind::Corrupt);
         gap.wal_verify = format!(
             "wal-fetch exit {}: {}",
             code.map_or("-".to_string(), |c| c.to_string()),
-            crate::env::tail(run.stderr.trim(), 1)
+            failure.map_or_else(
+                || crate::env::tail(run.stderr.trim(), 1),
+                |f| format!("{:?}: {}", f.kind, f.message)
+            )
         );
     }
     Ok(())
@@ -516,7 +523,6 @@ async fn detect_deleted(
     env: &dyn Environment,
     gaps: Vec<&mut WalGapRecord>,
 ) -> Result<(), EnvError> {
-    use crate::backup::exit;
     use crate::backup::walverify::{CheckStatus, SegmentStatus, WalVerifyReport};
     let run = env
         .backup_tool_status(&["wal-verify", "integrity", "--json"])

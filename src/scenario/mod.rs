@@ -967,7 +967,10 @@ objectives: { rpo: 5s, rto: 60s }
         // Corrupting a stored object goes through the S3 API: anywhere.
         let corrupt = "steps: [{ at: 1s, action: storage_corruption }]\n";
         assert!(parse(&format!("environment: kind\n{corrupt}")).is_ok());
-        for fault in ["storage_outage, duration: 1s", "network_latency, delay: 10ms"] {
+        for fault in [
+            "storage_outage, duration: 1s",
+            "network_latency, delay: 10ms",
+        ] {
             let steps = format!("steps: [{{ at: 1s, action: {fault} }}]\n");
             assert!(
                 parse(&format!("environment: containers\n{steps}")).is_ok(),
