@@ -24,7 +24,10 @@
 //!   `expected` (pass | fail: a restore that needs a deleted WAL segment
 //!   must fail), `expected_because`, `passed` (the actual result: restored
 //!   and verified), `as_expected`, `error`, `verify` (per-writer expected
-//!   vs found, checks, exactness), `rto` (`fetch_s`, `start_to_consistent_s`,
+//!   vs found, checks, exactness), `failure` (how a restore without a
+//!   promoted server ended: `kind` fetch | target_not_reached |
+//!   restore_command_aborted | server_stopped | timed_out), `rto`
+//!   (`scheduling_s`, `fetch_s`, `start_to_consistent_s`,
 //!   `consistent_to_promoted_s`, `verify_s`, `total_s`, `wal_segments_fetched`,
 //!   `wal_bytes_fetched`).
 //! - `objectives[]`: `name` (rpo | rto), `limit_s`, `measured_s`, `passed`.
@@ -98,6 +101,9 @@ pub enum Expected {
 /// Where a restore's time went.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RtoBreakdown {
+    /// Until the fetch started (kind: its Job's pod scheduled and
+    /// started); 0 elsewhere.
+    pub scheduling_s: f64,
     pub fetch_s: f64,
     pub start_to_consistent_s: f64,
     pub consistent_to_promoted_s: f64,

@@ -861,6 +861,7 @@ async fn verify_restored(
     after_disaster: bool,
 ) -> Option<verify::VerifyOutcome> {
     let t = &restored.timings;
+    record.rto.scheduling_s = t.scheduling.as_secs_f64();
     record.rto.fetch_s = t.fetch.as_secs_f64();
     record.rto.start_to_consistent_s = t.start_to_consistent.as_secs_f64();
     record.rto.consistent_to_promoted_s = t.consistent_to_promoted.as_secs_f64();

@@ -169,12 +169,7 @@ impl Live<'_> {
     /// delta exactly when `storage.delta_max_steps` allows one (WAL-G names
     /// a delta `base_<start>_D_<parent start>`).
     async fn base_backup(&mut self, full: bool) -> Result<String, EnvError> {
-        let args: &[&str] = if full {
-            &["backup-push", "--full"]
-        } else {
-            &["backup-push"]
-        };
-        let name = self.env.backup_tool(args).await?.trim().to_string();
+        let name = self.env.base_backup(full).await?;
         let max = self.scenario.storage.delta_max_steps;
         let expected = self.chain.filter(|&c| !full && c < max).map(|c| c + 1);
         let made = delta_parent(&name).map(|_| self.chain.unwrap_or(0) + 1);

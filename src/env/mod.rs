@@ -1,10 +1,12 @@
 //! Environments drills run in, behind one trait: `local` (PostgreSQL
-//! processes and the embedded S3 server on loopback) and `containers`
-//! (Docker, through testcontainers) are implemented; `kind` reports itself
-//! unavailable.
+//! processes and the embedded S3 server on loopback), `containers`
+//! (Docker, through testcontainers) and `kind` (a Kubernetes cluster,
+//! through its API with kube-rs).
 
 pub mod containers;
 pub mod fault;
+pub mod image_layout;
+pub mod kind;
 pub mod local;
 pub mod pg;
 pub mod recovery;
@@ -29,6 +31,9 @@ pub enum EnvError {
     /// The containers environment's Docker side.
     #[error(transparent)]
     Containers(#[from] containers::ContainersError),
+    /// The kind environment's Kubernetes side.
+    #[error(transparent)]
+    Kube(#[from] kind::KubeError),
     /// A backup-tool verb exited non-zero (or could not be read).
     #[error("backup tool `{command}` failed: {detail}")]
     BackupTool {
@@ -82,6 +87,9 @@ pub struct EnvSpec {
 /// How long the phases of one restore took.
 #[derive(Debug, Clone, Default)]
 pub struct RestoreTimings {
+    /// Until the restore's fetch started (kind: its Job's pod scheduled
+    /// and started; zero elsewhere).
+    pub scheduling: Duration,
     /// backup-fetch.
     pub fetch: Duration,
     /// Server start until it accepts connections (consistent state).
@@ -156,6 +164,16 @@ pub trait Environment: Send + Sync {
             });
         }
         Ok(run.stdout)
+    }
+    /// Takes a base backup as this environment's operators do (`backup-push`,
+    /// `--full` when asked); returns the new backup's name.
+    async fn base_backup(&mut self, full: bool) -> Result<String, EnvError> {
+        let args: &[&str] = if full {
+            &["backup-push", "--full"]
+        } else {
+            &["backup-push"]
+        };
+        Ok(self.backup_tool(args).await?.trim().to_string())
     }
     /// The storage faults this environment can inject, when it can: exactly
     /// when its kind [`supports`](crate::scenario::Environment::supports)
@@ -257,11 +275,7 @@ pub async fn start(
         Kind::Containers => {
             Box::new(containers::ContainersEnvironment::start(spec, pgdrill).await?)
         }
-        Kind::Kind => {
-            return Err(EnvError::Other(
-                "the kind environment is not implemented yet (issue 12)".into(),
-            ))
-        }
+        Kind::Kind => Box::new(kind::KubeEnvironment::start(spec, pgdrill).await?),
     };
     // The validator trusts the kind's declared capabilities.
     let declared =
@@ -289,9 +303,7 @@ pub async fn availability(scenario: &crate::scenario::Scenario) -> Result<(), St
             }
             Ok(())
         }
-        Kind::Kind => Err(
-            "the kind environment is not implemented yet and needs a Kubernetes API server".into(),
-        ),
+        Kind::Kind => kind::availability().await,
     }
 }
 

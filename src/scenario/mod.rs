@@ -1032,7 +1032,7 @@ objectives: { rpo: 5s, rto: 60s }
         assert_eq!(s.images.postgres.as_deref(), Some("postgres:16"));
         let e = error("images: { storage: minio/minio }\n");
         assert!(
-            e.contains("images: `images` apply to `environment: containers` only"),
+            e.contains("images: `images` apply to `environment: containers` and `kind` only"),
             "{e}"
         );
     }

@@ -65,10 +65,10 @@ pub(super) fn check(scenario: &Scenario) -> Result<(), Problem> {
         );
     }
     ensure!(
-        !scenario.images.is_set() || scenario.environment == Environment::Containers,
+        !scenario.images.is_set() || scenario.environment != Environment::Local,
         ["images"],
-        "remove `images`, or set `environment: containers`",
-        "`images` apply to `environment: containers` only"
+        "remove `images`, or set `environment: containers` (or `kind`)",
+        "`images` apply to `environment: containers` and `kind` only"
     );
     if let Some(t) = scenario.storage.retry_timeout {
         ensure!(

@@ -47,7 +47,7 @@ const BAD: &[(&str, &str, &str, &str)] = &[
     ("bad-encryption-key-missing", "8:24", "storage.encryption.pgp.passphrase_path: cannot read `../keys/no-such-passphrase` (", "relative to the scenario file's directory"),
     ("bad-environment", "2:14", "environment: unknown variant `vm`, expected one of local, containers, kind", "values listed"),
     ("bad-failover-before-backup", "9:5", "steps[0]: `pitr_failover` at 5s needs a base_backup step before it", "add a `base_backup` step"),
-    ("bad-images-local", "9:3", "images: `images` apply to `environment: containers` only", "environment: containers"),
+    ("bad-images-local", "9:3", "images: `images` apply to `environment: containers` and `kind` only", "environment: containers"),
     ("bad-local-fault", "11:23", "steps[1].action: `storage_outage` is only available in environment `containers`, not `local`", "environment: containers"),
     ("bad-missing-field", "5:3", "workload: missing field `rate_per_second`", "add the key"),
     ("bad-restore-without-backup", "11:3", "restores: restores need at least one base_backup step", "action: base_backup"),

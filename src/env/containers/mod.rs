@@ -37,21 +37,18 @@ use testcontainers::core::{AccessMode, ContainerPort, IntoContainerPort, Mount, 
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, ContainerRequest, GenericImage, ImageExt};
 
+use super::image_layout::{initdb_args, postgres_command};
 use super::local::{archiving_settings, drill_credentials, s3_settings, write_env_dir, WorkDir};
 use super::{tail, EnvError, EnvSpec, RestoreTimings, Restored, ToolRun};
 use crate::backup::config::Secret;
 use docker::{block_on_in_drop, docker, remove_volume, LogFile};
 use images::split_reference;
-use sweep::{kept_marker, owner, volume_name};
+use sweep::{kept_marker, volume_name};
+pub(crate) use sweep::{owner, owner_is_gone};
 
-/// Where the seed's manifests mount the WAL-G Secret.
-pub const ENV_DIR: &str = "/etc/wal-g/env";
-/// Where encryption keys are mounted (the Secret's other files).
-pub const KEYS_DIR: &str = "/etc/wal-g/keys";
-/// The data directory, a volume, as in the official image and the seed.
-pub const PGDATA: &str = "/var/lib/postgresql/data";
-/// The pgdrill binary inside every container.
-pub const PGDRILL: &str = "/usr/local/bin/pgdrill";
+pub use super::image_layout::{ENV_DIR, KEYS_DIR, PGDRILL};
+/// The data directory: the volume itself, as in the official image.
+pub const PGDATA: &str = super::image_layout::DATA_MOUNT;
 /// The storage's S3 port inside the network.
 const S3_PORT: u16 = 9000;
 /// PostgreSQL's line once it accepts connections (after any recovery).
@@ -499,6 +496,7 @@ impl ContainersEnvironment {
         Ok(Restored {
             client,
             timings: RestoreTimings {
+                scheduling: Duration::ZERO,
                 fetch,
                 start_to_consistent,
                 consistent_to_promoted,
@@ -584,30 +582,6 @@ fn walk(dir: &Path) -> Result<Vec<PathBuf>, ContainersError> {
         }
     }
     Ok(all)
-}
-
-/// `postgres -c name=value ...` (no shell: values need no quoting).
-/// `POSTGRES_INITDB_ARGS` of the primary: data checksums (which
-/// `pg_checksums --check` verifies in every restore) and the WAL segment
-/// size in MiB, if not the default.
-fn initdb_args(wal_segsize_mb: Option<u32>) -> String {
-    match wal_segsize_mb {
-        Some(mb) => format!("--data-checksums --wal-segsize={mb}"),
-        None => "--data-checksums".to_string(),
-    }
-}
-
-fn postgres_command(settings: &[(String, String)]) -> Vec<String> {
-    let mut cmd = vec![
-        "postgres".to_string(),
-        "-c".into(),
-        "listen_addresses=*".into(),
-    ];
-    for (k, v) in settings {
-        cmd.push("-c".into());
-        cmd.push(format!("{k}={v}"));
-    }
-    cmd
 }
 
 /// Connection settings for a server container, through its mapped port.
@@ -981,20 +955,5 @@ mod tests {
         assert!(e.to_string().contains("PGDRILL_IMAGES=local"), "{e}");
         let e = docker_err("starting x")("no such container");
         assert!(!e.to_string().contains("hint"), "{e}");
-    }
-
-    #[test]
-    fn postgres_command_passes_settings_without_a_shell() {
-        let cmd = postgres_command(&[("archive_command".into(), "a b %p".into())]);
-        assert_eq!(
-            cmd,
-            [
-                "postgres",
-                "-c",
-                "listen_addresses=*",
-                "-c",
-                "archive_command=a b %p"
-            ]
-        );
     }
 }

@@ -12,7 +12,7 @@ pub const LABEL: &str = "org.pgdrill.drill";
 pub const OWNER_LABEL: &str = "org.pgdrill.owner";
 
 /// This process, as [`OWNER_LABEL`] names it.
-pub(super) fn owner() -> String {
+pub(crate) fn owner() -> String {
     let host = hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -21,7 +21,7 @@ pub(super) fn owner() -> String {
 
 /// Whether the process an [`OWNER_LABEL`] names is gone (only decidable
 /// for this host's processes).
-fn owner_is_gone(label: &str) -> bool {
+pub(crate) fn owner_is_gone(label: &str) -> bool {
     let Some((host, pid)) = label.rsplit_once(':') else {
         return false;
     };

@@ -191,6 +191,7 @@ impl LocalEnvironment {
         Ok(super::Restored {
             client,
             timings: super::RestoreTimings {
+                scheduling: Duration::ZERO,
                 fetch,
                 start_to_consistent,
                 consistent_to_promoted,
