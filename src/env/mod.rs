@@ -231,6 +231,26 @@ pub trait StorageFaults: Send {
     async fn limit_storage_link(&mut self, limit: &fault::LinkLimit) -> Result<String, EnvError>;
 }
 
+/// Runs `fut` to completion from a `Drop` (on any tokio runtime).
+pub(crate) fn block_on_in_drop(fut: impl std::future::Future<Output = ()> + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| h.block_on(fut))
+        }
+        _ => {
+            let _ = std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    rt.block_on(fut)
+                }
+            })
+            .join();
+        }
+    }
+}
+
 /// The last `lines` lines of `text` (for error messages).
 pub(crate) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();

@@ -2,8 +2,6 @@
 //! engine's client, volumes, container output to files, and finishing async
 //! work from `Drop`.
 
-use std::future::Future;
-
 use testcontainers::bollard;
 use testcontainers::core::logs::consumer::LogConsumer;
 use testcontainers::core::logs::LogFrame;
@@ -35,26 +33,6 @@ pub(super) async fn docker() -> Result<bollard::Docker, ContainersError> {
     testcontainers::core::client::docker_client_instance()
         .await
         .map_err(docker_err("connecting to the engine"))
-}
-
-/// Runs `fut` to completion from a `Drop` (on any tokio runtime).
-pub(super) fn block_on_in_drop(fut: impl Future<Output = ()> + Send + 'static) {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(|| h.block_on(fut))
-        }
-        _ => {
-            let _ = std::thread::spawn(move || {
-                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    rt.block_on(fut)
-                }
-            })
-            .join();
-        }
-    }
 }
 
 /// Appends a container's output to a file in the drill's report directory.

@@ -37,11 +37,12 @@ use testcontainers::core::{AccessMode, ContainerPort, IntoContainerPort, Mount, 
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, ContainerRequest, GenericImage, ImageExt};
 
+use super::block_on_in_drop;
 use super::image_layout::{initdb_args, postgres_command};
 use super::local::{archiving_settings, drill_credentials, s3_settings, write_env_dir, WorkDir};
 use super::{tail, EnvError, EnvSpec, RestoreTimings, Restored, ToolRun};
 use crate::backup::config::Secret;
-use docker::{block_on_in_drop, docker, remove_volume, LogFile};
+use docker::{docker, remove_volume, LogFile};
 use images::split_reference;
 use sweep::{kept_marker, volume_name};
 pub(crate) use sweep::{owner, owner_is_gone};

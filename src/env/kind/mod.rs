@@ -16,6 +16,8 @@ pub mod manifests;
 
 mod api;
 mod forward;
+#[cfg(test)]
+mod mock;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -106,7 +108,7 @@ pub struct KubeEnvironment {
     tool_target: Option<(String, String, String)>,
     primary_forward: Option<PortForward>,
     /// Kept for the host's storage settings.
-    _storage_forward: PortForward,
+    _storage_forward: Option<PortForward>,
     primary_config: tokio_postgres::Config,
     restores: BTreeMap<String, Restore>,
     postgres_settings: Vec<(String, String)>,
@@ -216,7 +218,7 @@ impl KubeEnvironment {
             backup_cronjob,
             tool_target: Some((ns, PRIMARY_POD.into(), TOOL_CONTAINER.into())),
             primary_forward: Some(primary_forward),
-            _storage_forward: storage_forward,
+            _storage_forward: Some(storage_forward),
             primary_config,
             restores: BTreeMap::new(),
             postgres_settings: spec.postgres_settings.clone(),
@@ -577,20 +579,18 @@ impl Drop for KubeEnvironment {
             return;
         }
         // Not torn down (an error or Ctrl-C unwound past the drill): delete
-        // the namespaces anyway, in the background of whatever runtime is
-        // left; sweeps catch what this misses.
+        // the namespaces anyway, waiting for the API server's answers;
+        // sweeps catch what this misses.
         let cluster = self.cluster.clone();
         let namespaces = [
             self.drill.namespace().to_string(),
             self.drill.dr_namespace(),
         ];
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                for ns in &namespaces {
-                    let _ = cluster.delete_namespace(ns).await;
-                }
-            });
-        }
+        super::block_on_in_drop(async move {
+            for ns in &namespaces {
+                let _ = cluster.delete_namespace(ns).await;
+            }
+        });
     }
 }
 
@@ -611,6 +611,121 @@ fn owner_label_is_gone(label: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use super::mock::{answer, mocked, Handle};
+    use crate::env::Environment;
+    use serde_json::json;
+
+    /// A drill's environment on a mocked API server, as `start` leaves it.
+    fn started() -> (Box<KubeEnvironment>, Handle) {
+        let (cluster, handle) = mocked();
+        let drill = Drill {
+            id: "pgdrill-0000abcd".into(),
+            owner: crate::env::containers::owner(),
+            postgres_image: "postgres:15".into(),
+            storage_image: "minio/minio".into(),
+            storage_flavor: crate::env::containers::StorageFlavor::Minio,
+            binary: Binary::HostPath(DEFAULT_HOST_BINARY.into()),
+            retain: 7,
+            run_as: (999, 999),
+        };
+        let objects = manifests::primary(&drill, &[], &[]).unwrap();
+        let env = KubeEnvironment {
+            cluster,
+            backup_cronjob: objects.backup_cronjob,
+            facts: EnvFacts {
+                kind: crate::scenario::Environment::Kind,
+                postgres_version: "15.10".into(),
+                wal_segment_size: 16 << 20,
+                storage_settings: PathBuf::from("/nonexistent"),
+                images: Vec::new(),
+            },
+            tool_target: Some((drill.id.clone(), PRIMARY_POD.into(), TOOL_CONTAINER.into())),
+            drill,
+            primary_forward: None,
+            _storage_forward: None,
+            primary_config: workload_config(1),
+            restores: BTreeMap::new(),
+            postgres_settings: Vec::new(),
+            backups_made: 0,
+            keep: false,
+            torn_down: false,
+            work: WorkDir::new("pgdrill-kind-test-", None).unwrap(),
+        };
+        (Box::new(env), handle)
+    }
+
+    fn object(kind: &str, name: &str) -> serde_json::Value {
+        let api = if kind == "StatefulSet" {
+            "apps/v1"
+        } else {
+            "v1"
+        };
+        json!({ "apiVersion": api, "kind": kind, "metadata": { "name": name } })
+    }
+
+    #[tokio::test]
+    async fn teardown_deletes_both_namespaces_and_keep_labels_them_instead() {
+        let (env, mut handle) = started();
+        let teardown = tokio::spawn(env.teardown(false));
+        for ns in ["pgdrill-0000abcd", "pgdrill-0000abcd-dr"] {
+            let asked = answer(&mut handle, 200, object("Namespace", ns)).await;
+            assert_eq!(
+                (asked.method.as_str(), asked.path()),
+                ("DELETE", &*format!("/api/v1/namespaces/{ns}"))
+            );
+        }
+        assert_eq!(teardown.await.unwrap(), None);
+
+        let (env, mut handle) = started();
+        let teardown = tokio::spawn(env.teardown(true));
+        for ns in ["pgdrill-0000abcd", "pgdrill-0000abcd-dr"] {
+            let asked = answer(&mut handle, 200, object("Namespace", ns)).await;
+            assert_eq!(
+                (asked.method.as_str(), asked.path()),
+                ("PATCH", &*format!("/api/v1/namespaces/{ns}"))
+            );
+            assert_eq!(
+                asked.body,
+                json!({ "metadata": { "labels": { KEPT_LABEL: "true" } } })
+            );
+        }
+        let kept = teardown.await.unwrap().expect("kept: a work directory");
+        assert!(kept.exists());
+        std::fs::remove_dir_all(kept).unwrap();
+    }
+
+    #[tokio::test]
+    async fn killing_the_primary_crashes_its_pod_keeps_it_down_and_discards_its_volume() {
+        let (mut env, mut handle) = started();
+        let kill = tokio::spawn(async move {
+            env.kill_primary().await.unwrap();
+            // Nothing is left to run the tool in until a restore exists.
+            let e = env.backup_tool_status(&["backup-list"]).await.unwrap_err();
+            assert!(e.to_string().contains("no pod left"), "{e}");
+            env
+        });
+        let asked = answer(&mut handle, 200, object("Pod", PRIMARY_POD)).await;
+        assert_eq!(
+            (asked.method.as_str(), asked.path()),
+            (
+                "DELETE",
+                "/api/v1/namespaces/pgdrill-0000abcd/pods/postgres-0"
+            )
+        );
+        assert_eq!(asked.body["gracePeriodSeconds"], 0);
+        let asked = answer(&mut handle, 200, object("StatefulSet", "postgres")).await;
+        assert_eq!(asked.body, json!({ "spec": { "replicas": 0 } }));
+        let asked = answer(
+            &mut handle,
+            200,
+            object("PersistentVolumeClaim", PRIMARY_PVC),
+        )
+        .await;
+        assert_eq!((asked.method.as_str(), asked.path()), ("DELETE", "/api/v1/namespaces/pgdrill-0000abcd/persistentvolumeclaims/postgres-data-postgres-0"));
+        let mut env = kill.await.unwrap();
+        env.torn_down = true;
+    }
 
     #[test]
     fn owner_labels_round_trip_to_processes() {
