@@ -94,6 +94,7 @@ mod files {
     pub const PITR_PVC: &str = include_str!("../../../fixtures/k8s/pitr-pvc.yaml");
     pub const PITR_JOB: &str = include_str!("../../../fixtures/k8s/pitr-job.yaml");
     pub const RESTORE_POD: &str = include_str!("../../../fixtures/k8s/restore-pod.yaml");
+    pub const TOOLS: &str = include_str!("../../../fixtures/k8s/tools.yaml");
 }
 
 fn parse<T: DeserializeOwned>(file: &'static str, text: &str) -> Result<T, ManifestError> {
@@ -126,6 +127,7 @@ pub struct Primary {
     pub postgres_service: Service,
     pub backup_cronjob: CronJob,
     pub monitor_cronjob: CronJob,
+    pub tools: Pod,
 }
 
 /// The name of the primary's data volume claim (the StatefulSet's
@@ -133,8 +135,11 @@ pub struct Primary {
 pub const PRIMARY_PVC: &str = "postgres-data-postgres-0";
 /// The primary's pod.
 pub const PRIMARY_POD: &str = "postgres-0";
-/// The container beside PostgreSQL that runs the backup tool.
+/// The container beside PostgreSQL that runs the backup tool (the tools
+/// pod's container has the same name).
 pub const TOOL_CONTAINER: &str = "pgdrill";
+/// The pod that runs the backup tool once the primary is gone.
+pub const TOOLS_POD: &str = "pgdrill-tools";
 
 /// Renders the primary namespace's objects: `settings` are the backup
 /// tool's (the env directory, storage reached as `http://storage:9000`),
@@ -245,6 +250,15 @@ pub fn primary(
     let retain = files::BACKUP_CRONJOB.replace("${RETAIN}", &drill.retain.to_string());
     let backup_cronjob = cronjob("backup-cronjob.yaml", &retain, drill)?;
     let monitor_cronjob = cronjob("monitor-cronjob.yaml", files::MONITOR_CRONJOB, drill)?;
+    let mut tools: Pod = parse("tools.yaml", files::TOOLS)?;
+    own(&mut tools.metadata, drill, Some(drill.namespace()));
+    render_pod(
+        tools
+            .spec
+            .as_mut()
+            .ok_or_else(|| missing("tools.yaml", "spec"))?,
+        drill,
+    );
     Ok(Primary {
         namespace,
         dr_namespace,
@@ -257,6 +271,7 @@ pub fn primary(
         postgres_service,
         backup_cronjob,
         monitor_cronjob,
+        tools,
     })
 }
 
@@ -606,6 +621,11 @@ mod tests {
         ]
     }
 
+    fn job_pod_of(cronjob: &CronJob) -> &PodSpec {
+        let job = cronjob.spec.as_ref().unwrap().job_template.spec.as_ref();
+        job.unwrap().template.spec.as_ref().unwrap()
+    }
+
     fn containers(pod: &PodSpec) -> Vec<&Container> {
         pod.containers
             .iter()
@@ -636,6 +656,7 @@ mod tests {
             &p.postgres_service.metadata,
             &p.backup_cronjob.metadata,
             &p.monitor_cronjob.metadata,
+            &p.tools.metadata,
         ];
         for meta in metas {
             let labels = meta.labels.as_ref().unwrap();
@@ -688,6 +709,35 @@ mod tests {
                 "{mounts:?}"
             );
         }
+        assert_eq!(pod.security_context.as_ref().unwrap().fs_group, Some(102));
+        let tool = &pod.containers[1];
+        assert_eq!(
+            tool.security_context.as_ref().unwrap().run_as_user,
+            Some(100)
+        );
+        // The server is localhost beside it, the Service from elsewhere:
+        // never in the Secret, whose settings override the environment.
+        assert!(!p
+            .secret
+            .string_data
+            .as_ref()
+            .unwrap()
+            .contains_key("PGHOST"));
+        let pghost = |c: &Container| {
+            c.env
+                .iter()
+                .flatten()
+                .find(|e| e.name == "PGHOST")
+                .and_then(|e| e.value.clone())
+        };
+        assert_eq!(pghost(&pod.containers[1]).as_deref(), Some("localhost"));
+        let backup_pod = job_pod_of(&p.backup_cronjob);
+        assert_eq!(
+            pghost(&backup_pod.containers[0]).as_deref(),
+            Some("postgres")
+        );
+        let tools = p.tools.spec.as_ref().unwrap();
+        assert_eq!(pghost(&tools.containers[0]).as_deref(), Some("postgres"));
         let binary = pod
             .volumes
             .iter()

@@ -32,7 +32,7 @@ use super::local::{drill_credentials, s3_settings, write_env_dir, WorkDir};
 use super::{EnvError, EnvFacts, EnvSpec, RestoreTimings, Restored, ToolRun};
 use api::Cluster;
 use forward::PortForward;
-use manifests::{Binary, Drill, PRIMARY_POD, PRIMARY_PVC, TOOL_CONTAINER};
+use manifests::{Binary, Drill, PRIMARY_POD, PRIMARY_PVC, TOOLS_POD, TOOL_CONTAINER};
 
 /// The data directory inside the volume (a fresh volume's root may hold
 /// `lost+found`, which initdb refuses).
@@ -104,7 +104,8 @@ pub struct KubeEnvironment {
     drill: Drill,
     backup_cronjob: CronJob,
     facts: EnvFacts,
-    /// Where backup-tool verbs run: (namespace, pod, container).
+    /// Where backup-tool verbs run, (namespace, pod, container), while a
+    /// primary runs: see [`KubeEnvironment::tool_target`].
     tool_target: Option<(String, String, String)>,
     primary_forward: Option<PortForward>,
     /// Kept for the host's storage settings.
@@ -159,10 +160,8 @@ impl KubeEnvironment {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.expose().to_string())),
         );
-        settings.extend([
-            ("PGHOST".to_string(), "localhost".to_string()),
-            ("PGUSER".to_string(), "postgres".to_string()),
-        ]);
+        // Each pod sets PGHOST (see fixtures/k8s/walg-config.yaml).
+        settings.push(("PGUSER".to_string(), "postgres".to_string()));
         let objects = manifests::primary(&drill, &settings, &spec.postgres_settings)
             .map_err(KubeError::from)?;
         let ns = drill.namespace().to_string();
@@ -194,6 +193,7 @@ impl KubeEnvironment {
         cluster.create(&ns, &objects.postgres_service).await?;
         let backup_cronjob = cluster.create(&ns, &objects.backup_cronjob).await?;
         cluster.create(&ns, &objects.monitor_cronjob).await?;
+        cluster.create(&ns, &objects.tools).await?;
         cluster
             .wait_pod_ready(&ns, PRIMARY_POD, START_TIMEOUT)
             .await?;
@@ -327,6 +327,19 @@ impl KubeEnvironment {
         })
     }
 
+    /// Where backup-tool verbs run: beside the primary (backup-push reads
+    /// its data directory), or in the tools pod once it is gone, as the
+    /// seed's CronJobs run them.
+    fn tool_target(&self) -> (String, String, String) {
+        self.tool_target.clone().unwrap_or_else(|| {
+            (
+                self.drill.namespace().to_string(),
+                TOOLS_POD.to_string(),
+                TOOL_CONTAINER.to_string(),
+            )
+        })
+    }
+
     /// Runs a program in restore `label`'s server container as `postgres`.
     async fn exec_in_restore(&self, label: &str, cmd: &[&str]) -> Result<ToolRun, EnvError> {
         let r = self
@@ -387,19 +400,7 @@ impl super::Environment for KubeEnvironment {
     }
 
     async fn backup_tool_status(&self, args: &[&str]) -> Result<ToolRun, EnvError> {
-        // Beside the primary (backup-push reads its data directory); once
-        // it is gone, in the storage's namespace from a restore's server
-        // or, failing that, a Job would do: the DR restore pods carry the
-        // binary and the settings too.
-        let (ns, pod, container) = match &self.tool_target {
-            Some(t) => t.clone(),
-            None => {
-                let r = self.restores.values().next().ok_or_else(|| {
-                    EnvError::Other("no pod left to run the backup tool in".into())
-                })?;
-                (r.namespace.clone(), r.pod.clone(), "postgres".to_string())
-            }
-        };
+        let (ns, pod, container) = self.tool_target();
         let mut cmd = vec!["pgdrill", "--env-dir", ENV_DIR];
         cmd.extend_from_slice(args);
         let pgdata = format!("PGDATA={PGDATA}");
@@ -698,11 +699,9 @@ mod tests {
     #[tokio::test]
     async fn killing_the_primary_crashes_its_pod_keeps_it_down_and_discards_its_volume() {
         let (mut env, mut handle) = started();
+        assert_eq!(env.tool_target().1, PRIMARY_POD);
         let kill = tokio::spawn(async move {
             env.kill_primary().await.unwrap();
-            // Nothing is left to run the tool in until a restore exists.
-            let e = env.backup_tool_status(&["backup-list"]).await.unwrap_err();
-            assert!(e.to_string().contains("no pod left"), "{e}");
             env
         });
         let asked = answer(&mut handle, 200, object("Pod", PRIMARY_POD)).await;
@@ -724,6 +723,8 @@ mod tests {
         .await;
         assert_eq!((asked.method.as_str(), asked.path()), ("DELETE", "/api/v1/namespaces/pgdrill-0000abcd/persistentvolumeclaims/postgres-data-postgres-0"));
         let mut env = kill.await.unwrap();
+        // The tool runs in the tools pod from now on.
+        assert_eq!(env.tool_target().1, TOOLS_POD);
         env.torn_down = true;
     }
 
