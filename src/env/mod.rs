@@ -143,6 +143,17 @@ pub struct ImageRecord {
     pub created: String,
 }
 
+impl ToolRun {
+    /// Hands this run of a verification program to `judge` (see
+    /// [`crate::verify::amcheck_check`]).
+    pub fn judged(
+        &self,
+        judge: fn(bool, &str, &str) -> crate::verify::Check,
+    ) -> crate::verify::Check {
+        judge(self.status.success(), &self.stdout, &self.stderr)
+    }
+}
+
 /// What a drill needs from an environment.
 #[async_trait]
 pub trait Environment: Send + Sync {

@@ -140,3 +140,18 @@ where
         tokio::time::sleep(POLL).await;
     }
 }
+
+/// Connection settings for the workload's writers on a server that this
+/// host reaches at `127.0.0.1:port` (a published container port, a
+/// port-forward).
+pub fn loopback_config(port: u16) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .dbname("postgres")
+        .application_name("pgdrill-workload")
+        .connect_timeout(Duration::from_secs(5));
+    config
+}

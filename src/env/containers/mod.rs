@@ -593,15 +593,7 @@ async fn server_config(
         .get_host_port_ipv4(ContainerPort::Tcp(5432))
         .await
         .map_err(docker_err("reading a server's port"))?;
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(port)
-        .user("postgres")
-        .dbname("postgres")
-        .application_name("pgdrill-workload")
-        .connect_timeout(Duration::from_secs(5));
-    Ok(config)
+    Ok(super::pg::loopback_config(port))
 }
 
 /// Runs `cmd` in `container`; its output and exit status. (Through
@@ -740,12 +732,9 @@ impl super::Environment for ContainersEnvironment {
             .ok_or_else(|| EnvError::Other(format!("no restore {label}")))?;
         let mut cmd = vec!["runuser", "-u", "postgres", "--", "pg_amcheck"];
         cmd.extend_from_slice(crate::verify::AMCHECK_ARGS);
-        let run = exec(server, &cmd).await?;
-        Ok(crate::verify::amcheck_check(
-            run.status.success(),
-            &run.stdout,
-            &run.stderr,
-        ))
+        Ok(exec(server, &cmd)
+            .await?
+            .judged(crate::verify::amcheck_check))
     }
 
     async fn checksums(&mut self, label: &str) -> Result<crate::verify::Check, EnvError> {

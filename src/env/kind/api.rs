@@ -128,37 +128,28 @@ impl Cluster {
         timeout: Duration,
     ) -> Result<(), KubeError> {
         let pods = self.pods(namespace);
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(pod) = pods
+        let what = format!("pod {namespace}/{name} to be ready");
+        poll(&what, timeout, || async {
+            let Some(pod) = pods
                 .get_opt(name)
                 .await
                 .map_err(api_err(format!("reading pod {name}")))?
-            {
-                let status = pod.status.unwrap_or_default();
-                let ready = status
-                    .conditions
-                    .iter()
-                    .flatten()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
-                if ready {
-                    return Ok(());
-                }
-                if matches!(status.phase.as_deref(), Some("Failed" | "Succeeded")) {
-                    return Err(KubeError::Workload(format!(
-                        "pod {namespace}/{name} ended ({}) before it was ready",
-                        status.phase.unwrap_or_default()
-                    )));
-                }
+            else {
+                return Ok(None);
+            };
+            if is_ready(&pod) {
+                return Ok(Some(()));
             }
-            if Instant::now() > deadline {
-                return Err(KubeError::Workload(format!(
-                    "pod {namespace}/{name} was not ready within {}s",
-                    timeout.as_secs()
-                )));
+            match pod.status.and_then(|s| s.phase) {
+                Some(phase) if phase == "Failed" || phase == "Succeeded" => {
+                    Err(KubeError::Workload(format!(
+                        "pod {namespace}/{name} ended ({phase}) before it was ready"
+                    )))
+                }
+                _ => Ok(None),
             }
-            tokio::time::sleep(POLL).await;
-        }
+        })
+        .await
     }
 
     /// Waits for a Ready pod matching `selector`; returns its name.
@@ -169,30 +160,19 @@ impl Cluster {
         timeout: Duration,
     ) -> Result<String, KubeError> {
         let pods = self.pods(namespace);
-        let deadline = Instant::now() + timeout;
-        loop {
+        let what = format!("a ready pod {selector} in {namespace}");
+        poll(&what, timeout, || async {
             let list = pods
                 .list(&ListParams::default().labels(selector))
                 .await
                 .map_err(api_err(format!("listing pods {selector}")))?;
-            for pod in list.items {
-                let ready = pod
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-                if let (true, Some(name)) = (ready, pod.metadata.name) {
-                    return Ok(name);
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(KubeError::Workload(format!(
-                    "no pod {selector} in {namespace} was ready within {}s",
-                    timeout.as_secs()
-                )));
-            }
-            tokio::time::sleep(POLL).await;
-        }
+            Ok(list
+                .items
+                .into_iter()
+                .find(is_ready)
+                .and_then(|p| p.metadata.name))
+        })
+        .await
     }
 
     /// Waits until pod `name` no longer exists.
@@ -203,22 +183,15 @@ impl Cluster {
         timeout: Duration,
     ) -> Result<(), KubeError> {
         let pods = self.pods(namespace);
-        let deadline = Instant::now() + timeout;
-        while pods
-            .get_opt(name)
-            .await
-            .map_err(api_err(format!("reading pod {name}")))?
-            .is_some()
-        {
-            if Instant::now() > deadline {
-                return Err(KubeError::Workload(format!(
-                    "pod {namespace}/{name} still exists after {}s",
-                    timeout.as_secs()
-                )));
-            }
-            tokio::time::sleep(POLL).await;
-        }
-        Ok(())
+        let what = format!("pod {namespace}/{name} to be gone");
+        poll(&what, timeout, || async {
+            let pod = pods
+                .get_opt(name)
+                .await
+                .map_err(api_err(format!("reading pod {name}")))?;
+            Ok(pod.is_none().then_some(()))
+        })
+        .await
     }
 
     /// Waits until Job `name` succeeded or failed; returns how its pod
@@ -230,44 +203,38 @@ impl Cluster {
         timeout: Duration,
     ) -> Result<JobRun, KubeError> {
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), namespace);
-        let deadline = Instant::now() + timeout;
-        let mut started = None;
-        loop {
+        let started = std::sync::Mutex::new(None);
+        let what = format!("job {namespace}/{name} to finish");
+        let succeeded = poll(&what, timeout, || async {
             let job = jobs
                 .get(name)
                 .await
                 .map_err(api_err(format!("reading job {name}")))?;
             let status = job.status.unwrap_or_default();
-            if started.is_none() && status.active.unwrap_or(0) > 0 {
-                started = Some(Instant::now());
+            if status.active.unwrap_or(0) > 0 {
+                if let Ok(mut started) = started.lock() {
+                    started.get_or_insert_with(Instant::now);
+                }
             }
-            let done = status.succeeded.unwrap_or(0) > 0 || status.failed.unwrap_or(0) > 0;
-            if done {
-                let finished = Instant::now();
-                let pod = self.job_pod(namespace, name).await?;
-                let exit_code = pod.as_ref().and_then(exit_code);
-                let log_tail = match &pod {
-                    Some(p) => {
-                        let pod_name = p.metadata.name.clone().unwrap_or_default();
-                        self.log_tail(namespace, &pod_name, "", 20).await
-                    }
-                    None => String::new(),
-                };
-                return Ok(JobRun {
-                    started: started.unwrap_or(finished),
-                    finished,
-                    exit_code: exit_code.or(Some(i32::from(status.succeeded.unwrap_or(0) == 0))),
-                    log_tail,
-                });
-            }
-            if Instant::now() > deadline {
-                return Err(KubeError::Workload(format!(
-                    "job {namespace}/{name} did not finish within {}s",
-                    timeout.as_secs()
-                )));
-            }
-            tokio::time::sleep(POLL).await;
-        }
+            let (succeeded, failed) = (status.succeeded.unwrap_or(0), status.failed.unwrap_or(0));
+            Ok((succeeded > 0 || failed > 0).then_some(succeeded > 0))
+        })
+        .await?;
+        let finished = Instant::now();
+        let pod = self.job_pod(namespace, name).await?;
+        let log_tail = match pod.as_ref().and_then(|p| p.metadata.name.as_deref()) {
+            Some(pod_name) => self.log_tail(namespace, pod_name, "", 20).await,
+            None => String::new(),
+        };
+        Ok(JobRun {
+            started: started.into_inner().ok().flatten().unwrap_or(finished),
+            finished,
+            exit_code: pod
+                .as_ref()
+                .and_then(exit_code)
+                .or(Some(i32::from(!succeeded))),
+            log_tail,
+        })
     }
 
     /// The pod a Job made (its `job-name` label).
@@ -315,23 +282,15 @@ impl Cluster {
         pods.create(&PostParams::default(), &pod)
             .await
             .map_err(api_err(format!("creating pod {name}")))?;
-        let deadline = Instant::now() + timeout;
-        let ended = loop {
+        let what = format!("pod {namespace}/{name} to end");
+        let ended = poll(&what, timeout, || async {
             let pod = pods
                 .get(name)
                 .await
                 .map_err(api_err(format!("reading pod {name}")))?;
-            if let Some(code) = exit_code(&pod) {
-                break code;
-            }
-            if Instant::now() > deadline {
-                return Err(KubeError::Workload(format!(
-                    "pod {namespace}/{name} did not end within {}s",
-                    timeout.as_secs()
-                )));
-            }
-            tokio::time::sleep(POLL).await;
-        };
+            Ok(exit_code(&pod))
+        })
+        .await?;
         let output = self.log_tail(namespace, name, "run", 100_000).await;
         let _ = self.delete_pod_now(namespace, name).await;
         Ok(ToolRun {
@@ -495,6 +454,36 @@ impl Cluster {
             }
         }
     }
+}
+
+/// Asks `check` every [`POLL`] until it has an answer, for at most
+/// `timeout`; `what` says what was awaited, for the error.
+async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T, KubeError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, KubeError>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(answer) = check().await? {
+            return Ok(answer);
+        }
+        if Instant::now() > deadline {
+            return Err(KubeError::Workload(format!(
+                "waited {}s for {what}, in vain",
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Whether a pod is Ready.
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// The exit code of a pod's first terminated container, if it ended.

@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, Namespace, PersistentVolumeClaim, Pod, PodSpec, Secret, Service,
+    ConfigMap, Container, Namespace, PersistentVolumeClaim, Pod, PodSpec, PodTemplateSpec, Secret,
+    Service,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde::de::DeserializeOwned;
@@ -104,6 +105,94 @@ fn parse<T: DeserializeOwned>(file: &'static str, text: &str) -> Result<T, Manif
     })
 }
 
+/// Reads manifest `file` (its `text`) into the drill's object in
+/// `namespace`.
+fn load<T: DeserializeOwned + Metadata>(
+    file: &'static str,
+    text: &str,
+    drill: &Drill,
+    namespace: &str,
+) -> Result<T, ManifestError> {
+    let mut object: T = parse(file, text)?;
+    own(object.meta_mut(), drill, Some(namespace));
+    Ok(object)
+}
+
+/// The metadata of any object ([`kube::Resource`] has it too, but this
+/// module stays free of the client).
+trait Metadata {
+    fn meta_mut(&mut self) -> &mut ObjectMeta;
+}
+
+/// Objects whose pods come from a template.
+trait PodTemplated: Metadata {
+    /// The pod template; with a CronJob, labels its job template too.
+    fn pod_template(&mut self, drill: &Drill) -> Option<&mut PodTemplateSpec>;
+}
+
+macro_rules! metadata {
+    ($($kind:ty),*) => {
+        $(impl Metadata for $kind {
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        })*
+    };
+}
+metadata!(
+    Secret,
+    ConfigMap,
+    Service,
+    Deployment,
+    StatefulSet,
+    CronJob,
+    Job,
+    Pod,
+    PersistentVolumeClaim
+);
+
+impl PodTemplated for Deployment {
+    fn pod_template(&mut self, _: &Drill) -> Option<&mut PodTemplateSpec> {
+        self.spec.as_mut().map(|s| &mut s.template)
+    }
+}
+
+impl PodTemplated for StatefulSet {
+    fn pod_template(&mut self, _: &Drill) -> Option<&mut PodTemplateSpec> {
+        self.spec.as_mut().map(|s| &mut s.template)
+    }
+}
+
+impl PodTemplated for Job {
+    fn pod_template(&mut self, _: &Drill) -> Option<&mut PodTemplateSpec> {
+        self.spec.as_mut().map(|s| &mut s.template)
+    }
+}
+
+impl PodTemplated for CronJob {
+    fn pod_template(&mut self, drill: &Drill) -> Option<&mut PodTemplateSpec> {
+        let job = &mut self.spec.as_mut()?.job_template;
+        own_template(&mut job.metadata, drill);
+        job.spec.as_mut().map(|s| &mut s.template)
+    }
+}
+
+/// The pod spec of `object`'s template, labelled as the drill's.
+fn pod_of<'a, T: PodTemplated>(
+    object: &'a mut T,
+    file: &'static str,
+    drill: &Drill,
+) -> Result<&'a mut PodSpec, ManifestError> {
+    let template = object
+        .pod_template(drill)
+        .ok_or_else(|| missing(file, "pod template"))?;
+    own_template(&mut template.metadata, drill);
+    template
+        .spec
+        .as_mut()
+        .ok_or_else(|| missing(file, "pod spec"))
+}
+
 fn missing(file: &'static str, what: &str) -> ManifestError {
     ManifestError {
         file,
@@ -155,8 +244,7 @@ pub fn primary(
     let mut dr_namespace = namespace.clone();
     dr_namespace.metadata.name = Some(drill.dr_namespace());
 
-    let mut secret: Secret = parse("walg-config.yaml", files::SECRET)?;
-    own(&mut secret.metadata, drill, Some(drill.namespace()));
+    let mut secret: Secret = load("walg-config.yaml", files::SECRET, drill, drill.namespace())?;
     secret.string_data = Some(settings.iter().cloned().collect());
     let mut dr_secret = secret.clone();
     dr_secret.metadata.namespace = Some(drill.dr_namespace());
@@ -170,8 +258,12 @@ pub fn primary(
         }
     }
 
-    let mut config: ConfigMap = parse("postgres-config.yaml", files::CONFIG)?;
-    own(&mut config.metadata, drill, Some(drill.namespace()));
+    let mut config: ConfigMap = load(
+        "postgres-config.yaml",
+        files::CONFIG,
+        drill,
+        drill.namespace(),
+    )?;
     let conf = config
         .data
         .as_mut()
@@ -188,19 +280,10 @@ pub fn primary(
         .and_then(|v| v.split('/').next())
         .unwrap_or("drill")
         .to_string();
-    let mut storage: Deployment = parse("storage.yaml", files::STORAGE)?;
-    own(&mut storage.metadata, drill, Some(drill.namespace()));
+    let ns = drill.namespace();
+    let mut storage: Deployment = load("storage.yaml", files::STORAGE, drill, ns)?;
     {
-        let spec = storage
-            .spec
-            .as_mut()
-            .ok_or_else(|| missing("storage.yaml", "spec"))?;
-        own_template(&mut spec.template.metadata, drill);
-        let pod = spec
-            .template
-            .spec
-            .as_mut()
-            .ok_or_else(|| missing("storage.yaml", "pod spec"))?;
+        let pod = pod_of(&mut storage, "storage.yaml", drill)?;
         let container = pod
             .containers
             .first_mut()
@@ -211,47 +294,32 @@ pub fn primary(
             add_binary_mount(pod, &drill.binary);
         }
     }
-    let mut storage_service: Service = parse("storage-service.yaml", files::STORAGE_SERVICE)?;
-    own(
-        &mut storage_service.metadata,
-        drill,
-        Some(drill.namespace()),
-    );
+    let storage_service = load("storage-service.yaml", files::STORAGE_SERVICE, drill, ns)?;
 
-    let mut postgres: StatefulSet = parse("postgres.yaml", files::POSTGRES)?;
-    own(&mut postgres.metadata, drill, Some(drill.namespace()));
-    {
-        let spec = postgres
-            .spec
-            .as_mut()
-            .ok_or_else(|| missing("postgres.yaml", "spec"))?;
-        own_template(&mut spec.template.metadata, drill);
-        for claim in spec.volume_claim_templates.iter_mut().flatten() {
-            claim
-                .metadata
-                .labels
-                .get_or_insert_with(Default::default)
-                .extend(drill.labels());
-        }
-        let pod = spec
-            .template
-            .spec
-            .as_mut()
-            .ok_or_else(|| missing("postgres.yaml", "pod spec"))?;
-        render_pod(pod, drill);
+    let mut postgres: StatefulSet = load("postgres.yaml", files::POSTGRES, drill, ns)?;
+    render_pod(pod_of(&mut postgres, "postgres.yaml", drill)?, drill);
+    let claims = postgres
+        .spec
+        .iter_mut()
+        .flat_map(|s| s.volume_claim_templates.iter_mut().flatten());
+    for claim in claims {
+        own(&mut claim.metadata, drill, None);
     }
-    let mut postgres_service: Service = parse("postgres-service.yaml", files::POSTGRES_SERVICE)?;
-    own(
-        &mut postgres_service.metadata,
-        drill,
-        Some(drill.namespace()),
-    );
+    let postgres_service = load("postgres-service.yaml", files::POSTGRES_SERVICE, drill, ns)?;
 
     let retain = files::BACKUP_CRONJOB.replace("${RETAIN}", &drill.retain.to_string());
-    let backup_cronjob = cronjob("backup-cronjob.yaml", &retain, drill)?;
-    let monitor_cronjob = cronjob("monitor-cronjob.yaml", files::MONITOR_CRONJOB, drill)?;
-    let mut tools: Pod = parse("tools.yaml", files::TOOLS)?;
-    own(&mut tools.metadata, drill, Some(drill.namespace()));
+    let mut backup_cronjob: CronJob = load("backup-cronjob.yaml", &retain, drill, ns)?;
+    render_pod(
+        pod_of(&mut backup_cronjob, "backup-cronjob.yaml", drill)?,
+        drill,
+    );
+    let mut monitor_cronjob: CronJob =
+        load("monitor-cronjob.yaml", files::MONITOR_CRONJOB, drill, ns)?;
+    render_pod(
+        pod_of(&mut monitor_cronjob, "monitor-cronjob.yaml", drill)?,
+        drill,
+    );
+    let mut tools: Pod = load("tools.yaml", files::TOOLS, drill, ns)?;
     render_pod(
         tools
             .spec
@@ -275,29 +343,6 @@ pub fn primary(
     })
 }
 
-fn cronjob(file: &'static str, text: &str, drill: &Drill) -> Result<CronJob, ManifestError> {
-    let mut cronjob: CronJob = parse(file, text)?;
-    own(&mut cronjob.metadata, drill, Some(drill.namespace()));
-    let template = &mut cronjob
-        .spec
-        .as_mut()
-        .ok_or_else(|| missing(file, "spec"))?
-        .job_template;
-    own_template(&mut template.metadata, drill);
-    let job = template
-        .spec
-        .as_mut()
-        .ok_or_else(|| missing(file, "job spec"))?;
-    own_template(&mut job.template.metadata, drill);
-    let pod = job
-        .template
-        .spec
-        .as_mut()
-        .ok_or_else(|| missing(file, "pod spec"))?;
-    render_pod(pod, drill);
-    Ok(cronjob)
-}
-
 /// A point-in-time restore `label` in the DR namespace: a fresh volume
 /// claim and the Job that runs `backup-fetch` into it, to `target` or
 /// (None) the end of the archive; with `archive`, the restored server will
@@ -315,23 +360,13 @@ pub fn pitr(
         drill.dr_namespace()
     };
     let claim_name = restore_claim(label);
-    let mut claim: PersistentVolumeClaim = parse("pitr-pvc.yaml", files::PITR_PVC)?;
-    own(&mut claim.metadata, drill, Some(&namespace));
+    let mut claim: PersistentVolumeClaim =
+        load("pitr-pvc.yaml", files::PITR_PVC, drill, &namespace)?;
     claim.metadata.name = Some(claim_name.clone());
 
-    let mut job: Job = parse("pitr-job.yaml", files::PITR_JOB)?;
-    own(&mut job.metadata, drill, Some(&namespace));
+    let mut job: Job = load("pitr-job.yaml", files::PITR_JOB, drill, &namespace)?;
     job.metadata.name = Some(format!("pitr-{label}"));
-    let spec = job
-        .spec
-        .as_mut()
-        .ok_or_else(|| missing("pitr-job.yaml", "spec"))?;
-    own_template(&mut spec.template.metadata, drill);
-    let pod = spec
-        .template
-        .spec
-        .as_mut()
-        .ok_or_else(|| missing("pitr-job.yaml", "pod spec"))?;
+    let pod = pod_of(&mut job, "pitr-job.yaml", drill)?;
     render_pod(pod, drill);
     use_claim(pod, &claim_name);
     let container = pod
@@ -374,8 +409,7 @@ pub fn restore_pod(
     namespace: &str,
     settings: &[(String, String)],
 ) -> Result<Pod, ManifestError> {
-    let mut pod: Pod = parse("restore-pod.yaml", files::RESTORE_POD)?;
-    own(&mut pod.metadata, drill, Some(namespace));
+    let mut pod: Pod = load("restore-pod.yaml", files::RESTORE_POD, drill, namespace)?;
     pod.metadata.name = Some(format!("restore-{label}"));
     pod.metadata
         .labels
@@ -621,9 +655,11 @@ mod tests {
         ]
     }
 
-    fn job_pod_of(cronjob: &CronJob) -> &PodSpec {
-        let job = cronjob.spec.as_ref().unwrap().job_template.spec.as_ref();
-        job.unwrap().template.spec.as_ref().unwrap()
+    /// The pod spec of `object`'s template, as rendered.
+    fn pod_spec<T: PodTemplated + Clone>(object: &T) -> PodSpec {
+        let d = drill(Binary::InImage, StorageFlavor::Minio);
+        let mut object = object.clone();
+        pod_of(&mut object, "test", &d).unwrap().clone()
     }
 
     fn containers(pod: &PodSpec) -> Vec<&Container> {
@@ -683,18 +719,10 @@ mod tests {
         );
         assert!(conf.ends_with("archive_timeout = '1s'\n"), "{conf}");
 
-        let pod = p
-            .postgres
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap();
-        let names: Vec<&str> = containers(pod).iter().map(|c| c.name.as_str()).collect();
+        let pod = pod_spec(&p.postgres);
+        let names: Vec<&str> = containers(&pod).iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["postgres", TOOL_CONTAINER, "restore-backup"]);
-        for c in containers(pod) {
+        for c in containers(&pod) {
             assert_eq!(c.image.as_deref(), Some("pgdrill/postgres:15-local"));
             let mounts: Vec<(&str, &str)> = c
                 .volume_mounts
@@ -731,7 +759,7 @@ mod tests {
                 .and_then(|e| e.value.clone())
         };
         assert_eq!(pghost(&pod.containers[1]).as_deref(), Some("localhost"));
-        let backup_pod = job_pod_of(&p.backup_cronjob);
+        let backup_pod = pod_spec(&p.backup_cronjob);
         assert_eq!(
             pghost(&backup_pod.containers[0]).as_deref(),
             Some("postgres")
@@ -746,16 +774,7 @@ mod tests {
             .unwrap();
         assert_eq!(binary.host_path.as_ref().unwrap().path, "/pgdrill/pgdrill");
 
-        let backup = p.backup_cronjob.spec.as_ref().unwrap();
-        let job_pod = backup
-            .job_template
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap();
+        let job_pod = pod_spec(&p.backup_cronjob);
         let script = job_pod.containers[0].command.as_ref().unwrap().join(" ");
         assert!(
             script.contains("backup-push /var/lib/postgresql/data/pgdata"),
@@ -772,31 +791,14 @@ mod tests {
             claim.persistent_volume_claim.as_ref().unwrap().claim_name,
             PRIMARY_PVC
         );
-        let monitor = p.monitor_cronjob.spec.as_ref().unwrap();
-        let monitor_pod = monitor
-            .job_template
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap();
+        let monitor_pod = pod_spec(&p.monitor_cronjob);
         assert!(monitor_pod.containers[0]
             .command
             .as_ref()
             .unwrap()
             .contains(&"backup-check".to_string()));
 
-        let storage = p
-            .storage
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap();
+        let storage = pod_spec(&p.storage);
         assert_eq!(
             storage.containers[0].image.as_deref(),
             Some("pgdrill/storage:local")
@@ -808,32 +810,16 @@ mod tests {
     fn the_binary_comes_from_the_node_or_from_the_image() {
         let d = drill(Binary::InImage, StorageFlavor::Pgdrill);
         let p = primary(&d, &settings(), &[]).unwrap();
-        let pod = p
-            .postgres
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap();
+        let pod = pod_spec(&p.postgres);
         assert!(pod.volumes.iter().flatten().all(|v| v.name != "pgdrill"));
-        for c in containers(pod) {
+        for c in containers(&pod) {
             assert!(c
                 .volume_mounts
                 .iter()
                 .flatten()
                 .all(|m| m.name != "pgdrill"));
         }
-        let storage = p
-            .storage
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap();
+        let storage = pod_spec(&p.storage);
         let command = storage.containers[0].command.as_ref().unwrap();
         assert_eq!(command[..2], [PGDRILL.to_string(), "s3-serve".to_string()]);
         let env: Vec<&str> = storage.containers[0]
@@ -849,15 +835,7 @@ mod tests {
             StorageFlavor::Pgdrill,
         );
         let p = primary(&hosted, &settings(), &[]).unwrap();
-        let storage = p
-            .storage
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap();
+        let storage = pod_spec(&p.storage);
         assert!(storage
             .volumes
             .iter()
@@ -883,7 +861,7 @@ mod tests {
         assert_eq!(claim.metadata.name.as_deref(), Some("restore-pitr-1"));
         assert_eq!(claim.metadata.namespace.as_deref(), Some("pgdrill-abc-dr"));
         assert_eq!(job.metadata.namespace.as_deref(), Some("pgdrill-abc-dr"));
-        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let pod = pod_spec(&job);
         let command = pod.containers[0].command.as_ref().unwrap();
         let tail: Vec<&str> = command.iter().skip(5).map(String::as_str).collect();
         assert_eq!(

@@ -198,7 +198,7 @@ impl KubeEnvironment {
             .wait_pod_ready(&ns, PRIMARY_POD, START_TIMEOUT)
             .await?;
         let primary_forward = PortForward::start(cluster.pods(&ns), PRIMARY_POD, 5432).await?;
-        let primary_config = workload_config(primary_forward.port());
+        let primary_config = super::pg::loopback_config(primary_forward.port());
         let client = super::pg::connect_retrying(&primary_config, Duration::from_secs(60)).await?;
         let version: String = client
             .query_one("SHOW server_version", &[])
@@ -302,7 +302,7 @@ impl KubeEnvironment {
         }
         let start_to_consistent = started.elapsed();
         let forward = PortForward::start(self.cluster.pods(&ns), &pod_name, 5432).await?;
-        let config = workload_config(forward.port());
+        let config = super::pg::loopback_config(forward.port());
         if let Some(r) = self.restores.get_mut(label) {
             r.forward = Some(forward);
         }
@@ -374,19 +374,6 @@ fn run_as(images: &ImageChoice) -> Result<(i64, i64), KubeError> {
     } else {
         (999, 999)
     })
-}
-
-/// Connection settings for a server forwarded to `port` on this host.
-fn workload_config(port: u16) -> tokio_postgres::Config {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(port)
-        .user("postgres")
-        .dbname("postgres")
-        .application_name("pgdrill-workload")
-        .connect_timeout(Duration::from_secs(5));
-    config
 }
 
 #[async_trait::async_trait]
@@ -484,7 +471,7 @@ impl super::Environment for KubeEnvironment {
             .remove(label)
             .expect("restore_server keeps the restore");
         if let Some(forward) = &r.forward {
-            self.primary_config = workload_config(forward.port());
+            self.primary_config = super::pg::loopback_config(forward.port());
         }
         self.tool_target = Some((r.namespace.clone(), r.pod.clone(), "postgres".into()));
         self.primary_forward = r.forward;
@@ -494,12 +481,10 @@ impl super::Environment for KubeEnvironment {
     async fn amcheck(&self, label: &str) -> Result<crate::verify::Check, EnvError> {
         let mut cmd = vec!["pg_amcheck"];
         cmd.extend_from_slice(crate::verify::AMCHECK_ARGS);
-        let run = self.exec_in_restore(label, &cmd).await?;
-        Ok(crate::verify::amcheck_check(
-            run.status.success(),
-            &run.stdout,
-            &run.stderr,
-        ))
+        Ok(self
+            .exec_in_restore(label, &cmd)
+            .await?
+            .judged(crate::verify::amcheck_check))
     }
 
     async fn checksums(&mut self, label: &str) -> Result<crate::verify::Check, EnvError> {
@@ -533,11 +518,7 @@ impl super::Environment for KubeEnvironment {
                 &["pg_checksums", "--check", "-D", PGDATA],
             )
             .await?;
-        Ok(crate::verify::checksums_check(
-            run.status.success(),
-            &run.stdout,
-            &run.stderr,
-        ))
+        Ok(run.judged(crate::verify::checksums_check))
     }
 
     async fn discard_restore(&mut self, label: &str) {
@@ -645,7 +626,7 @@ mod tests {
             drill,
             primary_forward: None,
             _storage_forward: None,
-            primary_config: workload_config(1),
+            primary_config: crate::env::pg::loopback_config(1),
             restores: BTreeMap::new(),
             postgres_settings: Vec::new(),
             backups_made: 0,
