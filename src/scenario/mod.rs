@@ -143,7 +143,9 @@ impl Environment {
     pub fn supports(self, capability: Capability) -> bool {
         match (self, capability) {
             (Environment::Containers, _) => true,
-            (Environment::Local | Environment::Kind, _) => false,
+            (Environment::Kind, Capability::StorageOutage) => true,
+            (Environment::Kind, Capability::LinkShaping) => false,
+            (Environment::Local, _) => false,
         }
     }
 
@@ -967,21 +969,22 @@ objectives: { rpo: 5s, rto: 60s }
         // Corrupting a stored object goes through the S3 API: anywhere.
         let corrupt = "steps: [{ at: 1s, action: storage_corruption }]\n";
         assert!(parse(&format!("environment: kind\n{corrupt}")).is_ok());
-        for fault in [
-            "storage_outage, duration: 1s",
-            "network_latency, delay: 10ms",
-        ] {
-            let steps = format!("steps: [{{ at: 1s, action: {fault} }}]\n");
-            assert!(
-                parse(&format!("environment: containers\n{steps}")).is_ok(),
-                "{fault}"
-            );
-            let e = error(&format!("environment: kind\n{steps}"));
-            assert!(
-                e.contains("is only available in environment `containers`, not `kind`"),
-                "{e}"
-            );
-        }
+        // Cutting the storage off: containers and kind; shaping its link:
+        // containers only.
+        let outage = "steps: [{ at: 1s, action: storage_outage, duration: 1s }]\n";
+        assert!(parse(&format!("environment: kind\n{outage}")).is_ok());
+        let e = error(&format!("environment: local\n{outage}"));
+        assert!(
+            e.contains("is only available in environment `containers` or `kind`, not `local`"),
+            "{e}"
+        );
+        let latency = "steps: [{ at: 1s, action: network_latency, delay: 10ms }]\n";
+        assert!(parse(&format!("environment: containers\n{latency}")).is_ok());
+        let e = error(&format!("environment: kind\n{latency}"));
+        assert!(
+            e.contains("is only available in environment `containers`, not `kind`"),
+            "{e}"
+        );
         let e = error(
             "environment: containers\nsteps: [{ at: 1s, action: network_latency, delay: 0s }]\n",
         );

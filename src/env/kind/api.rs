@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use kube::api::{
     AttachParams, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams,
@@ -368,45 +368,70 @@ impl Cluster {
             .unwrap_or_default()
     }
 
-    /// Deletes a pod with no grace period (a crash).
-    pub async fn delete_pod_now(&self, namespace: &str, name: &str) -> Result<(), KubeError> {
-        self.pods(namespace)
-            .delete(name, &DeleteParams::default().grace_period(0))
+    /// Deletes `K` object `name` from `namespace`, with `params`.
+    async fn delete<K>(
+        &self,
+        namespace: &str,
+        name: &str,
+        params: &DeleteParams,
+    ) -> Result<(), KubeError>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+        K: Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
+        api.delete(name, params)
             .await
             .map(|_| ())
-            .map_err(api_err(format!("deleting pod {name}")))
+            .map_err(api_err(format!("deleting {} {name}", K::kind(&()))))
+    }
+
+    /// Deletes a pod with no grace period (a crash).
+    pub async fn delete_pod_now(&self, namespace: &str, name: &str) -> Result<(), KubeError> {
+        self.delete::<Pod>(namespace, name, &DeleteParams::default().grace_period(0))
+            .await
     }
 
     /// Deletes a pod with its grace period (a clean shutdown).
     pub async fn delete_pod(&self, namespace: &str, name: &str) -> Result<(), KubeError> {
-        self.pods(namespace)
-            .delete(name, &DeleteParams::default())
+        self.delete::<Pod>(namespace, name, &DeleteParams::default())
             .await
-            .map(|_| ())
-            .map_err(api_err(format!("deleting pod {name}")))
     }
 
     pub async fn delete_claim(&self, namespace: &str, name: &str) -> Result<(), KubeError> {
-        let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
-        claims
-            .delete(name, &DeleteParams::default())
+        self.delete::<PersistentVolumeClaim>(namespace, name, &DeleteParams::default())
             .await
-            .map(|_| ())
-            .map_err(api_err(format!("deleting volume claim {name}")))
     }
 
-    pub async fn scale_statefulset(
+    pub async fn delete_network_policy(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), KubeError> {
+        self.delete::<NetworkPolicy>(namespace, name, &DeleteParams::default())
+            .await
+    }
+
+    /// Sets the replicas of Deployment or StatefulSet `K` `name`.
+    pub async fn scale<K>(
         &self,
         namespace: &str,
         name: &str,
         replicas: i32,
-    ) -> Result<(), KubeError> {
-        let sets: Api<StatefulSet> = Api::namespaced(self.client.clone(), namespace);
+    ) -> Result<(), KubeError>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+        K: Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
         let patch = serde_json::json!({ "spec": { "replicas": replicas } });
-        sets.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map(|_| ())
-            .map_err(api_err(format!("scaling statefulset {name} to {replicas}")))
+            .map_err(api_err(format!(
+                "scaling {} {name} to {replicas}",
+                K::kind(&())
+            )))
     }
 
     pub async fn delete_namespace(&self, name: &str) -> Result<(), KubeError> {
@@ -625,7 +650,7 @@ mod tests {
         let calls = tokio::spawn(async move {
             cluster.delete_pod_now("ns", "postgres-0").await.unwrap();
             cluster
-                .scale_statefulset("ns", "postgres", 0)
+                .scale::<k8s_openapi::api::apps::v1::StatefulSet>("ns", "postgres", 0)
                 .await
                 .unwrap();
             cluster

@@ -4,6 +4,7 @@
 //! nothing but an address.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -16,6 +17,8 @@ use super::KubeError;
 #[derive(Debug)]
 pub struct PortForward {
     addr: SocketAddr,
+    /// The pod new connections go to (see [`PortForward::retarget`]).
+    pod: Arc<Mutex<String>>,
     task: JoinHandle<()>,
 }
 
@@ -29,10 +32,12 @@ impl PortForward {
         let addr = listener
             .local_addr()
             .map_err(|e| KubeError::Local(format!("listening for a port-forward: {e}")))?;
-        let pod = pod.to_string();
+        let target = Arc::new(Mutex::new(pod.to_string()));
+        let current = Arc::clone(&target);
         let task = tokio::spawn(async move {
             while let Ok((mut local, _)) = listener.accept().await {
-                let (pods, pod) = (pods.clone(), pod.clone());
+                let pod = current.lock().map(|p| p.clone()).unwrap_or_default();
+                let pods = pods.clone();
                 tokio::spawn(async move {
                     let Ok(mut forwarder) = pods.portforward(&pod, &[port]).await else {
                         tracing::warn!("port-forward to {pod}:{port} could not start");
@@ -47,7 +52,19 @@ impl PortForward {
                 });
             }
         });
-        Ok(PortForward { addr, task })
+        Ok(PortForward {
+            addr,
+            pod: target,
+            task,
+        })
+    }
+
+    /// Sends new connections to `pod` from now on (the same port here, so
+    /// settings that name it stay right when a Deployment replaces its pod).
+    pub fn retarget(&self, pod: &str) {
+        if let Ok(mut current) = self.pod.lock() {
+            *current = pod.to_string();
+        }
     }
 
     /// The local port.

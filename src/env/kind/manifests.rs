@@ -13,7 +13,9 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, PersistentVolumeClaim, Pod, PodSpec, PodTemplateSpec, Secret,
     Service,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::Metadata;
 use serde::de::DeserializeOwned;
 
 use crate::env::containers::{StorageFlavor, LABEL, OWNER_LABEL};
@@ -96,6 +98,8 @@ mod files {
     pub const PITR_JOB: &str = include_str!("../../../fixtures/k8s/pitr-job.yaml");
     pub const RESTORE_POD: &str = include_str!("../../../fixtures/k8s/restore-pod.yaml");
     pub const TOOLS: &str = include_str!("../../../fixtures/k8s/tools.yaml");
+    pub const STORAGE_PVC: &str = include_str!("../../../fixtures/k8s/storage-pvc.yaml");
+    pub const STORAGE_CUT: &str = include_str!("../../../fixtures/k8s/storage-cut.yaml");
 }
 
 fn parse<T: DeserializeOwned>(file: &'static str, text: &str) -> Result<T, ManifestError> {
@@ -107,49 +111,22 @@ fn parse<T: DeserializeOwned>(file: &'static str, text: &str) -> Result<T, Manif
 
 /// Reads manifest `file` (its `text`) into the drill's object in
 /// `namespace`.
-fn load<T: DeserializeOwned + Metadata>(
+fn load<T: DeserializeOwned + Metadata<Ty = ObjectMeta>>(
     file: &'static str,
     text: &str,
     drill: &Drill,
     namespace: &str,
 ) -> Result<T, ManifestError> {
     let mut object: T = parse(file, text)?;
-    own(object.meta_mut(), drill, Some(namespace));
+    own(object.metadata_mut(), drill, Some(namespace));
     Ok(object)
 }
 
-/// The metadata of any object ([`kube::Resource`] has it too, but this
-/// module stays free of the client).
-trait Metadata {
-    fn meta_mut(&mut self) -> &mut ObjectMeta;
-}
-
 /// Objects whose pods come from a template.
-trait PodTemplated: Metadata {
+trait PodTemplated: Metadata<Ty = ObjectMeta> {
     /// The pod template; with a CronJob, labels its job template too.
     fn pod_template(&mut self, drill: &Drill) -> Option<&mut PodTemplateSpec>;
 }
-
-macro_rules! metadata {
-    ($($kind:ty),*) => {
-        $(impl Metadata for $kind {
-            fn meta_mut(&mut self) -> &mut ObjectMeta {
-                &mut self.metadata
-            }
-        })*
-    };
-}
-metadata!(
-    Secret,
-    ConfigMap,
-    Service,
-    Deployment,
-    StatefulSet,
-    CronJob,
-    Job,
-    Pod,
-    PersistentVolumeClaim
-);
 
 impl PodTemplated for Deployment {
     fn pod_template(&mut self, _: &Drill) -> Option<&mut PodTemplateSpec> {
@@ -210,6 +187,7 @@ pub struct Primary {
     pub secret: Secret,
     pub dr_secret: Secret,
     pub config: ConfigMap,
+    pub storage_claim: PersistentVolumeClaim,
     pub storage: Deployment,
     pub storage_service: Service,
     pub postgres: StatefulSet,
@@ -281,6 +259,7 @@ pub fn primary(
         .unwrap_or("drill")
         .to_string();
     let ns = drill.namespace();
+    let storage_claim = load("storage-pvc.yaml", files::STORAGE_PVC, drill, ns)?;
     let mut storage: Deployment = load("storage.yaml", files::STORAGE, drill, ns)?;
     {
         let pod = pod_of(&mut storage, "storage.yaml", drill)?;
@@ -333,6 +312,7 @@ pub fn primary(
         secret,
         dr_secret,
         config,
+        storage_claim,
         storage,
         storage_service,
         postgres,
@@ -393,6 +373,17 @@ pub fn pitr(
         None => command.push("--recover".to_string()),
     }
     Ok((claim, job))
+}
+
+/// The NetworkPolicy that cuts the storage off (`storage_outage` with
+/// `mode: pause`).
+pub fn storage_cut(drill: &Drill) -> Result<NetworkPolicy, ManifestError> {
+    load(
+        "storage-cut.yaml",
+        files::STORAGE_CUT,
+        drill,
+        drill.namespace(),
+    )
 }
 
 /// The claim restore `label` goes into.
@@ -798,6 +789,23 @@ mod tests {
             .unwrap()
             .contains(&"backup-check".to_string()));
 
+        let storage_cut = storage_cut(&d).unwrap();
+        assert_eq!(
+            storage_cut.metadata.namespace.as_deref(),
+            Some("pgdrill-abc")
+        );
+        let selector = storage_cut
+            .spec
+            .unwrap()
+            .pod_selector
+            .unwrap()
+            .match_labels
+            .unwrap();
+        assert_eq!(selector["app"], "storage");
+        assert_eq!(
+            p.storage_claim.metadata.name.as_deref(),
+            Some("storage-data")
+        );
         let storage = pod_spec(&p.storage);
         assert_eq!(
             storage.containers[0].image.as_deref(),

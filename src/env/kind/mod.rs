@@ -24,9 +24,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::CronJob;
 
-use super::containers::{ImageChoice, IMAGES_SETTING, LABEL};
+use super::containers::{ImageChoice, StorageFlavor, IMAGES_SETTING, LABEL};
 use super::image_layout::ENV_DIR;
 use super::local::{drill_credentials, s3_settings, write_env_dir, WorkDir};
 use super::{EnvError, EnvFacts, EnvSpec, RestoreTimings, Restored, ToolRun};
@@ -41,7 +42,8 @@ pub const PGDATA: &str = "/var/lib/postgresql/data/pgdata";
 /// Selects the kubeconfig context.
 pub const CONTEXT_SETTING: &str = "PGDRILL_KUBE_CONTEXT";
 /// Names an image with pgdrill baked in at `/usr/local/bin/pgdrill`
-/// (for clusters that cannot mount the build directory).
+/// (for clusters that cannot mount the build directory;
+/// `ci/images/bake-pgdrill` makes one).
 pub const IMAGE_SETTING: &str = "PGDRILL_KUBE_IMAGE";
 /// Where the pgdrill binary is on the nodes (kind: `kind-config.yaml`).
 pub const HOST_BINARY_SETTING: &str = "PGDRILL_KUBE_BINARY";
@@ -108,8 +110,8 @@ pub struct KubeEnvironment {
     /// primary runs: see [`KubeEnvironment::tool_target`].
     tool_target: Option<(String, String, String)>,
     primary_forward: Option<PortForward>,
-    /// Kept for the host's storage settings.
-    _storage_forward: Option<PortForward>,
+    /// The host's way to the storage (its settings name the port).
+    storage_forward: Option<PortForward>,
     primary_config: tokio_postgres::Config,
     restores: BTreeMap<String, Restore>,
     postgres_settings: Vec<(String, String)>,
@@ -141,12 +143,18 @@ impl KubeEnvironment {
         let _ = pgdrill; // the pods run the binary the node or image holds
         let work = WorkDir::new("pgdrill-kind-", None)?;
         let id = format!("pgdrill-{:08x}", rand::random::<u32>());
+        let baked = std::env::var(IMAGE_SETTING).ok();
+        let storage_flavor = images.storage_flavor();
         let drill = Drill {
             id,
             owner: super::containers::owner(),
-            postgres_image: std::env::var(IMAGE_SETTING).unwrap_or(images.postgres.clone()),
-            storage_image: images.storage.clone(),
-            storage_flavor: images.storage_flavor(),
+            postgres_image: baked.clone().unwrap_or(images.postgres.clone()),
+            // `pgdrill s3-serve` needs the binary: the baked image has it.
+            storage_image: match (&baked, storage_flavor) {
+                (Some(image), StorageFlavor::Pgdrill) => image.clone(),
+                _ => images.storage.clone(),
+            },
+            storage_flavor,
             binary,
             retain: 7,
             run_as: run_as(&images)?,
@@ -172,6 +180,7 @@ impl KubeEnvironment {
             .create(&drill.dr_namespace(), &objects.dr_secret)
             .await?;
         cluster.create(&ns, &objects.config).await?;
+        cluster.create(&ns, &objects.storage_claim).await?;
         cluster.create(&ns, &objects.storage).await?;
         cluster.create(&ns, &objects.storage_service).await?;
         let storage_pod = cluster
@@ -218,7 +227,7 @@ impl KubeEnvironment {
             backup_cronjob,
             tool_target: Some((ns, PRIMARY_POD.into(), TOOL_CONTAINER.into())),
             primary_forward: Some(primary_forward),
-            _storage_forward: Some(storage_forward),
+            storage_forward: Some(storage_forward),
             primary_config,
             restores: BTreeMap::new(),
             postgres_settings: spec.postgres_settings.clone(),
@@ -430,12 +439,18 @@ impl super::Environment for KubeEnvironment {
             .ok_or_else(|| EnvError::Other(format!("backup job {name} listed no new backup")))
     }
 
+    fn storage_faults(&mut self) -> Option<&mut dyn super::StorageFaults> {
+        Some(self)
+    }
+
     async fn kill_primary(&mut self) -> Result<(), EnvError> {
         let ns = self.drill.namespace().to_string();
         // The crash: the pod deleted at once; then the StatefulSet scaled
         // to 0 so that it does not come back, and its volume discarded.
         self.cluster.delete_pod_now(&ns, PRIMARY_POD).await?;
-        self.cluster.scale_statefulset(&ns, "postgres", 0).await?;
+        self.cluster
+            .scale::<StatefulSet>(&ns, "postgres", 0)
+            .await?;
         self.cluster.delete_claim(&ns, PRIMARY_PVC).await?;
         self.primary_forward = None;
         self.tool_target = None;
@@ -458,7 +473,9 @@ impl super::Environment for KubeEnvironment {
         target: DateTime<Utc>,
     ) -> Result<Restored, EnvError> {
         let ns = self.drill.namespace().to_string();
-        self.cluster.scale_statefulset(&ns, "postgres", 0).await?;
+        self.cluster
+            .scale::<StatefulSet>(&ns, "postgres", 0)
+            .await?;
         self.cluster
             .wait_pod_gone(&ns, PRIMARY_POD, START_TIMEOUT)
             .await?;
@@ -555,6 +572,57 @@ impl super::Environment for KubeEnvironment {
     }
 }
 
+#[async_trait::async_trait]
+impl super::StorageFaults for KubeEnvironment {
+    /// `disconnect`: the storage Deployment scaled to zero (no endpoint:
+    /// connections refused; its volume keeps the data); `pause`: a
+    /// NetworkPolicy drops all traffic to it (connections hang).
+    async fn storage_outage(
+        &mut self,
+        mode: crate::scenario::OutageMode,
+        duration: Duration,
+    ) -> Result<String, EnvError> {
+        use crate::scenario::OutageMode;
+        let ns = self.drill.namespace().to_string();
+        match mode {
+            OutageMode::Disconnect => {
+                self.cluster.scale::<Deployment>(&ns, "storage", 0).await?;
+                tokio::time::sleep(duration).await;
+                self.cluster.scale::<Deployment>(&ns, "storage", 1).await?;
+                let pod = self
+                    .cluster
+                    .ready_pod_of(&ns, "app=storage", START_TIMEOUT)
+                    .await?;
+                if let Some(forward) = &self.storage_forward {
+                    forward.retarget(&pod);
+                }
+                Ok(format!(
+                    "storage scaled to 0 for {duration:?}, back as pod {pod}"
+                ))
+            }
+            OutageMode::Pause => {
+                let cut = manifests::storage_cut(&self.drill).map_err(KubeError::from)?;
+                let name = cut.metadata.name.clone().unwrap_or_default();
+                self.cluster.create(&ns, &cut).await?;
+                tokio::time::sleep(duration).await;
+                self.cluster.delete_network_policy(&ns, &name).await?;
+                Ok(format!(
+                    "storage cut off by NetworkPolicy {name} for {duration:?}"
+                ))
+            }
+        }
+    }
+
+    async fn limit_storage_link(
+        &mut self,
+        _limit: &super::fault::LinkLimit,
+    ) -> Result<String, EnvError> {
+        Err(EnvError::Other(
+            "network_latency is not available in the kind environment (no tc in the cluster's network); use environment: containers".into(),
+        ))
+    }
+}
+
 impl Drop for KubeEnvironment {
     fn drop(&mut self) {
         if self.torn_down || self.keep {
@@ -625,7 +693,7 @@ mod tests {
             tool_target: Some((drill.id.clone(), PRIMARY_POD.into(), TOOL_CONTAINER.into())),
             drill,
             primary_forward: None,
-            _storage_forward: None,
+            storage_forward: None,
             primary_config: crate::env::pg::loopback_config(1),
             restores: BTreeMap::new(),
             postgres_settings: Vec::new(),
@@ -707,6 +775,72 @@ mod tests {
         // The tool runs in the tools pod from now on.
         assert_eq!(env.tool_target().1, TOOLS_POD);
         env.torn_down = true;
+    }
+
+    #[tokio::test]
+    async fn a_storage_outage_scales_the_storage_away_or_cuts_it_off() {
+        use crate::scenario::OutageMode;
+        let (mut env, mut handle) = started();
+        let outage = tokio::spawn(async move {
+            let faults = env.storage_faults().expect("kind cuts storage off");
+            let said = faults
+                .storage_outage(OutageMode::Disconnect, Duration::ZERO)
+                .await
+                .unwrap();
+            assert!(said.contains("back as pod storage-2"), "{said}");
+            let said = faults
+                .storage_outage(OutageMode::Pause, Duration::ZERO)
+                .await
+                .unwrap();
+            assert!(said.contains("NetworkPolicy storage-cut"), "{said}");
+            assert!(faults
+                .limit_storage_link(&crate::env::fault::LinkLimit {
+                    delay: None,
+                    rate_kbit: Some(1000),
+                })
+                .await
+                .is_err());
+            env.torn_down = true;
+        });
+        let deployment = |replicas: i32| json!({ "apiVersion": "apps/v1", "kind": "Deployment", "metadata": { "name": "storage" }, "spec": { "replicas": replicas } });
+        for replicas in [0, 1] {
+            let asked = answer(&mut handle, 200, deployment(replicas)).await;
+            assert_eq!(
+                (asked.method.as_str(), asked.path()),
+                (
+                    "PATCH",
+                    "/apis/apps/v1/namespaces/pgdrill-0000abcd/deployments/storage"
+                )
+            );
+            assert_eq!(asked.body, json!({ "spec": { "replicas": replicas } }));
+        }
+        let ready = json!({
+            "apiVersion": "v1", "kind": "PodList", "metadata": {},
+            "items": [{ "metadata": { "name": "storage-2" }, "status": { "conditions": [{ "type": "Ready", "status": "True" }] } }]
+        });
+        let asked = answer(&mut handle, 200, ready).await;
+        assert!(
+            asked.uri.contains("labelSelector=app%3Dstorage"),
+            "{}",
+            asked.uri
+        );
+        let policy = json!({ "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": { "name": "storage-cut" } });
+        let asked = answer(&mut handle, 201, policy.clone()).await;
+        assert_eq!(
+            (asked.method.as_str(), asked.path()),
+            (
+                "POST",
+                "/apis/networking.k8s.io/v1/namespaces/pgdrill-0000abcd/networkpolicies"
+            )
+        );
+        assert_eq!(
+            asked.body["spec"]["podSelector"]["matchLabels"]["app"],
+            "storage"
+        );
+        assert_eq!(asked.body["spec"]["ingress"], json!([]));
+        let asked = answer(&mut handle, 200, policy).await;
+        assert_eq!((asked.method.as_str(), asked.path()), ("DELETE", "/apis/networking.k8s.io/v1/namespaces/pgdrill-0000abcd/networkpolicies/storage-cut"));
+        outage.await.unwrap();
     }
 
     #[test]
