@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::backup::base::{self, FetchOptions, PushOptions, RecoveryConfig};
@@ -273,6 +274,10 @@ pub enum Command {
         /// No progress lines.
         #[arg(long, short)]
         quiet: bool,
+        /// Also write every drill of this run as one JUnit XML file (each
+        /// drill's report directory holds its own junit.xml anyway).
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
     },
     /// Run the mutation suite: every deliberate defect of the backup tool
     /// must make one of the scenarios' drills fail.
@@ -447,7 +452,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             report_dir,
             keep,
             quiet,
-        } => run_drills(&scenarios, seed, report_dir, keep, quiet).await,
+            junit,
+        } => run_drills(&scenarios, seed, report_dir, keep, quiet, junit).await,
         Command::Mutants {
             scenarios,
             mutants,
@@ -564,6 +570,7 @@ async fn run_drills(
     report_dir: PathBuf,
     keep: bool,
     quiet: bool,
+    junit: Option<PathBuf>,
 ) -> anyhow::Result<i32> {
     let scenarios = files
         .iter()
@@ -577,6 +584,7 @@ async fn run_drills(
         pgdrill: std::env::current_exe()?,
     };
     let mut code = exit::OK;
+    let mut reports = Vec::new();
     for (scenario, file) in scenarios.iter().zip(files) {
         let outcome = tokio::select! {
             r = crate::drill::run(scenario, file, &opts) => r?,
@@ -588,6 +596,13 @@ async fn run_drills(
         print!("{}", outcome.report.to_markdown());
         if !outcome.report.passed {
             code = exit::FAILURE;
+        }
+        reports.push(outcome.report);
+        if let Some(path) = &junit {
+            // Rewritten after every drill: a run cut short still has one.
+            let all: Vec<&crate::report::DrillReport> = reports.iter().collect();
+            std::fs::write(path, crate::report::junit::to_junit(&all))
+                .with_context(|| format!("writing {}", path.display()))?;
         }
     }
     Ok(code)

@@ -1,5 +1,6 @@
-//! Drill reports: `report.json` (schema below, stable field names) and
-//! `report.md` (a table a person reads in ten seconds), written to
+//! Drill reports: `report.json` (schema below, stable field names; new
+//! fields only), `report.md` (a table a person reads in ten seconds) and
+//! `junit.xml` (for CI dashboards; its format is in [`junit`]), written to
 //! `reports/<UTC timestamp>-<scenario>/`.
 //!
 //! `report.json` schema (all times RFC 3339 UTC, durations in seconds):
@@ -34,6 +35,8 @@
 //! - `images[]` (containers only): `role` (postgres | storage),
 //!   `reference`, `id` (the engine's image id), `created`; and
 //!   `docker_version`, the engine's version.
+
+pub mod junit;
 
 use std::path::{Path, PathBuf};
 
@@ -405,6 +408,7 @@ impl DrillReport {
             serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
         )?;
         std::fs::write(&md, self.to_markdown())?;
+        std::fs::write(dir.join("junit.xml"), junit::to_junit(&[self]))?;
         Ok((json, md))
     }
 }
