@@ -278,6 +278,12 @@ pub enum Command {
         /// drill's report directory holds its own junit.xml anyway).
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
+        /// Run each scenario N times (a soak), each with its own seed
+        /// (`--seed S` gives S, S+1, ...; else random), then write a
+        /// summary (passed, failed seeds as replay commands, RPO and RTO
+        /// min/median/p95/max) to REPORT_DIR/<UTC time>-soak/.
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        repeat: u32,
     },
     /// Run the mutation suite: every deliberate defect of the backup tool
     /// must make one of the scenarios' drills fail.
@@ -453,7 +459,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             keep,
             quiet,
             junit,
-        } => run_drills(&scenarios, seed, report_dir, keep, quiet, junit).await,
+            repeat,
+        } => {
+            let plan = DrillPlan {
+                seed,
+                report_dir,
+                keep,
+                quiet,
+                junit,
+                repeat,
+            };
+            run_drills(&scenarios, plan).await
+        }
         Command::Mutants {
             scenarios,
             mutants,
@@ -564,46 +581,71 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
 /// Runs drills one after another; Ctrl-C or SIGTERM stops the current one
 /// and cleans up (dropping the drill stops its servers and removes its
 /// directories).
-async fn run_drills(
-    files: &[PathBuf],
+/// How `pgdrill run` runs its scenarios.
+struct DrillPlan {
     seed: Option<u64>,
     report_dir: PathBuf,
     keep: bool,
     quiet: bool,
     junit: Option<PathBuf>,
-) -> anyhow::Result<i32> {
+    repeat: u32,
+}
+
+async fn run_drills(files: &[PathBuf], plan: DrillPlan) -> anyhow::Result<i32> {
     let scenarios = files
         .iter()
         .map(|f| Scenario::load(f))
         .collect::<Result<Vec<_>, _>>()?;
-    let opts = crate::drill::RunOptions {
-        seed,
-        report_dir,
-        keep,
-        quiet,
-        pgdrill: std::env::current_exe()?,
-    };
+    let pgdrill = std::env::current_exe()?;
     let mut code = exit::OK;
     let mut reports = Vec::new();
-    for (scenario, file) in scenarios.iter().zip(files) {
-        let outcome = tokio::select! {
-            r = crate::drill::run(scenario, file, &opts) => r?,
-            () = shutdown_signal() => {
-                eprintln!("pgdrill: interrupted; cleaned up");
-                return Ok(130);
+    for round in 0..plan.repeat {
+        for (scenario, file) in scenarios.iter().zip(files) {
+            let opts = crate::drill::RunOptions {
+                seed: plan.seed.map(|s| s.wrapping_add(u64::from(round))),
+                report_dir: plan.report_dir.clone(),
+                keep: plan.keep,
+                quiet: plan.quiet,
+                pgdrill: pgdrill.clone(),
+            };
+            let outcome = tokio::select! {
+                r = crate::drill::run(scenario, file, &opts) => r?,
+                () = shutdown_signal() => {
+                    eprintln!("pgdrill: interrupted; cleaned up");
+                    return Ok(130);
+                }
+            };
+            print!("{}", outcome.report.to_markdown());
+            if !outcome.report.passed {
+                code = exit::FAILURE;
             }
-        };
-        print!("{}", outcome.report.to_markdown());
-        if !outcome.report.passed {
-            code = exit::FAILURE;
+            reports.push(outcome.report);
+            if let Some(path) = &plan.junit {
+                // Rewritten after every drill: a run cut short still has one.
+                let all: Vec<&crate::report::DrillReport> = reports.iter().collect();
+                std::fs::write(path, crate::report::junit::to_junit(&all))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
         }
-        reports.push(outcome.report);
-        if let Some(path) = &junit {
-            // Rewritten after every drill: a run cut short still has one.
-            let all: Vec<&crate::report::DrillReport> = reports.iter().collect();
-            std::fs::write(path, crate::report::junit::to_junit(&all))
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
+    }
+    if plan.repeat > 1 {
+        let summaries = crate::report::soak::summarize(&reports);
+        let md = crate::report::soak::to_markdown(&summaries);
+        let dir = plan.report_dir.join(format!(
+            "{}-soak",
+            chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+        ));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("summary.md"), &md)?;
+        std::fs::write(
+            dir.join("summary.json"),
+            serde_json::to_vec_pretty(&summaries)?,
+        )?;
+        print!("{md}");
+        eprintln!(
+            "pgdrill: soak summary in {}",
+            dir.join("summary.md").display()
+        );
     }
     Ok(code)
 }

@@ -37,6 +37,9 @@
 //!   `docker_version`, the engine's version.
 
 pub mod junit;
+#[cfg(test)]
+mod sample;
+pub mod soak;
 
 use std::path::{Path, PathBuf};
 

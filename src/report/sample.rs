@@ -1,0 +1,87 @@
+//! A drill report for the report formats' tests: one restore verified,
+//! one failed with a server log's characters in its error, one that had to
+//! fail and passed, a met and a missed objective, and a failure of the
+//! drill itself.
+
+use super::{DrillReport, Expected, MustFail, ObjectiveResult, RestoreRecord, RtoBreakdown};
+
+fn restore(label: &str, as_expected: bool, error: Option<&str>) -> RestoreRecord {
+    RestoreRecord {
+        label: label.into(),
+        kind: "pitr".into(),
+        target: Some("2026-12-02T01:02:03Z".parse().unwrap()),
+        backup: "base_000000010000000000000004".into(),
+        expected: Expected::Pass,
+        expected_because: None,
+        passed: as_expected,
+        as_expected,
+        error: error.map(str::to_string),
+        failure: None,
+        verify: None,
+        rto: RtoBreakdown {
+            total_s: 4.5,
+            ..RtoBreakdown::default()
+        },
+    }
+}
+
+pub fn report() -> DrillReport {
+    let mut hole = restore("pitr-2", false, None);
+    hole.expected = Expected::Fail;
+    hole.expected_because = Some(MustFail::NeedsDeletedSegment(
+        "000000010000000000000010".into(),
+    ));
+    hole.passed = true;
+    DrillReport {
+        pgdrill_version: "0.1.0".into(),
+        scenario: "quick".into(),
+        scenario_file: "scenarios/quick.yaml".into(),
+        description: String::new(),
+        seed: 42,
+        environment: "local".into(),
+        engine: "pgdrill".into(),
+        sabotage: None,
+        encryption: "none".into(),
+        postgres_version: "15.18".into(),
+        started_at: "2026-12-02T01:00:00Z".parse().unwrap(),
+        finished_at: "2026-12-02T01:01:30Z".parse().unwrap(),
+        passed: false,
+        failures: vec![
+            "restore pitr-1 (target x): row_count".into(),
+            "wal-fetch did not refuse the corrupted segment 0000000100000000000000AB as corrupt"
+                .into(),
+        ],
+        workload: None,
+        steps: Vec::new(),
+        backups: Vec::new(),
+        wal_archived: None,
+        wal_gaps: Vec::new(),
+        disaster: None,
+        restores: vec![
+            restore("latest", true, None),
+            // A server log in the message: markup and a control character.
+            restore(
+                "pitr-1",
+                false,
+                Some("FATAL:  <bad> & \u{1}\"quoted\"\nsecond line"),
+            ),
+            hole,
+        ],
+        objectives: vec![
+            ObjectiveResult {
+                name: "rpo".into(),
+                limit_s: 5.0,
+                measured_s: Some(1.0),
+                passed: true,
+            },
+            ObjectiveResult {
+                name: "rto".into(),
+                limit_s: 5.0,
+                measured_s: Some(9.0),
+                passed: false,
+            },
+        ],
+        images: Vec::new(),
+        docker_version: None,
+    }
+}
