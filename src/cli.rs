@@ -262,28 +262,8 @@ pub enum Command {
         /// Scenario files.
         #[arg(required = true)]
         scenarios: Vec<PathBuf>,
-        /// Seed for the random targets and payloads (replays a drill exactly).
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Where reports go.
-        #[arg(long, default_value = "reports")]
-        report_dir: PathBuf,
-        /// Keep the drill's directories (data, logs, storage) for inspection.
-        #[arg(long)]
-        keep: bool,
-        /// No progress lines.
-        #[arg(long, short)]
-        quiet: bool,
-        /// Also write every drill of this run as one JUnit XML file (each
-        /// drill's report directory holds its own junit.xml anyway).
-        #[arg(long, value_name = "FILE")]
-        junit: Option<PathBuf>,
-        /// Run each scenario N times (a soak), each with its own seed
-        /// (`--seed S` gives S, S+1, ...; else random), then write a
-        /// summary (passed, failed seeds as replay commands, RPO and RTO
-        /// min/median/p95/max) to REPORT_DIR/<UTC time>-soak/.
-        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-        repeat: u32,
+        #[command(flatten)]
+        plan: DrillPlan,
     },
     /// Run the mutation suite: every deliberate defect of the backup tool
     /// must make one of the scenarios' drills fail.
@@ -452,25 +432,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 Ok(130)
             }
         },
-        Command::Run {
-            scenarios,
-            seed,
-            report_dir,
-            keep,
-            quiet,
-            junit,
-            repeat,
-        } => {
-            let plan = DrillPlan {
-                seed,
-                report_dir,
-                keep,
-                quiet,
-                junit,
-                repeat,
-            };
-            run_drills(&scenarios, plan).await
-        }
+        Command::Run { scenarios, plan } => run_drills(&scenarios, plan).await,
         Command::Mutants {
             scenarios,
             mutants,
@@ -582,12 +544,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
 /// and cleans up (dropping the drill stops its servers and removes its
 /// directories).
 /// How `pgdrill run` runs its scenarios.
-struct DrillPlan {
+#[derive(Debug, clap::Args)]
+pub struct DrillPlan {
+    /// Seed for the random targets and payloads (replays a drill exactly).
+    #[arg(long)]
     seed: Option<u64>,
+    /// Where reports go.
+    #[arg(long, default_value = "reports")]
     report_dir: PathBuf,
+    /// Keep the drill's directories (data, logs, storage) for inspection.
+    #[arg(long)]
     keep: bool,
+    /// No progress lines.
+    #[arg(long, short)]
     quiet: bool,
+    /// Also write every drill of this run as one JUnit XML file (each
+    /// drill's report directory holds its own junit.xml anyway).
+    #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
+    /// Run each scenario N times (a soak), each with its own seed
+    /// (`--seed S` gives S, S+1, ...; else random), then write a
+    /// summary (passed, failed seeds as replay commands, RPO and RTO
+    /// min/median/p95/max) to REPORT_DIR/<UTC time>-soak/.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     repeat: u32,
 }
 
