@@ -268,13 +268,39 @@ pub(crate) fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// The error for a restore whose backup-fetch run `run` failed.
-pub(crate) fn fetch_failed(run: &ToolRun) -> EnvError {
+/// `backup-fetch DATA_DIR BACKUP ...` as every environment's restores run
+/// it: to `target` or (None) the end of the archive; the restored server
+/// archives only with `archive` (a failover).
+pub(crate) fn backup_fetch_args(
+    data_dir: &str,
+    backup: &str,
+    target: Option<DateTime<Utc>>,
+    archive: bool,
+) -> Vec<String> {
+    let mut args = vec![
+        "backup-fetch".to_string(),
+        data_dir.to_string(),
+        backup.to_string(),
+    ];
+    if !archive {
+        args.push("--no-archive".into());
+    }
+    match target {
+        Some(t) => args.extend([
+            "--recovery-target-time".to_string(),
+            crate::workload::target_time_arg(t),
+        ]),
+        None => args.push("--recover".into()),
+    }
+    args
+}
+
+/// The error for a restore whose backup-fetch exited with `exit_code`
+/// (None: killed) and printed `stderr`.
+pub(crate) fn fetch_failed(exit_code: Option<i32>, stderr: &str) -> EnvError {
     EnvError::Restore {
-        failure: RestoreFailure::Fetch {
-            exit_code: run.status.code(),
-        },
-        detail: tail(run.stderr.trim(), 5),
+        failure: RestoreFailure::Fetch { exit_code },
+        detail: tail(stderr.trim(), 5),
     }
 }
 

@@ -409,22 +409,8 @@ impl ContainersEnvironment {
         archive: bool,
     ) -> Result<Restored, EnvError> {
         let volume = self.volume(&format!("restore-{label}"));
-        let target_s = target.map(crate::workload::target_time_arg);
-        let mut fetch_cmd = vec![
-            PGDRILL,
-            "--env-dir",
-            ENV_DIR,
-            "backup-fetch",
-            PGDATA,
-            backup,
-        ];
-        if !archive {
-            fetch_cmd.push("--no-archive");
-        }
-        match &target_s {
-            Some(t) => fetch_cmd.extend(["--recovery-target-time", t.as_str()]),
-            None => fetch_cmd.push("--recover"),
-        }
+        let mut fetch_cmd = vec![PGDRILL.to_string(), "--env-dir".into(), ENV_DIR.into()];
+        fetch_cmd.extend(super::backup_fetch_args(PGDATA, backup, target, archive));
         let started = Instant::now();
         let fetcher = self
             .request(&format!("fetch-{label}"), Some(&volume))
@@ -443,13 +429,10 @@ impl ContainersEnvironment {
             .map_err(docker_err("reading backup-fetch's exit code"))?;
         if code != Some(0) {
             let stderr = fetcher.stderr_to_vec().await.unwrap_or_default();
-            return Err(EnvError::BackupTool {
-                command: format!("backup-fetch {PGDATA} {backup}"),
-                detail: format!(
-                    "exit code {code:?}: {}",
-                    tail(String::from_utf8_lossy(&stderr).trim(), 5)
-                ),
-            });
+            return Err(super::fetch_failed(
+                code.map(|c| c as i32),
+                &String::from_utf8_lossy(&stderr),
+            ));
         }
         drop(fetcher);
 
@@ -481,10 +464,9 @@ impl ContainersEnvironment {
                 Err(e) => {
                     let running = server.is_running().await.unwrap_or(false);
                     if !running || started.elapsed() > Duration::from_secs(1800) {
-                        return Err(EnvError::Other(format!(
-                            "restore {label} did not come up ({e}); log:\n{}",
-                            log_tail().await
-                        )));
+                        let log = log_tail().await;
+                        let error = format!("restore {label} did not come up ({e}); log:\n{log}");
+                        return Err(super::recovery_failed(&log, error));
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }

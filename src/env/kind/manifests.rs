@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::Metadata;
 use serde::de::DeserializeOwned;
 
+use super::PGDATA;
 use crate::env::containers::{StorageFlavor, LABEL, OWNER_LABEL};
 use crate::env::image_layout::{DATA_MOUNT, ENV_DIR, PGDRILL};
 
@@ -357,21 +358,16 @@ pub fn pitr(
         .command
         .as_mut()
         .ok_or_else(|| missing("pitr-job.yaml", "command"))?;
-    // The file restores LATEST to the end of the archive without
-    // archiving: name the backup, the target and the archiving.
-    for word in command.iter_mut() {
-        if word == "LATEST" {
-            *word = backup.to_string();
-        }
-    }
-    command.retain(|w| w != "--recover" && (!archive || w != "--no-archive"));
-    match target {
-        Some(t) => command.extend([
-            "--recovery-target-time".to_string(),
-            crate::workload::target_time_arg(t),
-        ]),
-        None => command.push("--recover".to_string()),
-    }
+    // The file shows a restore of LATEST; the drill's restore is the one
+    // every environment runs.
+    let verb = command
+        .iter()
+        .position(|w| w == "backup-fetch")
+        .ok_or_else(|| missing("pitr-job.yaml", "backup-fetch in the command"))?;
+    command.truncate(verb);
+    command.extend(crate::env::backup_fetch_args(
+        PGDATA, backup, target, archive,
+    ));
     Ok((claim, job))
 }
 

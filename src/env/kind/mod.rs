@@ -268,12 +268,7 @@ impl KubeEnvironment {
             .wait_job(&ns, &job_name, RESTORE_TIMEOUT)
             .await?;
         if let Some(code) = fetched.exit_code.filter(|&c| c != 0) {
-            return Err(EnvError::Restore {
-                failure: super::RestoreFailure::Fetch {
-                    exit_code: Some(code),
-                },
-                detail: fetched.log_tail,
-            });
+            return Err(super::fetch_failed(Some(code), &fetched.log_tail));
         }
         let scheduling = fetched.started.saturating_duration_since(created);
         let fetch = fetched.finished.saturating_duration_since(fetched.started);

@@ -158,19 +158,12 @@ impl LocalEnvironment {
         let base = self.archive.dir(&format!("restore-{label}"))?;
         let data = base.join("data");
         let data_s = data.display().to_string();
-        let target_s = target.map(crate::workload::target_time_arg);
-        let mut args = vec!["backup-fetch", data_s.as_str(), backup];
-        if !archive {
-            args.push("--no-archive");
-        }
-        match &target_s {
-            Some(t) => args.extend(["--recovery-target-time", t.as_str()]),
-            None => args.push("--recover"),
-        }
+        let args = super::backup_fetch_args(&data_s, backup, target, archive);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let started = Instant::now();
         let run = self.backup_tool_status(&args).await?;
         if !run.status.success() {
-            return Err(super::fetch_failed(&run));
+            return Err(super::fetch_failed(run.status.code(), &run.stderr));
         }
         let fetch = started.elapsed();
         let pg = LocalPostgres::existing(&self.archive.bin, &base, &data, self.archive.run_as)?;
