@@ -257,7 +257,10 @@ pub enum Command {
     /// break things, restore to random points in time, verify exactly, and
     /// report RPO/RTO into REPORT_DIR/<UTC time>-<scenario>/.
     ///
-    /// Exits 0 when every drill passed, 1 when any check or objective failed.
+    /// Exits 0 when every drill passed, 1 when any check or objective
+    /// failed, 3 when none failed but a scenario was skipped because its
+    /// environment is not available here (printed with the reason, and a
+    /// skipped case in --junit).
     Run {
         /// Scenario files.
         #[arg(required = true)]
@@ -308,6 +311,9 @@ pub enum Command {
     },
     /// Measure backup speed against pg_basebackup (figures go to reports/bench/).
     Bench(crate::bench::BenchArgs),
+    /// Work with the reports of earlier drills.
+    #[command(subcommand)]
+    Report(ReportCommand),
     /// Serve an S3-compatible API from a directory (for tests and local drills).
     ///
     /// Prints `listening on http://ADDR` on stdout once ready; with port 0
@@ -328,9 +334,42 @@ pub enum Command {
     },
 }
 
-/// An error and its causes as one line, each cause once: many messages
-/// name their cause already ("cannot read X: No such file"), and anyhow's
-/// `{:#}` would repeat it.
+/// `pgdrill report ...`.
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Trends across runs: read the report.json files under DIRs (report
+    /// directories or any directory above them, e.g. a CI job's downloaded
+    /// artifacts) and write trend.md, trend.html and trend.json: per
+    /// scenario and in time order, pass/fail, RPO, RTO per phase, backup
+    /// and restore throughput.
+    ///
+    /// The newest run of each scenario is compared with the median of up to
+    /// 10 runs before it; it is a regression when it failed after passing
+    /// runs, when its RPO or RTO is more than THRESHOLD longer (and more
+    /// than MIN_DELTA seconds), or a throughput below 1/(1 + THRESHOLD) of
+    /// the baseline. Exits 1 on a regression with --fail-on-regression,
+    /// else 0.
+    Trend {
+        /// Directories to search for report.json (recursively).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Where trend.md, trend.html and trend.json go.
+        #[arg(long, default_value = "reports/trend")]
+        out: PathBuf,
+        /// Allowed relative worsening before a figure counts as a
+        /// regression (0.5: 50%).
+        #[arg(long, default_value_t = 0.5)]
+        threshold: f64,
+        /// Seconds an RPO or RTO may grow regardless of THRESHOLD.
+        #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+        min_delta: f64,
+        /// Exit 1 when the newest run of any scenario regressed (for
+        /// nightly jobs).
+        #[arg(long)]
+        fail_on_regression: bool,
+    },
+}
+
 /// How failures are printed (`--error-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ErrorFormat {
@@ -370,6 +409,9 @@ pub fn error_line(e: &anyhow::Error, format: ErrorFormat, exit_code: i32) -> Str
     failure_line(format, kind, exit_code, error_text(e))
 }
 
+/// An error and its causes as one line, each cause once: many messages
+/// name their cause already ("cannot read X: No such file"), and anyhow's
+/// `{:#}` would repeat it.
 pub fn error_text(e: &anyhow::Error) -> String {
     let mut text = e.to_string();
     for cause in e.chain().skip(1) {
@@ -433,6 +475,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
         },
         Command::Run { scenarios, plan } => run_drills(&scenarios, plan).await,
+        Command::Report(ReportCommand::Trend {
+            dirs,
+            out,
+            threshold,
+            min_delta,
+            fail_on_regression,
+        }) => report_trend(&dirs, &out, threshold, min_delta, fail_on_regression),
         Command::Mutants {
             scenarios,
             mutants,
@@ -540,9 +589,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-/// Runs drills one after another; Ctrl-C or SIGTERM stops the current one
-/// and cleans up (dropping the drill stops its servers and removes its
-/// directories).
 /// How `pgdrill run` runs its scenarios.
 #[derive(Debug, clap::Args)]
 pub struct DrillPlan {
@@ -568,46 +614,132 @@ pub struct DrillPlan {
     /// min/median/p95/max) to REPORT_DIR/<UTC time>-soak/.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     repeat: u32,
+    /// Run each scenario once per seed from A up to B (B excluded), e.g.
+    /// `--seeds 100..200`: a soak over chosen seeds, summarized like
+    /// `--repeat`.
+    #[arg(long, value_name = "A..B", value_parser = parse_seed_range, conflicts_with_all = ["seed", "repeat"])]
+    seeds: Option<std::ops::Range<u64>>,
+    /// Run up to K drills at a time (default: one after another). Each
+    /// drill has its own servers, ports and directories; the machine's
+    /// cores and memory are the limit, and timings (RTO) of drills that
+    /// share cores are longer than alone. Progress lines are prefixed
+    /// with the drill's scenario and number.
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    parallel: u32,
 }
 
+/// `A..B` with A < B, for `--seeds`.
+fn parse_seed_range(text: &str) -> Result<std::ops::Range<u64>, String> {
+    let bad = || {
+        format!("{text:?} is not a seed range; write A..B with whole numbers A < B, e.g. 100..200 (B excluded)")
+    };
+    let (a, b) = text.split_once("..").ok_or_else(bad)?;
+    let (a, b): (u64, u64) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a >= b {
+        return Err(bad());
+    }
+    Ok(a..b)
+}
+
+/// Runs the drills of `pgdrill run`, up to `--parallel` at a time; Ctrl-C
+/// or SIGTERM stops them and cleans up (dropping a drill stops its servers
+/// and removes its directories).
 async fn run_drills(files: &[PathBuf], plan: DrillPlan) -> anyhow::Result<i32> {
+    use crate::report::junit::SkippedDrill;
+    use futures::StreamExt as _;
     let scenarios = files
         .iter()
         .map(|f| Scenario::load(f))
         .collect::<Result<Vec<_>, _>>()?;
     let pgdrill = std::env::current_exe()?;
-    let mut code = exit::OK;
-    let mut reports = Vec::new();
-    for round in 0..plan.repeat {
-        for (scenario, file) in scenarios.iter().zip(files) {
+    // Each round runs every scenario once, with that round's seed.
+    let rounds: Vec<Option<u64>> = match &plan.seeds {
+        Some(range) => range.clone().map(Some).collect(),
+        None => (0..plan.repeat)
+            .map(|round| plan.seed.map(|s| s.wrapping_add(u64::from(round))))
+            .collect(),
+    };
+    let soak = rounds.len() > 1;
+    let jobs = rounds.iter().enumerate().flat_map(|(round, seed)| {
+        scenarios
+            .iter()
+            .zip(files)
+            .map(move |(scenario, file)| (round, *seed, scenario, file))
+    });
+    let pgdrill = &pgdrill;
+    let plan = &plan;
+    let mut drills = futures::stream::iter(jobs)
+        .map(|(round, seed, scenario, file)| async move {
             let opts = crate::drill::RunOptions {
-                seed: plan.seed.map(|s| s.wrapping_add(u64::from(round))),
+                seed,
                 report_dir: plan.report_dir.clone(),
                 keep: plan.keep,
                 quiet: plan.quiet,
                 pgdrill: pgdrill.clone(),
+                tag: (plan.parallel > 1).then(|| format!("{}#{}", scenario.name, round + 1)),
             };
-            let outcome = tokio::select! {
-                r = crate::drill::run(scenario, file, &opts) => r?,
-                () = shutdown_signal() => {
-                    eprintln!("pgdrill: interrupted; cleaned up");
-                    return Ok(130);
+            (
+                scenario,
+                file,
+                crate::drill::run(scenario, file, &opts).await,
+            )
+        })
+        .buffer_unordered(plan.parallel as usize);
+    let mut failed = false;
+    let mut reports = Vec::new();
+    let mut skipped: Vec<SkippedDrill> = Vec::new();
+    loop {
+        let (scenario, file, result) = tokio::select! {
+            next = drills.next() => match next {
+                Some(r) => r,
+                None => break,
+            },
+            () = shutdown_signal() => {
+                eprintln!("pgdrill: interrupted; cleaned up");
+                return Ok(130);
+            }
+        };
+        match result {
+            Ok(outcome) => {
+                print!("{}", outcome.report.to_markdown());
+                failed |= !outcome.report.passed;
+                reports.push(outcome.report);
+            }
+            Err(e @ crate::drill::DrillError::Unavailable { .. }) => {
+                eprintln!(
+                    "pgdrill: SKIPPED {} ({}): {e}",
+                    scenario.name,
+                    file.display()
+                );
+                if !skipped.iter().any(|s| s.scenario == scenario.name) {
+                    skipped.push(SkippedDrill {
+                        scenario: scenario.name.clone(),
+                        scenario_file: file.display().to_string(),
+                        reason: e.to_string(),
+                    });
                 }
-            };
-            print!("{}", outcome.report.to_markdown());
-            if !outcome.report.passed {
-                code = exit::FAILURE;
             }
-            reports.push(outcome.report);
-            if let Some(path) = &plan.junit {
-                // Rewritten after every drill: a run cut short still has one.
-                let all: Vec<&crate::report::DrillReport> = reports.iter().collect();
-                std::fs::write(path, crate::report::junit::to_junit(&all))
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(path) = &plan.junit {
+            // Rewritten after every drill: a run cut short still has one.
+            let all: Vec<&crate::report::DrillReport> = reports.iter().collect();
+            std::fs::write(
+                path,
+                crate::report::junit::to_junit_with_skips(&all, &skipped),
+            )
+            .with_context(|| format!("writing {}", path.display()))?;
         }
     }
-    if plan.repeat > 1 {
+    let code = match (failed, skipped.is_empty()) {
+        (true, _) => exit::FAILURE,
+        (false, false) => exit::DRILL_SKIPPED,
+        (false, true) => exit::OK,
+    };
+    if soak {
         let summaries = crate::report::soak::summarize(&reports);
         let md = crate::report::soak::to_markdown(&summaries);
         let dir = plan.report_dir.join(format!(
@@ -627,6 +759,40 @@ async fn run_drills(files: &[PathBuf], plan: DrillPlan) -> anyhow::Result<i32> {
         );
     }
     Ok(code)
+}
+
+/// `pgdrill report trend` (see [`ReportCommand::Trend`]).
+fn report_trend(
+    dirs: &[PathBuf],
+    out: &Path,
+    threshold: f64,
+    min_delta: f64,
+    fail_on_regression: bool,
+) -> anyhow::Result<i32> {
+    use crate::report::trend;
+    if !(threshold.is_finite() && threshold >= 0.0 && min_delta.is_finite() && min_delta >= 0.0) {
+        anyhow::bail!("--threshold and --min-delta must be numbers of at least 0 (e.g. --threshold 0.5 --min-delta 1)");
+    }
+    let (points, warnings) = trend::load(dirs)?;
+    for w in &warnings {
+        eprintln!("pgdrill: {w}");
+    }
+    let trends = trend::trends(
+        points,
+        trend::Thresholds {
+            relative: threshold,
+            min_delta_s: min_delta,
+        },
+    );
+    let page = trend::write(&trends, out)?;
+    print!("{}", trend::to_markdown(&trends));
+    eprintln!("pgdrill: trend in {}", page.display());
+    let regressed = trends.iter().any(|s| !s.regressions.is_empty());
+    Ok(if regressed && fail_on_regression {
+        exit::FAILURE
+    } else {
+        exit::OK
+    })
 }
 
 /// Runs the mutation suite (see `Command::Mutants`).
@@ -670,6 +836,7 @@ async fn run_mutants(
         keep: false,
         quiet,
         pgdrill: std::env::current_exe()?,
+        tag: None,
     };
     let suite = crate::drill::mutants::run(&mutants, &scenarios, &opts, |r| {
         eprintln!(
@@ -844,6 +1011,7 @@ async fn run_backup_verb(command: Command, env_dir: Option<&Path>) -> Result<(),
         }
         Command::S3Serve { .. }
         | Command::Bench(_)
+        | Command::Report(_)
         | Command::Run { .. }
         | Command::Mutants { .. }
         | Command::Validate { .. }

@@ -41,6 +41,7 @@ fn trial(file: PathBuf) -> Trial {
             keep: false,
             quiet: std::env::var_os("PGDRILL_TRIAL_PROGRESS").is_none(),
             pgdrill: PathBuf::from(env!("CARGO_BIN_EXE_pgdrill")),
+            tag: None,
         };
         let outcome = runtime
             .block_on(drill::run(&scenario, &file, &opts))

@@ -46,6 +46,10 @@ pub mod exit {
     /// `wal-verify` and `backup-verify`: a check found a FAILURE (lost WAL,
     /// a foreign timeline in storage, a damaged backup).
     pub const CHECK_FAILURE: i32 = 4;
+    /// `pgdrill run`: no drill failed, but a scenario was skipped because
+    /// its environment is not available here (each skip is printed with
+    /// its reason).
+    pub const DRILL_SKIPPED: i32 = 3;
     /// `backup-check` (Nagios plugin convention): WARNING.
     pub const NAGIOS_WARNING: i32 = 1;
     /// `backup-check`: CRITICAL.

@@ -53,6 +53,7 @@ pub async fn run(args: &BenchArgs) -> Result<VerifyBench> {
         keep: false,
         quiet: true,
         pgdrill: std::env::current_exe()?,
+        tag: None,
     };
     let mut restores: Vec<RestoreRecord> = Vec::new();
     let mut seeds = Vec::new();

@@ -29,8 +29,8 @@ use rand::SeedableRng;
 use crate::backup::config::Secret;
 use crate::env::{Damage, EnvError, EnvSpec, Environment, RestoreFailure};
 use crate::report::{
-    DisasterRecord, DrillReport, Expected, MustFail, ObjectiveResult, RestoreRecord, RtoBreakdown,
-    StepRecord,
+    ArchiveSample, DisasterRecord, DrillReport, Expected, MustFail, ObjectiveResult, RestoreRecord,
+    RtoBreakdown, Series, StepRecord,
 };
 use crate::scenario::{
     BackupChoice, Check, DisasterKind, Encryption, Engine, Environment as ScenarioEnv, Scenario,
@@ -94,6 +94,8 @@ pub struct RunOptions {
     pub quiet: bool,
     /// The pgdrill binary that serves as backup tool and S3 server.
     pub pgdrill: PathBuf,
+    /// Prefixes the progress lines (drills that run side by side).
+    pub tag: Option<String>,
 }
 
 /// A finished drill.
@@ -135,12 +137,18 @@ impl ListedBackup {
 struct Progress {
     quiet: bool,
     started: Instant,
+    tag: Option<String>,
 }
 
 impl Progress {
     fn say(&self, what: &str) {
-        if !self.quiet {
-            eprintln!("[{:>6.1}s] {what}", self.started.elapsed().as_secs_f64());
+        if self.quiet {
+            return;
+        }
+        let at = self.started.elapsed().as_secs_f64();
+        match &self.tag {
+            Some(tag) => eprintln!("[{tag} {at:>6.1}s] {what}"),
+            None => eprintln!("[{at:>6.1}s] {what}"),
         }
     }
 }
@@ -162,17 +170,21 @@ pub async fn run(
     let progress = Progress {
         quiet: opts.quiet,
         started: Instant::now(),
+        tag: opts.tag.clone(),
     };
     progress.say(&format!(
         "drill {} (seed {seed}; replay with --seed {seed})",
         scenario.name
     ));
     let started_at = Utc::now();
-    let dir = opts.report_dir.join(format!(
-        "{}-{}",
-        started_at.format("%Y%m%dT%H%M%SZ"),
-        scenario.name
-    ));
+    let dir = claim_report_dir(
+        &opts.report_dir,
+        &format!("{}-{}", started_at.format("%Y%m%dT%H%M%SZ"), scenario.name),
+    )
+    .map_err(|source| DrillError::Report {
+        path: opts.report_dir.clone(),
+        source,
+    })?;
     let spec = EnvSpec {
         log_dir: Some(dir.clone()),
         ..env_spec(scenario)?
@@ -211,6 +223,7 @@ pub async fn run(
         disaster: None,
         restores: Vec::new(),
         objectives: Vec::new(),
+        series: None,
         images: facts.images,
         docker_version,
     };
@@ -234,6 +247,24 @@ pub async fn run(
         dir.join("report.md").display()
     ));
     Ok(DrillOutcome { report, dir })
+}
+
+/// Creates `parent/name`, or `name-2`, `name-3`, ... when a drill that
+/// started in the same second took it (drills run side by side).
+fn claim_report_dir(parent: &Path, name: &str) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(parent)?;
+    for n in 1u32.. {
+        let dir = match n {
+            1 => parent.join(name),
+            n => parent.join(format!("{name}-{n}")),
+        };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("some name is free")
 }
 
 fn engine_name(engine: Engine) -> &'static str {
@@ -363,12 +394,13 @@ async fn drive(
         rng: rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(1)),
         history: History::default(),
         source,
+        archive_samples: Vec::new(),
     };
     let mut steps = scenario.steps.clone();
     steps.sort_by_key(Step::at);
     let mut disaster: Option<(String, DateTime<Utc>)> = None;
     for step in &steps {
-        wait_until(timeline_start + step.at(), &live, disaster.is_some()).await;
+        wait_until(timeline_start + step.at(), &mut live, disaster.is_some()).await;
         let started_at = Utc::now();
         let clock = Instant::now();
         let result = live.run_step(step).await;
@@ -399,7 +431,7 @@ async fn drive(
         });
     }
     if disaster.is_none() {
-        wait_until(live.workload_end, &live, false).await;
+        wait_until(live.workload_end, &mut live, false).await;
     }
     let ledger = live.stop_writers().await;
     let Live {
@@ -407,9 +439,16 @@ async fn drive(
         primary,
         mut history,
         source,
+        archive_samples,
         ..
     } = live;
     report.workload = Some(ledger.summary());
+    report.series = Some(Series {
+        start: ledger.started_at(),
+        acked_per_second: ledger.acked_per_second(ledger.started_at()),
+        wal_archived: archive_samples,
+        lost_acked_at: Vec::new(),
+    });
     if disaster.is_none() {
         let segment = switch_and_wait_archived(&primary).await?;
         progress.say(&format!("workload done; archive complete up to {segment}"));
@@ -476,6 +515,13 @@ async fn drive(
                 lost_acked_count: loss.as_ref().map_or(0, |l| l.lost_acked_count as usize),
                 lost_acked: loss.map(|l| l.lost_acked).unwrap_or_default(),
             });
+            if let (Some(series), Some(d)) = (&mut report.series, &report.disaster) {
+                series.lost_acked_at = d
+                    .lost_acked
+                    .iter()
+                    .filter_map(|&(w, seq)| ledger.acked_at(w, seq))
+                    .collect();
+            }
             last_point = recovered;
         }
         note_restore(report, record, progress);
@@ -696,20 +742,29 @@ async fn archived_count(client: &tokio_postgres::Client) -> Option<i64> {
         .map(|r| r.get(0))
 }
 
-/// Sleeps until `deadline`, printing progress every 5 s.
-async fn wait_until(deadline: Instant, live: &Live<'_>, primary_gone: bool) {
+/// Sleeps until `deadline`, sampling the archiver every second (for the
+/// report's chart) and printing progress every 5 s.
+async fn wait_until(deadline: Instant, live: &mut Live<'_>, primary_gone: bool) {
+    let mut last_said = Instant::now();
     loop {
         let now = Instant::now();
         if now >= deadline {
             return;
         }
-        tokio::time::sleep((deadline - now).min(Duration::from_secs(5))).await;
-        if Instant::now() < deadline {
-            let archived = if primary_gone {
-                None
-            } else {
-                archived_count(&live.primary).await
-            };
+        tokio::time::sleep((deadline - now).min(Duration::from_secs(1))).await;
+        let archived = if primary_gone {
+            None
+        } else {
+            archived_count(&live.primary).await
+        };
+        if let Some(count) = archived {
+            live.archive_samples.push(ArchiveSample {
+                at: Utc::now(),
+                count,
+            });
+        }
+        if Instant::now() < deadline && last_said.elapsed() >= Duration::from_secs(5) {
+            last_said = Instant::now();
             let count = |f: fn(&WorkloadHandle) -> u64| live.handle.as_ref().map_or(0, f);
             live.progress.say(&format!(
                 "workload: {} sent, {} acknowledged; WAL archived: {}",

@@ -15,7 +15,7 @@ use super::{
 use crate::backup::exit::{self, FailureKind, FailureReport};
 use crate::backup::layout::{Lsn, Segment};
 use crate::env::{Damage, EnvError, Environment, StorageFaults};
-use crate::report::WalGapRecord;
+use crate::report::{ArchiveSample, WalGapRecord};
 use crate::scenario::{Scenario, Step};
 use crate::verify;
 use crate::workload::{self, Ledger, LedgerEntry, WorkloadHandle, WorkloadSpec};
@@ -66,6 +66,8 @@ pub(super) struct Live<'a> {
     pub history: History,
     /// The primaries' cluster, and the newest timeline one wrote on.
     pub source: verify::ClusterIdentity,
+    /// The primary's archiver, sampled while waiting for the next step.
+    pub archive_samples: Vec<ArchiveSample>,
 }
 
 impl Live<'_> {

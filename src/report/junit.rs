@@ -16,11 +16,25 @@
 //!
 //! Every failure's text ends with the replay command.
 
-use super::DrillReport;
+use super::{xml_attr as attr, xml_text as text_node, DrillReport};
+
+/// A drill that did not run: its environment is not available here.
+#[derive(Debug, Clone)]
+pub struct SkippedDrill {
+    pub scenario: String,
+    pub scenario_file: String,
+    pub reason: String,
+}
 
 /// One run's drills as a JUnit XML document.
 pub fn to_junit(reports: &[&DrillReport]) -> String {
-    let (mut tests, mut failures, mut time) = (0, 0, 0.0);
+    to_junit_with_skips(reports, &[])
+}
+
+/// One run's drills and the drills it skipped (a suite each, with one
+/// skipped case `drill` giving the reason).
+pub fn to_junit_with_skips(reports: &[&DrillReport], skipped: &[SkippedDrill]) -> String {
+    let (mut tests, mut failures, mut time) = (skipped.len(), 0, 0.0);
     let suites: Vec<String> = reports
         .iter()
         .map(|r| {
@@ -37,6 +51,15 @@ pub fn to_junit(reports: &[&DrillReport]) -> String {
     ));
     for suite in suites {
         xml.push_str(&suite);
+    }
+    for s in skipped {
+        xml.push_str(&format!(
+            "  <testsuite name=\"{}\" tests=\"1\" failures=\"0\" errors=\"0\" skipped=\"1\" time=\"0\">\n    <properties>\n      <property name=\"scenario_file\" value=\"{}\"/>\n    </properties>\n    <testcase classname=\"pgdrill.{}\" name=\"drill\" time=\"0\">\n      <skipped message=\"{}\"/>\n    </testcase>\n  </testsuite>\n",
+            attr(&s.scenario),
+            attr(&s.scenario_file),
+            attr(&s.scenario),
+            attr(&s.reason)
+        ));
     }
     xml.push_str("</testsuites>\n");
     xml
@@ -200,26 +223,6 @@ impl<'a> Suite<'a> {
     }
 }
 
-/// `text` as an XML attribute value.
-fn attr(text: &str) -> String {
-    text_node(text)
-        .replace('"', "&quot;")
-        .replace('\n', "&#10;")
-}
-
-/// `text` as XML character data: markup escaped, characters XML 1.0 does
-/// not allow (control characters from a server log) dropped.
-fn text_node(text: &str) -> String {
-    text.chars()
-        .filter(|&c| {
-            matches!(c, '\t' | '\n' | '\r') || (c >= ' ' && c != '\u{FFFE}' && c != '\u{FFFF}')
-        })
-        .collect::<String>()
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::sample::report;
@@ -317,6 +320,25 @@ mod tests {
         assert!(
             two.contains(r#"<testsuites name="pgdrill" tests="12" failures="8""#),
             "{two}"
+        );
+    }
+
+    #[test]
+    fn a_skipped_drill_is_a_suite_with_a_skipped_case_and_its_reason() {
+        let skipped = SkippedDrill {
+            scenario: "kind-kill".into(),
+            scenario_file: "scenarios/kind-kill.yaml".into(),
+            reason: "environment kind is not available here: no Kubernetes API server".into(),
+        };
+        let xml = to_junit_with_skips(&[&report()], &[skipped]);
+        validate(&xml).unwrap();
+        assert!(
+            xml.contains("<testsuites name=\"pgdrill\" tests=\"7\""),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("<skipped message=\"environment kind is not available here: no Kubernetes API server\"/>"),
+            "{xml}"
         );
     }
 

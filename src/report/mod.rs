@@ -1,6 +1,7 @@
 //! Drill reports: `report.json` (schema below, stable field names; new
-//! fields only), `report.md` (a table a person reads in ten seconds) and
-//! `junit.xml` (for CI dashboards; its format is in [`junit`]), written to
+//! fields only), `report.md` (a table a person reads in ten seconds),
+//! `report.html` (charts; see [`html`]) and `junit.xml` (for CI
+//! dashboards; its format is in [`junit`]), written to
 //! `reports/<UTC timestamp>-<scenario>/`.
 //!
 //! `report.json` schema (all times RFC 3339 UTC, durations in seconds):
@@ -32,14 +33,23 @@
 //!   `consistent_to_promoted_s`, `verify_s`, `total_s`, `wal_segments_fetched`,
 //!   `wal_bytes_fetched`).
 //! - `objectives[]`: `name` (rpo | rto), `limit_s`, `measured_s`, `passed`.
+//! - `series` (for charts; null when the workload did not run): `start`
+//!   (the workload's start), `acked_per_second[]` (acknowledged commits in
+//!   each second from `start`), `wal_archived[]` (`at`, `count`:
+//!   pg_stat_archiver's archived_count on the primary of the time, sampled
+//!   every second while it was up; it restarts from 0 on a new primary),
+//!   `lost_acked_at[]` (when the first lost acknowledged transactions of
+//!   the disaster were acknowledged).
 //! - `images[]` (containers only): `role` (postgres | storage),
 //!   `reference`, `id` (the engine's image id), `created`; and
 //!   `docker_version`, the engine's version.
 
+pub mod html;
 pub mod junit;
 #[cfg(test)]
 mod sample;
 pub mod soak;
+pub mod trend;
 
 use std::path::{Path, PathBuf};
 
@@ -94,7 +104,7 @@ pub struct WalGapRecord {
 }
 
 /// How a restore must turn out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Expected {
     /// Restored and verified exactly.
@@ -166,6 +176,27 @@ pub struct RestoreRecord {
     pub rto: RtoBreakdown,
 }
 
+/// What happened over time during the timeline, for the charts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Series {
+    /// The workload's start: second 0 of `acked_per_second`.
+    pub start: DateTime<Utc>,
+    /// Acknowledged commits in each second from `start`.
+    pub acked_per_second: Vec<u32>,
+    /// The primary's archiver, sampled.
+    pub wal_archived: Vec<ArchiveSample>,
+    /// When the lost acknowledged transactions of the disaster (the
+    /// first ones, as `disaster.lost_acked`) were acknowledged.
+    pub lost_acked_at: Vec<DateTime<Utc>>,
+}
+
+/// pg_stat_archiver's `archived_count` at a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ArchiveSample {
+    pub at: DateTime<Utc>,
+    pub count: i64,
+}
+
 /// An objective from the scenario and how the drill did.
 #[derive(Debug, Clone, Serialize)]
 pub struct ObjectiveResult {
@@ -200,8 +231,28 @@ pub struct DrillReport {
     pub disaster: Option<DisasterRecord>,
     pub restores: Vec<RestoreRecord>,
     pub objectives: Vec<ObjectiveResult>,
+    pub series: Option<Series>,
     pub images: Vec<crate::env::ImageRecord>,
     pub docker_version: Option<String>,
+}
+
+/// `text` as XML character data (JUnit, HTML): markup escaped, the
+/// characters XML 1.0 does not allow (control characters from a server
+/// log) dropped.
+fn xml_text(text: &str) -> String {
+    text.chars()
+        .filter(|&c| {
+            matches!(c, '\t' | '\n' | '\r') || (c >= ' ' && c != '\u{FFFE}' && c != '\u{FFFF}')
+        })
+        .collect::<String>()
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// `text` as an XML attribute value in double quotes.
+fn xml_attr(text: &str) -> String {
+    xml_text(text).replace('"', "&quot;").replace('\n', "&#10;")
 }
 
 /// Makes text safe for one Markdown table cell.
@@ -401,7 +452,8 @@ impl DrillReport {
         md
     }
 
-    /// Writes `report.json` and `report.md` into `dir`.
+    /// Writes `report.json`, `report.md`, `report.html` and `junit.xml`
+    /// into `dir`; returns the first two.
     pub fn write(&self, dir: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
         std::fs::create_dir_all(dir)?;
         let json = dir.join("report.json");
@@ -411,15 +463,17 @@ impl DrillReport {
             serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
         )?;
         std::fs::write(&md, self.to_markdown())?;
+        std::fs::write(dir.join("report.html"), html::to_html(self))?;
         std::fs::write(dir.join("junit.xml"), junit::to_junit(&[self]))?;
         Ok((json, md))
     }
 }
 
-/// The checks of every verified restore by name: one row per check, one
-/// column per restore ("pass", "**FAIL**", or "-" where it did not run);
-/// empty when no restore was verified.
-fn checks_table(restores: &[RestoreRecord]) -> String {
+/// The verified restores (label, outcome) and the names of their checks,
+/// in first-seen order.
+fn verified_checks(
+    restores: &[RestoreRecord],
+) -> (Vec<(&str, &VerifyOutcome)>, Vec<crate::verify::CheckName>) {
     let verified: Vec<(&str, &VerifyOutcome)> = restores
         .iter()
         .filter_map(|r| Some((r.label.as_str(), r.verify.as_ref()?)))
@@ -432,6 +486,14 @@ fn checks_table(restores: &[RestoreRecord]) -> String {
             }
         }
     }
+    (verified, names)
+}
+
+/// The checks of every verified restore by name: one row per check, one
+/// column per restore ("pass", "**FAIL**", or "-" where it did not run);
+/// empty when no restore was verified.
+fn checks_table(restores: &[RestoreRecord]) -> String {
+    let (verified, names) = verified_checks(restores);
     if names.is_empty() {
         return String::new();
     }

@@ -81,6 +81,7 @@ pub fn report() -> DrillReport {
                 passed: false,
             },
         ],
+        series: None,
         images: Vec::new(),
         docker_version: None,
     }

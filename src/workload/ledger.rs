@@ -204,6 +204,30 @@ impl Ledger {
         }
     }
 
+    /// Acknowledged commits in each whole second from `start` (index 0:
+    /// `[start, start + 1 s)`), up to the last acknowledgement; for the
+    /// report's timeline chart.
+    pub fn acked_per_second(&self, start: DateTime<Utc>) -> Vec<u32> {
+        let mut buckets: Vec<u32> = Vec::new();
+        for at in self.entries.iter().filter_map(LedgerEntry::acked) {
+            let Ok(i) = usize::try_from((at - start).num_seconds()) else {
+                continue;
+            };
+            if buckets.len() <= i {
+                buckets.resize(i + 1, 0);
+            }
+            buckets[i] += 1;
+        }
+        buckets
+    }
+
+    /// When transaction (`writer`, `seq`) was acknowledged, if it was.
+    pub fn acked_at(&self, writer: u32, seq: u64) -> Option<DateTime<Utc>> {
+        let entries = self.of_writer(writer);
+        let i = entries.binary_search_by_key(&seq, |e| e.seq).ok()?;
+        entries[i].acked()
+    }
+
     /// Writer numbers, 1..=writers.
     fn writer_ids(&self) -> RangeInclusive<u32> {
         1..=self.spec.writers
@@ -430,6 +454,32 @@ mod tests {
             .values()
             .map(|r| (*r.start(), *r.end()))
             .collect()
+    }
+
+    #[test]
+    fn acknowledgements_are_counted_per_second_and_found_by_row() {
+        let second = 1_000_000;
+        let l = Ledger::new(
+            spec(2),
+            t(0),
+            vec![
+                entry(1, 1, 0, Some(10)),
+                entry(1, 2, 20, Some(second - 1)),
+                entry(2, 1, 5, Some(2 * second + 7)),
+                entry(2, 2, 3 * second, None),
+                // Before the start: not charted.
+                entry(1, 3, -5 * second, Some(-second)),
+            ],
+            BTreeMap::new(),
+        );
+        assert_eq!(l.acked_per_second(t(0)), vec![2, 0, 1]);
+        assert_eq!(l.acked_at(2, 1), Some(t(2 * second + 7)));
+        assert_eq!(l.acked_at(2, 2), None, "not acknowledged");
+        assert_eq!(l.acked_at(3, 1), None, "no such writer");
+        assert_eq!(
+            Ledger::new(spec(1), t(0), Vec::new(), BTreeMap::new()).acked_per_second(t(0)),
+            Vec::<u32>::new()
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod backup_e2e;
 mod backup_faults;
 mod delta;
 mod encryption;
+mod report_cli;
 mod retention;
 mod sabotage;
 mod scenario_validation;

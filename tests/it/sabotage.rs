@@ -39,6 +39,7 @@ async fn run(s: &Scenario) -> pgdrill::report::DrillReport {
         keep: false,
         quiet: true,
         pgdrill: PathBuf::from(env!("CARGO_BIN_EXE_pgdrill")),
+        tag: None,
     };
     drill::run(s, Path::new("sabotage.yaml"), &opts)
         .await
