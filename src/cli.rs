@@ -347,7 +347,7 @@ pub enum ReportCommand {
     /// 10 runs before it; it is a regression when it failed after passing
     /// runs, when its RPO or RTO is more than THRESHOLD longer (and more
     /// than MIN_DELTA seconds), or a throughput below 1/(1 + THRESHOLD) of
-    /// the baseline. Exits 1 on a regression with --fail-on-regression,
+    /// the baseline that cost more than MIN_DELTA seconds. Exits 1 on a regression with --fail-on-regression,
     /// else 0.
     Trend {
         /// Directories to search for report.json (recursively).
@@ -360,7 +360,8 @@ pub enum ReportCommand {
         /// regression (0.5: 50%).
         #[arg(long, default_value_t = 0.5)]
         threshold: f64,
-        /// Seconds an RPO or RTO may grow regardless of THRESHOLD.
+        /// Seconds an RPO, an RTO or a slower throughput may cost
+        /// regardless of THRESHOLD (noise on small drills).
         #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
         min_delta: f64,
         /// Exit 1 when the newest run of any scenario regressed (for

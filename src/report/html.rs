@@ -39,7 +39,7 @@ h1{margin:0 0 4px}h2{margin-top:28px;border-bottom:1px solid #ccc}\
 .verdict{padding:12px 16px;border-radius:6px;color:#fff}.pass{background:#2e7d32}.fail{background:#c62828}\
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}\
 th{background:#f3f3f3}td.ok{color:#2e7d32}td.bad{color:#c62828;font-weight:bold}\
-code{background:#f3f3f3;padding:1px 3px}svg{display:block}svg text{font-size:11px;font-family:sans-serif}\
+code{background:#f3f3f3;padding:1px 3px}pre{white-space:pre-wrap;word-break:break-word;font-size:12px;max-height:400px;overflow:auto}summary{cursor:pointer}svg{display:block}svg text{font-size:11px;font-family:sans-serif}\
 .legend span{display:inline-block;margin-right:14px;font-size:12px}.legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:middle}";
 
 /// The RTO phases: name and colour.
@@ -78,7 +78,7 @@ pub fn to_html(r: &DrillReport) -> String {
     if !r.failures.is_empty() {
         h.push_str("<h2>Failures</h2><ul>");
         for f in &r.failures {
-            let _ = write!(h, "<li>{}</li>", esc(f));
+            let _ = write!(h, "<li>{}</li>", long_text(f));
         }
         h.push_str("</ul>\n");
     }
@@ -92,9 +92,11 @@ pub fn to_html(r: &DrillReport) -> String {
             h,
             "<h2>Disaster</h2><p>{} at {}: RPO <b>{}</b> (last recovered commit {}), <b>{}</b> acknowledged transactions lost{}.</p>",
             esc(&d.kind),
-            d.at.to_rfc3339(),
+            d.at.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
             d.rpo_s.map(secs).unwrap_or_else(|| "unknown".into()),
-            d.last_recovered_commit.map(|t| t.to_rfc3339()).unwrap_or_else(|| "none".into()),
+            d.last_recovered_commit
+                .map(|t| t.format("%H:%M:%S%.3f").to_string())
+                .unwrap_or_else(|| "none".into()),
             d.lost_acked_count,
             if d.lost_acked.is_empty() {
                 String::new()
@@ -172,16 +174,33 @@ pub fn to_html(r: &DrillReport) -> String {
         h,
         "<p><small>pgdrill {}, report written {}</small></p>\n</body></html>",
         esc(&r.pgdrill_version),
-        r.finished_at.to_rfc3339()
+        r.finished_at.format("%Y-%m-%d %H:%M:%S UTC")
     );
     h
 }
 
 fn verdict_cell(ok: bool, ok_text: &str, bad_text: &str) -> String {
     match ok {
-        true => format!("<td class=\"ok\">{}</td>", esc(ok_text)),
-        false => format!("<td class=\"bad\">{}</td>", esc(bad_text)),
+        true => format!("<td class=\"ok\">{}</td>", long_text(ok_text)),
+        false => format!("<td class=\"bad\">{}</td>", long_text(bad_text)),
     }
+}
+
+/// Characters of a long text (an error with a server log) shown before
+/// the reader opens it.
+const SHOWN: usize = 100;
+
+/// `text`, escaped; a long one folded: its start, the rest on a click.
+fn long_text(text: &str) -> String {
+    if text.chars().count() <= SHOWN {
+        return esc(text);
+    }
+    let start: String = text.chars().take(SHOWN).collect();
+    format!(
+        "<details><summary>{} ...</summary><pre>{}</pre></details>",
+        esc(&start),
+        esc(text)
+    )
 }
 
 fn facts(h: &mut String, r: &DrillReport) {
@@ -210,7 +229,10 @@ fn facts(h: &mut String, r: &DrillReport) {
         ("encryption", esc(&r.encryption)),
         ("PostgreSQL", esc(&r.postgres_version)),
         ("pgdrill", esc(&r.pgdrill_version)),
-        ("started", r.started_at.to_rfc3339()),
+        (
+            "started",
+            r.started_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        ),
         (
             "duration",
             secs((r.finished_at - r.started_at).num_milliseconds() as f64 / 1000.0),
@@ -344,7 +366,7 @@ impl Timeline {
                     h,
                     "<text x=\"{:.1}\" y=\"{}\" fill=\"#c62828\" text-anchor=\"end\">RPO {} · {} acknowledged lost</text>",
                     x1 - 3.0,
-                    commits_top + 12.0,
+                    commits_top - 4.0,
                     d.rpo_s.map(secs).unwrap_or_else(|| "?".into()),
                     d.lost_acked_count
                 );
@@ -440,9 +462,9 @@ impl Timeline {
             let x = self.x_at(d.at);
             let _ = write!(
                 h,
-                "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{}\" y2=\"{axis_y}\" stroke=\"#b71c1c\" stroke-width=\"2.5\"/><text x=\"{:.1}\" y=\"{}\" fill=\"#b71c1c\" font-weight=\"bold\">disaster: {}</text>",
+                "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{}\" y2=\"{axis_y}\" stroke=\"#b71c1c\" stroke-width=\"2.5\"/><text x=\"{:.1}\" y=\"{}\" fill=\"#b71c1c\" font-weight=\"bold\" text-anchor=\"end\">disaster: {}</text>",
                 commits_top - 16.0,
-                x + 3.0,
+                x - 4.0,
                 commits_top - 18.0,
                 esc(&d.kind)
             );
@@ -512,6 +534,18 @@ fn tick_step(span: f64) -> f64 {
     .unwrap_or(7200.0)
 }
 
+/// The colours of the RTO phases.
+pub(super) fn phase_legend(h: &mut String) {
+    h.push_str("<div class=\"legend\">");
+    for (name, colour) in PHASES {
+        let _ = write!(
+            h,
+            "<span><i style=\"background:{colour}\"></i>{name}</span>"
+        );
+    }
+    h.push_str("</div>\n");
+}
+
 /// A stacked bar per restore: its RTO split into phases.
 fn rto_chart(h: &mut String, restores: &[RestoreRecord]) {
     let longest = restores
@@ -522,14 +556,7 @@ fn rto_chart(h: &mut String, restores: &[RestoreRecord]) {
     let (label_w, row_h) = (150.0, 22.0);
     let plot = RIGHT - label_w - 60.0;
     let height = restores.len() as f64 * row_h + 10.0;
-    h.push_str("<div class=\"legend\">");
-    for (name, colour) in PHASES {
-        let _ = write!(
-            h,
-            "<span><i style=\"background:{colour}\"></i>{name}</span>"
-        );
-    }
-    h.push_str("</div>\n");
+    phase_legend(h);
     let _ = writeln!(
         h,
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\" viewBox=\"0 0 {WIDTH} {height}\" role=\"img\" aria-label=\"recovery time per restore\">"
@@ -637,7 +664,15 @@ fn checks_table(h: &mut String, restores: &[RestoreRecord]) {
     }
     h.push_str("<h2>Checks</h2><table><tr><th>check</th>");
     for (label, _) in &verified {
-        let _ = write!(h, "<th>{}</th>", esc(label));
+        let must_fail = restores
+            .iter()
+            .any(|x| x.label == *label && x.expected == Expected::Fail);
+        let _ = write!(
+            h,
+            "<th>{}{}</th>",
+            esc(label),
+            if must_fail { " (must fail)" } else { "" }
+        );
     }
     h.push_str("</tr>");
     for name in names {

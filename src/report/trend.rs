@@ -20,7 +20,8 @@
 //! up to [`BASELINE_RUNS`] runs before it: failing after a passing
 //! baseline; RPO or RTO above the baseline times (1 + threshold) and more
 //! than `min_delta_s` above it; a throughput below the baseline divided
-//! by (1 + threshold). `--fail-on-regression` makes the command exit 1 if
+//! by (1 + threshold) that cost more than `min_delta_s` (a 50 MB backup
+//! taking 0.3 s instead of 0.1 s is noise, not a regression). `--fail-on-regression` makes the command exit 1 if
 //! any scenario has one.
 
 use std::collections::BTreeMap;
@@ -128,7 +129,11 @@ pub struct RunPoint {
     /// promoted, verify.
     pub rto_phases_s: Option<[f64; 5]>,
     pub backup_mb_per_s: Option<f64>,
+    /// Seconds the backups took, in all.
+    pub backup_s: Option<f64>,
     pub restore_mb_per_s: Option<f64>,
+    /// Mean fetch seconds of the restores in `restore_mb_per_s`.
+    pub restore_fetch_s: Option<f64>,
 }
 
 /// A figure of the newest run that is worse than its baseline.
@@ -247,13 +252,16 @@ fn point(path: &Path, r: StoredReport) -> RunPoint {
         .iter()
         .map(|b| (b.finish_time - b.start_time).num_milliseconds() as f64 / 1000.0)
         .sum();
-    let restore_rates: Vec<f64> = must_pass
+    let restores: Vec<(f64, f64)> = must_pass
         .iter()
         .filter_map(|x| {
             let b = r.backups.iter().find(|b| b.backup_name == x.backup)?;
-            mb(b.uncompressed_size, x.rto.fetch_s)
+            Some((mb(b.uncompressed_size, x.rto.fetch_s)?, x.rto.fetch_s))
         })
         .collect();
+    let mean_of = |f: fn(&(f64, f64)) -> f64| {
+        (!restores.is_empty()).then(|| restores.iter().map(f).sum::<f64>() / restores.len() as f64)
+    };
     RunPoint {
         scenario: r.scenario,
         started_at: r.started_at,
@@ -269,8 +277,9 @@ fn point(path: &Path, r: StoredReport) -> RunPoint {
             r.backups.iter().map(|b| b.uncompressed_size).sum(),
             backup_secs,
         ),
-        restore_mb_per_s: (!restore_rates.is_empty())
-            .then(|| restore_rates.iter().sum::<f64>() / restore_rates.len() as f64),
+        backup_s: (!r.backups.is_empty()).then_some(backup_secs),
+        restore_mb_per_s: mean_of(|r| r.0),
+        restore_fetch_s: mean_of(|r| r.1),
     }
 }
 
@@ -348,28 +357,69 @@ fn regressions(runs: &[RunPoint], t: Thresholds) -> Vec<Regression> {
             });
         }
     }
-    let rates: [(&'static str, Figure); 2] = [
-        ("backup_mb_per_s", |r| r.backup_mb_per_s),
-        ("restore_mb_per_s", |r| r.restore_mb_per_s),
+    // Each rate with the seconds its newest figure took.
+    let rates: [(&'static str, Figure, Figure); 2] = [
+        ("backup_mb_per_s", |r| r.backup_mb_per_s, |r| r.backup_s),
+        (
+            "restore_mb_per_s",
+            |r| r.restore_mb_per_s,
+            |r| r.restore_fetch_s,
+        ),
     ];
-    for (metric, get) in rates {
+    for (metric, get, seconds) in rates {
         let (Some(b), Some(l)) = (median(base.iter().filter_map(get).collect()), get(latest))
         else {
             continue;
         };
-        if l < b / (1.0 + t.relative) {
+        // What the slower rate cost: the newest seconds less what they
+        // would have been at the baseline's rate.
+        let cost_s = seconds(latest).unwrap_or(0.0) * (1.0 - l / b);
+        if l < b / (1.0 + t.relative) && cost_s > t.min_delta_s {
             found.push(Regression {
                 metric,
                 baseline: b,
                 latest: l,
                 why: format!(
-                    "{l:.1} MB/s against a baseline of {b:.1} MB/s (below 1/{:.2} of it)",
+                    "{l:.1} MB/s against a baseline of {b:.1} MB/s (below 1/{:.2} of it, {cost_s:.1} s lost)",
                     1.0 + t.relative
                 ),
             });
         }
     }
     found
+}
+
+/// The columns of a scenario's table of runs.
+const COLUMNS: [&str; 11] = [
+    "started",
+    "seed",
+    "result",
+    "RPO",
+    "RTO",
+    "fetch",
+    "to consistent",
+    "to promoted",
+    "verify",
+    "backup MB/s",
+    "restore MB/s",
+];
+
+/// A run's cells under [`COLUMNS`] (plain text).
+fn row(r: &RunPoint) -> [String; 11] {
+    let phase = |i: usize| opt(r.rto_phases_s.map(|p| p[i]), " s");
+    [
+        r.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        r.seed.to_string(),
+        if r.passed { "pass" } else { "FAIL" }.to_string(),
+        opt(r.rpo_s, " s"),
+        opt(r.rto_s, " s"),
+        phase(1),
+        phase(2),
+        phase(3),
+        phase(4),
+        opt(r.backup_mb_per_s, ""),
+        opt(r.restore_mb_per_s, ""),
+    ]
 }
 
 fn opt(v: Option<f64>, unit: &str) -> String {
@@ -406,26 +456,13 @@ pub fn to_markdown(trends: &[ScenarioTrend]) -> String {
     for s in trends {
         let _ = write!(
             md,
-            "\n## {}\n\n| started | seed | result | RPO | RTO | fetch | to consistent | to promoted | verify | backup MB/s | restore MB/s |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
-            s.scenario
+            "\n## {}\n\n| {} |\n|{}\n",
+            s.scenario,
+            COLUMNS.join(" | "),
+            "---|".repeat(COLUMNS.len())
         );
         for r in &s.runs {
-            let phase = |i: usize| opt(r.rto_phases_s.map(|p| p[i]), " s");
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                r.started_at.format("%Y-%m-%d %H:%M:%S"),
-                r.seed,
-                if r.passed { "pass" } else { "**FAIL**" },
-                opt(r.rpo_s, " s"),
-                opt(r.rto_s, " s"),
-                phase(1),
-                phase(2),
-                phase(3),
-                phase(4),
-                opt(r.backup_mb_per_s, ""),
-                opt(r.restore_mb_per_s, ""),
-            );
+            let _ = writeln!(md, "| {} |", row(r).join(" | "));
         }
     }
     md
@@ -449,10 +486,11 @@ pub fn to_html(trends: &[ScenarioTrend]) -> String {
     for s in trends {
         let _ = writeln!(
             h,
-            "<h2 data-scenario=\"{}\">{} ({} runs, {} passed)</h2>",
+            "<h2 data-scenario=\"{}\">{} ({} run{}, {} passed)</h2>",
             esc(&s.scenario),
             esc(&s.scenario),
             s.runs.len(),
+            if s.runs.len() == 1 { "" } else { "s" },
             s.runs.iter().filter(|r| r.passed).count()
         );
         if !s.regressions.is_empty() {
@@ -467,7 +505,32 @@ pub fn to_html(trends: &[ScenarioTrend]) -> String {
             }
             h.push_str("</ul>\n");
         }
+        super::html::phase_legend(&mut h);
         chart(&mut h, s);
+        h.push_str("<table><tr>");
+        for c in COLUMNS {
+            let _ = write!(h, "<th>{c}</th>");
+        }
+        h.push_str("</tr>");
+        for r in s.runs.iter().rev() {
+            let cells = row(r);
+            let _ = write!(
+                h,
+                "<tr class=\"{}\" title=\"{}\">",
+                if r.passed { "ok" } else { "bad" },
+                esc(&r.report.display().to_string())
+            );
+            for (i, c) in cells.iter().enumerate() {
+                let class = match (i, r.passed) {
+                    (2, true) => " class=\"ok\"",
+                    (2, false) => " class=\"bad\"",
+                    _ => "",
+                };
+                let _ = write!(h, "<td{class}>{}</td>", esc(c));
+            }
+            h.push_str("</tr>");
+        }
+        h.push_str("</table>\n");
     }
     h.push_str("</body></html>\n");
     h
@@ -501,7 +564,7 @@ fn chart(h: &mut String, s: &ScenarioTrend) {
         W - LEFT - 20.0
     );
     for (i, r) in s.runs.iter().enumerate() {
-        let bw = (slot * 0.6).max(1.0);
+        let bw = (slot * 0.6).clamp(1.0, 40.0);
         let mut y = rto_top + rto_h;
         if let Some(phases) = r.rto_phases_s {
             for ((name, colour), v) in super::html::PHASES.iter().zip(phases) {
@@ -537,9 +600,13 @@ fn chart(h: &mut String, s: &ScenarioTrend) {
     let mut legend = LEFT;
     for (name, colour, get) in lines {
         let top = s.runs.iter().filter_map(get).fold(0.0, f64::max);
+        let scale = match top > 0.0 {
+            true => format!("max {top:.1}"),
+            false => "none".to_string(),
+        };
         let _ = write!(
             h,
-            "<text x=\"{legend}\" y=\"{}\" fill=\"{colour}\">{name} (max {top:.1})</text>",
+            "<text x=\"{legend}\" y=\"{}\" fill=\"{colour}\">{name} ({scale})</text>",
             line_top - 6.0
         );
         legend += 170.0;
@@ -696,13 +763,19 @@ mod tests {
             rto_s: Some(3.0),
             rto_phases_s: Some([0.0, 1.0, 1.0, 0.5, 0.5]),
             backup_mb_per_s: Some(mb),
+            backup_s: Some(600.0 / mb),
             restore_mb_per_s: None,
+            restore_fetch_s: None,
         };
         let runs = vec![run(100.0), run(90.0), run(110.0), run(60.0)];
         let found = regressions(&runs, T);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].metric, "backup_mb_per_s");
         assert!(regressions(&runs[..3], T).is_empty());
+        // As slow, but on a small database: 0.6 s lost is noise.
+        let mut small = runs.clone();
+        small[3].backup_s = Some(1.5);
+        assert!(regressions(&small, T).is_empty());
         let trend = ScenarioTrend {
             scenario: "quick <&>".into(),
             runs,
