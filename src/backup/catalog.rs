@@ -163,12 +163,25 @@ pub async fn list_backups(ctx: &Context) -> Result<Vec<ListedBackup>, BackupErro
     Ok(backups)
 }
 
+/// Reads a sentinel and checks that it describes the backup it is stored
+/// as: every key of the backup is built from that name, so a sentinel
+/// naming another (`../..`) must not lead reads or deletes elsewhere.
 async fn read_sentinel(ctx: &Context, key: &Key) -> Result<BackupSummary, BackupError> {
     let raw = ctx.store.get(key).await?;
-    serde_json::from_slice(&raw).map_err(|e| BackupError::Corrupt {
+    let corrupt = |detail: String| BackupError::Corrupt {
         key: key.clone(),
-        detail: format!("sentinel is not valid JSON: {e}"),
-    })
+        detail,
+    };
+    let summary: BackupSummary = serde_json::from_slice(&raw)
+        .map_err(|e| corrupt(format!("sentinel is not valid JSON: {e}")))?;
+    let stored_as = layout::backup_of_sentinel(key).unwrap_or_default();
+    if summary.backup_name != stored_as {
+        return Err(corrupt(format!(
+            "the sentinel names backup {:?} but is stored as {stored_as:?}",
+            summary.backup_name
+        )));
+    }
+    Ok(summary)
 }
 
 /// Resolves `LATEST` or a backup name to a complete backup.
@@ -262,10 +275,19 @@ pub async fn read_metadata(
             ),
         });
     }
-    serde_json::from_slice(&raw).map_err(|e| BackupError::Corrupt {
-        key,
-        detail: format!("not valid JSON: {e}"),
-    })
+    let metadata: BackupMetadata =
+        serde_json::from_slice(&raw).map_err(|e| BackupError::Corrupt {
+            key: key.clone(),
+            detail: format!("not valid JSON: {e}"),
+        })?;
+    // Restores and deletes follow these keys: none may leave the prefix.
+    for part in &metadata.parts {
+        Key::parse(&part.key).map_err(|e| BackupError::Corrupt {
+            key: key.clone(),
+            detail: format!("part {:?}: {e}", part.name),
+        })?;
+    }
+    Ok(metadata)
 }
 
 /// Renders `backup-list` as a table: WAL-G's three columns, or with
@@ -399,6 +421,39 @@ pub(crate) mod tests {
             assert!(row.get(field).is_some(), "missing {field}");
         }
         assert_eq!(row["time"], "2026-02-09T02:00:07.000Z");
+    }
+
+    #[tokio::test]
+    async fn a_sentinel_must_name_the_backup_it_is_stored_as() {
+        use crate::backup::config::{EnvVars, Settings};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().display().to_string();
+        let settings =
+            Settings::from_vars(&EnvVars::from_pairs([("WALG_FILE_PREFIX", root.as_str())]))
+                .unwrap();
+        let ctx = Context::open(settings, None).unwrap();
+        let stored_as = "base_000000010000000000000003";
+        for claimed in ["../../outside", "base_000000010000000000000004", ""] {
+            let s = summary(claimed, "2026-02-09T02:00:00Z");
+            ctx.store
+                .put(
+                    &layout::sentinel_key(stored_as),
+                    serde_json::to_vec(&s).unwrap().into(),
+                )
+                .await
+                .unwrap();
+            for err in [
+                list_backups(&ctx).await.unwrap_err(),
+                resolve(&ctx, stored_as).await.unwrap_err(),
+            ] {
+                let text = err.to_string();
+                assert!(
+                    text.contains(&format!("{stored_as}_backup_stop_sentinel.json"))
+                        && text.contains(&format!("{claimed:?}")),
+                    "{text}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -468,6 +468,28 @@ impl From<CodecError> for io::Error {
 mod tests {
     use super::*;
 
+    /// zstd decoding allocates its window (in C, out of the tests'
+    /// allocation watch): a frame that declares a 2 GiB window must be
+    /// refused, not served. libzstd's decoder limit (2^27) is the bound.
+    #[test]
+    fn a_zstd_frame_declaring_a_huge_window_is_refused() {
+        let mut object = b"PGDR\x01\x02\x00\x00".to_vec();
+        // Magic, a descriptor without content size, window log 10 + 21.
+        object.extend_from_slice(&[0x28, 0xb5, 0x2f, 0xfd, 0x00, 21 << 3]);
+        // One raw, last block of 4 bytes.
+        object.extend_from_slice(&[0x21, 0x00, 0x00, b'w', b'a', b'l', b'!']);
+        let payload_len = (object.len() - HEADER_LEN) as u64;
+        object.extend_from_slice(&4u64.to_le_bytes());
+        object.extend_from_slice(&payload_len.to_le_bytes());
+        object.extend_from_slice(blake3::hash(b"wal!").as_bytes());
+        object.extend_from_slice(END_MAGIC);
+        let err = decode(&object).unwrap_err();
+        assert!(err.to_string().contains("memory"), "{err}");
+        // The same frame with a 1 KiB window decodes: only the size differs.
+        object[HEADER_LEN + 5] = 0;
+        assert_eq!(decode(&object).unwrap().0, b"wal!");
+    }
+
     fn sample() -> Vec<u8> {
         (0..300_000u32)
             .flat_map(|i| (i % 251).to_le_bytes())

@@ -120,6 +120,11 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
+/// Largest relation file a delta entry may describe: far above any segment
+/// size PostgreSQL can be built with (`--with-segsize`), far below what a
+/// damaged length could make a restore allocate on disk.
+const MAX_FILE_SIZE: u64 = 1 << 40;
+
 /// Size of the tar entry holding a delta of `count` pages.
 pub fn entry_len(count: usize) -> u64 {
     (MAGIC.len() + 8 + 4 + 4 * count + BLCKSZ * count) as u64
@@ -149,10 +154,13 @@ fn write_entry(
 }
 
 /// Applies a delta entry to `target`, which holds the file as of the
-/// previous backup in the chain: resizes it and writes the pages.
+/// previous backup in the chain: resizes it to `listed_size` (its size in
+/// the backup's file list, which the entry must agree with) and writes
+/// the pages.
 pub fn apply_entry(
     mut entry: impl Read,
     target: &mut (impl Write + Seek + SetLen),
+    listed_size: u64,
 ) -> io::Result<()> {
     let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, format!("bad delta entry: {m}"));
     let mut head = [0u8; 20];
@@ -162,8 +170,26 @@ pub fn apply_entry(
     }
     let size = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
     let count = u32::from_le_bytes(head[16..20].try_into().expect("4 bytes")) as usize;
-    let mut numbers = vec![0u8; 4 * count];
-    entry.read_exact(&mut numbers)?;
+    // Stored lengths are checked before they size or resize anything.
+    if size > MAX_FILE_SIZE {
+        return Err(bad("file size over 1 TiB"));
+    }
+    if size != listed_size {
+        return Err(bad(&format!(
+            "file size {size} differs from the backup's list ({listed_size})"
+        )));
+    }
+    if count as u64 > size / BLCKSZ as u64 {
+        return Err(bad("page count beyond the file's size"));
+    }
+    // Grows with what the entry holds, not with what its count claims.
+    let mut numbers = Vec::new();
+    (&mut entry)
+        .take(4 * count as u64)
+        .read_to_end(&mut numbers)?;
+    if numbers.len() != 4 * count {
+        return Err(bad("page numbers cut short"));
+    }
     target.set_len(size)?;
     let mut page = vec![0u8; BLCKSZ];
     for chunk in numbers.chunks_exact(4) {
@@ -202,6 +228,26 @@ impl SetLen for io::Cursor<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_lengths_are_checked_before_they_size_anything() {
+        // A page count of 2^32 - 1 (16 GiB of page numbers) over a tiny
+        // entry, more pages than the file holds, a file over 1 TiB.
+        let cases: [(u64, u32, &str); 3] = [
+            (8192, u32::MAX, "page count"),
+            (8191, 1, "page count"),
+            (1 << 41, 0, "file size"),
+        ];
+        for (size, count, what) in cases {
+            let mut entry = MAGIC.to_vec();
+            entry.extend_from_slice(&size.to_le_bytes());
+            entry.extend_from_slice(&count.to_le_bytes());
+            let mut target = io::Cursor::new(vec![0u8; 8192]);
+            let err = apply_entry(io::Cursor::new(entry), &mut target, size).unwrap_err();
+            assert!(err.to_string().contains(what), "{what}: {err}");
+            assert_eq!(target.get_ref().len(), 8192, "target untouched");
+        }
+    }
 
     fn page(lsn: u64, fill: u8) -> Vec<u8> {
         let mut p = vec![fill; BLCKSZ];
@@ -279,7 +325,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(entry.len() as u64, entry_len(2));
-        apply_entry(&entry[..], &mut target).unwrap();
+        apply_entry(&entry[..], &mut target, 4 * BLCKSZ as u64).unwrap();
         let out = target.into_inner();
         assert_eq!(out.len(), 4 * BLCKSZ);
         assert_eq!(&out[..BLCKSZ], &base[..BLCKSZ]);
@@ -289,11 +335,20 @@ mod tests {
         let mut shrink = io::Cursor::new(out);
         let mut entry = Vec::new();
         write_entry(&mut entry, BLCKSZ as u64, &[], &[]).unwrap();
-        apply_entry(&entry[..], &mut shrink).unwrap();
+        apply_entry(&entry[..], &mut shrink, BLCKSZ as u64).unwrap();
         assert_eq!(shrink.into_inner().len(), BLCKSZ);
 
         let mut bad = Vec::new();
         write_entry(&mut bad, BLCKSZ as u64, &[5], &page(1, 1)).unwrap();
-        assert!(apply_entry(&bad[..], &mut io::Cursor::new(Vec::new())).is_err());
+        assert!(apply_entry(&bad[..], &mut io::Cursor::new(Vec::new()), BLCKSZ as u64).is_err());
+        // An entry that disagrees with the file list is not applied.
+        let mut other = Vec::new();
+        write_entry(&mut other, 2 * BLCKSZ as u64, &[], &[]).unwrap();
+        let err =
+            apply_entry(&other[..], &mut io::Cursor::new(Vec::new()), BLCKSZ as u64).unwrap_err();
+        assert!(
+            err.to_string().contains("differs from the backup's list"),
+            "{err}"
+        );
     }
 }

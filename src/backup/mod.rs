@@ -190,6 +190,7 @@ impl BackupError {
             | BackupError::BackupNotFound { .. } => K::NotFound,
             BackupError::Store(StoreError::AccessDenied { .. }) => K::AccessDenied,
             BackupError::Store(StoreError::Io { .. }) | BackupError::Io { .. } => K::Io,
+            BackupError::Store(StoreError::BadKey(_)) => K::Corrupt,
             BackupError::Store(_) => K::Storage,
             BackupError::Corrupt { .. }
             | BackupError::Crypto(crypto::CryptoError::Corrupt { .. }) => K::Corrupt,

@@ -22,10 +22,54 @@ use crate::backup::config::{S3Config, StorageConfig};
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Key(String);
 
+/// Why a key read from storage (metadata, a sentinel) cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("key {key:?} {why}: a stored key is relative to the prefix, `/`-separated, without `.`, `..` or empty parts, NUL, or more than {MAX_KEY_LEN} bytes; the object that named it was written by something other than pgdrill or is damaged")]
+pub struct BadKey {
+    pub key: String,
+    pub why: &'static str,
+}
+
+/// S3's limit on a key's length.
+pub const MAX_KEY_LEN: usize = 1024;
+
 impl Key {
+    /// A key the program built itself (from layout functions and names
+    /// already checked).
     pub fn new(key: impl Into<String>) -> Key {
         Key(key.into())
     }
+
+    /// A key read from storage: checked to stay under the prefix, so that
+    /// neither a directory store nor a restore can be led outside it.
+    pub fn parse(key: &str) -> Result<Key, BadKey> {
+        let bad = |why| {
+            Err(BadKey {
+                key: key.to_string(),
+                why,
+            })
+        };
+        if key.is_empty() {
+            return bad("is empty");
+        }
+        if key.len() > MAX_KEY_LEN {
+            return bad("is too long");
+        }
+        if key.contains('\0') {
+            return bad("holds a NUL byte");
+        }
+        if key.starts_with('/') {
+            return bad("is absolute");
+        }
+        if key
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..")
+        {
+            return bad("has an empty, `.` or `..` part");
+        }
+        Ok(Key(key.to_string()))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -69,6 +113,9 @@ pub enum StoreError {
     /// served; the message names it and the setting to check.
     #[error("{0}")]
     NoLocation(String),
+    /// A key that would leave the store (see [`Key::parse`]).
+    #[error(transparent)]
+    BadKey(#[from] BadKey),
 }
 
 impl StoreError {
@@ -83,6 +130,7 @@ impl StoreError {
                 | StoreError::AccessDenied { .. }
                 | StoreError::Aborted { .. }
                 | StoreError::NoLocation(_)
+                | StoreError::BadKey(_)
         )
     }
 }
@@ -479,8 +527,9 @@ impl DirStore {
         DirStore { root }
     }
 
-    fn path(&self, key: &Key) -> PathBuf {
-        self.root.join(key.as_str())
+    /// Where `key` lives: only ever under the root, whatever the key.
+    fn path(&self, key: &Key) -> Result<PathBuf, StoreError> {
+        Ok(self.root.join(Key::parse(key.as_str())?.as_str()))
     }
 
     fn io_err(path: &Path, source: std::io::Error) -> StoreError {
@@ -536,7 +585,7 @@ impl DirStore {
     }
 
     async fn write_atomic(&self, key: &Key, mut chunks: ChunkReceiver) -> Result<u64, StoreError> {
-        let path = self.path(key);
+        let path = self.path(key)?;
         let parent = path.parent().unwrap_or(&self.root).to_path_buf();
         Self::create_dir_durable(&parent).await?;
         let tmp = path.with_file_name(format!(
@@ -595,7 +644,7 @@ impl Store for DirStore {
     }
 
     async fn head(&self, key: &Key) -> Result<Option<ObjectInfo>, StoreError> {
-        let path = self.path(key);
+        let path = self.path(key)?;
         match tokio::fs::metadata(&path).await {
             Ok(meta) => Ok(Some(ObjectInfo {
                 key: key.clone(),
@@ -611,7 +660,7 @@ impl Store for DirStore {
     }
 
     async fn get(&self, key: &Key) -> Result<Bytes, StoreError> {
-        let path = self.path(key);
+        let path = self.path(key)?;
         tokio::fs::read(&path)
             .await
             .map(Bytes::from)
@@ -622,7 +671,7 @@ impl Store for DirStore {
         &self,
         key: &Key,
     ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
-        let path = self.path(key);
+        let path = self.path(key)?;
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| self.not_found_or_io(key, &path, e))?;
@@ -688,7 +737,7 @@ impl Store for DirStore {
     }
 
     async fn delete(&self, key: &Key) -> Result<(), StoreError> {
-        let path = self.path(key);
+        let path = self.path(key)?;
         match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -744,6 +793,60 @@ mod tests {
         store.delete(&k).await.unwrap();
         store.delete(&k).await.unwrap();
         assert!(store.get(&k).await.unwrap_err().is_not_found());
+    }
+
+    #[test]
+    fn keys_that_leave_the_prefix_are_refused() {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a/./b",
+            "./a",
+            "a/..",
+            "a\0b",
+            "a//b",
+            "a/",
+        ] {
+            let err = Key::parse(bad).unwrap_err();
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+        assert!(
+            Key::parse(&"k".repeat(1025)).is_err(),
+            "over S3's 1024 bytes"
+        );
+        for good in [
+            "wal_005/000000010000000000000001.lz4",
+            "basebackups_005/base_1/tar_partitions/part_1.tar.lz4",
+            "a..b/c.",
+        ] {
+            assert_eq!(Key::parse(good).unwrap().as_str(), good);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_directory_store_never_leaves_its_root() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), b"outside").unwrap();
+        let store = DirStore::new(dir.path().join("store"));
+        store
+            .put(&Key::new("inside"), Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        for key in ["../secret", "a/../../secret"] {
+            let err = store.get(&Key::new(key)).await.unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+            assert!(store.head(&Key::new(key)).await.is_err());
+            assert!(store.delete(&Key::new(key)).await.is_err());
+            assert!(store.get_stream(&Key::new(key)).await.is_err());
+        }
+        assert!(store
+            .put(&Key::new("../planted"), Bytes::from_static(b"x"))
+            .await
+            .is_err());
+        assert!(!dir.path().join("planted").exists());
+        assert!(dir.path().join("secret").exists());
     }
 
     #[tokio::test]

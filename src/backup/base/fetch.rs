@@ -353,7 +353,7 @@ pub(super) fn read_part(
                         .read(true)
                         .write(true)
                         .open(target)
-                        .and_then(|mut f| delta::apply_entry(&mut hashing, &mut f)),
+                        .and_then(|mut f| delta::apply_entry(&mut hashing, &mut f, want.size)),
                     None => io::copy(&mut hashing, &mut io::sink()).map(|_| ()),
                 };
                 if let Err(e) = applied {
