@@ -979,7 +979,7 @@ async fn run_backup_verb(command: Command, env_dir: Option<&Path>) -> Result<(),
             json,
             pretty,
         } => {
-            let backups = catalog::list_backups(&ctx).await?;
+            let backups = catalog::list_readable_warning(&ctx).await?;
             if json {
                 let rows: Vec<_> = backups.iter().map(catalog::ListedBackup::row).collect();
                 let text = if pretty {

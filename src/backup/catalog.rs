@@ -138,29 +138,76 @@ impl ListedBackup {
     }
 }
 
-/// Every complete backup, oldest first (by start time, then name).
-pub async fn list_backups(ctx: &Context) -> Result<Vec<ListedBackup>, BackupError> {
+/// The backups in storage: those whose sentinel reads, oldest first (by
+/// start time, then name), and why the others do not.
+#[derive(Debug)]
+pub struct Listing {
+    pub backups: Vec<ListedBackup>,
+    /// Sentinels that are not what pgdrill writes (damaged, foreign,
+    /// naming another backup), each error naming its object.
+    pub unreadable: Vec<BackupError>,
+}
+
+/// Lists the backups, setting aside sentinels that do not read: what
+/// lists and restores use, so that one damaged object in the prefix does
+/// not hide every other backup. Storage failures are errors.
+pub async fn list_readable(ctx: &Context) -> Result<Listing, BackupError> {
     let objects = ctx.store.list(layout::BACKUP_DIR).await?;
     let sentinels: Vec<_> = objects
         .into_iter()
         .filter(|o| layout::backup_of_sentinel(&o.key).is_some())
         .collect();
-    let mut backups: Vec<ListedBackup> = futures::stream::iter(sentinels)
+    let read: Vec<Result<ListedBackup, BackupError>> = futures::stream::iter(sentinels)
         .map(|o| async move {
             let summary = read_sentinel(ctx, &o.key).await?;
-            Ok::<_, BackupError>(ListedBackup {
+            Ok(ListedBackup {
                 summary,
                 time: o.last_modified,
             })
         })
         .buffer_unordered(8)
-        .try_collect()
-        .await?;
-    backups.sort_by(|a, b| {
+        .collect()
+        .await;
+    let mut listing = Listing {
+        backups: Vec::new(),
+        unreadable: Vec::new(),
+    };
+    for r in read {
+        match r {
+            Ok(b) => listing.backups.push(b),
+            Err(e @ BackupError::Corrupt { .. }) => listing.unreadable.push(e),
+            Err(e) => return Err(e),
+        }
+    }
+    listing.backups.sort_by(|a, b| {
         (a.summary.start_time, &a.summary.backup_name)
             .cmp(&(b.summary.start_time, &b.summary.backup_name))
     });
-    Ok(backups)
+    listing
+        .unreadable
+        .sort_by_key(std::string::ToString::to_string);
+    Ok(listing)
+}
+
+/// Every complete backup, oldest first; an unreadable sentinel is an
+/// error: for what must account for every backup (delete, wal-verify,
+/// backup-check), where a backup it cannot read might need the WAL it
+/// would delete or judge.
+pub async fn list_backups(ctx: &Context) -> Result<Vec<ListedBackup>, BackupError> {
+    let listing = list_readable(ctx).await?;
+    match listing.unreadable.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(listing.backups),
+    }
+}
+
+/// [`list_readable`], warning about each sentinel set aside.
+pub async fn list_readable_warning(ctx: &Context) -> Result<Vec<ListedBackup>, BackupError> {
+    let listing = list_readable(ctx).await?;
+    for e in &listing.unreadable {
+        tracing::warn!("skipping a backup whose sentinel does not read: {e}");
+    }
+    Ok(listing.backups)
 }
 
 /// Reads a sentinel and checks that it describes the backup it is stored
@@ -187,7 +234,7 @@ async fn read_sentinel(ctx: &Context, key: &Key) -> Result<BackupSummary, Backup
 /// Resolves `LATEST` or a backup name to a complete backup.
 pub async fn resolve(ctx: &Context, name: &str) -> Result<BackupSummary, BackupError> {
     if name.eq_ignore_ascii_case("LATEST") {
-        return list_backups(ctx)
+        return list_readable_warning(ctx)
             .await?
             .pop()
             .map(|b| b.summary)
@@ -454,6 +501,39 @@ pub(crate) mod tests {
                 );
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_damaged_sentinel_hides_only_its_own_backup_from_restores() {
+        use crate::backup::config::{EnvVars, Settings};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().display().to_string();
+        let settings =
+            Settings::from_vars(&EnvVars::from_pairs([("WALG_FILE_PREFIX", root.as_str())]))
+                .unwrap();
+        let ctx = Context::open(settings, None).unwrap();
+        let good = summary("base_000000010000000000000003", "2026-02-09T02:00:00Z");
+        ctx.store
+            .put(
+                &layout::sentinel_key(&good.backup_name),
+                serde_json::to_vec(&good).unwrap().into(),
+            )
+            .await
+            .unwrap();
+        let junk = layout::sentinel_key("base_000000010000000000000009");
+        ctx.store
+            .put(&junk, bytes::Bytes::from_static(b"\x00garbage"))
+            .await
+            .unwrap();
+        let listing = list_readable(&ctx).await.unwrap();
+        assert_eq!(listing.backups.len(), 1);
+        assert_eq!(listing.unreadable.len(), 1);
+        assert!(listing.unreadable[0].to_string().contains(junk.as_str()));
+        // A restore of LATEST still finds the newest readable backup ...
+        assert_eq!(resolve(&ctx, "LATEST").await.unwrap(), good);
+        // ... while what needs every backup (delete, wal-verify) refuses.
+        let err = list_backups(&ctx).await.unwrap_err();
+        assert!(err.to_string().contains(junk.as_str()), "{err}");
     }
 
     #[test]

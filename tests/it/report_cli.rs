@@ -283,6 +283,7 @@ fn the_workflows_call_ci_scripts_that_exist_and_parse() {
         scripts,
         [
             "ci/drills nightly",
+            "ci/fuzz",
             "ci/kind-up",
             "ci/drills release",
             "ci/kind-up",

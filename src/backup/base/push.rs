@@ -681,7 +681,7 @@ pub(super) async fn delta_previous(
     if opts.full || max == 0 {
         return Ok(None);
     }
-    let Some(newest) = catalog::list_backups(ctx).await?.pop() else {
+    let Some(newest) = catalog::list_readable_warning(ctx).await?.pop() else {
         return Ok(None);
     };
     let s = newest.summary;
