@@ -2,7 +2,7 @@
 //! sentinel), as `backup-list` shows them.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::layout;
