@@ -565,10 +565,15 @@ fn env_directories() {
     });
 }
 
-/// Inputs that once broke a reader, replayed on every run.
+/// Inputs that once broke a reader, replayed on every run: each must be
+/// refused with an error naming its object.
 #[test]
 fn fixtures_replay() {
     let dir = root().join("fixtures/hostile");
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(store.path(), &[]);
+    let rt = runtime();
+    let backup = "base_000000010000000000000002";
     let mut replayed = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
@@ -576,14 +581,45 @@ fn fixtures_replay() {
             continue;
         };
         let bytes = std::fs::read(&path).unwrap();
-        if name.starts_with("delta-") {
+        let put = |key: &Key, bytes: &[u8]| {
+            let file = store.path().join(key.as_str());
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, bytes).unwrap();
+        };
+        let verdict = if name.starts_with("delta-") {
             let mut target = Cursor::new(vec![0u8; 8192]);
-            assert!(
-                delta::apply_entry(Cursor::new(bytes), &mut target, 8192).is_err(),
-                "{name} is refused"
-            );
-            replayed += 1;
+            match delta::apply_entry(Cursor::new(bytes), &mut target, 8192) {
+                Ok(()) => Err("applied".to_string()),
+                Err(_) => Ok(()),
+            }
+        } else if name.starts_with("sentinel-") {
+            let key = layout::sentinel_key(backup);
+            put(&key, &bytes);
+            let result = rt.block_on(catalog::list_backups(&ctx));
+            std::fs::remove_file(store.path().join(key.as_str())).unwrap();
+            match result {
+                Ok(list) => Err(format!("listed {} backups", list.len())),
+                Err(e) => names(&e, key.as_str()),
+            }
+        } else if name.starts_with("metadata-") {
+            let key = layout::metadata_key(backup);
+            put(&key, &bytes);
+            let summary: BackupSummary = serde_json::from_value(sentinel(backup, &bytes)).unwrap();
+            match rt.block_on(catalog::read_metadata(&ctx, &summary)) {
+                Ok(_) => Err("read".to_string()),
+                Err(e) => names(&e, key.as_str()),
+            }
+        } else {
+            continue;
+        };
+        if let Err(e) = verdict {
+            panic!("fixtures/hostile/{name} is not refused: {e}");
         }
+        replayed += 1;
     }
-    assert!(replayed > 0, "no regression fixtures in {}", dir.display());
+    assert!(
+        replayed >= 3,
+        "regression fixtures missing in {}",
+        dir.display()
+    );
 }
