@@ -627,6 +627,12 @@ pub struct DrillPlan {
     /// with the drill's scenario and number.
     #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     parallel: u32,
+    /// Run the scenarios on this PostgreSQL major version instead of their
+    /// `postgres.version` (a release's version matrix: run once per
+    /// version). Binaries are searched as the README's "PostgreSQL
+    /// versions" says; a version without them skips the drill (exit 3).
+    #[arg(long, value_name = "MAJOR", value_parser = clap::value_parser!(u32).range(12..=18))]
+    postgres_version: Option<u32>,
 }
 
 /// `A..B` with A < B, for `--seeds`.
@@ -651,10 +657,15 @@ fn parse_seed_range(text: &str) -> Result<std::ops::Range<u64>, String> {
 async fn run_drills(files: &[PathBuf], plan: DrillPlan) -> anyhow::Result<i32> {
     use crate::report::junit::SkippedDrill;
     use futures::StreamExt as _;
-    let scenarios = files
+    let mut scenarios = files
         .iter()
         .map(|f| Scenario::load(f))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(major) = plan.postgres_version {
+        for s in &mut scenarios {
+            s.postgres.version = major;
+        }
+    }
     let pgdrill = std::env::current_exe()?;
     // Each round runs every scenario once, with that round's seed.
     let rounds: Vec<Option<u64>> = match &plan.seeds {

@@ -1,5 +1,7 @@
 //! One trial per scenario file in `scenarios/` (sorted; zero files is a
-//! failure), plus a trial that interrupts a containers drill. Trials whose
+//! failure), the version matrix (`quick`, `delta-chain` and
+//! `timeline-switch` again on PostgreSQL 16 and 18: `quick@pg18`), plus a
+//! trial that interrupts a containers drill. Trials whose
 //! environment is not available here are reported as ignored, with the
 //! reason.
 
@@ -9,10 +11,17 @@ use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use pgdrill::drill::{self, RunOptions};
 use pgdrill::scenario::{self, Scenario};
 
-/// Loads scenario `file` and makes a runtime; `Ok(Err(ignored))` when its
-/// environment is not available here (the trial is ignored, saying why).
-fn prepare(file: &Path) -> Result<Result<(Scenario, tokio::runtime::Runtime), Completion>, Failed> {
-    let scenario = Scenario::load(file).map_err(|e| Failed::from(e.to_string()))?;
+/// Loads scenario `file` (on PostgreSQL `major` when given) and makes a
+/// runtime; `Ok(Err(ignored))` when its environment is not available here
+/// (the trial is ignored, saying why).
+fn prepare(
+    file: &Path,
+    major: Option<u32>,
+) -> Result<Result<(Scenario, tokio::runtime::Runtime), Completion>, Failed> {
+    let mut scenario = Scenario::load(file).map_err(|e| Failed::from(e.to_string()))?;
+    if let Some(major) = major {
+        scenario.postgres.version = major;
+    }
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     if let Err(reason) = runtime.block_on(pgdrill::env::availability(&scenario)) {
         return Ok(Err(Completion::ignored_with(format!(
@@ -23,15 +32,24 @@ fn prepare(file: &Path) -> Result<Result<(Scenario, tokio::runtime::Runtime), Co
     Ok(Ok((scenario, runtime)))
 }
 
-fn trial(file: PathBuf) -> Trial {
-    let name = file
+/// The drills of the version matrix, run again on each major below
+/// besides their own (15).
+const MATRIX: [&str; 3] = ["quick", "delta-chain", "timeline-switch"];
+const MATRIX_MAJORS: [u32; 2] = [16, 18];
+
+fn trial(file: PathBuf, major: Option<u32>) -> Trial {
+    let stem = file
         .file_stem()
         .unwrap_or_default()
         .to_string_lossy()
         .into_owned();
+    let name = match major {
+        Some(m) => format!("{stem}@pg{m}"),
+        None => stem,
+    };
     let kind = scenario_kind(&file);
     Trial::ignorable_test(name, move || {
-        let (scenario, runtime) = match prepare(&file)? {
+        let (scenario, runtime) = match prepare(&file, major)? {
             Ok(ready) => ready,
             Err(ignored) => return Ok(ignored),
         };
@@ -67,7 +85,7 @@ fn trial(file: PathBuf) -> Trial {
 fn interrupted_containers_drill(file: PathBuf) -> Trial {
     use pgdrill::env::containers::sweep_abandoned;
     Trial::ignorable_test("containers-interrupted-leaves-nothing", move || {
-        let (_, runtime) = match prepare(&file)? {
+        let (_, runtime) = match prepare(&file, None)? {
             Ok(ready) => ready,
             Err(ignored) => return Ok(ignored),
         };
@@ -102,7 +120,7 @@ fn interrupted_containers_drill(file: PathBuf) -> Trial {
 fn kept_containers_drill(file: PathBuf) -> Trial {
     use pgdrill::env::containers::{drills_with_containers, remove_drill, sweep_abandoned};
     Trial::ignorable_test("containers-keep-leaves-everything", move || {
-        let (_, runtime) = match prepare(&file)? {
+        let (_, runtime) = match prepare(&file, None)? {
             Ok(ready) => ready,
             Err(ignored) => return Ok(ignored),
         };
@@ -219,9 +237,16 @@ fn main() {
     let files = scenario::discover(&dir).expect("scenarios directory is readable");
     assert!(!files.is_empty(), "no scenario files in {}", dir.display());
     let interrupted = dir.join("containers-kill.yaml");
+    let mut matrix = Vec::new();
+    for m in MATRIX_MAJORS {
+        for name in MATRIX {
+            matrix.push(trial(dir.join(format!("{name}.yaml")), Some(m)));
+        }
+    }
     let trials = files
         .into_iter()
-        .map(trial)
+        .map(|f| trial(f, None))
+        .chain(matrix)
         .chain([
             interrupted_containers_drill(interrupted.clone()),
             kept_containers_drill(interrupted),

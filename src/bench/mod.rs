@@ -257,6 +257,7 @@ impl Rig {
             &tool_vars(0),
             &InitOptions::default(),
             &PRIMARY_SETTINGS,
+            crate::env::local::DEFAULT_MAJOR,
         )?;
         Ok(Rig { cluster })
     }

@@ -350,9 +350,20 @@ pub async fn start(
 pub async fn availability(scenario: &crate::scenario::Scenario) -> Result<(), String> {
     use crate::scenario::Environment as Kind;
     match scenario.environment {
-        Kind::Local => local::PgBinaries::find()
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
+        Kind::Local => {
+            let major = scenario.postgres.version;
+            let bin = local::PgBinaries::find(major).map_err(|e| e.to_string())?;
+            let needed = scenario.needed_extensions();
+            let missing = bin.missing_extensions(&needed).map_err(|e| e.to_string())?;
+            match missing.is_empty() {
+                true => Ok(()),
+                false => Err(format!(
+                    "the PostgreSQL {major} binaries in {} lack the extension(s) {} that this scenario needs (its verify checks or DDL workload); use binaries with contrib (PGDRILL_PG_BIN_{major}), or drop those checks",
+                    bin.dir.display(),
+                    missing.join(", ")
+                )),
+            }
+        }
         Kind::Containers => {
             containers::engine_answers().await?;
             if scenario.needs_netem() {

@@ -679,6 +679,28 @@ fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>
 }
 
 impl Scenario {
+    /// The PostgreSQL extensions the drill uses: `pg_visibility` for the
+    /// visibility check, `amcheck` for pg_amcheck, `dblink` for the DDL
+    /// task (its transactions that must not commit).
+    pub fn needed_extensions(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.verify.contains(&Check::Visibility) {
+            names.push("pg_visibility");
+        }
+        if self.verify.contains(&Check::Amcheck) {
+            names.push("amcheck");
+        }
+        if self
+            .workload
+            .mix
+            .as_ref()
+            .is_some_and(|m| m.ddl_every.is_some())
+        {
+            names.push("dblink");
+        }
+        names
+    }
+
     /// Whether a step adds network delay (which needs `tc netem`).
     pub fn needs_netem(&self) -> bool {
         self.steps

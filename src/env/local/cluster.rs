@@ -49,8 +49,9 @@ impl LocalArchive {
         work_prefix: &str,
         storage: &ArchiveStorage,
         extra: &[(String, String)],
+        major: u32,
     ) -> Result<LocalArchive, LocalError> {
-        let bin = PgBinaries::find()?;
+        let bin = PgBinaries::find(major)?;
         let run_as = RunAs::detect()?;
         let work = WorkDir::new(work_prefix, run_as)?;
         let (s3, mut storage_vars) = match storage {
@@ -146,8 +147,9 @@ impl ArchivingCluster {
         tool_settings: &[(String, String)],
         init: &InitOptions,
         primary_settings: &[(&str, &str)],
+        major: u32,
     ) -> Result<ArchivingCluster, LocalError> {
-        let archive = LocalArchive::start(pgdrill, work_prefix, storage, tool_settings)?;
+        let archive = LocalArchive::start(pgdrill, work_prefix, storage, tool_settings, major)?;
         let primary = archive.start_primary(init, primary_settings)?;
         Ok(ArchivingCluster { primary, archive })
     }

@@ -12,7 +12,7 @@ mod s3;
 
 pub use cluster::{ArchiveStorage, ArchivingCluster, LocalArchive};
 pub use postgres::{
-    archiving_settings, conf_value, InitOptions, LocalPostgres, PgBinaries, DEFAULT_PG_BIN,
+    archiving_settings, conf_value, pg_cache, InitOptions, LocalPostgres, PgBinaries, DEFAULT_MAJOR,
 };
 pub use process::{as_user, free_port, owned_dir, run_checked, RunAs, WorkDir};
 pub use s3::{drill_credentials, s3_settings, write_env_dir, LocalS3};
@@ -26,8 +26,8 @@ use super::tail;
 /// Failures of the local environment.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
-    #[error("PostgreSQL binaries not found in {}: install postgresql-15 (ci/setup does) or set PGDRILL_PG_BIN", dir.display())]
-    NoBinaries { dir: PathBuf },
+    #[error("PostgreSQL {major} binaries not found (looked in: {}); install them with `bash ci/setup` (15 from Debian, 16 and 18 from PyPI into its cache), or set PGDRILL_PG_BIN_{major} to a directory holding initdb, pg_ctl and postgres of PostgreSQL {major}", looked.join(", "))]
+    NoBinaries { major: u32, looked: Vec<String> },
     #[error("running as root but there is no `postgres` user to run PostgreSQL as: create it (apt-get install postgresql-15 does)")]
     NoPostgresUser,
     #[error("{what} failed: {detail}")]
@@ -106,8 +106,13 @@ impl LocalEnvironment {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.expose().to_string())),
             );
-            let archive =
-                LocalArchive::start(&pgdrill, "pgdrill-drill-", &storage, &tool_settings)?;
+            let archive = LocalArchive::start(
+                &pgdrill,
+                "pgdrill-drill-",
+                &storage,
+                &tool_settings,
+                spec.postgres_major,
+            )?;
             let version = archive.bin.version()?;
             let init = InitOptions {
                 wal_segsize_mb: spec.wal_segsize_mb,

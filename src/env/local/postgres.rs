@@ -15,19 +15,95 @@ pub struct PgBinaries {
     pub dir: PathBuf,
 }
 
-pub const DEFAULT_PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The version drills and tests use unless a scenario says otherwise
+/// (Debian 12's).
+pub const DEFAULT_MAJOR: u32 = 15;
+
+/// Where `ci/setup` unpacks the PyPI builds of other versions:
+/// `PGDRILL_PG_CACHE`, else `$XDG_CACHE_HOME/pgdrill/postgres`, else
+/// `~/.cache/pgdrill/postgres`.
+pub fn pg_cache() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PGDRILL_PG_CACHE") {
+        return PathBuf::from(dir);
+    }
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"))
+        .join("pgdrill/postgres")
+}
+
+/// The directories searched for `major`'s binaries, in order.
+fn candidates(major: u32) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = [format!("PGDRILL_PG_BIN_{major}"), "PGDRILL_PG_BIN".into()]
+        .iter()
+        .filter_map(std::env::var_os)
+        .map(PathBuf::from)
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(pg_cache().join(major.to_string())) {
+        let mut cached: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path().join("pginstall/bin"))
+            .filter(|p| p.is_dir())
+            .collect();
+        cached.sort();
+        dirs.extend(cached);
+    }
+    dirs.push(PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")));
+    dirs
+}
 
 impl PgBinaries {
-    /// `PGDRILL_PG_BIN`, else Debian's PostgreSQL 15.
-    pub fn find() -> Result<PgBinaries, LocalError> {
-        let dir = std::env::var_os("PGDRILL_PG_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_PG_BIN));
-        if dir.join("postgres").is_file() && dir.join("initdb").is_file() {
-            Ok(PgBinaries { dir })
-        } else {
-            Err(LocalError::NoBinaries { dir })
+    /// PostgreSQL `major`'s binaries, the first of (README, "PostgreSQL
+    /// versions"): `PGDRILL_PG_BIN_<major>`; `PGDRILL_PG_BIN`; the cache
+    /// `ci/setup` fills ([`pg_cache`]`/<major>/*/pginstall/bin`); the
+    /// system's `/usr/lib/postgresql/<major>/bin`. A directory counts when
+    /// it has `initdb` and `pg_ctl` and its `postgres` is that major.
+    pub fn find(major: u32) -> Result<PgBinaries, LocalError> {
+        Self::find_in(major, candidates(major))
+    }
+
+    /// The first of `dirs` holding PostgreSQL `major`.
+    fn find_in(major: u32, dirs: Vec<PathBuf>) -> Result<PgBinaries, LocalError> {
+        let mut looked = Vec::new();
+        for dir in dirs {
+            let found = PgBinaries { dir: dir.clone() };
+            let complete = ["initdb", "pg_ctl"].iter().all(|t| dir.join(t).is_file());
+            match found.major() {
+                Ok(m) if m == major && complete => return Ok(found),
+                Ok(m) if m != major => looked.push(format!("{} (PostgreSQL {m})", dir.display())),
+                _ => looked.push(dir.display().to_string()),
+            }
         }
+        Err(LocalError::NoBinaries { major, looked })
+    }
+
+    /// The major version of these binaries' `postgres`.
+    pub fn major(&self) -> Result<u32, LocalError> {
+        let version = self.version()?;
+        version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .ok_or_else(|| LocalError::Command {
+                what: format!("{} --version", self.dir.join("postgres").display()),
+                detail: format!("no major version in {version:?}"),
+            })
+    }
+
+    /// Of the extensions `names`, those these binaries do not ship (no
+    /// `<sharedir>/extension/<name>.control`).
+    pub fn missing_extensions<'a>(&self, names: &[&'a str]) -> Result<Vec<&'a str>, LocalError> {
+        let share = run_checked(
+            self.tool("pg_config").arg("--sharedir"),
+            "pg_config --sharedir",
+        )?;
+        let dir = Path::new(share.trim()).join("extension");
+        Ok(names
+            .iter()
+            .copied()
+            .filter(|n| !dir.join(format!("{n}.control")).is_file())
+            .collect())
     }
 
     pub fn tool(&self, name: &str) -> Command {
@@ -370,5 +446,56 @@ impl Drop for LocalPostgres {
         if self.running {
             let _ = self.stop("immediate");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEBIAN_15: &str = "/usr/lib/postgresql/15/bin";
+
+    #[test]
+    fn binaries_are_taken_only_for_their_own_version() {
+        let found = PgBinaries::find_in(
+            15,
+            vec![PathBuf::from("/nonexistent/bin"), PathBuf::from(DEBIAN_15)],
+        )
+        .expect("Debian's 15 (run ci/setup)");
+        assert_eq!(found.dir, Path::new(DEBIAN_15));
+        assert_eq!(found.major().unwrap(), 15);
+        assert_eq!(
+            found
+                .missing_extensions(&["amcheck", "pg_visibility", "dblink", "no_such_ext"])
+                .unwrap(),
+            ["no_such_ext"]
+        );
+        let err = PgBinaries::find_in(
+            16,
+            vec![PathBuf::from("/nonexistent/bin"), PathBuf::from(DEBIAN_15)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("PostgreSQL 16 binaries not found (looked in: /nonexistent/bin, /usr/lib/postgresql/15/bin (PostgreSQL 15))"),
+            "{err}"
+        );
+        assert!(
+            err.contains("bash ci/setup") && err.contains("PGDRILL_PG_BIN_16"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_search_order_is_setting_cache_then_system() {
+        let dirs = candidates(17);
+        assert_eq!(
+            dirs.last().unwrap(),
+            Path::new("/usr/lib/postgresql/17/bin")
+        );
+        assert!(
+            pg_cache().ends_with("pgdrill/postgres")
+                || std::env::var_os("PGDRILL_PG_CACHE").is_some()
+        );
     }
 }

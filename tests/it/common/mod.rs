@@ -64,6 +64,7 @@ impl TestEnv {
             &extra,
             &init,
             &[("max_wal_size", "1GB"), ("fsync", "off")],
+            pgdrill::env::local::DEFAULT_MAJOR,
         )
         .unwrap_or_else(|e| panic!("archiving cluster starts (run ci/setup): {e}"));
         TestEnv { cluster }
