@@ -1,6 +1,6 @@
 //! One trial per scenario file in `scenarios/` (sorted; zero files is a
-//! failure), the version matrix (`quick`, `delta-chain` and
-//! `timeline-switch` again on PostgreSQL 16 and 18: `quick@pg18`), plus a
+//! failure), the version matrix (`quick`, `delta-chain`, `timeline-switch`
+//! and `versions-core` again on PostgreSQL 16 and 18: `quick@pg18`), plus a
 //! trial that interrupts a containers drill. Trials whose
 //! environment is not available here are reported as ignored, with the
 //! reason.
@@ -34,7 +34,7 @@ fn prepare(
 
 /// The drills of the version matrix, run again on each major below
 /// besides their own (15).
-const MATRIX: [&str; 3] = ["quick", "delta-chain", "timeline-switch"];
+const MATRIX: [&str; 4] = ["quick", "delta-chain", "timeline-switch", "versions-core"];
 const MATRIX_MAJORS: [u32; 2] = [16, 18];
 
 fn trial(file: PathBuf, major: Option<u32>) -> Trial {

@@ -111,3 +111,45 @@ async fn second_pitr_follows_the_new_timeline() {
         .get(0);
     assert_eq!(tli, 3, "promoting the second restore starts timeline 3");
 }
+
+/// A server promoted by a point-in-time restore keeps that restore's
+/// recovery settings in postgresql.auto.conf (PostgreSQL ignores them once
+/// promoted), and its base backups carry them: a later restore must
+/// recover to what it is asked, not to the old target. Here the carried
+/// target lies before the backup (the restore used to fail: "requested
+/// recovery stop point is before consistent recovery point"), and a carried
+/// `recovery_target_xid` would clash with a new target time ("multiple
+/// recovery targets specified").
+#[tokio::test]
+async fn recovery_settings_carried_in_a_backup_do_not_steer_its_restore() {
+    let env = TestEnv::start("carried-target", Storage::Dir, &[], InitOptions::default());
+    let client = env.primary.connect().await.unwrap();
+    for sql in [
+        "ALTER SYSTEM SET recovery_target_time = '2001-01-01 00:00:00+00'",
+        "ALTER SYSTEM SET recovery_target_action = 'shutdown'",
+        "ALTER SYSTEM SET recovery_target_xid = '3'",
+        "CREATE TABLE t(id bigserial PRIMARY KEY, batch text)",
+    ] {
+        client.batch_execute(sql).await.unwrap();
+    }
+    let backup = env.backup_push(&[]);
+    insert(&client, "a", 100).await;
+    let target = now_target(&client).await;
+    insert(&client, "b", 10).await;
+    switch_and_wait_archived(&env.primary).await;
+    let latest = env.restore("latest", &backup, &["--recover"]).await;
+    assert_eq!(rows(&latest).await, 110, "the end of the archive");
+    drop(latest);
+    let pitr = env
+        .restore("pitr", &backup, &["--recovery-target-time", &target])
+        .await;
+    assert_eq!(rows(&pitr).await, 100, "the point in time asked for");
+}
+
+async fn rows(pg: &pgdrill::env::local::LocalPostgres) -> i64 {
+    let c = pg.connect().await.unwrap();
+    c.query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
