@@ -243,6 +243,8 @@ fn main() {
             matrix.push(trial(dir.join(format!("{name}.yaml")), Some(m)));
         }
     }
+    // A second version in containers (the local images of 18).
+    matrix.push(trial(dir.join("containers-kill.yaml"), Some(18)));
     let trials = files
         .into_iter()
         .map(|f| trial(f, None))

@@ -369,7 +369,7 @@ pub async fn availability(scenario: &crate::scenario::Scenario) -> Result<(), St
             if scenario.needs_netem() {
                 crate::env::fault::netem_available()?;
             }
-            Ok(())
+            containers::images_available(scenario).await
         }
         Kind::Kind => kind::availability().await,
     }

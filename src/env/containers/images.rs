@@ -9,6 +9,10 @@ use crate::env::ImageRecord;
 /// images users know, `local` for those `ci/images/build` makes.
 pub const IMAGES_SETTING: &str = "PGDRILL_IMAGES";
 
+/// The PostgreSQL versions of the local images: 15 from Debian
+/// (`ci/images/build`), 16 and 18 from PyPI (`ci/images/build-versions`).
+pub const LOCAL_MAJORS: [u32; 3] = [15, 16, 18];
+
 /// The images of a drill, as `name:tag` references.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageChoice {
@@ -19,7 +23,8 @@ pub struct ImageChoice {
 impl ImageChoice {
     /// The scenario's `images`, each defaulted by `PGDRILL_IMAGES`
     /// (`setting`): `postgres:<version>` and `minio/minio`, or with `local`
-    /// the images `ci/images/build` makes (PostgreSQL 15 only).
+    /// the images `ci/images/build` makes (PostgreSQL 15, and 16 and 18
+    /// from `ci/images/build-versions`).
     pub fn choose(
         postgres: Option<&str>,
         storage: Option<&str>,
@@ -28,13 +33,13 @@ impl ImageChoice {
     ) -> Result<ImageChoice, ContainersError> {
         let (default_pg, default_storage) = match setting.unwrap_or("default") {
             "default" | "" => (format!("postgres:{version}"), "minio/minio".to_string()),
-            "local" if postgres.is_none() && version != 15 => {
+            "local" if postgres.is_none() && !LOCAL_MAJORS.contains(&version) => {
                 return Err(ContainersError::Images(format!(
-                    "{IMAGES_SETTING}=local provides PostgreSQL 15 only (Debian 12's), but the scenario asks for {version}\nhint: set postgres.version: 15, or name an image in images.postgres"
+                    "{IMAGES_SETTING}=local provides PostgreSQL 15, 16 and 18 only, but the scenario asks for {version}\nhint: set postgres.version to one of them, or name an image in images.postgres"
                 )))
             }
             "local" => (
-                "pgdrill/postgres:15-local".to_string(),
+                format!("pgdrill/postgres:{version}-local"),
                 "pgdrill/storage:local".to_string(),
             ),
             other => {
@@ -91,7 +96,7 @@ pub async fn inspect_images(choice: &ImageChoice) -> Result<Vec<ImageRecord>, Co
             }),
             Err(e) if reference.starts_with("pgdrill/") => {
                 return Err(ContainersError::Images(format!(
-                    "image {reference} is not on this Docker engine ({e})\nhint: build it with ci/images/build (ci/setup does)"
+                    "image {reference} is not on this Docker engine ({e})\nhint: build it with ci/images/build and ci/images/build-versions (ci/setup runs both)"
                 )))
             }
             Err(_) => {
@@ -100,6 +105,23 @@ pub async fn inspect_images(choice: &ImageChoice) -> Result<Vec<ImageRecord>, Co
         }
     }
     Ok(records)
+}
+
+/// Whether the images `scenario` would use are on this engine (a drill
+/// never pulls local images): `Err` says which is missing and how to
+/// build it.
+pub async fn images_available(scenario: &crate::scenario::Scenario) -> Result<(), String> {
+    let choice = ImageChoice::choose(
+        scenario.images.postgres.as_deref(),
+        scenario.images.storage.as_deref(),
+        scenario.postgres.version,
+        std::env::var(IMAGES_SETTING).ok().as_deref(),
+    )
+    .map_err(|e| e.to_string())?;
+    inspect_images(&choice)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string().replace('\n', "; "))
 }
 
 #[cfg(test)]
@@ -115,8 +137,13 @@ mod tests {
         let l = ImageChoice::choose(None, None, 15, Some("local")).unwrap();
         assert_eq!(l.postgres, "pgdrill/postgres:15-local");
         assert_eq!(l.storage_flavor(), StorageFlavor::Pgdrill);
-        let e = ImageChoice::choose(None, None, 16, Some("local")).unwrap_err();
-        assert!(e.to_string().contains("PostgreSQL 15 only"), "{e}");
+        let v18 = ImageChoice::choose(None, None, 18, Some("local")).unwrap();
+        assert_eq!(v18.postgres, "pgdrill/postgres:18-local");
+        let e = ImageChoice::choose(None, None, 17, Some("local")).unwrap_err();
+        assert!(
+            e.to_string().contains("PostgreSQL 15, 16 and 18 only"),
+            "{e}"
+        );
         let own = ImageChoice::choose(Some("my/pg:16"), None, 16, Some("local")).unwrap();
         assert_eq!(own.postgres, "my/pg:16");
         assert!(ImageChoice::choose(None, None, 15, Some("remote")).is_err());

@@ -18,6 +18,7 @@
 
 mod docker;
 mod images;
+pub use images::images_available;
 mod sweep;
 
 pub use docker::engine_answers;
