@@ -149,6 +149,58 @@ async fn directory_store_with_zstd_and_64mb_segments() {
     run_e2e(&env, 2).await;
 }
 
+/// The same on the other supported versions: 16 with S3 and lz4, 18
+/// (data checksums by default) with the directory store, zstd and 64 MB
+/// segments. Their binaries come from ci/setup's cache.
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_and_restore_are_exact_on_postgresql_16_and_18() {
+    let v16 = TestEnv::start_version(
+        "e2e-pg16",
+        Storage::S3,
+        &[("WALG_PREFETCH", "4")],
+        InitOptions::default(),
+        16,
+    );
+    assert!(v16.archive.bin.version().unwrap().starts_with("16."));
+    run_e2e(&v16, 2).await;
+    drop(v16);
+    let v18 = TestEnv::start_version(
+        "e2e-pg18",
+        Storage::Dir,
+        &[("WALG_COMPRESSION_METHOD", "zstd"), ("WALG_PREFETCH", "3")],
+        InitOptions {
+            wal_segsize_mb: Some(64),
+            ..InitOptions::default()
+        },
+        18,
+    );
+    assert!(v18.archive.bin.version().unwrap().starts_with("18."));
+    run_e2e(&v18, 2).await;
+
+    // A backup of 18 restored under 15's server is refused, saying why.
+    let backup = v18.backup_push(&[]);
+    let base = v18.dir("cross-version");
+    let data = base.join("data");
+    let out = v18.pgdrill(&[
+        "backup-fetch",
+        data.to_str().unwrap(),
+        &backup,
+        "--no-archive",
+        "--recover",
+    ]);
+    assert_success(&out, "backup-fetch");
+    let bin15 = pgdrill::env::local::PgBinaries::find(15).unwrap();
+    let mut pg =
+        pgdrill::env::local::LocalPostgres::existing(&bin15, &base, &data, v18.archive.run_as)
+            .unwrap();
+    let err = pg.start(Duration::from_secs(60)).unwrap_err().to_string();
+    assert!(
+        err.contains("the data directory is PostgreSQL 18's")
+            && err.contains("binaries in /usr/lib/postgresql/15/bin are PostgreSQL 15"),
+        "{err}"
+    );
+}
+
 /// Issue 9.8: `backup-fetch --force` into a used directory leaves nothing
 /// the backup does not hold: no stale relation file, WAL segment or
 /// prefetched segment that recovery could pick up.

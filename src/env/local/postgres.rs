@@ -267,7 +267,30 @@ impl LocalPostgres {
     /// and waits until it accepts connections or `timeout` passes.
     /// Recovery runs before a server accepts connections, so the timeout
     /// covers WAL replay.
+    /// A data directory of another major version (a restored backup of
+    /// 18 under 15's binaries) is refused before the server reads its
+    /// configuration, which would fail first on settings the older server
+    /// does not know and hide the reason.
+    fn check_version(&self) -> Result<(), LocalError> {
+        let Ok(text) = std::fs::read_to_string(self.data_dir.join("PG_VERSION")) else {
+            return Ok(());
+        };
+        let data = text.trim();
+        let server = self.bin.major()?;
+        match data == server.to_string() {
+            true => Ok(()),
+            false => Err(LocalError::Command {
+                what: format!("starting PostgreSQL on {}", self.data_dir.display()),
+                detail: format!(
+                    "the data directory is PostgreSQL {data}'s (its PG_VERSION: a backup of a {data} server), but the binaries in {} are PostgreSQL {server}; restore it with PostgreSQL {data} (postgres.version, PGDRILL_PG_BIN_{data})",
+                    self.bin.dir.display()
+                ),
+            }),
+        }
+    }
+
     pub fn start(&mut self, timeout: Duration) -> Result<(), LocalError> {
+        self.check_version()?;
         let mut last = None;
         for _ in 0..5 {
             self.port = free_port()?;

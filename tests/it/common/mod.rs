@@ -46,6 +46,24 @@ impl TestEnv {
         extra: &[(&str, &str)],
         init: InitOptions,
     ) -> TestEnv {
+        Self::start_version(
+            name,
+            storage,
+            extra,
+            init,
+            pgdrill::env::local::DEFAULT_MAJOR,
+        )
+    }
+
+    /// [`TestEnv::start`] on PostgreSQL `major` (its binaries as
+    /// `PgBinaries::find` finds them; ci/setup installs 15, 16 and 18).
+    pub fn start_version(
+        name: &str,
+        storage: Storage,
+        extra: &[(&str, &str)],
+        init: InitOptions,
+        major: u32,
+    ) -> TestEnv {
         let storage = match storage {
             Storage::S3 => ArchiveStorage::S3 {
                 bucket: "drill".into(),
@@ -64,7 +82,7 @@ impl TestEnv {
             &extra,
             &init,
             &[("max_wal_size", "1GB"), ("fsync", "off")],
-            pgdrill::env::local::DEFAULT_MAJOR,
+            major,
         )
         .unwrap_or_else(|e| panic!("archiving cluster starts (run ci/setup): {e}"));
         TestEnv { cluster }
