@@ -94,7 +94,9 @@ async fn verify(
                 Some(t) => (t, (!open_ended).then_some(t)),
                 None => (DateTime::<Utc>::MAX_UTC, None),
             };
-            let expected = crate::workload::ddl::DdlModel::new(ledger.ddl()).expected(lo, hi);
+            let stop_by = hi.and_then(|t| ledger.first_ack_of_those_sent_after(t));
+            let expected =
+                crate::workload::ddl::DdlModel::new(ledger.ddl()).expected(lo, hi, stop_by);
             let checks = match ddl::observe(client).await {
                 Ok(observed) => ddl::judge(&expected, &observed),
                 Err(e) => vec![unreadable(CheckName::DdlObjects, &e)],

@@ -191,6 +191,12 @@ pub struct DdlExpectation {
     /// The highest sequence value acknowledged by `lo`: the sequence must
     /// be at or past it.
     pub sequence_at_least: Option<i64>,
+    /// Databases that may be marked invalid though no candidate drops
+    /// them: DROP DATABASE invalidates a database with a non-transactional
+    /// update before its commit, and recovery to a time replays WAL up to
+    /// the first commit after the target, so a drop sent after `hi` but
+    /// before that commit leaves its mark.
+    pub may_be_invalid: std::collections::BTreeSet<u32>,
 }
 
 /// The pure model over a [`DdlLog`].
@@ -206,8 +212,15 @@ impl<'a> DdlModel<'a> {
     /// The expectation for a restore whose recovery ended between `lo` and
     /// `hi` (None: anywhere after `lo`). Events run one after another, so
     /// those acknowledged by `lo` are applied, those sent after `hi` are
-    /// not, and any in between may be.
-    pub fn expected(&self, lo: DateTime<Utc>, hi: Option<DateTime<Utc>>) -> DdlExpectation {
+    /// not, and any in between may be. `stop_by`: recovery's stopping
+    /// commit was made by then (None: not known), for
+    /// [`DdlExpectation::may_be_invalid`].
+    pub fn expected(
+        &self,
+        lo: DateTime<Utc>,
+        hi: Option<DateTime<Utc>>,
+        stop_by: Option<DateTime<Utc>>,
+    ) -> DdlExpectation {
         let events = &self.log.events;
         let applied = events
             .iter()
@@ -237,10 +250,22 @@ impl<'a> DdlModel<'a> {
                 _ => None,
             })
             .max();
+        let may_be_invalid = match hi {
+            Some(_) => events[possible..]
+                .iter()
+                .take_while(|e| stop_by.is_none_or(|s| e.sent_at <= s))
+                .filter_map(|e| match e.op {
+                    DdlOp::DropDatabase { database } => Some(database),
+                    _ => None,
+                })
+                .collect(),
+            None => Default::default(),
+        };
         DdlExpectation {
             candidates,
             in_flight,
             sequence_at_least,
+            may_be_invalid,
         }
     }
 }
@@ -431,11 +456,43 @@ mod tests {
     }
 
     #[test]
+    fn a_drop_sent_before_recoverys_stopping_commit_may_leave_its_mark() {
+        let log = log();
+        let i = log
+            .events
+            .iter()
+            .position(|e| e.op == DdlOp::DropDatabase { database: 1 })
+            .expect("round 2 drops database 1");
+        let sent = log.events[i].sent_at;
+        let model = DdlModel::new(&log);
+        let before = sent - chrono::Duration::milliseconds(10);
+        let e = model.expected(
+            before,
+            Some(before),
+            Some(sent + chrono::Duration::milliseconds(5)),
+        );
+        assert_eq!(e.may_be_invalid, BTreeSet::from([1]));
+        assert!(
+            e.candidates.iter().all(|c| c.databases.contains(&1)),
+            "not dropped"
+        );
+        let e = model.expected(
+            before,
+            Some(before),
+            Some(sent - chrono::Duration::milliseconds(5)),
+        );
+        assert!(
+            e.may_be_invalid.is_empty(),
+            "recovery stopped before the drop was sent"
+        );
+    }
+
+    #[test]
     fn a_quiet_moment_has_one_state_and_an_operation_in_flight_two() {
         let log = log();
         let model = DdlModel::new(&log);
         // After round 1's TRUNCATE (event 2, acked at 250 ms).
-        let e = model.expected(t(260), Some(t(260)));
+        let e = model.expected(t(260), Some(t(260)), Some(t(260)));
         assert_eq!(e.candidates.len(), 1);
         assert_eq!(
             e.candidates[0].tables[&1],
@@ -446,7 +503,7 @@ mod tests {
         );
         assert_eq!(e.candidates[0].databases, BTreeSet::from([1]));
         // During the CREATE INDEX CONCURRENTLY (sent 300, acked 350).
-        let e = model.expected(t(320), Some(t(320)));
+        let e = model.expected(t(320), Some(t(320)), Some(t(320)));
         assert_eq!(e.candidates.len(), 2);
         assert_eq!(
             e.in_flight[0],
@@ -454,12 +511,12 @@ mod tests {
         );
         assert!(e.candidates[1].tables[&1].v_index);
         // At the end: round 1's objects are dropped, round 2's are there.
-        let e = model.expected(t(10_000), Some(t(10_000)));
+        let e = model.expected(t(10_000), Some(t(10_000)), None);
         let end = e.candidates.last().unwrap();
         assert_eq!(end.tables.keys().copied().collect::<Vec<_>>(), [2]);
         assert_eq!(end.databases, BTreeSet::from([2]));
         // Open-ended: every later state may be.
-        let e = model.expected(t(260), None);
+        let e = model.expected(t(260), None, None);
         assert_eq!(e.candidates.len(), log.events.len() - 3 + 1);
     }
 
@@ -468,7 +525,7 @@ mod tests {
         let mut log = log();
         log.events.truncate(3);
         log.events[2].acked_at = None;
-        let e = DdlModel::new(&log).expected(t(10_000), Some(t(10_000)));
+        let e = DdlModel::new(&log).expected(t(10_000), Some(t(10_000)), None);
         assert_eq!(e.candidates.len(), 2);
         assert_eq!(e.candidates[0].tables[&1].generation, 0);
         assert_eq!(e.candidates[1].tables[&1].generation, 1);
@@ -492,13 +549,16 @@ mod tests {
             error: None,
         };
         let model = DdlModel::new(&log);
-        assert_eq!(model.expected(t(5), Some(t(5))).sequence_at_least, None);
         assert_eq!(
-            model.expected(t(25), Some(t(25))).sequence_at_least,
+            model.expected(t(5), Some(t(5)), None).sequence_at_least,
+            None
+        );
+        assert_eq!(
+            model.expected(t(25), Some(t(25)), None).sequence_at_least,
             Some(1)
         );
         assert_eq!(
-            model.expected(t(40), Some(t(40))).sequence_at_least,
+            model.expected(t(40), Some(t(40)), None).sequence_at_least,
             Some(2)
         );
     }

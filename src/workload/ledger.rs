@@ -221,6 +221,24 @@ impl Ledger {
         buckets
     }
 
+    /// The earliest acknowledgement of a transaction (a writer's or the DDL
+    /// task's) sent after `t`: its commit is after `t`, so recovery to `t`
+    /// stopped at a commit made by then.
+    pub fn first_ack_of_those_sent_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let writers = self
+            .entries
+            .iter()
+            .filter(|e| e.sent_at > t)
+            .filter_map(LedgerEntry::acked);
+        let ddl = self
+            .ddl
+            .events
+            .iter()
+            .filter(|e| e.sent_at > t)
+            .filter_map(|e| e.acked_at);
+        writers.chain(ddl).min()
+    }
+
     /// When transaction (`writer`, `seq`) was acknowledged, if it was.
     pub fn acked_at(&self, writer: u32, seq: u64) -> Option<DateTime<Utc>> {
         let entries = self.of_writer(writer);
@@ -476,6 +494,13 @@ mod tests {
         assert_eq!(l.acked_at(2, 1), Some(t(2 * second + 7)));
         assert_eq!(l.acked_at(2, 2), None, "not acknowledged");
         assert_eq!(l.acked_at(3, 1), None, "no such writer");
+        assert_eq!(l.first_ack_of_those_sent_after(t(6)), Some(t(second - 1)));
+        assert_eq!(l.first_ack_of_those_sent_after(t(4)), Some(t(second - 1)));
+        assert_eq!(
+            l.first_ack_of_those_sent_after(t(20)),
+            None,
+            "only an unanswered one"
+        );
         assert_eq!(
             Ledger::new(spec(1), t(0), Vec::new(), BTreeMap::new()).acked_per_second(t(0)),
             Vec::<u32>::new()
