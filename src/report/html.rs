@@ -101,15 +101,7 @@ pub fn to_html(r: &DrillReport) -> String {
             if d.lost_acked.is_empty() {
                 String::new()
             } else {
-                format!(
-                    " (first: {})",
-                    d.lost_acked
-                        .iter()
-                        .take(20)
-                        .map(|(w, s)| format!("w{w}#{s}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
+                format!(" (first: {})", d.lost_acked_list())
             }
         );
     }
@@ -610,16 +602,6 @@ fn restores_table(h: &mut String, r: &DrillReport) {
     }
     h.push_str("<h2>Restores</h2><table><tr><th>restore</th><th>target</th><th>backup</th><th>expected</th><th>actual</th><th>exact</th><th>rows found</th><th>RTO</th><th>WAL segments</th></tr>");
     for x in &r.restores {
-        let expected = match (x.expected, &x.expected_because) {
-            (Expected::Pass, _) => "pass".to_string(),
-            (Expected::Fail, because) => format!(
-                "fail: {}",
-                because
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default()
-            ),
-        };
         let actual = match (x.passed, &x.error) {
             (true, _) => "pass".to_string(),
             (false, e) => format!("fail: {}", e.as_deref().unwrap_or("failed")),
@@ -628,27 +610,15 @@ fn restores_table(h: &mut String, r: &DrillReport) {
             true => actual,
             false => format!("UNEXPECTED {actual}"),
         };
-        let (exact, found) = match &x.verify {
-            Some(v) => (
-                if v.exact { "yes" } else { "range" }.to_string(),
-                v.per_writer
-                    .iter()
-                    .map(|w| w.found)
-                    .sum::<u64>()
-                    .to_string(),
-            ),
-            None => ("-".into(), "-".into()),
-        };
+        let (exact, found) = x.exact_and_found();
         let _ = write!(
             h,
             "<tr data-restore=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td>{}<td>{exact}</td><td>{found}</td><td>{}</td><td>{}</td></tr>",
             esc(&x.label),
             esc(&x.label),
-            x.target
-                .map(|t| t.format("%H:%M:%S%.6f").to_string())
-                .unwrap_or_else(|| "end of WAL".into()),
+            x.target_text(),
             esc(&x.backup),
-            esc(&expected),
+            esc(&x.expected_text()),
             verdict_cell(x.as_expected, &actual, &actual),
             secs(x.rto.total_s),
             x.rto.wal_segments_fetched

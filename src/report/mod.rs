@@ -197,6 +197,58 @@ pub struct ArchiveSample {
     pub count: i64,
 }
 
+impl DisasterRecord {
+    /// The first lost acknowledged transactions (at most 20) as
+    /// `w1#2, w2#5`; empty when none was lost.
+    fn lost_acked_list(&self) -> String {
+        self.lost_acked
+            .iter()
+            .take(20)
+            .map(|(w, s)| format!("w{w}#{s}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl RestoreRecord {
+    /// How it must turn out, in words: `pass`, or `fail: <why>`.
+    fn expected_text(&self) -> String {
+        match (self.expected, &self.expected_because) {
+            (Expected::Pass, _) => "pass".to_string(),
+            (Expected::Fail, because) => format!(
+                "fail: {}",
+                because
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            ),
+        }
+    }
+
+    /// Its target as tables show it.
+    fn target_text(&self) -> String {
+        self.target
+            .map(|t| t.format("%H:%M:%S%.6f").to_string())
+            .unwrap_or_else(|| "end of WAL".into())
+    }
+
+    /// Whether its expectation was exact (`yes` or `range`) and the rows
+    /// found; `-` for both when it was not verified.
+    fn exact_and_found(&self) -> (String, String) {
+        match &self.verify {
+            Some(v) => (
+                if v.exact { "yes" } else { "range" }.to_string(),
+                v.per_writer
+                    .iter()
+                    .map(|w| w.found)
+                    .sum::<u64>()
+                    .to_string(),
+            ),
+            None => ("-".into(), "-".into()),
+        }
+    }
+}
+
 /// An objective from the scenario and how the drill did.
 #[derive(Debug, Clone, Serialize)]
 pub struct ObjectiveResult {
@@ -349,15 +401,7 @@ impl DrillReport {
                 if d.lost_acked.is_empty() {
                     String::new()
                 } else {
-                    format!(
-                        ": {}",
-                        d.lost_acked
-                            .iter()
-                            .take(20)
-                            .map(|(w, s)| format!("w{w}#{s}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
+                    format!(": {}", d.lost_acked_list())
                 }
             ));
         }
@@ -380,37 +424,13 @@ impl DrillReport {
         }
         md.push_str("\n## Restores\n\n| restore | target | backup | expected | actual | exact | rows found | RTO | fetch | to consistent | to promoted | verify | WAL segments |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for r in &self.restores {
-            let (exact, found) = match &r.verify {
-                Some(v) => (
-                    if v.exact { "yes" } else { "range" }.to_string(),
-                    v.per_writer
-                        .iter()
-                        .map(|w| w.found)
-                        .sum::<u64>()
-                        .to_string(),
-                ),
-                None => ("-".into(), "-".into()),
-            };
-            let expected = match (r.expected, &r.expected_because) {
-                (Expected::Pass, _) => "pass".to_string(),
-                (Expected::Fail, because) => format!(
-                    "fail: {}",
-                    cell(
-                        &because
-                            .as_ref()
-                            .map(ToString::to_string)
-                            .unwrap_or_default()
-                    )
-                ),
-            };
+            let (exact, found) = r.exact_and_found();
             md.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 r.label,
-                r.target
-                    .map(|t| t.format("%H:%M:%S%.6f").to_string())
-                    .unwrap_or_else(|| "end of WAL".into()),
+                r.target_text(),
                 r.backup,
-                expected,
+                cell(&r.expected_text()),
                 actual_cell(r),
                 exact,
                 found,
