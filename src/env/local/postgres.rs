@@ -13,6 +13,8 @@ use super::{io_err, tail, LocalError};
 #[derive(Debug, Clone)]
 pub struct PgBinaries {
     pub dir: PathBuf,
+    /// The major version of its `postgres`, read once when found.
+    pub major: u32,
 }
 
 /// The version drills and tests use unless a scenario says otherwise
@@ -67,28 +69,14 @@ impl PgBinaries {
     fn find_in(major: u32, dirs: Vec<PathBuf>) -> Result<PgBinaries, LocalError> {
         let mut looked = Vec::new();
         for dir in dirs {
-            let found = PgBinaries { dir: dir.clone() };
             let complete = ["initdb", "pg_ctl"].iter().all(|t| dir.join(t).is_file());
-            match found.major() {
-                Ok(m) if m == major && complete => return Ok(found),
+            match major_in(&dir) {
+                Ok(m) if m == major && complete => return Ok(PgBinaries { dir, major }),
                 Ok(m) if m != major => looked.push(format!("{} (PostgreSQL {m})", dir.display())),
                 _ => looked.push(dir.display().to_string()),
             }
         }
         Err(LocalError::NoBinaries { major, looked })
-    }
-
-    /// The major version of these binaries' `postgres`.
-    pub fn major(&self) -> Result<u32, LocalError> {
-        let version = self.version()?;
-        version
-            .split('.')
-            .next()
-            .and_then(|m| m.parse().ok())
-            .ok_or_else(|| LocalError::Command {
-                what: format!("{} --version", self.dir.join("postgres").display()),
-                detail: format!("no major version in {version:?}"),
-            })
     }
 
     /// Of the extensions `names`, those these binaries do not ship (no
@@ -112,11 +100,32 @@ impl PgBinaries {
 
     /// `postgres --version`'s number, e.g. "15.10".
     pub fn version(&self) -> Result<String, LocalError> {
-        // "postgres (PostgreSQL) 15.10 (Debian 15.10-0+deb12u1)"
-        let out = run_checked(self.tool("postgres").arg("--version"), "postgres --version")?;
-        let mut words = out.split_whitespace().skip_while(|w| *w != "(PostgreSQL)");
-        Ok(words.nth(1).unwrap_or(out.trim()).to_string())
+        version_in(&self.dir)
     }
+}
+
+/// The number `postgres --version` of the binaries in `dir` prints.
+fn version_in(dir: &Path) -> Result<String, LocalError> {
+    // "postgres (PostgreSQL) 15.10 (Debian 15.10-0+deb12u1)"
+    let out = run_checked(
+        Command::new(dir.join("postgres")).arg("--version"),
+        "postgres --version",
+    )?;
+    let mut words = out.split_whitespace().skip_while(|w| *w != "(PostgreSQL)");
+    Ok(words.nth(1).unwrap_or(out.trim()).to_string())
+}
+
+/// The major version of the `postgres` in `dir`.
+fn major_in(dir: &Path) -> Result<u32, LocalError> {
+    let version = version_in(dir)?;
+    version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .ok_or_else(|| LocalError::Command {
+            what: format!("{} --version", dir.join("postgres").display()),
+            detail: format!("no major version in {version:?}"),
+        })
 }
 
 /// postgresql.conf settings of a primary that archives with
@@ -276,7 +285,7 @@ impl LocalPostgres {
             return Ok(());
         };
         let data = text.trim();
-        let server = self.bin.major()?;
+        let server = self.bin.major;
         match data == server.to_string() {
             true => Ok(()),
             false => Err(LocalError::Command {
@@ -486,7 +495,7 @@ mod tests {
         )
         .expect("Debian's 15 (run ci/setup)");
         assert_eq!(found.dir, Path::new(DEBIAN_15));
-        assert_eq!(found.major().unwrap(), 15);
+        assert_eq!(found.major, 15);
         assert_eq!(
             found
                 .missing_extensions(&["amcheck", "pg_visibility", "dblink", "no_such_ext"])
