@@ -470,15 +470,20 @@ pub(crate) mod tests {
         assert_eq!(row["time"], "2026-02-09T02:00:07.000Z");
     }
 
-    #[tokio::test]
-    async fn a_sentinel_must_name_the_backup_it_is_stored_as() {
+    /// A context over a directory store in `dir`.
+    fn dir_context(dir: &std::path::Path) -> Context {
         use crate::backup::config::{EnvVars, Settings};
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().display().to_string();
+        let root = dir.display().to_string();
         let settings =
             Settings::from_vars(&EnvVars::from_pairs([("WALG_FILE_PREFIX", root.as_str())]))
                 .unwrap();
-        let ctx = Context::open(settings, None).unwrap();
+        Context::open(settings, None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_sentinel_must_name_the_backup_it_is_stored_as() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = dir_context(dir.path());
         let stored_as = "base_000000010000000000000003";
         for claimed in ["../../outside", "base_000000010000000000000004", ""] {
             let s = summary(claimed, "2026-02-09T02:00:00Z");
@@ -505,13 +510,8 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_damaged_sentinel_hides_only_its_own_backup_from_restores() {
-        use crate::backup::config::{EnvVars, Settings};
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().display().to_string();
-        let settings =
-            Settings::from_vars(&EnvVars::from_pairs([("WALG_FILE_PREFIX", root.as_str())]))
-                .unwrap();
-        let ctx = Context::open(settings, None).unwrap();
+        let ctx = dir_context(dir.path());
         let good = summary("base_000000010000000000000003", "2026-02-09T02:00:00Z");
         ctx.store
             .put(

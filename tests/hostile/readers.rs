@@ -1,5 +1,6 @@
 //! One test per reader of stored bytes.
 
+use std::collections::HashMap;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -280,6 +281,21 @@ fn tree(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Reads stored part `part` as backup-fetch (into `dest`) or
+/// backup-verify (`None`) does, without progress lines.
+fn read_part(
+    rt: &tokio::runtime::Runtime,
+    ctx: &Context,
+    part: &PartInfo,
+    expected: Arc<HashMap<String, FileEntry>>,
+    dest: Option<&Path>,
+) -> Result<pgdrill::backup::base::PartReport, BackupError> {
+    rt.block_on(async {
+        let (progress, _guard) = Progress::start("fuzz", 0, Duration::from_secs(3600));
+        read_stored_part(ctx, part, expected, dest.map(Path::to_path_buf), progress).await
+    })
+}
+
 /// Restores every part of `metadata` into `sandbox/dest` and checks that
 /// nothing else in `sandbox` changed and no link was made.
 fn restore_into_sandbox(
@@ -297,17 +313,7 @@ fn restore_into_sandbox(
         .collect();
     let expected = pgdrill::backup::base::files_by_path(metadata);
     for part in metadata.parts.iter().take(4) {
-        let result = rt.block_on(async {
-            let (progress, _guard) = Progress::start("fuzz", 0, Duration::from_secs(3600));
-            read_stored_part(
-                ctx,
-                part,
-                Arc::clone(&expected),
-                Some(dest.clone()),
-                progress,
-            )
-            .await
-        });
+        let result = read_part(rt, ctx, part, Arc::clone(&expected), Some(&dest));
         if let Err(e) = result {
             names(&e, &part.key).or_else(|_| match &e {
                 // Failing to write inside the target is about that path.
@@ -432,17 +438,8 @@ fn backup_fetch_of_hostile_metadata() {
         };
         for part in &read.parts {
             let stays = Key::parse(&part.key).is_ok();
-            let result = rt.block_on(async {
-                let (progress, _guard) = Progress::start("fuzz", 0, Duration::from_secs(3600));
-                read_stored_part(
-                    &ctx,
-                    part,
-                    pgdrill::backup::base::files_by_path(&read),
-                    None,
-                    progress,
-                )
-                .await
-            });
+            let expected = pgdrill::backup::base::files_by_path(&read);
+            let result = read_part(&rt, &ctx, part, expected, None);
             if !stays && result.is_ok() {
                 return Err(format!("part key {:?} was read", part.key));
             }
