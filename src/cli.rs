@@ -298,6 +298,13 @@ pub enum Command {
         /// No progress lines from the drills.
         #[arg(long, short)]
         quiet: bool,
+        /// Run the drills on this PostgreSQL major version instead of the
+        /// scenarios' `postgres.version` (as `pgdrill run
+        /// --postgres-version`); a version whose binaries lack what a
+        /// scenario needs is an error here, since a drill that cannot run
+        /// kills nothing.
+        #[arg(long, value_name = "MAJOR", value_parser = clap::value_parser!(u32).range(12..=18))]
+        postgres_version: Option<u32>,
     },
     /// Check scenario files without running them.
     Validate {
@@ -488,7 +495,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             mutants,
             report_dir,
             quiet,
-        } => run_mutants(&scenarios, &mutants, report_dir, quiet).await,
+            postgres_version,
+        } => run_mutants(&scenarios, &mutants, report_dir, quiet, postgres_version).await,
         Command::Validate { scenarios } => {
             let mut code = exit::OK;
             for path in &scenarios {
@@ -651,21 +659,31 @@ fn parse_seed_range(text: &str) -> Result<std::ops::Range<u64>, String> {
     Ok(a..b)
 }
 
+/// Loads the scenario files, each run on `postgres_version` when given
+/// instead of its own `postgres.version`.
+fn load_scenarios(
+    files: &[PathBuf],
+    postgres_version: Option<u32>,
+) -> Result<Vec<Scenario>, crate::scenario::ScenarioError> {
+    files
+        .iter()
+        .map(|f| {
+            let mut scenario = Scenario::load(f)?;
+            if let Some(major) = postgres_version {
+                scenario.postgres.version = major;
+            }
+            Ok(scenario)
+        })
+        .collect()
+}
+
 /// Runs the drills of `pgdrill run`, up to `--parallel` at a time; Ctrl-C
 /// or SIGTERM stops them and cleans up (dropping a drill stops its servers
 /// and removes its directories).
 async fn run_drills(files: &[PathBuf], plan: DrillPlan) -> anyhow::Result<i32> {
     use crate::report::junit::SkippedDrill;
     use futures::StreamExt as _;
-    let mut scenarios = files
-        .iter()
-        .map(|f| Scenario::load(f))
-        .collect::<Result<Vec<_>, _>>()?;
-    if let Some(major) = plan.postgres_version {
-        for s in &mut scenarios {
-            s.postgres.version = major;
-        }
-    }
+    let scenarios = load_scenarios(files, plan.postgres_version)?;
     let pgdrill = std::env::current_exe()?;
     // Each round runs every scenario once, with that round's seed.
     let rounds: Vec<Option<u64>> = match &plan.seeds {
@@ -813,6 +831,7 @@ async fn run_mutants(
     names: &[String],
     report_dir: PathBuf,
     quiet: bool,
+    postgres_version: Option<u32>,
 ) -> anyhow::Result<i32> {
     if !crate::backup::sabotage::SABOTAGE_BUILT_IN {
         anyhow::bail!(
@@ -838,10 +857,10 @@ async fn run_mutants(
             })
             .collect::<anyhow::Result<Vec<_>>>()?
     };
-    let scenarios = files
-        .iter()
-        .map(|f| Scenario::load(f).map(|s| (s, f.clone())))
-        .collect::<Result<Vec<_>, _>>()?;
+    let scenarios: Vec<(Scenario, PathBuf)> = load_scenarios(files, postgres_version)?
+        .into_iter()
+        .zip(files.iter().cloned())
+        .collect();
     let opts = crate::drill::RunOptions {
         seed: None,
         report_dir: report_dir.clone(),

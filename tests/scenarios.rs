@@ -225,6 +225,38 @@ fn run_and_signal(
     Ok((drill, status))
 }
 
+/// A containers drill whose image runs another major than the scenario's
+/// `postgres.version` stops at start, naming both, instead of running the
+/// drill on the wrong version.
+fn image_of_another_version_is_refused(file: PathBuf) -> Trial {
+    Trial::ignorable_test("containers-image-of-another-version-is-refused", move || {
+        let (mut scenario, runtime) = match prepare(&file, Some(18))? {
+            Ok(ready) => ready,
+            Err(ignored) => return Ok(ignored),
+        };
+        scenario.images.postgres = Some("pgdrill/postgres:15-local".into());
+        let opts = RunOptions {
+            seed: None,
+            report_dir: Path::new(env!("CARGO_TARGET_TMPDIR")).join("drill-reports"),
+            keep: false,
+            quiet: true,
+            pgdrill: PathBuf::from(env!("CARGO_BIN_EXE_pgdrill")),
+            tag: None,
+        };
+        let outcome = runtime.block_on(drill::run(&scenario, &file, &opts));
+        let text = match outcome {
+            Err(e) => e.to_string(),
+            Ok(o) => o.report.failures.join("\n"),
+        };
+        if text.contains("the scenario asks for PostgreSQL 18 (postgres.version), but image pgdrill/postgres:15-local runs PostgreSQL 15.") {
+            Ok(Completion::Completed)
+        } else {
+            Err(format!("expected the version mismatch to be refused, got: {text}").into())
+        }
+    })
+    .with_kind("containers")
+}
+
 fn scenario_kind(file: &Path) -> String {
     Scenario::load(file)
         .map(|s| s.environment.as_str().to_string())
@@ -251,7 +283,8 @@ fn main() {
         .chain(matrix)
         .chain([
             interrupted_containers_drill(interrupted.clone()),
-            kept_containers_drill(interrupted),
+            kept_containers_drill(interrupted.clone()),
+            image_of_another_version_is_refused(interrupted),
         ])
         .collect();
     libtest_mimic::run(&args, trials).exit();

@@ -27,6 +27,8 @@ pub struct MutantResult {
     pub caught_by: String,
     /// Drills run for this mutant.
     pub drills: usize,
+    /// The PostgreSQL major version the drills ran on.
+    pub postgres_major: u32,
     /// The report of the drill that killed it (or of the last one run).
     pub report_dir: Option<PathBuf>,
 }
@@ -47,9 +49,11 @@ pub async fn run(
             scenario: None,
             caught_by: "every drill passed".to_string(),
             drills: 0,
+            postgres_major: 0,
             report_dir: None,
         };
         for (scenario, file) in scenarios {
+            result.postgres_major = scenario.postgres.version;
             let sabotaged = Scenario {
                 engine: Engine::PgdrillSabotaged,
                 sabotage: Some(mutant),
@@ -133,9 +137,15 @@ fn first_words(text: &str, n: usize) -> String {
 /// The results as a Markdown table.
 pub fn to_markdown(results: &[MutantResult]) -> String {
     let killed = results.iter().filter(|r| r.killed).count();
+    let mut majors: Vec<String> = results
+        .iter()
+        .map(|r| r.postgres_major.to_string())
+        .collect();
+    majors.dedup();
     let mut out = format!(
-        "# Mutation suite: {killed} of {} mutants killed\n\n| mutant | what it breaks | result | caught by | scenario |\n|---|---|---|---|---|\n",
-        results.len()
+        "# Mutation suite: {killed} of {} mutants killed (PostgreSQL {})\n\n| mutant | what it breaks | result | caught by | scenario |\n|---|---|---|---|---|\n",
+        results.len(),
+        majors.join(", ")
     );
     for r in results {
         out.push_str(&format!(
@@ -174,6 +184,7 @@ mod tests {
                 "every drill passed".to_string()
             },
             drills: 1,
+            postgres_major: 18,
             report_dir: None,
         }
     }
@@ -200,7 +211,7 @@ mod tests {
             result(Sabotage::DropHistory, false),
         ]);
         assert!(
-            table.starts_with("# Mutation suite: 1 of 2 mutants killed"),
+            table.starts_with("# Mutation suite: 1 of 2 mutants killed (PostgreSQL 18)"),
             "{table}"
         );
         assert!(

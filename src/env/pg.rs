@@ -40,6 +40,37 @@ pub async fn connect_retrying(config: &Config, timeout: Duration) -> Result<Clie
     }
 }
 
+/// The server's version (`SHOW server_version`'s first word, e.g.
+/// `18.6`), refused unless its major is `major`, the scenario's: an image
+/// of another version would run the whole drill on it and report the wrong
+/// version's result, and restores of other majors' backups would fail
+/// later on PostgreSQL's own, less clear error. `image` names what ran it.
+pub async fn server_version_of_major(
+    client: &Client,
+    major: u32,
+    image: &str,
+) -> Result<String, EnvError> {
+    let version: String = client
+        .query_one("SHOW server_version", &[])
+        .await
+        .map_err(pg_err("reading the server version"))?
+        .get(0);
+    let version = version.split_whitespace().next().unwrap_or("").to_string();
+    check_major(&version, major, image).map_err(EnvError::Other)?;
+    Ok(version)
+}
+
+/// `version` (`15.20`, `18.6`, `19devel`) is of major `major`, or why not.
+fn check_major(version: &str, major: u32, image: &str) -> Result<(), String> {
+    let found: String = version.chars().take_while(char::is_ascii_digit).collect();
+    if found == major.to_string() {
+        return Ok(());
+    }
+    Err(format!(
+        "the scenario asks for PostgreSQL {major} (postgres.version), but image {image} runs PostgreSQL {version}\nhint: name an image of PostgreSQL {major} in the scenario's images.postgres, or set postgres.version to {found}"
+    ))
+}
+
 /// Forces a WAL segment switch and waits up to `timeout` until the
 /// archiver stored the closed segment; returns that segment's name.
 pub async fn switch_and_wait_archived(
@@ -154,4 +185,24 @@ pub fn loopback_config(port: u16) -> tokio_postgres::Config {
         .application_name("pgdrill-workload")
         .connect_timeout(Duration::from_secs(5));
     config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_of_another_major_than_the_scenarios_is_refused_naming_both() {
+        assert!(check_major("15.20", 15, "pgdrill/postgres:15-local").is_ok());
+        assert!(check_major("18.6", 18, "postgres:18").is_ok());
+        let e = check_major("15.20", 18, "my/postgres:latest").unwrap_err();
+        assert!(
+            e.starts_with("the scenario asks for PostgreSQL 18 (postgres.version), but image my/postgres:latest runs PostgreSQL 15.20"),
+            "{e}"
+        );
+        assert!(e.contains("set postgres.version to 15"), "{e}");
+        // 1 is not 18's prefix match: whole majors are compared.
+        assert!(check_major("1.0", 18, "x").is_err());
+        assert!(check_major("180.1", 18, "x").is_err());
+    }
 }

@@ -149,16 +149,20 @@ async fn directory_store_with_zstd_and_64mb_segments() {
     run_e2e(&env, 2).await;
 }
 
-/// The same on the other supported versions: 16 with S3 and lz4, 18
-/// (data checksums by default) with the directory store, zstd and 64 MB
-/// segments. Their binaries come from ci/setup's cache.
+/// The same on the other supported versions: 16 with S3, lz4 and 1 MB
+/// segments, 18 (data checksums by default) with the directory store, zstd
+/// and 64 MB segments. Their binaries come from ci/setup's cache.
 #[tokio::test(flavor = "multi_thread")]
 async fn backup_and_restore_are_exact_on_postgresql_16_and_18() {
     let v16 = TestEnv::start_version(
         "e2e-pg16",
         Storage::S3,
         &[("WALG_PREFETCH", "4")],
-        InitOptions::default(),
+        // Segments smaller than the default (18 below: larger).
+        InitOptions {
+            wal_segsize_mb: Some(1),
+            ..InitOptions::default()
+        },
         16,
     );
     assert!(v16.archive.bin.version().unwrap().starts_with("16."));

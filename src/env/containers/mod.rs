@@ -235,16 +235,9 @@ impl ContainersEnvironment {
         env.primary = Some(primary);
         let client =
             super::pg::connect_retrying(&env.primary_config, Duration::from_secs(60)).await?;
-        let row = client
-            .query_one("SHOW server_version", &[])
-            .await
-            .map_err(super::pg::pg_err("reading the server version"))?;
-        env.facts.postgres_version = row
-            .get::<_, String>(0)
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        env.facts.postgres_version =
+            super::pg::server_version_of_major(&client, spec.postgres_major, &env.images.postgres)
+                .await?;
         Ok(env)
     }
 

@@ -209,15 +209,13 @@ impl KubeEnvironment {
         let primary_forward = PortForward::start(cluster.pods(&ns), PRIMARY_POD, 5432).await?;
         let primary_config = super::pg::loopback_config(primary_forward.port());
         let client = super::pg::connect_retrying(&primary_config, Duration::from_secs(60)).await?;
-        let version: String = client
-            .query_one("SHOW server_version", &[])
-            .await
-            .map_err(super::pg::pg_err("reading the server version"))?
-            .get(0);
+        let version =
+            super::pg::server_version_of_major(&client, spec.postgres_major, &drill.postgres_image)
+                .await?;
         Ok(KubeEnvironment {
             facts: EnvFacts {
                 kind: crate::scenario::Environment::Kind,
-                postgres_version: version.split_whitespace().next().unwrap_or("").into(),
+                postgres_version: version,
                 wal_segment_size: u64::from(spec.wal_segsize_mb.unwrap_or(16)) << 20,
                 storage_settings: host_env_dir,
                 images: Vec::new(),
