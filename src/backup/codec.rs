@@ -117,6 +117,15 @@ impl CodecError {
     }
 }
 
+/// The header of an object compressed with `compression`.
+fn header(compression: Compression) -> [u8; HEADER_LEN] {
+    let mut header = [0u8; HEADER_LEN];
+    header[..4].copy_from_slice(MAGIC);
+    header[4] = FORMAT_VERSION;
+    header[5] = compression.code();
+    header
+}
+
 enum Compressor<W: Write> {
     None(W),
     Lz4(lz4_flex::frame::FrameEncoder<W>),
@@ -133,11 +142,7 @@ pub struct ObjectWriter<W: Write> {
 
 impl<W: Write> ObjectWriter<W> {
     pub fn new(mut inner: W, compression: Compression) -> io::Result<Self> {
-        let mut header = [0u8; HEADER_LEN];
-        header[..4].copy_from_slice(MAGIC);
-        header[4] = FORMAT_VERSION;
-        header[5] = compression.code();
-        inner.write_all(&header)?;
+        inner.write_all(&header(compression))?;
         let inner = Counting { inner, count: 0 };
         let compressor = match compression {
             Compression::None => Compressor::None(inner),
@@ -204,23 +209,109 @@ impl<W: Write> Write for ObjectWriter<W> {
     }
 }
 
-/// Encodes a whole buffer.
 /// Encodes a whole buffer. The checksum is computed on a second thread
-/// while compressing: wal-push is CPU-bound.
+/// while compressing, and lz4 compresses its blocks on every core:
+/// wal-push is CPU-bound, and PostgreSQL's archiver waits for each segment.
 pub fn encode(plain: &[u8], compression: Compression) -> io::Result<(Vec<u8>, Digest)> {
     std::thread::scope(|scope| {
         let hashing = scope.spawn(|| blake3::hash(plain));
-        let mut w = ObjectWriter::new(Vec::with_capacity(plain.len() / 2 + 64), compression)?;
+        let digest = |hashing: std::thread::ScopedJoinHandle<'_, blake3::Hash>| {
+            let hash = hashing
+                .join()
+                .map_err(|_| io::Error::other("checksum thread failed"))?;
+            Ok::<_, io::Error>(Digest {
+                plain_len: plain.len() as u64,
+                blake3: *hash.as_bytes(),
+            })
+        };
+        // Room for an incompressible input, so the buffer never moves: pages
+        // never written are never touched, so this costs no memory.
+        let capacity = plain.len() + plain.len() / 1024 + HEADER_LEN + TRAILER_LEN + 64;
+        if compression == Compression::Lz4 {
+            // The payload is written whole here; the writer adds the trailer.
+            let mut object = Vec::with_capacity(capacity);
+            object.extend_from_slice(&header(compression));
+            let mut payload = Counting {
+                inner: object,
+                count: 0,
+            };
+            lz4_frame_parallel(plain, &mut payload)?;
+            let w = ObjectWriter {
+                compressor: Compressor::None(payload),
+                hasher: None,
+                plain_len: plain.len() as u64,
+            };
+            return w.finish_with(digest(hashing)?);
+        }
+        let mut w = ObjectWriter::new(Vec::with_capacity(capacity), compression)?;
         w.hasher = None;
         w.write_all(plain)?;
-        let hash = hashing
-            .join()
-            .map_err(|_| io::Error::other("checksum thread failed"))?;
-        w.finish_with(Digest {
-            plain_len: plain.len() as u64,
-            blake3: *hash.as_bytes(),
-        })
+        w.finish_with(digest(hashing)?)
     })
+}
+
+/// Largest block of the frames [`lz4_frame_parallel`] writes (4 MiB, the
+/// LZ4 frame format's largest, WAL-G's default too).
+const LZ4_BLOCK: usize = 4 << 20;
+
+/// Writes `plain` as one standard LZ4 frame of independent 4 MiB blocks,
+/// compressing the blocks on up to as many threads as there are cores; a
+/// block that does not shrink is stored as it is (the format's
+/// uncompressed-block flag), so incompressible WAL costs a copy.
+fn lz4_frame_parallel(plain: &[u8], out: &mut impl Write) -> io::Result<()> {
+    use lz4_flex::frame::{BlockMode, BlockSize, FrameEncoder, FrameInfo};
+    // The frame header, as lz4_flex writes it for these settings: the
+    // frame of an empty input is that header and the end mark.
+    let info = FrameInfo::new()
+        .block_size(BlockSize::Max4MB)
+        .block_mode(BlockMode::Independent);
+    let empty = FrameEncoder::with_frame_info(info, Vec::new())
+        .finish()
+        .map_err(io::Error::other)?;
+    out.write_all(&empty[..empty.len() - 4])?;
+    let blocks: Vec<&[u8]> = plain.chunks(LZ4_BLOCK).collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(blocks.len())
+        .max(1);
+    let per_thread = blocks.len().div_ceil(threads).max(1);
+    let compressed: Vec<Option<Vec<u8>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = blocks
+            .chunks(per_thread)
+            .map(|mine| {
+                scope.spawn(move || {
+                    mine.iter()
+                        .map(|block| lz4_block(block))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().map_err(|_| io::Error::other("lz4 thread failed")))
+            .collect::<io::Result<Vec<Vec<_>>>>()
+            .map(|v| v.into_iter().flatten().collect())
+    })?;
+    for (block, packed) in blocks.iter().zip(&compressed) {
+        // Stored as it is unless compression made it smaller.
+        let (flag, bytes) = match packed {
+            Some(p) if p.len() < block.len() => (0u32, p.as_slice()),
+            _ => (1u32 << 31, *block),
+        };
+        let len = u32::try_from(bytes.len()).expect("a block is at most 4 MiB");
+        out.write_all(&(len | flag).to_le_bytes())?;
+        out.write_all(bytes)?;
+    }
+    // End mark.
+    out.write_all(&0u32.to_le_bytes())
+}
+
+/// One raw LZ4 block, or `None` when it would not fit its input's size.
+fn lz4_block(block: &[u8]) -> Option<Vec<u8>> {
+    let mut packed = vec![0u8; lz4_flex::block::get_maximum_output_size(block.len())];
+    let n = lz4_flex::block::compress_into(block, &mut packed).ok()?;
+    packed.truncate(n);
+    Some(packed)
 }
 
 /// Decodes a whole buffer, verifying length and checksum.
@@ -510,6 +601,49 @@ mod tests {
                 assert!(obj.len() < plain.len() / 2, "{c:?} compresses");
             }
         }
+    }
+
+    /// Whole-buffer lz4 writes its own frame (blocks compressed on several
+    /// threads): it must be a standard LZ4 frame that decodes to the input
+    /// at every size around the block boundaries, with incompressible
+    /// blocks stored as they are.
+    #[test]
+    fn parallel_lz4_frames_are_standard_and_exact() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect()
+        };
+        let wal_like: Vec<u8> = sample().into_iter().cycle().take(16 << 20).collect();
+        let mut mixed = noise(LZ4_BLOCK + 17);
+        mixed.extend_from_slice(&wal_like[..2 * LZ4_BLOCK]);
+        for plain in [
+            wal_like.clone(),
+            noise(16 << 20),
+            mixed,
+            wal_like[..LZ4_BLOCK - 1].to_vec(),
+            wal_like[..LZ4_BLOCK + 1].to_vec(),
+            vec![7],
+        ] {
+            let (obj, digest) = encode(&plain, Compression::Lz4).unwrap();
+            assert_eq!(decode(&obj).unwrap(), (plain.clone(), digest));
+            let frame = &obj[HEADER_LEN..obj.len() - TRAILER_LEN];
+            let mut back = Vec::new();
+            lz4_flex::frame::FrameDecoder::new(frame)
+                .read_to_end(&mut back)
+                .unwrap();
+            assert!(back == plain, "lz4_flex's frame decoder disagrees");
+            // Incompressible input costs its size plus block headers only.
+            assert!(frame.len() <= plain.len() + 64, "{}", frame.len());
+        }
+        let (obj, _) = encode(&wal_like, Compression::Lz4).unwrap();
+        assert!(obj.len() < wal_like.len() / 4, "compressible WAL shrinks");
     }
 
     #[test]

@@ -182,6 +182,34 @@ pub fn open(config: &StorageConfig) -> Result<Arc<dyn Store>, StoreError> {
 const MULTIPART_CHUNK: usize = 8 << 20;
 const MULTIPART_IN_FLIGHT: usize = 2;
 
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The HTTP client of a plain `http://` endpoint: object_store's own
+/// minus the system's CA certificates, which plain HTTP never uses and
+/// whose loading (every file of /etc/ssl/certs) cost each wal-push process
+/// milliseconds; PostgreSQL's archiver starts one per segment.
+#[derive(Debug)]
+struct PlainHttp;
+
+impl object_store::client::HttpConnector for PlainHttp {
+    fn connect(
+        &self,
+        _options: &object_store::ClientOptions,
+    ) -> object_store::Result<object_store::client::HttpClient> {
+        let client = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| object_store::Error::Generic {
+                store: "S3",
+                source: Box::new(e),
+            })?;
+        Ok(object_store::client::HttpClient::new(client))
+    }
+}
+
 /// An S3-compatible bucket, optionally under a path prefix.
 #[derive(Debug)]
 pub struct S3Store {
@@ -216,11 +244,14 @@ impl S3Store {
             .with_client_options(
                 object_store::ClientOptions::new()
                     .with_allow_http(endpoint.starts_with("http://"))
-                    .with_connect_timeout(std::time::Duration::from_secs(10))
-                    .with_timeout(std::time::Duration::from_secs(300)),
+                    .with_connect_timeout(CONNECT_TIMEOUT)
+                    .with_timeout(REQUEST_TIMEOUT),
             );
         if cfg.endpoint.is_some() {
             builder = builder.with_endpoint(&endpoint);
+        }
+        if endpoint.starts_with("http://") {
+            builder = builder.with_http_connector(PlainHttp);
         }
         let inner = builder.build().map_err(|e| StoreError::Other {
             key: Key::new(""),

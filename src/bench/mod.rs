@@ -16,7 +16,7 @@
 //!    per segment as `archive_command` runs it.
 //!
 //! Every command's wall time is measured around it, and its peak RSS comes
-//! from `wait4`. Figures and goals go to
+//! from GNU time (see [`measured`]). Figures and goals go to
 //! `<report-dir>/bench/backup-<UTC time>.json` and `.md`; the Markdown is
 //! printed at the end. Missing a goal is a result, not an error: the exit
 //! code is 0 unless the run itself failed.
@@ -26,7 +26,7 @@ use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -45,30 +45,43 @@ use crate::env::local::{
     as_user, run_checked, ArchiveStorage, ArchivingCluster, InitOptions, LocalPostgres, LocalS3,
 };
 
+mod archive;
 mod verify;
 
 /// Arguments of `pgdrill bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// What to measure: `backup` (backup, restore and wal-push speed) or
-    /// `verify` (what each check of a restore costs, over drills of
-    /// `--scenario`).
+    /// What to measure: `backup` (backup, restore and wal-push speed),
+    /// `archive` (whether archiving keeps up: wal-push and its peers one
+    /// process per segment, then under a pgbench load) or `verify` (what
+    /// each check of a restore costs, over drills of `--scenario`).
     #[arg(default_value = "backup")]
     pub what: String,
     /// `verify`: the drill whose restores are measured.
     #[arg(long, default_value = "scenarios/quick.yaml")]
     pub scenario: PathBuf,
-    /// `verify`: how many drills (different seeds) are run.
+    /// `verify`: how many drills (different seeds) are run; `archive`: how
+    /// many times the per-segment loop runs each tool (order rotated).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub repeat: u32,
-    /// pgbench scale of the loaded cluster (100 is about 1.5 GB).
+    /// `backup`: pgbench scale of the loaded cluster (100 is about 1.5 GB).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub scale: u32,
+    /// `archive`: pgbench scale of the cluster (the load writes WAL; the
+    /// database size matters little).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub archive_scale: u32,
+    /// `archive`: seconds of pgbench load per archiver.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(5..))]
+    pub duration: u64,
+    /// `archive`: pgbench clients of the load.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub clients: u32,
     /// Where figures go (`<dir>/bench/backup-<date>.json` and `.md`).
     #[arg(long, default_value = "reports")]
     pub report_dir: PathBuf,
-    /// WAL segments (16 MiB each) pushed, one `wal-push` process each, for
-    /// the throughput figure.
+    /// WAL segments (16 MiB each) pushed, one process each, for the
+    /// throughput figures (`archive`: per tool and kind of content).
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
     pub wal_segments: u64,
     /// MiB of WAL written with pgbench after the base backup and replayed by
@@ -93,7 +106,7 @@ const PREFETCH_ON: u32 = 8;
 /// The brief's goals.
 const PUSH_RATIO_GOAL: f64 = 1.25;
 const FETCH_RATIO_GOAL: f64 = 1.0;
-const WAL_PUSH_RATE_GOAL: f64 = 30.0;
+const WAL_PUSH_RATE_GOAL: f64 = 60.0;
 const WAL_PUSH_RSS_GOAL_MIB: f64 = 64.0;
 const BACKUP_PUSH_RSS_GOAL_MIB: f64 = 256.0;
 /// Longest wait for the archiver, and for a restore to finish recovery.
@@ -113,12 +126,17 @@ pub async fn run(args: BenchArgs) -> Result<i32> {
             let stem = format!("backup-{}", report.started_at.format("%Y%m%dT%H%M%SZ"));
             (serde_json::to_value(&report)?, report.markdown(), stem)
         }
+        "archive" => {
+            let report = archive::run(&args).await?;
+            let stem = format!("archive-{}", report.started_at.format("%Y%m%dT%H%M%SZ"));
+            (serde_json::to_value(&report)?, report.markdown(), stem)
+        }
         "verify" => {
             let report = verify::run(&args).await?;
             let stem = format!("verify-{}", report.started_at.format("%Y%m%dT%H%M%SZ"));
             (serde_json::to_value(&report)?, report.markdown(), stem)
         }
-        other => bail!("unknown benchmark {other:?}: use `backup` or `verify`"),
+        other => bail!("unknown benchmark {other:?}: use `backup`, `archive` or `verify`"),
     };
     let written = write_report(&args.report_dir, &stem, &json, &markdown);
     print!("{markdown}");
@@ -141,25 +159,80 @@ struct Finished {
     stdout: String,
 }
 
-/// Runs `cmd` to completion with stdin closed and stdout/stderr captured,
-/// and measures it; a failure carries the end of its stderr.
-fn run_timed(mut cmd: Command, what: &str) -> Result<Finished> {
+/// GNU time, which reports the peak RSS of the command it runs.
+const GNU_TIME: &str = "/usr/bin/time";
+
+/// `cmd` run as the server user under GNU time, which writes the
+/// command's peak RSS (KiB) to `rss_file`. Not `wait4` on our own child:
+/// a child forked from the bench inherits the bench's resident pages in
+/// its `ru_maxrss` (a forked `/bin/true` of a 200 MiB parent reports
+/// 200 MiB; `posix_spawn` passes on the parent's high-water mark instead),
+/// which made every tool look as large as the bench. GNU time is small, so
+/// what it forks starts small; `setpriv` then takes the server user
+/// without another fork.
+fn measured(cmd: &Command, rss_file: &Path) -> Result<Command> {
+    if !Path::new(GNU_TIME).is_file() {
+        bail!("{GNU_TIME} is needed to measure peak memory: apt-get install time (ci/setup-bench)");
+    }
+    let mut measured = Command::new(GNU_TIME);
+    measured.args(["-f", "%M", "-o"]).arg(rss_file).arg("--");
+    if let Some(u) = crate::env::local::RunAs::detect()? {
+        measured
+            .arg("setpriv")
+            .arg(format!("--reuid={}", u.uid))
+            .arg(format!("--regid={}", u.gid))
+            .arg("--clear-groups")
+            .arg("--");
+    }
+    measured.arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => measured.env(k, v),
+            None => measured.env_remove(k),
+        };
+    }
+    measured.current_dir(cmd.get_current_dir().unwrap_or(Path::new("/")));
+    Ok(measured)
+}
+
+/// GNU time's `%M` (KiB; the last line, after any "Command exited with
+/// non-zero status") in bytes.
+fn peak_rss_of(report: &str) -> Option<u64> {
+    report
+        .lines()
+        .last()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|kib| kib * 1024)
+}
+
+/// Runs `cmd` to completion as the server user, with stdin closed and
+/// stdout/stderr captured, and measures it; a failure carries the end of
+/// its stderr.
+fn run_timed(cmd: Command, what: &str) -> Result<Finished> {
+    let rss_file = tempfile::NamedTempFile::new().context("creating a file for peak RSS")?;
+    let mut cmd = measured(&cmd, rss_file.path())?;
     let capture = || tempfile::tempfile().context("creating a file for a command's output");
     let (mut out, mut err) = (capture()?, capture()?);
     cmd.stdin(Stdio::null())
         .stdout(out.try_clone().context("sharing a capture file")?)
         .stderr(err.try_clone().context("sharing a capture file")?);
     let started = Instant::now();
-    let child = cmd.spawn().with_context(|| format!("starting {what}"))?;
-    let (status, usage) = wait_with_usage(child).with_context(|| format!("waiting for {what}"))?;
+    let status = cmd
+        .spawn()
+        .with_context(|| format!("starting {what}"))?
+        .wait()
+        .with_context(|| format!("waiting for {what}"))?;
     let wall_secs = started.elapsed().as_secs_f64();
     let stdout = read_capture(&mut out)?;
     if !status.success() {
         let stderr = read_capture(&mut err)?;
         bail!("{what} failed ({status}):\n{}", last_lines(&stderr, 20));
     }
-    // ru_maxrss is in KiB on Linux.
-    let peak_rss_bytes = u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024;
+    let report = std::fs::read_to_string(rss_file.path()).context("reading GNU time's report")?;
+    let peak_rss_bytes = peak_rss_of(&report)
+        .with_context(|| format!("GNU time reported no peak RSS for {what}: {report:?}"))?;
     Ok(Finished {
         timed: Timed {
             wall_secs,
@@ -167,27 +240,6 @@ fn run_timed(mut cmd: Command, what: &str) -> Result<Finished> {
         },
         stdout,
     })
-}
-
-/// Reaps `child` with `wait4`, which also reports its resource usage.
-fn wait_with_usage(child: Child) -> std::io::Result<(ExitStatus, libc::rusage)> {
-    use std::os::unix::process::ExitStatusExt;
-    let pid = libc::pid_t::try_from(child.id()).map_err(std::io::Error::other)?;
-    let mut status: libc::c_int = 0;
-    // SAFETY: rusage is plain old data, for which all zeroes is valid.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: pid is our own child, not reaped yet (std never waits on
-        // it: we own the Child); both pointers are to live locals.
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if r == pid {
-            return Ok((ExitStatus::from_raw(status), usage));
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
 }
 
 fn read_capture(file: &mut File) -> Result<String> {
@@ -757,7 +809,7 @@ const METHOD: [&str; 6] = [
     "backup-push and backup-fetch with WAL-G default concurrency (nproc clamped to 2..16); backup-fetch into an empty directory, synced at the end.",
     "Replay: the same base backup restored with backup-fetch --recover --no-archive, WALG_PREFETCH=8 first, then 0 (a warm page cache favours the second); timed from pg_ctl start until pg_is_in_recovery() is false.",
     "wal-push: the newest archived segments copied out of the archive, then each pushed by its own pgdrill wal-push process into a fresh prefix, sequentially as the archiver runs them (no archive_status directory, so no upload-ahead).",
-    "Peak RSS: ru_maxrss of each child from wait4; wall times are measured around each command.",
+    "Peak RSS: GNU time's %M of each command (its own, not inherited from the bench); wall times are measured around each command.",
 ];
 
 #[derive(Debug, Serialize)]
@@ -1021,4 +1073,34 @@ fn write_report(
         .with_context(|| format!("writing {}", json_path.display()))?;
     std::fs::write(&md_path, markdown).with_context(|| format!("writing {}", md_path.display()))?;
     Ok((json_path, md_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The peak RSS of a measured command is its own: `/bin/true` run by a
+    /// bench holding 200 MiB is small (a forked child's `ru_maxrss` said
+    /// 200 MiB).
+    #[test]
+    fn a_commands_peak_rss_is_not_the_benchs() {
+        let held: Vec<u8> = vec![1; 200 << 20];
+        let t = run_timed(Command::new("/bin/true"), "true").unwrap().timed;
+        assert!(held.iter().step_by(4096).all(|&b| b == 1));
+        assert!(
+            t.peak_rss_bytes > 0 && t.peak_rss_bytes < 20 * MIB,
+            "{} MiB",
+            t.peak_rss_bytes / MIB
+        );
+    }
+
+    #[test]
+    fn gnu_times_report_gives_the_peak_after_any_exit_note() {
+        assert_eq!(peak_rss_of("1234\n"), Some(1234 * 1024));
+        assert_eq!(
+            peak_rss_of("Command exited with non-zero status 1\n2048\n"),
+            Some(2048 * 1024)
+        );
+        assert_eq!(peak_rss_of(""), None);
+    }
 }

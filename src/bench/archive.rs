@@ -1,0 +1,796 @@
+//! `pgdrill bench archive`: does archiving keep up with a busy primary?
+//! (Issue 15: RPO is decided where `archive_command` falls behind.)
+//!
+//! One cluster, one embedded S3 server, in one run:
+//! 1. **Per-segment loop**: `--wal-segments` segments of real pgbench WAL
+//!    (copied out of the archive) and as many incompressible ones (random
+//!    bytes), each pushed by its own process as PostgreSQL's archiver runs
+//!    `archive_command`, into a fresh destination per repetition. The tools
+//!    side by side: `pgdrill wal-push`, and when installed pgBackRest
+//!    `archive-push` (sync, lz4; through `stunnel` for TLS, which it needs)
+//!    and `barman-cloud-wal-archive` (real WAL only: both check or expect
+//!    PostgreSQL's own segments). The order of tools rotates across the
+//!    `--repeat` repetitions; each figure is the median, with min and max.
+//! 2. **Under load**: `pgbench` at full speed (`--clients`, the built-in
+//!    TPC-B-like script plus a bulk insert, so WAL is written faster than
+//!    by small transactions alone) for `--duration` seconds, with
+//!    `archive_command` set in turn to `pgdrill wal-push` without and with
+//!    upload-ahead (`WALG_UPLOAD_CONCURRENCY` 1 and the default), and
+//!    pgBackRest `archive-push` sync and async. Sampled every second: WAL
+//!    written, segments archived (`pg_stat_archiver`) and the archive lag
+//!    (segments `.ready` in `pg_wal/archive_status`); after the load, how
+//!    long the archiver takes to catch up.
+
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use chrono::{DateTime, Utc};
+use rand::RngCore as _;
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use super::{
+    blocking, load_average, mib, query_value, run_timed, BenchArgs, Machine, Rig, MIB, SEGMENT_SIZE,
+};
+use crate::backup::layout::Segment;
+use crate::env::local::{as_user, free_port, run_checked, write_env_dir};
+
+/// The issue's goals for the per-segment loop, segments per second.
+const REAL_WAL_GOAL: f64 = 60.0;
+const INCOMPRESSIBLE_GOAL: f64 = 40.0;
+/// The bulk-insert script mixed into the load (one in ten transactions).
+const BULK_SQL: &str = "INSERT INTO bench_bulk SELECT g, md5(g::text) || md5((g + 1)::text) FROM generate_series(1, 5000) g;\n";
+/// How long the archiver may take to catch up after the load.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// One tool of the per-segment loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum LoopTool {
+    PgdrillWalPush,
+    PgbackrestArchivePush,
+    BarmanCloudWalArchive,
+}
+
+impl LoopTool {
+    fn name(self) -> &'static str {
+        match self {
+            LoopTool::PgdrillWalPush => "pgdrill wal-push (lz4)",
+            LoopTool::PgbackrestArchivePush => "pgBackRest archive-push (sync, lz4)",
+            LoopTool::BarmanCloudWalArchive => "barman-cloud-wal-archive (no compression)",
+        }
+    }
+}
+
+/// The figures of one tool on one kind of segment.
+#[derive(Debug, Serialize)]
+struct LoopResult {
+    tool: LoopTool,
+    /// `real pgbench WAL` or `incompressible`.
+    content: &'static str,
+    segments: usize,
+    /// Segments per second of each repetition.
+    runs: Vec<f64>,
+    median: f64,
+    min: f64,
+    max: f64,
+    peak_rss_bytes: u64,
+}
+
+/// One second of the load.
+#[derive(Debug, Clone, Serialize)]
+struct Sample {
+    at_secs: f64,
+    wal_bytes: u64,
+    archived: i64,
+    ready: usize,
+}
+
+/// How one archiver fared under the load.
+#[derive(Debug, Serialize)]
+struct LoadResult {
+    archiver: String,
+    load_secs: f64,
+    wal_mib_per_sec: f64,
+    segments_written: f64,
+    segments_archived_during_load: i64,
+    archived_per_sec_during_load: f64,
+    max_ready: usize,
+    ready_at_end_of_load: usize,
+    catch_up_secs: f64,
+    failed_attempts: i64,
+    samples: Vec<Sample>,
+}
+
+/// The JSON report of `bench archive`.
+#[derive(Debug, Serialize)]
+pub(super) struct ArchiveReport {
+    benchmark: &'static str,
+    pub(super) started_at: DateTime<Utc>,
+    finished_at: DateTime<Utc>,
+    pgdrill_version: &'static str,
+    postgres_version: String,
+    machine: Machine,
+    method: Vec<String>,
+    per_segment: Vec<LoopResult>,
+    under_load: Vec<LoadResult>,
+    /// Peers not measured, and why.
+    skipped: Vec<String>,
+}
+
+/// pgBackRest against the embedded S3 server: a TLS front (`stunnel`), a
+/// self-signed certificate and one configuration per repository path.
+struct PgBackRest {
+    dir: PathBuf,
+    tls_port: u16,
+    stunnel: Child,
+}
+
+impl Drop for PgBackRest {
+    fn drop(&mut self) {
+        let _ = self.stunnel.kill();
+        let _ = self.stunnel.wait();
+    }
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
+
+impl PgBackRest {
+    /// Starts the TLS front, or says why pgBackRest cannot be measured.
+    fn start(rig: &Rig) -> Result<std::result::Result<PgBackRest, String>> {
+        for program in ["pgbackrest", "stunnel", "openssl"] {
+            if !on_path(program) {
+                return Ok(Err(format!(
+                    "pgBackRest not measured: `{program}` is not installed (apt-get install pgbackrest stunnel4 openssl)"
+                )));
+            }
+        }
+        let dir = rig.dir("pgbackrest")?;
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let mut openssl = Command::new("openssl");
+        openssl
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert);
+        run_checked(&mut openssl, "openssl req")?;
+        let tls_port = free_port()?;
+        let upstream = rig.s3().endpoint.trim_start_matches("http://").to_string();
+        let conf = dir.join("stunnel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "foreground = yes\npid =\n[s3]\naccept = 127.0.0.1:{tls_port}\nconnect = {upstream}\ncert = {}\nkey = {}\n",
+                cert.display(),
+                key.display()
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join("stunnel.log"))?;
+        let stunnel = Command::new("stunnel")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting stunnel")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("stunnel did not listen on 127.0.0.1:{tls_port} within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for sub in ["log", "lock", "spool"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        if let Some(u) = rig.cluster.archive.run_as {
+            u.chown_tree(&dir)?;
+        }
+        Ok(Ok(PgBackRest {
+            dir,
+            tls_port,
+            stunnel,
+        }))
+    }
+
+    /// Writes the configuration of repository path `repo` (asynchronous
+    /// archiving when `async_push`) and creates its stanza; returns the
+    /// configuration file.
+    fn configure(&self, rig: &Rig, repo: &str, async_push: bool) -> Result<PathBuf> {
+        let s3 = rig.s3();
+        let pg = rig.primary();
+        let d = &self.dir;
+        let asynchronous = if async_push {
+            "archive-async=y\nprocess-max=2\n"
+        } else {
+            ""
+        };
+        let text = format!(
+            "[global]\nrepo1-type=s3\nrepo1-s3-bucket={bucket}\nrepo1-s3-endpoint=127.0.0.1\nrepo1-storage-port={port}\n\
+             repo1-s3-region=us-east-1\nrepo1-s3-key={key}\nrepo1-s3-key-secret={secret}\nrepo1-s3-uri-style=path\n\
+             repo1-storage-verify-tls=n\nrepo1-path=/{repo}\ncompress-type=lz4\nlog-level-console=warn\nlog-level-file=off\n\
+             log-path={d}/log\nlock-path={d}/lock\nspool-path={d}/spool\n{asynchronous}\
+             [bench]\npg1-path={data}\npg1-port={pgport}\npg1-socket-path={socket}\n",
+            bucket = s3.bucket,
+            port = self.tls_port,
+            key = s3.access_key,
+            secret = s3.secret_key.expose(),
+            d = d.display(),
+            data = pg.data_dir.display(),
+            pgport = pg.port,
+            socket = pg.socket_dir.display(),
+        );
+        let conf = d.join(format!("{repo}.conf"));
+        std::fs::write(&conf, text)?;
+        if let Some(u) = rig.cluster.archive.run_as {
+            u.chown_tree(&conf)?;
+        }
+        let mut create = self.command(rig, &conf);
+        create.arg("stanza-create");
+        run_checked(&mut create, "pgbackrest stanza-create")?;
+        Ok(conf)
+    }
+
+    /// `pgbackrest --config CONF --stanza bench`, as the server user.
+    fn command(&self, rig: &Rig, conf: &Path) -> Command {
+        let mut cmd = Command::new("pgbackrest");
+        cmd.arg(format!("--config={}", conf.display()))
+            .arg("--stanza=bench");
+        as_user(&mut cmd, rig.cluster.archive.run_as);
+        cmd
+    }
+}
+
+/// `barman-cloud-wal-archive` into `s3://bucket/dest`, as the server user.
+fn barman_command(rig: &Rig, dest: &str, file: &Path) -> Command {
+    let s3 = rig.s3();
+    let mut cmd = Command::new("barman-cloud-wal-archive");
+    cmd.arg("--endpoint-url")
+        .arg(&s3.endpoint)
+        .arg(format!("s3://{}/{dest}", s3.bucket))
+        .arg("bench")
+        .arg(file)
+        .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", s3.secret_key.expose())
+        .env("AWS_DEFAULT_REGION", "us-east-1");
+    as_user(&mut cmd, rig.cluster.archive.run_as);
+    cmd
+}
+
+/// Pushes every file with its own process, one after the other; segments
+/// per second and the largest peak RSS.
+fn push_loop(mut command: impl FnMut(&Path) -> Command, files: &[PathBuf]) -> Result<(f64, u64)> {
+    let started = Instant::now();
+    let mut peak = 0;
+    for f in files {
+        let t = run_timed(command(f), "archiving a segment")?.timed;
+        peak = peak.max(t.peak_rss_bytes);
+    }
+    Ok((files.len() as f64 / started.elapsed().as_secs_f64(), peak))
+}
+
+/// `count` files of random bytes named as segments of timeline 9 (no
+/// clash with the cluster's own).
+fn incompressible_segments(rig: &Rig, count: u64) -> Result<Vec<PathBuf>> {
+    let dir = rig.dir("incompressible")?;
+    let mut rng = rand::rng();
+    let mut files = Vec::new();
+    let mut data = vec![0u8; SEGMENT_SIZE as usize];
+    for segno in 1..=count {
+        rng.fill_bytes(&mut data);
+        let name = Segment { timeline: 9, segno }.file_name(SEGMENT_SIZE);
+        let path = dir.join(name);
+        std::fs::write(&path, &data)?;
+        files.push(path);
+    }
+    if let Some(u) = rig.cluster.archive.run_as {
+        u.chown_tree(&dir)?;
+    }
+    Ok(files)
+}
+
+fn median_min_max(runs: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    let median = if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    };
+    (median, sorted[0], sorted[n - 1])
+}
+
+/// The per-segment loop, every tool side by side, rotating their order.
+fn measure_loop(
+    rig: &Rig,
+    pgbackrest: Option<&PgBackRest>,
+    barman: bool,
+    real: &[PathBuf],
+    random: &[PathBuf],
+    repeat: u32,
+) -> Result<Vec<LoopResult>> {
+    let mut cases: Vec<(LoopTool, &'static str, &[PathBuf])> = vec![
+        (LoopTool::PgdrillWalPush, "real pgbench WAL", real),
+        (LoopTool::PgdrillWalPush, "incompressible", random),
+    ];
+    if pgbackrest.is_some() {
+        cases.push((LoopTool::PgbackrestArchivePush, "real pgbench WAL", real));
+    }
+    if barman {
+        cases.push((LoopTool::BarmanCloudWalArchive, "real pgbench WAL", real));
+    }
+    let mut runs: Vec<(Vec<f64>, u64)> = vec![(Vec::new(), 0); cases.len()];
+    for rep in 0..repeat as usize {
+        for i in (0..cases.len()).map(|k| (k + rep) % cases.len()) {
+            let (tool, content, files) = cases[i];
+            let dest = format!("loop-{rep}-{i}");
+            eprintln!(
+                "bench: {} of {} {content} segments, one process each (repetition {})",
+                tool.name(),
+                files.len(),
+                rep + 1
+            );
+            let (rate, rss) = match tool {
+                LoopTool::PgdrillWalPush => {
+                    let env = rig.env_dir(&format!("env-{dest}"), &dest, 0)?;
+                    push_loop(
+                        |f| rig.pgdrill(&env, [OsStr::new("wal-push"), f.as_os_str()]),
+                        files,
+                    )?
+                }
+                LoopTool::PgbackrestArchivePush => {
+                    let pbr = pgbackrest.expect("measured only when set up");
+                    let conf = pbr.configure(rig, &dest, false)?;
+                    push_loop(
+                        |f| {
+                            let mut cmd = pbr.command(rig, &conf);
+                            cmd.arg("archive-push").arg(f);
+                            cmd
+                        },
+                        files,
+                    )?
+                }
+                LoopTool::BarmanCloudWalArchive => {
+                    push_loop(|f| barman_command(rig, &dest, f), files)?
+                }
+            };
+            eprintln!("bench: {rate:.1} segments/s");
+            runs[i].0.push(rate);
+            runs[i].1 = runs[i].1.max(rss);
+        }
+    }
+    Ok(cases
+        .into_iter()
+        .zip(runs)
+        .map(|((tool, content, files), (runs, peak_rss_bytes))| {
+            let (median, min, max) = median_min_max(&runs);
+            LoopResult {
+                tool,
+                content,
+                segments: files.len(),
+                runs,
+                median,
+                min,
+                max,
+                peak_rss_bytes,
+            }
+        })
+        .collect())
+}
+
+/// How many segments wait in `pg_wal/archive_status`.
+fn ready_count(data_dir: &Path) -> usize {
+    std::fs::read_dir(data_dir.join("pg_wal/archive_status"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".ready"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// `archive_command` set to `command`, taking effect (a reload).
+async fn set_archive_command(client: &Client, command: &str) -> Result<()> {
+    let sql = format!(
+        "ALTER SYSTEM SET archive_command = '{}'",
+        command.replace('\'', "''")
+    );
+    client.batch_execute(&sql).await?;
+    client.batch_execute("SELECT pg_reload_conf()").await?;
+    // The archiver re-reads its configuration between files.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(())
+}
+
+async fn sample(client: &Client, data_dir: &Path, start_lsn: &str, t0: Instant) -> Result<Sample> {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{start_lsn}')::bigint, archived_count FROM pg_stat_archiver"
+            ),
+            &[],
+        )
+        .await?;
+    Ok(Sample {
+        at_secs: t0.elapsed().as_secs_f64(),
+        wal_bytes: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+        archived: row.get(1),
+        ready: ready_count(data_dir),
+    })
+}
+
+/// The load: pgbench for `secs` seconds, the TPC-B-like script and the
+/// bulk insert.
+fn load_command(rig: &Rig, args: &BenchArgs, secs: u64) -> Result<Command> {
+    let script = rig.dir("load")?.join("bulk.sql");
+    std::fs::write(&script, BULK_SQL)?;
+    if let Some(u) = rig.cluster.archive.run_as {
+        u.chown_tree(&script)?;
+    }
+    let (clients, secs) = (args.clients.to_string(), secs.to_string());
+    let mut pgbench = rig.client(
+        "pgbench",
+        [
+            "-n",
+            "-c",
+            &clients,
+            "-j",
+            "2",
+            "-T",
+            &secs,
+            "-b",
+            "tpcb-like@9",
+            "-f",
+        ],
+    );
+    pgbench.arg(format!("{}@1", script.display()));
+    Ok(pgbench)
+}
+
+/// Runs the load until at least `bytes` of WAL are written.
+async fn write_load_wal(rig: &Rig, client: &Client, args: &BenchArgs, bytes: u64) -> Result<()> {
+    let start: String = query_value(client, "SELECT pg_current_wal_lsn()::text").await?;
+    let written_sql = format!("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{start}')::bigint");
+    loop {
+        let written = u64::try_from(query_value::<i64>(client, &written_sql).await?).unwrap_or(0);
+        if written >= bytes {
+            return Ok(());
+        }
+        eprintln!(
+            "bench: {} of {} MiB of WAL written",
+            written / MIB,
+            bytes / MIB
+        );
+        super::timed(load_command(rig, args, 5)?, "pgbench").await?;
+    }
+}
+
+/// Runs the load with the current `archive_command` and samples it.
+async fn measure_load(
+    rig: &Rig,
+    client: &Client,
+    archiver: &str,
+    args: &BenchArgs,
+) -> Result<LoadResult> {
+    eprintln!("bench: load for {} s with {archiver}", args.duration);
+    rig.settle(client).await?;
+    let data_dir = rig.primary().data_dir.clone();
+    let start_lsn: String = query_value(client, "SELECT pg_current_wal_lsn()::text").await?;
+    let failed_before: i64 =
+        query_value(client, "SELECT failed_count FROM pg_stat_archiver").await?;
+    let mut pgbench = load_command(rig, args, args.duration)?;
+    pgbench.stdout(Stdio::null()).stderr(Stdio::piped());
+    let t0 = Instant::now();
+    let mut child = pgbench.spawn().context("starting pgbench")?;
+    let mut samples = Vec::new();
+    let first = sample(client, &data_dir, &start_lsn, t0).await?;
+    samples.push(first.clone());
+    let status = loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        samples.push(sample(client, &data_dir, &start_lsn, t0).await?);
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+    };
+    if !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        bail!("pgbench failed ({status}): {}", super::last_lines(&err, 10));
+    }
+    let end_of_load = sample(client, &data_dir, &start_lsn, t0).await?;
+    let load_secs = end_of_load.at_secs;
+    samples.push(end_of_load.clone());
+    // Close the last segment, then wait until nothing is left to archive.
+    client.batch_execute("SELECT pg_switch_wal()").await?;
+    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let s = sample(client, &data_dir, &start_lsn, t0).await?;
+        let done = s.ready == 0;
+        samples.push(s);
+        if done {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{archiver}: the archiver did not catch up within {CATCH_UP_TIMEOUT:?}");
+        }
+    }
+    let caught_up = samples.last().expect("sampled").at_secs;
+    let failed_after: i64 =
+        query_value(client, "SELECT failed_count FROM pg_stat_archiver").await?;
+    let archived = end_of_load.archived - first.archived;
+    Ok(LoadResult {
+        archiver: archiver.to_string(),
+        load_secs,
+        wal_mib_per_sec: mib(end_of_load.wal_bytes) / load_secs,
+        segments_written: end_of_load.wal_bytes as f64 / SEGMENT_SIZE as f64,
+        segments_archived_during_load: archived,
+        archived_per_sec_during_load: archived as f64 / load_secs,
+        max_ready: samples.iter().map(|s| s.ready).max().unwrap_or(0),
+        ready_at_end_of_load: end_of_load.ready,
+        catch_up_secs: caught_up - load_secs,
+        failed_attempts: failed_after - failed_before,
+        samples,
+    })
+}
+
+/// Sets up, measures, tears down.
+pub(super) async fn run(args: &BenchArgs) -> Result<ArchiveReport> {
+    let started_at = Utc::now();
+    let load_average_start = load_average()?;
+    let exe = std::env::current_exe().context("locating the pgdrill binary")?;
+    let rig = blocking(move || Rig::start(&exe)).await?;
+    eprintln!(
+        "bench: working in {}",
+        rig.cluster.archive.work.path().display()
+    );
+    let measured = measure(args, &rig).await;
+    let keep = args.keep;
+    blocking(move || {
+        let mut rig = rig;
+        if keep {
+            eprintln!("bench: kept {}", rig.cluster.archive.work.keep().display());
+        }
+        drop(rig);
+        Ok(())
+    })
+    .await?;
+    let (postgres_version, per_segment, under_load, skipped) = measured?;
+    Ok(ArchiveReport {
+        benchmark: "archive",
+        started_at,
+        finished_at: Utc::now(),
+        pgdrill_version: env!("CARGO_PKG_VERSION"),
+        postgres_version,
+        machine: Machine {
+            nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            load_average_start,
+            load_average_end: load_average()?,
+        },
+        method: method(args),
+        per_segment,
+        under_load,
+        skipped,
+    })
+}
+
+type Measured = (String, Vec<LoopResult>, Vec<LoadResult>, Vec<String>);
+
+async fn measure(args: &BenchArgs, rig: &Rig) -> Result<Measured> {
+    let client = rig.primary().connect().await?;
+    let version: String = query_value(&client, "SELECT current_setting('server_version')").await?;
+    let scale = args.archive_scale.to_string();
+    eprintln!("bench: pgbench -i -s {scale}");
+    super::timed(
+        rig.client("pgbench", ["-i", "-q", "-s", &scale]),
+        "pgbench -i",
+    )
+    .await?;
+    client
+        .batch_execute("CREATE TABLE bench_bulk (id int, payload text)")
+        .await?;
+    let mut skipped = Vec::new();
+    let pgbackrest = match PgBackRest::start(rig)? {
+        Ok(p) => Some(p),
+        Err(why) => {
+            skipped.push(why);
+            None
+        }
+    };
+    let barman = on_path("barman-cloud-wal-archive");
+    if !barman {
+        skipped.push(
+            "barman-cloud-wal-archive not measured: not installed (apt-get install barman-cli-cloud)"
+                .into(),
+        );
+    }
+
+    // Real pgbench WAL for the loop: written by transactions, archived,
+    // copied out.
+    eprintln!(
+        "bench: writing {} segments of pgbench WAL for the per-segment loop",
+        args.wal_segments
+    );
+    write_load_wal(rig, &client, args, args.wal_segments * SEGMENT_SIZE).await?;
+    let last = rig.switch_and_wait_archived(&client).await?;
+    let real = rig.wal_files(&client, last, args.wal_segments).await?;
+    let random = incompressible_segments(rig, args.wal_segments)?;
+    let (real_ref, random_ref) = (&real, &random);
+    let per_segment = tokio::task::block_in_place(|| {
+        measure_loop(
+            rig,
+            pgbackrest.as_ref(),
+            barman,
+            real_ref,
+            random_ref,
+            args.repeat,
+        )
+    })?;
+
+    // Under load: each archiver in turn on the same cluster.
+    let pgdrill = &rig.cluster.archive.pgdrill;
+    let mut under_load = Vec::new();
+    let default_concurrency = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(2, 16);
+    for concurrency in [1, default_concurrency] {
+        let prefix = format!("load-c{concurrency}");
+        let mut vars = rig.s3().settings(&prefix);
+        vars.extend(super::tool_vars(0));
+        vars.push(("WALG_UPLOAD_CONCURRENCY".into(), concurrency.to_string()));
+        let env = rig.dir(&format!("env-{prefix}"))?;
+        write_env_dir(&env, &vars, rig.cluster.archive.run_as)?;
+        let command = format!(
+            "{} --env-dir {} --log warn wal-push %p",
+            pgdrill.display(),
+            env.display()
+        );
+        set_archive_command(&client, &command).await?;
+        under_load.push(
+            measure_load(
+                rig,
+                &client,
+                &format!("pgdrill wal-push, WALG_UPLOAD_CONCURRENCY={concurrency}"),
+                args,
+            )
+            .await?,
+        );
+    }
+    if let Some(pbr) = &pgbackrest {
+        for (async_push, what) in [(false, "sync"), (true, "async, process-max 2")] {
+            let repo = format!(
+                "load-pgbackrest-{}",
+                if async_push { "async" } else { "sync" }
+            );
+            let conf = pbr.configure(rig, &repo, async_push)?;
+            let command = format!(
+                "pgbackrest --config={} --stanza=bench archive-push %p",
+                conf.display()
+            );
+            set_archive_command(&client, &command).await?;
+            under_load.push(
+                measure_load(
+                    rig,
+                    &client,
+                    &format!("pgBackRest archive-push ({what}, lz4)"),
+                    args,
+                )
+                .await?,
+            );
+        }
+    }
+    Ok((version, per_segment, under_load, skipped))
+}
+
+fn method(args: &BenchArgs) -> Vec<String> {
+    vec![
+        format!("One cluster (initdb, pgbench -i -s {}; fsync = off, max_wal_size = 1GB) and the embedded S3 server on loopback; every tool writes to it (pgBackRest through stunnel, as it needs TLS).", args.archive_scale),
+        format!("Per-segment loop: {} segments, each archived by its own process, sequentially, as PostgreSQL's archiver runs archive_command; a fresh destination per tool and repetition; {} repetitions with the order of tools rotated; median (min-max).", args.wal_segments, args.repeat),
+        "Real pgbench WAL: segments written by the load below (pgbench's TPC-B-like transactions and bulk inserts), archived by the cluster, copied out of the archive. Incompressible: random bytes.".into(),
+        format!("Under load: pgbench -n -c {} -j 2 -T {} with the TPC-B-like script (weight 9) and a bulk insert of 5000 rows (weight 1); sampled every second; after the load a segment switch, then the time until no segment is .ready.", args.clients, args.duration),
+    ]
+}
+
+impl ArchiveReport {
+    pub(super) fn markdown(&self) -> String {
+        let mut md = format!(
+            "# pgdrill bench archive, {}\n\npgdrill {}, PostgreSQL {}, {} CPUs, load average {:.2} at start, {:.2} at end.\n\n",
+            self.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            self.pgdrill_version,
+            self.postgres_version,
+            self.machine.nproc,
+            self.machine.load_average_start[0],
+            self.machine.load_average_end[0],
+        );
+        md.push_str("## Per-segment loop (one process per segment)\n\n| tool | segments | segments/s, median (min-max) | ratio to pgdrill | goal | peak RSS |\n|---|---|---:|---:|---|---:|\n");
+        let pgdrill_real = self
+            .per_segment
+            .iter()
+            .find(|r| r.tool == LoopTool::PgdrillWalPush && r.content == "real pgbench WAL")
+            .map(|r| r.median);
+        for r in &self.per_segment {
+            let ratio = match (pgdrill_real, r.content) {
+                (Some(p), "real pgbench WAL") if r.tool != LoopTool::PgdrillWalPush => {
+                    format!("{:.2}", r.median / p)
+                }
+                _ => String::new(),
+            };
+            let goal = match (r.tool, r.content) {
+                (LoopTool::PgdrillWalPush, "real pgbench WAL") => Some(REAL_WAL_GOAL),
+                (LoopTool::PgdrillWalPush, _) => Some(INCOMPRESSIBLE_GOAL),
+                _ => None,
+            }
+            .map(|g| {
+                format!(
+                    "≥ {g} ({})",
+                    if r.median >= g { "met" } else { "**missed**" }
+                )
+            })
+            .unwrap_or_default();
+            let _ = writeln!(
+                md,
+                "| {} | {} × {} | {:.1} ({:.1}-{:.1}) | {ratio} | {goal} | {:.0} MiB |",
+                r.tool.name(),
+                r.segments,
+                r.content,
+                r.median,
+                r.min,
+                r.max,
+                mib(r.peak_rss_bytes)
+            );
+        }
+        md.push_str("\n## Under load\n\n| archive_command | WAL written | segments archived during the load | lag (.ready) max / at end | catch-up after the load | failed attempts |\n|---|---:|---:|---:|---:|---:|\n");
+        for r in &self.under_load {
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} MiB/s ({:.0} segments in {:.0} s) | {} ({:.1}/s) | {} / {} | {:.1} s | {} |",
+                r.archiver,
+                r.wal_mib_per_sec,
+                r.segments_written,
+                r.load_secs,
+                r.segments_archived_during_load,
+                r.archived_per_sec_during_load,
+                r.max_ready,
+                r.ready_at_end_of_load,
+                r.catch_up_secs,
+                r.failed_attempts
+            );
+        }
+        if !self.skipped.is_empty() {
+            md.push_str("\nNot measured:\n\n");
+            for s in &self.skipped {
+                let _ = writeln!(md, "- {s}");
+            }
+        }
+        md.push_str("\nMethod:\n\n");
+        for line in &self.method {
+            let _ = writeln!(md, "- {line}");
+        }
+        md
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_of_odd_and_even_runs() {
+        assert_eq!(median_min_max(&[3.0, 1.0, 2.0]), (2.0, 1.0, 3.0));
+        assert_eq!(median_min_max(&[4.0, 1.0]), (2.5, 1.0, 4.0));
+    }
+}
