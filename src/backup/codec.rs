@@ -229,13 +229,11 @@ pub fn encode(plain: &[u8], compression: Compression) -> io::Result<(Vec<u8>, Di
         let capacity = plain.len() + plain.len() / 1024 + HEADER_LEN + TRAILER_LEN + 64;
         if compression == Compression::Lz4 {
             // The payload is written whole here; the writer adds the trailer.
-            let mut object = Vec::with_capacity(capacity);
-            object.extend_from_slice(&header(compression));
-            let mut payload = Counting {
+            let object = lz4_frame_parallel(&header(compression), plain, TRAILER_LEN)?;
+            let payload = Counting {
+                count: (object.len() - HEADER_LEN) as u64,
                 inner: object,
-                count: 0,
             };
-            lz4_frame_parallel(plain, &mut payload)?;
             let w = ObjectWriter {
                 compressor: Compressor::None(payload),
                 hasher: None,
@@ -254,11 +252,15 @@ pub fn encode(plain: &[u8], compression: Compression) -> io::Result<(Vec<u8>, Di
 /// LZ4 frame format's largest, WAL-G's default too).
 const LZ4_BLOCK: usize = 4 << 20;
 
-/// Writes `plain` as one standard LZ4 frame of independent 4 MiB blocks,
-/// compressing the blocks on up to as many threads as there are cores; a
-/// block that does not shrink is stored as it is (the format's
-/// uncompressed-block flag), so incompressible WAL costs a copy.
-fn lz4_frame_parallel(plain: &[u8], out: &mut impl Write) -> io::Result<()> {
+/// `prefix` followed by `plain` as one standard LZ4 frame of independent
+/// 4 MiB blocks, the blocks compressed on up to as many threads as there
+/// are cores, with room left for `spare` more bytes. A block that does not
+/// shrink is stored as it is (the format's uncompressed-block flag), so
+/// incompressible WAL costs a copy. Each block is compressed in place into
+/// its own slot of one zeroed allocation (pages never written are never
+/// touched, so the worst-case slots cost no memory) and the slots are then
+/// closed up: no second copy of the object (wal-push stays under 64 MiB).
+fn lz4_frame_parallel(prefix: &[u8], plain: &[u8], spare: usize) -> io::Result<Vec<u8>> {
     use lz4_flex::frame::{BlockMode, BlockSize, FrameEncoder, FrameInfo};
     // The frame header, as lz4_flex writes it for these settings: the
     // frame of an empty input is that header and the end mark.
@@ -268,20 +270,34 @@ fn lz4_frame_parallel(plain: &[u8], out: &mut impl Write) -> io::Result<()> {
     let empty = FrameEncoder::with_frame_info(info, Vec::new())
         .finish()
         .map_err(io::Error::other)?;
-    out.write_all(&empty[..empty.len() - 4])?;
+    let frame_header = &empty[..empty.len() - 4];
     let blocks: Vec<&[u8]> = plain.chunks(LZ4_BLOCK).collect();
+    let slot_len = |b: &[u8]| 4 + lz4_flex::block::get_maximum_output_size(b.len()).max(b.len());
+    let first_slot = prefix.len() + frame_header.len();
+    let slots_len: usize = blocks.iter().map(|b| slot_len(b)).sum();
+    let mut out = vec![0u8; first_slot + slots_len + 4 + spare];
+    out[..prefix.len()].copy_from_slice(prefix);
+    out[prefix.len()..first_slot].copy_from_slice(frame_header);
+    let mut slots: Vec<&mut [u8]> = Vec::with_capacity(blocks.len());
+    let mut rest = &mut out[first_slot..first_slot + slots_len];
+    for b in &blocks {
+        let (slot, tail) = rest.split_at_mut(slot_len(b));
+        slots.push(slot);
+        rest = tail;
+    }
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(blocks.len())
         .max(1);
     let per_thread = blocks.len().div_ceil(threads).max(1);
-    let compressed: Vec<Option<Vec<u8>>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = blocks
-            .chunks(per_thread)
+    let mut work: Vec<(&[u8], &mut [u8])> = blocks.iter().copied().zip(slots).collect();
+    let used: Vec<usize> = std::thread::scope(|scope| {
+        let workers: Vec<_> = work
+            .chunks_mut(per_thread)
             .map(|mine| {
                 scope.spawn(move || {
-                    mine.iter()
-                        .map(|block| lz4_block(block))
+                    mine.iter_mut()
+                        .map(|(block, slot)| lz4_block_into(block, slot))
                         .collect::<Vec<_>>()
                 })
             })
@@ -292,26 +308,34 @@ fn lz4_frame_parallel(plain: &[u8], out: &mut impl Write) -> io::Result<()> {
             .collect::<io::Result<Vec<Vec<_>>>>()
             .map(|v| v.into_iter().flatten().collect())
     })?;
-    for (block, packed) in blocks.iter().zip(&compressed) {
-        // Stored as it is unless compression made it smaller.
-        let (flag, bytes) = match packed {
-            Some(p) if p.len() < block.len() => (0u32, p.as_slice()),
-            _ => (1u32 << 31, *block),
-        };
-        let len = u32::try_from(bytes.len()).expect("a block is at most 4 MiB");
-        out.write_all(&(len | flag).to_le_bytes())?;
-        out.write_all(bytes)?;
+    // Close up the slots, in order (each moves towards the front).
+    let (mut from, mut to) = (first_slot, first_slot);
+    for (block, n) in blocks.iter().zip(used) {
+        out.copy_within(from..from + n, to);
+        from += slot_len(block);
+        to += n;
     }
     // End mark.
-    out.write_all(&0u32.to_le_bytes())
+    out[to..to + 4].copy_from_slice(&0u32.to_le_bytes());
+    out.truncate(to + 4);
+    Ok(out)
 }
 
-/// One raw LZ4 block, or `None` when it would not fit its input's size.
-fn lz4_block(block: &[u8]) -> Option<Vec<u8>> {
-    let mut packed = vec![0u8; lz4_flex::block::get_maximum_output_size(block.len())];
-    let n = lz4_flex::block::compress_into(block, &mut packed).ok()?;
-    packed.truncate(n);
-    Some(packed)
+/// Writes `block` into `slot` as a frame block (its 4-byte size, then the
+/// compressed bytes, or the bytes as they are when compression does not
+/// shrink them); returns the bytes used.
+fn lz4_block_into(block: &[u8], slot: &mut [u8]) -> usize {
+    let (size, body) = slot.split_at_mut(4);
+    let (len, flag) = match lz4_flex::block::compress_into(block, body) {
+        Ok(n) if n < block.len() => (n, 0u32),
+        _ => {
+            body[..block.len()].copy_from_slice(block);
+            (block.len(), 1u32 << 31)
+        }
+    };
+    let word = u32::try_from(len).expect("a block is at most 4 MiB") | flag;
+    size.copy_from_slice(&word.to_le_bytes());
+    4 + len
 }
 
 /// Decodes a whole buffer, verifying length and checksum.
