@@ -32,6 +32,19 @@ fn prepare(
     Ok(Ok((scenario, runtime)))
 }
 
+/// How trials run drills: the test build's binary, reports under the
+/// target directory, a random seed.
+fn run_options(quiet: bool) -> RunOptions {
+    RunOptions {
+        seed: None,
+        report_dir: Path::new(env!("CARGO_TARGET_TMPDIR")).join("drill-reports"),
+        keep: false,
+        quiet,
+        pgdrill: PathBuf::from(env!("CARGO_BIN_EXE_pgdrill")),
+        tag: None,
+    }
+}
+
 /// The drills of the version matrix, run again on each major below
 /// besides their own (15).
 const MATRIX: [&str; 4] = ["quick", "delta-chain", "timeline-switch", "versions-core"];
@@ -53,14 +66,7 @@ fn trial(file: PathBuf, major: Option<u32>) -> Trial {
             Ok(ready) => ready,
             Err(ignored) => return Ok(ignored),
         };
-        let opts = RunOptions {
-            seed: None,
-            report_dir: Path::new(env!("CARGO_TARGET_TMPDIR")).join("drill-reports"),
-            keep: false,
-            quiet: std::env::var_os("PGDRILL_TRIAL_PROGRESS").is_none(),
-            pgdrill: PathBuf::from(env!("CARGO_BIN_EXE_pgdrill")),
-            tag: None,
-        };
+        let opts = run_options(std::env::var_os("PGDRILL_TRIAL_PROGRESS").is_none());
         let outcome = runtime
             .block_on(drill::run(&scenario, &file, &opts))
             .map_err(|e| Failed::from(e.to_string()))?;
@@ -235,14 +241,7 @@ fn image_of_another_version_is_refused(file: PathBuf) -> Trial {
             Err(ignored) => return Ok(ignored),
         };
         scenario.images.postgres = Some("pgdrill/postgres:15-local".into());
-        let opts = RunOptions {
-            seed: None,
-            report_dir: Path::new(env!("CARGO_TARGET_TMPDIR")).join("drill-reports"),
-            keep: false,
-            quiet: true,
-            pgdrill: PathBuf::from(env!("CARGO_BIN_EXE_pgdrill")),
-            tag: None,
-        };
+        let opts = run_options(true);
         let outcome = runtime.block_on(drill::run(&scenario, &file, &opts));
         let text = match outcome {
             Err(e) => e.to_string(),

@@ -33,9 +33,7 @@ use rand::RngCore as _;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::{
-    blocking, load_average, mib, query_value, run_timed, BenchArgs, Machine, Rig, MIB, SEGMENT_SIZE,
-};
+use super::{mib, on_a_rig, query_value, run_timed, BenchArgs, Machine, Rig, MIB, SEGMENT_SIZE};
 use crate::backup::layout::Segment;
 use crate::env::local::{as_user, free_port, run_checked, write_env_dir};
 
@@ -433,12 +431,7 @@ async fn sample(client: &Client, data_dir: &Path, start_lsn: &str, t0: Instant) 
 
 /// The load: pgbench for `secs` seconds, the TPC-B-like script and the
 /// bulk insert.
-fn load_command(rig: &Rig, args: &BenchArgs, secs: u64) -> Result<Command> {
-    let script = rig.dir("load")?.join("bulk.sql");
-    std::fs::write(&script, BULK_SQL)?;
-    if let Some(u) = rig.cluster.archive.run_as {
-        u.chown_tree(&script)?;
-    }
+fn load_command(rig: &Rig, args: &BenchArgs, script: &Path, secs: u64) -> Command {
     let (clients, secs) = (args.clients.to_string(), secs.to_string());
     let mut pgbench = rig.client(
         "pgbench",
@@ -456,11 +449,17 @@ fn load_command(rig: &Rig, args: &BenchArgs, secs: u64) -> Result<Command> {
         ],
     );
     pgbench.arg(format!("{}@1", script.display()));
-    Ok(pgbench)
+    pgbench
 }
 
 /// Runs the load until at least `bytes` of WAL are written.
-async fn write_load_wal(rig: &Rig, client: &Client, args: &BenchArgs, bytes: u64) -> Result<()> {
+async fn write_load_wal(
+    rig: &Rig,
+    client: &Client,
+    args: &BenchArgs,
+    script: &Path,
+    bytes: u64,
+) -> Result<()> {
     let start: String = query_value(client, "SELECT pg_current_wal_lsn()::text").await?;
     let written_sql = format!("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{start}')::bigint");
     loop {
@@ -473,7 +472,7 @@ async fn write_load_wal(rig: &Rig, client: &Client, args: &BenchArgs, bytes: u64
             written / MIB,
             bytes / MIB
         );
-        super::timed(load_command(rig, args, 5)?, "pgbench").await?;
+        super::timed(load_command(rig, args, script, 5), "pgbench").await?;
     }
 }
 
@@ -483,6 +482,7 @@ async fn measure_load(
     client: &Client,
     archiver: &str,
     args: &BenchArgs,
+    script: &Path,
 ) -> Result<LoadResult> {
     eprintln!("bench: load for {} s with {archiver}", args.duration);
     rig.settle(client).await?;
@@ -490,7 +490,7 @@ async fn measure_load(
     let start_lsn: String = query_value(client, "SELECT pg_current_wal_lsn()::text").await?;
     let failed_before: i64 =
         query_value(client, "SELECT failed_count FROM pg_stat_archiver").await?;
-    let mut pgbench = load_command(rig, args, args.duration)?;
+    let mut pgbench = load_command(rig, args, script, args.duration);
     pgbench.stdout(Stdio::null()).stderr(Stdio::piped());
     let t0 = Instant::now();
     let mut child = pgbench.spawn().context("starting pgbench")?;
@@ -548,39 +548,18 @@ async fn measure_load(
     })
 }
 
-/// Sets up, measures, tears down.
+/// Measures archiving on a fresh rig.
 pub(super) async fn run(args: &BenchArgs) -> Result<ArchiveReport> {
     let started_at = Utc::now();
-    let load_average_start = load_average()?;
-    let exe = std::env::current_exe().context("locating the pgdrill binary")?;
-    let rig = blocking(move || Rig::start(&exe)).await?;
-    eprintln!(
-        "bench: working in {}",
-        rig.cluster.archive.work.path().display()
-    );
-    let measured = measure(args, &rig).await;
-    let keep = args.keep;
-    blocking(move || {
-        let mut rig = rig;
-        if keep {
-            eprintln!("bench: kept {}", rig.cluster.archive.work.keep().display());
-        }
-        drop(rig);
-        Ok(())
-    })
-    .await?;
-    let (postgres_version, per_segment, under_load, skipped) = measured?;
+    let ((postgres_version, per_segment, under_load, skipped), machine) =
+        on_a_rig(args.keep, async |rig| measure(args, rig).await).await?;
     Ok(ArchiveReport {
         benchmark: "archive",
         started_at,
         finished_at: Utc::now(),
         pgdrill_version: env!("CARGO_PKG_VERSION"),
         postgres_version,
-        machine: Machine {
-            nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            load_average_start,
-            load_average_end: load_average()?,
-        },
+        machine,
         method: method(args),
         per_segment,
         under_load,
@@ -603,6 +582,11 @@ async fn measure(args: &BenchArgs, rig: &Rig) -> Result<Measured> {
     client
         .batch_execute("CREATE TABLE bench_bulk (id int, payload text)")
         .await?;
+    let script = rig.dir("load")?.join("bulk.sql");
+    std::fs::write(&script, BULK_SQL)?;
+    if let Some(u) = rig.cluster.archive.run_as {
+        u.chown_tree(&script)?;
+    }
     let mut skipped = Vec::new();
     let pgbackrest = match PgBackRest::start(rig)? {
         Ok(p) => Some(p),
@@ -625,18 +609,24 @@ async fn measure(args: &BenchArgs, rig: &Rig) -> Result<Measured> {
         "bench: writing {} segments of pgbench WAL for the per-segment loop",
         args.wal_segments
     );
-    write_load_wal(rig, &client, args, args.wal_segments * SEGMENT_SIZE).await?;
+    write_load_wal(
+        rig,
+        &client,
+        args,
+        &script,
+        args.wal_segments * SEGMENT_SIZE,
+    )
+    .await?;
     let last = rig.switch_and_wait_archived(&client).await?;
     let real = rig.wal_files(&client, last, args.wal_segments).await?;
     let random = incompressible_segments(rig, args.wal_segments)?;
-    let (real_ref, random_ref) = (&real, &random);
     let per_segment = tokio::task::block_in_place(|| {
         measure_loop(
             rig,
             pgbackrest.as_ref(),
             barman,
-            real_ref,
-            random_ref,
+            &real,
+            &random,
             args.repeat,
         )
     })?;
@@ -666,6 +656,7 @@ async fn measure(args: &BenchArgs, rig: &Rig) -> Result<Measured> {
                 &client,
                 &format!("pgdrill wal-push, WALG_UPLOAD_CONCURRENCY={concurrency}"),
                 args,
+                &script,
             )
             .await?,
         );
@@ -688,6 +679,7 @@ async fn measure(args: &BenchArgs, rig: &Rig) -> Result<Measured> {
                     &client,
                     &format!("pgBackRest archive-push ({what}, lz4)"),
                     args,
+                    &script,
                 )
                 .await?,
             );

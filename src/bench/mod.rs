@@ -757,10 +757,13 @@ async fn measure(args: &BenchArgs, rig: &Rig) -> Result<(String, Figures)> {
     Ok((version, figures))
 }
 
-/// Sets up, measures and tears down (also on error: dropping the rig
-/// stops the servers, dropping the work dir removes it unless `--keep`).
-async fn bench_backup(args: &BenchArgs) -> Result<Report> {
-    let started_at = Utc::now();
+/// Starts a rig, runs `measure` on it and tears it down, also on error
+/// (dropping the rig stops the servers; dropping the work dir removes it
+/// unless `keep`); returns the figures and the machine they were taken on.
+async fn on_a_rig<T>(
+    keep: bool,
+    measure: impl AsyncFnOnce(&Rig) -> Result<T>,
+) -> Result<(T, Machine)> {
     let load_average_start = load_average()?;
     let exe = std::env::current_exe().context("locating the pgdrill binary")?;
     let rig = blocking(move || Rig::start(&exe)).await?;
@@ -768,8 +771,7 @@ async fn bench_backup(args: &BenchArgs) -> Result<Report> {
         "bench: working in {}",
         rig.cluster.archive.work.path().display()
     );
-    let figures = measure(args, &rig).await;
-    let keep = args.keep;
+    let measured = measure(&rig).await;
     // Stopping the servers waits for them: off the async workers.
     blocking(move || {
         let mut rig = rig;
@@ -780,12 +782,20 @@ async fn bench_backup(args: &BenchArgs) -> Result<Report> {
         Ok(())
     })
     .await?;
-    let (postgres_version, figures) = figures?;
+    let measured = measured?;
     let machine = Machine {
         nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
         load_average_start,
         load_average_end: load_average()?,
     };
+    Ok((measured, machine))
+}
+
+/// Measures backup and restore on a fresh rig.
+async fn bench_backup(args: &BenchArgs) -> Result<Report> {
+    let started_at = Utc::now();
+    let ((postgres_version, figures), machine) =
+        on_a_rig(args.keep, async |rig| measure(args, rig).await).await?;
     let results = results(&figures);
     Ok(Report {
         benchmark: "backup",
