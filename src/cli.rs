@@ -873,7 +873,7 @@ async fn run_mutants(
         eprintln!(
             "mutant {}: {} ({})",
             r.mutant,
-            if r.killed { "killed" } else { "SURVIVED" },
+            r.verdict().trim_matches('*'),
             r.caught_by
         );
     });
@@ -891,7 +891,7 @@ async fn run_mutants(
     crate::drill::mutants::write(&dir, &results)?;
     print!("{}", crate::drill::mutants::to_markdown(&results));
     println!("\nwritten to {}", dir.join("mutants.md").display());
-    Ok(if results.iter().all(|r| r.killed) {
+    Ok(if results.iter().all(|r| r.passed()) {
         exit::OK
     } else {
         exit::FAILURE

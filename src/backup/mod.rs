@@ -311,21 +311,86 @@ impl Context {
         .map_err(BackupError::internal("the decoder task"))?
     }
 
-    /// The command line that runs this binary with the same `--env-dir`.
+    /// The command line that runs this binary with the same `--env-dir`
+    /// (for `restore_command`, run by a shell later).
     pub fn self_command(&self, verb: &str) -> String {
-        let exe = std::env::current_exe()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| "pgdrill".to_string());
-        match &self.env_dir {
-            Some(d) => format!("{exe} --env-dir {} {verb}", d.display()),
-            None => format!("{exe} {verb}"),
-        }
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("pgdrill"));
+        command_line(&exe, self.env_dir.as_deref(), verb)
+    }
+}
+
+/// `exe [--env-dir DIR] verb` for a shell: the paths quoted (a space in
+/// either broke the command), and Linux's " (deleted)" mark dropped from
+/// an executable replaced while it runs (an upgrade during a restore), so
+/// the command runs the file now at that path.
+fn command_line(exe: &Path, env_dir: Option<&Path>, verb: &str) -> String {
+    let exe = exe.to_string_lossy();
+    let exe = exe.strip_suffix(" (deleted)").unwrap_or(&exe);
+    match env_dir {
+        Some(d) => format!(
+            "{} --env-dir {} {verb}",
+            shell_quoted(exe),
+            shell_quoted(&d.to_string_lossy())
+        ),
+        None => format!("{} {verb}", shell_quoted(exe)),
+    }
+}
+
+/// `s` as one shell word: bare when it holds only safe characters, else in
+/// single quotes.
+fn shell_quoted(s: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c);
+    if !s.is_empty() && s.chars().all(safe) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The words a shell makes of `line`.
+    fn shell_words(line: &str) -> Vec<String> {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "set -- {line}; for a; do printf '%s\\n' \"$a\"; done"
+            ))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{line}: {out:?}");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn the_restore_command_survives_spaces_quotes_and_a_replaced_binary() {
+        let line = command_line(
+            Path::new("/opt/pg drill/bin/pgdrill (deleted)"),
+            Some(Path::new("/etc/wal-g/it's env")),
+            "wal-fetch %f %p",
+        );
+        assert_eq!(
+            shell_words(&line),
+            [
+                "/opt/pg drill/bin/pgdrill",
+                "--env-dir",
+                "/etc/wal-g/it's env",
+                "wal-fetch",
+                "%f",
+                "%p"
+            ]
+        );
+        assert_eq!(
+            command_line(Path::new("/usr/bin/pgdrill"), None, "wal-fetch %f %p"),
+            "/usr/bin/pgdrill wal-fetch %f %p"
+        );
+    }
 
     #[tokio::test]
     async fn a_failed_worker_task_is_an_internal_error_not_bad_input() {

@@ -2,7 +2,10 @@
 //! backup tool is broken. Every deliberate defect of the catalogue
 //! ([`Sabotage::catalogue`], test builds only) is run against a fixed set
 //! of scenarios, each turned into a `pgdrill-sabotaged` drill; a mutant is
-//! killed by the first drill that fails, and survives if all pass.
+//! killed by the first drill that fails, and survives if all pass. A
+//! defect that is none on a scenario's PostgreSQL version
+//! ([`Sabotage::harmless_on`]) is not run there; when that holds for every
+//! scenario, the mutant is reported equivalent, with the reason.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +24,9 @@ pub struct MutantResult {
     /// What the defect does.
     pub description: String,
     pub killed: bool,
+    /// Why the defect is no defect on the scenarios' PostgreSQL version
+    /// (no drill was run for it).
+    pub equivalent: Option<String>,
     /// The scenario whose drill failed.
     pub scenario: Option<String>,
     /// What failed: the checks of the restores, or the step.
@@ -46,14 +52,20 @@ pub async fn run(
             mutant: mutant.to_setting(),
             description: mutant.description().to_string(),
             killed: false,
+            equivalent: None,
             scenario: None,
             caught_by: "every drill passed".to_string(),
             drills: 0,
             postgres_major: 0,
             report_dir: None,
         };
+        let mut harmless = None;
         for (scenario, file) in scenarios {
             result.postgres_major = scenario.postgres.version;
+            if let Some(why) = mutant.harmless_on(scenario.postgres.version) {
+                harmless = Some(why);
+                continue;
+            }
             let sabotaged = Scenario {
                 engine: Engine::PgdrillSabotaged,
                 sabotage: Some(mutant),
@@ -69,10 +81,34 @@ pub async fn run(
                 break;
             }
         }
+        if result.drills == 0 {
+            if let Some(why) = harmless {
+                result.caught_by = format!("equivalent: {why}");
+                result.equivalent = Some(why.to_string());
+            }
+        }
         progress(&result);
         results.push(result);
     }
     Ok(results)
+}
+
+impl MutantResult {
+    /// Killed, or equivalent on this version: the suite passes.
+    pub fn passed(&self) -> bool {
+        self.killed || self.equivalent.is_some()
+    }
+
+    /// The result column: killed, equivalent or SURVIVED.
+    pub fn verdict(&self) -> &'static str {
+        if self.killed {
+            "killed"
+        } else if self.equivalent.is_some() {
+            "equivalent"
+        } else {
+            "**SURVIVED**"
+        }
+    }
 }
 
 /// What made a drill fail, briefly: the failed checks of each restore that
@@ -137,14 +173,20 @@ fn first_words(text: &str, n: usize) -> String {
 /// The results as a Markdown table.
 pub fn to_markdown(results: &[MutantResult]) -> String {
     let killed = results.iter().filter(|r| r.killed).count();
+    let equivalent = results.iter().filter(|r| r.equivalent.is_some()).count();
     let mut majors: Vec<String> = results
         .iter()
         .map(|r| r.postgres_major.to_string())
         .collect();
     majors.dedup();
     let mut out = format!(
-        "# Mutation suite: {killed} of {} mutants killed (PostgreSQL {})\n\n| mutant | what it breaks | result | caught by | scenario |\n|---|---|---|---|---|\n",
-        results.len(),
+        "# Mutation suite: {killed} of {} mutants killed{} (PostgreSQL {})\n\n| mutant | what it breaks | result | caught by | scenario |\n|---|---|---|---|---|\n",
+        results.len() - equivalent,
+        if equivalent > 0 {
+            format!(", {equivalent} equivalent on this version")
+        } else {
+            String::new()
+        },
         majors.join(", ")
     );
     for r in results {
@@ -152,7 +194,7 @@ pub fn to_markdown(results: &[MutantResult]) -> String {
             "| `{}` | {} | {} | {} | {} |\n",
             r.mutant,
             r.description,
-            if r.killed { "killed" } else { "**SURVIVED**" },
+            r.verdict(),
             r.caught_by.replace('|', "\\|"),
             r.scenario.as_deref().unwrap_or("-")
         ));
@@ -177,6 +219,7 @@ mod tests {
             mutant: mutant.to_setting(),
             description: mutant.description().to_string(),
             killed,
+            equivalent: None,
             scenario: killed.then(|| "quick".to_string()),
             caught_by: if killed {
                 "restore latest: row_count | acked_kept".to_string()
@@ -219,6 +262,24 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("| `drop_history` | timeline history files not stored | **SURVIVED** | every drill passed | - |"), "{table}");
+        let mut equivalent = result(Sabotage::StaleVisibilityMap, false);
+        equivalent.equivalent = Sabotage::StaleVisibilityMap
+            .harmless_on(18)
+            .map(str::to_string);
+        assert!(equivalent.passed() && !result(Sabotage::DropHistory, false).passed());
+        let table = to_markdown(&[result(Sabotage::DropHistory, true), equivalent]);
+        assert!(
+            table.starts_with(
+                "# Mutation suite: 1 of 1 mutants killed, 1 equivalent on this version"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("| `stale_visibility_map` | delta backups pick visibility-map pages by LSN | equivalent |"),
+            "{table}"
+        );
+        assert_eq!(Sabotage::StaleVisibilityMap.harmless_on(15), None);
+        assert_eq!(Sabotage::DropHistory.harmless_on(18), None);
         assert_eq!(first_words("a b c d", 2), "a b …");
         assert_eq!(first_words("a b", 2), "a b");
     }
