@@ -83,7 +83,7 @@ pub async fn run(
         }
         if result.drills == 0 {
             if let Some(why) = harmless {
-                result.caught_by = format!("equivalent: {why}");
+                result.caught_by = why.to_string();
                 result.equivalent = Some(why.to_string());
             }
         }
