@@ -24,7 +24,7 @@
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
@@ -33,9 +33,13 @@ use rand::RngCore as _;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::{mib, on_a_rig, query_value, run_timed, BenchArgs, Machine, Rig, MIB, SEGMENT_SIZE};
+use super::peers::{barman_wal_archive, on_path, PgBackRest};
+use super::{
+    median_min_max, mib, on_a_rig, query_value, run_timed, BenchArgs, Machine, Rig, MIB,
+    SEGMENT_SIZE,
+};
 use crate::backup::layout::Segment;
-use crate::env::local::{as_user, free_port, run_checked, write_env_dir};
+use crate::env::local::write_env_dir;
 
 /// The issue's goals for the per-segment loop, segments per second.
 const REAL_WAL_GOAL: f64 = 60.0;
@@ -120,151 +124,6 @@ pub(super) struct ArchiveReport {
     skipped: Vec<String>,
 }
 
-/// pgBackRest against the embedded S3 server: a TLS front (`stunnel`), a
-/// self-signed certificate and one configuration per repository path.
-struct PgBackRest {
-    dir: PathBuf,
-    tls_port: u16,
-    stunnel: Child,
-}
-
-impl Drop for PgBackRest {
-    fn drop(&mut self) {
-        let _ = self.stunnel.kill();
-        let _ = self.stunnel.wait();
-    }
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
-}
-
-impl PgBackRest {
-    /// Starts the TLS front, or says why pgBackRest cannot be measured.
-    fn start(rig: &Rig) -> Result<std::result::Result<PgBackRest, String>> {
-        for program in ["pgbackrest", "stunnel", "openssl"] {
-            if !on_path(program) {
-                return Ok(Err(format!(
-                    "pgBackRest not measured: `{program}` is not installed (apt-get install pgbackrest stunnel4 openssl)"
-                )));
-            }
-        }
-        let dir = rig.dir("pgbackrest")?;
-        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        let mut openssl = Command::new("openssl");
-        openssl
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            ])
-            .args(["-subj", "/CN=127.0.0.1", "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert);
-        run_checked(&mut openssl, "openssl req")?;
-        let tls_port = free_port()?;
-        let upstream = rig.s3().endpoint.trim_start_matches("http://").to_string();
-        let conf = dir.join("stunnel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "foreground = yes\npid =\n[s3]\naccept = 127.0.0.1:{tls_port}\nconnect = {upstream}\ncert = {}\nkey = {}\n",
-                cert.display(),
-                key.display()
-            ),
-        )?;
-        let log = std::fs::File::create(dir.join("stunnel.log"))?;
-        let stunnel = Command::new("stunnel")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting stunnel")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("stunnel did not listen on 127.0.0.1:{tls_port} within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        for sub in ["log", "lock", "spool"] {
-            std::fs::create_dir_all(dir.join(sub))?;
-        }
-        if let Some(u) = rig.cluster.archive.run_as {
-            u.chown_tree(&dir)?;
-        }
-        Ok(Ok(PgBackRest {
-            dir,
-            tls_port,
-            stunnel,
-        }))
-    }
-
-    /// Writes the configuration of repository path `repo` (asynchronous
-    /// archiving when `async_push`) and creates its stanza; returns the
-    /// configuration file.
-    fn configure(&self, rig: &Rig, repo: &str, async_push: bool) -> Result<PathBuf> {
-        let s3 = rig.s3();
-        let pg = rig.primary();
-        let d = &self.dir;
-        let asynchronous = if async_push {
-            "archive-async=y\nprocess-max=2\n"
-        } else {
-            ""
-        };
-        let text = format!(
-            "[global]\nrepo1-type=s3\nrepo1-s3-bucket={bucket}\nrepo1-s3-endpoint=127.0.0.1\nrepo1-storage-port={port}\n\
-             repo1-s3-region=us-east-1\nrepo1-s3-key={key}\nrepo1-s3-key-secret={secret}\nrepo1-s3-uri-style=path\n\
-             repo1-storage-verify-tls=n\nrepo1-path=/{repo}\ncompress-type=lz4\nlog-level-console=warn\nlog-level-file=off\n\
-             log-path={d}/log\nlock-path={d}/lock\nspool-path={d}/spool\n{asynchronous}\
-             [bench]\npg1-path={data}\npg1-port={pgport}\npg1-socket-path={socket}\n",
-            bucket = s3.bucket,
-            port = self.tls_port,
-            key = s3.access_key,
-            secret = s3.secret_key.expose(),
-            d = d.display(),
-            data = pg.data_dir.display(),
-            pgport = pg.port,
-            socket = pg.socket_dir.display(),
-        );
-        let conf = d.join(format!("{repo}.conf"));
-        std::fs::write(&conf, text)?;
-        if let Some(u) = rig.cluster.archive.run_as {
-            u.chown_tree(&conf)?;
-        }
-        let mut create = self.command(rig, &conf);
-        create.arg("stanza-create");
-        run_checked(&mut create, "pgbackrest stanza-create")?;
-        Ok(conf)
-    }
-
-    /// `pgbackrest --config CONF --stanza bench`, as the server user.
-    fn command(&self, rig: &Rig, conf: &Path) -> Command {
-        let mut cmd = Command::new("pgbackrest");
-        cmd.arg(format!("--config={}", conf.display()))
-            .arg("--stanza=bench");
-        as_user(&mut cmd, rig.cluster.archive.run_as);
-        cmd
-    }
-}
-
-/// `barman-cloud-wal-archive` into `s3://bucket/dest`, as the server user.
-fn barman_command(rig: &Rig, dest: &str, file: &Path) -> Command {
-    let s3 = rig.s3();
-    let mut cmd = Command::new("barman-cloud-wal-archive");
-    cmd.arg("--endpoint-url")
-        .arg(&s3.endpoint)
-        .arg(format!("s3://{}/{dest}", s3.bucket))
-        .arg("bench")
-        .arg(file)
-        .env("AWS_ACCESS_KEY_ID", &s3.access_key)
-        .env("AWS_SECRET_ACCESS_KEY", s3.secret_key.expose())
-        .env("AWS_DEFAULT_REGION", "us-east-1");
-    as_user(&mut cmd, rig.cluster.archive.run_as);
-    cmd
-}
-
 /// Pushes every file with its own process, one after the other; segments
 /// per second and the largest peak RSS.
 fn push_loop(mut command: impl FnMut(&Path) -> Command, files: &[PathBuf]) -> Result<(f64, u64)> {
@@ -295,18 +154,6 @@ fn incompressible_segments(rig: &Rig, count: u64) -> Result<Vec<PathBuf>> {
         u.chown_tree(&dir)?;
     }
     Ok(files)
-}
-
-fn median_min_max(runs: &[f64]) -> (f64, f64, f64) {
-    let mut sorted = runs.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    let median = if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    };
-    (median, sorted[0], sorted[n - 1])
 }
 
 /// The per-segment loop, every tool side by side, rotating their order.
@@ -360,7 +207,7 @@ fn measure_loop(
                     )?
                 }
                 LoopTool::BarmanCloudWalArchive => {
-                    push_loop(|f| barman_command(rig, &dest, f), files)?
+                    push_loop(|f| barman_wal_archive(rig, &dest, f), files)?
                 }
             };
             eprintln!("bench: {rate:.1} segments/s");
@@ -773,16 +620,5 @@ impl ArchiveReport {
             let _ = writeln!(md, "- {line}");
         }
         md
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn medians_of_odd_and_even_runs() {
-        assert_eq!(median_min_max(&[3.0, 1.0, 2.0]), (2.0, 1.0, 3.0));
-        assert_eq!(median_min_max(&[4.0, 1.0]), (2.5, 1.0, 4.0));
     }
 }
