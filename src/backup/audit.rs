@@ -302,7 +302,7 @@ async fn check_wal(
                         "missing from storage: the backup needs it to reach consistency",
                     ));
                 };
-                match ctx.fetch_object(&key).await {
+                match ctx.fetch_wal_object(&key, name).await {
                     Err(e) => Some(Problem::from_error(&key, e)),
                     Ok((data, _)) if data.len() as u64 != seg_size => Some(Problem::new(
                         &key,

@@ -74,6 +74,20 @@ pub struct Digest {
     pub blake3: [u8; 32],
 }
 
+/// Whether `object` starts as every pgdrill object does (objects other
+/// tools wrote, such as WAL-G's, do not).
+pub fn is_pgdrill_object(object: &[u8]) -> bool {
+    object.starts_with(MAGIC)
+}
+
+/// The digest of plaintext that came without one (another tool's object).
+pub fn digest_of(plain: &[u8]) -> Digest {
+    Digest {
+        plain_len: plain.len() as u64,
+        blake3: *blake3::hash(plain).as_bytes(),
+    }
+}
+
 /// Counts the bytes written through it.
 struct Counting<W> {
     inner: W,

@@ -33,9 +33,29 @@ pub fn wal_key(file_name: &str, compression: Compression) -> Key {
     Key::new(format!("{WAL_DIR}{file_name}.{}", compression.extension()))
 }
 
-/// The WAL file name an object key holds, if it is a WAL object.
+/// Key of a WAL file WAL-G stored uncompressed: the bare name (WAL-G's
+/// `none` compression adds no extension).
+pub fn walg_uncompressed_wal_key(file_name: &str) -> Key {
+    Key::new(format!("{WAL_DIR}{file_name}"))
+}
+
+/// Every key WAL file `name` may be stored under, `preferred` compression
+/// first, WAL-G's uncompressed one last.
+pub fn wal_keys(name: &str, preferred: Compression) -> Vec<Key> {
+    std::iter::once(preferred)
+        .chain(Compression::ALL.into_iter().filter(|c| *c != preferred))
+        .map(|c| wal_key(name, c))
+        .chain(std::iter::once(walg_uncompressed_wal_key(name)))
+        .collect()
+}
+
+/// The WAL file name an object key holds, if it is a WAL object (pgdrill's
+/// or WAL-G's).
 pub fn wal_name_of(key: &Key) -> Option<&str> {
     let rest = key.as_str().strip_prefix(WAL_DIR)?;
+    if wal_file_kind(rest).is_some() {
+        return Some(rest);
+    }
     let (name, ext) = rest.rsplit_once('.')?;
     Compression::ALL
         .iter()
@@ -265,6 +285,21 @@ mod tests {
         assert_eq!(k.as_str(), "wal_005/000000010000000000000003.lz4");
         assert_eq!(wal_name_of(&k), Some("000000010000000000000003"));
         assert_eq!(wal_name_of(&Key::new("wal_005/x.tmp")), None);
+        let bare = walg_uncompressed_wal_key("00000002.history");
+        assert_eq!(bare.as_str(), "wal_005/00000002.history");
+        assert_eq!(wal_name_of(&bare), Some("00000002.history"));
+        assert_eq!(
+            wal_keys("000000010000000000000003", Compression::Zstd)
+                .iter()
+                .map(Key::as_str)
+                .collect::<Vec<_>>(),
+            [
+                "wal_005/000000010000000000000003.zst",
+                "wal_005/000000010000000000000003.lz4",
+                "wal_005/000000010000000000000003.raw",
+                "wal_005/000000010000000000000003",
+            ]
+        );
         let s = sentinel_key("base_000000010000000000000003");
         assert_eq!(
             s.as_str(),

@@ -52,14 +52,11 @@ fn validate_name(name: &str) -> Result<WalFileKind, BackupError> {
 }
 
 /// Fetches and verifies the stored object for a WAL file, whatever
-/// compression it was written with (the configured one is tried first).
-/// `None` when the archive does not have it.
+/// compression it was written with (the configured one is tried first),
+/// by pgdrill or by WAL-G. `None` when the archive does not have it.
 async fn fetch_wal(ctx: &Context, name: &str) -> Result<Option<(Vec<u8>, Digest)>, BackupError> {
-    let preferred = ctx.settings.compression;
-    let order =
-        std::iter::once(preferred).chain(Compression::ALL.into_iter().filter(|c| *c != preferred));
-    for c in order {
-        match ctx.fetch_object(&layout::wal_key(name, c)).await {
+    for key in layout::wal_keys(name, ctx.settings.compression) {
+        match ctx.fetch_wal_object(&key, name).await {
             Ok(found) => return Ok(Some(found)),
             Err(BackupError::Store(e)) if e.is_not_found() => continue,
             Err(e) => return Err(e),
@@ -130,10 +127,7 @@ fn marker_dir(ctx: &Context, pg_wal: &Path) -> PathBuf {
 /// The stored object of WAL file `name`, whatever compression it was
 /// written with; the existence checks run concurrently (one round trip).
 pub(super) async fn find_wal(ctx: &Context, name: &str) -> Result<Option<Key>, BackupError> {
-    let keys: Vec<Key> = Compression::ALL
-        .into_iter()
-        .map(|c| layout::wal_key(name, c))
-        .collect();
+    let keys = layout::wal_keys(name, ctx.settings.compression);
     let found = futures::future::try_join_all(keys.iter().map(|k| ctx.store.head(k))).await?;
     Ok(found.into_iter().flatten().next().map(|o| o.key))
 }
@@ -147,7 +141,7 @@ pub async fn push_bytes(
     data: Bytes,
 ) -> Result<(PushOutcome, Digest), BackupError> {
     if let Some(existing) = find_wal(ctx, name).await? {
-        let stored = match ctx.fetch_object(&existing).await {
+        let stored = match ctx.fetch_wal_object(&existing, name).await {
             Ok((_, stored)) => stored,
             Err(BackupError::Crypto(CryptoError::PublicKeyOnly { origin, .. })) => {
                 return Err(BackupError::WalUncomparable {

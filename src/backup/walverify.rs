@@ -384,8 +384,8 @@ impl Survey {
         };
         let path = match histories.get(&current) {
             Some(key) => {
-                let (data, _) = ctx.fetch_object(key).await?;
                 let name = format!("{current:08X}.history");
+                let (data, _) = ctx.fetch_wal_object(key, &name).await?;
                 let bad = |detail: String| CheckError::BadHistory {
                     key: key.clone(),
                     name: name.clone(),

@@ -17,4 +17,5 @@ mod scenario_validation;
 mod timelines;
 mod verify_verbs;
 mod wal_prefetch;
+mod walg;
 mod workload_verify;

@@ -1,0 +1,238 @@
+//! WAL-G's on-storage format, reading (issue 17, first part): WAL files
+//! WAL-G archived, which carry no pgdrill header or trailer.
+//!
+//! WAL-G stores a WAL file as `wal_005/<name>.<ext>`, the file compressed
+//! as one stream and nothing else (wal-g `internal/uploader.go:152-166`:
+//! `CompressAndEncrypt`, then the name plus the compressor's extension):
+//! - `lz4`: one LZ4 frame as pierrec/lz4 v4 writes it by default (wal-g
+//!   `internal/compression/lz4/compressor.go:17-19`; pierrec/lz4
+//!   `options.go:30-31`: 4 MiB blocks, content checksum on);
+//! - `zst`: one zstd frame (wal-g `internal/compression/zstd/compressor.go:21-33`,
+//!   klauspost/compress, which writes the frame checksum by default);
+//! - no extension for `none` (wal-g `internal/compression/none/compressor.go:11`,
+//!   `utility/utility.go:181-186`: no dangling dot).
+//!
+//! WAL-G's reader tries each extension, then the bare name (wal-g
+//! `internal/fetch_helper.go:189-213`); so does [`super::wal`]. What is
+//! verified, as these objects have no pgdrill checksum: the frame's own
+//! checksum (lz4, zstd), and for segments the intrinsic checks of
+//! [`check_segment`]. An uncompressed object has only the latter: a
+//! flipped byte past the page headers is left to replay's record CRCs.
+//! Encrypted WAL-G objects and the legacy `.br`/`.lzma` are not read yet.
+
+use std::io::Read as _;
+
+use super::layout::{self, Segment};
+
+/// The first bytes of an LZ4 frame (0x184D2204, little-endian).
+const LZ4_FRAME_MAGIC: [u8; 4] = [0x04, 0x22, 0x4D, 0x18];
+/// The first bytes of a zstd frame (0xFD2FB528, little-endian).
+const ZSTD_FRAME_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+
+/// `XLOG_PAGE_MAGIC` of each PostgreSQL major version WAL-G supports
+/// (`src/include/access/xlog_internal.h` of each release).
+const PAGE_MAGICS: [(u16, u32); 9] = [
+    (0xD097, 10),
+    (0xD098, 11),
+    (0xD101, 12),
+    (0xD106, 13),
+    (0xD10D, 14),
+    (0xD110, 15),
+    (0xD113, 16),
+    (0xD116, 17),
+    (0xD118, 18),
+];
+
+/// Why a WAL-G object could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum WalgError {
+    /// The compressed stream is damaged or its checksum does not match.
+    #[error("its {codec} frame does not decode ({detail})")]
+    Frame { codec: &'static str, detail: String },
+    /// The object is neither pgdrill's nor what WAL-G writes under its
+    /// extension.
+    #[error("it is not a pgdrill object, and not {expected}")]
+    UnknownFormat { expected: &'static str },
+    /// The decoded bytes are not the segment the name says.
+    #[error("the decoded bytes are not segment {name}: {problem}")]
+    NotTheSegment { name: String, problem: String },
+}
+
+/// Decodes a WAL object WAL-G wrote under `ext` (`lz4`, `zst` or `""`).
+pub fn decode(object: &[u8], ext: &str) -> Result<Vec<u8>, WalgError> {
+    let frame = |codec: &'static str| {
+        move |e: std::io::Error| WalgError::Frame {
+            codec,
+            detail: e.to_string(),
+        }
+    };
+    match ext {
+        "lz4" if object.starts_with(&LZ4_FRAME_MAGIC) => {
+            let mut plain = Vec::new();
+            lz4_flex::frame::FrameDecoder::new(object)
+                .read_to_end(&mut plain)
+                .map_err(frame("lz4"))?;
+            Ok(plain)
+        }
+        "zst" if object.starts_with(&ZSTD_FRAME_MAGIC) => {
+            zstd::stream::decode_all(object).map_err(frame("zstd"))
+        }
+        "" => Ok(object.to_vec()),
+        "lz4" => Err(WalgError::UnknownFormat {
+            expected: "an LZ4 frame as WAL-G writes under .lz4",
+        }),
+        "zst" => Err(WalgError::UnknownFormat {
+            expected: "a zstd frame as WAL-G writes under .zst",
+        }),
+        _ => Err(WalgError::UnknownFormat {
+            expected: "anything WAL-G writes (it uses .lz4, .zst or no extension)",
+        }),
+    }
+}
+
+/// The PostgreSQL major version whose WAL pages carry `magic`.
+pub fn major_of_page_magic(magic: u16) -> Option<u32> {
+    PAGE_MAGICS
+        .iter()
+        .find(|(m, _)| *m == magic)
+        .map(|(_, major)| *major)
+}
+
+/// Checks that `data` is WAL segment `name`: the first page has a long
+/// header with a known page magic, a segment size equal to the data's
+/// length, the timeline of the name and the address of the segment's
+/// start.
+pub fn check_segment(name: &str, data: &[u8]) -> Result<(), WalgError> {
+    let wrong = |problem: String| WalgError::NotTheSegment {
+        name: name.to_string(),
+        problem,
+    };
+    let field = |at: usize, len: usize| {
+        data.get(at..at + len)
+            .ok_or_else(|| wrong(format!("{} bytes, shorter than a page header", data.len())))
+    };
+    let magic = u16::from_le_bytes(field(0, 2)?.try_into().expect("two bytes"));
+    if major_of_page_magic(magic).is_none() {
+        return Err(wrong(format!(
+            "page magic {magic:#06X} is no PostgreSQL 10-18 WAL page's"
+        )));
+    }
+    let size = layout::segment_size_from_header(data)
+        .ok_or_else(|| wrong("the first page has no long header with a segment size".into()))?;
+    if data.len() as u64 != size {
+        return Err(wrong(format!(
+            "{} bytes, but its header says segments are {size}",
+            data.len()
+        )));
+    }
+    let segment = Segment::parse(name, size)
+        .ok_or_else(|| wrong(format!("the name does not fit {size}-byte segments")))?;
+    let timeline = u32::from_le_bytes(field(4, 4)?.try_into().expect("four bytes"));
+    if timeline != segment.timeline {
+        return Err(wrong(format!(
+            "its first page is on timeline {timeline}, the name says {}",
+            segment.timeline
+        )));
+    }
+    let address = u64::from_le_bytes(field(8, 8)?.try_into().expect("eight bytes"));
+    if address != segment.segno * size {
+        return Err(wrong(format!(
+            "its first page is at {:X}/{:X}, the segment starts at {:X}/{:X}",
+            address >> 32,
+            address as u32,
+            (segment.segno * size) >> 32,
+            (segment.segno * size) as u32
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A segment's first page header: magic, long-header flag, timeline,
+    /// page address, system identifier, segment and block size.
+    fn segment(magic: u16, timeline: u32, segno: u64, size: u32) -> Vec<u8> {
+        let mut data = vec![0u8; size as usize];
+        data[0..2].copy_from_slice(&magic.to_le_bytes());
+        data[2..4].copy_from_slice(&2u16.to_le_bytes());
+        data[4..8].copy_from_slice(&timeline.to_le_bytes());
+        data[8..16].copy_from_slice(&(segno * u64::from(size)).to_le_bytes());
+        data[32..36].copy_from_slice(&size.to_le_bytes());
+        data[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        data
+    }
+
+    const MIB: u32 = 1 << 20;
+
+    #[test]
+    fn a_segment_passes_only_under_its_own_name() {
+        let data = segment(0xD110, 2, 5, MIB);
+        check_segment("000000020000000000000005", &data).unwrap();
+        for (name, says) in [
+            ("000000020000000000000006", "the segment starts at 0/600000"),
+            ("000000030000000000000005", "the name says 3"),
+        ] {
+            let e = check_segment(name, &data).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
+        let e = check_segment("000000020000000000000005", &data[..MIB as usize / 2])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("header says segments are 1048576"), "{e}");
+        let e = check_segment("000000020000000000000005", &segment(0xBEEF, 2, 5, MIB))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("page magic 0xBEEF"), "{e}");
+        let e = check_segment("000000020000000000000005", &[0x10])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shorter than a page header"), "{e}");
+    }
+
+    #[test]
+    fn page_magics_name_their_versions() {
+        assert_eq!(major_of_page_magic(0xD110), Some(15));
+        assert_eq!(major_of_page_magic(0xD113), Some(16));
+        assert_eq!(major_of_page_magic(0xD118), Some(18));
+        assert_eq!(major_of_page_magic(0x1234), None);
+    }
+
+    #[test]
+    fn frames_decode_and_damage_is_refused() {
+        let plain = segment(0xD110, 1, 3, MIB);
+        let mut lz4 = Vec::new();
+        {
+            use std::io::Write as _;
+            let mut info = lz4_flex::frame::FrameInfo::new();
+            info.content_checksum = true;
+            let mut w = lz4_flex::frame::FrameEncoder::with_frame_info(info, &mut lz4);
+            w.write_all(&plain).unwrap();
+            w.finish().unwrap();
+        }
+        assert_eq!(decode(&lz4, "lz4").unwrap(), plain);
+        let zst = zstd::bulk::Compressor::new(3)
+            .and_then(|mut c| {
+                c.include_checksum(true)?;
+                c.compress(&plain)
+            })
+            .unwrap();
+        assert_eq!(decode(&zst, "zst").unwrap(), plain);
+        assert_eq!(decode(&plain, "").unwrap(), plain);
+        // A flipped byte of the compressed stream: the frame checksum (or
+        // the decoder) refuses it.
+        for (object, ext) in [(&lz4, "lz4"), (&zst, "zst")] {
+            let mut damaged = object.clone();
+            let at = damaged.len() - 6;
+            damaged[at] ^= 0x55;
+            assert!(decode(&damaged, ext).is_err(), "{ext}");
+        }
+        for ext in ["lz4", "zst", "raw"] {
+            assert!(
+                matches!(decode(&plain, ext), Err(WalgError::UnknownFormat { .. })),
+                "{ext}"
+            );
+        }
+    }
+}
