@@ -330,7 +330,12 @@ impl Context {
         name: &str,
     ) -> Result<(Vec<u8>, codec::Digest), BackupError> {
         let raw = self.store.get(key).await?;
-        if self.encryption.is_configured() || codec::is_pgdrill_object(&raw) {
+        // Encrypted objects (and any object when a key is configured) take
+        // pgdrill's path, which names a missing or wrong key.
+        if self.encryption.is_configured()
+            || codec::is_pgdrill_object(&raw)
+            || crypto::looks_encrypted(&raw)
+        {
             return self.decode_object(key, raw).await;
         }
         let ext = key
