@@ -93,11 +93,12 @@ impl fmt::Display for AuditReport {
     }
 }
 
-/// Runs `backup-verify`. `Err` only when the backup cannot be found or
-/// storage cannot be listed; everything wrong with the backup itself is in
+/// Runs `backup-verify`. `Err` only when the backup cannot be found, is
+/// WAL-G's, or storage cannot be listed; everything wrong with the backup itself is in
 /// the report.
 pub async fn backup_verify(ctx: &Context, name: &str) -> Result<AuditReport, BackupError> {
     let summary = catalog::resolve(ctx, name).await?;
+    summary.require_pgdrill_format("verified")?;
     let mut report = AuditReport {
         backup_name: summary.backup_name.clone(),
         backups_checked: Vec::new(),

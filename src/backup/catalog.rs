@@ -5,8 +5,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::layout;
 use super::store::Key;
+use super::{layout, walg};
 use super::{BackupError, Context};
 
 /// What the sentinel holds: everything about a backup except its file list.
@@ -44,6 +44,40 @@ pub struct BackupSummary {
     #[serde(default)]
     pub increment_count: u32,
     pub pgdrill_version: String,
+    /// Which tool wrote the backup (absent in pgdrill's sentinels).
+    #[serde(default, skip_serializing_if = "BackupFormat::is_pgdrill")]
+    pub format: BackupFormat,
+}
+
+/// Which tool wrote a backup, and so how it is stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupFormat {
+    #[default]
+    Pgdrill,
+    /// WAL-G: listed and deleted, not yet restored or verified (see
+    /// [`super::walg`]).
+    Walg,
+}
+
+impl BackupFormat {
+    fn is_pgdrill(&self) -> bool {
+        *self == BackupFormat::Pgdrill
+    }
+}
+
+impl BackupSummary {
+    /// Refuses what pgdrill cannot do with a WAL-G backup yet: `what` is
+    /// the action ("restored", "marked", ...).
+    pub fn require_pgdrill_format(&self, what: &str) -> Result<(), BackupError> {
+        match self.format {
+            BackupFormat::Pgdrill => Ok(()),
+            BackupFormat::Walg => Err(BackupError::Invalid(format!(
+                "backup {} was written by WAL-G: pgdrill lists and deletes WAL-G backups but cannot have them {what} yet; use wal-g for it, or take a pgdrill backup (backup-push --full)",
+                self.backup_name
+            ))),
+        }
+    }
 }
 
 /// One tar part of a backup.
@@ -159,7 +193,7 @@ pub async fn list_readable(ctx: &Context) -> Result<Listing, BackupError> {
         .collect();
     let read: Vec<Result<ListedBackup, BackupError>> = futures::stream::iter(sentinels)
         .map(|o| async move {
-            let summary = read_sentinel(ctx, &o.key).await?;
+            let summary = read_sentinel(ctx, &o.key, o.last_modified).await?;
             Ok(ListedBackup {
                 summary,
                 time: o.last_modified,
@@ -213,12 +247,38 @@ pub async fn list_readable_warning(ctx: &Context) -> Result<Vec<ListedBackup>, B
 /// Reads a sentinel and checks that it describes the backup it is stored
 /// as: every key of the backup is built from that name, so a sentinel
 /// naming another (`../..`) must not lead reads or deletes elsewhere.
-async fn read_sentinel(ctx: &Context, key: &Key) -> Result<BackupSummary, BackupError> {
+/// A WAL-G sentinel (see [`super::walg`]) is read with its
+/// `metadata.json`; `time` is when the sentinel was written.
+async fn read_sentinel(
+    ctx: &Context,
+    key: &Key,
+    time: DateTime<Utc>,
+) -> Result<BackupSummary, BackupError> {
     let raw = ctx.store.get(key).await?;
     let corrupt = |detail: String| BackupError::Corrupt {
         key: key.clone(),
         detail,
     };
+    if walg::is_walg_sentinel(&raw) {
+        let name = layout::backup_of_sentinel(key).unwrap_or_default();
+        let sentinel: walg::Sentinel = serde_json::from_slice(&raw)
+            .map_err(|e| corrupt(format!("a WAL-G sentinel, but {e}")))?;
+        let metadata_key = layout::metadata_key(name);
+        let metadata = match ctx.store.get(&metadata_key).await {
+            Ok(raw) => Some(
+                serde_json::from_slice::<walg::ExtendedMetadata>(&raw).map_err(|e| {
+                    BackupError::Corrupt {
+                        key: metadata_key.clone(),
+                        detail: format!("WAL-G's metadata.json, but {e}"),
+                    }
+                })?,
+            ),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e.into()),
+        };
+        return walg::summary(name, &sentinel, metadata.as_ref(), time)
+            .map_err(|e| corrupt(format!("a WAL-G sentinel, but {e}")));
+    }
     let summary: BackupSummary = serde_json::from_slice(&raw)
         .map_err(|e| corrupt(format!("sentinel is not valid JSON: {e}")))?;
     let stored_as = layout::backup_of_sentinel(key).unwrap_or_default();
@@ -245,7 +305,17 @@ pub async fn resolve(ctx: &Context, name: &str) -> Result<BackupSummary, BackupE
             "{name:?} is not a backup name"
         )));
     }
-    match read_sentinel(ctx, &layout::sentinel_key(name)).await {
+    let key = layout::sentinel_key(name);
+    let time = match ctx.store.head(&key).await? {
+        Some(o) => o.last_modified,
+        None => {
+            return Err(BackupError::BackupNotFound {
+                name: name.to_string(),
+                store: ctx.store.describe(),
+            })
+        }
+    };
+    match read_sentinel(ctx, &key, time).await {
         Err(BackupError::Store(e)) if e.is_not_found() => Err(BackupError::BackupNotFound {
             name: name.to_string(),
             store: ctx.store.describe(),
@@ -296,6 +366,7 @@ pub async fn mark(
     permanent: bool,
 ) -> Result<BackupSummary, BackupError> {
     let mut summary = resolve(ctx, name).await?;
+    summary.require_pgdrill_format("marked")?;
     summary.is_permanent = permanent;
     let json = serde_json::to_vec_pretty(&summary)
         .map_err(BackupError::internal("serializing the sentinel"))?;
@@ -310,6 +381,7 @@ pub async fn read_metadata(
     ctx: &Context,
     summary: &BackupSummary,
 ) -> Result<BackupMetadata, BackupError> {
+    summary.require_pgdrill_format("restored, verified or used as a delta base")?;
     let key = layout::metadata_key(&summary.backup_name);
     let raw = ctx.store.get(&key).await?;
     let actual = blake3::hash(&raw).to_hex().to_string();
@@ -437,6 +509,7 @@ pub(crate) mod tests {
             increment_full_name: None,
             increment_count: 0,
             pgdrill_version: "test".into(),
+            format: BackupFormat::Pgdrill,
         }
     }
 

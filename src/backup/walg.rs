@@ -19,10 +19,18 @@
 //! [`check_segment`]. An uncompressed object has only the latter: a
 //! flipped byte past the page headers is left to replay's record CRCs.
 //! Encrypted WAL-G objects and the legacy `.br`/`.lzma` are not read yet.
+//!
+//! WAL-G's backups are listed (and so deleted by retention) from their
+//! sentinel and `metadata.json` ([`summary`]); restoring or verifying them
+//! is not implemented yet, and says so.
 
 use std::io::Read as _;
 
-use super::layout::{self, Segment};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use super::catalog::{BackupFormat, BackupSummary};
+use super::layout::{self, Lsn, Segment};
 
 /// The first bytes of an LZ4 frame (0x184D2204, little-endian).
 const LZ4_FRAME_MAGIC: [u8; 4] = [0x04, 0x22, 0x4D, 0x18];
@@ -147,6 +155,117 @@ pub fn check_segment(name: &str, data: &[u8]) -> Result<(), WalgError> {
     Ok(())
 }
 
+/// The fields pgdrill reads of WAL-G's backup sentinel
+/// (`<name>_backup_stop_sentinel.json`; wal-g
+/// `internal/databases/postgres/backup_sentinel_dto.go:17-39`: LSNs are
+/// JSON numbers, the delta fields absent for a full backup).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Sentinel {
+    #[serde(rename = "LSN")]
+    pub start_lsn: u64,
+    #[serde(rename = "FinishLSN")]
+    pub finish_lsn: u64,
+    #[serde(rename = "DeltaFrom", default)]
+    pub delta_from: Option<String>,
+    #[serde(rename = "DeltaFullName", default)]
+    pub delta_full_name: Option<String>,
+    #[serde(rename = "DeltaCount", default)]
+    pub delta_count: Option<u32>,
+    #[serde(rename = "PgVersion")]
+    pub pg_version: i32,
+    #[serde(rename = "SystemIdentifier", default)]
+    pub system_identifier: Option<u64>,
+    #[serde(rename = "UncompressedSize", default)]
+    pub uncompressed_size: i64,
+    #[serde(rename = "CompressedSize", default)]
+    pub compressed_size: i64,
+}
+
+/// The fields pgdrill reads of WAL-G's `metadata.json` in the backup's
+/// folder (wal-g `backup_sentinel_dto.go:71-87`, `ExtendedMetadataDto`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ExtendedMetadata {
+    pub start_time: DateTime<Utc>,
+    pub finish_time: DateTime<Utc>,
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default)]
+    pub data_dir: String,
+    #[serde(default)]
+    pub is_permanent: bool,
+}
+
+/// Whether a sentinel is WAL-G's (its start LSN is the number `LSN`;
+/// pgdrill's sentinel has `start_lsn`).
+pub fn is_walg_sentinel(raw: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(raw)
+        .is_ok_and(|v| v.get("LSN").is_some_and(serde_json::Value::is_u64))
+}
+
+/// The catalog entry of WAL-G backup `name` from its sentinel, its
+/// `metadata.json` when there is one (times, host, permanence), else the
+/// sentinel's own time. WAL-G records no segment size: it is the one under
+/// which the start LSN falls in the segment the name carries.
+pub fn summary(
+    name: &str,
+    sentinel: &Sentinel,
+    metadata: Option<&ExtendedMetadata>,
+    sentinel_time: DateTime<Utc>,
+) -> Result<BackupSummary, String> {
+    let first = name
+        .strip_prefix("base_")
+        .and_then(|rest| rest.get(..24))
+        .ok_or_else(|| format!("{name:?} is not a WAL-G backup name (base_<WAL segment>)"))?;
+    let seg_size = (20..=30)
+        .map(|bits| 1u64 << bits)
+        .find(|&size| {
+            Segment::parse(first, size)
+                .is_some_and(|s| Segment::of_lsn(s.timeline, Lsn(sentinel.start_lsn), size) == s)
+        })
+        .ok_or_else(|| {
+            format!(
+                "its start LSN {} is not in segment {first} for any segment size",
+                Lsn(sentinel.start_lsn)
+            )
+        })?;
+    let start = Segment::parse(first, seg_size).expect("checked above");
+    let finish = Segment::of_lsn(start.timeline, Lsn(sentinel.finish_lsn), seg_size);
+    if sentinel.finish_lsn < sentinel.start_lsn {
+        return Err("its finish LSN is before its start LSN".into());
+    }
+    let (start_time, finish_time) = metadata.map_or((sentinel_time, sentinel_time), |m| {
+        (m.start_time, m.finish_time)
+    });
+    Ok(BackupSummary {
+        backup_name: name.to_string(),
+        start_time,
+        finish_time,
+        start_lsn: Lsn(sentinel.start_lsn).to_string(),
+        finish_lsn: Lsn(sentinel.finish_lsn).to_string(),
+        wal_file_name: first.to_string(),
+        finish_wal_file_name: finish.file_name(seg_size),
+        timeline: start.timeline,
+        pg_version: sentinel.pg_version,
+        system_identifier: sentinel
+            .system_identifier
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        hostname: metadata.map(|m| m.hostname.clone()).unwrap_or_default(),
+        data_dir: metadata.map(|m| m.data_dir.clone()).unwrap_or_default(),
+        uncompressed_size: u64::try_from(sentinel.uncompressed_size).unwrap_or(0),
+        compressed_size: u64::try_from(sentinel.compressed_size).unwrap_or(0),
+        is_permanent: metadata.is_some_and(|m| m.is_permanent),
+        compression: String::new(),
+        wal_segment_size: seg_size,
+        metadata_blake3: String::new(),
+        increment_from: sentinel.delta_from.clone(),
+        increment_full_name: sentinel.delta_full_name.clone(),
+        increment_count: sentinel.delta_count.unwrap_or(0),
+        pgdrill_version: String::new(),
+        format: BackupFormat::Walg,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +353,32 @@ mod tests {
                 "{ext}"
             );
         }
+    }
+
+    #[test]
+    fn walg_sentinels_become_catalog_entries() {
+        let raw = br#"{"LSN":83886120,"FinishLSN":83886376,"PgVersion":150010,"SystemIdentifier":7300000000000000001,"UncompressedSize":23000000,"CompressedSize":3000000,"DataCatalogSize":23000000,"UserData":null,"ChkpNum":null}"#;
+        assert!(is_walg_sentinel(raw));
+        assert!(!is_walg_sentinel(
+            br#"{"backup_name":"x","start_lsn":"0/5000028"}"#
+        ));
+        let sentinel: Sentinel = serde_json::from_slice(raw).unwrap();
+        let t = DateTime::from_timestamp(1_780_000_000, 0).unwrap();
+        let s = summary("base_000000010000000000000005", &sentinel, None, t).unwrap();
+        assert_eq!(s.start_lsn, "0/5000028");
+        assert_eq!(s.wal_segment_size, 16 << 20);
+        assert_eq!(s.finish_wal_file_name, "000000010000000000000005");
+        assert_eq!(s.system_identifier, "7300000000000000001");
+        assert_eq!((s.start_time, s.format), (t, BackupFormat::Walg));
+        assert_eq!(s.increment_count, 0);
+        // 1 MB segments: the same LSN is segment 0x50.
+        let e = summary("base_000000010000000000000050", &sentinel, None, t).unwrap();
+        assert_eq!(e.wal_segment_size, 1 << 20);
+        let wrong = summary("base_000000010000000000000007", &sentinel, None, t).unwrap_err();
+        assert!(
+            wrong.contains("not in segment 000000010000000000000007"),
+            "{wrong}"
+        );
+        assert!(summary("nightly", &sentinel, None, t).is_err());
     }
 }

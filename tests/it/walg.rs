@@ -1,8 +1,9 @@
-//! WAL objects WAL-G wrote (fixtures/walg, made by ci/walg-fixtures with
-//! Python's lz4 and zstandard as WAL-G's defaults write them): wal-fetch
-//! serves them verified, damage is refused, and wal-push after a switch
-//! from WAL-G treats an identical segment as archived and refuses a
-//! different one.
+//! An archive WAL-G wrote (fixtures/walg, made by ci/walg-fixtures with
+//! Python's lz4, zstandard and json as WAL-G's defaults write them):
+//! wal-fetch serves its WAL verified, damage is refused, wal-push after a
+//! switch from WAL-G treats an identical segment as archived and refuses a
+//! different one; its backups are listed and deleted by retention, and
+//! what pgdrill cannot do with them yet is refused naming WAL-G.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,16 +26,14 @@ fn fixtures() -> BTreeMap<String, Fixture> {
     serde_json::from_str(&text).unwrap()
 }
 
-/// A copy of the fixture archive, for tests that damage it.
+/// A copy of the fixture archive, for tests that change it.
 fn archive_copy(dir: &Path) -> std::path::PathBuf {
+    let from = Path::new(FIXTURES).join("archive");
     let archive = dir.join("archive");
-    std::fs::create_dir_all(archive.join("wal_005")).unwrap();
-    for (_, f) in fixtures() {
-        std::fs::copy(
-            Path::new(FIXTURES).join("archive").join(&f.key),
-            archive.join(&f.key),
-        )
-        .unwrap();
+    for file in walk_files(&from) {
+        let to = archive.join(file.strip_prefix(&from).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &to).unwrap();
     }
     archive
 }
@@ -126,5 +125,77 @@ fn wal_push_after_walg_accepts_the_same_segment_and_refuses_another() {
             "{}",
             stderr(&out)
         );
+    }
+}
+
+#[test]
+fn walg_backups_are_listed_refused_for_restore_and_deleted_by_retention() {
+    let work = tempfile::tempdir().unwrap();
+    let archive = archive_copy(work.path());
+    let list = pgdrill(&archive, &["backup-list", "--json"]);
+    assert_success(&list, "backup-list --json");
+    let rows: Vec<pgdrill::backup::catalog::BackupListRow> =
+        serde_json::from_slice(&list.stdout).unwrap();
+    let (full, newer, delta) = (
+        "base_000000010000000000000005",
+        "base_000000010000000000000007",
+        "base_000000010000000000000009_D_000000010000000000000007",
+    );
+    let names: Vec<&str> = rows.iter().map(|r| r.backup_name.as_str()).collect();
+    assert_eq!(names, [full, newer, delta]);
+    let r = &rows[1];
+    assert_eq!(
+        (r.start_lsn.as_str(), r.finish_lsn.as_str()),
+        ("0/700028", "0/700100")
+    );
+    assert_eq!(r.wal_file_name, "000000010000000000000007");
+    assert_eq!(r.start_time, "2026-12-01T01:00:00.250Z");
+    assert_eq!((r.hostname.as_str(), r.pg_version), ("pg-0", 150018));
+    assert_success(
+        &pgdrill(&archive, &["backup-list", "--detail"]),
+        "backup-list --detail",
+    );
+
+    let dest = work.path().join("restore");
+    for args in [
+        vec!["backup-fetch", dest.to_str().unwrap(), delta],
+        vec!["backup-verify", newer],
+        vec!["backup-mark", newer],
+    ] {
+        let out = pgdrill(&archive, &args);
+        assert_eq!(
+            out.status.code(),
+            Some(FAILURE),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains("was written by WAL-G"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(!dest.join("PG_VERSION").exists());
+
+    // Retention keeps the newest backup's chain (the delta and its full
+    // backup) and deletes the older full backup, sentinel and folder.
+    let out = pgdrill(&archive, &["delete", "--confirm", "retain", "1"]);
+    assert_success(&out, "delete --confirm retain 1");
+    let backups = archive.join("basebackups_005");
+    assert!(!backups
+        .join(format!("{full}_backup_stop_sentinel.json"))
+        .exists());
+    assert!(
+        walk_files(&backups.join(full)).is_empty(),
+        "its folder's objects are gone"
+    );
+    for kept in [newer, delta] {
+        assert!(backups
+            .join(format!("{kept}_backup_stop_sentinel.json"))
+            .exists());
+        assert!(backups.join(kept).join("metadata.json").exists());
+    }
+    for (_, f) in fixtures() {
+        assert!(archive.join(&f.key).exists(), "{} is needed", f.key);
     }
 }

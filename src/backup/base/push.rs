@@ -14,7 +14,9 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::walk::*;
-use crate::backup::catalog::{self, BackupMetadata, BackupSummary, FileEntry, PartInfo};
+use crate::backup::catalog::{
+    self, BackupFormat, BackupMetadata, BackupSummary, FileEntry, PartInfo,
+};
 use crate::backup::codec::{Compression, ObjectWriter};
 use crate::backup::crypto::Encryption;
 use crate::backup::delta;
@@ -534,6 +536,7 @@ pub async fn backup_push(
         }),
         increment_count: previous.as_ref().map_or(0, |(p, _)| p.increment_count + 1),
         pgdrill_version: env!("CARGO_PKG_VERSION").to_string(),
+        format: BackupFormat::Pgdrill,
     };
     ctx.store
         .put(
@@ -685,6 +688,10 @@ pub(super) async fn delta_previous(
         return Ok(None);
     };
     let s = newest.summary;
+    if s.format != BackupFormat::Pgdrill {
+        info!(previous = %s.backup_name, "taking a full backup (the newest backup was written by WAL-G)");
+        return Ok(None);
+    }
     if s.system_identifier != system_identifier || s.increment_count >= max {
         info!(previous = %s.backup_name, "taking a full backup (chain at WALG_DELTA_MAX_STEPS or another cluster)");
         return Ok(None);
