@@ -121,7 +121,9 @@ pub enum CodecError {
 }
 
 impl CodecError {
-    fn from_io(e: io::Error) -> CodecError {
+    /// A read failure: damaged input (InvalidData, a short read) is
+    /// corruption, anything else stays an I/O error.
+    pub fn from_io(e: io::Error) -> CodecError {
         // Damaged input is InvalidData (see `ObjectReader::damaged_input`).
         if e.kind() == io::ErrorKind::InvalidData || e.kind() == io::ErrorKind::UnexpectedEof {
             CodecError::Corrupt(e.to_string())

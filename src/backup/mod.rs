@@ -322,22 +322,18 @@ impl Context {
     }
 
     /// Fetches and verifies the object `key` of WAL file `name`, written
-    /// by pgdrill or, unencrypted, by WAL-G (no pgdrill envelope: decoded
-    /// by the key's extension and checked as [`walg`] says).
+    /// by pgdrill or by WAL-G (no pgdrill envelope: decoded by the key's
+    /// extension and checked as [`walg`] says). Decryption comes first:
+    /// WAL-G encrypts its compressed stream with OpenPGP as pgdrill
+    /// encrypts its object, and the first bytes of the plaintext tell the
+    /// two apart. With a key configured, an unencrypted object of either
+    /// tool is refused as always.
     pub async fn fetch_wal_object(
         &self,
         key: &Key,
         name: &str,
     ) -> Result<(Vec<u8>, codec::Digest), BackupError> {
         let raw = self.store.get(key).await?;
-        // Encrypted objects (and any object when a key is configured) take
-        // pgdrill's path, which names a missing or wrong key.
-        if self.encryption.is_configured()
-            || codec::is_pgdrill_object(&raw)
-            || crypto::looks_encrypted(&raw)
-        {
-            return self.decode_object(key, raw).await;
-        }
         let ext = key
             .as_str()
             .rsplit('/')
@@ -346,12 +342,22 @@ impl Context {
             .map_or("", |rest| rest.trim_start_matches('.'))
             .to_string();
         let (key, name) = (key.clone(), name.to_string());
+        let encryption = Arc::clone(&self.encryption);
         tokio::task::spawn_blocking(move || {
+            let mut object = Vec::with_capacity(raw.len());
+            std::io::Read::read_to_end(
+                &mut encryption.wrap_reader(&key, std::io::Cursor::new(raw))?,
+                &mut object,
+            )
+            .map_err(|e| BackupError::from_codec(&key, codec::CodecError::from_io(e)))?;
+            if codec::is_pgdrill_object(&object) {
+                return codec::decode(&object).map_err(|e| BackupError::from_codec(&key, e));
+            }
             let corrupt = |e: walg::WalgError| BackupError::Corrupt {
                 key: key.clone(),
                 detail: format!("a WAL-G object, but {e}"),
             };
-            let plain = walg::decode(&raw, &ext).map_err(corrupt)?;
+            let plain = walg::decode(&object, &ext).map_err(corrupt)?;
             if layout::wal_file_kind(&name) == Some(layout::WalFileKind::Segment) {
                 walg::check_segment(&name, &plain).map_err(corrupt)?;
             }

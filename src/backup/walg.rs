@@ -18,7 +18,13 @@
 //! checksum (lz4, zstd), and for segments the intrinsic checks of
 //! [`check_segment`]. An uncompressed object has only the latter: a
 //! flipped byte past the page headers is left to replay's record CRCs.
-//! Encrypted WAL-G objects and the legacy `.br`/`.lzma` are not read yet.
+//! OpenPGP-encrypted WAL-G objects are read with the configured key, as
+//! pgdrill's own are (WAL-G encrypts the compressed stream:
+//! wal-g `internal/compress_and_encrypt.go:34-53`: compress, then encrypt;
+//! `internal/crypto/openpgp/crypter.go:122`, go-crypto with no compression);
+//! gpg output with a compression packet reads too. Its
+//! libsodium objects, which carry no magic, and the legacy `.br`/`.lzma`
+//! are not read yet.
 //!
 //! WAL-G's backups are listed (and so deleted by retention) from their
 //! sentinel and `metadata.json` ([`summary`]); restoring or verifying them

@@ -39,11 +39,17 @@ fn archive_copy(dir: &Path) -> std::path::PathBuf {
 }
 
 fn pgdrill(archive: &Path, args: &[&str]) -> Output {
+    pgdrill_with(archive, &[], args)
+}
+
+/// pgdrill on `archive` with only `extra` of the backup settings.
+fn pgdrill_with(archive: &Path, extra: &[(&str, &str)], args: &[&str]) -> Output {
     Command::new(PGDRILL)
         .args(args)
         .env("WALG_FILE_PREFIX", archive)
         .env_remove("PGDRILL_ENV_DIR")
         .env_remove("WALG_COMPRESSION_METHOD")
+        .envs(extra.iter().copied())
         .output()
         .unwrap()
 }
@@ -198,4 +204,53 @@ fn walg_backups_are_listed_refused_for_restore_and_deleted_by_retention() {
     for (_, f) in fixtures() {
         assert!(archive.join(&f.key).exists(), "{} is needed", f.key);
     }
+}
+
+/// WAL-G encrypts its compressed stream with OpenPGP (fixtures/walg/
+/// pgp-archive: gpg for the test key, without compression as go-crypto
+/// writes and with gpg's compression packet): read with the key, refused
+/// without it, and an unencrypted WAL-G object is refused once a key is
+/// configured, as pgdrill's own are.
+#[test]
+fn openpgp_walg_objects_are_read_with_the_key_only() {
+    let work = tempfile::tempdir().unwrap();
+    let pgp_archive = Path::new(FIXTURES).join("pgp-archive");
+    let key = format!("{}/fixtures/keys/private.asc", env!("CARGO_MANIFEST_DIR"));
+    let with_key = [("WALG_PGP_KEY_PATH", key.as_str())];
+    let encrypted: Vec<(String, Fixture)> = fixtures()
+        .into_iter()
+        .filter(|(_, f)| pgp_archive.join(&f.key).exists())
+        .collect();
+    assert_eq!(encrypted.len(), 2, "the .lz4 and .zst fixtures");
+    for (name, f) in &encrypted {
+        let dest = work.path().join(name);
+        let args = ["wal-fetch", name.as_str(), dest.to_str().unwrap()];
+        let out = pgdrill_with(&pgp_archive, &with_key, &args);
+        assert_success(&out, &format!("wal-fetch of encrypted {}", f.key));
+        let data = std::fs::read(&dest).unwrap();
+        assert_eq!(blake3::hash(&data).to_hex().as_str(), f.blake3, "{}", f.key);
+        std::fs::remove_file(&dest).unwrap();
+        let out = pgdrill(&pgp_archive, &args);
+        assert_eq!(out.status.code(), Some(FETCH_FAILED), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("encrypted with OpenPGP but no key is configured"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!dest.exists());
+    }
+    let plain_archive = Path::new(FIXTURES).join("archive");
+    let (name, _) = &encrypted[0];
+    let dest = work.path().join(name);
+    let out = pgdrill_with(
+        &plain_archive,
+        &with_key,
+        &["wal-fetch", name, dest.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(FETCH_FAILED), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not encrypted, but a key is configured"),
+        "{}",
+        stderr(&out)
+    );
 }

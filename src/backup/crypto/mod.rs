@@ -338,12 +338,6 @@ impl Encryption {
     }
 }
 
-/// Whether an object's first bytes announce encryption (OpenPGP or
-/// pgdrill's libsodium stream), whatever the configuration.
-pub fn looks_encrypted(first: &[u8]) -> bool {
-    detect(first).is_some()
-}
-
 /// The scheme an object's first bytes announce; `None` for anything else
 /// (the codec checks its own header).
 fn detect(first: &[u8]) -> Option<Scheme> {
