@@ -134,17 +134,49 @@ pub struct ListedBackup {
 pub struct BackupListRow {
     pub backup_name: String,
     pub time: String,
+    pub wal_file_name: String,
+    /// Always `default` (WAL-G's name for the only storage).
+    #[serde(default)]
+    pub storage_name: String,
     pub start_time: String,
     pub finish_time: String,
-    pub wal_file_name: String,
-    pub start_lsn: String,
-    pub finish_lsn: String,
-    pub uncompressed_size: u64,
-    pub compressed_size: u64,
-    pub is_permanent: bool,
+    /// The format of WAL-G's times, which it prints with them.
+    #[serde(default)]
+    pub date_fmt: String,
     pub hostname: String,
     pub data_dir: String,
     pub pg_version: i32,
+    /// LSNs as numbers, as WAL-G prints them (read from "X/Y" text too,
+    /// as older pgdrill reports hold them).
+    #[serde(deserialize_with = "lsn_number")]
+    pub start_lsn: u64,
+    #[serde(deserialize_with = "lsn_number")]
+    pub finish_lsn: u64,
+    pub is_permanent: bool,
+    /// The cluster's system identifier as a number (absent: null).
+    #[serde(default)]
+    pub system_identifier: Option<u64>,
+    pub uncompressed_size: u64,
+    pub compressed_size: u64,
+}
+
+/// WAL-G's `date_fmt`.
+const WALG_DATE_FMT: &str = "%Y-%m-%dT%H:%M:%S.%fZ";
+
+/// An LSN written as a number or as `X/Y` text.
+fn lsn_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Number(u64),
+        Text(String),
+    }
+    match Written::deserialize(d)? {
+        Written::Number(n) => Ok(n),
+        Written::Text(t) => layout::Lsn::parse(&t)
+            .map(|l| l.0)
+            .ok_or_else(|| serde::de::Error::custom(format!("{t:?} is not an LSN"))),
+    }
 }
 
 pub fn rfc3339(t: &DateTime<Utc>) -> String {
@@ -160,11 +192,14 @@ impl ListedBackup {
             start_time: rfc3339(&s.start_time),
             finish_time: rfc3339(&s.finish_time),
             wal_file_name: s.wal_file_name.clone(),
-            start_lsn: s.start_lsn.clone(),
-            finish_lsn: s.finish_lsn.clone(),
+            storage_name: "default".into(),
+            date_fmt: WALG_DATE_FMT.into(),
+            start_lsn: layout::Lsn::parse(&s.start_lsn).map_or(0, |l| l.0),
+            finish_lsn: layout::Lsn::parse(&s.finish_lsn).map_or(0, |l| l.0),
             uncompressed_size: s.uncompressed_size,
             compressed_size: s.compressed_size,
             is_permanent: s.is_permanent,
+            system_identifier: s.system_identifier.parse().ok(),
             hostname: s.hostname.clone(),
             data_dir: s.data_dir.clone(),
             pg_version: s.pg_version,
@@ -541,6 +576,53 @@ pub(crate) mod tests {
             assert!(row.get(field).is_some(), "missing {field}");
         }
         assert_eq!(row["time"], "2026-02-09T02:00:07.000Z");
+    }
+
+    /// WAL-G's own `backup-list --json --detail` output (fixtures/walg/
+    /// from-walg) reads as rows, and pgdrill's rows have exactly its
+    /// fields with the same JSON types (LSNs and the system identifier are
+    /// numbers there).
+    #[test]
+    fn rows_have_walg_backup_list_fields_and_types() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/walg/from-walg/backup-list.json"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let walg: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+        let rows: Vec<BackupListRow> = serde_json::from_str(&text).unwrap();
+        assert_eq!(rows[0].start_lsn, 3325915299880);
+        assert_eq!(rows[0].system_identifier, Some(7507672962298572862));
+        let ours = serde_json::to_value(
+            ListedBackup {
+                summary: summary("base_000000010000000000000003", "2026-02-09T02:00:00Z"),
+                time: "2026-02-09T02:00:07Z".parse().unwrap(),
+            }
+            .row(),
+        )
+        .unwrap();
+        let kind = |v: &serde_json::Value| match v {
+            serde_json::Value::Number(_) => "number",
+            serde_json::Value::String(_) => "string",
+            serde_json::Value::Bool(_) => "bool",
+            _ => "other",
+        };
+        let shape = |v: &serde_json::Value| -> Vec<(String, &'static str)> {
+            let mut fields: Vec<_> = v
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), kind(v)))
+                .collect();
+            fields.sort();
+            fields
+        };
+        assert_eq!(shape(&ours), shape(&walg[0]));
+        // Reports written before LSNs were numbers still read.
+        let mut old = ours.clone();
+        old["start_lsn"] = "0/3000028".into();
+        let row: BackupListRow = serde_json::from_value(old).unwrap();
+        assert_eq!(row.start_lsn, 0x3000028);
     }
 
     /// A context over a directory store in `dir`.

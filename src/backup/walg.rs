@@ -316,6 +316,34 @@ mod tests {
         assert!(e.contains("shorter than a page header"), "{e}");
     }
 
+    /// WAL-G's own test segment (fixtures/walg/from-walg: the first 16 KiB
+    /// of a PostgreSQL 11 segment): its header is read as WAL-G's tests
+    /// know it, and the truncation is refused.
+    #[test]
+    fn walgs_own_test_segment_header_is_understood() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/walg/from-walg/00000001000000000000007C"
+        );
+        let head = std::fs::read(path).unwrap();
+        let magic = u16::from_le_bytes([head[0], head[1]]);
+        assert_eq!(major_of_page_magic(magic), Some(11));
+        let e = check_segment("00000001000000000000007C", &head)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("16384 bytes, but its header says segments are 16777216"),
+            "{e}"
+        );
+        let mut whole = head.clone();
+        whole.resize(16 << 20, 0);
+        check_segment("00000001000000000000007C", &whole).unwrap();
+        let e = check_segment("00000002000000000000007C", &whole)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("timeline 1, the name says 2"), "{e}");
+    }
+
     #[test]
     fn page_magics_name_their_versions() {
         assert_eq!(major_of_page_magic(0xD110), Some(15));

@@ -150,10 +150,7 @@ fn walg_backups_are_listed_refused_for_restore_and_deleted_by_retention() {
     let names: Vec<&str> = rows.iter().map(|r| r.backup_name.as_str()).collect();
     assert_eq!(names, [full, newer, delta]);
     let r = &rows[1];
-    assert_eq!(
-        (r.start_lsn.as_str(), r.finish_lsn.as_str()),
-        ("0/700028", "0/700100")
-    );
+    assert_eq!((r.start_lsn, r.finish_lsn), (0x700028, 0x700100));
     assert_eq!(r.wal_file_name, "000000010000000000000007");
     assert_eq!(r.start_time, "2026-12-01T01:00:00.250Z");
     assert_eq!((r.hostname.as_str(), r.pg_version), ("pg-0", 150018));
