@@ -5,7 +5,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::store::Key;
+use super::store::{Key, StoreError};
 use super::{layout, walg};
 use super::{BackupError, Context};
 
@@ -228,7 +228,7 @@ pub async fn list_readable(ctx: &Context) -> Result<Listing, BackupError> {
         .collect();
     let read: Vec<Result<ListedBackup, BackupError>> = futures::stream::iter(sentinels)
         .map(|o| async move {
-            let summary = read_sentinel(ctx, &o.key, o.last_modified).await?;
+            let summary = read_sentinel(ctx, &o.key, Some(o.last_modified)).await?;
             Ok(ListedBackup {
                 summary,
                 time: o.last_modified,
@@ -283,11 +283,12 @@ pub async fn list_readable_warning(ctx: &Context) -> Result<Vec<ListedBackup>, B
 /// as: every key of the backup is built from that name, so a sentinel
 /// naming another (`../..`) must not lead reads or deletes elsewhere.
 /// A WAL-G sentinel (see [`super::walg`]) is read with its
-/// `metadata.json`; `time` is when the sentinel was written.
+/// `metadata.json`, and without one takes its times from when the sentinel
+/// was written: `time` when the caller listed it, else asked of storage.
 async fn read_sentinel(
     ctx: &Context,
     key: &Key,
-    time: DateTime<Utc>,
+    time: Option<DateTime<Utc>>,
 ) -> Result<BackupSummary, BackupError> {
     let raw = ctx.store.get(key).await?;
     let corrupt = |detail: String| BackupError::Corrupt {
@@ -311,7 +312,15 @@ async fn read_sentinel(
             Err(e) if e.is_not_found() => None,
             Err(e) => return Err(e.into()),
         };
-        return walg::summary(name, &sentinel, metadata.as_ref(), time)
+        let times = match (&metadata, time) {
+            (Some(m), _) => (m.start_time, m.finish_time),
+            (None, Some(t)) => (t, t),
+            (None, None) => match ctx.store.head(key).await? {
+                Some(o) => (o.last_modified, o.last_modified),
+                None => return Err(BackupError::Store(StoreError::NotFound(key.clone()))),
+            },
+        };
+        return walg::summary(name, &sentinel, metadata.as_ref(), times)
             .map_err(|e| corrupt(format!("a WAL-G sentinel, but {e}")));
     }
     let summary: BackupSummary = serde_json::from_slice(&raw)
@@ -340,17 +349,7 @@ pub async fn resolve(ctx: &Context, name: &str) -> Result<BackupSummary, BackupE
             "{name:?} is not a backup name"
         )));
     }
-    let key = layout::sentinel_key(name);
-    let time = match ctx.store.head(&key).await? {
-        Some(o) => o.last_modified,
-        None => {
-            return Err(BackupError::BackupNotFound {
-                name: name.to_string(),
-                store: ctx.store.describe(),
-            })
-        }
-    };
-    match read_sentinel(ctx, &key, time).await {
+    match read_sentinel(ctx, &layout::sentinel_key(name), None).await {
         Err(BackupError::Store(e)) if e.is_not_found() => Err(BackupError::BackupNotFound {
             name: name.to_string(),
             store: ctx.store.describe(),

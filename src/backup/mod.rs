@@ -302,15 +302,6 @@ impl Context {
     /// Fetches, decrypts and decodes a whole object, verifying its checksum.
     pub async fn fetch_object(&self, key: &Key) -> Result<(Vec<u8>, codec::Digest), BackupError> {
         let raw = self.store.get(key).await?;
-        self.decode_object(key, raw).await
-    }
-
-    /// Decrypts, decodes and verifies a stored pgdrill object.
-    async fn decode_object(
-        &self,
-        key: &Key,
-        raw: bytes::Bytes,
-    ) -> Result<(Vec<u8>, codec::Digest), BackupError> {
         let key = key.clone();
         let encryption = Arc::clone(&self.encryption);
         tokio::task::spawn_blocking(move || {

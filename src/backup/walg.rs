@@ -209,24 +209,26 @@ pub fn is_walg_sentinel(raw: &[u8]) -> bool {
 }
 
 /// The catalog entry of WAL-G backup `name` from its sentinel, its
-/// `metadata.json` when there is one (times, host, permanence), else the
-/// sentinel's own time. WAL-G records no segment size: it is the one under
-/// which the start LSN falls in the segment the name carries.
+/// `metadata.json` when there is one (host, permanence) and its start and
+/// finish `times` (from `metadata.json`, else the sentinel's own time).
+/// WAL-G records no segment size: it is the one under which the start LSN
+/// falls in the segment the name carries.
 pub fn summary(
     name: &str,
     sentinel: &Sentinel,
     metadata: Option<&ExtendedMetadata>,
-    sentinel_time: DateTime<Utc>,
+    (start_time, finish_time): (DateTime<Utc>, DateTime<Utc>),
 ) -> Result<BackupSummary, String> {
     let first = name
         .strip_prefix("base_")
         .and_then(|rest| rest.get(..24))
         .ok_or_else(|| format!("{name:?} is not a WAL-G backup name (base_<WAL segment>)"))?;
-    let seg_size = (20..=30)
+    let (seg_size, start) = (20..=30)
         .map(|bits| 1u64 << bits)
-        .find(|&size| {
+        .find_map(|size| {
             Segment::parse(first, size)
-                .is_some_and(|s| Segment::of_lsn(s.timeline, Lsn(sentinel.start_lsn), size) == s)
+                .filter(|s| Segment::of_lsn(s.timeline, Lsn(sentinel.start_lsn), size) == *s)
+                .map(|s| (size, s))
         })
         .ok_or_else(|| {
             format!(
@@ -234,14 +236,10 @@ pub fn summary(
                 Lsn(sentinel.start_lsn)
             )
         })?;
-    let start = Segment::parse(first, seg_size).expect("checked above");
     let finish = Segment::of_lsn(start.timeline, Lsn(sentinel.finish_lsn), seg_size);
     if sentinel.finish_lsn < sentinel.start_lsn {
         return Err("its finish LSN is before its start LSN".into());
     }
-    let (start_time, finish_time) = metadata.map_or((sentinel_time, sentinel_time), |m| {
-        (m.start_time, m.finish_time)
-    });
     Ok(BackupSummary {
         backup_name: name.to_string(),
         start_time,
@@ -398,7 +396,7 @@ mod tests {
         ));
         let sentinel: Sentinel = serde_json::from_slice(raw).unwrap();
         let t = DateTime::from_timestamp(1_780_000_000, 0).unwrap();
-        let s = summary("base_000000010000000000000005", &sentinel, None, t).unwrap();
+        let s = summary("base_000000010000000000000005", &sentinel, None, (t, t)).unwrap();
         assert_eq!(s.start_lsn, "0/5000028");
         assert_eq!(s.wal_segment_size, 16 << 20);
         assert_eq!(s.finish_wal_file_name, "000000010000000000000005");
@@ -406,13 +404,13 @@ mod tests {
         assert_eq!((s.start_time, s.format), (t, BackupFormat::Walg));
         assert_eq!(s.increment_count, 0);
         // 1 MB segments: the same LSN is segment 0x50.
-        let e = summary("base_000000010000000000000050", &sentinel, None, t).unwrap();
+        let e = summary("base_000000010000000000000050", &sentinel, None, (t, t)).unwrap();
         assert_eq!(e.wal_segment_size, 1 << 20);
-        let wrong = summary("base_000000010000000000000007", &sentinel, None, t).unwrap_err();
+        let wrong = summary("base_000000010000000000000007", &sentinel, None, (t, t)).unwrap_err();
         assert!(
             wrong.contains("not in segment 000000010000000000000007"),
             "{wrong}"
         );
-        assert!(summary("nightly", &sentinel, None, t).is_err());
+        assert!(summary("nightly", &sentinel, None, (t, t)).is_err());
     }
 }

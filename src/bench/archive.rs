@@ -35,8 +35,8 @@ use tokio_postgres::Client;
 
 use super::peers::{barman_wal_archive, on_path, PgBackRest};
 use super::{
-    median_min_max, mib, on_a_rig, query_value, run_timed, BenchArgs, Machine, Rig, MIB,
-    SEGMENT_SIZE,
+    median_min_max, mib, on_a_rig, push_skipped_and_method, query_value, run_timed, BenchArgs,
+    Machine, Rig, MIB, SEGMENT_SIZE,
 };
 use crate::backup::layout::Segment;
 use crate::env::local::write_env_dir;
@@ -609,16 +609,7 @@ impl ArchiveReport {
                 r.failed_attempts
             );
         }
-        if !self.skipped.is_empty() {
-            md.push_str("\nNot measured:\n\n");
-            for s in &self.skipped {
-                let _ = writeln!(md, "- {s}");
-            }
-        }
-        md.push_str("\nMethod:\n\n");
-        for line in &self.method {
-            let _ = writeln!(md, "- {line}");
-        }
+        push_skipped_and_method(&mut md, &self.skipped, &self.method);
         md
     }
 }

@@ -38,8 +38,9 @@ use serde::Serialize;
 
 use super::peers::{barman_backup, barman_restore, on_path, PgBackRest};
 use super::{
-    blocking, median_min_max, mib, on_a_rig, query_value, run_timed, timed, BenchArgs,
-    GeneratedWal, Machine, Rig, Timed, ARCHIVE_PREFIX, MIB, SEGMENT_SIZE,
+    blocking, median_min_max, mib, on_a_rig, push_skipped_and_method, query_value, run_timed,
+    segment_names, timed, BenchArgs, GeneratedWal, Machine, Rig, Timed, ARCHIVE_PREFIX, MIB,
+    SEGMENT_SIZE,
 };
 use crate::backup::catalog::BackupListRow;
 use crate::backup::layout::Segment;
@@ -555,15 +556,7 @@ async fn measure(args: &BenchArgs, rig: &Rig) -> Result<(String, Figures)> {
             listed.wal_file_name
         )
     })?;
-    let replayed: Vec<String> = (first.segno..=last.segno)
-        .map(|segno| {
-            Segment {
-                timeline: last.timeline,
-                segno,
-            }
-            .file_name(SEGMENT_SIZE)
-        })
-        .collect();
+    let replayed = segment_names(last.timeline, first.segno..=last.segno);
     let prefetch_on = rig
         .replay(
             &name,
@@ -918,16 +911,7 @@ impl Report {
         } else {
             "Some goals missed.\n"
         });
-        if !f.skipped.is_empty() {
-            md.push_str("\nNot measured:\n\n");
-            for s in &f.skipped {
-                let _ = writeln!(md, "- {s}");
-            }
-        }
-        md.push_str("\nMethod:\n\n");
-        for line in &self.method {
-            let _ = writeln!(md, "- {line}");
-        }
+        push_skipped_and_method(&mut md, &f.skipped, &self.method);
         md
     }
 }

@@ -10,6 +10,7 @@
 //! `<report-dir>/bench/<benchmark>-<UTC time>.json` and `.md`.
 
 use std::ffi::OsStr;
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -397,15 +398,7 @@ impl Rig {
         }
         eprintln!("bench: copying {count} archived segments out for wal-push");
         let dir = self.dir("wal-push-source")?;
-        let names: Vec<String> = (last.segno + 1 - count..=last.segno)
-            .map(|segno| {
-                Segment {
-                    timeline: last.timeline,
-                    segno,
-                }
-                .file_name(SEGMENT_SIZE)
-            })
-            .collect();
+        let names = segment_names(last.timeline, last.segno + 1 - count..=last.segno);
         self.copy_out(&names, &dir).await
     }
 
@@ -439,6 +432,28 @@ impl Rig {
             u.chown_tree(dir)?;
         }
         Ok(files)
+    }
+}
+
+/// The names of segments `segnos` of `timeline`.
+fn segment_names(timeline: u32, segnos: std::ops::RangeInclusive<u64>) -> Vec<String> {
+    segnos
+        .map(|segno| Segment { timeline, segno }.file_name(SEGMENT_SIZE))
+        .collect()
+}
+
+/// The end of a report's Markdown: the peers not measured, if any, and
+/// the method, each a list.
+fn push_skipped_and_method(md: &mut String, skipped: &[String], method: &[String]) {
+    if !skipped.is_empty() {
+        md.push_str("\nNot measured:\n\n");
+        for s in skipped {
+            let _ = writeln!(md, "- {s}");
+        }
+    }
+    md.push_str("\nMethod:\n\n");
+    for line in method {
+        let _ = writeln!(md, "- {line}");
     }
 }
 
