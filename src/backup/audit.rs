@@ -5,7 +5,8 @@
 //! stream, every file's BLAKE3 against the file list, the part's checksum);
 //! every file of the list found in its part; and every WAL segment from the
 //! backup's own start to its finish segment stored and decodable. Every
-//! problem is reported, not just the first.
+//! problem is reported, not just the first. A WAL-G backup is read as its
+//! restore reads it (`walg::restore`), up to its first damaged object.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -16,11 +17,11 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::base::{files_by_path, read_stored_part};
-use super::catalog::{self, BackupMetadata, BackupSummary, PartInfo};
+use super::catalog::{self, BackupFormat, BackupMetadata, BackupSummary, PartInfo};
 use super::layout::{self, Segment};
 use super::store::Key;
 use super::walverify::{count, valid_segment_size, CheckStatus, MAX_SCAN};
-use super::{BackupError, Context};
+use super::{walg, BackupError, Context};
 use crate::backup::progress::Progress;
 
 /// One thing wrong with a stored object.
@@ -93,12 +94,11 @@ impl fmt::Display for AuditReport {
     }
 }
 
-/// Runs `backup-verify`. `Err` only when the backup cannot be found, is
-/// WAL-G's, or storage cannot be listed; everything wrong with the backup itself is in
-/// the report.
+/// Runs `backup-verify`. `Err` only when the backup cannot be found or
+/// storage cannot be listed; everything wrong with the backup itself is
+/// in the report.
 pub async fn backup_verify(ctx: &Context, name: &str) -> Result<AuditReport, BackupError> {
     let summary = catalog::resolve(ctx, name).await?;
-    summary.require_pgdrill_format("verified")?;
     let mut report = AuditReport {
         backup_name: summary.backup_name.clone(),
         backups_checked: Vec::new(),
@@ -118,21 +118,55 @@ pub async fn backup_verify(ctx: &Context, name: &str) -> Result<AuditReport, Bac
             vec![summary.clone()]
         }
     };
-    for member in &chain {
-        report.backups_checked.push(member.backup_name.clone());
-        match catalog::read_metadata(ctx, member).await {
-            Ok(metadata) => check_parts(ctx, &metadata, &mut report).await?,
-            Err(e) => report.problems.push(Problem::from_error(
-                &layout::metadata_key(&member.backup_name),
-                e,
-            )),
+    report
+        .backups_checked
+        .extend(chain.iter().map(|m| m.backup_name.clone()));
+    match summary.format {
+        BackupFormat::Pgdrill => {
+            for member in &chain {
+                match catalog::read_metadata(ctx, member).await {
+                    Ok(metadata) => check_parts(ctx, &metadata, &mut report).await?,
+                    Err(e) => report.problems.push(Problem::from_error(
+                        &layout::metadata_key(&member.backup_name),
+                        e,
+                    )),
+                }
+            }
         }
+        BackupFormat::Walg => check_walg(ctx, &chain, &mut report).await,
     }
     check_wal(ctx, &summary, &mut report).await?;
     if !report.problems.is_empty() {
         report.status = CheckStatus::Failure;
     }
     Ok(report)
+}
+
+/// Reads a WAL-G chain as a restore would, writing nothing (see
+/// [`walg::restore`] for what that checks); it stops at the first object
+/// with problems.
+async fn check_walg(ctx: &Context, chain: &[BackupSummary], report: &mut AuditReport) {
+    let total = walg::restore::total_size(chain);
+    let (progress, _guard) = Progress::start("backup-verify", total, Duration::from_secs(5));
+    let checked = match walg::restore::plan(ctx, chain).await {
+        Ok(plan) => walg::restore::run(ctx, &plan, None, &progress).await,
+        Err(e) => Err(e),
+    };
+    match checked {
+        Ok(checked) => {
+            report.parts_checked += checked.tars;
+            report.files_checked += checked.entries;
+        }
+        Err(BackupError::Corrupt { key, detail }) => report
+            .problems
+            .push(Problem::new(key, format!("corrupt: {detail}"))),
+        Err(e) => {
+            let last = chain.last().map_or("", |s| s.backup_name.as_str());
+            report
+                .problems
+                .push(Problem::from_error(&layout::sentinel_key(last), e));
+        }
+    }
 }
 
 async fn check_parts(

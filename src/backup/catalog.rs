@@ -73,7 +73,7 @@ impl BackupSummary {
         match self.format {
             BackupFormat::Pgdrill => Ok(()),
             BackupFormat::Walg => Err(BackupError::Invalid(format!(
-                "backup {} was written by WAL-G: pgdrill lists and deletes WAL-G backups but cannot have them {what} yet; use wal-g for it, or take a pgdrill backup (backup-push --full)",
+                "backup {} was written by WAL-G: pgdrill lists, deletes, restores and verifies WAL-G backups but cannot have them {what} yet; use wal-g for it, or take a pgdrill backup (backup-push --full)",
                 self.backup_name
             ))),
         }
@@ -415,7 +415,7 @@ pub async fn read_metadata(
     ctx: &Context,
     summary: &BackupSummary,
 ) -> Result<BackupMetadata, BackupError> {
-    summary.require_pgdrill_format("restored, verified or used as a delta base")?;
+    summary.require_pgdrill_format("used as a delta base")?;
     let key = layout::metadata_key(&summary.backup_name);
     let raw = ctx.store.get(&key).await?;
     let actual = blake3::hash(&raw).to_hex().to_string();

@@ -75,6 +75,16 @@ pub fn metadata_key(backup: &str) -> Key {
     Key::new(format!("{BACKUP_DIR}{backup}/metadata.json"))
 }
 
+/// WAL-G's list of a backup's files (`files_metadata.json`).
+pub fn walg_files_metadata_key(backup: &str) -> Key {
+    Key::new(format!("{BACKUP_DIR}{backup}/files_metadata.json"))
+}
+
+/// Where WAL-G keeps a backup's tar files.
+pub fn walg_tar_partitions_prefix(backup: &str) -> String {
+    format!("{BACKUP_DIR}{backup}/tar_partitions/")
+}
+
 /// Key of a tar part: `part_N` or [`PG_CONTROL_PART`].
 pub fn part_key(backup: &str, part: &str, compression: Compression) -> Key {
     Key::new(format!(

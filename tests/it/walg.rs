@@ -3,14 +3,17 @@
 //! wal-fetch serves its WAL verified, damage is refused, wal-push after a
 //! switch from WAL-G treats an identical segment as archived and refuses a
 //! different one; its backups are listed and deleted by retention, and
-//! what pgdrill cannot do with them yet is refused naming WAL-G.
+//! what pgdrill cannot do with them yet is refused naming WAL-G. A real
+//! WAL-G full backup and delta (fixtures/walg/restore, made by
+//! ci/walg_backup_fixture.py) restore exactly, plain and encrypted.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
 use crate::common::*;
-use pgdrill::backup::exit::{FAILURE, FETCH_FAILED};
+use pgdrill::backup::exit::{CHECK_FAILURE, FAILURE, FETCH_FAILED};
+use pgdrill::env::local::{ArchiveStorage, LocalArchive, LocalPostgres, DEFAULT_MAJOR};
 
 #[derive(serde::Deserialize)]
 struct Fixture {
@@ -135,7 +138,7 @@ fn wal_push_after_walg_accepts_the_same_segment_and_refuses_another() {
 }
 
 #[test]
-fn walg_backups_are_listed_refused_for_restore_and_deleted_by_retention() {
+fn walg_backups_are_listed_checked_and_deleted_by_retention() {
     let work = tempfile::tempdir().unwrap();
     let archive = archive_copy(work.path());
     let list = pgdrill(&archive, &["backup-list", "--json"]);
@@ -159,26 +162,28 @@ fn walg_backups_are_listed_refused_for_restore_and_deleted_by_retention() {
         "backup-list --detail",
     );
 
+    // These sentinels have no tars: backup-fetch refuses before touching
+    // the target, backup-verify reports it; backup-mark refuses WAL-G's.
     let dest = work.path().join("restore");
-    for args in [
-        vec!["backup-fetch", dest.to_str().unwrap(), delta],
-        vec!["backup-verify", newer],
-        vec!["backup-mark", newer],
-    ] {
-        let out = pgdrill(&archive, &args);
-        assert_eq!(
-            out.status.code(),
-            Some(FAILURE),
-            "{args:?}: {}",
-            stderr(&out)
-        );
-        assert!(
-            stderr(&out).contains("was written by WAL-G"),
-            "{args:?}: {}",
-            stderr(&out)
-        );
-    }
-    assert!(!dest.join("PG_VERSION").exists());
+    let out = pgdrill(&archive, &["backup-fetch", dest.to_str().unwrap(), delta]);
+    assert_eq!(out.status.code(), Some(FAILURE), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("WAL-G backup {delta} has no pg_control.tar")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dest.exists());
+    let out = pgdrill(&archive, &["backup-verify", newer]);
+    assert_eq!(out.status.code(), Some(CHECK_FAILURE), "{}", stderr(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("has no pg_control.tar"), "{report}");
+    let out = pgdrill(&archive, &["backup-mark", newer]);
+    assert_eq!(out.status.code(), Some(FAILURE), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("was written by WAL-G"),
+        "{}",
+        stderr(&out)
+    );
 
     // Retention keeps the newest backup's chain (the delta and its full
     // backup) and deletes the older full backup, sentinel and folder.
@@ -249,5 +254,269 @@ fn openpgp_walg_objects_are_read_with_the_key_only() {
         stderr(&out).contains("is not encrypted, but a key is configured"),
         "{}",
         stderr(&out)
+    );
+}
+
+/// What ci/walg_backup_fixture.py recorded of fixtures/walg/restore.
+#[derive(serde::Deserialize)]
+struct RestoreFixture {
+    /// Per backup: every file a restore must produce, with its BLAKE3.
+    backups: BTreeMap<String, BTreeMap<String, String>>,
+    /// What the cluster held at the end of the archived WAL.
+    content: BTreeMap<String, String>,
+}
+
+/// A directory archive holding fixtures/walg/restore (a WAL-G full
+/// backup, a delta of it and the WAL to the end) for the server user;
+/// with `encrypted`, its tars and WAL encrypted by gpg for the test key
+/// as WAL-G's go-crypto writes them (no compression packet; WAL-G leaves
+/// the JSON documents plaintext), and the private key configured.
+fn walg_restore_archive(encrypted: bool) -> (LocalArchive, RestoreFixture) {
+    let key = format!("{}/fixtures/keys/private.asc", env!("CARGO_MANIFEST_DIR"));
+    let settings = if encrypted {
+        vec![("WALG_PGP_KEY_PATH".to_string(), key)]
+    } else {
+        Vec::new()
+    };
+    let archive = LocalArchive::start(
+        Path::new(PGDRILL),
+        "pgdrill-walg-restore-",
+        &ArchiveStorage::Dir,
+        &settings,
+        DEFAULT_MAJOR,
+    )
+    .unwrap_or_else(|e| panic!("archive starts (run ci/setup): {e}"));
+    let prefix = Path::new(&archive.storage_vars[0].1);
+    let from = Path::new(FIXTURES).join("restore");
+    let gnupg = tempfile::tempdir().unwrap();
+    let gpg = |args: &[&str]| {
+        let out = Command::new("gpg")
+            .arg("--homedir")
+            .arg(gnupg.path())
+            .args(["--batch", "--yes", "--quiet", "--trust-model", "always"])
+            .args(args)
+            .output()
+            .expect("gpg runs (ci/setup installs gnupg)");
+        assert_success(&out, &format!("gpg {args:?}"));
+    };
+    if encrypted {
+        let public = format!("{}/fixtures/keys/public.asc", env!("CARGO_MANIFEST_DIR"));
+        gpg(&["--import", &public]);
+    }
+    for file in walk_files(&from) {
+        let to = prefix.join(file.strip_prefix(&from).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        if encrypted && file.extension().is_none_or(|e| e != "json") {
+            let recipient = "test-only@pgdrill.invalid";
+            gpg(&[
+                "--recipient",
+                recipient,
+                "--compress-algo",
+                "none",
+                "--output",
+                to.to_str().unwrap(),
+                "--encrypt",
+                file.to_str().unwrap(),
+            ]);
+        } else {
+            std::fs::copy(&file, &to).unwrap();
+        }
+    }
+    let _ = Command::new("gpgconf")
+        .arg("--homedir")
+        .arg(gnupg.path())
+        .args(["--kill", "gpg-agent"])
+        .output();
+    let text = std::fs::read_to_string(Path::new(FIXTURES).join("restore.json")).unwrap();
+    (archive, serde_json::from_str(&text).unwrap())
+}
+
+fn run_tool(archive: &LocalArchive, args: &[&str]) -> Output {
+    archive
+        .tool_command(&archive.env_dir, None)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Every file of `dir` with its BLAKE3, by path relative to `dir`.
+fn hashes(dir: &Path) -> BTreeMap<String, String> {
+    walk_files(dir)
+        .into_iter()
+        .map(|f| {
+            let rel = f.strip_prefix(dir).unwrap().display().to_string();
+            let hash = blake3::hash(&std::fs::read(&f).unwrap())
+                .to_hex()
+                .to_string();
+            (rel, hash)
+        })
+        .collect()
+}
+
+/// backup-verify and backup-fetch of WAL-G backup `name`: every file as
+/// the backed-up copy had it (backup-fetch's recovery settings aside) and
+/// nothing else; with `recover`, the restored server recovers through
+/// WAL-G's WAL to exactly what the cluster held.
+async fn restore_and_check(
+    archive: &LocalArchive,
+    fixture: &RestoreFixture,
+    name: &str,
+    recover: bool,
+) {
+    let out = run_tool(archive, &["backup-verify", name]);
+    assert_success(&out, &format!("backup-verify {name}"));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("\nOK"), "{report}");
+    // Short: the server's socket path must fit 107 bytes.
+    let base = archive
+        .dir(if recover { "recovered" } else { "restored" })
+        .unwrap();
+    let data = base.join("data");
+    let out = run_tool(
+        archive,
+        &[
+            "backup-fetch",
+            data.to_str().unwrap(),
+            name,
+            "--recover",
+            "--no-archive",
+        ],
+    );
+    assert_success(&out, &format!("backup-fetch {name}"));
+    let mut restored = hashes(&data);
+    let mut expected = fixture.backups[name].clone();
+    assert!(restored.remove("recovery.signal").is_some());
+    assert!(restored.remove("postgresql.auto.conf").is_some());
+    assert!(expected.remove("postgresql.auto.conf").is_some());
+    let differ: Vec<_> = expected
+        .iter()
+        .filter(|(path, hash)| restored.get(*path) != Some(hash))
+        .map(|(path, _)| path)
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "{name}: restored differently: {differ:?}"
+    );
+    let extra: Vec<_> = restored
+        .keys()
+        .filter(|p| !expected.contains_key(*p))
+        .collect();
+    assert!(extra.is_empty(), "{name}: not in the backup: {extra:?}");
+    if !recover {
+        return;
+    }
+    let mut pg = LocalPostgres::existing(&archive.bin, &base, &data, archive.run_as).unwrap();
+    pg.start(std::time::Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("restored server starts: {e}"));
+    wait_promoted(&pg).await;
+    let client = pg.connect().await.unwrap();
+    for (what, sql) in [
+        ("ledger", "SELECT count(*) || ' ' || sum(id) || ' ' || md5(string_agg(note, ',' ORDER BY id)) FROM ledger"),
+        ("added", "SELECT count(*) || ' ' || sum(id) FROM added"),
+        ("doomed", "SELECT count(*)::text FROM pg_class WHERE relname = 'doomed'"),
+    ] {
+        let got: String = client.query_one(sql, &[]).await.unwrap().get(0);
+        assert_eq!(got, fixture.content[what], "{what}");
+    }
+}
+
+/// WAL-G's full backup and its delta (increments, skipped files, a table
+/// dropped in between) restore byte for byte as the backed-up copies
+/// were, backup-verify reads them, and the delta's restore recovers
+/// through WAL-G's WAL to exactly what the cluster held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walg_full_and_delta_restore_exactly_and_recover() {
+    let (archive, fixture) = walg_restore_archive(false);
+    let names: Vec<&String> = fixture.backups.keys().collect();
+    assert!(names[1].contains("_D_"), "{names:?}");
+    restore_and_check(&archive, &fixture, names[0], false).await;
+    restore_and_check(&archive, &fixture, names[1], true).await;
+}
+
+/// The same archive with its tars and WAL OpenPGP-encrypted, as WAL-G
+/// with WALG_PGP_KEY writes it: the delta restores and recovers exactly
+/// with the private key configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walg_encrypted_delta_restores_with_the_key() {
+    let (archive, fixture) = walg_restore_archive(true);
+    let delta = fixture.backups.keys().nth(1).unwrap().clone();
+    restore_and_check(&archive, &fixture, &delta, true).await;
+}
+
+/// Damage to a WAL-G backup is found by backup-verify and stops
+/// backup-fetch, naming the object: a flipped byte in a compressed tar
+/// (the frame checksum), a missing tar (files listed but absent), a
+/// delta whose base is gone.
+#[test]
+fn damaged_walg_backups_are_refused_naming_the_object() {
+    let work = tempfile::tempdir().unwrap();
+    let from = Path::new(FIXTURES).join("restore");
+    let fixture: RestoreFixture = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(FIXTURES).join("restore.json")).unwrap(),
+    )
+    .unwrap();
+    let names: Vec<&String> = fixture.backups.keys().collect();
+    let (full, delta) = (names[0].as_str(), names[1].as_str());
+    let fresh = |case: &str| {
+        let archive = work.path().join(case);
+        for file in walk_files(&from) {
+            let to = archive.join(file.strip_prefix(&from).unwrap());
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(&file, &to).unwrap();
+        }
+        archive
+    };
+    let tars = |archive: &Path, backup: &str| {
+        archive
+            .join("basebackups_005")
+            .join(backup)
+            .join("tar_partitions")
+    };
+    let refused = |archive: &Path, backup: &str, says: &str| {
+        let out = pgdrill(archive, &["backup-verify", backup]);
+        assert_eq!(out.status.code(), Some(CHECK_FAILURE), "{}", stderr(&out));
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(report.contains(says), "backup-verify: {report}");
+        let dest = archive.join("restored");
+        let out = pgdrill(archive, &["backup-fetch", dest.to_str().unwrap(), backup]);
+        assert_eq!(out.status.code(), Some(FAILURE), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(says),
+            "backup-fetch: {}",
+            stderr(&out)
+        );
+    };
+
+    let flipped = fresh("flipped");
+    let part = tars(&flipped, delta).join("part_001.tar.lz4");
+    let mut bytes = std::fs::read(&part).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&part, bytes).unwrap();
+    refused(
+        &flipped,
+        delta,
+        &format!("basebackups_005/{delta}/tar_partitions/part_001.tar.lz4"),
+    );
+
+    let missing = fresh("missing");
+    std::fs::remove_file(tars(&missing, full).join("part_002.tar.zst")).unwrap();
+    refused(
+        &missing,
+        full,
+        "listed file(s) are in none of the backup's tars",
+    );
+
+    let orphan = fresh("orphan");
+    std::fs::remove_file(
+        orphan
+            .join("basebackups_005")
+            .join(format!("{full}_backup_stop_sentinel.json")),
+    )
+    .unwrap();
+    refused(
+        &orphan,
+        delta,
+        &format!("{delta} is a delta of {full}, which cannot be read"),
     );
 }

@@ -12,13 +12,15 @@ use futures::{StreamExt, TryStreamExt};
 use tracing::info;
 
 use super::recovery::*;
-use crate::backup::catalog::{self, BackupMetadata, BackupSummary, FileEntry, PartInfo};
+use crate::backup::catalog::{
+    self, BackupFormat, BackupMetadata, BackupSummary, FileEntry, PartInfo,
+};
 use crate::backup::codec::ObjectReader;
 use crate::backup::delta;
 use crate::backup::layout::{self};
 use crate::backup::progress::{human_bytes, Progress};
 use crate::backup::store::Key;
-use crate::backup::{BackupError, Context};
+use crate::backup::{walg, BackupError, Context};
 
 /// Options of `backup-fetch`.
 #[derive(Debug, Clone)]
@@ -97,6 +99,12 @@ pub(super) fn remove_unlisted(dest: &Path, metadata: &BackupMetadata) -> Result<
     Ok(())
 }
 
+/// A chain read and checked before the target is touched.
+enum Restore {
+    Pgdrill(Vec<(BackupSummary, BackupMetadata)>),
+    Walg(walg::restore::Plan),
+}
+
 /// Restores backup `name` (or `LATEST`) into `dest`.
 pub async fn backup_fetch(
     ctx: &Context,
@@ -106,23 +114,68 @@ pub async fn backup_fetch(
 ) -> Result<BackupSummary, BackupError> {
     let summary = catalog::resolve(ctx, name).await?;
     // A delta restores as its chain: the full backup, then each delta.
-    let mut chain = Vec::new();
-    for member in catalog::chain(ctx, &summary).await? {
-        let metadata = catalog::read_metadata(ctx, &member).await?;
-        chain.push((member, metadata));
+    let members = catalog::chain(ctx, &summary).await?;
+    if let Some(other) = members.iter().find(|m| m.format != summary.format) {
+        return Err(BackupError::Invalid(format!(
+            "the delta chain of {} holds {}, of the other format (pgdrill and WAL-G backups do not build on each other)",
+            summary.backup_name, other.backup_name
+        )));
     }
+    let (restore, total) = match summary.format {
+        BackupFormat::Pgdrill => {
+            let mut chain = Vec::new();
+            for member in members {
+                let metadata = catalog::read_metadata(ctx, &member).await?;
+                chain.push((member, metadata));
+            }
+            let total = chain
+                .iter()
+                .flat_map(|(_, m)| &m.parts)
+                .map(|p| p.plain_size)
+                .sum();
+            (Restore::Pgdrill(chain), total)
+        }
+        BackupFormat::Walg => (
+            Restore::Walg(walg::restore::plan(ctx, &members).await?),
+            walg::restore::total_size(&members),
+        ),
+    };
     prepare_target(dest, opts.force)?;
-    let total: u64 = chain
-        .iter()
-        .flat_map(|(_, m)| &m.parts)
-        .map(|p| p.plain_size)
-        .sum();
     let (progress, _guard) = Progress::start("backup-fetch", total, Duration::from_secs(5));
-    for (backup, metadata) in &chain {
+    match restore {
+        Restore::Pgdrill(chain) => restore_chain(ctx, dest, &chain, opts.verify, &progress).await?,
+        Restore::Walg(plan) => {
+            walg::restore::run(ctx, &plan, Some(dest), &progress).await?;
+            if opts.verify {
+                info!("a WAL-G backup records no file checksums: its frames' checksums, its increments and its file list were checked while restoring");
+            }
+        }
+    }
+    write_recovery_config(ctx, dest, opts)?;
+    sync_filesystem(dest)?;
+    info!(
+        backup = %summary.backup_name,
+        size = %human_bytes(total),
+        rate = %format!("{}/s", human_bytes(progress.rate() as u64)),
+        "restored"
+    );
+    Ok(summary)
+}
+
+/// Restores a pgdrill chain, its backup_label and tablespace_map, and
+/// with `verify` re-reads every file against the backup's checksums.
+async fn restore_chain(
+    ctx: &Context,
+    dest: &Path,
+    chain: &[(BackupSummary, BackupMetadata)],
+    verify: bool,
+    progress: &Arc<Progress>,
+) -> Result<(), BackupError> {
+    for (backup, metadata) in chain {
         if chain.len() > 1 {
             info!(backup = %backup.backup_name, "restoring chain member");
         }
-        restore_files(ctx, dest, metadata, &progress).await?;
+        restore_files(ctx, dest, metadata, progress).await?;
     }
     let metadata = &chain.last().expect("chain has the backup itself").1;
     if chain.len() > 1 {
@@ -136,7 +189,7 @@ pub async fn backup_fetch(
         )?;
     }
     // Verify before recovery settings change postgresql.auto.conf.
-    if opts.verify {
+    if verify {
         let dest = dest.to_path_buf();
         let files = metadata.files.clone();
         tokio::task::spawn_blocking(move || verify_restored(&dest, &files))
@@ -144,15 +197,7 @@ pub async fn backup_fetch(
             .map_err(BackupError::internal("the verification task"))??;
         info!("verified every restored file against the backup's checksums");
     }
-    write_recovery_config(ctx, dest, opts)?;
-    sync_filesystem(dest)?;
-    info!(
-        backup = %summary.backup_name,
-        size = %human_bytes(total),
-        rate = %format!("{}/s", human_bytes(progress.rate() as u64)),
-        "restored"
-    );
-    Ok(summary)
+    Ok(())
 }
 
 /// Makes `dest` an empty directory for a restore: created when absent;
@@ -211,7 +256,7 @@ pub(super) fn write_file(path: &Path, data: &[u8]) -> Result<(), BackupError> {
 }
 
 /// A relative path from a tar entry that stays inside the target.
-pub(super) fn safe_relative(path: &Path) -> Option<PathBuf> {
+pub(crate) fn safe_relative(path: &Path) -> Option<PathBuf> {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {

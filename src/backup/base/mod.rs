@@ -14,6 +14,7 @@ mod push;
 mod recovery;
 mod walk;
 
+pub(crate) use fetch::safe_relative;
 pub use fetch::{backup_fetch, files_by_path, read_stored_part, FetchOptions, PartReport};
 pub use push::{backup_push, DeltaBase, PushOptions};
 pub use recovery::RecoveryConfig;

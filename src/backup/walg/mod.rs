@@ -27,8 +27,11 @@
 //! are not read yet.
 //!
 //! WAL-G's backups are listed (and so deleted by retention) from their
-//! sentinel and `metadata.json` ([`summary`]); restoring or verifying them
-//! is not implemented yet, and says so.
+//! sentinel and `metadata.json` ([`summary`]), and restored and checked
+//! by [`restore`] (delta entries are [`increment`]s).
+
+pub mod increment;
+pub mod restore;
 
 use std::io::Read as _;
 
