@@ -520,3 +520,72 @@ fn damaged_walg_backups_are_refused_naming_the_object() {
         &format!("{delta} is a delta of {full}, which cannot be read"),
     );
 }
+
+/// WAL-G's libsodium objects (fixtures/walg/sodium, sealed by libsodium
+/// itself as WAL-G's writer does) carry no magic: with the libsodium key
+/// configured wal-fetch opens them; with another key they are refused
+/// saying what may be wrong; an unencrypted WAL-G object is refused under
+/// the key unless unencrypted reads are allowed.
+#[test]
+fn libsodium_walg_objects_are_read_with_the_key() {
+    let work = tempfile::tempdir().unwrap();
+    let sodium_archive = Path::new(FIXTURES).join("sodium/archive");
+    let key = format!("{}/fixtures/keys/libsodium.hex", env!("CARGO_MANIFEST_DIR"));
+    let with_key = [
+        ("WALG_LIBSODIUM_KEY_PATH", key.as_str()),
+        ("WALG_LIBSODIUM_KEY_TRANSFORM", "hex"),
+    ];
+    let other_key = [
+        (
+            "WALG_LIBSODIUM_KEY",
+            "an entirely different key, long enough",
+        ),
+        ("WALG_LIBSODIUM_KEY_TRANSFORM", "none"),
+    ];
+    let encrypted: Vec<(String, Fixture)> = fixtures()
+        .into_iter()
+        .filter(|(_, f)| sodium_archive.join(&f.key).exists())
+        .collect();
+    assert_eq!(encrypted.len(), 2, "the .lz4 and .zst fixtures");
+    for (name, f) in &encrypted {
+        let dest = work.path().join(name);
+        let args = ["wal-fetch", name.as_str(), dest.to_str().unwrap()];
+        let out = pgdrill_with(&sodium_archive, &with_key, &args);
+        assert_success(&out, &format!("wal-fetch of encrypted {}", f.key));
+        let data = std::fs::read(&dest).unwrap();
+        assert_eq!(blake3::hash(&data).to_hex().as_str(), f.blake3, "{}", f.key);
+        std::fs::remove_file(&dest).unwrap();
+        let out = pgdrill_with(&sodium_archive, &other_key, &args);
+        assert_eq!(out.status.code(), Some(FETCH_FAILED), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("does not open as WAL-G's libsodium stream"),
+            "{}",
+            stderr(&out)
+        );
+        let out = pgdrill(&sodium_archive, &args);
+        assert_eq!(out.status.code(), Some(FETCH_FAILED), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("WALG_LIBSODIUM_KEY"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!dest.exists());
+    }
+    let plain_archive = Path::new(FIXTURES).join("archive");
+    let (name, f) = &encrypted[0];
+    let dest = work.path().join(name);
+    let args = ["wal-fetch", name.as_str(), dest.to_str().unwrap()];
+    let out = pgdrill_with(&plain_archive, &with_key, &args);
+    assert_eq!(out.status.code(), Some(FETCH_FAILED), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("PGDRILL_ALLOW_UNENCRYPTED_READS"),
+        "{}",
+        stderr(&out)
+    );
+    let mut allowed = with_key.to_vec();
+    allowed.push(("PGDRILL_ALLOW_UNENCRYPTED_READS", "true"));
+    let out = pgdrill_with(&plain_archive, &allowed, &args);
+    assert_success(&out, "wal-fetch of an unencrypted object, allowed");
+    let data = std::fs::read(&dest).unwrap();
+    assert_eq!(blake3::hash(&data).to_hex().as_str(), f.blake3);
+}

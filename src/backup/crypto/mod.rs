@@ -47,8 +47,15 @@
 //! (its new last chunk was not sealed as last). The key id (the first 8
 //! bytes of a BLAKE3 key derivation from the key) tells "encrypted with
 //! another key" from "corrupt" without revealing anything about the key.
+//!
+//! WAL-G's libsodium objects (libsodium's secretstream, no magic; see
+//! `secretstream.rs`) are read with the same key: with a libsodium key
+//! configured, an object that is neither `PGDS` nor `PGDR` must open as
+//! one (its first chunk authenticates), else it is refused, or read as
+//! plaintext with `PGDRILL_ALLOW_UNENCRYPTED_READS`.
 
 mod openpgp;
+mod secretstream;
 mod symmetric;
 
 use std::fmt;
@@ -138,6 +145,11 @@ pub enum CryptoError {
     /// write to the bucket but has no key may have planted it.
     #[error("object {key} is not encrypted, but a key is configured ({origin}): it may have been written by someone without the key, so it is not trusted; while migrating an archive from unencrypted to encrypted objects, set PGDRILL_ALLOW_UNENCRYPTED_READS=true")]
     Unencrypted { key: Key, origin: String },
+    /// With a libsodium key configured: an object that is not pgdrill's
+    /// and does not open as WAL-G's libsodium stream (which has no magic
+    /// to tell it by).
+    #[error("object {key} does not open as WAL-G's libsodium stream with the key in {origin}, and is not pgdrill's: it was encrypted with another key, is damaged, or is not encrypted (unencrypted objects are not trusted while a key is configured; while migrating an archive to encryption, set PGDRILL_ALLOW_UNENCRYPTED_READS=true)")]
+    NotASodiumStream { key: Key, origin: String },
     /// An OpenPGP message compressed with an algorithm pgdrill cannot read.
     #[error("object {key} is an OpenPGP message compressed with {algorithm}, which pgdrill cannot decompress (it reads ZIP and ZLIB): re-encrypt it with gpg --compress-algo zlib (or none)")]
     PgpCompression { key: Key, algorithm: String },
@@ -305,6 +317,34 @@ impl Encryption {
                 source,
             })?;
         let scheme = detect(&first);
+        // WAL-G's libsodium objects carry no magic: with a libsodium key,
+        // whatever is not pgdrill's is tried as one.
+        if let (None, Keys::Sodium(k)) = (scheme, &self.keys) {
+            if !crate::backup::codec::is_pgdrill_object(&first) {
+                let want = secretstream::HEADER_BYTES + secretstream::WALG_SEALED_CHUNK;
+                (&mut inner)
+                    .take((want - first.len()) as u64)
+                    .read_to_end(&mut first)
+                    .map_err(|source| CryptoError::Read {
+                        key: key.clone(),
+                        source,
+                    })?;
+                let bytes: [u8; 32] = k.key.into();
+                let opens = secretstream::opens(&bytes, &first);
+                let inner = io::Cursor::new(first).chain(inner);
+                if opens {
+                    let reader = secretstream::SecretStreamReader::new(bytes, inner);
+                    return Ok(DecryptReader(Opened::WalgSodium(reader)));
+                }
+                if self.allow_unencrypted_reads {
+                    return Ok(DecryptReader(Opened::Plain(inner)));
+                }
+                return Err(CryptoError::NotASodiumStream {
+                    key: key.clone(),
+                    origin: k.origin.clone(),
+                });
+            }
+        }
         let inner = io::Cursor::new(first).chain(inner);
         let opened = match (scheme, &self.keys) {
             (None, _) if self.allow_unencrypted_reads => Opened::Plain(inner),
@@ -366,6 +406,7 @@ enum Opened<R: Read> {
     Plain(Peeked<R>),
     Pgp(Box<PgpReader>),
     Sodium(SodiumReader<Peeked<R>>),
+    WalgSodium(secretstream::SecretStreamReader<Peeked<R>>),
 }
 
 impl<R: Read> Read for DecryptReader<R> {
@@ -374,6 +415,7 @@ impl<R: Read> Read for DecryptReader<R> {
             Opened::Plain(r) => r.read(buf),
             Opened::Pgp(r) => r.read(buf),
             Opened::Sodium(r) => r.read(buf),
+            Opened::WalgSodium(r) => r.read(buf),
         }
     }
 }

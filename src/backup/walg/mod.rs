@@ -68,7 +68,7 @@ pub enum WalgError {
     Frame { codec: &'static str, detail: String },
     /// The object is neither pgdrill's nor what WAL-G writes under its
     /// extension.
-    #[error("it is not a pgdrill object, and not {expected}")]
+    #[error("it is not a pgdrill object, and not {expected} (if WAL-G encrypted it with WALG_LIBSODIUM_KEY, configure that key)")]
     UnknownFormat { expected: &'static str },
     /// The decoded bytes are not the segment the name says.
     #[error("the decoded bytes are not segment {name}: {problem}")]
