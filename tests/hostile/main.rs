@@ -21,6 +21,7 @@
 mod alloc;
 mod fuzz;
 mod readers;
+mod walg;
 
 /// Cases per reader unless `PGDRILL_FUZZ_CASES` says otherwise.
 pub const DEFAULT_CASES: usize = 2000;

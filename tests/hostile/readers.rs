@@ -23,7 +23,7 @@ fn root() -> PathBuf {
 }
 
 /// A context over a directory store in `dir`, with `extra` settings.
-fn context(dir: &Path, extra: &[(&str, &str)]) -> Context {
+pub(crate) fn context(dir: &Path, extra: &[(&str, &str)]) -> Context {
     let prefix = dir.display().to_string();
     let mut pairs = vec![("WALG_FILE_PREFIX", prefix.as_str())];
     pairs.extend_from_slice(extra);
@@ -31,7 +31,7 @@ fn context(dir: &Path, extra: &[(&str, &str)]) -> Context {
     Context::open(settings, None).expect("a context")
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -51,7 +51,7 @@ fn encoded(plain: &[u8], c: Compression) -> Vec<u8> {
 }
 
 /// An error must name the object it is about.
-fn names(e: &dyn std::fmt::Display, object: &str) -> Verdict {
+pub(crate) fn names(e: &dyn std::fmt::Display, object: &str) -> Verdict {
     let text = e.to_string();
     match text.contains(object) {
         true => Ok(()),
@@ -260,7 +260,7 @@ fn small_backup(name: &str) -> (BackupMetadata, Vec<u8>) {
 }
 
 /// Everything under `dir` (relative paths), links not followed.
-fn tree(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn tree(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

@@ -13,6 +13,11 @@ use std::os::unix::fs::FileExt;
 /// PostgreSQL's block size, the only page size WAL-G's increments use
 /// for PostgreSQL's own relations.
 pub const PAGE_SIZE: u64 = 8192;
+/// The largest file an increment may describe: PostgreSQL's relation
+/// segment (RELSEG_SIZE pages of BLCKSZ, 1 GiB unless built otherwise).
+/// A larger size in a stored increment is damage or an attack (it would
+/// make a huge sparse file), not a relation.
+pub const MAX_FILE_SIZE: u64 = 1 << 30;
 
 /// Why an increment could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +31,11 @@ pub enum IncrementError {
     /// A block number at or past the file's new end.
     #[error("it changes block {block}, past the end of the file's {size} bytes")]
     BlockOutside { block: u32, size: u64 },
+    /// A file size beyond a relation segment.
+    #[error(
+        "it gives the file a size of {0} bytes, more than a PostgreSQL relation segment (1 GiB)"
+    )]
+    TooLarge(u64),
     /// More changed blocks than the file has pages.
     #[error("it lists {count} changed blocks, more than the file's {pages} pages")]
     TooManyBlocks { count: u32, pages: u64 },
@@ -64,6 +74,9 @@ pub fn read_header(r: &mut impl Read) -> Result<Increment, IncrementError> {
     let mut size = [0u8; 8];
     r.read_exact(&mut size)?;
     let file_size = u64::from_le_bytes(size);
+    if file_size > MAX_FILE_SIZE {
+        return Err(IncrementError::TooLarge(file_size));
+    }
     let count = read_u32(r)?;
     let pages = file_size / PAGE_SIZE;
     if u64::from(count) > pages {
@@ -169,7 +182,7 @@ mod tests {
         version[2] = b'2';
         let mut trailing = good.clone();
         trailing.push(0);
-        let cases: [(Vec<u8>, &str); 6] = [
+        let cases: [(Vec<u8>, &str); 7] = [
             (bad_magic, "does not start with WAL-G's increment header"),
             (version, "format version '2'"),
             (trailing, "data follows its last page"),
@@ -184,6 +197,10 @@ mod tests {
             (
                 increment(PAGE_SIZE, &[(0, 1), (0, 2)]),
                 "2 changed blocks, more than the file's 1 pages",
+            ),
+            (
+                increment(u64::MAX - 5, &[]),
+                "more than a PostgreSQL relation segment",
             ),
         ];
         for (bytes, says) in cases {
