@@ -39,12 +39,21 @@ pub fn walg_uncompressed_wal_key(file_name: &str) -> Key {
     Key::new(format!("{WAL_DIR}{file_name}"))
 }
 
+/// Extensions of WAL objects only WAL-G (or WAL-E) writes: read, never
+/// written (`walg::WalgCodec`).
+pub const WALG_ONLY_EXTENSIONS: [&str; 3] = ["lzma", "gz", "br"];
+
 /// Every key WAL file `name` may be stored under, `preferred` compression
-/// first, WAL-G's uncompressed one last.
+/// first, then the others, WAL-G's own, and its uncompressed one last.
 pub fn wal_keys(name: &str, preferred: Compression) -> Vec<Key> {
     std::iter::once(preferred)
         .chain(Compression::ALL.into_iter().filter(|c| *c != preferred))
         .map(|c| wal_key(name, c))
+        .chain(
+            WALG_ONLY_EXTENSIONS
+                .iter()
+                .map(|ext| Key::new(format!("{WAL_DIR}{name}.{ext}"))),
+        )
         .chain(std::iter::once(walg_uncompressed_wal_key(name)))
         .collect()
 }
@@ -57,9 +66,7 @@ pub fn wal_name_of(key: &Key) -> Option<&str> {
         return Some(rest);
     }
     let (name, ext) = rest.rsplit_once('.')?;
-    Compression::ALL
-        .iter()
-        .any(|c| c.extension() == ext)
+    (Compression::ALL.iter().any(|c| c.extension() == ext) || WALG_ONLY_EXTENSIONS.contains(&ext))
         .then_some(name)
 }
 
@@ -307,9 +314,14 @@ mod tests {
                 "wal_005/000000010000000000000003.zst",
                 "wal_005/000000010000000000000003.lz4",
                 "wal_005/000000010000000000000003.raw",
+                "wal_005/000000010000000000000003.lzma",
+                "wal_005/000000010000000000000003.gz",
+                "wal_005/000000010000000000000003.br",
                 "wal_005/000000010000000000000003",
             ]
         );
+        let lzma = Key::new("wal_005/000000010000000000000003.lzma");
+        assert_eq!(wal_name_of(&lzma), Some("000000010000000000000003"));
         let s = sentinel_key("base_000000010000000000000003");
         assert_eq!(
             s.as_str(),

@@ -10,21 +10,26 @@
 //! - `zst`: one zstd frame (wal-g `internal/compression/zstd/compressor.go:21-33`,
 //!   klauspost/compress, which writes the frame checksum by default);
 //! - no extension for `none` (wal-g `internal/compression/none/compressor.go:11`,
-//!   `utility/utility.go:181-186`: no dangling dot).
+//!   `utility/utility.go:181-186`: no dangling dot);
+//! - `lzma`: LZMA "alone" as ulikunitz/xz's `lzma.NewWriter` writes it
+//!   (wal-g `internal/compression/lzma/compressor.go:18`: unknown size,
+//!   end marker), one of WAL-G's default compressors;
+//! - `br`: brotli (wal-g `internal/compression/brotli/compressor.go:22`,
+//!   built with the `brotli` tag), and `gz`, which WAL-G only reads (WAL-E's).
 //!
 //! WAL-G's reader tries each extension, then the bare name (wal-g
 //! `internal/fetch_helper.go:189-213`); so does [`super::wal`]. What is
 //! verified, as these objects have no pgdrill checksum: the frame's own
-//! checksum (lz4, zstd), and for segments the intrinsic checks of
-//! [`check_segment`]. An uncompressed object has only the latter: a
-//! flipped byte past the page headers is left to replay's record CRCs.
+//! checksum (lz4, zstd, gzip), and for segments the intrinsic checks of
+//! [`check_segment`]. An uncompressed, LZMA or brotli object has only the
+//! latter (those formats carry no checksum): a flipped byte past the page
+//! headers is left to replay's record CRCs.
 //! OpenPGP-encrypted WAL-G objects are read with the configured key, as
 //! pgdrill's own are (WAL-G encrypts the compressed stream:
 //! wal-g `internal/compress_and_encrypt.go:34-53`: compress, then encrypt;
 //! `internal/crypto/openpgp/crypter.go:122`, go-crypto with no compression);
-//! gpg output with a compression packet reads too. Its
-//! libsodium objects, which carry no magic, and the legacy `.br`/`.lzma`
-//! are not read yet.
+//! gpg output with a compression packet reads too, and so do its
+//! libsodium objects (`crypto/secretstream.rs`).
 //!
 //! WAL-G's backups are listed (and so deleted by retention) from their
 //! sentinel and `metadata.json` ([`summary`]), and restored and checked
@@ -45,6 +50,102 @@ use super::layout::{self, Lsn, Segment};
 const LZ4_FRAME_MAGIC: [u8; 4] = [0x04, 0x22, 0x4D, 0x18];
 /// The first bytes of a zstd frame (0xFD2FB528, little-endian).
 const ZSTD_FRAME_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+/// The first bytes of a gzip member.
+const GZIP_MAGIC: [u8; 2] = [0x1F, 0x8B];
+/// The most memory an LZMA stream may ask for (its dictionary): WAL-G
+/// writes 8 MiB dictionaries; a larger ask is damage or an attack.
+const LZMA_MEMORY_LIMIT: u64 = 256 << 20;
+
+/// How WAL-G compressed an object, told by its extension (wal-g
+/// `internal/compression/*/`, `FileExtension`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalgCodec {
+    Lz4,
+    Zstd,
+    Lzma,
+    Brotli,
+    Gzip,
+    None,
+}
+
+impl WalgCodec {
+    /// Every extension WAL-G reads, in the order its WAL fetch tries them
+    /// (wal-g `internal/compression/compression_default.go:20-25`, then
+    /// the ones its build tags add).
+    pub const ALL: [WalgCodec; 6] = [
+        WalgCodec::Lz4,
+        WalgCodec::Lzma,
+        WalgCodec::Gzip,
+        WalgCodec::Zstd,
+        WalgCodec::Brotli,
+        WalgCodec::None,
+    ];
+
+    pub fn from_extension(ext: &str) -> Option<WalgCodec> {
+        WalgCodec::ALL.into_iter().find(|c| c.extension() == ext)
+    }
+
+    /// The extension after the name (`""`: none, no dot).
+    pub fn extension(self) -> &'static str {
+        match self {
+            WalgCodec::Lz4 => "lz4",
+            WalgCodec::Zstd => "zst",
+            WalgCodec::Lzma => "lzma",
+            WalgCodec::Brotli => "br",
+            WalgCodec::Gzip => "gz",
+            WalgCodec::None => "",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            WalgCodec::Lz4 => "lz4",
+            WalgCodec::Zstd => "zstd",
+            WalgCodec::Lzma => "lzma",
+            WalgCodec::Brotli => "brotli",
+            WalgCodec::Gzip => "gzip",
+            WalgCodec::None => "none",
+        }
+    }
+
+    /// The first bytes every object of this codec starts with, if any.
+    fn magic(self) -> Option<(&'static [u8], &'static str)> {
+        match self {
+            WalgCodec::Lz4 => Some((&LZ4_FRAME_MAGIC, "an LZ4 frame as WAL-G writes under .lz4")),
+            WalgCodec::Zstd => Some((&ZSTD_FRAME_MAGIC, "a zstd frame as WAL-G writes under .zst")),
+            WalgCodec::Gzip => Some((&GZIP_MAGIC, "a gzip stream as stored under .gz")),
+            WalgCodec::Lzma | WalgCodec::Brotli | WalgCodec::None => None,
+        }
+    }
+
+    /// A streaming decoder of `compressed`.
+    pub fn reader<'a>(
+        self,
+        compressed: impl std::io::Read + Send + 'a,
+    ) -> Result<Box<dyn std::io::Read + Send + 'a>, WalgError> {
+        let frame = |e: std::io::Error| WalgError::Frame {
+            codec: self.name(),
+            detail: e.to_string(),
+        };
+        Ok(match self {
+            WalgCodec::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(compressed)),
+            WalgCodec::Zstd => {
+                Box::new(zstd::stream::read::Decoder::new(compressed).map_err(frame)?)
+            }
+            WalgCodec::Lzma => {
+                let stream = xz2::stream::Stream::new_lzma_decoder(LZMA_MEMORY_LIMIT)
+                    .map_err(|e| frame(e.into()))?;
+                Box::new(xz2::read::XzDecoder::new_stream(compressed, stream))
+            }
+            WalgCodec::Brotli => Box::new(brotli_decompressor::Decompressor::new(
+                compressed,
+                64 * 1024,
+            )),
+            WalgCodec::Gzip => Box::new(flate2::read::MultiGzDecoder::new(compressed)),
+            WalgCodec::None => Box::new(compressed),
+        })
+    }
+}
 
 /// `XLOG_PAGE_MAGIC` of each PostgreSQL major version WAL-G supports
 /// (`src/include/access/xlog_internal.h` of each release).
@@ -75,36 +176,25 @@ pub enum WalgError {
     NotTheSegment { name: String, problem: String },
 }
 
-/// Decodes a WAL object WAL-G wrote under `ext` (`lz4`, `zst` or `""`).
+/// Decodes a WAL object WAL-G wrote under extension `ext`.
 pub fn decode(object: &[u8], ext: &str) -> Result<Vec<u8>, WalgError> {
-    let frame = |codec: &'static str| {
-        move |e: std::io::Error| WalgError::Frame {
-            codec,
-            detail: e.to_string(),
+    let codec = WalgCodec::from_extension(ext).ok_or(WalgError::UnknownFormat {
+        expected: "anything WAL-G writes (it uses .lz4, .zst, .lzma, .br, .gz or no extension)",
+    })?;
+    if let Some((magic, expected)) = codec.magic() {
+        if !object.starts_with(magic) {
+            return Err(WalgError::UnknownFormat { expected });
         }
-    };
-    match ext {
-        "lz4" if object.starts_with(&LZ4_FRAME_MAGIC) => {
-            let mut plain = Vec::new();
-            lz4_flex::frame::FrameDecoder::new(object)
-                .read_to_end(&mut plain)
-                .map_err(frame("lz4"))?;
-            Ok(plain)
-        }
-        "zst" if object.starts_with(&ZSTD_FRAME_MAGIC) => {
-            zstd::stream::decode_all(object).map_err(frame("zstd"))
-        }
-        "" => Ok(object.to_vec()),
-        "lz4" => Err(WalgError::UnknownFormat {
-            expected: "an LZ4 frame as WAL-G writes under .lz4",
-        }),
-        "zst" => Err(WalgError::UnknownFormat {
-            expected: "a zstd frame as WAL-G writes under .zst",
-        }),
-        _ => Err(WalgError::UnknownFormat {
-            expected: "anything WAL-G writes (it uses .lz4, .zst or no extension)",
-        }),
     }
+    let mut plain = Vec::new();
+    codec
+        .reader(object)?
+        .read_to_end(&mut plain)
+        .map_err(|e| WalgError::Frame {
+            codec: codec.name(),
+            detail: e.to_string(),
+        })?;
+    Ok(plain)
 }
 
 /// The PostgreSQL major version whose WAL pages carry `magic`.

@@ -1,7 +1,8 @@
 //! Restoring (and checking) WAL-G's base backups, as WAL-G's own
 //! `backup-fetch` does (wal-g `internal/databases/postgres/`):
 //! - the backup's objects are the tar files listed under
-//!   `<name>/tar_partitions/` (`backup.go:65-76`): `part_NNN.tar.<ext>`
+//!   `<name>/tar_partitions/` (`backup.go:65-76`), compressed as WAL
+//!   objects are (see the module above): `part_NNN.tar.<ext>`
 //!   extracted in parallel, then `backup_label.tar.<ext>` and
 //!   `pg_control.tar.<ext>` last (`tars_to_extract_provider.go:33-55`,
 //!   `backup.go:268-300`);
@@ -19,7 +20,8 @@
 //!   backup alone.
 //!
 //! What is verified, as WAL-G stores no per-file checksums: each object's
-//! frame checksums (lz4 content checksum, zstd frame checksum) and tar
+//! frame checksums (lz4 content checksum, zstd frame checksum, gzip CRC;
+//! LZMA and brotli have none) and tar
 //! structure, each increment's header, block numbers and length, that every
 //! entry is one `files_metadata.json` lists and every listed file arrived,
 //! and that `pg_control` and `backup_label` are there.
@@ -32,7 +34,7 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 
-use super::increment;
+use super::{increment, WalgCodec};
 use crate::backup::catalog::BackupSummary;
 use crate::backup::layout;
 use crate::backup::progress::Progress;
@@ -69,18 +71,10 @@ struct SentinelFiles {
     files: Option<BTreeMap<String, FileDescription>>,
 }
 
-/// How a tar object is compressed, from its name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TarCodec {
-    Lz4,
-    Zstd,
-    Plain,
-}
-
 #[derive(Debug, Clone)]
 struct TarObject {
     key: Key,
-    codec: TarCodec,
+    codec: WalgCodec,
 }
 
 /// One backup of a chain, read before anything is written.
@@ -208,24 +202,14 @@ async fn read_member(ctx: &Context, summary: &BackupSummary) -> Result<Member, B
                 "not a tar file (WAL-G names them *.tar.<compression>)",
             ));
         };
-        let codec = match ext {
-            ".lz4" => TarCodec::Lz4,
-            ".zst" => TarCodec::Zstd,
-            "" => TarCodec::Plain,
-            ".br" | ".lzma" => {
-                return Err(BackupError::Invalid(format!(
-                    "{}: WAL-G's {} compression is not read by pgdrill (it reads lz4, zstd and none); restore this backup with WAL-G, or take new ones with WALG_COMPRESSION_METHOD=lz4 or zstd",
-                    object.key,
-                    &ext[1..]
-                )))
-            }
-            other => {
-                return Err(corrupt(
+        let codec = WalgCodec::from_extension(ext.strip_prefix('.').unwrap_or(ext))
+            .filter(|_| ext.is_empty() || ext.starts_with('.'))
+            .ok_or_else(|| {
+                corrupt(
                     &object.key,
-                    format!("a tar compressed as {other:?}, which WAL-G does not write"),
-                ))
-            }
-        };
+                    format!("a tar compressed as {ext:?}, which WAL-G does not write"),
+                )
+            })?;
         let tar = TarObject {
             key: object.key,
             codec,
@@ -375,14 +359,10 @@ async fn read_tar(
     let key = tar.key.clone();
     let report = tokio::task::spawn_blocking(move || {
         let decrypted = encryption.wrap_reader(&key, reader)?;
-        let decoded: Box<dyn Read> = match tar.codec {
-            TarCodec::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(decrypted)),
-            TarCodec::Zstd => Box::new(
-                zstd::stream::read::Decoder::new(decrypted)
-                    .map_err(|e| corrupt(&key, format!("its zstd frame does not decode ({e})")))?,
-            ),
-            TarCodec::Plain => Box::new(decrypted),
-        };
+        let decoded = tar
+            .codec
+            .reader(decrypted)
+            .map_err(|e| corrupt(&key, e.to_string()))?;
         let entries = Entries {
             is_delta,
             files: files.as_deref(),
