@@ -32,7 +32,7 @@ pub struct ObservedDdl {
     /// Databases marked invalid (`datconnlimit = -2`): what a DROP
     /// DATABASE leaves when recovery stops inside it.
     pub invalid_databases: BTreeSet<u32>,
-    /// The sequence's `last_value`, None when it is missing.
+    /// The last value the sequence handed out, None when it is missing.
     pub sequence: Option<i64>,
     /// The unlogged table's `relpersistence` and row count, None when it
     /// is missing.
@@ -110,9 +110,17 @@ pub async fn observe(client: &Client) -> Result<ObservedDdl, VerifyError> {
         observed.databases.insert(number, count);
     }
     if super::relation_exists(client, SEQUENCE).await? {
+        // The last value handed out: last_value itself only once called
+        // (after setval(.., false) the next nextval returns last_value
+        // again, so an acknowledged value would be handed out twice).
         observed.sequence = Some(
             client
-                .query_one(&format!("SELECT last_value FROM {SEQUENCE}"), &[])
+                .query_one(
+                    &format!(
+                        "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM {SEQUENCE}"
+                    ),
+                    &[],
+                )
                 .await
                 .map_err(pg_err("reading the DDL sequence"))?
                 .get(0),
