@@ -272,6 +272,21 @@ pub struct Settings {
     /// (`PGDRILL_ALLOW_UNENCRYPTED_READS`, while migrating an archive to
     /// encryption); refused otherwise.
     pub allow_unencrypted_reads: bool,
+    /// The format new objects are written in (`PGDRILL_STORAGE_FORMAT`).
+    pub storage_format: StorageFormat,
+}
+
+/// The on-storage format of what pgdrill writes; both are read whatever
+/// this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StorageFormat {
+    /// pgdrill's objects: a header and a trailer with the content's
+    /// BLAKE3, so every fetch verifies what it serves end to end.
+    #[default]
+    Pgdrill,
+    /// WAL-G's bytes, so WAL-G can read the archive (WAL so far: backups
+    /// are refused in this format until pgdrill writes WAL-G's).
+    Walg,
 }
 
 /// How stored objects are encrypted; the keys themselves are parsed by
@@ -377,6 +392,17 @@ impl Settings {
             sabotage: sabotage(vars, crate::backup::sabotage::SABOTAGE_BUILT_IN)?,
             encryption: encryption_config(vars)?,
             allow_unencrypted_reads: vars.boolean("PGDRILL_ALLOW_UNENCRYPTED_READS", false)?,
+            storage_format: match vars.get("PGDRILL_STORAGE_FORMAT").map(str::trim) {
+                None | Some("pgdrill") => StorageFormat::Pgdrill,
+                Some("walg") => StorageFormat::Walg,
+                Some(v) => {
+                    return Err(ConfigError::Invalid {
+                        name: "PGDRILL_STORAGE_FORMAT".into(),
+                        value: v.into(),
+                        hint: "expected pgdrill (the default: every object carries its BLAKE3) or walg (WAL-G's bytes, for an archive WAL-G must read)".into(),
+                    })
+                }
+            },
         })
     }
 }
@@ -615,6 +641,19 @@ mod tests {
         let v = EnvVars::from_pairs([("WALG_S3_PREFIX", "s3://b")]);
         let err = Settings::from_vars(&v).unwrap_err().to_string();
         assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
+
+        let mut v = s3_vars();
+        v.set("PGDRILL_STORAGE_FORMAT", "wal-g");
+        let err = Settings::from_vars(&v).unwrap_err().to_string();
+        assert!(
+            err.contains("PGDRILL_STORAGE_FORMAT") && err.contains("walg"),
+            "{err}"
+        );
+        v.set("PGDRILL_STORAGE_FORMAT", "walg");
+        assert_eq!(
+            Settings::from_vars(&v).unwrap().storage_format,
+            StorageFormat::Walg
+        );
 
         let mut v = s3_vars();
         v.set("WALG_COMPRESSION_METHOD", "brotli9");

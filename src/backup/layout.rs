@@ -33,6 +33,15 @@ pub fn wal_key(file_name: &str, compression: Compression) -> Key {
     Key::new(format!("{WAL_DIR}{file_name}.{}", compression.extension()))
 }
 
+/// Key of a WAL file stored in WAL-G's format: its compressor's
+/// extension, none at all for `none`.
+pub fn walg_wal_key(file_name: &str, compression: Compression) -> Key {
+    match compression {
+        Compression::None => walg_uncompressed_wal_key(file_name),
+        c => wal_key(file_name, c),
+    }
+}
+
 /// Key of a WAL file WAL-G stored uncompressed: the bare name (WAL-G's
 /// `none` compression adds no extension).
 pub fn walg_uncompressed_wal_key(file_name: &str) -> Key {

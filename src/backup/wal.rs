@@ -26,6 +26,7 @@ use futures::StreamExt;
 use tracing::{debug, info, warn};
 
 use super::codec::{self, Compression, Digest};
+use super::config::StorageFormat;
 use super::crypto::CryptoError;
 use super::layout::{self, Segment, WalFileKind};
 use super::store::Key;
@@ -165,24 +166,39 @@ pub async fn push_bytes(
     }
     let compression = ctx.settings.compression;
     let data = crate::backup::sabotage::Sabotage::wal_content(ctx.settings.sabotage, name, data);
-    let (object, digest) = encode(ctx, data, compression).await?;
-    ctx.store
-        .put(&layout::wal_key(name, compression), Bytes::from(object))
-        .await?;
+    let format = ctx.settings.storage_format;
+    let (object, digest) = encode(ctx, data, compression, format).await?;
+    let key = match format {
+        StorageFormat::Pgdrill => layout::wal_key(name, compression),
+        StorageFormat::Walg => layout::walg_wal_key(name, compression),
+    };
+    ctx.store.put(&key, Bytes::from(object)).await?;
     info!(%name, "archived");
     Ok((PushOutcome::Uploaded, digest))
 }
 
-/// A WAL file as it is stored: compressed, then encrypted when configured.
+/// A WAL file as it is stored: compressed, then encrypted when
+/// configured, in `format` (WAL-G's: the bare compressed stream, which
+/// fetches verify by its frame checksum and the segment's own header).
 async fn encode(
     ctx: &Context,
     data: Bytes,
     compression: Compression,
+    format: StorageFormat,
 ) -> Result<(Vec<u8>, Digest), BackupError> {
     let encryption = Arc::clone(&ctx.encryption);
-    tokio::task::spawn_blocking(move || {
-        let (object, digest) = codec::encode(&data, compression)?;
-        Ok::<_, std::io::Error>((encryption.encrypt_vec(object)?, digest))
+    tokio::task::spawn_blocking(move || match format {
+        StorageFormat::Pgdrill => {
+            let (object, digest) = codec::encode(&data, compression)?;
+            Ok::<_, std::io::Error>((encryption.encrypt_vec(object)?, digest))
+        }
+        StorageFormat::Walg => {
+            let object = crate::backup::walg::encode(&data, compression)?;
+            Ok((
+                encryption.encrypt_vec_walg(object)?,
+                codec::digest_of(&data),
+            ))
+        }
     })
     .await
     .map_err(BackupError::internal("the encoder task"))?

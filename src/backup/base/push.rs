@@ -308,6 +308,11 @@ pub async fn backup_push(
     data_dir: &Path,
     opts: &PushOptions,
 ) -> Result<BackupSummary, BackupError> {
+    if ctx.settings.storage_format == crate::backup::config::StorageFormat::Walg {
+        return Err(BackupError::Invalid(
+            "PGDRILL_STORAGE_FORMAT=walg: pgdrill writes WAL in WAL-G's format but not base backups yet; take backups with PGDRILL_STORAGE_FORMAT unset (pgdrill's format; the WAL stays readable by both) or with WAL-G".into(),
+        ));
+    }
     let client = connect(&ctx.settings.pg).await?;
     let row = client
         .query_one(

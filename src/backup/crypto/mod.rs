@@ -49,7 +49,7 @@
 //! another key" from "corrupt" without revealing anything about the key.
 //!
 //! WAL-G's libsodium objects (libsodium's secretstream, no magic; see
-//! `secretstream.rs`) are read with the same key: with a libsodium key
+//! `secretstream.rs`; written in WAL-G's format) are read with the same key: with a libsodium key
 //! configured, an object that is neither `PGDS` nor `PGDR` must open as
 //! one (its first chunk authenticates), else it is refused, or read as
 //! plaintext with `PGDRILL_ALLOW_UNENCRYPTED_READS`.
@@ -298,6 +298,17 @@ impl Encryption {
         let mut w = self.wrap_writer(Vec::with_capacity(object.len() + 4096))?;
         w.write_all(&object)?;
         w.finish()
+    }
+
+    /// Encrypts a whole object as WAL-G would: OpenPGP as for pgdrill's
+    /// own objects (a standard message, which WAL-G's go-crypto reads);
+    /// with a libsodium key, libsodium's secretstream as WAL-G writes it
+    /// (`secretstream.rs`), not pgdrill's `PGDS`.
+    pub fn encrypt_vec_walg(&self, object: Vec<u8>) -> io::Result<Vec<u8>> {
+        match &self.keys {
+            Keys::Sodium(k) => secretstream::seal(&k.key.into(), &object),
+            Keys::None | Keys::Pgp(_) => self.encrypt_vec(object),
+        }
     }
 
     /// The codec object inside stored object `key`, read from `inner`:

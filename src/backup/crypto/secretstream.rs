@@ -1,4 +1,4 @@
-//! libsodium's `crypto_secretstream_xchacha20poly1305`, read: how WAL-G
+//! libsodium's `crypto_secretstream_xchacha20poly1305`: how WAL-G
 //! encrypts with `WALG_LIBSODIUM_KEY` (wal-g
 //! `internal/crypto/libsodium/writer.go`, `reader.go`: a 24-byte header,
 //! then the plaintext in 8192-byte chunks (`crypter.go:20`) each pushed
@@ -34,6 +34,7 @@ const A_BYTES: usize = 17;
 const WALG_CHUNK: usize = 8192;
 /// A whole WAL-G chunk as stored.
 pub(super) const WALG_SEALED_CHUNK: usize = WALG_CHUNK + A_BYTES;
+const TAG_MESSAGE: u8 = 0x00;
 const TAG_REKEY: u8 = 0x02;
 const TAG_FINAL: u8 = 0x03;
 
@@ -63,27 +64,57 @@ impl State {
         c
     }
 
+    /// The Poly1305 key (block 0) and the tag block (block 1, holding
+    /// `tag` encrypted) of the next chunk.
+    /// (Pulling, `tag_byte` is the encrypted tag: block[0] comes back
+    /// plain, and the MAC covers the encrypted one, which `pull` puts back.)
+    fn chunk_blocks(&self, tag_byte: u8) -> ([u8; 64], [u8; 64]) {
+        let mut block0 = [0u8; 64];
+        self.cipher(0).apply_keystream(&mut block0);
+        let mut block = [0u8; 64];
+        block[0] = tag_byte;
+        self.cipher(1).apply_keystream(&mut block);
+        (block0, block)
+    }
+
+    /// The MAC of a chunk: the tag block, the ciphertext with libsodium's
+    /// padding ((0x10 - 64 + mlen) & 0xf) and the lengths.
+    fn mac(poly_key: &[u8], block: &[u8; 64], text: &[u8]) -> [u8; 16] {
+        let pad = (0x10usize.wrapping_sub(64).wrapping_add(text.len())) & 0xf;
+        let mut input = Vec::with_capacity(64 + text.len() + pad + 16);
+        input.extend_from_slice(block);
+        input.extend_from_slice(text);
+        input.resize(input.len() + pad, 0);
+        input.extend_from_slice(&0u64.to_le_bytes());
+        input.extend_from_slice(&(64 + text.len() as u64).to_le_bytes());
+        Poly1305::new(poly_key.into())
+            .compute_unpadded(&input)
+            .into()
+    }
+
+    /// After a chunk: the nonce's last 8 bytes XOR the MAC, the counter
+    /// incremented, a rekey when it wraps or the chunk asked.
+    fn advance(&mut self, mac: &[u8; 16], tag: u8) {
+        for (n, m) in self.nonce[4..].iter_mut().zip(mac.iter()) {
+            *n ^= m;
+        }
+        let counter = u32::from_le_bytes(self.nonce[..4].try_into().expect("four bytes"));
+        let counter = counter.wrapping_add(1);
+        self.nonce[..4].copy_from_slice(&counter.to_le_bytes());
+        if tag & TAG_REKEY != 0 || counter == 0 {
+            self.rekey();
+        }
+    }
+
     /// Authenticates and decrypts one sealed chunk; returns its tag, or
     /// `None` when it fails authentication.
     fn pull(&mut self, sealed: &[u8], plain: &mut Vec<u8>) -> Option<u8> {
         let text_len = sealed.len().checked_sub(A_BYTES)?;
-        let mut block0 = [0u8; 64];
-        self.cipher(0).apply_keystream(&mut block0);
-        let mut block = [0u8; 64];
-        block[0] = sealed[0];
-        self.cipher(1).apply_keystream(&mut block);
+        let (block0, mut block) = self.chunk_blocks(sealed[0]);
         let tag = block[0];
         block[0] = sealed[0];
         let text = &sealed[1..1 + text_len];
-        // libsodium pads the ciphertext by (0x10 - 64 + mlen) & 0xf.
-        let pad = (0x10usize.wrapping_sub(64).wrapping_add(text_len)) & 0xf;
-        let mut mac_input = Vec::with_capacity(64 + text_len + pad + 16);
-        mac_input.extend_from_slice(&block);
-        mac_input.extend_from_slice(text);
-        mac_input.resize(mac_input.len() + pad, 0);
-        mac_input.extend_from_slice(&0u64.to_le_bytes());
-        mac_input.extend_from_slice(&(64 + text_len as u64).to_le_bytes());
-        let mac = Poly1305::new(block0[..32].into()).compute_unpadded(&mac_input);
+        let mac = Self::mac(&block0[..32], &block, text);
         let stored = &sealed[1 + text_len..];
         // Constant time: a MAC is compared without early exit.
         if stored
@@ -97,16 +128,20 @@ impl State {
         plain.clear();
         plain.extend_from_slice(text);
         self.cipher(2).apply_keystream(plain);
-        for (n, m) in self.nonce[4..].iter_mut().zip(mac.iter()) {
-            *n ^= m;
-        }
-        let counter = u32::from_le_bytes(self.nonce[..4].try_into().expect("four bytes"));
-        let counter = counter.wrapping_add(1);
-        self.nonce[..4].copy_from_slice(&counter.to_le_bytes());
-        if tag & TAG_REKEY != 0 || counter == 0 {
-            self.rekey();
-        }
+        self.advance(&mac, tag);
         Some(tag)
+    }
+
+    /// Seals one chunk of `plain` with `tag` onto `out`.
+    fn push(&mut self, plain: &[u8], tag: u8, out: &mut Vec<u8>) {
+        let (block0, block) = self.chunk_blocks(tag);
+        out.push(block[0]);
+        let start = out.len();
+        out.extend_from_slice(plain);
+        self.cipher(2).apply_keystream(&mut out[start..]);
+        let mac = Self::mac(&block0[..32], &block, &out[start..]);
+        out.extend_from_slice(&mac);
+        self.advance(&mac, tag);
     }
 
     fn rekey(&mut self) {
@@ -130,6 +165,23 @@ pub(super) fn opens(key: &[u8; 32], first: &[u8]) -> bool {
     State::init(key, header)
         .pull(chunk, &mut Vec::new())
         .is_some()
+}
+
+/// `plain` sealed as WAL-G's libsodium writer seals an object: a random
+/// header, 8192-byte chunks tagged MESSAGE, then the remaining 0..8191
+/// bytes tagged FINAL.
+pub(super) fn seal(key: &[u8; 32], plain: &[u8]) -> io::Result<Vec<u8>> {
+    let mut header = [0u8; HEADER_BYTES];
+    super::symmetric::getrandom_nonce(&mut header)?;
+    let mut state = State::init(key, &header);
+    let chunks = plain.len() / WALG_CHUNK;
+    let mut out = Vec::with_capacity(HEADER_BYTES + plain.len() + (chunks + 1) * A_BYTES);
+    out.extend_from_slice(&header);
+    for chunk in plain.chunks_exact(WALG_CHUNK) {
+        state.push(chunk, TAG_MESSAGE, &mut out);
+    }
+    state.push(&plain[chunks * WALG_CHUNK..], TAG_FINAL, &mut out);
+    Ok(out)
 }
 
 /// Reads the plaintext of a WAL-G libsodium stream.
@@ -270,6 +322,26 @@ mod tests {
                 .read_to_end(&mut plain)
                 .unwrap_or_else(|e| panic!("{file}: {e}"));
             assert_eq!(&blake3::hash(&plain).to_hex().to_string(), blake3, "{file}");
+        }
+    }
+
+    /// What [`seal`] writes, [`SecretStreamReader`] (checked against
+    /// libsodium above) reads, at every final-chunk shape.
+    #[test]
+    fn sealed_streams_read_back() {
+        for len in [0, 1, WALG_CHUNK - 1, WALG_CHUNK, 2 * WALG_CHUNK + 5] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let sealed = seal(&key(), &plain).unwrap();
+            assert_eq!(
+                sealed.len(),
+                HEADER_BYTES + len + (len / WALG_CHUNK + 1) * A_BYTES
+            );
+            assert!(opens(&key(), &sealed), "{len}");
+            let mut back = Vec::new();
+            SecretStreamReader::new(key(), sealed.as_slice())
+                .read_to_end(&mut back)
+                .unwrap();
+            assert_eq!(back, plain, "{len}");
         }
     }
 
