@@ -181,6 +181,10 @@ pub enum Command {
         pretty: bool,
     },
     /// Mark a backup permanent: no `delete` removes it or its WAL.
+    ///
+    /// A WAL-G backup is marked as WAL-G marks it: `is_permanent` in its
+    /// metadata.json, a permanent delta with its whole chain, and a base
+    /// of a permanent delta cannot be made ordinary.
     BackupMark {
         /// Backup name (base_...) or LATEST.
         name: String,

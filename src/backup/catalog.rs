@@ -73,7 +73,7 @@ impl BackupSummary {
         match self.format {
             BackupFormat::Pgdrill => Ok(()),
             BackupFormat::Walg => Err(BackupError::Invalid(format!(
-                "backup {} was written by WAL-G: pgdrill lists, deletes, restores and verifies WAL-G backups but cannot have them {what} yet; use wal-g for it, or take a pgdrill backup (backup-push --full)",
+                "backup {} was written by WAL-G: pgdrill lists, deletes, marks, restores and verifies WAL-G backups but cannot have them {what} yet; use wal-g for it, or take a pgdrill backup (backup-push --full)",
                 self.backup_name
             ))),
         }
@@ -400,7 +400,9 @@ pub async fn mark(
     permanent: bool,
 ) -> Result<BackupSummary, BackupError> {
     let mut summary = resolve(ctx, name).await?;
-    summary.require_pgdrill_format("marked")?;
+    if summary.format == BackupFormat::Walg {
+        return mark_walg(ctx, summary, permanent).await;
+    }
     summary.is_permanent = permanent;
     let json = serde_json::to_vec_pretty(&summary)
         .map_err(BackupError::internal("serializing the sentinel"))?;
@@ -408,6 +410,61 @@ pub async fn mark(
         .put(&layout::sentinel_key(&summary.backup_name), json.into())
         .await?;
     Ok(summary)
+}
+
+/// Marks a WAL-G backup as WAL-G's `backup-mark` does (wal-g
+/// `internal/backup_mark.go:28-123`): the mark is `is_permanent` in its
+/// `metadata.json` (`generic_meta_interactor.go:76-101`); a permanent
+/// delta makes its whole chain permanent, base first; a backup a
+/// permanent delta builds on stays permanent.
+async fn mark_walg(
+    ctx: &Context,
+    summary: BackupSummary,
+    permanent: bool,
+) -> Result<BackupSummary, BackupError> {
+    let targets = if permanent {
+        chain(ctx, &summary).await?
+    } else {
+        let listed = list_backups(ctx).await?;
+        if let Some(delta) = listed.iter().map(|b| &b.summary).find(|b| {
+            b.is_permanent && b.increment_from.as_deref() == Some(summary.backup_name.as_str())
+        }) {
+            return Err(BackupError::Invalid(format!(
+                "{} is the base of permanent delta {}: mark that one impermanent first (backup-mark -i {})",
+                summary.backup_name, delta.backup_name, delta.backup_name
+            )));
+        }
+        vec![summary.clone()]
+    };
+    for member in targets.iter().filter(|m| m.is_permanent != permanent) {
+        let key = layout::metadata_key(&member.backup_name);
+        let raw = match ctx.store.get(&key).await {
+            Ok(raw) => raw,
+            Err(e) if e.is_not_found() => {
+                return Err(BackupError::Invalid(format!(
+                    "WAL-G backup {} has no metadata.json, where WAL-G keeps the mark; mark it with wal-g",
+                    member.backup_name
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut metadata: serde_json::Value =
+            serde_json::from_slice(&raw).map_err(|e| BackupError::Corrupt {
+                key: key.clone(),
+                detail: format!("WAL-G's metadata.json, but {e}"),
+            })?;
+        let Some(fields) = metadata.as_object_mut() else {
+            return Err(BackupError::Corrupt {
+                key,
+                detail: "WAL-G's metadata.json, but not a JSON object".into(),
+            });
+        };
+        fields.insert("is_permanent".into(), serde_json::Value::Bool(permanent));
+        let json = serde_json::to_vec(&metadata)
+            .map_err(BackupError::internal("serializing metadata.json"))?;
+        ctx.store.put(&key, json.into()).await?;
+    }
+    resolve(ctx, &summary.backup_name).await
 }
 
 /// Reads a backup's `metadata.json`, checked against the sentinel.

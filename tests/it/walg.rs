@@ -163,7 +163,7 @@ fn walg_backups_are_listed_checked_and_deleted_by_retention() {
     );
 
     // These sentinels have no tars: backup-fetch refuses before touching
-    // the target, backup-verify reports it; backup-mark refuses WAL-G's.
+    // the target, backup-verify reports it.
     let dest = work.path().join("restore");
     let out = pgdrill(&archive, &["backup-fetch", dest.to_str().unwrap(), delta]);
     assert_eq!(out.status.code(), Some(FAILURE), "{}", stderr(&out));
@@ -177,13 +177,6 @@ fn walg_backups_are_listed_checked_and_deleted_by_retention() {
     assert_eq!(out.status.code(), Some(CHECK_FAILURE), "{}", stderr(&out));
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(report.contains("has no pg_control.tar"), "{report}");
-    let out = pgdrill(&archive, &["backup-mark", newer]);
-    assert_eq!(out.status.code(), Some(FAILURE), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("was written by WAL-G"),
-        "{}",
-        stderr(&out)
-    );
 
     // Retention keeps the newest backup's chain (the delta and its full
     // backup) and deletes the older full backup, sentinel and folder.
@@ -205,6 +198,35 @@ fn walg_backups_are_listed_checked_and_deleted_by_retention() {
     }
     for (_, f) in fixtures() {
         assert!(archive.join(&f.key).exists(), "{} is needed", f.key);
+    }
+
+    // backup-mark as WAL-G's: the delta with its chain, in metadata.json;
+    // the base of a permanent delta stays permanent.
+    let permanent = |name: &str| -> bool {
+        let raw = std::fs::read(backups.join(name).join("metadata.json")).unwrap();
+        let m: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        m["is_permanent"].as_bool().unwrap()
+    };
+    assert!(!permanent(newer) && !permanent(delta));
+    let out = pgdrill(&archive, &["backup-mark", delta]);
+    assert_success(&out, "backup-mark of a WAL-G delta");
+    assert!(permanent(newer) && permanent(delta));
+    let list = pgdrill(&archive, &["backup-list", "--json"]);
+    let rows: Vec<pgdrill::backup::catalog::BackupListRow> =
+        serde_json::from_slice(&list.stdout).unwrap();
+    assert!(rows.iter().all(|r| r.is_permanent), "{rows:?}");
+    let out = pgdrill(&archive, &["backup-mark", "-i", newer]);
+    assert_eq!(out.status.code(), Some(FAILURE), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("{newer} is the base of permanent delta {delta}")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(permanent(newer));
+    for name in [delta, newer] {
+        let out = pgdrill(&archive, &["backup-mark", "-i", name]);
+        assert_success(&out, &format!("backup-mark -i {name}"));
+        assert!(!permanent(name), "{name}");
     }
 }
 
