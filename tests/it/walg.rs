@@ -444,13 +444,21 @@ async fn restore_and_check(
 
 /// WAL-G's full backup and its delta (increments, skipped files, a table
 /// dropped in between) restore byte for byte as the backed-up copies
-/// were, backup-verify reads them, and the delta's restore recovers
-/// through WAL-G's WAL to exactly what the cluster held.
+/// were, backup-verify and wal-verify read them, and the delta's restore
+/// recovers through WAL-G's WAL to exactly what the cluster held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn walg_full_and_delta_restore_exactly_and_recover() {
     let (archive, fixture) = walg_restore_archive(false);
     let names: Vec<&String> = fixture.backups.keys().collect();
     assert!(names[1].contains("_D_"), "{names:?}");
+    // wal-verify walks WAL-G's WAL from the oldest backup's start.
+    let out = run_tool(&archive, &["wal-verify", "integrity"]);
+    assert_success(&out, "wal-verify integrity");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("integrity check status: OK") && report.contains("4 segments verified"),
+        "{report}"
+    );
     restore_and_check(&archive, &fixture, names[0], false).await;
     restore_and_check(&archive, &fixture, names[1], true).await;
 }
