@@ -312,6 +312,28 @@ impl Context {
         .map_err(BackupError::internal("the decoder task"))?
     }
 
+    /// Streams stored object `key`, decrypted, into `read`, which runs off
+    /// the async runtime and pulls the object as it downloads (backup
+    /// tars: never held whole).
+    pub async fn read_object<T, F>(&self, key: &Key, read: F) -> Result<T, BackupError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Box<dyn std::io::Read + Send>) -> Result<T, BackupError> + Send + 'static,
+    {
+        use futures::TryStreamExt as _;
+        let stream = self
+            .store
+            .get_stream(key)
+            .await?
+            .map_err(std::io::Error::other);
+        let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+        let encryption = Arc::clone(&self.encryption);
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || read(Box::new(encryption.wrap_reader(&key, reader)?)))
+            .await
+            .map_err(BackupError::internal("the extract task"))?
+    }
+
     /// Fetches and verifies the object `key` of WAL file `name`, written
     /// by pgdrill or by WAL-G (no pgdrill envelope: decoded by the key's
     /// extension and checked as [`walg`] says). Decryption comes first:

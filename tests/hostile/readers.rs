@@ -294,36 +294,19 @@ fn read_part(
     })
 }
 
-/// Restores every part of `metadata` into `sandbox/dest` and checks that
-/// nothing else in `sandbox` changed and no link was made.
-fn restore_into_sandbox(
-    rt: &tokio::runtime::Runtime,
-    ctx: &Context,
-    metadata: &BackupMetadata,
-    sandbox: &Path,
-) -> Verdict {
+/// Runs `restore` into `sandbox/dest`, then checks that nothing else in
+/// `sandbox` changed and no link was made under `dest`.
+pub(crate) fn confined(sandbox: &Path, restore: impl FnOnce(&Path) -> Verdict) -> Verdict {
     let dest = sandbox.join("dest");
-    let _ = std::fs::remove_dir_all(&dest);
-    std::fs::create_dir_all(&dest).unwrap();
-    let before: Vec<PathBuf> = tree(sandbox)
-        .into_iter()
-        .filter(|p| !p.starts_with("dest"))
-        .collect();
-    let expected = pgdrill::backup::base::files_by_path(metadata);
-    for part in metadata.parts.iter().take(4) {
-        let result = read_part(rt, ctx, part, Arc::clone(&expected), Some(&dest));
-        if let Err(e) = result {
-            names(&e, &part.key).or_else(|_| match &e {
-                // Failing to write inside the target is about that path.
-                BackupError::Io { .. } => Ok(()),
-                _ => names(&e, "key"),
-            })?;
-        }
-    }
-    let after: Vec<PathBuf> = tree(sandbox)
-        .into_iter()
-        .filter(|p| !p.starts_with("dest"))
-        .collect();
+    let outside = || -> Vec<PathBuf> {
+        tree(sandbox)
+            .into_iter()
+            .filter(|p| !p.starts_with("dest"))
+            .collect()
+    };
+    let before = outside();
+    restore(&dest)?;
+    let after = outside();
     if before != after {
         return Err(format!(
             "written outside the target: {before:?} -> {after:?}"
@@ -335,6 +318,31 @@ fn restore_into_sandbox(
         }
     }
     Ok(())
+}
+
+/// Restores every part of `metadata` into `sandbox/dest`, [`confined`].
+fn restore_into_sandbox(
+    rt: &tokio::runtime::Runtime,
+    ctx: &Context,
+    metadata: &BackupMetadata,
+    sandbox: &Path,
+) -> Verdict {
+    confined(sandbox, |dest| {
+        let _ = std::fs::remove_dir_all(dest);
+        std::fs::create_dir_all(dest).unwrap();
+        let expected = pgdrill::backup::base::files_by_path(metadata);
+        for part in metadata.parts.iter().take(4) {
+            let result = read_part(rt, ctx, part, Arc::clone(&expected), Some(dest));
+            if let Err(e) = result {
+                names(&e, &part.key).or_else(|_| match &e {
+                    // Failing to write inside the target is about that path.
+                    BackupError::Io { .. } => Ok(()),
+                    _ => names(&e, "key"),
+                })?;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// A tar header with raw `name` bytes (tar::Builder refuses `..`).

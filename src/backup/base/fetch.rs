@@ -320,16 +320,11 @@ pub async fn read_stored_part(
     progress: Arc<Progress>,
 ) -> Result<PartReport, BackupError> {
     let key = Key::new(part.key.clone());
-    let stream = ctx.store.get_stream(&key).await?.map_err(io::Error::other);
-    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let part = part.clone();
-    let encryption = Arc::clone(&ctx.encryption);
-    tokio::task::spawn_blocking(move || {
-        let reader = encryption.wrap_reader(&key, reader)?;
+    ctx.read_object(&key.clone(), move |reader| {
         read_part(reader, &part, &key, dest.as_deref(), &expected, &progress)
     })
     .await
-    .map_err(BackupError::internal("the extract task"))?
 }
 
 /// Decodes one part, walks its tar entries and checks each against the

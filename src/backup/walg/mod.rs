@@ -119,15 +119,20 @@ impl WalgCodec {
         }
     }
 
+    /// Why a stream of this codec did not decode.
+    fn frame_error(self, e: std::io::Error) -> WalgError {
+        WalgError::Frame {
+            codec: self.name(),
+            detail: e.to_string(),
+        }
+    }
+
     /// A streaming decoder of `compressed`.
     pub fn reader<'a>(
         self,
         compressed: impl std::io::Read + Send + 'a,
     ) -> Result<Box<dyn std::io::Read + Send + 'a>, WalgError> {
-        let frame = |e: std::io::Error| WalgError::Frame {
-            codec: self.name(),
-            detail: e.to_string(),
-        };
+        let frame = |e| self.frame_error(e);
         Ok(match self {
             WalgCodec::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(compressed)),
             WalgCodec::Zstd => {
@@ -220,10 +225,7 @@ pub fn decode(object: &[u8], ext: &str) -> Result<Vec<u8>, WalgError> {
     codec
         .reader(object)?
         .read_to_end(&mut plain)
-        .map_err(|e| WalgError::Frame {
-            codec: codec.name(),
-            detail: e.to_string(),
-        })?;
+        .map_err(|e| codec.frame_error(e))?;
     Ok(plain)
 }
 
@@ -531,6 +533,23 @@ mod tests {
         assert!(zst.starts_with(&ZSTD_FRAME_MAGIC));
         assert_eq!(decode(&zst, "zst").unwrap(), plain);
         assert_eq!(encode(&plain, Compression::None).unwrap(), plain);
+    }
+
+    /// wal-fetch looks under every extension WAL-G reads: the ones pgdrill
+    /// writes, `layout::WALG_ONLY_EXTENSIONS` and the bare name.
+    #[test]
+    fn every_walg_extension_is_looked_up() {
+        let name = "000000010000000000000003";
+        let keys = layout::wal_keys(name, Compression::Lz4);
+        for codec in WalgCodec::ALL {
+            let key = match codec.extension() {
+                "" => format!("wal_005/{name}"),
+                ext => format!("wal_005/{name}.{ext}"),
+            };
+            assert!(keys.iter().any(|k| k.as_str() == key), "{key}");
+            let key = crate::backup::store::Key::new(key);
+            assert_eq!(layout::wal_name_of(&key), Some(name), "{codec:?}");
+        }
     }
 
     #[test]

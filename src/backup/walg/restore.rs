@@ -83,7 +83,7 @@ struct Member {
     name: String,
     is_delta: bool,
     /// `None`: no file list (WAL-E or WAL-G without files metadata).
-    files: Option<BTreeMap<String, FileDescription>>,
+    files: Option<Arc<BTreeMap<String, FileDescription>>>,
     parts: Vec<TarObject>,
     label: Option<TarObject>,
     control: Option<TarObject>,
@@ -191,7 +191,8 @@ async fn read_member(ctx: &Context, summary: &BackupSummary) -> Result<Member, B
             Err(e) => return Err(e.into()),
         }
     }
-    .filter(|files| !files.is_empty());
+    .filter(|files| !files.is_empty())
+    .map(Arc::new);
     let (mut parts, mut label, mut control) = (Vec::new(), None, None);
     let prefix = layout::walg_tar_partitions_prefix(name);
     for object in ctx.store.list(&prefix).await? {
@@ -261,13 +262,12 @@ pub async fn run(
     let count = plan.members.len();
     let mut checked = Checked::default();
     for (i, (member, wanted)) in plan.members.iter().enumerate() {
-        let files = member.files.clone().map(Arc::new);
         let read = |tar: &TarObject| {
             read_tar(
                 ctx,
                 tar.clone(),
                 member.is_delta,
-                files.clone(),
+                member.files.clone(),
                 wanted.clone(),
                 dest.map(Path::to_path_buf),
                 Arc::clone(progress),
@@ -349,31 +349,23 @@ async fn read_tar(
     dest: Option<std::path::PathBuf>,
     progress: Arc<Progress>,
 ) -> Result<Vec<String>, BackupError> {
-    let stream = ctx
-        .store
-        .get_stream(&tar.key)
-        .await?
-        .map_err(io::Error::other);
-    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-    let encryption = Arc::clone(&ctx.encryption);
     let key = tar.key.clone();
-    let report = tokio::task::spawn_blocking(move || {
-        let decrypted = encryption.wrap_reader(&key, reader)?;
-        let decoded = tar
-            .codec
-            .reader(decrypted)
-            .map_err(|e| corrupt(&key, e.to_string()))?;
-        let entries = Entries {
-            is_delta,
-            files: files.as_deref(),
-            wanted: &wanted,
-            dest: dest.as_deref(),
-            progress: &progress,
-        };
-        entries.read(decoded, &key)
-    })
-    .await
-    .map_err(BackupError::internal("the extract task"))??;
+    let report = ctx
+        .read_object(&tar.key, move |decrypted| {
+            let decoded = tar
+                .codec
+                .reader(decrypted)
+                .map_err(|e| corrupt(&key, e.to_string()))?;
+            let entries = Entries {
+                is_delta,
+                files: files.as_deref(),
+                wanted: &wanted,
+                dest: dest.as_deref(),
+                progress: &progress,
+            };
+            entries.read(decoded, &key)
+        })
+        .await?;
     if report.problems.is_empty() {
         Ok(report.taken)
     } else {
