@@ -72,11 +72,15 @@ impl BackupSummary {
     pub fn require_pgdrill_format(&self, what: &str) -> Result<(), BackupError> {
         match self.format {
             BackupFormat::Pgdrill => Ok(()),
-            BackupFormat::Walg => Err(BackupError::Invalid(format!(
-                "backup {} was written by WAL-G: pgdrill lists, deletes, marks, restores and verifies WAL-G backups but cannot have them {what} yet; use wal-g for it, or take a pgdrill backup (backup-push --full)",
-                self.backup_name
-            ))),
+            BackupFormat::Walg => Err(self.written_by_walg(what)),
         }
+    }
+
+    fn written_by_walg(&self, what: &str) -> BackupError {
+        BackupError::Invalid(format!(
+            "backup {} was written by WAL-G: pgdrill lists, deletes, marks, restores and verifies WAL-G backups but cannot have them {what} yet; use wal-g for it, or take a pgdrill backup (backup-push --full)",
+            self.backup_name
+        ))
     }
 }
 
@@ -108,6 +112,10 @@ pub struct FileEntry {
     /// (see `delta.rs`); `blake3` is then that of the stored entry.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delta: bool,
+    /// The file's modification time, recorded for backups in WAL-G's
+    /// format (WAL-G's `files_metadata.json` carries it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<DateTime<Utc>>,
 }
 
 /// `metadata.json`: the full description of a backup.
@@ -467,13 +475,21 @@ async fn mark_walg(
     resolve(ctx, &summary.backup_name).await
 }
 
-/// Reads a backup's `metadata.json`, checked against the sentinel.
+/// Reads pgdrill's record of a backup (`metadata.json`, or
+/// `pgdrill_metadata.json` beside one in WAL-G's format), checked against
+/// the sentinel.
 pub async fn read_metadata(
     ctx: &Context,
     summary: &BackupSummary,
 ) -> Result<BackupMetadata, BackupError> {
-    summary.require_pgdrill_format("used as a delta base")?;
-    let key = layout::metadata_key(&summary.backup_name);
+    let key = match summary.format {
+        BackupFormat::Pgdrill => layout::metadata_key(&summary.backup_name),
+        // pgdrill's record beside a backup it wrote in WAL-G's format.
+        BackupFormat::Walg if !summary.metadata_blake3.is_empty() => {
+            layout::walg_pgdrill_metadata_key(&summary.backup_name)
+        }
+        BackupFormat::Walg => return Err(summary.written_by_walg("used as a delta base")),
+    };
     let raw = ctx.store.get(&key).await?;
     let actual = blake3::hash(&raw).to_hex().to_string();
     if actual != summary.metadata_blake3 {

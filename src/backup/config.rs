@@ -284,8 +284,9 @@ pub enum StorageFormat {
     /// BLAKE3, so every fetch verifies what it serves end to end.
     #[default]
     Pgdrill,
-    /// WAL-G's bytes, so WAL-G can read the archive (WAL so far: backups
-    /// are refused in this format until pgdrill writes WAL-G's).
+    /// WAL-G's bytes, so WAL-G can read the archive: WAL objects and base
+    /// backups as WAL-G writes them, with pgdrill's BLAKE3 record of each
+    /// backup beside it where WAL-G does not look (`backup::walg::write`).
     Walg,
 }
 

@@ -101,6 +101,25 @@ pub fn walg_tar_partitions_prefix(backup: &str) -> String {
     format!("{BACKUP_DIR}{backup}/tar_partitions/")
 }
 
+/// Key of a tar file of a backup in WAL-G's format (`part_001`,
+/// `pg_control`, `backup_label`): `<stem>.tar` and the compressor's
+/// extension, none for `none` (wal-g `internal/storage_tar_ball.go:44`,
+/// `utility/utility.go:181-186`).
+pub fn walg_tar_key(backup: &str, stem: &str, compression: Compression) -> Key {
+    let tar = format!("{}{stem}.tar", walg_tar_partitions_prefix(backup));
+    Key::new(match compression {
+        Compression::None => tar,
+        c => format!("{tar}.{}", c.extension()),
+    })
+}
+
+/// Where pgdrill keeps, beside a backup it wrote in WAL-G's format, its
+/// own record of it (a [`crate::backup::catalog::BackupMetadata`]: every
+/// tar's and file's BLAKE3), which WAL-G never reads nor rewrites.
+pub fn walg_pgdrill_metadata_key(backup: &str) -> Key {
+    Key::new(format!("{BACKUP_DIR}{backup}/pgdrill_metadata.json"))
+}
+
 /// Key of a tar part: `part_N` or [`PG_CONTROL_PART`].
 pub fn part_key(backup: &str, part: &str, compression: Compression) -> Key {
     Key::new(format!(

@@ -210,6 +210,7 @@ pub async fn run(
         engine: engine_name(scenario.engine).to_string(),
         sabotage: sabotage_setting(scenario),
         encryption: scenario.storage.encryption.as_str().to_string(),
+        storage_format: scenario.storage.format.as_str().to_string(),
         postgres_version: facts.postgres_version,
         started_at,
         finished_at: started_at,
@@ -293,6 +294,10 @@ fn env_spec(scenario: &Scenario) -> Result<EnvSpec, DrillError> {
         (
             "WALG_DELTA_MAX_STEPS".to_string(),
             scenario.storage.delta_max_steps.to_string(),
+        ),
+        (
+            "PGDRILL_STORAGE_FORMAT".to_string(),
+            scenario.storage.format.as_str().to_string(),
         ),
     ];
     if let Some(s) = sabotage_setting(scenario) {

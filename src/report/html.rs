@@ -219,6 +219,7 @@ fn facts(h: &mut String, r: &DrillReport) {
             )),
         ),
         ("encryption", esc(&r.encryption)),
+        ("storage format", esc(&r.storage_format)),
         ("PostgreSQL", esc(&r.postgres_version)),
         ("pgdrill", esc(&r.pgdrill_version)),
         (

@@ -7,7 +7,8 @@
 //! `report.json` schema (all times RFC 3339 UTC, durations in seconds):
 //! - `pgdrill_version`, `scenario`, `scenario_file`, `description`, `seed`,
 //!   `environment`, `engine`, `sabotage` (null unless sabotaged),
-//!   `encryption` (none | pgp | libsodium), `postgres_version`,
+//!   `encryption` (none | pgp | libsodium), `storage_format` (pgdrill |
+//!   walg), `postgres_version`,
 //!   `started_at`, `finished_at`, `passed`, `failures` (one line each).
 //! - `workload`: writers, sent / acked / failed / unknown counts, times.
 //! - `steps[]`: `action`, `planned_at_s`, `started_at`, `duration_s`, `ok`,
@@ -270,6 +271,8 @@ pub struct DrillReport {
     pub engine: String,
     pub sabotage: Option<String>,
     pub encryption: String,
+    /// The on-storage format the tool wrote: pgdrill or walg.
+    pub storage_format: String,
     pub postgres_version: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
@@ -350,7 +353,7 @@ impl DrillReport {
     /// The Markdown summary.
     pub fn to_markdown(&self) -> String {
         let mut md = format!(
-            "# Drill `{}`: {}\n\n{}\n\n| | |\n|---|---|\n| seed | {} (replay: `pgdrill run {} --seed {}`) |\n| environment | {} |\n| engine | {}{} |\n| encryption | {} |\n| PostgreSQL | {} |\n| pgdrill | {} |\n| started | {} |\n| duration | {} |\n",
+            "# Drill `{}`: {}\n\n{}\n\n| | |\n|---|---|\n| seed | {} (replay: `pgdrill run {} --seed {}`) |\n| environment | {} |\n| engine | {}{} |\n| encryption | {} |\n| storage format | {} |\n| PostgreSQL | {} |\n| pgdrill | {} |\n| started | {} |\n| duration | {} |\n",
             self.scenario,
             if self.passed { "PASSED" } else { "FAILED" },
             self.description,
@@ -361,6 +364,7 @@ impl DrillReport {
             self.engine,
             self.sabotage.as_deref().map(|s| format!(" (sabotage: {s})")).unwrap_or_default(),
             self.encryption,
+            self.storage_format,
             self.postgres_version,
             self.pgdrill_version,
             self.started_at.to_rfc3339(),

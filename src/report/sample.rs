@@ -42,6 +42,7 @@ pub fn report() -> DrillReport {
         engine: "pgdrill".into(),
         sabotage: None,
         encryption: "none".into(),
+        storage_format: "pgdrill".into(),
         postgres_version: "15.18".into(),
         started_at: "2026-12-02T01:00:00Z".parse().unwrap(),
         finished_at: "2026-12-02T01:01:30Z".parse().unwrap(),

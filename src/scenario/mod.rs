@@ -206,6 +206,32 @@ pub struct Storage {
     /// tool's (120s).
     #[serde(deserialize_with = "optional_duration")]
     pub retry_timeout: Option<Duration>,
+    /// The on-storage format the tool writes (`PGDRILL_STORAGE_FORMAT`):
+    /// `pgdrill` or `walg` (WAL-G's bytes; restores then go through the
+    /// WAL-G reader). Default: pgdrill.
+    pub format: StorageFormat,
+}
+
+/// The on-storage format of backups and WAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageFormat {
+    /// pgdrill's objects, each carrying its BLAKE3.
+    #[default]
+    Pgdrill,
+    /// WAL-G's.
+    Walg,
+}
+
+impl StorageFormat {
+    /// The name used in scenario files and reports, which is also the
+    /// tool's `PGDRILL_STORAGE_FORMAT` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageFormat::Pgdrill => "pgdrill",
+            StorageFormat::Walg => "walg",
+        }
+    }
 }
 
 impl Default for Storage {
@@ -216,6 +242,7 @@ impl Default for Storage {
             delta_max_steps: 0,
             encryption: Encryption::None,
             retry_timeout: None,
+            format: StorageFormat::Pgdrill,
         }
     }
 }
@@ -1152,6 +1179,27 @@ objectives: { rpo: 5s, rto: 60s }
         assert!(e.contains("unknown field `key`"), "{e}");
         let e = load("{ encryption: gpg }").unwrap_err().to_string();
         assert!(e.contains("unknown variant `gpg`"), "{e}");
+    }
+
+    #[test]
+    fn storage_format_is_pgdrill_unless_walg_is_asked() {
+        let parse = |storage: &str| {
+            Scenario::from_str(
+                &format!("name: f\nenvironment: local\npostgres: {{ version: 15 }}\nstorage: {storage}\nworkload: {{ writers: 1, rate_per_second: 1, duration: 1s }}\n"),
+                "f.yaml",
+            )
+        };
+        assert_eq!(parse("{}").unwrap().storage.format, StorageFormat::Pgdrill);
+        let s = parse("{ format: walg }").unwrap();
+        assert_eq!(s.storage.format.as_str(), "walg");
+        let e = parse("{ format: wal-g }").unwrap_err().to_string();
+        assert!(
+            e.contains("f.yaml:4:")
+                && e.contains("unknown variant `wal-g`")
+                && e.contains("pgdrill")
+                && e.contains("walg"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -219,6 +219,7 @@ fn small_backup(name: &str) -> (BackupMetadata, Vec<u8>) {
         blake3: None,
         part: "part_1".into(),
         delta: false,
+        mtime: None,
     }];
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Directory);
@@ -238,6 +239,7 @@ fn small_backup(name: &str) -> (BackupMetadata, Vec<u8>) {
             blake3: Some(blake3::hash(content).to_hex().to_string()),
             part: "part_1".into(),
             delta: false,
+            mtime: None,
         });
     }
     let plain = tar.into_inner().unwrap();

@@ -248,6 +248,50 @@ fn walg_restore_of_hostile_file_lists_and_sentinels() {
     });
 }
 
+/// pgdrill's record beside a WAL-G backup it wrote (`pgdrill_metadata.json`):
+/// each hostile record is named by the sentinel's digest, so it is parsed
+/// and followed; whatever it says, nothing lands outside the target.
+#[test]
+fn walg_restore_of_hostile_pgdrill_records() {
+    let sandbox = tempfile::tempdir().unwrap();
+    let store = sandbox.path().join("store");
+    write_chain(&store);
+    let ctx = context(&store, &[]);
+    let rt = runtime();
+    let tars = format!("basebackups_005/{DELTA}/tar_partitions");
+    let parts: Vec<serde_json::Value> = ["part_001.tar", "pg_control.tar", "backup_label.tar"]
+        .iter()
+        .map(|file| {
+            let data = std::fs::read(store.join(&tars).join(file)).unwrap();
+            serde_json::json!({
+                "name": file, "key": format!("{tars}/{file}"), "plain_size": data.len(),
+                "compressed_size": data.len(), "blake3": blake3::hash(&data).to_hex().to_string(),
+            })
+        })
+        .collect();
+    let record = serde_json::to_vec(&serde_json::json!({
+        "backup_name": DELTA, "backup_label": "", "parts": parts, "files": [],
+    }))
+    .unwrap();
+    let record_key = store.join(layout::walg_pgdrill_metadata_key(DELTA).as_str());
+    let sentinel_key = store.join(layout::sentinel_key(DELTA).as_str());
+    let with_record = |input: &[u8]| {
+        std::fs::write(&record_key, input).unwrap();
+        let mut sentinel: serde_json::Value = serde_json::from_slice(&delta_sentinel()).unwrap();
+        sentinel["PgdrillMetadataBlake3"] = blake3::hash(input).to_hex().to_string().into();
+        std::fs::write(&sentinel_key, serde_json::to_vec(&sentinel).unwrap()).unwrap();
+    };
+    // The true record is followed: the chain restores.
+    with_record(&record);
+    restore_into_sandbox(&rt, &ctx, sandbox.path()).unwrap();
+    let restored = sandbox.path().join("dest/base/1/1259");
+    assert_eq!(std::fs::read(&restored).unwrap()[PAGE..], [9u8; PAGE]);
+    fuzz::run("walg-pgdrill-record", &[record], mutate_json, |input| {
+        with_record(input);
+        restore_into_sandbox(&rt, &ctx, sandbox.path())
+    });
+}
+
 #[test]
 fn walg_increments() {
     let seeds = vec![increment_of_page_1()];

@@ -17,14 +17,16 @@ use super::walk::*;
 use crate::backup::catalog::{
     self, BackupFormat, BackupMetadata, BackupSummary, FileEntry, PartInfo,
 };
-use crate::backup::codec::{Compression, ObjectWriter};
-use crate::backup::crypto::Encryption;
+use crate::backup::codec::{Compression, Digest, ObjectWriter};
+use crate::backup::config::StorageFormat;
+use crate::backup::crypto::{EncryptWriter, Encryption};
 use crate::backup::delta;
 use crate::backup::layout::{self, Segment};
 use crate::backup::pg::{connect, pg_err};
 use crate::backup::progress::{human_bytes, Progress};
 use crate::backup::sabotage::Sabotage;
 use crate::backup::wal;
+use crate::backup::walg;
 use crate::backup::{BackupError, Context};
 
 /// A `Write` that cuts its input into chunks for [`crate::backup::store::Store::put_stream`].
@@ -59,6 +61,104 @@ impl Write for ChunkSink {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// The stream a tar part is written into, compressed and encrypted as
+/// the storage format has it, its plain bytes counted and hashed.
+pub(super) enum PartSink {
+    /// pgdrill's object: header, payload, a trailer with the BLAKE3.
+    Pgdrill(ObjectWriter<EncryptWriter<ChunkSink>>),
+    /// WAL-G's: the compressed stream alone, encrypted as WAL-G does.
+    Walg {
+        encoder: walg::Encoder<EncryptWriter<ChunkSink>>,
+        hasher: blake3::Hasher,
+        plain_len: u64,
+    },
+}
+
+impl PartSink {
+    fn new(
+        format: StorageFormat,
+        sink: ChunkSink,
+        compression: Compression,
+        encryption: &Encryption,
+    ) -> io::Result<PartSink> {
+        Ok(match format {
+            StorageFormat::Pgdrill => PartSink::Pgdrill(ObjectWriter::new(
+                encryption.wrap_writer(sink)?,
+                compression,
+            )?),
+            StorageFormat::Walg => PartSink::Walg {
+                encoder: walg::Encoder::new(encryption.wrap_writer_walg(sink)?, compression)?,
+                hasher: blake3::Hasher::new(),
+                plain_len: 0,
+            },
+        })
+    }
+
+    /// Completes the object; the sink still holds its last chunk.
+    fn finish(self) -> io::Result<(ChunkSink, Digest)> {
+        match self {
+            PartSink::Pgdrill(object) => {
+                let (sealed, digest) = object.finish()?;
+                Ok((sealed.finish()?, digest))
+            }
+            PartSink::Walg {
+                encoder,
+                hasher,
+                plain_len,
+            } => Ok((
+                encoder.finish()?.finish()?,
+                Digest {
+                    plain_len,
+                    blake3: *hasher.finalize().as_bytes(),
+                },
+            )),
+        }
+    }
+}
+
+impl Write for PartSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        match self {
+            PartSink::Pgdrill(w) => w.write(data),
+            PartSink::Walg {
+                encoder,
+                hasher,
+                plain_len,
+            } => {
+                let n = encoder.write(data)?;
+                hasher.update(&data[..n]);
+                *plain_len += n as u64;
+                Ok(n)
+            }
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            PartSink::Pgdrill(w) => w.flush(),
+            PartSink::Walg { encoder, .. } => encoder.flush(),
+        }
+    }
+}
+
+/// Appends one entry under the data-directory path `rel`: pgdrill names
+/// it `rel`, WAL-G `/rel` (the data directory itself `/`) with the
+/// file's own time.
+fn append_entry(
+    tar: &mut tar::Builder<PartSink>,
+    format: StorageFormat,
+    header: &mut tar::Header,
+    rel: &str,
+    data: impl Read,
+) -> io::Result<()> {
+    match format {
+        StorageFormat::Pgdrill => tar.append_data(header, rel, data),
+        StorageFormat::Walg => {
+            walg::write::set_name(header, &format!("/{rel}"))?;
+            tar.append(header, data)
+        }
     }
 }
 
@@ -133,31 +233,40 @@ pub(super) fn is_user_relation(rel: &str) -> bool {
 /// file is stored whole instead (bounds backup-push's memory).
 pub(super) const DELTA_PAGE_LIMIT: usize = 32 << 20;
 
-/// Writes one tar part into `sink`; returns the files it holds. With a
-/// delta base, relation files it also holds are stored as changed pages.
+/// Writes one tar part into `sink` in the storage format; returns the
+/// files it holds. With a delta base, relation files it also holds are
+/// stored as changed pages (pgdrill's delta entries, or WAL-G's
+/// increments).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn write_part(
     entries: &[WalkEntry],
     part_name: &str,
     sink: ChunkSink,
+    format: StorageFormat,
     compression: Compression,
     encryption: &Encryption,
     delta_base: Option<&DeltaBase>,
     progress: &Progress,
-) -> io::Result<(Vec<FileEntry>, crate::backup::codec::Digest, u64)> {
-    let mut tar = tar::Builder::new(ObjectWriter::new(
-        encryption.wrap_writer(sink)?,
-        compression,
-    )?);
+) -> io::Result<(Vec<FileEntry>, Digest, u64)> {
+    let mut tar = tar::Builder::new(PartSink::new(format, sink, compression, encryption)?);
     let mut files = Vec::with_capacity(entries.len());
-    let mtime = Utc::now().timestamp().max(0) as u64;
+    let now = Utc::now();
+    let new_header = || match format {
+        StorageFormat::Pgdrill => tar::Header::new_gnu(),
+        StorageFormat::Walg => tar::Header::new_ustar(),
+    };
     for e in entries {
-        let mut header = tar::Header::new_gnu();
+        let mut header = new_header();
         header.set_mode(e.mode);
-        header.set_mtime(mtime);
         if e.is_dir {
+            let mtime = match format {
+                StorageFormat::Pgdrill => now,
+                StorageFormat::Walg => modified(&std::fs::metadata(&e.abs)?),
+            };
+            header.set_mtime(mtime.timestamp().max(0) as u64);
             header.set_entry_type(tar::EntryType::Directory);
             header.set_size(0);
-            tar.append_data(&mut header, &e.rel, io::empty())?;
+            append_entry(&mut tar, format, &mut header, &e.rel, io::empty())?;
             files.push(FileEntry {
                 path: e.rel.clone(),
                 is_dir: true,
@@ -166,6 +275,7 @@ pub(super) fn write_part(
                 blake3: None,
                 part: part_name.to_string(),
                 delta: false,
+                mtime: (format == StorageFormat::Walg).then_some(mtime),
             });
             continue;
         }
@@ -181,30 +291,53 @@ pub(super) fn write_part(
             }
         };
         let mut file = file;
-        let size = file.metadata()?.len();
+        let stat = file.metadata()?;
+        let size = stat.len();
+        let mtime = match format {
+            StorageFormat::Pgdrill => now,
+            StorageFormat::Walg => modified(&stat),
+        };
+        header.set_mtime(mtime.timestamp().max(0) as u64);
         header.set_entry_type(tar::EntryType::Regular);
+        let entry = |blake3: blake3::Hash, delta: bool| FileEntry {
+            path: e.rel.clone(),
+            is_dir: false,
+            size,
+            mode: e.mode,
+            blake3: Some(blake3.to_hex().to_string()),
+            part: part_name.to_string(),
+            delta,
+            mtime: (format == StorageFormat::Walg).then_some(mtime),
+        };
         let previous_size = delta_base
             .filter(|d| d.by_lsn(&e.rel))
             .and_then(|d| Some((d.changed_since(&e.rel), *d.sizes.get(&e.rel)?)));
         if let Some((from_lsn, previous_size)) = previous_size {
             match delta::scan(&mut file, size, previous_size, from_lsn, DELTA_PAGE_LIMIT)? {
                 delta::Scan::Pages { numbers, pages } => {
-                    let head = delta::entry_head(size, &numbers);
-                    header.set_size(delta::entry_len(numbers.len()));
-                    tar.append_data(&mut header, &e.rel, head.as_slice().chain(pages.as_slice()))?;
+                    let (head, len) = match format {
+                        StorageFormat::Pgdrill => (
+                            delta::entry_head(size, &numbers),
+                            delta::entry_len(numbers.len()),
+                        ),
+                        StorageFormat::Walg => (
+                            walg::increment::head(size, &numbers),
+                            walg::increment::len(numbers.len()),
+                        ),
+                    };
+                    header.set_size(len);
+                    append_entry(
+                        &mut tar,
+                        format,
+                        &mut header,
+                        &e.rel,
+                        head.as_slice().chain(pages.as_slice()),
+                    )?;
                     progress.add(size);
                     let mut hasher = blake3::Hasher::new();
                     hasher.update(&head);
                     hasher.update(&pages);
-                    files.push(FileEntry {
-                        path: e.rel.clone(),
-                        is_dir: false,
-                        size,
-                        mode: e.mode,
-                        blake3: Some(hasher.finalize().to_hex().to_string()),
-                        part: part_name.to_string(),
-                        delta: true,
-                    });
+                    files.push(entry(hasher.finalize(), true));
                     continue;
                 }
                 delta::Scan::Whole => {
@@ -219,22 +352,19 @@ pub(super) fn write_part(
             hasher: blake3::Hasher::new(),
             progress,
         };
-        tar.append_data(&mut header, &e.rel, &mut reader)?;
-        files.push(FileEntry {
-            path: e.rel.clone(),
-            is_dir: false,
-            size,
-            mode: e.mode,
-            blake3: Some(reader.hasher.finalize().to_hex().to_string()),
-            part: part_name.to_string(),
-            delta: false,
-        });
+        append_entry(&mut tar, format, &mut header, &e.rel, &mut reader)?;
+        files.push(entry(reader.hasher.finalize(), false));
     }
-    let object = tar.into_inner()?;
-    let (sealed, digest) = object.finish()?;
-    let mut sink = sealed.finish()?;
+    let (mut sink, digest) = tar.into_inner()?.finish()?;
     sink.send_buf()?;
     Ok((files, digest, sink.total))
+}
+
+/// A file's modification time (WAL-G records it, and a later WAL-G delta
+/// skips a file whose time did not change).
+fn modified(stat: &std::fs::Metadata) -> chrono::DateTime<Utc> {
+    stat.modified()
+        .map_or_else(|_| Utc::now(), chrono::DateTime::<Utc>::from)
 }
 
 /// Uploads one part: a blocking producer (read, tar, compress) feeding the
@@ -248,7 +378,21 @@ pub(super) async fn upload_part(
     progress: Arc<Progress>,
 ) -> Result<(PartInfo, Vec<FileEntry>), BackupError> {
     let compression = ctx.settings.compression;
-    let key = layout::part_key(backup, &part_name, compression);
+    let format = ctx.settings.storage_format;
+    let key = match format {
+        StorageFormat::Pgdrill => layout::part_key(backup, &part_name, compression),
+        StorageFormat::Walg => layout::walg_tar_key(backup, &part_name, compression),
+    };
+    // WAL-G's file list names a tar by its file name.
+    let part_name = match format {
+        StorageFormat::Pgdrill => part_name,
+        StorageFormat::Walg => key
+            .as_str()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    };
     let (tx, rx) = mpsc::channel(4);
     let abort_tx = tx.clone();
     let name = part_name.clone();
@@ -263,6 +407,7 @@ pub(super) async fn upload_part(
             &entries,
             &name,
             sink,
+            format,
             compression,
             &encryption,
             delta_base.as_deref(),
@@ -308,11 +453,7 @@ pub async fn backup_push(
     data_dir: &Path,
     opts: &PushOptions,
 ) -> Result<BackupSummary, BackupError> {
-    if ctx.settings.storage_format == crate::backup::config::StorageFormat::Walg {
-        return Err(BackupError::Invalid(
-            "PGDRILL_STORAGE_FORMAT=walg: pgdrill writes WAL in WAL-G's format but not base backups yet; take backups with PGDRILL_STORAGE_FORMAT unset (pgdrill's format; the WAL stays readable by both) or with WAL-G".into(),
-        ));
-    }
+    let format = ctx.settings.storage_format;
     let client = connect(&ctx.settings.pg).await?;
     let row = client
         .query_one(
@@ -412,8 +553,30 @@ pub async fn backup_push(
             entries.remove(i);
         }
     }
-    let (pg_control, data_entries): (Vec<_>, Vec<_>) =
+    let (pg_control, mut data_entries): (Vec<_>, Vec<_>) =
         entries.into_iter().partition(|e| e.rel == PG_CONTROL);
+    if format == StorageFormat::Walg {
+        // WAL-G's first entry is the data directory itself, named "/".
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&data_dir)
+            .map_err(BackupError::io(format!(
+                "data directory {}",
+                data_dir.display()
+            )))?
+            .permissions()
+            .mode()
+            & 0o7777;
+        data_entries.insert(
+            0,
+            WalkEntry {
+                rel: String::new(),
+                abs: data_dir.clone(),
+                is_dir: true,
+                size: 0,
+                mode,
+            },
+        );
+    }
     if pg_control.is_empty() {
         return Err(BackupError::Invalid(format!(
             "{} has no {PG_CONTROL}",
@@ -442,7 +605,10 @@ pub async fn backup_push(
                 upload_part(
                     ctx,
                     &backup_name,
-                    format!("part_{}", i + 1),
+                    match format {
+                        StorageFormat::Pgdrill => format!("part_{}", i + 1),
+                        StorageFormat::Walg => format!("part_{:03}", i + 1),
+                    },
                     entries,
                     delta_base.clone(),
                     Arc::clone(&progress),
@@ -500,13 +666,17 @@ pub async fn backup_push(
     }
 
     uploaded.sort_by_key(|a| part_order(&a.0.name));
-    let (parts, files): (Vec<PartInfo>, Vec<Vec<FileEntry>>) = uploaded.into_iter().unzip();
+    let (mut parts, files): (Vec<PartInfo>, Vec<Vec<FileEntry>>) = uploaded.into_iter().unzip();
+    let tablespace_map = tablespace_map.unwrap_or_default();
+    if format == StorageFormat::Walg {
+        parts.push(upload_walg_label(ctx, &backup_name, &backup_label, &tablespace_map).await?);
+    }
     let mut files: Vec<FileEntry> = files.into_iter().flatten().collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let metadata = BackupMetadata {
         backup_name: backup_name.clone(),
         backup_label,
-        tablespace_map: tablespace_map.unwrap_or_default(),
+        tablespace_map,
         parts,
         files,
     };
@@ -541,19 +711,32 @@ pub async fn backup_push(
         }),
         increment_count: previous.as_ref().map_or(0, |(p, _)| p.increment_count + 1),
         pgdrill_version: env!("CARGO_PKG_VERSION").to_string(),
-        format: BackupFormat::Pgdrill,
+        format: match format {
+            StorageFormat::Pgdrill => BackupFormat::Pgdrill,
+            StorageFormat::Walg => BackupFormat::Walg,
+        },
     };
-    ctx.store
-        .put(
-            &layout::metadata_key(&backup_name),
-            Bytes::from(metadata_json),
-        )
-        .await?;
-    let sentinel = serde_json::to_vec_pretty(&summary)
-        .map_err(BackupError::internal("serializing the sentinel"))?;
-    ctx.store
-        .put(&layout::sentinel_key(&backup_name), Bytes::from(sentinel))
-        .await?;
+    match format {
+        StorageFormat::Pgdrill => {
+            ctx.store
+                .put(
+                    &layout::metadata_key(&backup_name),
+                    Bytes::from(metadata_json),
+                )
+                .await?;
+            let sentinel = serde_json::to_vec_pretty(&summary)
+                .map_err(BackupError::internal("serializing the sentinel"))?;
+            ctx.store
+                .put(&layout::sentinel_key(&backup_name), Bytes::from(sentinel))
+                .await?;
+        }
+        StorageFormat::Walg => {
+            let delta_lsn = previous
+                .as_ref()
+                .map(|(p, _)| layout::Lsn::parse(&p.start_lsn).map_or(0, |l| l.0));
+            store_walg_documents(ctx, &summary, &metadata, metadata_json, delta_lsn).await?;
+        }
+    }
     info!(
         %backup_name,
         size = %human_bytes(summary.uncompressed_size),
@@ -562,6 +745,151 @@ pub async fn backup_push(
         "backup complete"
     );
     Ok(summary)
+}
+
+/// Stores `backup_label.tar` of a backup in WAL-G's format: `backup_label`
+/// and `tablespace_map`, mode 0600 and no time, as WAL-G writes them
+/// (wal-g `internal/databases/postgres/bundle.go:372-407`).
+async fn upload_walg_label(
+    ctx: &Context,
+    backup: &str,
+    label: &str,
+    tablespace_map: &str,
+) -> Result<PartInfo, BackupError> {
+    let compression = ctx.settings.compression;
+    let key = layout::walg_tar_key(backup, "backup_label", compression);
+    let tarred = (|| {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, text) in [("backup_label", label), ("tablespace_map", tablespace_map)] {
+            let header =
+                walg::write::header(name, tar::EntryType::Regular, text.len() as u64, 0o600, 0)?;
+            tar.append(&header, text.as_bytes())?;
+        }
+        let plain = tar.into_inner()?;
+        let digest = crate::backup::codec::digest_of(&plain);
+        let object = ctx
+            .encryption
+            .encrypt_vec_walg(walg::encode(&plain, compression)?)?;
+        Ok::<_, io::Error>((digest, object))
+    })();
+    let (digest, object) = tarred.map_err(BackupError::io("writing backup_label.tar"))?;
+    let compressed_size = object.len() as u64;
+    ctx.store.put(&key, Bytes::from(object)).await?;
+    Ok(PartInfo {
+        name: key
+            .as_str()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        key: key.as_str().to_string(),
+        plain_size: digest.plain_len,
+        compressed_size,
+        blake3: digest.hex(),
+    })
+}
+
+/// Stores the documents of a backup in WAL-G's format, the sentinel last:
+/// `files_metadata.json`, `metadata.json`, pgdrill's record
+/// (`metadata_json`) and the V2 sentinel naming its BLAKE3
+/// (`walg::write`). `delta_lsn`: the start LSN of the backup a delta
+/// builds on.
+async fn store_walg_documents(
+    ctx: &Context,
+    summary: &BackupSummary,
+    metadata: &BackupMetadata,
+    metadata_json: Vec<u8>,
+    delta_lsn: Option<u64>,
+) -> Result<(), BackupError> {
+    use walg::write::{go_time, Described, FileDescriptionOut, FilesMetadataOut};
+    let name = &summary.backup_name;
+    let mut listed = FilesMetadataOut {
+        files: Default::default(),
+        tar_file_sets: Default::default(),
+    };
+    for f in &metadata.files {
+        let entry = format!("/{}", f.path);
+        // pg_control is WAL-G's "sentinel file", in no list (bundle.go:230-231).
+        if !f.part.starts_with("pg_control.tar") {
+            listed.files.insert(
+                entry.clone(),
+                FileDescriptionOut {
+                    incremented: f.delta,
+                    skipped: false,
+                    mtime: go_time(f.mtime.unwrap_or(summary.start_time)),
+                    updates_count: 0,
+                },
+            );
+            listed
+                .tar_file_sets
+                .entry(f.part.clone())
+                .or_default()
+                .push(entry);
+        }
+    }
+    if let Some(label) = metadata
+        .parts
+        .iter()
+        .find(|p| p.name.starts_with("backup_label.tar"))
+    {
+        listed.tar_file_sets.insert(
+            label.name.clone(),
+            vec!["tablespace_map".into(), "backup_label".into()],
+        );
+    }
+    let lsn = |text: &str| layout::Lsn::parse(text).map_or(0, |l| l.0);
+    let described = Described {
+        start_lsn: lsn(&summary.start_lsn),
+        finish_lsn: lsn(&summary.finish_lsn),
+        delta: summary.increment_from.clone().map(|from| {
+            (
+                from,
+                delta_lsn.unwrap_or(0),
+                summary.increment_full_name.clone().unwrap_or_default(),
+                summary.increment_count,
+            )
+        }),
+        pg_version: summary.pg_version,
+        system_identifier: summary.system_identifier.parse().unwrap_or(0),
+        uncompressed_size: summary.uncompressed_size as i64,
+        compressed_size: summary.compressed_size as i64,
+        start_time: summary.start_time,
+        finish_time: summary.finish_time,
+        hostname: summary.hostname.clone(),
+        data_dir: summary.data_dir.clone(),
+        is_permanent: summary.is_permanent,
+    };
+    let json = |r: serde_json::Result<Vec<u8>>, what: &'static str| {
+        r.map(Bytes::from).map_err(BackupError::internal(what))
+    };
+    let documents = [
+        (
+            layout::walg_files_metadata_key(name),
+            json(
+                serde_json::to_vec(&listed),
+                "serializing files_metadata.json",
+            )?,
+        ),
+        (
+            layout::metadata_key(name),
+            json(described.metadata_json(), "serializing metadata.json")?,
+        ),
+        (
+            layout::walg_pgdrill_metadata_key(name),
+            Bytes::from(metadata_json),
+        ),
+        (
+            layout::sentinel_key(name),
+            json(
+                described.sentinel_json(&summary.metadata_blake3),
+                "serializing the sentinel",
+            )?,
+        ),
+    ];
+    for (key, body) in documents {
+        ctx.store.put(&key, body).await?;
+    }
+    Ok(())
 }
 
 /// Refuses to start a backup that could never be restored: a server that
@@ -693,8 +1021,14 @@ pub(super) async fn delta_previous(
         return Ok(None);
     };
     let s = newest.summary;
-    if s.format != BackupFormat::Pgdrill {
-        info!(previous = %s.backup_name, "taking a full backup (the newest backup was written by WAL-G)");
+    // A delta builds on pgdrill's record of its base: a backup pgdrill
+    // wrote, in the format it writes now.
+    let same_format = match ctx.settings.storage_format {
+        StorageFormat::Pgdrill => s.format == BackupFormat::Pgdrill,
+        StorageFormat::Walg => s.format == BackupFormat::Walg && !s.metadata_blake3.is_empty(),
+    };
+    if !same_format {
+        info!(previous = %s.backup_name, "taking a full backup (the newest backup was written by WAL-G, or in the other PGDRILL_STORAGE_FORMAT)");
         return Ok(None);
     }
     if s.system_identifier != system_identifier || s.increment_count >= max {

@@ -197,7 +197,11 @@ pub(super) fn partition(entries: Vec<WalkEntry>, threshold: u64) -> Vec<Vec<Walk
 
 /// `part_1`, `part_2`, ..., then `pg_control`.
 pub(super) fn part_order(name: &str) -> (u8, u64) {
-    match name.strip_prefix("part_").and_then(|n| n.parse().ok()) {
+    // pgdrill's part_N, WAL-G's part_NNN.tar.<ext>.
+    match name
+        .strip_prefix("part_")
+        .and_then(|n| n.split('.').next()?.parse().ok())
+    {
         Some(n) => (0, n),
         None => (1, 0),
     }

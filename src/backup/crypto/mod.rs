@@ -300,15 +300,30 @@ impl Encryption {
         w.finish()
     }
 
-    /// Encrypts a whole object as WAL-G would: OpenPGP as for pgdrill's
-    /// own objects (a standard message, which WAL-G's go-crypto reads);
-    /// with a libsodium key, libsodium's secretstream as WAL-G writes it
-    /// (`secretstream.rs`), not pgdrill's `PGDS`.
-    pub fn encrypt_vec_walg(&self, object: Vec<u8>) -> io::Result<Vec<u8>> {
+    /// Like [`Encryption::wrap_writer`], encrypting as WAL-G does: OpenPGP
+    /// as for pgdrill's own objects (a standard message, which WAL-G's
+    /// go-crypto reads); with a libsodium key, libsodium's secretstream as
+    /// WAL-G writes it (`secretstream.rs`), not pgdrill's `PGDS`.
+    pub fn wrap_writer_walg<W: Write + Send + 'static>(
+        &self,
+        inner: W,
+    ) -> io::Result<EncryptWriter<W>> {
         match &self.keys {
-            Keys::Sodium(k) => secretstream::seal(&k.key.into(), &object),
-            Keys::None | Keys::Pgp(_) => self.encrypt_vec(object),
+            Keys::Sodium(k) => Ok(EncryptWriter(Sealing::WalgSodium(
+                secretstream::SecretStreamWriter::start(&k.key.into(), inner)?,
+            ))),
+            Keys::None | Keys::Pgp(_) => self.wrap_writer(inner),
         }
+    }
+
+    /// Encrypts a whole object as WAL-G would ([`Encryption::wrap_writer_walg`]).
+    pub fn encrypt_vec_walg(&self, object: Vec<u8>) -> io::Result<Vec<u8>> {
+        if let Keys::None = self.keys {
+            return Ok(object);
+        }
+        let mut w = self.wrap_writer_walg(Vec::with_capacity(object.len() + 4096))?;
+        w.write_all(&object)?;
+        w.finish()
     }
 
     /// The codec object inside stored object `key`, read from `inner`:
@@ -438,6 +453,7 @@ enum Sealing<W: Write> {
     Plain(W),
     Pgp(PgpWriter<W>),
     Sodium(SodiumWriter<W>),
+    WalgSodium(secretstream::SecretStreamWriter<W>),
 }
 
 impl<W: Write> EncryptWriter<W> {
@@ -447,6 +463,7 @@ impl<W: Write> EncryptWriter<W> {
             Sealing::Plain(w) => Ok(w),
             Sealing::Pgp(w) => w.finish(),
             Sealing::Sodium(w) => w.finish(),
+            Sealing::WalgSodium(w) => w.finish(),
         }
     }
 }
@@ -457,6 +474,7 @@ impl<W: Write> Write for EncryptWriter<W> {
             Sealing::Plain(w) => w.write(buf),
             Sealing::Pgp(w) => w.write(buf),
             Sealing::Sodium(w) => w.write(buf),
+            Sealing::WalgSodium(w) => w.write(buf),
         }
     }
 
@@ -464,7 +482,7 @@ impl<W: Write> Write for EncryptWriter<W> {
         match &mut self.0 {
             Sealing::Plain(w) => w.flush(),
             // Data moves on in whole chunks; finish() writes the rest.
-            Sealing::Pgp(_) | Sealing::Sodium(_) => Ok(()),
+            Sealing::Pgp(_) | Sealing::Sodium(_) | Sealing::WalgSodium(_) => Ok(()),
         }
     }
 }

@@ -19,7 +19,7 @@
 //! asks). Stricter than WAL-G's reader: an object must end with its FINAL
 //! chunk, so a cut at a chunk boundary is an error, not a short file.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 
 use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use chacha20::ChaCha20;
@@ -167,21 +167,72 @@ pub(super) fn opens(key: &[u8; 32], first: &[u8]) -> bool {
         .is_some()
 }
 
-/// `plain` sealed as WAL-G's libsodium writer seals an object: a random
-/// header, 8192-byte chunks tagged MESSAGE, then the remaining 0..8191
-/// bytes tagged FINAL.
-pub(super) fn seal(key: &[u8; 32], plain: &[u8]) -> io::Result<Vec<u8>> {
-    let mut header = [0u8; HEADER_BYTES];
-    super::symmetric::getrandom_nonce(&mut header)?;
-    let mut state = State::init(key, &header);
+/// `plain` sealed as WAL-G's libsodium writer seals an object (see
+/// [`SecretStreamWriter`]).
+#[cfg(test)]
+fn seal(key: &[u8; 32], plain: &[u8]) -> io::Result<Vec<u8>> {
     let chunks = plain.len() / WALG_CHUNK;
-    let mut out = Vec::with_capacity(HEADER_BYTES + plain.len() + (chunks + 1) * A_BYTES);
-    out.extend_from_slice(&header);
-    for chunk in plain.chunks_exact(WALG_CHUNK) {
-        state.push(chunk, TAG_MESSAGE, &mut out);
+    let out = Vec::with_capacity(HEADER_BYTES + plain.len() + (chunks + 1) * A_BYTES);
+    let mut w = SecretStreamWriter::start(key, out)?;
+    w.write_all(plain)?;
+    w.finish()
+}
+
+/// Seals what is written through it as WAL-G's libsodium writer does
+/// (wal-g `internal/crypto/libsodium/writer.go`): a random header, each
+/// full 8192-byte chunk tagged MESSAGE as soon as it is full, and on
+/// [`SecretStreamWriter::finish`] the remaining 0..8191 bytes tagged FINAL.
+pub(super) struct SecretStreamWriter<W: Write> {
+    inner: W,
+    state: State,
+    plain: Vec<u8>,
+    sealed: Vec<u8>,
+}
+
+impl<W: Write> SecretStreamWriter<W> {
+    pub(super) fn start(key: &[u8; 32], mut inner: W) -> io::Result<SecretStreamWriter<W>> {
+        let mut header = [0u8; HEADER_BYTES];
+        super::symmetric::getrandom_nonce(&mut header)?;
+        inner.write_all(&header)?;
+        Ok(SecretStreamWriter {
+            inner,
+            state: State::init(key, &header),
+            plain: Vec::with_capacity(WALG_CHUNK),
+            sealed: Vec::with_capacity(WALG_SEALED_CHUNK),
+        })
     }
-    state.push(&plain[chunks * WALG_CHUNK..], TAG_FINAL, &mut out);
-    Ok(out)
+
+    fn push(&mut self, tag: u8) -> io::Result<()> {
+        self.sealed.clear();
+        self.state.push(&self.plain, tag, &mut self.sealed);
+        self.plain.clear();
+        self.inner.write_all(&self.sealed)
+    }
+
+    /// Seals the last chunk (FINAL) and hands back the inner writer.
+    pub(super) fn finish(mut self) -> io::Result<W> {
+        self.push(TAG_FINAL)?;
+        self.inner.flush()?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for SecretStreamWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(WALG_CHUNK - self.plain.len());
+        self.plain.extend_from_slice(&buf[..n]);
+        // A full chunk goes at once: a stream of whole chunks ends with an
+        // empty FINAL one, as WAL-G's does.
+        if self.plain.len() == WALG_CHUNK {
+            self.push(TAG_MESSAGE)?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // Only whole chunks move on; finish() seals the rest.
+        Ok(())
+    }
 }
 
 /// Reads the plaintext of a WAL-G libsodium stream.

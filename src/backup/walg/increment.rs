@@ -55,6 +55,28 @@ pub struct Increment {
     pub blocks: Vec<u32>,
 }
 
+/// The part of an increment before its pages, as WAL-G writes it
+/// (wal-g `incremental_page_reader.go:86-112`): the header, the file's
+/// size and the changed blocks' numbers, ascending.
+pub fn head(file_size: u64, blocks: &[u32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + 4 * blocks.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&file_size.to_le_bytes());
+    out.extend_from_slice(&(blocks.len() as u32).to_le_bytes());
+    for b in blocks {
+        out.extend_from_slice(&b.to_le_bytes());
+    }
+    out
+}
+
+/// The length of an increment of `count` pages.
+pub fn len(count: usize) -> u64 {
+    (16 + count * (4 + PAGE_SIZE as usize)) as u64
+}
+
+/// `w` `i` `1` 0x55 (wal-g `incremental_page_reader.go:16`, `pagefile.go:29`).
+const MAGIC: [u8; 4] = [b'w', b'i', b'1', 0x55];
+
 fn read_u32(r: &mut impl Read) -> io::Result<u32> {
     let mut b = [0u8; 4];
     r.read_exact(&mut b)?;
@@ -129,16 +151,24 @@ mod tests {
     const PAGE: usize = PAGE_SIZE as usize;
 
     fn increment(file_size: u64, blocks: &[(u32, u8)]) -> Vec<u8> {
-        let mut out = b"wi1\x55".to_vec();
-        out.extend_from_slice(&file_size.to_le_bytes());
-        out.extend_from_slice(&(blocks.len() as u32).to_le_bytes());
-        for (b, _) in blocks {
-            out.extend_from_slice(&b.to_le_bytes());
-        }
+        let numbers: Vec<u32> = blocks.iter().map(|(b, _)| *b).collect();
+        let mut out = head(file_size, &numbers);
         for (_, fill) in blocks {
             out.extend(std::iter::repeat_n(*fill, PAGE));
         }
+        assert_eq!(out.len() as u64, len(blocks.len()));
         out
+    }
+
+    /// The writer's bytes, spelled out as WAL-G's reader takes them.
+    #[test]
+    fn the_head_is_walgs() {
+        let mut want = b"wi1\x55".to_vec();
+        want.extend_from_slice(&(3 * PAGE_SIZE).to_le_bytes());
+        want.extend_from_slice(&2u32.to_le_bytes());
+        want.extend_from_slice(&0u32.to_le_bytes());
+        want.extend_from_slice(&2u32.to_le_bytes());
+        assert_eq!(head(3 * PAGE_SIZE, &[0, 2]), want);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! WAL-G's on-storage format, reading (issue 17, first part): WAL files
-//! WAL-G archived, which carry no pgdrill header or trailer.
+//! WAL-G's on-storage format: WAL files WAL-G archived, which carry no
+//! pgdrill header or trailer, read and (with `PGDRILL_STORAGE_FORMAT=walg`)
+//! written; its backups read ([`restore`]) and written ([`write`]).
 //!
 //! WAL-G stores a WAL file as `wal_005/<name>.<ext>`, the file compressed
 //! as one stream and nothing else (wal-g `internal/uploader.go:152-166`:
@@ -37,6 +38,7 @@
 
 pub mod increment;
 pub mod restore;
+pub mod write;
 
 use std::io::Read as _;
 
@@ -182,33 +184,74 @@ pub enum WalgError {
     NotTheSegment { name: String, problem: String },
 }
 
+/// Compresses what is written through it as WAL-G compresses an object
+/// under `compression`'s extension: an LZ4 frame as pierrec/lz4 v4
+/// writes by default (4 MiB independent blocks, content checksum; wal-g
+/// `internal/compression/lz4/compressor.go:17-19`), a zstd frame with its
+/// checksum (klauspost's defaults), or the bytes as they are.
+pub enum Encoder<W: std::io::Write> {
+    Lz4(lz4_flex::frame::FrameEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+    None(W),
+}
+
+impl<W: std::io::Write> Encoder<W> {
+    pub fn new(inner: W, compression: Compression) -> std::io::Result<Encoder<W>> {
+        Ok(match compression {
+            Compression::Lz4 => {
+                let mut info = lz4_flex::frame::FrameInfo::new();
+                info.block_size = lz4_flex::frame::BlockSize::Max4MB;
+                info.block_mode = lz4_flex::frame::BlockMode::Independent;
+                info.content_checksum = true;
+                Encoder::Lz4(lz4_flex::frame::FrameEncoder::with_frame_info(info, inner))
+            }
+            Compression::Zstd => {
+                let mut e = zstd::stream::write::Encoder::new(inner, 3)?;
+                e.include_checksum(true)?;
+                Encoder::Zstd(e)
+            }
+            Compression::None => Encoder::None(inner),
+        })
+    }
+
+    /// Ends the frame and hands back the inner writer.
+    pub fn finish(self) -> std::io::Result<W> {
+        match self {
+            Encoder::Lz4(e) => e.finish().map_err(std::io::Error::other),
+            Encoder::Zstd(e) => e.finish(),
+            Encoder::None(w) => Ok(w),
+        }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Encoder::Lz4(e) => e.write(buf),
+            Encoder::Zstd(e) => e.write(buf),
+            Encoder::None(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Encoder::Lz4(e) => e.flush(),
+            Encoder::Zstd(e) => e.flush(),
+            Encoder::None(w) => w.flush(),
+        }
+    }
+}
+
 /// `plain` compressed as WAL-G stores a WAL file under `compression`'s
-/// extension ([`crate::backup::layout::walg_wal_key`]): an LZ4 frame as
-/// pierrec/lz4 v4 writes by default (4 MiB independent blocks, content
-/// checksum; wal-g `internal/compression/lz4/compressor.go:17-19`), a
-/// zstd frame with its checksum (klauspost's defaults), or the bytes.
+/// extension ([`crate::backup::layout::walg_wal_key`], [`Encoder`]).
 pub fn encode(plain: &[u8], compression: Compression) -> std::io::Result<Vec<u8>> {
     use std::io::Write as _;
-    match compression {
-        Compression::Lz4 => {
-            let mut info = lz4_flex::frame::FrameInfo::new();
-            info.block_size = lz4_flex::frame::BlockSize::Max4MB;
-            info.block_mode = lz4_flex::frame::BlockMode::Independent;
-            info.content_checksum = true;
-            let mut w = lz4_flex::frame::FrameEncoder::with_frame_info(
-                info,
-                Vec::with_capacity(plain.len() / 2),
-            );
-            w.write_all(plain)?;
-            w.finish().map_err(std::io::Error::other)
-        }
-        Compression::Zstd => {
-            let mut c = zstd::bulk::Compressor::new(3)?;
-            c.include_checksum(true)?;
-            c.compress(plain)
-        }
-        Compression::None => Ok(plain.to_vec()),
+    if compression == Compression::None {
+        return Ok(plain.to_vec());
     }
+    let mut e = Encoder::new(Vec::with_capacity(plain.len() / 2), compression)?;
+    e.write_all(plain)?;
+    e.finish()
 }
 
 /// Decodes a WAL object WAL-G wrote under extension `ext`.
@@ -310,6 +353,10 @@ pub struct Sentinel {
     pub uncompressed_size: i64,
     #[serde(rename = "CompressedSize", default)]
     pub compressed_size: i64,
+    /// pgdrill's extra field in a backup it wrote in WAL-G's format: the
+    /// BLAKE3 of its record beside the backup ([`write`]).
+    #[serde(rename = "PgdrillMetadataBlake3", default)]
+    pub pgdrill_metadata_blake3: Option<String>,
 }
 
 /// The fields pgdrill reads of WAL-G's `metadata.json` in the backup's
@@ -386,7 +433,7 @@ pub fn summary(
         is_permanent: metadata.is_some_and(|m| m.is_permanent),
         compression: String::new(),
         wal_segment_size: seg_size,
-        metadata_blake3: String::new(),
+        metadata_blake3: sentinel.pgdrill_metadata_blake3.clone().unwrap_or_default(),
         increment_from: sentinel.delta_from.clone(),
         increment_full_name: sentinel.delta_full_name.clone(),
         increment_count: sentinel.delta_count.unwrap_or(0),

@@ -19,14 +19,18 @@
 //!   `:127-143`); `backup_label` and `pg_control` come from the restored
 //!   backup alone.
 //!
-//! What is verified, as WAL-G stores no per-file checksums: each object's
+//! What is verified of a backup pgdrill wrote in WAL-G's format: the
+//! BLAKE3 and length of every tar's content against pgdrill's record
+//! beside it (`pgdrill_metadata.json`, itself checked against the
+//! sentinel's `PgdrillMetadataBlake3`), and that exactly the recorded tars
+//! are stored. Of any WAL-G backup, as WAL-G stores no checksums: each object's
 //! frame checksums (lz4 content checksum, zstd frame checksum, gzip CRC;
 //! LZMA and brotli have none) and tar
 //! structure, each increment's header, block numbers and length, that every
 //! entry is one `files_metadata.json` lists and every listed file arrived,
 //! and that `pg_control` and `backup_label` are there.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -35,7 +39,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 
 use super::{increment, WalgCodec};
-use crate::backup::catalog::BackupSummary;
+use crate::backup::catalog::{self, BackupSummary, PartInfo};
 use crate::backup::layout;
 use crate::backup::progress::Progress;
 use crate::backup::store::Key;
@@ -75,6 +79,8 @@ struct SentinelFiles {
 struct TarObject {
     key: Key,
     codec: WalgCodec,
+    /// What pgdrill recorded of it, when pgdrill wrote the backup.
+    recorded: Option<PartInfo>,
 }
 
 /// One backup of a chain, read before anything is written.
@@ -193,9 +199,31 @@ async fn read_member(ctx: &Context, summary: &BackupSummary) -> Result<Member, B
     }
     .filter(|files| !files.is_empty())
     .map(Arc::new);
+    // pgdrill's record of a backup it wrote: every tar with its BLAKE3.
+    let mut recorded: Option<HashMap<String, PartInfo>> = if summary.metadata_blake3.is_empty() {
+        None
+    } else {
+        let record = catalog::read_metadata(ctx, summary).await?;
+        Some(
+            record
+                .parts
+                .into_iter()
+                .map(|p| (p.key.clone(), p))
+                .collect(),
+        )
+    };
     let (mut parts, mut label, mut control) = (Vec::new(), None, None);
     let prefix = layout::walg_tar_partitions_prefix(name);
     for object in ctx.store.list(&prefix).await? {
+        let part = match &mut recorded {
+            None => None,
+            Some(record) => Some(record.remove(object.key.as_str()).ok_or_else(|| {
+                corrupt(
+                    &object.key,
+                    format!("not in pgdrill's record of backup {name} (pgdrill_metadata.json): an object that does not belong"),
+                )
+            })?),
+        };
         let file = object.key.as_str()[prefix.len()..].to_string();
         let Some((stem, ext)) = file.split_once(".tar") else {
             return Err(corrupt(
@@ -214,6 +242,7 @@ async fn read_member(ctx: &Context, summary: &BackupSummary) -> Result<Member, B
         let tar = TarObject {
             key: object.key,
             codec,
+            recorded: part,
         };
         // wal-g matches the names anywhere before ".tar"
         // (tars_to_extract_provider.go:33-34).
@@ -224,6 +253,12 @@ async fn read_member(ctx: &Context, summary: &BackupSummary) -> Result<Member, B
         } else {
             parts.push(tar);
         }
+    }
+    if let Some(missing) = recorded.and_then(|r| r.into_keys().min()) {
+        return Err(corrupt(
+            &Key::new(missing),
+            format!("missing: pgdrill's record of backup {name} lists this tar"),
+        ));
     }
     Ok(Member {
         name: name.clone(),
@@ -350,12 +385,18 @@ async fn read_tar(
     progress: Arc<Progress>,
 ) -> Result<Vec<String>, BackupError> {
     let key = tar.key.clone();
+    let recorded = tar.recorded.clone();
     let report = ctx
         .read_object(&tar.key, move |decrypted| {
             let decoded = tar
                 .codec
                 .reader(decrypted)
                 .map_err(|e| corrupt(&key, e.to_string()))?;
+            let mut digest = TarDigest {
+                inner: decoded,
+                hasher: blake3::Hasher::new(),
+                len: 0,
+            };
             let entries = Entries {
                 is_delta,
                 files: files.as_deref(),
@@ -363,13 +404,42 @@ async fn read_tar(
                 dest: dest.as_deref(),
                 progress: &progress,
             };
-            entries.read(decoded, &key)
+            let mut report = entries.read(&mut digest, &key)?;
+            if let Some(part) = recorded {
+                let actual = digest.hasher.finalize().to_hex().to_string();
+                if actual != part.blake3 || digest.len != part.plain_size {
+                    report.problems.insert(
+                        0,
+                        format!(
+                            "its tar ({} bytes) hashes to {actual}, pgdrill's record says {} bytes hashing to {}",
+                            digest.len, part.plain_size, part.blake3
+                        ),
+                    );
+                }
+            }
+            Ok(report)
         })
         .await?;
     if report.problems.is_empty() {
         Ok(report.taken)
     } else {
         Err(corrupt(&tar.key, report.problems.join("; ")))
+    }
+}
+
+/// Hashes and counts a tar's plain bytes as they are read.
+struct TarDigest<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+    len: u64,
+}
+
+impl<R: Read> Read for TarDigest<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
     }
 }
 
