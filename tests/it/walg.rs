@@ -946,6 +946,42 @@ async fn backups_written_in_walg_format_are_walgs_and_restore() {
         "a bare LZ4 frame"
     );
 
+    // An independent reader following WAL-G's restore rules (Python's
+    // tarfile, lz4; ci/walg_restore_check.py) restores the chain to the
+    // same files, byte for byte, as pgdrill's reader.
+    let by_python = env.dir("by-python");
+    let venv = std::env::var("PGDRILL_CACHE")
+        .unwrap_or_else(|_| format!("{}/.cache/pgdrill", std::env::var("HOME").unwrap()));
+    let out = Command::new(format!("{venv}/walg-fixtures-venv/bin/python"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/ci/walg_restore_check.py"
+        ))
+        .args([
+            archive.as_path(),
+            Path::new(&delta),
+            by_python.join("data").as_path(),
+        ])
+        .output()
+        .expect("the venv of ci/setup runs ci/walg_restore_check.py");
+    assert_success(&out, "ci/walg_restore_check.py");
+    let independent: BTreeMap<String, String> = serde_json::from_slice(&out.stdout).unwrap();
+    let by_pgdrill = env.dir("by-pgdrill").join("data");
+    assert_success(
+        &env.pgdrill(&["backup-fetch", by_pgdrill.to_str().unwrap(), &delta]),
+        "backup-fetch",
+    );
+    for file in ["backup_label", "global/pg_control", "PG_VERSION"] {
+        assert!(independent.contains_key(file), "{file}");
+    }
+    let ours = hashes(&by_pgdrill);
+    let differ: std::collections::BTreeSet<&String> = ours
+        .keys()
+        .chain(independent.keys())
+        .filter(|f| ours.get(*f) != independent.get(*f))
+        .collect();
+    assert!(differ.is_empty(), "restored differently: {differ:?}");
+
     // Listed, verified, restored through the WAL-G reader, recovered.
     let out = env.pgdrill(&["backup-list", "--json"]);
     assert_success(&out, "backup-list");
