@@ -11,11 +11,15 @@
 //!    then each backup restored into an empty directory (`tar -x` of
 //!    `pg_basebackup`'s tar, `backup-fetch`, pgBackRest `restore`,
 //!    `barman-cloud-restore`); medians with min and max, ratios of medians;
-//! 2. after about `--replay-wal-mib` of pgbench WAL, three restores of the
+//! 2. after about `--replay-wal-mib` of pgbench WAL, four restores of the
 //!    last pgdrill backup, each timed from server start until
-//!    `pg_is_in_recovery()` is false: `--recover` with `WALG_PREFETCH=8`,
-//!    the same WAL copied into `pg_wal` beforehand (no archive at all),
-//!    and `--recover` with `WALG_PREFETCH=0`;
+//!    `pg_is_in_recovery()` is false: `--recover` with `WALG_PREFETCH=8`;
+//!    the same WAL copied into `pg_wal` beforehand, once in archive
+//!    recovery with a `restore_command` that finds nothing (the floor the
+//!    goal compares with: the same recovery, only the WAL's source differs)
+//!    and once in crash recovery (no recovery settings; PostgreSQL skips
+//!    restartpoints there, so it is faster still); and `--recover` with
+//!    `WALG_PREFETCH=0`;
 //! 3. wal-push throughput: the last `--wal-segments` archived segments are
 //!    copied out of the archive and pushed into a fresh prefix, one process
 //!    per segment as `archive_command` runs it.
@@ -174,9 +178,13 @@ struct WalPush {
 enum WalSource {
     /// `restore_command` = `wal-fetch` with `WALG_PREFETCH` = this.
     Archive { prefetch: u32 },
+    /// Every segment copied into `pg_wal` before the server starts;
+    /// archive recovery (recovery.signal) whose `restore_command` finds
+    /// nothing, so the WAL comes from `pg_wal`.
+    PgWalArchiveRecovery,
     /// Every segment copied into `pg_wal` before the server starts; crash
-    /// recovery from the backup label, no archive.
-    LocalPgWal,
+    /// recovery from the backup label, no recovery settings.
+    PgWalCrashRecovery,
 }
 
 #[derive(Debug, Serialize)]
@@ -192,7 +200,8 @@ struct Replay {
     /// WAL written after the base backup (replayed by each restore).
     wal: GeneratedWal,
     prefetch_on: ReplayRun,
-    local_pg_wal: ReplayRun,
+    pg_wal_archive_recovery: ReplayRun,
+    pg_wal_crash_recovery: ReplayRun,
     prefetch_off: ReplayRun,
 }
 
@@ -223,11 +232,13 @@ impl Figures {
 impl Rig {
     /// Restores `backup` into a fresh directory and times recovery from
     /// server start until promotion, its WAL read from `source`. `wal` are
-    /// the segments the recovery replays (for [`WalSource::LocalPgWal`]).
+    /// the segments the recovery replays (copied into `pg_wal` for the
+    /// `PgWal*` sources).
     async fn replay(&self, backup: &str, source: WalSource, wal: &[String]) -> Result<ReplayRun> {
         let (label, prefetch) = match source {
             WalSource::Archive { prefetch } => (format!("prefetch-{prefetch}"), prefetch),
-            WalSource::LocalPgWal => ("local-pg-wal".to_string(), 0),
+            WalSource::PgWalArchiveRecovery => ("pg-wal-archive-recovery".to_string(), 0),
+            WalSource::PgWalCrashRecovery => ("pg-wal-crash-recovery".to_string(), 0),
         };
         eprintln!("bench: restore and replay, {label}");
         let env = self.env_dir(&format!("env-{label}"), ARCHIVE_PREFIX, prefetch)?;
@@ -235,11 +246,21 @@ impl Rig {
         let data = base.join("data");
         let mut fetch_args: Vec<&OsStr> = vec!["backup-fetch".as_ref(), data.as_os_str()];
         fetch_args.push(backup.as_ref());
-        if let WalSource::Archive { .. } = source {
-            fetch_args.extend::<[&OsStr; 2]>(["--recover".as_ref(), "--no-archive".as_ref()]);
+        match source {
+            WalSource::Archive { .. } => {
+                fetch_args.extend::<[&OsStr; 2]>(["--recover".as_ref(), "--no-archive".as_ref()]);
+            }
+            // `false` exits 1: "not in the archive", so PostgreSQL reads pg_wal.
+            WalSource::PgWalArchiveRecovery => fetch_args.extend::<[&OsStr; 4]>([
+                "--recover".as_ref(),
+                "--no-archive".as_ref(),
+                "--restore-command".as_ref(),
+                "false".as_ref(),
+            ]),
+            WalSource::PgWalCrashRecovery => {}
         }
         let fetch = timed(self.pgdrill(&env, fetch_args), "backup-fetch").await?;
-        if let WalSource::LocalPgWal = source {
+        if !matches!(source, WalSource::Archive { .. }) {
             let pg_wal = data.join("pg_wal");
             eprintln!("bench: copying {} segments into pg_wal", wal.len());
             self.copy_out(wal, &pg_wal).await?;
@@ -566,7 +587,12 @@ async fn measure(args: &BenchArgs, rig: &Rig) -> Result<(String, Figures)> {
             &replayed,
         )
         .await?;
-    let local_pg_wal = rig.replay(&name, WalSource::LocalPgWal, &replayed).await?;
+    let pg_wal_archive_recovery = rig
+        .replay(&name, WalSource::PgWalArchiveRecovery, &replayed)
+        .await?;
+    let pg_wal_crash_recovery = rig
+        .replay(&name, WalSource::PgWalCrashRecovery, &replayed)
+        .await?;
     let prefetch_off = rig
         .replay(&name, WalSource::Archive { prefetch: 0 }, &replayed)
         .await?;
@@ -590,7 +616,8 @@ async fn measure(args: &BenchArgs, rig: &Rig) -> Result<(String, Figures)> {
         replay: Replay {
             wal,
             prefetch_on,
-            local_pg_wal,
+            pg_wal_archive_recovery,
+            pg_wal_crash_recovery,
             prefetch_off,
         },
         wal_push,
@@ -626,7 +653,7 @@ fn method(args: &BenchArgs) -> Vec<String> {
         format!("Side by side: {} repetitions, the order of tools rotated in each; every tool's backups first, then each restored into an empty directory in the same order; median (min-max), ratios of medians. Peers write to the same S3 server (pgBackRest through stunnel, as it needs TLS; its archive check off, as the WAL goes to pgdrill's archive).", args.repeat),
         "pg_basebackup -Ft -X none -c fast to local disk: no compression, WAL left to the archive as with backup-push; it fsyncs its output and waits for the WAL to be archived, as backup-push waits in pg_backup_stop. Its restore: tar -x of base.tar, then sync of the file system.".into(),
         "backup-push and backup-fetch with WAL-G default concurrency (nproc clamped to 2..16); backup-fetch into an empty directory, synced at the end.".into(),
-        format!("Replay: the last pgdrill backup restored three times, in this order: backup-fetch --recover --no-archive with WALG_PREFETCH={PREFETCH_ON}; backup-fetch without recovery settings and every segment copied into pg_wal first (crash recovery from the backup label, no archive: the floor); --recover with WALG_PREFETCH=0. Timed from pg_ctl start until pg_is_in_recovery() is false; a warm page cache favours later runs."),
+        format!("Replay: the last pgdrill backup restored four times, in this order: backup-fetch --recover --no-archive with WALG_PREFETCH={PREFETCH_ON}; every segment copied into pg_wal first and --recover --restore-command false (archive recovery, the WAL read from pg_wal: the floor the goal compares with, as only the WAL's source differs); every segment copied into pg_wal and no recovery settings (crash recovery from the backup label, which PostgreSQL runs without restartpoints); --recover with WALG_PREFETCH=0. Timed from pg_ctl start until pg_is_in_recovery() is false; a warm page cache favours later runs."),
         "wal-push: the newest archived segments copied out of the archive, then each pushed by its own pgdrill wal-push process into a fresh prefix, sequentially as the archiver runs them (no archive_status directory, so no upload-ahead).".into(),
         "Peak RSS: GNU time's %M of each command (its own, not inherited from the bench); wall times are measured around each command.".into(),
     ]
@@ -814,21 +841,30 @@ fn results(f: &Figures) -> Vec<Row> {
             .goal(Subject::Value, Bound::Below(WAL_PUSH_RSS_GOAL_MIB)),
     );
     let replay_mib = mib(f.replay.wal.bytes);
-    let local = f.replay.local_pg_wal.replay_secs;
+    let local = f.replay.pg_wal_archive_recovery.replay_secs;
+    let crash = f.replay.pg_wal_crash_recovery.replay_secs;
     let on = f.replay.prefetch_on.replay_secs;
     let off = f.replay.prefetch_off.replay_secs;
     rows.push(Row::new(
-        format!("replay of {replay_mib:.0} MiB of WAL from pg_wal (no archive)"),
+        format!("replay of {replay_mib:.0} MiB of WAL from pg_wal, archive recovery (restore_command finds nothing)"),
         local,
         "s",
     ));
+    rows.push(
+        Row::new(
+            format!("replay of {replay_mib:.0} MiB of WAL from pg_wal, crash recovery (no restartpoints)"),
+            crash,
+            "s",
+        )
+        .ratio(crash / local, "crash / archive recovery"),
+    );
     rows.push(
         Row::new(
             format!("replay of {replay_mib:.0} MiB of WAL, wal-fetch, WALG_PREFETCH={PREFETCH_ON}"),
             on,
             "s",
         )
-        .ratio(on / local, "archive / pg_wal")
+        .ratio(on / local, "archive / pg_wal, both archive recovery")
         .goal(Subject::Ratio, Bound::AtMost(REPLAY_RATIO_GOAL)),
     );
     rows.push(
