@@ -125,11 +125,7 @@ async fn delta_chain_stores_changed_pages_and_restores_exactly() {
         .await,
         0
     );
-    run_ok(
-        r.client_tool("pg_amcheck")
-            .args(["--all", "--install-missing", "--heapallindexed"]),
-        "pg_amcheck",
-    );
+    amcheck_all(&r);
     drop(r);
 
     // Retention keeps what kept deltas need.

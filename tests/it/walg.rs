@@ -1006,11 +1006,7 @@ async fn backups_written_in_walg_format_are_walgs_and_restore() {
         .await,
         0
     );
-    run_ok(
-        r.client_tool("pg_amcheck")
-            .args(["--all", "--install-missing", "--heapallindexed"]),
-        "pg_amcheck",
-    );
+    amcheck_all(&r);
     drop(r);
 
     // A tar replaced by another valid one (one byte of a file changed,

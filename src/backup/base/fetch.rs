@@ -146,16 +146,18 @@ pub async fn backup_fetch(
         Restore::Pgdrill(chain) => restore_chain(ctx, dest, &chain, opts.verify, &progress).await?,
         Restore::Walg(plan) => {
             walg::restore::run(ctx, &plan, Some(dest), &progress).await?;
-            if opts.verify && summary.metadata_blake3.is_empty() {
-                info!("a WAL-G backup records no file checksums: its frames' checksums, its increments and its file list were checked while restoring");
-            } else if opts.verify {
-                // Written by pgdrill: its record has every file's BLAKE3.
-                let record = catalog::read_metadata(ctx, &summary).await?;
-                let dest = dest.to_path_buf();
-                tokio::task::spawn_blocking(move || verify_restored(&dest, &record.files))
-                    .await
-                    .map_err(BackupError::internal("the verification task"))??;
-                info!("verified every restored file against pgdrill's record of the backup");
+            if opts.verify {
+                match plan.into_recorded_files() {
+                    None => info!("a WAL-G backup records no file checksums: its frames' checksums, its increments and its file list were checked while restoring"),
+                    // Written by pgdrill: its record has every file's BLAKE3.
+                    Some(files) => {
+                        let dest = dest.to_path_buf();
+                        tokio::task::spawn_blocking(move || verify_restored(&dest, &files))
+                            .await
+                            .map_err(BackupError::internal("the verification task"))??;
+                        info!("verified every restored file against pgdrill's record of the backup");
+                    }
+                }
             }
         }
     }

@@ -386,12 +386,7 @@ pub(super) async fn upload_part(
     // WAL-G's file list names a tar by its file name.
     let part_name = match format {
         StorageFormat::Pgdrill => part_name,
-        StorageFormat::Walg => key
-            .as_str()
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_string(),
+        StorageFormat::Walg => key.file_name().to_string(),
     };
     let (tx, rx) = mpsc::channel(4);
     let abort_tx = tx.clone();
@@ -731,9 +726,7 @@ pub async fn backup_push(
                 .await?;
         }
         StorageFormat::Walg => {
-            let delta_lsn = previous
-                .as_ref()
-                .map(|(p, _)| layout::Lsn::parse(&p.start_lsn).map_or(0, |l| l.0));
+            let delta_lsn = delta_base.as_ref().map(|d| d.from_lsn);
             store_walg_documents(ctx, &summary, &metadata, metadata_json, delta_lsn).await?;
         }
     }
@@ -776,12 +769,7 @@ async fn upload_walg_label(
     let compressed_size = object.len() as u64;
     ctx.store.put(&key, Bytes::from(object)).await?;
     Ok(PartInfo {
-        name: key
-            .as_str()
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_string(),
+        name: key.file_name().to_string(),
         key: key.as_str().to_string(),
         plain_size: digest.plain_len,
         compressed_size,

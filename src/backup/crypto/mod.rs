@@ -292,10 +292,21 @@ impl Encryption {
 
     /// Encrypts a whole object.
     pub fn encrypt_vec(&self, object: Vec<u8>) -> io::Result<Vec<u8>> {
+        self.encrypt_whole(object, false)
+    }
+
+    /// `object` encrypted as pgdrill or (`walg`) as WAL-G does; unchanged
+    /// with no key.
+    fn encrypt_whole(&self, object: Vec<u8>, walg: bool) -> io::Result<Vec<u8>> {
         if let Keys::None = self.keys {
             return Ok(object);
         }
-        let mut w = self.wrap_writer(Vec::with_capacity(object.len() + 4096))?;
+        let out = Vec::with_capacity(object.len() + 4096);
+        let mut w = if walg {
+            self.wrap_writer_walg(out)?
+        } else {
+            self.wrap_writer(out)?
+        };
         w.write_all(&object)?;
         w.finish()
     }
@@ -318,12 +329,7 @@ impl Encryption {
 
     /// Encrypts a whole object as WAL-G would ([`Encryption::wrap_writer_walg`]).
     pub fn encrypt_vec_walg(&self, object: Vec<u8>) -> io::Result<Vec<u8>> {
-        if let Keys::None = self.keys {
-            return Ok(object);
-        }
-        let mut w = self.wrap_writer_walg(Vec::with_capacity(object.len() + 4096))?;
-        w.write_all(&object)?;
-        w.finish()
+        self.encrypt_whole(object, true)
     }
 
     /// The codec object inside stored object `key`, read from `inner`:

@@ -39,7 +39,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 
 use super::{increment, WalgCodec};
-use crate::backup::catalog::{self, BackupSummary, PartInfo};
+use crate::backup::catalog::{self, BackupSummary, FileEntry, PartInfo};
 use crate::backup::layout;
 use crate::backup::progress::Progress;
 use crate::backup::store::Key;
@@ -93,6 +93,8 @@ struct Member {
     parts: Vec<TarObject>,
     label: Option<TarObject>,
     control: Option<TarObject>,
+    /// Every file's BLAKE3 from pgdrill's record, when pgdrill wrote it.
+    recorded_files: Option<Vec<FileEntry>>,
 }
 
 /// Which entries of a member a restore takes.
@@ -116,6 +118,14 @@ impl Wanted {
 #[derive(Debug)]
 pub struct Plan {
     members: Vec<(Member, Wanted)>,
+}
+
+impl Plan {
+    /// The restored backup's files with their BLAKE3 from pgdrill's
+    /// record (read while planning), when pgdrill wrote the backup.
+    pub fn into_recorded_files(self) -> Option<Vec<FileEntry>> {
+        self.members.into_iter().last()?.0.recorded_files
+    }
 }
 
 /// Entries that are not data-directory files of `files_metadata.json`.
@@ -200,18 +210,18 @@ async fn read_member(ctx: &Context, summary: &BackupSummary) -> Result<Member, B
     .filter(|files| !files.is_empty())
     .map(Arc::new);
     // pgdrill's record of a backup it wrote: every tar with its BLAKE3.
-    let mut recorded: Option<HashMap<String, PartInfo>> = if summary.metadata_blake3.is_empty() {
-        None
-    } else {
-        let record = catalog::read_metadata(ctx, summary).await?;
-        Some(
-            record
+    let (mut recorded, recorded_files): (Option<HashMap<String, PartInfo>>, _) =
+        if summary.metadata_blake3.is_empty() {
+            (None, None)
+        } else {
+            let record = catalog::read_metadata(ctx, summary).await?;
+            let parts = record
                 .parts
                 .into_iter()
                 .map(|p| (p.key.clone(), p))
-                .collect(),
-        )
-    };
+                .collect();
+            (Some(parts), Some(record.files))
+        };
     let (mut parts, mut label, mut control) = (Vec::new(), None, None);
     let prefix = layout::walg_tar_partitions_prefix(name);
     for object in ctx.store.list(&prefix).await? {
@@ -267,6 +277,7 @@ async fn read_member(ctx: &Context, summary: &BackupSummary) -> Result<Member, B
         parts,
         label,
         control,
+        recorded_files,
     })
 }
 

@@ -200,6 +200,15 @@ pub async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.unwrap().get(0)
 }
 
+/// `pg_amcheck` of every database of `pg`, indexes against their heaps.
+pub fn amcheck_all(pg: &LocalPostgres) {
+    run_ok(
+        pg.client_tool("pg_amcheck")
+            .args(["--all", "--install-missing", "--heapallindexed"]),
+        "pg_amcheck",
+    );
+}
+
 pub fn run_ok(cmd: &mut Command, what: &str) {
     let out = cmd.output().expect(what);
     assert_success(&out, what);
