@@ -118,6 +118,10 @@ pub enum CodecError {
     Corrupt(String),
     #[error(transparent)]
     Io(io::Error),
+    /// Writing the decoded plaintext failed: the destination's fault, not
+    /// the object's.
+    #[error("cannot write the decoded content: {0}")]
+    Write(io::Error),
 }
 
 impl CodecError {
@@ -362,12 +366,31 @@ pub fn decode(object: &[u8]) -> Result<(Vec<u8>, Digest), CodecError> {
 /// Decodes a whole object read from `object` (e.g. a decrypting reader),
 /// verifying length and checksum.
 pub fn decode_from(object: impl Read) -> Result<(Vec<u8>, Digest), CodecError> {
+    decode_into(object, Vec::new())
+}
+
+/// Decodes a whole object read from `object` into `out`, through one
+/// small buffer, verifying length and checksum at the end: what `out`
+/// holds is verified only when this returns `Ok`.
+pub fn decode_into<W: Write>(object: impl Read, mut out: W) -> Result<(W, Digest), CodecError> {
     let mut r = ObjectReader::new(object)?;
-    let mut out = Vec::new();
-    r.read_to_end(&mut out).map_err(CodecError::from_io)?;
+    let mut buf = vec![0u8; DECODE_BUFFER];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CodecError::from_io(e)),
+        };
+        out.write_all(&buf[..n]).map_err(CodecError::Write)?;
+    }
     let digest = r.verified_digest()?;
     Ok((out, digest))
 }
+
+/// [`decode_into`]'s buffer: small enough to stay in the CPU's cache and
+/// to cost few fresh pages, large enough for few write calls.
+const DECODE_BUFFER: usize = 256 << 10;
 
 /// Reads only the trailer of a whole object, without decoding it.
 pub fn trailer_digest(object: &[u8]) -> Result<Digest, CodecError> {
@@ -589,7 +612,7 @@ impl<R: Read> Read for ObjectReader<R> {
 impl From<CodecError> for io::Error {
     fn from(e: CodecError) -> io::Error {
         match e {
-            CodecError::Io(e) => e,
+            CodecError::Io(e) | CodecError::Write(e) => e,
             CodecError::Corrupt(m) => io::Error::new(io::ErrorKind::InvalidData, m),
         }
     }
@@ -725,6 +748,27 @@ mod tests {
         obj[HEADER_LEN] = b'j';
         let err = decode(&obj).unwrap_err().to_string();
         assert!(err.contains("checksum mismatch"), "{err}");
+    }
+
+    /// A destination that cannot be written is its own failure, never
+    /// taken for a corrupt object (which would send an operator after the
+    /// archive when the local disk is full).
+    #[test]
+    fn a_failing_destination_is_a_write_error() {
+        #[derive(Debug)]
+        struct Full;
+        impl Write for Full {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::Error::from_raw_os_error(28))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let (obj, _) = encode(&sample(), Compression::Lz4).unwrap();
+        let err = decode_into(&obj[..], Full).unwrap_err();
+        assert!(matches!(err, CodecError::Write(_)), "{err:?}");
+        assert!(err.to_string().contains("cannot write"), "{err}");
     }
 
     #[test]

@@ -52,18 +52,32 @@ fn validate_name(name: &str) -> Result<WalFileKind, BackupError> {
     })
 }
 
-/// Fetches and verifies the stored object for a WAL file, whatever
-/// compression it was written with (the configured one is tried first),
-/// by pgdrill or by WAL-G. `None` when the archive does not have it.
-async fn fetch_wal(ctx: &Context, name: &str) -> Result<Option<(Vec<u8>, Digest)>, BackupError> {
+/// Fetches WAL file `name` into a new file `tmp`, whatever compression it
+/// was stored with (the configured one is tried first), by pgdrill or by
+/// WAL-G, decoding as it downloads, and syncs it; false when the archive
+/// has no such file. What
+/// `tmp` holds is verified only when this returns `Ok(true)`: callers
+/// rename it into place only then.
+async fn fetch_wal_file(ctx: &Context, name: &str, tmp: &Path) -> Result<bool, BackupError> {
+    let io_err = || BackupError::io(format!("writing {}", tmp.display()));
     for key in layout::wal_keys(name, ctx.settings.compression) {
-        match ctx.fetch_wal_object(&key, name).await {
-            Ok(found) => return Ok(Some(found)),
+        let file = tokio::fs::File::create(tmp).await.map_err(io_err())?;
+        match ctx
+            .fetch_wal_object_into(&key, name, file.into_std().await)
+            .await
+        {
+            Ok((file, _)) => {
+                tokio::task::spawn_blocking(move || file.sync_all())
+                    .await
+                    .map_err(BackupError::internal("the sync task"))?
+                    .map_err(io_err())?;
+                return Ok(true);
+            }
             Err(BackupError::Store(e)) if e.is_not_found() => continue,
             Err(e) => return Err(e),
         }
     }
-    Ok(None)
+    Ok(false)
 }
 
 /// Archives one WAL file given as a path (archive_command's `%p`).
@@ -323,22 +337,32 @@ pub async fn wal_fetch(ctx: &Context, name: &str, dest: &Path) -> Result<(), Bac
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let data = if tokio::fs::rename(&prefetched, dest).await.is_ok() {
+    if tokio::fs::rename(&prefetched, dest).await.is_ok() {
         debug!(%name, "served from prefetch");
-        None
     } else {
-        let data = download_wal(ctx, name).await?;
-        write_atomic(dest, &data)
-            .await
-            .map_err(BackupError::io(format!("writing {}", dest.display())))?;
-        Some(data)
-    };
-    if kind == WalFileKind::Segment && ctx.settings.prefetch > 0 {
-        let header = match &data {
-            Some(d) => d.get(..64).map(<[u8]>::to_vec),
-            None => read_head(dest).await,
+        let tmp = tmp_path(dest);
+        let fetched = fetch_wal_file(ctx, name, &tmp).await;
+        let published = match fetched {
+            Ok(true) => tokio::fs::rename(&tmp, dest)
+                .await
+                .map_err(BackupError::io(format!("writing {}", dest.display()))),
+            Ok(false) => Err(not_found(ctx, name)),
+            Err(e) => Err(e),
         };
-        let seg_size = header
+        if let Err(e) = published {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            // Not found only when the store's location answers: a missing
+            // bucket is an error, not the end of the archive (which would
+            // end recovery early).
+            if matches!(e, BackupError::WalNotFound { .. }) {
+                ctx.store.confirm_location().await?;
+            }
+            return Err(e);
+        }
+    }
+    if kind == WalFileKind::Segment && ctx.settings.prefetch > 0 {
+        let seg_size = read_head(dest)
+            .await
             .as_deref()
             .and_then(layout::segment_size_from_header)
             .unwrap_or(layout::DEFAULT_WAL_SEGMENT_SIZE);
@@ -353,19 +377,6 @@ async fn read_head(path: &Path) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 64];
     f.read_exact(&mut buf).await.ok()?;
     Some(buf)
-}
-
-/// Downloads and verifies one WAL file for restore_command. Not found only
-/// when the store's location answers: a missing bucket is an error, not the
-/// end of the archive (which would end recovery early).
-pub async fn download_wal(ctx: &Context, name: &str) -> Result<Vec<u8>, BackupError> {
-    match fetch_wal(ctx, name).await? {
-        Some((data, _)) => Ok(data),
-        None => {
-            ctx.store.confirm_location().await?;
-            Err(not_found(ctx, name))
-        }
-    }
 }
 
 fn not_found(ctx: &Context, name: &str) -> BackupError {
@@ -450,23 +461,23 @@ async fn prefetch_one(
 ) -> Result<(), BackupError> {
     // Segments past the end of the archive are normal here, and a failure
     // only stops prefetching: restore_command itself tells them apart.
-    let download = async {
-        match fetch_wal(ctx, name).await? {
-            Some((data, _)) => Ok(data),
-            None => Err(not_found(ctx, name)),
+    let download = |own: PathBuf| async move {
+        match fetch_wal_file(ctx, name, &own).await? {
+            true => Ok(()),
+            false => Err(not_found(ctx, name)),
         }
     };
     prefetch_into(dir, running, name, download).await
 }
 
-/// Claims segment `name`, runs `download` (which verifies what it returns)
-/// and publishes the result as `dir/name`, unless it is there already or
-/// a live prefetcher claimed it.
-async fn prefetch_into(
+/// Claims segment `name`, runs `download`, which writes the segment,
+/// verified, into the file it is given, and publishes that file as
+/// `dir/name`, unless it is there already or a live prefetcher claimed it.
+async fn prefetch_into<F: std::future::Future<Output = Result<(), BackupError>>>(
     dir: &Path,
     running: &Path,
     name: &str,
-    download: impl std::future::Future<Output = Result<Vec<u8>, BackupError>>,
+    download: impl FnOnce(PathBuf) -> F,
 ) -> Result<(), BackupError> {
     let target = dir.join(name);
     let claim = running.join(name);
@@ -495,8 +506,8 @@ async fn prefetch_into(
     }
     let own = running.join(format!("{name}.{token}.download"));
     let result = async {
-        let data = download.await?;
-        write_atomic_as(&own, &target, &data)
+        download(own.clone()).await?;
+        tokio::fs::rename(&own, &target)
             .await
             .map_err(BackupError::io(format!("publishing prefetched {name}")))
     }
@@ -566,10 +577,13 @@ mod tests {
         let start = |download: oneshot::Receiver<Vec<u8>>| {
             let (prefetch, running) = (prefetch.clone(), running.clone());
             tokio::spawn(async move {
-                let download = async {
-                    download
+                let download = |own: PathBuf| async move {
+                    let data = download
                         .await
-                        .map_err(BackupError::internal("the prefetch download task"))
+                        .map_err(BackupError::internal("the prefetch download task"))?;
+                    tokio::fs::write(&own, data)
+                        .await
+                        .map_err(BackupError::io("writing the download"))
                 };
                 prefetch_into(&prefetch, &running, name, download).await
             })
