@@ -377,10 +377,14 @@ impl Context {
         tokio::task::spawn_blocking(move || {
             let io_err = |e| BackupError::from_codec(&key, codec::CodecError::from_io(e));
             let mut object = encryption.wrap_reader(&key, std::io::Cursor::new(raw))?;
-            let mut head = [0u8; codec::HEADER_LEN];
-            let got = read_up_to(&mut object, &mut head).map_err(io_err)?;
-            let mut object = std::io::Read::chain(&head[..got], object);
-            if codec::is_pgdrill_object(&head[..got]) {
+            let mut head = Vec::with_capacity(codec::HEADER_LEN);
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(&mut object, codec::HEADER_LEN as u64),
+                &mut head,
+            )
+            .map_err(io_err)?;
+            let mut object = std::io::Read::chain(&head[..], object);
+            if codec::is_pgdrill_object(&head) {
                 return codec::decode_into(object, out)
                     .map_err(|e| BackupError::from_codec(&key, e));
             }
@@ -410,20 +414,6 @@ impl Context {
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("pgdrill"));
         command_line(&exe, self.env_dir.as_deref(), verb)
     }
-}
-
-/// Reads until `buf` is full or the input ends; returns the bytes read.
-fn read_up_to(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 /// `exe [--env-dir DIR] verb` for a shell: the paths quoted (a space in

@@ -55,9 +55,8 @@ fn validate_name(name: &str) -> Result<WalFileKind, BackupError> {
 /// Fetches WAL file `name` into a new file `tmp`, whatever compression it
 /// was stored with (the configured one is tried first), by pgdrill or by
 /// WAL-G, decoding as it downloads, and syncs it; false when the archive
-/// has no such file. What
-/// `tmp` holds is verified only when this returns `Ok(true)`: callers
-/// rename it into place only then.
+/// has no such file. What `tmp` holds is verified only when this returns
+/// `Ok(true)`: callers rename it into place only then.
 async fn fetch_wal_file(ctx: &Context, name: &str, tmp: &Path) -> Result<bool, BackupError> {
     let io_err = || BackupError::io(format!("writing {}", tmp.display()));
     for key in layout::wal_keys(name, ctx.settings.compression) {
@@ -268,23 +267,19 @@ async fn upload_ahead(ctx: &Context, pg_wal: &Path, current: &str) {
         .await;
 }
 
-/// Writes a file by temp file, fsync and rename.
+/// Writes a file by temp file, fsync and rename; removes the temp file on
+/// failure.
 pub async fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    write_atomic_as(&tmp_path(path), path, data).await
-}
-
-/// Writes `data` into `tmp`, syncs it and renames it to `path`; removes
-/// `tmp` on failure.
-async fn write_atomic_as(tmp: &Path, path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = tmp_path(path);
     let result = async {
-        let mut f = tokio::fs::File::create(tmp).await?;
+        let mut f = tokio::fs::File::create(&tmp).await?;
         tokio::io::AsyncWriteExt::write_all(&mut f, data).await?;
         f.sync_all().await?;
-        tokio::fs::rename(tmp, path).await
+        tokio::fs::rename(&tmp, path).await
     }
     .await;
     if result.is_err() {
-        let _ = tokio::fs::remove_file(tmp).await;
+        let _ = tokio::fs::remove_file(&tmp).await;
     }
     result
 }
