@@ -366,13 +366,20 @@ pub fn decode(object: &[u8]) -> Result<(Vec<u8>, Digest), CodecError> {
 /// Decodes a whole object read from `object` (e.g. a decrypting reader),
 /// verifying length and checksum.
 pub fn decode_from(object: impl Read) -> Result<(Vec<u8>, Digest), CodecError> {
-    decode_into(object, Vec::new())
+    decode_into(object, Vec::new(), u64::MAX)
 }
 
 /// Decodes a whole object read from `object` into `out`, through one
 /// small buffer, verifying length and checksum at the end: what `out`
-/// holds is verified only when this returns `Ok`.
-pub fn decode_into<W: Write>(object: impl Read, mut out: W) -> Result<(W, Digest), CodecError> {
+/// holds is verified only when this returns `Ok`. More than `max_plain`
+/// bytes of plaintext is corruption, refused as soon as it is decoded
+/// (a small object may inflate without end, and its trailer is only read
+/// at the end).
+pub fn decode_into<W: Write>(
+    object: impl Read,
+    mut out: W,
+    max_plain: u64,
+) -> Result<(W, Digest), CodecError> {
     let mut r = ObjectReader::new(object)?;
     let mut buf = vec![0u8; DECODE_BUFFER];
     loop {
@@ -382,6 +389,11 @@ pub fn decode_into<W: Write>(object: impl Read, mut out: W) -> Result<(W, Digest
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(CodecError::from_io(e)),
         };
+        if r.plain_len > max_plain {
+            return Err(CodecError::Corrupt(format!(
+                "decodes to more than {max_plain} bytes, the most it may hold"
+            )));
+        }
         out.write_all(&buf[..n]).map_err(CodecError::Write)?;
     }
     let digest = r.verified_digest()?;
@@ -766,9 +778,20 @@ mod tests {
             }
         }
         let (obj, _) = encode(&sample(), Compression::Lz4).unwrap();
-        let err = decode_into(&obj[..], Full).unwrap_err();
+        let err = decode_into(&obj[..], Full, u64::MAX).unwrap_err();
         assert!(matches!(err, CodecError::Write(_)), "{err:?}");
         assert!(err.to_string().contains("cannot write"), "{err}");
+    }
+
+    #[test]
+    fn plaintext_beyond_the_limit_is_corruption() {
+        let plain = sample();
+        let (obj, _) = encode(&plain, Compression::Lz4).unwrap();
+        let limit = plain.len() as u64;
+        assert_eq!(decode_into(&obj[..], Vec::new(), limit).unwrap().0, plain);
+        let err = decode_into(&obj[..], Vec::new(), limit - 1).unwrap_err();
+        assert!(matches!(err, CodecError::Corrupt(_)), "{err:?}");
+        assert!(err.to_string().contains("more than"), "{err}");
     }
 
     #[test]

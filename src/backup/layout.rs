@@ -173,6 +173,10 @@ pub struct Segment {
 
 pub const DEFAULT_WAL_SEGMENT_SIZE: u64 = 16 << 20;
 
+/// The largest WAL file there can be: PostgreSQL's largest
+/// `wal_segment_size` (history and backup history files are far smaller).
+pub const MAX_WAL_FILE_SIZE: u64 = 1 << 30;
+
 fn segments_per_xlog_id(seg_size: u64) -> u64 {
     0x1_0000_0000 / seg_size
 }
@@ -267,7 +271,7 @@ pub fn segment_size_from_header(segment: &[u8]) -> Option<u64> {
         return None;
     }
     let size = u32::from_le_bytes(segment.get(32..36)?.try_into().ok()?) as u64;
-    (size.is_power_of_two() && (1 << 20..=1 << 30).contains(&size)).then_some(size)
+    (size.is_power_of_two() && (1 << 20..=MAX_WAL_FILE_SIZE).contains(&size)).then_some(size)
 }
 
 #[cfg(test)]

@@ -357,7 +357,8 @@ impl Context {
     /// decodes (a file: a 16 MiB segment is never held whole, whose fresh
     /// pages and copies were most of a prefetch's CPU). Nothing in `out`
     /// is verified until this returns `Ok`: callers write where nothing is
-    /// served until then.
+    /// served until then. A pgdrill object is refused once it decodes past
+    /// [`layout::MAX_WAL_FILE_SIZE`], so it cannot fill the disk.
     pub async fn fetch_wal_object_into<W: std::io::Write + Send + 'static>(
         &self,
         key: &Key,
@@ -385,7 +386,7 @@ impl Context {
             .map_err(io_err)?;
             let mut object = std::io::Read::chain(&head[..], object);
             if codec::is_pgdrill_object(&head) {
-                return codec::decode_into(object, out)
+                return codec::decode_into(object, out, layout::MAX_WAL_FILE_SIZE)
                     .map_err(|e| BackupError::from_codec(&key, e));
             }
             let mut whole = Vec::new();

@@ -147,6 +147,37 @@ fn wal_fetch_of_stored_wal() {
     });
 }
 
+/// An object under a WAL file's name that decodes to more than the
+/// largest WAL segment PostgreSQL can have (1 GiB) is refused while it
+/// decodes, and nothing is left in pg_wal: wal-fetch writes what it
+/// decodes into a file, and a small object that inflates without end
+/// (an lz4 frame of zeros, or a trailer that lies) would otherwise fill
+/// the disk before the checksum is ever looked at.
+#[test]
+fn wal_fetch_refuses_an_object_larger_than_any_wal_file() {
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(store.path(), &[("WALG_COMPRESSION_METHOD", "lz4")]);
+    let name = "000000010000000000000003";
+    let key = layout::wal_key(name, Compression::Lz4);
+    std::fs::create_dir_all(store.path().join("wal_005")).unwrap();
+    let huge = vec![0u8; (1 << 30) + (1 << 20)];
+    std::fs::write(
+        store.path().join(key.as_str()),
+        encoded(&huge, Compression::Lz4),
+    )
+    .unwrap();
+    drop(huge);
+    let pg_wal = tempfile::tempdir().unwrap();
+    let dest = pg_wal.path().join("RECOVERYXLOG");
+    let err = runtime()
+        .block_on(wal::wal_fetch(&ctx, name, &dest))
+        .expect_err("a WAL file larger than 1 GiB is refused");
+    assert!(matches!(err, BackupError::Corrupt { .. }), "{err:?}");
+    names(&err, name).unwrap();
+    let left: Vec<_> = std::fs::read_dir(pg_wal.path()).unwrap().collect();
+    assert!(left.is_empty(), "nothing left in pg_wal: {left:?}");
+}
+
 /// A valid sentinel of backup `name` whose metadata hashes to `metadata`.
 fn sentinel(name: &str, metadata: &[u8]) -> serde_json::Value {
     serde_json::json!({
