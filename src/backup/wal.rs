@@ -361,9 +361,32 @@ pub async fn wal_fetch(ctx: &Context, name: &str, dest: &Path) -> Result<(), Bac
             .as_deref()
             .and_then(layout::segment_size_from_header)
             .unwrap_or(layout::DEFAULT_WAL_SEGMENT_SIZE);
-        spawn_prefetcher(ctx, name, dest, seg_size);
+        if prefetch_window_runs_low(&prefetch_dir(dest), name, ctx.settings.prefetch, seg_size) {
+            spawn_prefetcher(ctx, name, dest, seg_size);
+        }
     }
     Ok(())
+}
+
+/// Whether fewer than half of the `window` segments after `name` are in
+/// prefetch directory `dir` or claimed there by a live prefetcher.
+/// Topping the window up only then starts a prefetcher every few segments
+/// rather than after each one: with a prefetched segment, starting the
+/// prefetcher was half of wal-fetch's time, and its start-up CPU was taken
+/// from the startup process replaying WAL.
+fn prefetch_window_runs_low(dir: &Path, name: &str, window: usize, seg_size: u64) -> bool {
+    let Some(mut seg) = Segment::parse(name, seg_size) else {
+        return true;
+    };
+    let mut ahead = 0;
+    for _ in 0..window {
+        seg = seg.next();
+        let next = seg.file_name(seg_size);
+        if dir.join(&next).exists() || claim_is_fresh(&dir.join("running").join(&next)) {
+            ahead += 1;
+        }
+    }
+    ahead * 2 < window
 }
 
 async fn read_head(path: &Path) -> Option<Vec<u8>> {
@@ -555,6 +578,43 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("timed out waiting for {what}");
+    }
+
+    /// A prefetcher is started only when fewer than half of the window
+    /// ahead is prefetched or claimed by a live prefetcher; a stale claim
+    /// does not count.
+    #[test]
+    fn the_prefetch_window_is_topped_up_when_half_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = dir.path().join("running");
+        std::fs::create_dir_all(&running).unwrap();
+        let seg_size = layout::DEFAULT_WAL_SEGMENT_SIZE;
+        let name = "000000010000000000000005";
+        let low = || prefetch_window_runs_low(dir.path(), name, 8, seg_size);
+        assert!(low(), "nothing ahead");
+        for n in ["000000010000000000000006", "000000010000000000000007"] {
+            std::fs::write(dir.path().join(n), b"").unwrap();
+        }
+        let claim = running.join("000000010000000000000009");
+        std::fs::write(&claim, b"token").unwrap();
+        assert!(low(), "3 of 8 ahead");
+        std::fs::write(dir.path().join("00000001000000000000000C"), b"").unwrap();
+        assert!(!low(), "4 of 8 ahead, one of them claimed");
+        // Segments behind or past the window do not count.
+        std::fs::write(dir.path().join("000000010000000000000005"), b"").unwrap();
+        std::fs::write(dir.path().join("00000001000000000000000E"), b"").unwrap();
+        let stale = SystemTime::now() - CLAIM_STALE_AFTER - Duration::from_secs(1);
+        std::fs::File::options()
+            .write(true)
+            .open(&claim)
+            .unwrap()
+            .set_modified(stale)
+            .unwrap();
+        assert!(low(), "a stale claim is not a prefetch under way");
+        assert!(
+            prefetch_window_runs_low(dir.path(), "not a segment", 8, seg_size),
+            "an unparsable name tops up (as before: always)"
+        );
     }
 
     /// Issue 9.7: a download that outlives its claim's staleness window

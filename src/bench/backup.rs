@@ -11,15 +11,16 @@
 //!    then each backup restored into an empty directory (`tar -x` of
 //!    `pg_basebackup`'s tar, `backup-fetch`, pgBackRest `restore`,
 //!    `barman-cloud-restore`); medians with min and max, ratios of medians;
-//! 2. after about `--replay-wal-mib` of pgbench WAL, four restores of the
-//!    last pgdrill backup, each timed from server start until
+//! 2. after about `--replay-wal-mib` of pgbench WAL, restores of the last
+//!    pgdrill backup from four sources of WAL, `--repeat` times each with
+//!    their order rotated, each timed from server start until
 //!    `pg_is_in_recovery()` is false: `--recover` with `WALG_PREFETCH=8`;
 //!    the same WAL copied into `pg_wal` beforehand, once in archive
 //!    recovery with a `restore_command` that finds nothing (the floor the
 //!    goal compares with: the same recovery, only the WAL's source differs)
 //!    and once in crash recovery (no recovery settings; PostgreSQL skips
 //!    restartpoints there, so it is faster still); and `--recover` with
-//!    `WALG_PREFETCH=0`;
+//!    `WALG_PREFETCH=0`; medians with min and max, ratios of medians;
 //! 3. wal-push throughput: the last `--wal-segments` archived segments are
 //!    copied out of the archive and pushed into a fresh prefix, one process
 //!    per segment as `archive_command` runs it.
@@ -195,14 +196,21 @@ struct ReplayRun {
     replay_secs: f64,
 }
 
+/// Every restore's replay of the same WAL, `--repeat` times each, the
+/// order of the sources rotated.
 #[derive(Debug, Serialize)]
 struct Replay {
     /// WAL written after the base backup (replayed by each restore).
     wal: GeneratedWal,
-    prefetch_on: ReplayRun,
-    pg_wal_archive_recovery: ReplayRun,
-    pg_wal_crash_recovery: ReplayRun,
-    prefetch_off: ReplayRun,
+    prefetch_on: Vec<ReplayRun>,
+    pg_wal_archive_recovery: Vec<ReplayRun>,
+    pg_wal_crash_recovery: Vec<ReplayRun>,
+    prefetch_off: Vec<ReplayRun>,
+}
+
+/// Median, min and max replay time of `runs`.
+fn replay_spread(runs: &[ReplayRun]) -> Spread {
+    Spread::of(runs.iter().map(|r| r.replay_secs))
 }
 
 /// Every raw figure of a run.
@@ -578,24 +586,23 @@ async fn measure(args: &BenchArgs, rig: &Rig) -> Result<(String, Figures)> {
         )
     })?;
     let replayed = segment_names(last.timeline, first.segno..=last.segno);
-    let prefetch_on = rig
-        .replay(
-            &name,
-            WalSource::Archive {
-                prefetch: PREFETCH_ON,
-            },
-            &replayed,
-        )
-        .await?;
-    let pg_wal_archive_recovery = rig
-        .replay(&name, WalSource::PgWalArchiveRecovery, &replayed)
-        .await?;
-    let pg_wal_crash_recovery = rig
-        .replay(&name, WalSource::PgWalCrashRecovery, &replayed)
-        .await?;
-    let prefetch_off = rig
-        .replay(&name, WalSource::Archive { prefetch: 0 }, &replayed)
-        .await?;
+    // The machine is noisy and a warm page cache favours later runs:
+    // every source is replayed `--repeat` times, the order rotated.
+    let sources = [
+        WalSource::Archive {
+            prefetch: PREFETCH_ON,
+        },
+        WalSource::PgWalArchiveRecovery,
+        WalSource::PgWalCrashRecovery,
+        WalSource::Archive { prefetch: 0 },
+    ];
+    let mut replays: [Vec<ReplayRun>; 4] = Default::default();
+    for rep in 0..args.repeat as usize {
+        for i in (0..sources.len()).map(|k| (k + rep) % sources.len()) {
+            replays[i].push(rig.replay(&name, sources[i], &replayed).await?);
+        }
+    }
+    let [prefetch_on, pg_wal_archive_recovery, pg_wal_crash_recovery, prefetch_off] = replays;
 
     let files = rig.wal_files(&client, last, args.wal_segments).await?;
     let wal_push = rig.push_each(&files).await?;
@@ -653,7 +660,7 @@ fn method(args: &BenchArgs) -> Vec<String> {
         format!("Side by side: {} repetitions, the order of tools rotated in each; every tool's backups first, then each restored into an empty directory in the same order; median (min-max), ratios of medians. Peers write to the same S3 server (pgBackRest through stunnel, as it needs TLS; its archive check off, as the WAL goes to pgdrill's archive).", args.repeat),
         "pg_basebackup -Ft -X none -c fast to local disk: no compression, WAL left to the archive as with backup-push; it fsyncs its output and waits for the WAL to be archived, as backup-push waits in pg_backup_stop. Its restore: tar -x of base.tar, then sync of the file system.".into(),
         "backup-push and backup-fetch with WAL-G default concurrency (nproc clamped to 2..16); backup-fetch into an empty directory, synced at the end.".into(),
-        format!("Replay: the last pgdrill backup restored four times, in this order: backup-fetch --recover --no-archive with WALG_PREFETCH={PREFETCH_ON}; every segment copied into pg_wal first and --recover --restore-command false (archive recovery, the WAL read from pg_wal: the floor the goal compares with, as only the WAL's source differs); every segment copied into pg_wal and no recovery settings (crash recovery from the backup label, which PostgreSQL runs without restartpoints); --recover with WALG_PREFETCH=0. Timed from pg_ctl start until pg_is_in_recovery() is false; a warm page cache favours later runs."),
+        format!("Replay: the last pgdrill backup restored from four sources of WAL, {} times each, the order of the sources rotated in each repetition (this one in the first): backup-fetch --recover --no-archive with WALG_PREFETCH={PREFETCH_ON}; every segment copied into pg_wal first and --recover --restore-command false (archive recovery, the WAL read from pg_wal: the floor the goal compares with, as only the WAL's source differs); every segment copied into pg_wal and no recovery settings (crash recovery from the backup label, which PostgreSQL runs without restartpoints); --recover with WALG_PREFETCH=0. Timed from pg_ctl start until pg_is_in_recovery() is false; median (min-max), ratios of medians.", args.repeat),
         "wal-push: the newest archived segments copied out of the archive, then each pushed by its own pgdrill wal-push process into a fresh prefix, sequentially as the archiver runs them (no archive_status directory, so no upload-ahead).".into(),
         "Peak RSS: GNU time's %M of each command (its own, not inherited from the bench); wall times are measured around each command.".into(),
     ]
@@ -841,39 +848,43 @@ fn results(f: &Figures) -> Vec<Row> {
             .goal(Subject::Value, Bound::Below(WAL_PUSH_RSS_GOAL_MIB)),
     );
     let replay_mib = mib(f.replay.wal.bytes);
-    let local = f.replay.pg_wal_archive_recovery.replay_secs;
-    let crash = f.replay.pg_wal_crash_recovery.replay_secs;
-    let on = f.replay.prefetch_on.replay_secs;
-    let off = f.replay.prefetch_off.replay_secs;
-    rows.push(Row::new(
+    let local = replay_spread(&f.replay.pg_wal_archive_recovery);
+    let crash = replay_spread(&f.replay.pg_wal_crash_recovery);
+    let on = replay_spread(&f.replay.prefetch_on);
+    let off = replay_spread(&f.replay.prefetch_off);
+    let (local_secs, on_secs) = (local.median, on.median);
+    rows.push(Row::repeated(
         format!("replay of {replay_mib:.0} MiB of WAL from pg_wal, archive recovery (restore_command finds nothing)"),
         local,
         "s",
     ));
     rows.push(
-        Row::new(
+        Row::repeated(
             format!("replay of {replay_mib:.0} MiB of WAL from pg_wal, crash recovery (no restartpoints)"),
             crash,
             "s",
         )
-        .ratio(crash / local, "crash / archive recovery"),
+        .ratio(crash.median / local_secs, "crash / archive recovery"),
     );
     rows.push(
-        Row::new(
+        Row::repeated(
             format!("replay of {replay_mib:.0} MiB of WAL, wal-fetch, WALG_PREFETCH={PREFETCH_ON}"),
             on,
             "s",
         )
-        .ratio(on / local, "archive / pg_wal, both archive recovery")
+        .ratio(
+            on_secs / local_secs,
+            "archive / pg_wal, both archive recovery",
+        )
         .goal(Subject::Ratio, Bound::AtMost(REPLAY_RATIO_GOAL)),
     );
     rows.push(
-        Row::new(
+        Row::repeated(
             format!("replay of {replay_mib:.0} MiB of WAL, wal-fetch, WALG_PREFETCH=0"),
             off,
             "s",
         )
-        .ratio(off / on, "prefetch off / prefetch on"),
+        .ratio(off.median / on_secs, "prefetch off / prefetch on"),
     );
     rows
 }

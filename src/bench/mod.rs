@@ -46,8 +46,10 @@ pub struct BenchArgs {
     /// `verify`: the drill whose restores are measured.
     #[arg(long, default_value = "scenarios/quick.yaml")]
     pub scenario: PathBuf,
-    /// `verify`: how many drills (different seeds) are run; `archive`: how
-    /// many times the per-segment loop runs each tool (order rotated).
+    /// `backup`: how many times each tool backs up and restores, and each
+    /// source of WAL is replayed (order rotated); `verify`: how many drills
+    /// (different seeds) are run; `archive`: how many times the
+    /// per-segment loop runs each tool (order rotated).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub repeat: u32,
     /// `backup`: pgbench scale of the loaded cluster (100 is about 1.5 GB).
