@@ -81,6 +81,9 @@ struct LoopResult {
     min: f64,
     max: f64,
     peak_rss_bytes: u64,
+    /// The embedded S3 server's CPU time per segment, median of the
+    /// repetitions (None where /proc cannot tell).
+    storage_cpu_ms_per_segment: Option<f64>,
 }
 
 /// One second of the load.
@@ -176,6 +179,7 @@ fn measure_loop(
         cases.push((LoopTool::BarmanCloudWalArchive, "real pgbench WAL", real));
     }
     let mut runs: Vec<(Vec<f64>, u64)> = vec![(Vec::new(), 0); cases.len()];
+    let mut storage_cpu: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     for rep in 0..repeat as usize {
         for i in (0..cases.len()).map(|k| (k + rep) % cases.len()) {
             let (tool, content, files) = cases[i];
@@ -186,6 +190,7 @@ fn measure_loop(
                 files.len(),
                 rep + 1
             );
+            let storage_cpu_before = rig.s3().cpu_time();
             let (rate, rss) = match tool {
                 LoopTool::PgdrillWalPush => {
                     let env = rig.env_dir(&format!("env-{dest}"), &dest, 0)?;
@@ -210,6 +215,10 @@ fn measure_loop(
                     push_loop(|f| barman_wal_archive(rig, &dest, f), files)?
                 }
             };
+            if let (Some(before), Some(after)) = (storage_cpu_before, rig.s3().cpu_time()) {
+                let per_segment = (after - before).as_secs_f64() * 1000.0 / files.len() as f64;
+                storage_cpu[i].push(per_segment);
+            }
             eprintln!("bench: {rate:.1} segments/s");
             runs[i].0.push(rate);
             runs[i].1 = runs[i].1.max(rss);
@@ -218,19 +227,24 @@ fn measure_loop(
     Ok(cases
         .into_iter()
         .zip(runs)
-        .map(|((tool, content, files), (runs, peak_rss_bytes))| {
-            let (median, min, max) = median_min_max(&runs);
-            LoopResult {
-                tool,
-                content,
-                segments: files.len(),
-                runs,
-                median,
-                min,
-                max,
-                peak_rss_bytes,
-            }
-        })
+        .zip(storage_cpu)
+        .map(
+            |(((tool, content, files), (runs, peak_rss_bytes)), storage_cpu)| {
+                let (median, min, max) = median_min_max(&runs);
+                LoopResult {
+                    tool,
+                    content,
+                    segments: files.len(),
+                    runs,
+                    median,
+                    min,
+                    max,
+                    peak_rss_bytes,
+                    storage_cpu_ms_per_segment: (!storage_cpu.is_empty())
+                        .then(|| median_min_max(&storage_cpu).0),
+                }
+            },
+        )
         .collect())
 }
 
@@ -539,6 +553,7 @@ fn method(args: &BenchArgs) -> Vec<String> {
     vec![
         format!("One cluster (initdb, pgbench -i -s {}; fsync = off, max_wal_size = 1GB) and the embedded S3 server on loopback; every tool writes to it (pgBackRest through stunnel, as it needs TLS).", args.archive_scale),
         format!("Per-segment loop: {} segments, each archived by its own process, sequentially, as PostgreSQL's archiver runs archive_command; a fresh destination per tool and repetition; {} repetitions with the order of tools rotated; median (min-max).", args.wal_segments, args.repeat),
+        "S3 server CPU per segment: the embedded server's own user and system time (/proc) during a loop, divided by its segments, median of the repetitions. On this machine the storage's work (the body's MD5 for the ETag and SHA-256 for the signature, the file written) is CPU every push waits for and competes with, which remote storage's is not.".into(),
         "Real pgbench WAL: segments written by the load below (pgbench's TPC-B-like transactions and bulk inserts), archived by the cluster, copied out of the archive. Incompressible: random bytes.".into(),
         format!("Under load: pgbench -n -c {} -j 2 -T {} with the TPC-B-like script (weight 9) and a bulk insert of 5000 rows (weight 1); sampled every second; after the load a segment switch, then the time until no segment is .ready.", args.clients, args.duration),
     ]
@@ -555,7 +570,7 @@ impl ArchiveReport {
             self.machine.load_average_start[0],
             self.machine.load_average_end[0],
         );
-        md.push_str("## Per-segment loop (one process per segment)\n\n| tool | segments | segments/s, median (min-max) | ratio to pgdrill | goal | peak RSS |\n|---|---|---:|---:|---|---:|\n");
+        md.push_str("## Per-segment loop (one process per segment)\n\n| tool | segments | segments/s, median (min-max) | ratio to pgdrill | goal | peak RSS | S3 server CPU per segment |\n|---|---|---:|---:|---|---:|---:|\n");
         let pgdrill_real = self
             .per_segment
             .iter()
@@ -582,14 +597,17 @@ impl ArchiveReport {
             .unwrap_or_default();
             let _ = writeln!(
                 md,
-                "| {} | {} × {} | {:.1} ({:.1}-{:.1}) | {ratio} | {goal} | {:.0} MiB |",
+                "| {} | {} × {} | {:.1} ({:.1}-{:.1}) | {ratio} | {goal} | {:.0} MiB | {} |",
                 r.tool.name(),
                 r.segments,
                 r.content,
                 r.median,
                 r.min,
                 r.max,
-                mib(r.peak_rss_bytes)
+                mib(r.peak_rss_bytes),
+                r.storage_cpu_ms_per_segment
+                    .map(|ms| format!("{ms:.0} ms"))
+                    .unwrap_or_default()
             );
         }
         md.push_str("\n## Under load\n\n| archive_command | WAL written | segments archived during the load | lag (.ready) max / at end | catch-up after the load | failed attempts |\n|---|---:|---:|---:|---:|---:|\n");

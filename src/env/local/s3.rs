@@ -105,10 +105,32 @@ impl LocalS3 {
         )
     }
 
+    /// CPU time (user and system, every thread's) the server has used so
+    /// far, from `/proc`: what the storage costs the machine it shares
+    /// with the tools (`pgdrill bench`). None where `/proc` cannot tell.
+    pub fn cpu_time(&self) -> Option<std::time::Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let ticks_per_sec = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+        let ticks = cpu_ticks_of_stat(&stat)?;
+        (ticks_per_sec > 0)
+            .then(|| std::time::Duration::from_secs_f64(ticks as f64 / ticks_per_sec as f64))
+    }
+
     /// Path of a stored object on the server's disk (for fault injection).
     pub fn object_path(&self, key: &str) -> PathBuf {
         self.data_dir.join(&self.bucket).join(key)
     }
+}
+
+/// utime + stime (clock ticks) of a `/proc/<pid>/stat` line. The command
+/// name in parentheses may hold spaces and parentheses itself, so fields
+/// are counted after its last `)`: state is field 3, utime 14, stime 15.
+fn cpu_ticks_of_stat(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    Some(field(14)? + field(15)?)
 }
 
 impl Drop for LocalS3 {
@@ -133,4 +155,26 @@ pub fn write_env_dir(
         o.chown_tree(dir)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_are_counted_after_the_command_name() {
+        // A command name with a space and a parenthesis of its own.
+        let stat =
+            "4242 (s3 (serve)) S 1 4242 4242 0 -1 4194560 500 0 0 0 731 269 0 0 20 0 6 0 100 0 0";
+        assert_eq!(cpu_ticks_of_stat(stat), Some(731 + 269));
+        assert_eq!(cpu_ticks_of_stat("4242 (cut short) S 1"), None);
+        assert_eq!(cpu_ticks_of_stat("no name at all"), None);
+    }
+
+    #[test]
+    fn this_process_stat_line_parses() {
+        let me = format!("/proc/{}/stat", std::process::id());
+        let stat = std::fs::read_to_string(me).unwrap();
+        assert!(cpu_ticks_of_stat(&stat).is_some(), "{stat}");
+    }
 }
