@@ -395,7 +395,9 @@ impl Context {
                 key: key.clone(),
                 detail: format!("a WAL-G object, but {e}"),
             };
-            let plain = walg::decode(&whole, &ext).map_err(corrupt)?;
+            // Decoded in memory (WAL-G's format has no trailer to verify
+            // as it streams), so bounded as pgdrill's objects are.
+            let plain = walg::decode(&whole, &ext, layout::MAX_WAL_FILE_SIZE).map_err(corrupt)?;
             if layout::wal_file_kind(&name) == Some(layout::WalFileKind::Segment) {
                 walg::check_segment(&name, &plain).map_err(corrupt)?;
             }

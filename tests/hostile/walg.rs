@@ -366,9 +366,47 @@ fn walg_wal_objects() {
     fuzz::run("walg-wal", &seeds, mutate_bytes, |input| {
         let (ext, _) = objects[case % objects.len()];
         case += 1;
-        if let Ok(plain) = pgdrill::backup::walg::decode(input, ext) {
+        if let Ok(plain) = pgdrill::backup::walg::decode(input, ext, layout::MAX_WAL_FILE_SIZE) {
             let _ = pgdrill::backup::walg::check_segment("000000010000000000000009", &plain);
         }
         Ok(())
     });
+}
+
+/// A WAL-G-format WAL object is decoded in memory (its format has no
+/// trailer to verify as it streams), so one that inflates past the largest
+/// WAL file PostgreSQL can have (1 GiB) is refused as soon as it does,
+/// as pgdrill's own objects are, before it holds the memory it asks for.
+#[test]
+fn walg_wal_fetch_refuses_an_object_larger_than_any_wal_file() {
+    use std::io::Write as _;
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(store.path(), &[("WALG_COMPRESSION_METHOD", "lz4")]);
+    let name = "000000010000000000000003";
+    let key = layout::walg_wal_key(name, pgdrill::backup::codec::Compression::Lz4);
+    let path = store.path().join(key.as_str());
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let mut frame =
+        pgdrill::backup::walg::Encoder::new(file, pgdrill::backup::codec::Compression::Lz4)
+            .unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..(layout::MAX_WAL_FILE_SIZE >> 20) + 1 {
+        frame.write_all(&zeros).unwrap();
+    }
+    frame.finish().unwrap().flush().unwrap();
+    let pg_wal = tempfile::tempdir().unwrap();
+    let dest = pg_wal.path().join("RECOVERYXLOG");
+    let err = runtime()
+        .block_on(pgdrill::backup::wal::wal_fetch(&ctx, name, &dest))
+        .expect_err("a WAL file larger than 1 GiB is refused");
+    assert!(
+        matches!(err, pgdrill::backup::BackupError::Corrupt { .. }),
+        "{err:?}"
+    );
+    names(&err, name).unwrap();
+    let limit = format!("more than {} bytes", layout::MAX_WAL_FILE_SIZE);
+    assert!(err.to_string().contains(&limit), "{err}");
+    let left: Vec<_> = std::fs::read_dir(pg_wal.path()).unwrap().collect();
+    assert!(left.is_empty(), "nothing left in pg_wal: {left:?}");
 }

@@ -182,6 +182,10 @@ pub enum WalgError {
     /// The decoded bytes are not the segment the name says.
     #[error("the decoded bytes are not segment {name}: {problem}")]
     NotTheSegment { name: String, problem: String },
+    /// The object decodes to more than the caller's limit (a small object
+    /// can inflate without end: it is not decoded further).
+    #[error("it decodes to more than {limit} bytes, more than any file it can be")]
+    TooLarge { limit: u64 },
 }
 
 /// Compresses what is written through it as WAL-G compresses an object
@@ -255,7 +259,7 @@ pub fn encode(plain: &[u8], compression: Compression) -> std::io::Result<Vec<u8>
 }
 
 /// Decodes a WAL object WAL-G wrote under extension `ext`.
-pub fn decode(object: &[u8], ext: &str) -> Result<Vec<u8>, WalgError> {
+pub fn decode(object: &[u8], ext: &str, max_plain: u64) -> Result<Vec<u8>, WalgError> {
     let codec = WalgCodec::from_extension(ext).ok_or(WalgError::UnknownFormat {
         expected: "anything WAL-G writes (it uses .lz4, .zst, .lzma, .br, .gz or no extension)",
     })?;
@@ -267,8 +271,12 @@ pub fn decode(object: &[u8], ext: &str) -> Result<Vec<u8>, WalgError> {
     let mut plain = Vec::new();
     codec
         .reader(object)?
+        .take(max_plain.saturating_add(1))
         .read_to_end(&mut plain)
         .map_err(|e| codec.frame_error(e))?;
+    if plain.len() as u64 > max_plain {
+        return Err(WalgError::TooLarge { limit: max_plain });
+    }
     Ok(plain)
 }
 
@@ -534,29 +542,50 @@ mod tests {
             w.write_all(&plain).unwrap();
             w.finish().unwrap();
         }
-        assert_eq!(decode(&lz4, "lz4").unwrap(), plain);
+        assert_eq!(decode(&lz4, "lz4", u64::MAX).unwrap(), plain);
         let zst = zstd::bulk::Compressor::new(3)
             .and_then(|mut c| {
                 c.include_checksum(true)?;
                 c.compress(&plain)
             })
             .unwrap();
-        assert_eq!(decode(&zst, "zst").unwrap(), plain);
-        assert_eq!(decode(&plain, "").unwrap(), plain);
+        assert_eq!(decode(&zst, "zst", u64::MAX).unwrap(), plain);
+        assert_eq!(decode(&plain, "", u64::MAX).unwrap(), plain);
         // A flipped byte of the compressed stream: the frame checksum (or
         // the decoder) refuses it.
         for (object, ext) in [(&lz4, "lz4"), (&zst, "zst")] {
             let mut damaged = object.clone();
             let at = damaged.len() - 6;
             damaged[at] ^= 0x55;
-            assert!(decode(&damaged, ext).is_err(), "{ext}");
+            assert!(decode(&damaged, ext, u64::MAX).is_err(), "{ext}");
         }
         for ext in ["lz4", "zst", "raw"] {
             assert!(
-                matches!(decode(&plain, ext), Err(WalgError::UnknownFormat { .. })),
+                matches!(
+                    decode(&plain, ext, u64::MAX),
+                    Err(WalgError::UnknownFormat { .. })
+                ),
                 "{ext}"
             );
         }
+    }
+
+    /// An object is decoded no further than the caller's limit: a small
+    /// frame can inflate without end.
+    #[test]
+    fn decoding_stops_past_the_limit() {
+        let plain = segment(0xD110, 1, 3, MIB);
+        let lz4 = encode(&plain, Compression::Lz4).unwrap();
+        let limit = plain.len() as u64;
+        assert_eq!(decode(&lz4, "lz4", limit).unwrap(), plain);
+        let err = decode(&lz4, "lz4", limit - 1).unwrap_err();
+        assert!(
+            matches!(err, WalgError::TooLarge { limit: l } if l == limit - 1),
+            "{err:?}"
+        );
+        assert!(err
+            .to_string()
+            .contains(&format!("more than {} bytes", limit - 1)));
     }
 
     /// What pgdrill writes in WAL-G's format decodes as WAL-G's reader
@@ -575,10 +604,10 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(&fixture[..5], &lz4[..5]);
-        assert_eq!(decode(&lz4, "lz4").unwrap(), plain);
+        assert_eq!(decode(&lz4, "lz4", u64::MAX).unwrap(), plain);
         let zst = encode(&plain, Compression::Zstd).unwrap();
         assert!(zst.starts_with(&ZSTD_FRAME_MAGIC));
-        assert_eq!(decode(&zst, "zst").unwrap(), plain);
+        assert_eq!(decode(&zst, "zst", u64::MAX).unwrap(), plain);
         assert_eq!(encode(&plain, Compression::None).unwrap(), plain);
     }
 
