@@ -375,18 +375,27 @@ pub async fn wal_fetch(ctx: &Context, name: &str, dest: &Path) -> Result<(), Bac
 /// prefetcher was half of wal-fetch's time, and its start-up CPU was taken
 /// from the startup process replaying WAL.
 fn prefetch_window_runs_low(dir: &Path, name: &str, window: usize, seg_size: u64) -> bool {
-    let Some(mut seg) = Segment::parse(name, seg_size) else {
+    let Some(current) = Segment::parse(name, seg_size) else {
         return true;
     };
-    let mut ahead = 0;
-    for _ in 0..window {
-        seg = seg.next();
-        let next = seg.file_name(seg_size);
-        if dir.join(&next).exists() || claim_is_fresh(&dir.join("running").join(&next)) {
-            ahead += 1;
-        }
-    }
+    let running = dir.join("running");
+    let ahead = segments_after(current, window, seg_size)
+        .filter(|next| prefetched_or_claimed(dir, &running, next))
+        .count();
     ahead * 2 < window
+}
+
+/// The names of the `count` segments after `current`: the prefetch window.
+fn segments_after(current: Segment, count: usize, seg_size: u64) -> impl Iterator<Item = String> {
+    std::iter::successors(Some(current.next()), |s| Some(s.next()))
+        .take(count)
+        .map(move |s| s.file_name(seg_size))
+}
+
+/// Whether segment `name` is prefetched into `dir` or claimed in `running`
+/// by a live prefetcher: nothing for another prefetcher to do.
+fn prefetched_or_claimed(dir: &Path, running: &Path, name: &str) -> bool {
+    dir.join(name).exists() || claim_is_fresh(&running.join(name))
 }
 
 async fn read_head(path: &Path) -> Option<Vec<u8>> {
@@ -450,12 +459,7 @@ pub async fn wal_prefetch(
         .await
         .map_err(BackupError::io(format!("creating {}", running.display())))?;
     remove_passed(&dir, after).await;
-    let mut wanted = Vec::new();
-    let mut seg = current;
-    for _ in 0..ctx.settings.prefetch {
-        seg = seg.next();
-        wanted.push(seg.file_name(seg_size));
-    }
+    let wanted = segments_after(current, ctx.settings.prefetch, seg_size);
     let concurrency = ctx.settings.download_concurrency;
     futures::stream::iter(wanted)
         .for_each_concurrent(concurrency, |name| {
@@ -497,11 +501,11 @@ async fn prefetch_into<F: std::future::Future<Output = Result<(), BackupError>>>
     name: &str,
     download: impl FnOnce(PathBuf) -> F,
 ) -> Result<(), BackupError> {
-    let target = dir.join(name);
-    let claim = running.join(name);
-    if target.exists() || claim_is_fresh(&claim) {
+    if prefetched_or_claimed(dir, running, name) {
         return Ok(());
     }
+    let target = dir.join(name);
+    let claim = running.join(name);
     // A stale claim (its prefetcher died, or is still downloading after
     // CLAIM_STALE_AFTER) is replaced; create_new makes the claim exclusive
     // among concurrent prefetchers.
@@ -570,6 +574,15 @@ mod tests {
         std::fs::metadata(path).and_then(|m| m.modified()).ok()
     }
 
+    fn set_modified(path: &Path, at: SystemTime) {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(at)
+            .unwrap();
+    }
+
     async fn wait_for(what: &str, done: impl Fn() -> bool) {
         for _ in 0..500 {
             if done() {
@@ -603,13 +616,10 @@ mod tests {
         // Segments behind or past the window do not count.
         std::fs::write(dir.path().join("000000010000000000000005"), b"").unwrap();
         std::fs::write(dir.path().join("00000001000000000000000E"), b"").unwrap();
-        let stale = SystemTime::now() - CLAIM_STALE_AFTER - Duration::from_secs(1);
-        std::fs::File::options()
-            .write(true)
-            .open(&claim)
-            .unwrap()
-            .set_modified(stale)
-            .unwrap();
+        set_modified(
+            &claim,
+            SystemTime::now() - CLAIM_STALE_AFTER - Duration::from_secs(1),
+        );
         assert!(low(), "a stale claim is not a prefetch under way");
         assert!(
             prefetch_window_runs_low(dir.path(), "not a segment", 8, seg_size),
@@ -651,12 +661,7 @@ mod tests {
         wait_for("the first claim", || claim.exists()).await;
         // ...so long that its claim goes stale and a second one takes over.
         let stale = SystemTime::now() - Duration::from_secs(3600);
-        std::fs::File::options()
-            .write(true)
-            .open(&claim)
-            .unwrap()
-            .set_modified(stale)
-            .unwrap();
+        set_modified(&claim, stale);
         let (second_done, second_download) = oneshot::channel();
         let second = start(second_download);
         wait_for("the second claim", || {

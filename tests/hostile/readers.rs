@@ -167,15 +167,23 @@ fn wal_fetch_refuses_an_object_larger_than_any_wal_file() {
     )
     .unwrap();
     drop(huge);
+    wal_fetch_refuses_as_corrupt(&ctx, name);
+}
+
+/// Runs wal-fetch of `name` into an empty pg_wal and checks that it is
+/// refused as a corrupt object naming `name`, with nothing left in
+/// pg_wal; returns the error.
+pub(crate) fn wal_fetch_refuses_as_corrupt(ctx: &Context, name: &str) -> BackupError {
     let pg_wal = tempfile::tempdir().unwrap();
     let dest = pg_wal.path().join("RECOVERYXLOG");
     let err = runtime()
-        .block_on(wal::wal_fetch(&ctx, name, &dest))
+        .block_on(wal::wal_fetch(ctx, name, &dest))
         .expect_err("a WAL file larger than 1 GiB is refused");
     assert!(matches!(err, BackupError::Corrupt { .. }), "{err:?}");
     names(&err, name).unwrap();
     let left: Vec<_> = std::fs::read_dir(pg_wal.path()).unwrap().collect();
     assert!(left.is_empty(), "nothing left in pg_wal: {left:?}");
+    err
 }
 
 /// A valid sentinel of backup `name` whose metadata hashes to `metadata`.
