@@ -322,6 +322,17 @@ impl Rig {
         cmd
     }
 
+    /// Writes an env dir `name` for a local directory `dir` of the work
+    /// directory (`WALG_FILE_PREFIX`) instead of the S3 server.
+    fn directory_env_dir(&self, name: &str, dir: &str) -> Result<PathBuf> {
+        let mut vars = vec![(
+            "WALG_FILE_PREFIX".to_string(),
+            self.dir(dir)?.display().to_string(),
+        )];
+        vars.extend(tool_vars(0));
+        Ok(self.cluster.archive.env_dir_with(name, &vars)?)
+    }
+
     /// `pgdrill` with the primary's archive's env dir.
     fn archive_tool<S: AsRef<OsStr>>(&self, args: impl IntoIterator<Item = S>) -> Command {
         self.pgdrill(&self.cluster.archive.env_dir, args)
