@@ -177,6 +177,12 @@ pub const DEFAULT_WAL_SEGMENT_SIZE: u64 = 16 << 20;
 /// `wal_segment_size` (history and backup history files are far smaller).
 pub const MAX_WAL_FILE_SIZE: u64 = 1 << 30;
 
+/// The largest a stored WAL object can be: [`MAX_WAL_FILE_SIZE`] plus
+/// more than any compressor's worst-case growth (lz4 about 1/255, zstd
+/// 1/128) and any encryption's framing (libsodium 17 bytes a chunk,
+/// OpenPGP a few a packet) add.
+pub const MAX_WAL_OBJECT_SIZE: u64 = MAX_WAL_FILE_SIZE + MAX_WAL_FILE_SIZE / 64 + (1 << 20);
+
 fn segments_per_xlog_id(seg_size: u64) -> u64 {
     0x1_0000_0000 / seg_size
 }

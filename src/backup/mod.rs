@@ -357,15 +357,31 @@ impl Context {
     /// decodes (a file: a 16 MiB segment is never held whole, whose fresh
     /// pages and copies were most of a prefetch's CPU). Nothing in `out`
     /// is verified until this returns `Ok`: callers write where nothing is
-    /// served until then. A pgdrill object is refused once it decodes past
-    /// [`layout::MAX_WAL_FILE_SIZE`], so it cannot fill the disk.
+    /// served until then. An object stored larger than
+    /// [`layout::MAX_WAL_OBJECT_SIZE`] is refused before it is read, and one
+    /// that decodes past [`layout::MAX_WAL_FILE_SIZE`] as soon as it does,
+    /// so neither can take the memory or fill the disk.
     pub async fn fetch_wal_object_into<W: std::io::Write + Send + 'static>(
         &self,
         key: &Key,
         name: &str,
         out: W,
     ) -> Result<(W, codec::Digest), BackupError> {
-        let raw = self.store.get(key).await?;
+        let raw = match self
+            .store
+            .get_at_most(key, layout::MAX_WAL_OBJECT_SIZE)
+            .await
+        {
+            Err(StoreError::TooLarge { key, size, max }) => {
+                return Err(BackupError::Corrupt {
+                    key,
+                    detail: format!(
+                        "it is stored as {size} bytes, more than {max} bytes, which no WAL file takes compressed or encrypted"
+                    ),
+                });
+            }
+            r => r?,
+        };
         let ext = key
             .as_str()
             .rsplit('/')

@@ -113,6 +113,9 @@ pub enum StoreError {
     /// served; the message names it and the setting to check.
     #[error("{0}")]
     NoLocation(String),
+    /// An object larger than its reader takes (see [`Store::get_at_most`]).
+    #[error("object {key} is {size} bytes, more than the {max} bytes its reader takes")]
+    TooLarge { key: Key, size: u64, max: u64 },
     /// A key that would leave the store (see [`Key::parse`]).
     #[error(transparent)]
     BadKey(#[from] BadKey),
@@ -130,6 +133,7 @@ impl StoreError {
                 | StoreError::AccessDenied { .. }
                 | StoreError::Aborted { .. }
                 | StoreError::NoLocation(_)
+                | StoreError::TooLarge { .. }
                 | StoreError::BadKey(_)
         )
     }
@@ -152,6 +156,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn head(&self, key: &Key) -> Result<Option<ObjectInfo>, StoreError>;
     /// Reads a whole object.
     async fn get(&self, key: &Key) -> Result<Bytes, StoreError>;
+    /// The whole object, unless the store says it is larger than `max`
+    /// bytes: then [`StoreError::TooLarge`], before any of it is read (a
+    /// damaged or hostile object must not take the memory it asks for).
+    async fn get_at_most(&self, key: &Key, max: u64) -> Result<Bytes, StoreError>;
     /// Reads an object as a stream.
     async fn get_stream(
         &self,
@@ -458,6 +466,22 @@ impl Store for S3Store {
         r.bytes().await.map_err(|e| self.error(key, e))
     }
 
+    async fn get_at_most(&self, key: &Key, max: u64) -> Result<Bytes, StoreError> {
+        let r = self
+            .inner
+            .get(&self.path(key))
+            .await
+            .map_err(|e| self.error(key, e))?;
+        if r.meta.size > max {
+            return Err(StoreError::TooLarge {
+                key: key.clone(),
+                size: r.meta.size,
+                max,
+            });
+        }
+        r.bytes().await.map_err(|e| self.error(key, e))
+    }
+
     async fn get_stream(
         &self,
         key: &Key,
@@ -696,6 +720,34 @@ impl Store for DirStore {
             .await
             .map(Bytes::from)
             .map_err(|e| self.not_found_or_io(key, &path, e))
+    }
+
+    async fn get_at_most(&self, key: &Key, max: u64) -> Result<Bytes, StoreError> {
+        use tokio::io::AsyncReadExt as _;
+        let path = self.path(key)?;
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| self.not_found_or_io(key, &path, e))?;
+        let size = file
+            .metadata()
+            .await
+            .map_err(|e| Self::io_err(&path, e))?
+            .len();
+        if size > max {
+            return Err(StoreError::TooLarge {
+                key: key.clone(),
+                size,
+                max,
+            });
+        }
+        // Never past `max`, should the file grow meanwhile.
+        let mut data = Vec::with_capacity(size as usize);
+        (&mut file)
+            .take(max)
+            .read_to_end(&mut data)
+            .await
+            .map_err(|e| Self::io_err(&path, e))?;
+        Ok(Bytes::from(data))
     }
 
     async fn get_stream(

@@ -170,6 +170,24 @@ fn wal_fetch_refuses_an_object_larger_than_any_wal_file() {
     wal_fetch_refuses_as_corrupt(&ctx, name);
 }
 
+/// A WAL object stored far larger than any WAL file can be (a sparse
+/// 64 GiB file here) is refused from its size, before it is read: it
+/// used to be read whole into memory first (or to fail as out of memory,
+/// a storage error rather than a damaged object).
+#[test]
+fn wal_fetch_refuses_an_object_stored_larger_than_any_wal_file() {
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(store.path(), &[("WALG_COMPRESSION_METHOD", "lz4")]);
+    let name = "000000010000000000000003";
+    let key = layout::wal_key(name, Compression::Lz4);
+    std::fs::create_dir_all(store.path().join("wal_005")).unwrap();
+    let file = std::fs::File::create(store.path().join(key.as_str())).unwrap();
+    file.set_len(64 << 30).unwrap();
+    let err = wal_fetch_refuses_as_corrupt(&ctx, name);
+    let limit = format!("more than {} bytes", layout::MAX_WAL_OBJECT_SIZE);
+    assert!(err.to_string().contains(&limit), "{err}");
+}
+
 /// Runs wal-fetch of `name` into an empty pg_wal and checks that it is
 /// refused as a corrupt object naming `name`, with nothing left in
 /// pg_wal; returns the error.

@@ -150,6 +150,23 @@ async fn missing_segment_exits_74_and_corruption_is_detected() {
         detected.contains(&trailer_digest),
         "a damaged checksum must be detected (detected: {detected:?})"
     );
+
+    // An object stored larger than any WAL file's can be is refused by the
+    // size the server gives, before its body is read.
+    let max = pgdrill::backup::layout::MAX_WAL_OBJECT_SIZE;
+    let huge = std::fs::File::options().write(true).open(&object).unwrap();
+    huge.set_len(max + 1).unwrap();
+    drop(huge);
+    let out = env.pgdrill(&["wal-fetch", &name, dest.to_str().unwrap()]);
+    assert_eq!(
+        code(&out),
+        pgdrill::backup::exit::FETCH_FAILED,
+        "{}",
+        stderr(&out)
+    );
+    let limit = format!("more than {max} bytes");
+    assert!(stderr(&out).contains(&limit), "{}", stderr(&out));
+    assert!(!dest.exists(), "nothing written for an oversized object");
     std::fs::write(&object, &original).unwrap();
 }
 
