@@ -298,7 +298,7 @@ async fn read_sentinel(
     key: &Key,
     time: Option<DateTime<Utc>>,
 ) -> Result<BackupSummary, BackupError> {
-    let raw = ctx.store.get(key).await?;
+    let raw = ctx.store.get(key, layout::MAX_SENTINEL_SIZE).await?;
     let corrupt = |detail: String| BackupError::Corrupt {
         key: key.clone(),
         detail,
@@ -308,7 +308,11 @@ async fn read_sentinel(
         let sentinel: walg::Sentinel = serde_json::from_slice(&raw)
             .map_err(|e| corrupt(format!("a WAL-G sentinel, but {e}")))?;
         let metadata_key = layout::metadata_key(name);
-        let metadata = match ctx.store.get(&metadata_key).await {
+        let metadata = match ctx
+            .store
+            .get(&metadata_key, layout::MAX_METADATA_SIZE)
+            .await
+        {
             Ok(raw) => Some(
                 serde_json::from_slice::<walg::ExtendedMetadata>(&raw).map_err(|e| {
                     BackupError::Corrupt {
@@ -446,7 +450,7 @@ async fn mark_walg(
     };
     for member in targets.iter().filter(|m| m.is_permanent != permanent) {
         let key = layout::metadata_key(&member.backup_name);
-        let raw = match ctx.store.get(&key).await {
+        let raw = match ctx.store.get(&key, layout::MAX_METADATA_SIZE).await {
             Ok(raw) => raw,
             Err(e) if e.is_not_found() => {
                 return Err(BackupError::Invalid(format!(
@@ -490,7 +494,7 @@ pub async fn read_metadata(
         }
         BackupFormat::Walg => return Err(summary.written_by_walg("used as a delta base")),
     };
-    let raw = ctx.store.get(&key).await?;
+    let raw = ctx.store.get(&key, layout::MAX_METADATA_SIZE).await?;
     let actual = blake3::hash(&raw).to_hex().to_string();
     if actual != summary.metadata_blake3 {
         return Err(BackupError::Corrupt {

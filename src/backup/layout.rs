@@ -183,6 +183,16 @@ pub const MAX_WAL_FILE_SIZE: u64 = 1 << 30;
 /// OpenPGP a few a packet) add.
 pub const MAX_WAL_OBJECT_SIZE: u64 = MAX_WAL_FILE_SIZE + MAX_WAL_FILE_SIZE / 64 + (1 << 20);
 
+/// The largest backup sentinel read: pgdrill's are a few hundred bytes,
+/// but WAL-G's before files_metadata.json listed every file (some 150
+/// bytes each).
+pub const MAX_SENTINEL_SIZE: u64 = 1 << 30;
+
+/// The largest backup file list read (pgdrill's `metadata.json`, WAL-G's
+/// `metadata.json` and `files_metadata.json`): some 200 bytes a file, so
+/// room for about 20 million files.
+pub const MAX_METADATA_SIZE: u64 = 4 << 30;
+
 fn segments_per_xlog_id(seg_size: u64) -> u64 {
     0x1_0000_0000 / seg_size
 }

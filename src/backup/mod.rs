@@ -191,7 +191,7 @@ impl BackupError {
             | BackupError::BackupNotFound { .. } => K::NotFound,
             BackupError::Store(StoreError::AccessDenied { .. }) => K::AccessDenied,
             BackupError::Store(StoreError::Io { .. }) | BackupError::Io { .. } => K::Io,
-            BackupError::Store(StoreError::BadKey(_)) => K::Corrupt,
+            BackupError::Store(StoreError::BadKey(_) | StoreError::TooLarge { .. }) => K::Corrupt,
             BackupError::Store(_) => K::Storage,
             BackupError::Corrupt { .. }
             | BackupError::Crypto(crypto::CryptoError::Corrupt { .. }) => K::Corrupt,
@@ -303,19 +303,6 @@ impl Context {
         })
     }
 
-    /// Fetches, decrypts and decodes a whole object, verifying its checksum.
-    pub async fn fetch_object(&self, key: &Key) -> Result<(Vec<u8>, codec::Digest), BackupError> {
-        let raw = self.store.get(key).await?;
-        let key = key.clone();
-        let encryption = Arc::clone(&self.encryption);
-        tokio::task::spawn_blocking(move || {
-            let object = encryption.wrap_reader(&key, std::io::Cursor::new(raw))?;
-            codec::decode_from(object).map_err(|e| BackupError::from_codec(&key, e))
-        })
-        .await
-        .map_err(BackupError::internal("the decoder task"))?
-    }
-
     /// Streams stored object `key`, decrypted, into `read`, which runs off
     /// the async runtime and pulls the object as it downloads (backup
     /// tars: never held whole).
@@ -367,11 +354,7 @@ impl Context {
         name: &str,
         out: W,
     ) -> Result<(W, codec::Digest), BackupError> {
-        let raw = match self
-            .store
-            .get_at_most(key, layout::MAX_WAL_OBJECT_SIZE)
-            .await
-        {
+        let raw = match self.store.get(key, layout::MAX_WAL_OBJECT_SIZE).await {
             Err(StoreError::TooLarge { key, size, max }) => {
                 return Err(BackupError::Corrupt {
                     key,

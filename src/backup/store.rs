@@ -113,7 +113,7 @@ pub enum StoreError {
     /// served; the message names it and the setting to check.
     #[error("{0}")]
     NoLocation(String),
-    /// An object larger than its reader takes (see [`Store::get_at_most`]).
+    /// An object larger than its reader takes (see [`Store::get`]).
     #[error("object {key} is {size} bytes, more than the {max} bytes its reader takes")]
     TooLarge { key: Key, size: u64, max: u64 },
     /// A key that would leave the store (see [`Key::parse`]).
@@ -155,11 +155,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Size and time of an object; `None` when absent.
     async fn head(&self, key: &Key) -> Result<Option<ObjectInfo>, StoreError>;
     /// Reads a whole object.
-    async fn get(&self, key: &Key) -> Result<Bytes, StoreError>;
     /// The whole object, unless the store says it is larger than `max`
     /// bytes: then [`StoreError::TooLarge`], before any of it is read (a
     /// damaged or hostile object must not take the memory it asks for).
-    async fn get_at_most(&self, key: &Key, max: u64) -> Result<Bytes, StoreError>;
+    /// Every whole read states what it can take.
+    async fn get(&self, key: &Key, max: u64) -> Result<Bytes, StoreError>;
     /// Reads an object as a stream.
     async fn get_stream(
         &self,
@@ -457,16 +457,7 @@ impl Store for S3Store {
         }
     }
 
-    async fn get(&self, key: &Key) -> Result<Bytes, StoreError> {
-        let r = self
-            .inner
-            .get(&self.path(key))
-            .await
-            .map_err(|e| self.error(key, e))?;
-        r.bytes().await.map_err(|e| self.error(key, e))
-    }
-
-    async fn get_at_most(&self, key: &Key, max: u64) -> Result<Bytes, StoreError> {
+    async fn get(&self, key: &Key, max: u64) -> Result<Bytes, StoreError> {
         let r = self
             .inner
             .get(&self.path(key))
@@ -714,15 +705,7 @@ impl Store for DirStore {
         }
     }
 
-    async fn get(&self, key: &Key) -> Result<Bytes, StoreError> {
-        let path = self.path(key)?;
-        tokio::fs::read(&path)
-            .await
-            .map(Bytes::from)
-            .map_err(|e| self.not_found_or_io(key, &path, e))
-    }
-
-    async fn get_at_most(&self, key: &Key, max: u64) -> Result<Bytes, StoreError> {
+    async fn get(&self, key: &Key, max: u64) -> Result<Bytes, StoreError> {
         use tokio::io::AsyncReadExt as _;
         let path = self.path(key)?;
         let mut file = tokio::fs::File::open(&path)
@@ -867,7 +850,10 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(store.get(&k).await.unwrap(), Bytes::from_static(b"hello"));
+        assert_eq!(
+            store.get(&k, 1 << 20).await.unwrap(),
+            Bytes::from_static(b"hello")
+        );
         let listed = store.list("wal_005/").await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].key, k);
@@ -875,7 +861,7 @@ mod tests {
         assert!(store.list("wal_005/0000000200").await.unwrap().is_empty());
         store.delete(&k).await.unwrap();
         store.delete(&k).await.unwrap();
-        assert!(store.get(&k).await.unwrap_err().is_not_found());
+        assert!(store.get(&k, 1 << 20).await.unwrap_err().is_not_found());
     }
 
     #[test]
@@ -918,7 +904,7 @@ mod tests {
             .await
             .unwrap();
         for key in ["../secret", "a/../../secret"] {
-            let err = store.get(&Key::new(key)).await.unwrap_err();
+            let err = store.get(&Key::new(key), 1 << 20).await.unwrap_err();
             assert!(err.to_string().contains(key), "{err}");
             assert!(store.head(&Key::new(key)).await.is_err());
             assert!(store.delete(&Key::new(key)).await.is_err());
@@ -947,6 +933,6 @@ mod tests {
             store.list("").await.unwrap().is_empty(),
             "no temp file left"
         );
-        assert!(store.get(&k).await.unwrap_err().is_not_found());
+        assert!(store.get(&k, 1 << 20).await.unwrap_err().is_not_found());
     }
 }

@@ -429,7 +429,7 @@ impl Rig {
             .map(|name| async move {
                 let key = layout::wal_key(name, Compression::Lz4);
                 let (data, _) = ctx
-                    .fetch_object(&key)
+                    .fetch_wal_object(&key, name)
                     .await
                     .with_context(|| format!("fetching {name} from the archive"))?;
                 let path = dir.join(name);

@@ -36,7 +36,7 @@ pub async fn damage_wal(
         match damage {
             Damage::Deleted => store.delete(&key).await?,
             Damage::Corrupted => {
-                let mut bytes = store.get(&key).await?.to_vec();
+                let mut bytes = store.get(&key, layout::MAX_WAL_OBJECT_SIZE).await?.to_vec();
                 flip_bytes(&mut bytes);
                 store.put(&key, bytes.into()).await?;
             }

@@ -263,6 +263,47 @@ fn backup_list_over_arbitrary_sentinels() {
     });
 }
 
+/// A sentinel or a file list stored far larger than any can be (sparse
+/// 64 GiB files here) is refused by its size, naming the object, before
+/// it is read: backup-list read every sentinel whole, whatever its size.
+#[test]
+fn oversized_sentinels_and_file_lists_are_refused_unread() {
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(store.path(), &[]);
+    let rt = runtime();
+    let name = "base_000000010000000000000002";
+    std::fs::create_dir_all(store.path().join(layout::backup_prefix(name))).unwrap();
+    let sparse = |key: &Key| {
+        let file = std::fs::File::create(store.path().join(key.as_str())).unwrap();
+        file.set_len(64 << 30).unwrap();
+    };
+    let refused = |err: BackupError, key: &Key, max: u64| {
+        let text = err.to_string();
+        assert!(
+            text.contains(key.as_str()) && text.contains(&format!("more than the {max} bytes")),
+            "{err:?}"
+        );
+    };
+    let sentinel_key = layout::sentinel_key(name);
+    sparse(&sentinel_key);
+    let err = rt.block_on(catalog::list_backups(&ctx)).unwrap_err();
+    refused(err, &sentinel_key, layout::MAX_SENTINEL_SIZE);
+
+    let metadata = b"{}";
+    std::fs::write(
+        store.path().join(sentinel_key.as_str()),
+        serde_json::to_vec(&sentinel(name, metadata)).unwrap(),
+    )
+    .unwrap();
+    let metadata_key = layout::metadata_key(name);
+    sparse(&metadata_key);
+    let summary: BackupSummary = serde_json::from_value(sentinel(name, metadata)).unwrap();
+    let err = rt
+        .block_on(catalog::read_metadata(&ctx, &summary))
+        .unwrap_err();
+    refused(err, &metadata_key, layout::MAX_METADATA_SIZE);
+}
+
 /// A backup with two files and a directory in one part; returns the
 /// metadata, the part's plain tar and the summary.
 fn small_backup(name: &str) -> (BackupMetadata, Vec<u8>) {

@@ -1064,11 +1064,8 @@ mod tests {
             }
             self.inner.head(key).await
         }
-        async fn get(&self, key: &Key) -> Result<Bytes, StoreError> {
-            self.inner.get(key).await
-        }
-        async fn get_at_most(&self, key: &Key, max: u64) -> Result<Bytes, StoreError> {
-            self.inner.get_at_most(key, max).await
+        async fn get(&self, key: &Key, max: u64) -> Result<Bytes, StoreError> {
+            self.inner.get(key, max).await
         }
         async fn get_stream(
             &self,

@@ -185,13 +185,17 @@ pub async fn plan(ctx: &Context, chain: &[BackupSummary]) -> Result<Plan, Backup
 async fn read_member(ctx: &Context, summary: &BackupSummary) -> Result<Member, BackupError> {
     let name = &summary.backup_name;
     let sentinel_key = layout::sentinel_key(name);
-    let sentinel: SentinelFiles = serde_json::from_slice(&ctx.store.get(&sentinel_key).await?)
-        .map_err(|e| corrupt(&sentinel_key, format!("a WAL-G sentinel, but {e}")))?;
+    let sentinel: SentinelFiles = serde_json::from_slice(
+        &ctx.store
+            .get(&sentinel_key, layout::MAX_SENTINEL_SIZE)
+            .await?,
+    )
+    .map_err(|e| corrupt(&sentinel_key, format!("a WAL-G sentinel, but {e}")))?;
     let files_key = layout::walg_files_metadata_key(name);
     let files = if sentinel.files_metadata_disabled {
         None
     } else {
-        match ctx.store.get(&files_key).await {
+        match ctx.store.get(&files_key, layout::MAX_METADATA_SIZE).await {
             Ok(raw) => {
                 let m: FilesMetadata = serde_json::from_slice(&raw)
                     .map_err(|e| corrupt(&files_key, format!("WAL-G's file list, but {e}")))?;
