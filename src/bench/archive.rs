@@ -261,15 +261,13 @@ fn measure_loop(
             // The S3 server's CPU counts only where the tool writes to it.
             let storage_cpu_before = tool.writes_to_s3().then(|| rig.s3().cpu_time()).flatten();
             let run = match tool {
-                LoopTool::PgdrillWalPush => {
-                    let env = rig.env_dir(&format!("env-{dest}"), &dest, 0)?;
-                    push_loop(
-                        |f| rig.pgdrill(&env, [OsStr::new("wal-push"), f.as_os_str()]),
-                        files,
-                    )?
-                }
-                LoopTool::PgdrillWalPushToDirectory => {
-                    let env = rig.directory_env_dir(&format!("env-{dest}"), &dest)?;
+                LoopTool::PgdrillWalPush | LoopTool::PgdrillWalPushToDirectory => {
+                    let env_name = format!("env-{dest}");
+                    let env = if tool.writes_to_s3() {
+                        rig.env_dir(&env_name, &dest, 0)?
+                    } else {
+                        rig.directory_env_dir(&env_name, &dest)?
+                    };
                     push_loop(
                         |f| rig.pgdrill(&env, [OsStr::new("wal-push"), f.as_os_str()]),
                         files,

@@ -147,6 +147,29 @@ fn wal_fetch_of_stored_wal() {
     });
 }
 
+/// The segment the oversized-WAL tests store.
+const WAL_NAME: &str = "000000010000000000000003";
+
+/// A directory store configured for lz4, and the path of WAL file
+/// `name`'s object in it (its directory made).
+fn lz4_wal_store(name: &str) -> (tempfile::TempDir, Context, PathBuf) {
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(store.path(), &[("WALG_COMPRESSION_METHOD", "lz4")]);
+    let object = store
+        .path()
+        .join(layout::wal_key(name, Compression::Lz4).as_str());
+    std::fs::create_dir_all(object.parent().unwrap()).unwrap();
+    (store, ctx, object)
+}
+
+/// A new file at `path` of 64 GiB of zeros that takes no disk.
+fn sparse_64_gib(path: &Path) {
+    std::fs::File::create(path)
+        .unwrap()
+        .set_len(64 << 30)
+        .unwrap();
+}
+
 /// An object under a WAL file's name that decodes to more than the
 /// largest WAL segment PostgreSQL can have (1 GiB) is refused while it
 /// decodes, and nothing is left in pg_wal: wal-fetch writes what it
@@ -155,19 +178,11 @@ fn wal_fetch_of_stored_wal() {
 /// the disk before the checksum is ever looked at.
 #[test]
 fn wal_fetch_refuses_an_object_larger_than_any_wal_file() {
-    let store = tempfile::tempdir().unwrap();
-    let ctx = context(store.path(), &[("WALG_COMPRESSION_METHOD", "lz4")]);
-    let name = "000000010000000000000003";
-    let key = layout::wal_key(name, Compression::Lz4);
-    std::fs::create_dir_all(store.path().join("wal_005")).unwrap();
+    let (_store, ctx, object) = lz4_wal_store(WAL_NAME);
     let huge = vec![0u8; (1 << 30) + (1 << 20)];
-    std::fs::write(
-        store.path().join(key.as_str()),
-        encoded(&huge, Compression::Lz4),
-    )
-    .unwrap();
+    std::fs::write(&object, encoded(&huge, Compression::Lz4)).unwrap();
     drop(huge);
-    wal_fetch_refuses_as_corrupt(&ctx, name);
+    wal_fetch_refuses_as_corrupt(&ctx, WAL_NAME);
 }
 
 /// A WAL object stored far larger than any WAL file can be (a sparse
@@ -176,14 +191,9 @@ fn wal_fetch_refuses_an_object_larger_than_any_wal_file() {
 /// a storage error rather than a damaged object).
 #[test]
 fn wal_fetch_refuses_an_object_stored_larger_than_any_wal_file() {
-    let store = tempfile::tempdir().unwrap();
-    let ctx = context(store.path(), &[("WALG_COMPRESSION_METHOD", "lz4")]);
-    let name = "000000010000000000000003";
-    let key = layout::wal_key(name, Compression::Lz4);
-    std::fs::create_dir_all(store.path().join("wal_005")).unwrap();
-    let file = std::fs::File::create(store.path().join(key.as_str())).unwrap();
-    file.set_len(64 << 30).unwrap();
-    let err = wal_fetch_refuses_as_corrupt(&ctx, name);
+    let (_store, ctx, object) = lz4_wal_store(WAL_NAME);
+    sparse_64_gib(&object);
+    let err = wal_fetch_refuses_as_corrupt(&ctx, WAL_NAME);
     let limit = format!("more than {} bytes", layout::MAX_WAL_OBJECT_SIZE);
     assert!(err.to_string().contains(&limit), "{err}");
 }
@@ -273,10 +283,7 @@ fn oversized_sentinels_and_file_lists_are_refused_unread() {
     let rt = runtime();
     let name = "base_000000010000000000000002";
     std::fs::create_dir_all(store.path().join(layout::backup_prefix(name))).unwrap();
-    let sparse = |key: &Key| {
-        let file = std::fs::File::create(store.path().join(key.as_str())).unwrap();
-        file.set_len(64 << 30).unwrap();
-    };
+    let sparse = |key: &Key| sparse_64_gib(&store.path().join(key.as_str()));
     let refused = |err: BackupError, key: &Key, max: u64| {
         let text = err.to_string();
         assert!(
