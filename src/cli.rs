@@ -9,7 +9,7 @@ use crate::backup::base::{self, FetchOptions, PushOptions, RecoveryConfig};
 use crate::backup::config::{Secret, Settings};
 use crate::backup::retention::{self, Policy};
 use crate::backup::walverify::{self, CheckError};
-use crate::backup::{audit, catalog, exit, monitor, wal, BackupError, Context};
+use crate::backup::{audit, catalog, exit, monitor, timestamp, wal, BackupError, Context};
 use crate::env::s3_server::{S3Server, S3ServerConfig};
 use crate::scenario::{self, Scenario};
 
@@ -146,12 +146,13 @@ pub enum Command {
         /// Re-read every restored file and check it against the backup.
         #[arg(long)]
         verify: bool,
-        /// Point-in-time recovery target; give an explicit UTC offset
-        /// (e.g. '2026-02-09 14:30:00+00'). Writes recovery.signal,
-        /// restore_command, recovery_target_time and
-        /// recovery_target_action = 'promote'.
-        #[arg(long, value_name = "TIME", conflicts_with = "recover")]
-        recovery_target_time: Option<String>,
+        /// Point-in-time recovery target, with its UTC offset as psql
+        /// prints it ('2026-02-09 16:30:00+02', '2026-02-09 14:30:00Z');
+        /// a time without one is refused (PostgreSQL would read it in the
+        /// server's time zone). Writes recovery.signal, restore_command,
+        /// recovery_target_time and recovery_target_action = 'promote'.
+        #[arg(long, value_name = "TIME", conflicts_with = "recover", value_parser = timestamp::parse)]
+        recovery_target_time: Option<chrono::DateTime<chrono::Utc>>,
         /// Write recovery.signal and restore_command to recover to the end
         /// of the archived WAL.
         #[arg(long)]
@@ -986,11 +987,7 @@ async fn run_backup_verb(command: Command, env_dir: Option<&Path>) -> Result<(),
             no_archive,
         } => {
             let recovery = match (recovery_target_time, recover) {
-                (Some(t), _) => RecoveryConfig::Time(retention::parse_time(&t).ok_or_else(|| {
-                    BackupError::Invalid(format!(
-                        "--recovery-target-time {t:?} is not a timestamp (e.g. '2026-02-09 14:30:00+00')"
-                    ))
-                })?),
+                (Some(t), _) => RecoveryConfig::Time(t),
                 (None, true) => RecoveryConfig::EndOfArchive,
                 (None, false) => RecoveryConfig::None,
             };

@@ -5,8 +5,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::store::{Key, StoreError};
-use super::{layout, walg};
+use super::store::{Key, ObjectInfo, StoreError};
+use super::{layout, wal, walg};
 use super::{BackupError, Context};
 
 /// What the sentinel holds: everything about a backup except its file list.
@@ -236,7 +236,7 @@ pub async fn list_readable(ctx: &Context) -> Result<Listing, BackupError> {
         .collect();
     let read: Vec<Result<ListedBackup, BackupError>> = futures::stream::iter(sentinels)
         .map(|o| async move {
-            let summary = read_sentinel(ctx, &o.key, Some(o.last_modified)).await?;
+            let summary = read_sentinel(ctx, &o.key, Some(&o)).await?;
             Ok(ListedBackup {
                 summary,
                 time: o.last_modified,
@@ -287,64 +287,120 @@ pub async fn list_readable_warning(ctx: &Context) -> Result<Vec<ListedBackup>, B
     Ok(listing.backups)
 }
 
+/// The largest sentinel read whole: pgdrill's are a few KB, WAL-G's since
+/// `files_metadata.json` too. Larger ones (WAL-G's from before, which
+/// carry every file of the backup) are parsed as they download.
+const SENTINEL_READ_WHOLE: u64 = 1 << 20;
+
+/// The largest WAL-G `metadata.json` read: it describes the backup in a
+/// dozen short fields.
+const MAX_WALG_METADATA_SIZE: u64 = 1 << 20;
+
 /// Reads a sentinel and checks that it describes the backup it is stored
 /// as: every key of the backup is built from that name, so a sentinel
 /// naming another (`../..`) must not lead reads or deletes elsewhere.
 /// A WAL-G sentinel (see [`super::walg`]) is read with its
 /// `metadata.json`, and without one takes its times from when the sentinel
-/// was written: `time` when the caller listed it, else asked of storage.
+/// was written. `listed` is the sentinel as the caller listed it (its size
+/// and time), else storage is asked. Memory stays bounded whatever the
+/// sentinel holds: typed parsing of the fields read, small sentinels read
+/// whole, larger ones streamed ([`super::json`]).
 async fn read_sentinel(
     ctx: &Context,
     key: &Key,
-    time: Option<DateTime<Utc>>,
+    listed: Option<&ObjectInfo>,
 ) -> Result<BackupSummary, BackupError> {
-    let raw = ctx.store.get(key, layout::MAX_SENTINEL_SIZE).await?;
+    let info = match listed {
+        Some(o) => o.clone(),
+        None => ctx
+            .store
+            .head(key)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(key.clone()))?,
+    };
+    if info.size > layout::MAX_SENTINEL_SIZE {
+        return Err(StoreError::TooLarge {
+            key: key.clone(),
+            size: info.size,
+            max: layout::MAX_SENTINEL_SIZE,
+        }
+        .into());
+    }
     let corrupt = |detail: String| BackupError::Corrupt {
         key: key.clone(),
         detail,
     };
-    if walg::is_walg_sentinel(&raw) {
-        let name = layout::backup_of_sentinel(key).unwrap_or_default();
-        let sentinel: walg::Sentinel = serde_json::from_slice(&raw)
-            .map_err(|e| corrupt(format!("a WAL-G sentinel, but {e}")))?;
-        let metadata_key = layout::metadata_key(name);
-        let metadata = match ctx
-            .store
-            .get(&metadata_key, layout::MAX_METADATA_SIZE)
+    let name = layout::backup_of_sentinel(key).unwrap_or_default();
+    let sentinel: walg::Sentinel = if info.size > SENTINEL_READ_WHOLE {
+        super::json::read_streamed(ctx.store.as_ref(), key)
             .await
-        {
-            Ok(raw) => Some(
-                serde_json::from_slice::<walg::ExtendedMetadata>(&raw).map_err(|e| {
-                    BackupError::Corrupt {
-                        key: metadata_key.clone(),
-                        detail: format!("WAL-G's metadata.json, but {e}"),
-                    }
-                })?,
-            ),
-            Err(e) if e.is_not_found() => None,
-            Err(e) => return Err(e.into()),
-        };
-        let times = match (&metadata, time) {
-            (Some(m), _) => (m.start_time, m.finish_time),
-            (None, Some(t)) => (t, t),
-            (None, None) => match ctx.store.head(key).await? {
-                Some(o) => (o.last_modified, o.last_modified),
-                None => return Err(BackupError::Store(StoreError::NotFound(key.clone()))),
-            },
-        };
-        return walg::summary(name, &sentinel, metadata.as_ref(), times)
-            .map_err(|e| corrupt(format!("a WAL-G sentinel, but {e}")));
-    }
-    let summary: BackupSummary = serde_json::from_slice(&raw)
-        .map_err(|e| corrupt(format!("sentinel is not valid JSON: {e}")))?;
-    let stored_as = layout::backup_of_sentinel(key).unwrap_or_default();
-    if summary.backup_name != stored_as {
-        return Err(corrupt(format!(
-            "the sentinel names backup {:?} but is stored as {stored_as:?}",
-            summary.backup_name
-        )));
-    }
-    Ok(summary)
+            .map_err(|e| match e {
+                BackupError::Corrupt { detail, .. } => corrupt(format!(
+                    "a sentinel of {} bytes, which only WAL-G's with a file list can be, but {detail}",
+                    info.size
+                )),
+                e => e,
+            })?
+    } else {
+        let raw = ctx.store.get(key, SENTINEL_READ_WHOLE).await?;
+        if !walg::is_walg_sentinel(&raw) {
+            let summary: BackupSummary = serde_json::from_slice(&raw)
+                .map_err(|e| corrupt(format!("sentinel is not valid JSON: {e}")))?;
+            if summary.backup_name != name {
+                return Err(corrupt(format!(
+                    "the sentinel names backup {:?} but is stored as {name:?}",
+                    summary.backup_name
+                )));
+            }
+            return Ok(summary);
+        }
+        serde_json::from_slice(&raw).map_err(|e| corrupt(format!("a WAL-G sentinel, but {e}")))?
+    };
+    let metadata_key = layout::metadata_key(name);
+    let metadata = match ctx.store.get(&metadata_key, MAX_WALG_METADATA_SIZE).await {
+        Ok(raw) => Some(
+            serde_json::from_slice::<walg::ExtendedMetadata>(&raw).map_err(|e| {
+                BackupError::Corrupt {
+                    key: metadata_key.clone(),
+                    detail: format!("WAL-G's metadata.json, but {e}"),
+                }
+            })?,
+        ),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(e.into()),
+    };
+    let times = match &metadata {
+        Some(m) => (m.start_time, m.finish_time),
+        None => (info.last_modified, info.last_modified),
+    };
+    let summary = match walg::summary(name, &sentinel, metadata.as_ref(), times, None) {
+        Err(walg::SummaryError::SegmentSizeUnknown { first, lsn }) => {
+            let size = segment_size_of(ctx, &first).await.map_err(|why| {
+                corrupt(format!(
+                    "a WAL-G sentinel whose start LSN {lsn} fits segment {first} under every WAL segment size (WAL-G records none), and {why}"
+                ))
+            })?;
+            walg::summary(name, &sentinel, metadata.as_ref(), times, Some(size))
+        }
+        other => other,
+    };
+    summary.map_err(|e| corrupt(format!("a WAL-G sentinel, but {e}")))
+}
+
+/// The WAL segment size written in the header of stored segment `name`;
+/// the error says why it cannot be told.
+async fn segment_size_of(ctx: &Context, name: &str) -> Result<u64, String> {
+    let key = match wal::find_wal(ctx, name).await {
+        Ok(Some(key)) => key,
+        Ok(None) => return Err(format!("segment {name} is not in storage to tell it")),
+        Err(e) => return Err(format!("segment {name} cannot be looked up: {e}")),
+    };
+    let (plain, _) = ctx
+        .fetch_wal_object(&key, name)
+        .await
+        .map_err(|e| format!("segment {name} cannot be read: {e}"))?;
+    layout::segment_size_from_header(&plain)
+        .ok_or_else(|| format!("segment {name} has no valid long page header"))
 }
 
 /// Resolves `LATEST` or a backup name to a complete backup.

@@ -120,6 +120,12 @@ pub fn walg_pgdrill_metadata_key(backup: &str) -> Key {
     Key::new(format!("{BACKUP_DIR}{backup}/pgdrill_metadata.json"))
 }
 
+/// The claim a `backup-push` run creates (only if absent) on its backup's
+/// name before uploading anything: the run that created it owns the name.
+pub fn claim_key(backup: &str) -> Key {
+    Key::new(format!("{BACKUP_DIR}{backup}/pgdrill_claim.json"))
+}
+
 /// Key of a tar part: `part_N` or [`PG_CONTROL_PART`].
 pub fn part_key(backup: &str, part: &str, compression: Compression) -> Key {
     Key::new(format!(

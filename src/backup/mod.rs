@@ -8,6 +8,7 @@ pub mod codec;
 pub mod config;
 pub mod crypto;
 pub mod delta;
+pub mod json;
 pub mod layout;
 pub mod monitor;
 pub mod pg;
@@ -15,6 +16,7 @@ pub mod progress;
 pub mod retention;
 pub mod sabotage;
 pub mod store;
+pub mod timestamp;
 pub mod wal;
 pub mod walg;
 pub mod walverify;
@@ -177,6 +179,10 @@ pub enum BackupError {
     /// A restored file did not match the backup's file list.
     #[error("verification failed: {0}")]
     VerifyFailed(String),
+    /// Every name this `backup-push` run started under was owned by
+    /// another run (backups overlapping more than a few segments' worth).
+    #[error("backup-push gave up after {attempts} starts: each began in a WAL segment whose backup name ({last}) another backup-push run owns; two runs overlap (a cron run and a manual one?): let the other finish, then run again")]
+    NameTaken { attempts: usize, last: String },
 }
 
 impl BackupError {
@@ -197,7 +203,9 @@ impl BackupError {
             | BackupError::Crypto(crypto::CryptoError::Corrupt { .. }) => K::Corrupt,
             BackupError::Crypto(crypto::CryptoError::Read { .. }) => K::Storage,
             BackupError::Crypto(_) => K::Key,
-            BackupError::WalConflict { .. } | BackupError::WalUncomparable { .. } => K::Conflict,
+            BackupError::WalConflict { .. }
+            | BackupError::WalUncomparable { .. }
+            | BackupError::NameTaken { .. } => K::Conflict,
             BackupError::Postgres(_) | BackupError::ArchivingOff(_) => K::Postgres,
             BackupError::WalNotArchived { .. } => K::NotArchived,
             BackupError::VerifyFailed(_) => K::VerifyFailed,

@@ -1,11 +1,17 @@
 //! `delete`: which backups and WAL a retention policy removes, and the
 //! crash-safe order in which they go.
 //!
-//! Rules: permanent backups are always kept; WAL is deleted only when it is
-//! older than the start segment of the oldest kept backup (timeline-blind,
-//! so WAL that any kept backup could need stays); `.history` files are kept
-//! unless everything goes; a backup's sentinel is deleted before its other
-//! objects, so an interrupted delete never leaves a listed, broken backup.
+//! Rules: permanent backups are always kept; WAL is deleted only when its
+//! log/segment digits are below the start segment of every kept backup and
+//! of every backup that may be in progress (any timeline: a restore only
+//! reads forward from its backup's start, so WAL below it on any timeline
+//! is never read); `.history` files are kept unless everything goes; a
+//! backup without a sentinel is a leftover only when it started before the
+//! oldest kept backup of its own timeline (a new timeline numbers its segments from
+//! its switch point, lower than the old timeline's newer backups, so
+//! positions compare within a timeline only); a backup's sentinel is
+//! deleted before its other objects, so an interrupted delete never leaves
+//! a listed, broken backup.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,6 +20,7 @@ use chrono::{DateTime, Utc};
 use super::catalog::{self, BackupSummary};
 use super::layout;
 use super::store::{Key, ObjectInfo};
+use super::timestamp::{self, TimestampError};
 use super::{BackupError, Context};
 
 /// A retention policy, as given on the command line.
@@ -57,41 +64,23 @@ impl Policy {
                 count: count(n)?,
                 full_only: true,
             }),
-            ["before", target] => Ok(Policy::Before(match parse_time(target) {
-                Some(t) => Before::Time(t),
-                None if target.starts_with("base_") => Before::Backup(target.to_string()),
-                None => {
-                    return Err(bad(&format!(
-                        "{target:?} is neither a timestamp (e.g. 2026-01-01T00:00:00Z) nor a backup name (base_...)"
-                    )))
-                }
-            })),
+            ["before", target] if target.starts_with("base_") => {
+                Ok(Policy::Before(Before::Backup(target.to_string())))
+            }
+            ["before", target] => match timestamp::parse(target) {
+                Ok(t) => Ok(Policy::Before(Before::Time(t))),
+                Err(e @ TimestampError::NoOffset { .. }) => Err(bad(&e.to_string())),
+                Err(TimestampError::NotATime { .. }) => Err(bad(&format!(
+                    "{target:?} is neither a timestamp with a UTC offset ({}) nor a backup name (base_...)",
+                    timestamp::ACCEPTED
+                ))),
+            },
             ["everything"] => Ok(Policy::Everything { force: false }),
             ["everything", "FORCE"] => Ok(Policy::Everything { force: true }),
             [] => Err(bad("missing policy")),
             _ => Err(bad(&format!("unknown policy {:?}", words.join(" ")))),
         }
     }
-}
-
-/// Parses RFC 3339 or `YYYY-MM-DD HH:MM:SS[.f][+HH[:MM]]`; a time without
-/// offset is taken as UTC.
-pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    let s = s.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Some(t.with_timezone(&Utc));
-    }
-    for fmt in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%:z"] {
-        if let Ok(t) = DateTime::parse_from_str(s, fmt) {
-            return Some(t.with_timezone(&Utc));
-        }
-    }
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
-        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, fmt) {
-            return Some(t.and_utc());
-        }
-    }
-    None
 }
 
 /// What a delete would remove.
@@ -198,17 +187,48 @@ pub fn plan(
             out.delete_backups.push(b.backup_name.clone());
         }
     }
-    // The oldest kept backup's first segment bounds the WAL that goes.
-    let oldest_kept = backups
+    let kept: Vec<(&str, &str)> = backups
         .iter()
         .filter(|b| keep.contains(b.backup_name.as_str()))
-        .filter_map(|b| layout::wal_sort_key(&b.wal_file_name))
-        .min();
+        .filter_map(|b| timeline_position(&b.wal_file_name))
+        .collect();
+    // Backups without a sentinel: leftovers of killed runs when they started
+    // before the oldest kept backup of their timeline; otherwise they may be
+    // in progress (the first backup on a new timeline, say), and they keep
+    // their parts and the WAL they need.
+    let complete: BTreeSet<&str> = backups.iter().map(|b| b.backup_name.as_str()).collect();
+    let mut incomplete: BTreeMap<&str, Option<(&str, &str)>> = BTreeMap::new();
+    for o in backup_objects {
+        if let Some(name) = layout::backup_of_key(&o.key).filter(|n| !complete.contains(n)) {
+            let start = name
+                .strip_prefix("base_")
+                .and_then(|n| n.get(..24))
+                .and_then(timeline_position);
+            incomplete.insert(name, start);
+        }
+    }
+    let mut in_progress = Vec::new();
+    for (name, start) in incomplete {
+        let leftover = everything
+            || start.is_some_and(|(timeline, pos)| {
+                kept.iter()
+                    .filter(|(t, _)| *t == timeline)
+                    .map(|(_, kept_pos)| *kept_pos)
+                    .min()
+                    .is_some_and(|oldest| pos < oldest)
+            });
+        if leftover {
+            out.delete_incomplete.push(name.to_string());
+        } else {
+            in_progress.extend(start);
+        }
+    }
+    let oldest_needed = kept.iter().chain(&in_progress).map(|(_, pos)| *pos).min();
     for o in wal {
         let Some(name) = layout::wal_name_of(&o.key) else {
             continue;
         };
-        let goes = match (layout::wal_sort_key(name), oldest_kept) {
+        let goes = match (layout::wal_sort_key(name), oldest_needed) {
             (_, _) if everything => true,
             (None, _) => false, // .history: kept
             (Some(pos), Some(bound)) => pos < bound,
@@ -218,31 +238,13 @@ pub fn plan(
             out.delete_wal.push(o.key.clone());
         }
     }
-    // Incomplete backups (no sentinel) older than the oldest kept one are
-    // leftovers of killed runs; newer ones may be in progress.
-    let complete: BTreeSet<&str> = backups.iter().map(|b| b.backup_name.as_str()).collect();
-    let mut incomplete: BTreeMap<&str, ()> = BTreeMap::new();
-    for o in backup_objects {
-        if let Some(name) = layout::backup_of_key(&o.key) {
-            if !complete.contains(name) {
-                let older = match (
-                    name.strip_prefix("base_")
-                        .and_then(|n| n.get(..24))
-                        .and_then(layout::wal_sort_key),
-                    oldest_kept,
-                ) {
-                    _ if everything => true,
-                    (Some(pos), Some(bound)) => pos < bound,
-                    _ => false,
-                };
-                if older {
-                    incomplete.insert(name, ());
-                }
-            }
-        }
-    }
-    out.delete_incomplete = incomplete.into_keys().map(String::from).collect();
     Ok(out)
+}
+
+/// A segment name's timeline and its position within it (log and segment
+/// digits); `None` for anything else.
+fn timeline_position(segment: &str) -> Option<(&str, &str)> {
+    Some((segment.get(..8)?, layout::wal_sort_key(segment)?))
 }
 
 /// Runs `delete`: prints the plan, and carries it out with `confirm`.
@@ -395,6 +397,57 @@ mod tests {
             ],
             "WAL from the oldest kept backup's start on stays, .history stays"
         );
+    }
+
+    /// Backups at segments 0x10, 0x20 and 0x30 of timeline 1; a restore of
+    /// the first to a point in segment 0x15 promoted to timeline 2, which
+    /// numbers its segments from 0x15 on; its first backup (at 0x16) is
+    /// uploaded but has no sentinel yet when `delete retain 2` runs. The
+    /// new timeline's segment numbers are lower than the kept backups' of
+    /// timeline 1, yet nothing of timeline 2 is older than them.
+    #[test]
+    fn retention_compares_positions_within_a_timeline() {
+        let backups = vec![
+            summary("base_000000010000000000000010", "2026-01-01T00:00:00Z"),
+            summary("base_000000010000000000000020", "2026-01-02T00:00:00Z"),
+            summary("base_000000010000000000000030", "2026-01-03T00:00:00Z"),
+        ];
+        let mut wal: Vec<ObjectInfo> = (0x10..=0x35)
+            .map(|i| obj(&format!("wal_005/0000000100000000{i:08X}.lz4")))
+            .collect();
+        wal.extend((0x15..=0x18).map(|i| obj(&format!("wal_005/0000000200000000{i:08X}.lz4"))));
+        wal.push(obj("wal_005/00000002.history.lz4"));
+        let in_progress = "base_000000020000000000000016";
+        let objects = [
+            obj(&format!(
+                "basebackups_005/{in_progress}/tar_partitions/part_1.tar.lz4"
+            )),
+            obj(&format!(
+                "basebackups_005/{in_progress}/tar_partitions/pg_control.tar.lz4"
+            )),
+            obj("basebackups_005/base_00000001000000000000000F/tar_partitions/part_1.tar.lz4"),
+        ];
+        let p = plan(
+            &backups,
+            &wal,
+            &objects,
+            &Policy::parse(&["retain".into(), "2".into()]).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(p.delete_backups, ["base_000000010000000000000010"]);
+        assert_eq!(
+            p.delete_incomplete,
+            ["base_00000001000000000000000F"],
+            "a killed run's leftovers go; the new timeline's backup in progress stays"
+        );
+        let deleted = wal_names(&p);
+        for needed in (0x16..=0x18).map(|i| format!("0000000200000000{i:08X}")) {
+            assert!(
+                !deleted.contains(&needed.as_str()),
+                "{needed}, which the backup in progress needs, is deleted: {deleted:?}"
+            );
+        }
+        assert!(deleted.contains(&"000000010000000000000010"), "{deleted:?}");
     }
 
     #[test]
@@ -646,10 +699,13 @@ mod tests {
         assert!(e.contains("timestamp"), "{e}");
         let e = Policy::parse(&["keep".into()]).unwrap_err().to_string();
         assert!(e.contains("usage"), "{e}");
+        let e = Policy::parse(&["before".into(), "2026-02-09 14:30:00".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no UTC offset"), "{e}");
         assert_eq!(
-            parse_time("2026-02-09 14:30:00+00"),
-            parse_time("2026-02-09T14:30:00Z")
+            Policy::parse(&["before".into(), "2026-02-09 16:30:00+02".into()]).unwrap(),
+            Policy::parse(&["before".into(), "2026-02-09T14:30:00Z".into()]).unwrap()
         );
-        assert!(parse_time("2026-02-09 14:30:00").is_some());
     }
 }

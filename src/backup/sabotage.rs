@@ -12,7 +12,7 @@ use futures::stream::BoxStream;
 use std::sync::Arc;
 
 use super::layout::{self, WalFileKind};
-use super::store::{ChunkReceiver, Key, ObjectInfo, Store, StoreError};
+use super::store::{ChunkReceiver, Created, Key, ObjectInfo, Store, StoreError};
 
 /// Whether this build can sabotage at all (the cargo feature `sabotage`).
 pub const SABOTAGE_BUILT_IN: bool = cfg!(feature = "sabotage");
@@ -213,11 +213,12 @@ pub struct SabotagedStore {
     pub sabotage: Sabotage,
 }
 
-#[async_trait]
-impl Store for SabotagedStore {
-    async fn put(&self, key: &Key, data: Bytes) -> Result<(), StoreError> {
+impl SabotagedStore {
+    /// What an upload of `data` to `key` stores under the sabotage: `None`
+    /// when it is dropped (success reported without storing).
+    fn mishandled(&self, key: &Key, data: Bytes) -> Option<Bytes> {
         if !self.sabotage.hits(key) {
-            return self.inner.put(key, data).await;
+            return Some(data);
         }
         tracing::warn!(%key, sabotage = ?self.sabotage, "SABOTAGE: deliberately mishandling this upload");
         match self.sabotage {
@@ -225,14 +226,29 @@ impl Store for SabotagedStore {
                 let mut bytes = data.to_vec();
                 let mid = bytes.len() / 2;
                 bytes[mid] ^= 0x40;
-                self.inner.put(key, Bytes::from(bytes)).await
+                Some(Bytes::from(bytes))
             }
-            // Dropped: success without storing.
-            _ => Ok(()),
+            _ => None,
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SabotagedStore {
+    async fn put(&self, key: &Key, data: Bytes) -> Result<(), StoreError> {
+        match self.mishandled(key, data) {
+            Some(data) => self.inner.put(key, data).await,
+            None => Ok(()),
         }
     }
     async fn put_stream(&self, key: &Key, chunks: ChunkReceiver) -> Result<u64, StoreError> {
         self.inner.put_stream(key, chunks).await
+    }
+    async fn put_new(&self, key: &Key, data: Bytes) -> Result<Created, StoreError> {
+        match self.mishandled(key, data) {
+            Some(data) => self.inner.put_new(key, data).await,
+            None => Ok(Created::Stored),
+        }
     }
     async fn head(&self, key: &Key) -> Result<Option<ObjectInfo>, StoreError> {
         self.inner.head(key).await
@@ -252,8 +268,8 @@ impl Store for SabotagedStore {
     async fn delete(&self, key: &Key) -> Result<(), StoreError> {
         self.inner.delete(key).await
     }
-    async fn confirm_location(&self) -> Result<(), StoreError> {
-        self.inner.confirm_location().await
+    async fn confirm_archive(&self) -> Result<(), StoreError> {
+        self.inner.confirm_archive().await
     }
     fn describe(&self) -> String {
         format!(

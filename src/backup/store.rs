@@ -139,6 +139,15 @@ impl StoreError {
     }
 }
 
+/// What [`Store::put_new`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The object is stored.
+    Stored,
+    /// An object had the key already; nothing was written.
+    AlreadyExists,
+}
+
 /// A stream of chunks for [`Store::put_stream`]; an `Err` aborts the upload
 /// and nothing is stored.
 pub type ChunkReceiver = mpsc::Receiver<Result<Bytes, String>>;
@@ -152,6 +161,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Stores an object from a stream of chunks; it becomes visible only when
     /// the stream ends without error. Returns the bytes stored.
     async fn put_stream(&self, key: &Key, chunks: ChunkReceiver) -> Result<u64, StoreError>;
+    /// Stores a whole object only if no object has its key, atomically:
+    /// of writers racing for one key exactly one stores it, and the others
+    /// are told it exists. "Look, then write" is not this: both writers
+    /// would look, find nothing and write.
+    async fn put_new(&self, key: &Key, data: Bytes) -> Result<Created, StoreError>;
     /// Size and time of an object; `None` when absent.
     async fn head(&self, key: &Key) -> Result<Option<ObjectInfo>, StoreError>;
     /// Reads a whole object.
@@ -169,12 +183,38 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
     /// Removes an object; removing an absent object is not an error.
     async fn delete(&self, key: &Key) -> Result<(), StoreError>;
-    /// Confirms that the store's location (bucket, directory) exists and
-    /// answers. S3 answers 404 for a missing bucket as for a missing key:
-    /// an object is known to be absent only when this succeeds.
-    async fn confirm_location(&self) -> Result<(), StoreError>;
+    /// Confirms that the store's location (bucket and prefix, directory)
+    /// exists, answers and holds an archive (`wal_005/` or
+    /// `basebackups_005/`), with one listing at most. S3 answers 404 for a
+    /// missing bucket as for a missing key, an unmounted volume is an empty
+    /// directory, and a mistyped prefix is an empty listing: an object is
+    /// known to be absent from an archive only when this succeeds.
+    async fn confirm_archive(&self) -> Result<(), StoreError>;
     /// Where this store is, for messages (no secrets).
     fn describe(&self) -> String;
+}
+
+/// The top-level folders of an archive; a location with neither is not one.
+const ARCHIVE_DIRS: [&str; 2] = [
+    crate::backup::layout::WAL_DIR,
+    crate::backup::layout::BACKUP_DIR,
+];
+
+/// `Ok` when `top` (the names at a location's top level) holds one of
+/// [`ARCHIVE_DIRS`]; otherwise the error names the location.
+fn archive_dirs_present(top: &[&str], describe: impl Fn() -> String) -> Result<(), StoreError> {
+    let found = ARCHIVE_DIRS
+        .iter()
+        .any(|dir| top.contains(&dir.trim_end_matches('/')));
+    match found {
+        true => Ok(()),
+        false => Err(StoreError::NoLocation(format!(
+            "{} holds neither {} nor {}: it is not an archive, so nothing can be fetched from it; check that the volume is mounted and that WALG_FILE_PREFIX or WALG_S3_PREFIX names the archive",
+            describe(),
+            ARCHIVE_DIRS[0],
+            ARCHIVE_DIRS[1]
+        ))),
+    }
 }
 
 /// Opens the configured store.
@@ -375,10 +415,10 @@ fn first_line(s: &str) -> String {
 impl Store for S3Store {
     async fn put(&self, key: &Key, data: Bytes) -> Result<(), StoreError> {
         if data.len() > MULTIPART_CHUNK * 4 {
-            let (tx, rx) = mpsc::channel(1);
-            let _ = tx.send(Ok(data)).await;
-            drop(tx);
-            return self.put_stream(key, rx).await.map(|_| ());
+            return self
+                .put_stream(key, one_chunk(data).await)
+                .await
+                .map(|_| ());
         }
         self.inner
             .put(&self.path(key), PutPayload::from_bytes(data))
@@ -443,6 +483,25 @@ impl Store for S3Store {
         }
         writer.finish().await.map_err(|e| self.error(key, e))?;
         Ok(total)
+    }
+
+    async fn put_new(&self, key: &Key, data: Bytes) -> Result<Created, StoreError> {
+        // One PUT with `If-None-Match: *` whatever the size (S3 takes up to
+        // 5 GiB in one): a multipart upload's completion cannot be made
+        // conditional through object_store.
+        let opts = object_store::PutOptions {
+            mode: object_store::PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .inner
+            .put_opts(&self.path(key), PutPayload::from_bytes(data), opts)
+            .await
+        {
+            Ok(_) => Ok(Created::Stored),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(Created::AlreadyExists),
+            Err(e) => Err(self.error(key, e)),
+        }
     }
 
     async fn head(&self, key: &Key) -> Result<Option<ObjectInfo>, StoreError> {
@@ -530,16 +589,23 @@ impl Store for S3Store {
         }
     }
 
-    async fn confirm_location(&self) -> Result<(), StoreError> {
-        // The first page of a listing under the prefix: one request that
-        // fails when the bucket is missing or refused.
+    async fn confirm_archive(&self) -> Result<(), StoreError> {
+        // The top level of the prefix: one request (an archive has two
+        // entries there) that fails when the bucket is missing or refused.
         let root = Key::new("");
         let prefix = self.path(&root);
         let prefix = (!prefix.as_ref().is_empty()).then_some(&prefix);
-        match self.inner.list(prefix).next().await {
-            None | Some(Ok(_)) => Ok(()),
-            Some(Err(object_store::Error::NotFound { .. })) => Err(self.no_bucket()),
-            Some(Err(e)) => Err(self.error(&root, e)),
+        match self.inner.list_with_delimiter(prefix).await {
+            Ok(top) => {
+                let names: Vec<&str> = top
+                    .common_prefixes
+                    .iter()
+                    .filter_map(|p| p.filename())
+                    .collect();
+                archive_dirs_present(&names, || self.describe())
+            }
+            Err(object_store::Error::NotFound { .. }) => Err(self.no_bucket()),
+            Err(e) => Err(self.error(&root, e)),
         }
     }
 
@@ -556,6 +622,13 @@ impl S3Store {
             .map(|_| ())
             .map_err(|e| self.error(key, e))
     }
+}
+
+/// `data` as a finished stream of one chunk.
+async fn one_chunk(data: Bytes) -> ChunkReceiver {
+    let (tx, rx) = mpsc::channel(1);
+    let _ = tx.send(Ok(data)).await;
+    rx
 }
 
 /// A directory on a local (or mounted) file system. Objects are files;
@@ -630,14 +703,26 @@ impl DirStore {
         })
     }
 
-    async fn write_atomic(&self, key: &Key, mut chunks: ChunkReceiver) -> Result<u64, StoreError> {
+    /// Writes `chunks` to a temporary file, syncs it and puts it in place:
+    /// by rename, or with `replace` false by a hard link, which fails
+    /// atomically when the name exists (`None`, nothing stored).
+    async fn write_atomic(
+        &self,
+        key: &Key,
+        mut chunks: ChunkReceiver,
+        replace: bool,
+    ) -> Result<Option<u64>, StoreError> {
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let path = self.path(key)?;
         let parent = path.parent().unwrap_or(&self.root).to_path_buf();
         Self::create_dir_durable(&parent).await?;
+        // Unique per write, so that writers of one key in one process do
+        // not share a temporary file either.
         let tmp = path.with_file_name(format!(
-            "{}.{}{}",
+            "{}.{}.{}{}",
             key.file_name(),
             std::process::id(),
+            WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             DIR_TMP_SUFFIX
         ));
         let result = async {
@@ -656,9 +741,19 @@ impl DirStore {
                     .map_err(|e| Self::io_err(&tmp, e))?;
             }
             f.sync_all().await.map_err(|e| Self::io_err(&tmp, e))?;
-            tokio::fs::rename(&tmp, &path)
-                .await
-                .map_err(|e| Self::io_err(&path, e))?;
+            if replace {
+                tokio::fs::rename(&tmp, &path)
+                    .await
+                    .map_err(|e| Self::io_err(&path, e))?;
+            } else {
+                let linked = tokio::fs::hard_link(&tmp, &path).await;
+                let _ = tokio::fs::remove_file(&tmp).await;
+                match linked {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(None),
+                    Err(e) => return Err(Self::io_err(&path, e)),
+                }
+            }
             // Make the rename itself durable: until then the object may
             // vanish in a crash. If that fails, take the object away again,
             // so that a retry does not find it and take it as stored.
@@ -666,7 +761,7 @@ impl DirStore {
                 let _ = tokio::fs::remove_file(&path).await;
                 return Err(e);
             }
-            Ok(total)
+            Ok(Some(total))
         }
         .await;
         if result.is_err() {
@@ -679,14 +774,22 @@ impl DirStore {
 #[async_trait]
 impl Store for DirStore {
     async fn put(&self, key: &Key, data: Bytes) -> Result<(), StoreError> {
-        let (tx, rx) = mpsc::channel(1);
-        let _ = tx.send(Ok(data)).await;
-        drop(tx);
-        self.write_atomic(key, rx).await.map(|_| ())
+        self.write_atomic(key, one_chunk(data).await, true)
+            .await
+            .map(|_| ())
     }
 
     async fn put_stream(&self, key: &Key, chunks: ChunkReceiver) -> Result<u64, StoreError> {
-        self.write_atomic(key, chunks).await
+        Ok(self.write_atomic(key, chunks, true).await?.unwrap_or(0))
+    }
+
+    async fn put_new(&self, key: &Key, data: Bytes) -> Result<Created, StoreError> {
+        Ok(
+            match self.write_atomic(key, one_chunk(data).await, false).await? {
+                Some(_) => Created::Stored,
+                None => Created::AlreadyExists,
+            },
+        )
     }
 
     async fn head(&self, key: &Key) -> Result<Option<ObjectInfo>, StoreError> {
@@ -811,9 +914,18 @@ impl Store for DirStore {
         }
     }
 
-    async fn confirm_location(&self) -> Result<(), StoreError> {
+    async fn confirm_archive(&self) -> Result<(), StoreError> {
         match tokio::fs::metadata(&self.root).await {
-            Ok(m) if m.is_dir() => Ok(()),
+            Ok(m) if m.is_dir() => {
+                let mut names = Vec::new();
+                for dir in ARCHIVE_DIRS {
+                    let path = self.root.join(dir.trim_end_matches('/'));
+                    if tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_dir()) {
+                        names.push(dir.trim_end_matches('/'));
+                    }
+                }
+                archive_dirs_present(&names, || self.describe())
+            }
             Ok(_) => Err(StoreError::NoLocation(format!(
                 "{} is not a directory: check WALG_FILE_PREFIX",
                 self.root.display()

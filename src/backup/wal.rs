@@ -29,7 +29,7 @@ use super::codec::{self, Compression, Digest};
 use super::config::StorageFormat;
 use super::crypto::CryptoError;
 use super::layout::{self, Segment, WalFileKind};
-use super::store::Key;
+use super::store::{Created, Key};
 use super::{BackupError, Context};
 
 const STATE_DIR: &str = ".pgdrill";
@@ -147,47 +147,70 @@ pub(super) async fn find_wal(ctx: &Context, name: &str) -> Result<Option<Key>, B
 }
 
 /// Stores `data` as WAL file `name` unless identical content is there
-/// already; different content under the same name is an error. Returns
-/// the plaintext digest.
+/// already; different content under the same name is an error. The object
+/// is created only if absent (a conditional write), so of two pushes
+/// racing with different content (two promoted servers, two `.history`
+/// files of one timeline) exactly one is stored and the other fails.
+/// Returns the plaintext digest.
 pub async fn push_bytes(
     ctx: &Context,
     name: &str,
     data: Bytes,
 ) -> Result<(PushOutcome, Digest), BackupError> {
+    // Under any compression's name: a segment pushed by a run with other
+    // settings is this segment too.
     if let Some(existing) = find_wal(ctx, name).await? {
-        let stored = match ctx.fetch_wal_object(&existing, name).await {
-            Ok((_, stored)) => stored,
-            Err(BackupError::Crypto(CryptoError::PublicKeyOnly { origin, .. })) => {
-                return Err(BackupError::WalUncomparable {
-                    name: name.to_string(),
-                    key: existing,
-                    origin,
-                });
-            }
-            Err(e) => return Err(e),
-        };
-        let local = blake3::hash(&data);
-        if stored.blake3 == *local.as_bytes() && stored.plain_len == data.len() as u64 {
-            info!(%name, "already archived with identical content");
-            return Ok((PushOutcome::AlreadyArchived, stored));
-        }
-        return Err(BackupError::WalConflict {
-            name: name.to_string(),
-            stored: stored.hex(),
-            local: local.to_hex().to_string(),
-        });
+        return compare_with_stored(ctx, name, &existing, &data).await;
     }
     let compression = ctx.settings.compression;
-    let data = crate::backup::sabotage::Sabotage::wal_content(ctx.settings.sabotage, name, data);
+    let content =
+        crate::backup::sabotage::Sabotage::wal_content(ctx.settings.sabotage, name, data.clone());
     let format = ctx.settings.storage_format;
-    let (object, digest) = encode(ctx, data, compression, format).await?;
+    let (object, digest) = encode(ctx, content, compression, format).await?;
     let key = match format {
         StorageFormat::Pgdrill => layout::wal_key(name, compression),
         StorageFormat::Walg => layout::walg_wal_key(name, compression),
     };
-    ctx.store.put(&key, Bytes::from(object)).await?;
-    info!(%name, "archived");
-    Ok((PushOutcome::Uploaded, digest))
+    match ctx.store.put_new(&key, Bytes::from(object)).await? {
+        Created::Stored => {
+            info!(%name, "archived");
+            Ok((PushOutcome::Uploaded, digest))
+        }
+        // Stored meanwhile by another push (or by this one, whose answer
+        // was lost and the request retried).
+        Created::AlreadyExists => compare_with_stored(ctx, name, &key, &data).await,
+    }
+}
+
+/// WAL file `name` is stored as `existing`: fine when its content is
+/// `data`, an error otherwise.
+async fn compare_with_stored(
+    ctx: &Context,
+    name: &str,
+    existing: &Key,
+    data: &[u8],
+) -> Result<(PushOutcome, Digest), BackupError> {
+    let stored = match ctx.fetch_wal_object(existing, name).await {
+        Ok((_, stored)) => stored,
+        Err(BackupError::Crypto(CryptoError::PublicKeyOnly { origin, .. })) => {
+            return Err(BackupError::WalUncomparable {
+                name: name.to_string(),
+                key: existing.clone(),
+                origin,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let local = blake3::hash(data);
+    if stored.blake3 == *local.as_bytes() && stored.plain_len == data.len() as u64 {
+        info!(%name, "already archived with identical content");
+        return Ok((PushOutcome::AlreadyArchived, stored));
+    }
+    Err(BackupError::WalConflict {
+        name: name.to_string(),
+        stored: stored.hex(),
+        local: local.to_hex().to_string(),
+    })
 }
 
 /// A WAL file as it is stored: compressed, then encrypted when
@@ -350,7 +373,7 @@ pub async fn wal_fetch(ctx: &Context, name: &str, dest: &Path) -> Result<(), Bac
             // bucket is an error, not the end of the archive (which would
             // end recovery early).
             if matches!(e, BackupError::WalNotFound { .. }) {
-                ctx.store.confirm_location().await?;
+                ctx.store.confirm_archive().await?;
             }
             return Err(e);
         }

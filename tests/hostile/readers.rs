@@ -311,6 +311,94 @@ fn oversized_sentinels_and_file_lists_are_refused_unread() {
     refused(err, &metadata_key, layout::MAX_METADATA_SIZE);
 }
 
+/// Peak memory of `backup-list` over sentinels that are large but legal:
+/// WAL-G before `files_metadata.json` kept the file list in the sentinel
+/// (`Files`, about 100 bytes a file), so an old backup of a cluster with a
+/// million files has a 100 MB sentinel. Parsing each into a generic JSON
+/// value took about 17 times its size, several at once (1.6 GB for one
+/// 100 MB sentinel). The whole process, measured by the kernel, must stay
+/// under 256 MiB whatever the bucket holds.
+#[test]
+fn backup_list_memory_is_bounded_over_large_sentinels() {
+    use std::io::Write;
+    const PEAK_GOAL: u64 = 256 << 20;
+    let store = tempfile::tempdir().unwrap();
+    let dir = store.path().join("basebackups_005");
+    std::fs::create_dir_all(&dir).unwrap();
+    for segment in 2..6u64 {
+        let name = format!("base_0000000100000000{segment:08X}");
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(dir.join(format!("{name}_backup_stop_sentinel.json"))).unwrap(),
+        );
+        write!(
+            f,
+            "{{\"LSN\":{},\"FinishLSN\":{},\"PgVersion\":150010,\"Files\":{{",
+            segment * (16 << 20) + 40,
+            segment * (16 << 20) + 4096
+        )
+        .unwrap();
+        for i in 0..1_000_000u32 {
+            let comma = if i == 0 { "" } else { "," };
+            write!(f, "{comma}\"/base/16384/{}\":{{\"IsIncremented\":false,\"IsSkipped\":false,\"MTime\":\"2020-01-01T00:00:00.123456789Z\"}}", 100_000 + i).unwrap();
+        }
+        write!(f, "}}}}").unwrap();
+        f.flush().unwrap();
+    }
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_pgdrill"))
+        .args(["backup-list", "--json"])
+        .env("WALG_FILE_PREFIX", store.path())
+        .env_remove("PGDRILL_ENV_DIR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (output, peak) = output_and_peak_rss(child);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rows.len(), 4, "every sentinel listed");
+    assert!(
+        peak < PEAK_GOAL,
+        "backup-list peaked at {} MiB over four 100 MB sentinels (goal: under {} MiB)",
+        peak >> 20,
+        PEAK_GOAL >> 20
+    );
+}
+
+/// A child's output and its peak resident memory in bytes, as the kernel
+/// accounts it (`wait4`'s `ru_maxrss`).
+fn output_and_peak_rss(mut child: std::process::Child) -> (std::process::Output, u64) {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        stdout.read_to_end(&mut buf).unwrap();
+        buf
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        stderr.read_to_end(&mut buf).unwrap();
+        buf
+    });
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for the child we spawned, which nothing else waits for.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as libc::pid_t, "wait4");
+    let output = std::process::Output {
+        status: std::process::ExitStatus::from_raw(status),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    };
+    (output, usage.ru_maxrss as u64 * 1024)
+}
+
 /// A backup with two files and a directory in one part; returns the
 /// metadata, the part's plain tar and the summary.
 fn small_backup(name: &str) -> (BackupMetadata, Vec<u8>) {

@@ -484,7 +484,7 @@ async fn backup_push_fails_when_its_wal_goes_to_another_store() {
 async fn wal_fetch_from_a_missing_bucket_aborts_recovery() {
     let env = TestEnv::start("no-bucket", Storage::S3, &[], InitOptions::default());
     let dest = env.dir("scratch").join("RECOVERYXLOG");
-    let with_prefix = |prefix: &str| {
+    let fetch = |prefix: &str, segment: &str| {
         let mut vars = env.archive.storage_vars.clone();
         for (k, v) in vars.iter_mut() {
             if k == "WALG_S3_PREFIX" {
@@ -493,22 +493,27 @@ async fn wal_fetch_from_a_missing_bucket_aborts_recovery() {
         }
         vars.push(("WALG_PREFETCH".into(), "0".into()));
         vars.push(("WALG_S3_MAX_RETRIES".into(), "1".into()));
-        env.pgdrill_with_vars(
-            &vars,
-            &[
-                "wal-fetch",
-                "000000010000000000000001",
-                dest.to_str().unwrap(),
-            ],
-        )
+        env.pgdrill_with_vars(&vars, &["wal-fetch", segment, dest.to_str().unwrap()])
     };
+    let with_prefix = |prefix: &str| fetch(prefix, "000000010000000000000001");
     let out = with_prefix("s3://no-such-bucket/db");
     assert_eq!(code(&out), FETCH_FAILED, "{}", stderr(&out));
     assert!(stderr(&out).contains("no-such-bucket"), "{}", stderr(&out));
     assert!(!dest.exists());
 
-    // The bucket exists, the prefix is empty: the end of the archive.
+    // The bucket exists, the prefix is empty (a typo, say): not an
+    // archive, so not the end of one either.
     let out = with_prefix("s3://drill/empty-prefix");
+    assert_eq!(code(&out), FETCH_FAILED, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("s3://drill/empty-prefix") && stderr(&out).contains("not an archive"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The archive holds WAL, not this segment: the end of the archive.
+    switch_and_wait_archived(&env.primary).await;
+    let out = fetch("s3://drill/no-bucket", "0000000100000000000000FF");
     assert_eq!(code(&out), 74, "{}", stderr(&out));
 }
 
@@ -550,6 +555,97 @@ fn wal_fetch_usage_errors_exit_above_125() {
         .unwrap();
     assert_eq!(code(&out), FETCH_FAILED, "{}", stderr(&out));
     assert!(stderr(&out).contains("thread"), "{}", stderr(&out));
+}
+
+/// A time without a UTC offset is refused wherever the tool takes one:
+/// PostgreSQL reads such a time in the server's `timezone`, an operator
+/// copies it from psql in local time, and taking it as UTC restored to the
+/// wrong moment. The message names the accepted forms.
+#[test]
+fn times_without_a_utc_offset_are_refused() {
+    let store = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(PGDRILL)
+            .args(args)
+            .env("WALG_FILE_PREFIX", store.path())
+            .env_remove("PGDRILL_ENV_DIR")
+            .output()
+            .unwrap()
+    };
+    let dest = store.path().join("restore");
+    let dest = dest.to_str().unwrap();
+    for (args, exit) in [
+        (
+            &[
+                "backup-fetch",
+                dest,
+                "LATEST",
+                "--recovery-target-time",
+                "2026-12-05 07:53:26",
+            ][..],
+            2,
+        ),
+        (
+            &[
+                "backup-fetch",
+                dest,
+                "LATEST",
+                "--recovery-target-time",
+                "2026-12-05T07:53:26.5",
+            ],
+            2,
+        ),
+        (&["delete", "before", "2026-12-05 07:53:26"], 1),
+        (&["delete", "--confirm", "before", "2026-12-05T07:53"], 1),
+    ] {
+        let out = run(args);
+        let err = stderr(&out);
+        assert_eq!(code(&out), exit, "{args:?}: {err}");
+        assert!(
+            err.contains("no UTC offset") && err.contains("+02:00") && err.contains("07:53:26Z"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!std::path::Path::new(dest).exists(), "nothing restored");
+}
+
+/// An unmounted volume is an empty directory, and a bucket prefix with a
+/// typo is an empty listing: a location that holds neither WAL nor
+/// backups is not an archive, so wal-fetch must not answer "not found"
+/// (74, which ends recovery as the end of the archive) but fail (above
+/// 125) naming the location.
+#[test]
+fn wal_fetch_from_a_location_that_is_no_archive_aborts_recovery() {
+    let store = tempfile::tempdir().unwrap();
+    let dest = store.path().join("restored-segment");
+    let fetch = || {
+        Command::new(PGDRILL)
+            .args([
+                "wal-fetch",
+                "000000010000000000000001",
+                dest.to_str().unwrap(),
+            ])
+            .env("WALG_FILE_PREFIX", store.path())
+            .env_remove("PGDRILL_ENV_DIR")
+            .output()
+            .unwrap()
+    };
+    let out = fetch();
+    assert_eq!(code(&out), FETCH_FAILED, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&store.path().display().to_string())
+            && stderr(&out).contains("wal_005"),
+        "{}",
+        stderr(&out)
+    );
+    // An archive with WAL but not this segment: the end of the archive.
+    std::fs::create_dir_all(store.path().join("wal_005")).unwrap();
+    std::fs::write(
+        store.path().join("wal_005/000000010000000000000009.lz4"),
+        b"x",
+    )
+    .unwrap();
+    assert_eq!(code(&fetch()), 74);
 }
 
 /// Issue 9.10: an upload-ahead marker vouches for one store only: after

@@ -8,6 +8,7 @@ mod common;
 
 mod backup_e2e;
 mod backup_faults;
+mod concurrency;
 mod delta;
 mod encryption;
 mod report_cli;

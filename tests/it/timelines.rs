@@ -146,6 +146,105 @@ async fn recovery_settings_carried_in_a_backup_do_not_steer_its_restore() {
     assert_eq!(rows(&pitr).await, 100, "the point in time asked for");
 }
 
+/// Recovery settings carried in `postgresql.conf` and the files it
+/// includes, in any spelling PostgreSQL accepts (`key value` without `=`,
+/// mixed case, `key=value`, quotes), steer a restore exactly as those in
+/// `postgresql.auto.conf` would: after a point-in-time restore done by hand
+/// as PostgreSQL's documentation shows, the target stays in
+/// `postgresql.conf`, the promoted primary ignores it, and every later
+/// base backup carries it. Here the carried target lies between the backup
+/// and the last commits (the restore used to stop there silently, with
+/// rows missing), the carried `recovery_target_action` sits in an
+/// `include`d file, a carried `recovery_target_timeline = 'current'` in an
+/// `include_dir` directory, and `recovery_target_inclusive = off` behind a
+/// quoted `include_if_exists`.
+#[tokio::test]
+async fn recovery_settings_carried_in_postgresql_conf_and_its_includes_do_not_steer_a_restore() {
+    let env = TestEnv::start("carried-conf", Storage::Dir, &[], InitOptions::default());
+    let client = env.primary.connect().await.unwrap();
+    client
+        .batch_execute("CREATE TABLE t(id bigserial PRIMARY KEY, batch text)")
+        .await
+        .unwrap();
+    // Written without a reload: the running primary never reads them, as a
+    // promoted primary ignores them; its base backups carry them.
+    let carried_target: String = client
+        .query_one(
+            "SELECT to_char((clock_timestamp() + interval '8 seconds') AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let data = &env.primary.data_dir;
+    let write = |name: &str, text: &str| {
+        let path = data.join(name);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        let mut old = std::fs::read_to_string(&path).unwrap_or_default();
+        old.push_str(text);
+        std::fs::write(&path, old).unwrap();
+    };
+    write(
+        "postgresql.conf",
+        &format!(
+            "\nRecovery_Target_Time '{carried_target}'   # left by a PITR done by hand\ninclude 'pitr.conf'\ninclude_dir 'conf.d'\ninclude_if_exists = 'extra/more.conf'\n"
+        ),
+    );
+    write("pitr.conf", "RECOVERY_TARGET_ACTION=promote\n");
+    write(
+        "conf.d/10-recovery.conf",
+        "recovery_target_timeline = current\n",
+    );
+    write("extra/more.conf", "recovery_target_inclusive='off'\n");
+    let backup = env.backup_push(&[]);
+    insert(&client, "a", 100).await;
+    while count(
+        &client,
+        &format!("SELECT (clock_timestamp() > '{carried_target}')::int::bigint"),
+    )
+    .await
+        == 0
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let target = now_target(&client).await;
+    insert(&client, "b", 10).await;
+    switch_and_wait_archived(&env.primary).await;
+
+    let latest = env.restore("latest", &backup, &["--recover"]).await;
+    assert_eq!(
+        rows(&latest).await,
+        110,
+        "the end of the archive, not the target carried in postgresql.conf"
+    );
+    drop(latest);
+    let pitr = env
+        .restore("pitr", &backup, &["--recovery-target-time", &target])
+        .await;
+    assert_eq!(rows(&pitr).await, 100, "the point in time asked for");
+
+    // Without --recover the operator sets recovery up by hand: the tool
+    // names every carried setting that would steer it, with its file and line.
+    let out = env.pgdrill(&[
+        "backup-fetch",
+        env.dir("by-hand").join("data").to_str().unwrap(),
+        &backup,
+    ]);
+    assert_success(&out, "backup-fetch without recovery settings");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    for expected in [
+        "postgresql.conf:",
+        "Recovery_Target_Time",
+        "pitr.conf:1",
+        "conf.d/10-recovery.conf:1",
+        "extra/more.conf:1",
+    ] {
+        assert!(said.contains(expected), "{expected:?} named in:\n{said}");
+    }
+}
+
 async fn rows(pg: &pgdrill::env::local::LocalPostgres) -> i64 {
     let c = pg.connect().await.unwrap();
     c.query_one("SELECT count(*) FROM t", &[])

@@ -537,6 +537,20 @@ fn damaged_walg_backups_are_refused_naming_the_object() {
         "listed file(s) are in none of the backup's tars",
     );
 
+    // A delta takes a file from its base (skipped: unchanged since the
+    // base) that the base neither lists nor holds: no backup of the chain
+    // has it, and the restore must not go on without it.
+    let unlisted = fresh("unlisted");
+    let list = unlisted
+        .join("basebackups_005")
+        .join(delta)
+        .join("files_metadata.json");
+    let mut files: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&list).unwrap()).unwrap();
+    files["Files"]["/base/1/424242"] = serde_json::json!({"IsIncremented": false, "IsSkipped": true, "MTime": "2026-01-01T00:00:00Z"});
+    std::fs::write(&list, serde_json::to_vec(&files).unwrap()).unwrap();
+    refused(&unlisted, delta, "/base/1/424242");
+
     let orphan = fresh("orphan");
     std::fs::remove_file(
         orphan

@@ -10,6 +10,7 @@
 //! backup, never listed.
 
 mod fetch;
+mod pgconf;
 mod push;
 mod recovery;
 mod walk;

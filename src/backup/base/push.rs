@@ -25,6 +25,7 @@ use crate::backup::layout::{self, Segment};
 use crate::backup::pg::{connect, pg_err};
 use crate::backup::progress::{human_bytes, Progress};
 use crate::backup::sabotage::Sabotage;
+use crate::backup::store::Created;
 use crate::backup::wal;
 use crate::backup::walg;
 use crate::backup::{BackupError, Context};
@@ -499,25 +500,21 @@ pub async fn backup_push(
     let previous = delta_previous(ctx, opts, &system_identifier).await?;
     let start_time = Utc::now();
     let label = format!("pgdrill {}", start_time.to_rfc3339());
-    let start_sql = if pg_version >= 150000 {
-        "SELECT lsn::text, pg_walfile_name(lsn) FROM pg_backup_start($1, $2) AS lsn"
-    } else {
-        "SELECT lsn::text, pg_walfile_name(lsn) FROM pg_start_backup($1, $2, false) AS lsn"
-    };
-    let row = client
-        .query_one(start_sql, &[&label, &opts.fast_checkpoint])
-        .await
-        .map_err(pg_err("starting the backup"))?;
-    let start_lsn: String = row.get(0);
-    let start_wal: String = row.get(1);
-    let timeline = u32::from_str_radix(&start_wal[..8], 16).unwrap_or(1);
-    // A delta only on the same timeline: after a point-in-time restore,
-    // LSNs of the new timeline say nothing about the old one's pages.
-    let previous = previous.filter(|(p, _)| p.timeline == timeline);
-    let backup_name = match &previous {
-        Some((p, _)) => format!("base_{start_wal}_D_{}", p.wal_file_name),
-        None => format!("base_{start_wal}"),
-    };
+    let Started {
+        start_lsn,
+        start_wal,
+        timeline,
+        previous,
+        backup_name,
+    } = start_under_owned_name(
+        ctx,
+        &client,
+        pg_version,
+        &label,
+        opts.fast_checkpoint,
+        previous,
+    )
+    .await?;
     let delta_base = previous.as_ref().map(|(p, metadata)| {
         Arc::new(DeltaBase {
             from_lsn: layout::Lsn::parse(&p.start_lsn).map_or(0, |l| l.0),
@@ -666,6 +663,7 @@ pub async fn backup_push(
     if format == StorageFormat::Walg {
         parts.push(upload_walg_label(ctx, &backup_name, &backup_label, &tablespace_map).await?);
     }
+    parts_still_stored(ctx, &backup_name, &parts).await?;
     let mut files: Vec<FileEntry> = files.into_iter().flatten().collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let metadata = BackupMetadata {
@@ -738,6 +736,112 @@ pub async fn backup_push(
         "backup complete"
     );
     Ok(summary)
+}
+
+/// How many times a run starts its backup again when the name its start
+/// segment gives is owned by another run. Each start after the first
+/// begins in a later segment (ending a backup switches segments).
+const NAME_ATTEMPTS: usize = 3;
+
+/// A started backup under a name this run owns.
+struct Started {
+    start_lsn: String,
+    start_wal: String,
+    timeline: u32,
+    /// The delta base, kept only on the same timeline: after a
+    /// point-in-time restore, LSNs of the new timeline say nothing about
+    /// the old one's pages.
+    previous: Option<(BackupSummary, BackupMetadata)>,
+    backup_name: String,
+}
+
+/// Starts the backup (`pg_backup_start`) and claims the name its start
+/// segment gives. Two runs that start in one segment would share a name
+/// and write over each other's objects: the claim is created only if
+/// absent ([`Store::put_new`]), so exactly one run owns each name. A run
+/// that finds its name owned ends its backup (`pg_backup_stop`, which
+/// switches to a new segment) and starts again under the next segment's
+/// name; it never writes or deletes under a name it does not own.
+async fn start_under_owned_name(
+    ctx: &Context,
+    client: &tokio_postgres::Client,
+    pg_version: i32,
+    label: &str,
+    fast_checkpoint: bool,
+    previous: Option<(BackupSummary, BackupMetadata)>,
+) -> Result<Started, BackupError> {
+    let (start_sql, abandon_sql) = if pg_version >= 150000 {
+        (
+            "SELECT lsn::text, pg_walfile_name(lsn) FROM pg_backup_start($1, $2) AS lsn",
+            "SELECT pg_backup_stop(false)",
+        )
+    } else {
+        (
+            "SELECT lsn::text, pg_walfile_name(lsn) FROM pg_start_backup($1, $2, false) AS lsn",
+            "SELECT pg_stop_backup(false, false)",
+        )
+    };
+    let mut attempt = 1;
+    loop {
+        let row = client
+            .query_one(start_sql, &[&label, &fast_checkpoint])
+            .await
+            .map_err(pg_err("starting the backup"))?;
+        let start_wal: String = row.get(1);
+        let timeline = u32::from_str_radix(&start_wal[..8], 16).unwrap_or(1);
+        let base = previous.as_ref().filter(|(p, _)| p.timeline == timeline);
+        let backup_name = match base {
+            Some((p, _)) => format!("base_{start_wal}_D_{}", p.wal_file_name),
+            None => format!("base_{start_wal}"),
+        };
+        if claim_name(ctx, &backup_name, label).await? {
+            return Ok(Started {
+                start_lsn: row.get(0),
+                start_wal,
+                timeline,
+                previous: previous.filter(|(p, _)| p.timeline == timeline),
+                backup_name,
+            });
+        }
+        if attempt == NAME_ATTEMPTS {
+            return Err(BackupError::NameTaken {
+                attempts: attempt,
+                last: backup_name,
+            });
+        }
+        warn!(%backup_name, "another backup-push run owns this name (it started in the same WAL segment); starting again in the next segment");
+        client
+            .query_one(abandon_sql, &[])
+            .await
+            .map_err(pg_err("ending a backup whose name another run owns"))?;
+        attempt += 1;
+    }
+}
+
+/// Creates the claim of `backup` for this run: `false` when another run
+/// (or a backup already stored under that name) owns it.
+async fn claim_name(ctx: &Context, backup: &str, label: &str) -> Result<bool, BackupError> {
+    if ctx
+        .store
+        .head(&layout::sentinel_key(backup))
+        .await?
+        .is_some()
+    {
+        return Ok(false);
+    }
+    let claim = serde_json::json!({
+        "label": label,
+        "hostname": hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+        "pid": std::process::id(),
+        "claimed_at": Utc::now(),
+    });
+    let claim = serde_json::to_vec_pretty(&claim)
+        .map_err(BackupError::internal("serializing the name claim"))?;
+    Ok(ctx
+        .store
+        .put_new(&layout::claim_key(backup), Bytes::from(claim))
+        .await?
+        == Created::Stored)
 }
 
 /// Stores `backup_label.tar` of a backup in WAL-G's format: `backup_label`
@@ -846,6 +950,7 @@ async fn store_walg_documents(
         hostname: summary.hostname.clone(),
         data_dir: summary.data_dir.clone(),
         is_permanent: summary.is_permanent,
+        wal_segment_size: summary.wal_segment_size,
     };
     let json = |r: serde_json::Result<Vec<u8>>, what: &'static str| {
         r.map(Bytes::from).map_err(BackupError::internal(what))
@@ -980,6 +1085,32 @@ pub(super) async fn wait_for_wal(
     }
 }
 
+/// Checks, right before the backup is made complete, that every part
+/// uploaded is still stored: a `delete` running meanwhile that took the
+/// unfinished backup for a killed run's leftovers must not end in a listed
+/// backup without its data.
+async fn parts_still_stored(
+    ctx: &Context,
+    backup: &str,
+    parts: &[PartInfo],
+) -> Result<(), BackupError> {
+    let stored: std::collections::HashSet<String> = ctx
+        .store
+        .list(&layout::backup_prefix(backup))
+        .await?
+        .into_iter()
+        .map(|o| o.key.as_str().to_string())
+        .collect();
+    match parts.iter().find(|p| !stored.contains(&p.key)) {
+        None => Ok(()),
+        Some(gone) => Err(BackupError::VerifyFailed(format!(
+            "backup {backup} was not completed: its part {} is no longer in {} (deleted while the backup ran, by a `delete` that took it for a leftover?); run backup-push again",
+            gone.key,
+            ctx.store.describe()
+        ))),
+    }
+}
+
 /// Best effort: removes what an unfinished backup uploaded (it has no
 /// sentinel, so it is not listed either way; `delete` would remove it later).
 pub(super) async fn discard_unfinished(ctx: &Context, backup: &str) {
@@ -1038,7 +1169,9 @@ mod tests {
     use super::*;
     use crate::backup::codec::Compression;
     use crate::backup::config::{EnvVars, Settings};
-    use crate::backup::store::{ChunkReceiver, DirStore, Key, ObjectInfo, Store, StoreError};
+    use crate::backup::store::{
+        ChunkReceiver, Created, DirStore, Key, ObjectInfo, Store, StoreError,
+    };
 
     /// A directory store whose `head` fails the first `failures` times
     /// with `error`.
@@ -1057,6 +1190,9 @@ mod tests {
         }
         async fn put_stream(&self, key: &Key, chunks: ChunkReceiver) -> Result<u64, StoreError> {
             self.inner.put_stream(key, chunks).await
+        }
+        async fn put_new(&self, key: &Key, data: Bytes) -> Result<Created, StoreError> {
+            self.inner.put_new(key, data).await
         }
         async fn head(&self, key: &Key) -> Result<Option<ObjectInfo>, StoreError> {
             if self.calls.fetch_add(1, Ordering::SeqCst) < self.failures {
@@ -1079,8 +1215,8 @@ mod tests {
         async fn delete(&self, key: &Key) -> Result<(), StoreError> {
             self.inner.delete(key).await
         }
-        async fn confirm_location(&self) -> Result<(), StoreError> {
-            self.inner.confirm_location().await
+        async fn confirm_archive(&self) -> Result<(), StoreError> {
+            self.inner.confirm_archive().await
         }
         fn describe(&self) -> String {
             self.inner.describe()

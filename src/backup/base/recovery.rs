@@ -7,6 +7,7 @@ use chrono::Utc;
 use tracing::warn;
 
 use super::fetch::*;
+use super::pgconf;
 use crate::backup::sabotage::Sabotage;
 use crate::backup::{BackupError, Context};
 
@@ -22,32 +23,109 @@ pub enum RecoveryConfig {
     Time(chrono::DateTime<Utc>),
 }
 
-/// Settings that steer recovery. A server promoted by a point-in-time
-/// restore keeps them in postgresql.auto.conf (PostgreSQL ignores them
-/// once promoted), so its backups carry them; a new restore must recover
-/// to what it is asked, not to an old target (or to two targets, which
-/// PostgreSQL refuses).
-fn steers_recovery(line: &str) -> bool {
-    let name = line
-        .split('=')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    name == "restore_command" || name.starts_with("recovery_target")
+/// Every setting that steers archive recovery (PostgreSQL's "Archive
+/// Recovery" and "Recovery Target" settings). A backup can carry any of
+/// them: a point-in-time restore done by hand leaves them in
+/// `postgresql.conf` or its includes, one done by a tool in
+/// `postgresql.auto.conf`, and a promoted primary ignores them, so its
+/// base backups keep them. A restore writes each one at the end of
+/// `postgresql.auto.conf`, the last file the server reads, where the last
+/// occurrence of a setting wins: whatever spelling or file carried them,
+/// recovery goes where it is asked and nowhere else (and never sees two
+/// targets, which the server refuses). Values are the server's defaults
+/// except where [`write_recovery_config`] sets its own.
+const RECOVERY_SETTINGS: [(&str, &str); 12] = [
+    ("restore_command", "''"),
+    ("archive_cleanup_command", "''"),
+    ("recovery_end_command", "''"),
+    ("recovery_min_apply_delay", "0"),
+    ("recovery_target", "''"),
+    ("recovery_target_lsn", "''"),
+    ("recovery_target_name", "''"),
+    ("recovery_target_xid", "''"),
+    ("recovery_target_time", "''"),
+    ("recovery_target_inclusive", "on"),
+    ("recovery_target_timeline", "'latest'"),
+    ("recovery_target_action", "'pause'"),
+];
+
+/// The settings of which at most one may be set; the server checks as it
+/// applies each, in order.
+const TARGETS: [&str; 5] = [
+    "recovery_target",
+    "recovery_target_lsn",
+    "recovery_target_name",
+    "recovery_target_xid",
+    "recovery_target_time",
+];
+
+/// The canonical (lower-case) name of a recovery setting spelled `name`.
+fn recovery_setting(name: &str) -> Option<&'static str> {
+    RECOVERY_SETTINGS
+        .iter()
+        .map(|(known, _)| *known)
+        .find(|known| name.eq_ignore_ascii_case(known))
 }
 
-/// `conf` with the recovery settings it carries commented out, saying why.
-fn without_carried_recovery(conf: &str) -> String {
-    let mut out = String::with_capacity(conf.len());
-    for line in conf.lines() {
-        if !line.trim_start().starts_with('#') && steers_recovery(line) {
-            out.push_str("# carried in the backup, disabled by pgdrill backup-fetch: ");
+/// The recovery settings the restored configuration carries.
+fn carried_recovery_settings(dest: &Path) -> Vec<pgconf::Setting> {
+    pgconf::settings(dest)
+        .into_iter()
+        .filter(|s| recovery_setting(&s.name).is_some())
+        .collect()
+}
+
+/// Every recovery setting with `chosen` values in place of the defaults,
+/// the chosen target last, preceded by the carried settings spelled
+/// otherwise (`carried`). The server keeps only the last occurrence of a
+/// name as written, compared case-sensitively: a carried
+/// `Recovery_Target_Time` is another name than `recovery_target_time`, is
+/// applied too, before these, and a target it sets makes the next target
+/// setting fail ("multiple recovery targets specified"). So each other
+/// spelling is overridden under that spelling, targets emptied, before the
+/// block sets the one asked for.
+fn recovery_block(chosen: &[(&str, String)], carried: &[pgconf::Setting]) -> Vec<String> {
+    let value = |name: &str| -> String {
+        chosen
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+            .or_else(|| {
+                RECOVERY_SETTINGS
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, d)| d.to_string())
+            })
+            .unwrap_or_else(|| "''".into())
+    };
+    let mut lines = Vec::new();
+    let mut spelled: Vec<&str> = Vec::new();
+    for s in carried {
+        let Some(canonical) = recovery_setting(&s.name) else {
+            continue;
+        };
+        if s.name == canonical || spelled.contains(&s.name.as_str()) {
+            continue;
         }
-        out.push_str(line);
-        out.push('\n');
+        spelled.push(&s.name);
+        let v = match TARGETS.contains(&canonical) {
+            true => "''".to_string(),
+            false => value(canonical),
+        };
+        lines.push(format!("{} = {v}", s.name));
     }
-    out
+    let (targets_chosen, rest): (Vec<&str>, Vec<&str>) = RECOVERY_SETTINGS
+        .iter()
+        .map(|(name, _)| *name)
+        .partition(|name| TARGETS.contains(name) && chosen.iter().any(|(n, _)| n == name));
+    for name in rest.into_iter().chain(targets_chosen) {
+        lines.push(format!("{name} = {}", value(name)));
+    }
+    lines
+}
+
+fn quoted(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
 }
 
 pub(super) fn write_recovery_config(
@@ -59,6 +137,8 @@ pub(super) fn write_recovery_config(
         .restore_command
         .clone()
         .unwrap_or_else(|| ctx.self_command("wal-fetch %f %p"));
+    let carried = carried_recovery_settings(dest);
+    let carried_lines: Vec<String> = carried.iter().map(|s| s.describe(dest)).collect();
     let mut settings = Vec::new();
     match &opts.recovery {
         RecoveryConfig::None => {
@@ -68,12 +148,15 @@ pub(super) fn write_recovery_config(
                 dest.display(),
                 restore_command
             );
+            if !carried_lines.is_empty() {
+                println!(
+                    "the backup carries recovery settings that would steer that recovery; remove each, or override it in postgresql.auto.conf under the same spelling (the last occurrence of a name as written wins):\n  {}",
+                    carried_lines.join("\n  ")
+                );
+            }
         }
         RecoveryConfig::EndOfArchive => {
-            settings.push(format!(
-                "restore_command = '{}'",
-                restore_command.replace('\'', "''")
-            ));
+            settings = recovery_block(&[("restore_command", quoted(&restore_command))], &carried);
         }
         RecoveryConfig::Time(t) => {
             let t = if ctx.settings.sabotage == Some(Sabotage::LateRecoveryTarget) {
@@ -82,15 +165,17 @@ pub(super) fn write_recovery_config(
             } else {
                 *t
             };
-            settings.push(format!(
-                "restore_command = '{}'",
-                restore_command.replace('\'', "''")
-            ));
-            settings.push(format!(
-                "recovery_target_time = '{}'",
-                t.format("%Y-%m-%d %H:%M:%S%.6f+00")
-            ));
-            settings.push("recovery_target_action = 'promote'".into());
+            settings = recovery_block(
+                &[
+                    ("restore_command", quoted(&restore_command)),
+                    (
+                        "recovery_target_time",
+                        quoted(&t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()),
+                    ),
+                    ("recovery_target_action", quoted("promote")),
+                ],
+                &carried,
+            );
         }
     }
     if opts.no_archive {
@@ -104,10 +189,7 @@ pub(super) fn write_recovery_config(
     }
     let auto_conf = dest.join("postgresql.auto.conf");
     let mut conf = std::fs::read_to_string(&auto_conf).unwrap_or_default();
-    if opts.recovery != RecoveryConfig::None {
-        conf = without_carried_recovery(&conf);
-    }
-    conf.push_str("\n# written by pgdrill backup-fetch\n");
+    conf.push_str("\n# written by pgdrill backup-fetch; the last occurrence of a setting wins\n");
     for s in &settings {
         conf.push_str(s);
         conf.push('\n');
@@ -118,6 +200,12 @@ pub(super) fn write_recovery_config(
         dest.display(),
         settings.join("\n  ")
     );
+    if opts.recovery != RecoveryConfig::None && !carried_lines.is_empty() {
+        println!(
+            "overridden, carried in the backup:\n  {}",
+            carried_lines.join("\n  ")
+        );
+    }
     Ok(())
 }
 
@@ -125,17 +213,97 @@ pub(super) fn write_recovery_config(
 mod tests {
     use super::*;
 
+    fn carried(name: &str, value: &str) -> pgconf::Setting {
+        pgconf::Setting {
+            file: "postgresql.conf".into(),
+            line: 1,
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
     #[test]
-    fn recovery_settings_carried_in_the_backup_are_disabled() {
-        let conf = "# Do not edit this file manually!\nwork_mem = '8MB'\nrestore_command = 'old %f %p'\nrecovery_target_time = '2001-01-01 00:00:00+00'\n Recovery_Target_XID = '3'\nrecovery_target_action = 'shutdown'\n# recovery_target_name = 'x'\n";
+    fn a_restore_sets_every_recovery_setting_once_the_chosen_target_last() {
+        let block = recovery_block(
+            &[
+                ("restore_command", quoted("pgdrill wal-fetch %f %p")),
+                (
+                    "recovery_target_time",
+                    quoted("2026-12-05 07:00:00.000000+00"),
+                ),
+            ],
+            &[carried("recovery_target_xid", "'3'")],
+        );
+        assert_eq!(block.len(), RECOVERY_SETTINGS.len(), "{block:?}");
+        for (name, _) in RECOVERY_SETTINGS {
+            assert_eq!(
+                block
+                    .iter()
+                    .filter(|l| l.starts_with(&format!("{name} = ")))
+                    .count(),
+                1,
+                "{name} in {block:?}"
+            );
+        }
         assert_eq!(
-            without_carried_recovery(conf),
-            "# Do not edit this file manually!\nwork_mem = '8MB'\n\
-             # carried in the backup, disabled by pgdrill backup-fetch: restore_command = 'old %f %p'\n\
-             # carried in the backup, disabled by pgdrill backup-fetch: recovery_target_time = '2001-01-01 00:00:00+00'\n\
-             # carried in the backup, disabled by pgdrill backup-fetch:  Recovery_Target_XID = '3'\n\
-             # carried in the backup, disabled by pgdrill backup-fetch: recovery_target_action = 'shutdown'\n\
-             # recovery_target_name = 'x'\n"
+            block.last().unwrap(),
+            "recovery_target_time = '2026-12-05 07:00:00.000000+00'"
+        );
+        assert!(block.contains(&"restore_command = 'pgdrill wal-fetch %f %p'".to_string()));
+        assert!(block.contains(&"recovery_target_xid = ''".to_string()));
+        assert!(block.contains(&"recovery_target_timeline = 'latest'".to_string()));
+        assert_eq!(quoted("it's"), "'it''s'");
+    }
+
+    /// The server keeps the last occurrence of a name as written: other
+    /// spellings are overridden under their own, targets emptied first.
+    #[test]
+    fn carried_spellings_are_overridden_under_their_own_spelling_first() {
+        let block = recovery_block(
+            &[("restore_command", quoted("x"))],
+            &[
+                carried("Recovery_Target_Time", "'2026-12-05 07:00:00'"),
+                carried("RECOVERY_TARGET_ACTION", "shutdown"),
+                carried("Recovery_Target_Time", "'2026-12-06 07:00:00'"),
+                carried("recovery_target_name", "'x'"),
+            ],
+        );
+        assert_eq!(
+            &block[..2],
+            [
+                "Recovery_Target_Time = ''",
+                "RECOVERY_TARGET_ACTION = 'pause'"
+            ]
+        );
+        assert_eq!(block.len(), RECOVERY_SETTINGS.len() + 2, "{block:?}");
+    }
+
+    #[test]
+    fn carried_settings_are_found_in_any_spelling_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(
+            d.join("postgresql.conf"),
+            "work_mem = '8MB'\nRecovery_Target_Time '2026-12-05 07:00:00'\ninclude 'pitr.conf'\n",
+        )
+        .unwrap();
+        std::fs::write(d.join("pitr.conf"), "recovery_target_action=promote\n").unwrap();
+        std::fs::write(
+            d.join("postgresql.auto.conf"),
+            "# recovery_target_xid = '3'\nRESTORE_COMMAND = 'cp %f %p'\n",
+        )
+        .unwrap();
+        let found: Vec<String> = carried_recovery_settings(d)
+            .iter()
+            .map(|s| s.describe(d))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "postgresql.conf:2: Recovery_Target_Time = '2026-12-05 07:00:00'",
+                "pitr.conf:1: recovery_target_action = promote",
+                "postgresql.auto.conf:2: RESTORE_COMMAND = 'cp %f %p'",
+            ]
         );
     }
 }

@@ -365,6 +365,10 @@ pub struct Sentinel {
     /// BLAKE3 of its record beside the backup ([`write`]).
     #[serde(rename = "PgdrillMetadataBlake3", default)]
     pub pgdrill_metadata_blake3: Option<String>,
+    /// pgdrill's extra field: the server's `wal_segment_size`, which
+    /// WAL-G does not record.
+    #[serde(rename = "PgdrillWalSegmentSize", default)]
+    pub pgdrill_wal_segment_size: Option<u64>,
 }
 
 /// The fields pgdrill reads of WAL-G's `metadata.json` in the backup's
@@ -384,41 +388,83 @@ pub struct ExtendedMetadata {
 /// Whether a sentinel is WAL-G's (its start LSN is the number `LSN`;
 /// pgdrill's sentinel has `start_lsn`).
 pub fn is_walg_sentinel(raw: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(raw)
-        .is_ok_and(|v| v.get("LSN").is_some_and(serde_json::Value::is_u64))
+    /// Only `LSN`: the rest is skipped, not kept.
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(rename = "LSN")]
+        lsn: Option<u64>,
+    }
+    serde_json::from_slice::<Probe>(raw).is_ok_and(|p| p.lsn.is_some())
+}
+
+/// Why a WAL-G sentinel gives no catalog entry.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SummaryError {
+    /// The start LSN lies in the first segment of a 4 GiB "log"
+    /// (`...00000000`), where it fits every segment size: the size must
+    /// come from that segment's header.
+    #[error("its start LSN {lsn} fits segment {first} under every WAL segment size, and WAL-G records no size")]
+    SegmentSizeUnknown { first: String, lsn: Lsn },
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// The catalog entry of WAL-G backup `name` from its sentinel, its
 /// `metadata.json` when there is one (host, permanence) and its start and
 /// finish `times` (from `metadata.json`, else the sentinel's own time).
-/// WAL-G records no segment size: it is the one under which the start LSN
-/// falls in the segment the name carries.
+/// The WAL segment size is the one pgdrill recorded in the sentinel, else
+/// `known` (read from the start segment's header), else the only size
+/// under which the start LSN falls in the segment the name carries;
+/// never a guess among several.
 pub fn summary(
     name: &str,
     sentinel: &Sentinel,
     metadata: Option<&ExtendedMetadata>,
     (start_time, finish_time): (DateTime<Utc>, DateTime<Utc>),
-) -> Result<BackupSummary, String> {
+    known: Option<u64>,
+) -> Result<BackupSummary, SummaryError> {
+    let invalid = |m: String| SummaryError::Invalid(m);
     let first = name
         .strip_prefix("base_")
         .and_then(|rest| rest.get(..24))
-        .ok_or_else(|| format!("{name:?} is not a WAL-G backup name (base_<WAL segment>)"))?;
-    let (seg_size, start) = (20..=30)
+        .ok_or_else(|| {
+            invalid(format!(
+                "{name:?} is not a WAL-G backup name (base_<WAL segment>)"
+            ))
+        })?;
+    let lsn = Lsn(sentinel.start_lsn);
+    let fitting: Vec<(u64, Segment)> = (20..=30)
         .map(|bits| 1u64 << bits)
-        .find_map(|size| {
+        .filter_map(|size| {
             Segment::parse(first, size)
-                .filter(|s| Segment::of_lsn(s.timeline, Lsn(sentinel.start_lsn), size) == *s)
+                .filter(|s| Segment::of_lsn(s.timeline, lsn, size) == *s)
                 .map(|s| (size, s))
         })
-        .ok_or_else(|| {
-            format!(
-                "its start LSN {} is not in segment {first} for any segment size",
-                Lsn(sentinel.start_lsn)
-            )
-        })?;
+        .collect();
+    let (seg_size, start) = match sentinel.pgdrill_wal_segment_size.or(known) {
+        Some(size) => *fitting.iter().find(|(s, _)| *s == size).ok_or_else(|| {
+            invalid(format!(
+                "its start LSN {lsn} is not in segment {first} with its WAL segment size of {size} bytes"
+            ))
+        })?,
+        None => match fitting.as_slice() {
+            [one] => *one,
+            [] => {
+                return Err(invalid(format!(
+                    "its start LSN {lsn} is not in segment {first} for any segment size"
+                )))
+            }
+            _ => {
+                return Err(SummaryError::SegmentSizeUnknown {
+                    first: first.to_string(),
+                    lsn,
+                })
+            }
+        },
+    };
     let finish = Segment::of_lsn(start.timeline, Lsn(sentinel.finish_lsn), seg_size);
     if sentinel.finish_lsn < sentinel.start_lsn {
-        return Err("its finish LSN is before its start LSN".into());
+        return Err(invalid("its finish LSN is before its start LSN".into()));
     }
     Ok(BackupSummary {
         backup_name: name.to_string(),
@@ -637,7 +683,14 @@ mod tests {
         ));
         let sentinel: Sentinel = serde_json::from_slice(raw).unwrap();
         let t = DateTime::from_timestamp(1_780_000_000, 0).unwrap();
-        let s = summary("base_000000010000000000000005", &sentinel, None, (t, t)).unwrap();
+        let s = summary(
+            "base_000000010000000000000005",
+            &sentinel,
+            None,
+            (t, t),
+            None,
+        )
+        .unwrap();
         assert_eq!(s.start_lsn, "0/5000028");
         assert_eq!(s.wal_segment_size, 16 << 20);
         assert_eq!(s.finish_wal_file_name, "000000010000000000000005");
@@ -645,13 +698,81 @@ mod tests {
         assert_eq!((s.start_time, s.format), (t, BackupFormat::Walg));
         assert_eq!(s.increment_count, 0);
         // 1 MB segments: the same LSN is segment 0x50.
-        let e = summary("base_000000010000000000000050", &sentinel, None, (t, t)).unwrap();
+        let e = summary(
+            "base_000000010000000000000050",
+            &sentinel,
+            None,
+            (t, t),
+            None,
+        )
+        .unwrap();
         assert_eq!(e.wal_segment_size, 1 << 20);
-        let wrong = summary("base_000000010000000000000007", &sentinel, None, (t, t)).unwrap_err();
+        let wrong = summary(
+            "base_000000010000000000000007",
+            &sentinel,
+            None,
+            (t, t),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             wrong.contains("not in segment 000000010000000000000007"),
             "{wrong}"
         );
-        assert!(summary("nightly", &sentinel, None, (t, t)).is_err());
+        assert!(summary("nightly", &sentinel, None, (t, t), None).is_err());
+    }
+
+    /// A backup starting in the first segment of a 4 GiB "log"
+    /// (`...00000000`): its start LSN fits that segment under every size,
+    /// so the size must come from something that knows it; pgdrill records
+    /// it in the sentinels it writes in WAL-G's format.
+    #[test]
+    fn a_backup_at_a_4_gib_boundary_keeps_its_segment_size() {
+        let raw = br#"{"LSN":4294967336,"FinishLSN":4300210432,"PgVersion":150010,"PgdrillWalSegmentSize":16777216}"#;
+        let sentinel: Sentinel = serde_json::from_slice(raw).unwrap();
+        let t = DateTime::from_timestamp(1_780_000_000, 0).unwrap();
+        let s = summary(
+            "base_000000010000000100000000",
+            &sentinel,
+            None,
+            (t, t),
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.wal_segment_size, 16 << 20);
+        assert_eq!(s.finish_wal_file_name, "000000010000000100000000");
+        // WAL-G's own sentinel records no size: it is asked for, and then
+        // taken from the start segment's header.
+        let walg: Sentinel = serde_json::from_slice(
+            br#"{"LSN":4294967336,"FinishLSN":4300210432,"PgVersion":150010}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            summary("base_000000010000000100000000", &walg, None, (t, t), None).unwrap_err(),
+            SummaryError::SegmentSizeUnknown {
+                first: "000000010000000100000000".into(),
+                lsn: Lsn(4294967336)
+            }
+        );
+        let s = summary(
+            "base_000000010000000100000000",
+            &walg,
+            None,
+            (t, t),
+            Some(64 << 20),
+        )
+        .unwrap();
+        assert_eq!(s.finish_wal_file_name, "000000010000000100000000");
+        assert_eq!(s.wal_segment_size, 64 << 20);
+        // A recorded size the name and LSN contradict is refused.
+        let e = summary(
+            "base_000000010000000000000050",
+            &walg,
+            None,
+            (t, t),
+            Some(16 << 20),
+        );
+        assert!(matches!(e, Err(SummaryError::Invalid(_))), "{e:?}");
     }
 }

@@ -347,46 +347,81 @@ pub async fn run(
                 }
             }
         }
-        check_coverage(member, wanted, &taken, i == 0)?;
+        let taken_by = plan.members.get(i + 1).map(|(next, _)| next.name.as_str());
+        check_coverage(member, wanted, &taken, i == 0, taken_by)?;
         checked.entries += taken.len();
     }
     Ok(checked)
 }
 
-/// Every file the member lists and must give arrived; a full backup
-/// skips nothing.
+/// Every file the member must give arrived: each file it lists (a full
+/// backup skips nothing), and each file the next backup of the chain
+/// (`taken_by`, a delta) takes from it, whether this member lists it or
+/// not, unless this member skipped it too (an earlier one gives it then).
+/// A file taken from a member that neither lists nor holds it is in no
+/// backup of the chain: the restore would lack it.
 fn check_coverage(
     member: &Member,
     wanted: &Wanted,
     taken: &HashSet<String>,
     is_first: bool,
+    taken_by: Option<&str>,
 ) -> Result<(), BackupError> {
-    let Some(files) = &member.files else {
-        return Ok(());
+    let listed = |name: &str| member.files.as_ref().and_then(|f| f.get(name));
+    let given_here = |name: &str| is_first || !listed(name).is_some_and(|d| d.skipped);
+    let missing: Vec<&str> = match wanted {
+        Wanted::All => member
+            .files
+            .iter()
+            .flat_map(|f| f.keys())
+            .map(String::as_str)
+            .filter(|name| !taken.contains(*name) && given_here(name))
+            .collect(),
+        Wanted::Only(set) => {
+            let mut names: Vec<&str> = set
+                .iter()
+                .map(String::as_str)
+                .filter(|name| !taken.contains(*name) && given_here(name))
+                .collect();
+            names.sort_unstable();
+            names
+        }
     };
-    let mut missing: Vec<&str> = files
-        .iter()
-        .filter(|(name, d)| {
-            wanted.contains(name) && !taken.contains(*name) && (is_first || !d.skipped)
-        })
-        .map(|(name, _)| name.as_str())
-        .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    let total = missing.len();
-    missing.truncate(10);
-    Err(corrupt(
-        &layout::walg_files_metadata_key(&member.name),
-        format!(
-            "{total} listed file(s) are in none of the backup's tars{}: {}",
+    let shown = missing
+        .iter()
+        .take(10)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let detail = match taken_by.filter(|_| matches!(wanted, Wanted::Only(_))) {
+        Some(delta) => {
+            let unlisted = missing.iter().filter(|name| listed(name).is_none()).count();
+            format!(
+                "{} file(s) that delta {delta} takes from {} (skipped or incremented there) are in none of its tars{}: {shown}",
+                missing.len(),
+                member.name,
+                match unlisted {
+                    0 => String::new(),
+                    n => format!(", and it does not list {n} of them either: no backup of the chain has them"),
+                }
+            )
+        }
+        None => format!(
+            "{} listed file(s) are in none of the backup's tars{}: {shown}",
+            missing.len(),
             if is_first {
                 " (or are marked skipped in a full backup)"
             } else {
                 ""
             },
-            missing.join(", ")
         ),
+    };
+    Err(corrupt(
+        &layout::walg_files_metadata_key(&member.name),
+        detail,
     ))
 }
 

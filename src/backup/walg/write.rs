@@ -135,6 +135,8 @@ pub struct Described {
     pub hostname: String,
     pub data_dir: String,
     pub is_permanent: bool,
+    /// The server's `wal_segment_size`, which WAL-G does not record.
+    pub wal_segment_size: u64,
 }
 
 /// `metadata.json` (`ExtendedMetadataDto`, `backup_sentinel_dto.go:71-87`).
@@ -196,6 +198,8 @@ struct SentinelOut<'a> {
     is_permanent: bool,
     #[serde(rename = "PgdrillMetadataBlake3")]
     pgdrill_metadata_blake3: &'a str,
+    #[serde(rename = "PgdrillWalSegmentSize")]
+    pgdrill_wal_segment_size: u64,
 }
 
 impl Described {
@@ -240,6 +244,7 @@ impl Described {
             data_dir: &self.data_dir,
             is_permanent: self.is_permanent,
             pgdrill_metadata_blake3,
+            pgdrill_wal_segment_size: self.wal_segment_size,
         })
     }
 }
@@ -293,6 +298,7 @@ mod tests {
             hostname: "pg-0".into(),
             data_dir: "/data".into(),
             is_permanent: true,
+            wal_segment_size: 16 << 20,
         };
         let raw = d.sentinel_json("abc").unwrap();
         assert!(super::super::is_walg_sentinel(&raw));

@@ -305,6 +305,21 @@ impl<'a> FileWriter<'a> {
         self.clean_tmp = false;
         Ok(())
     }
+
+    /// Like `done`, but never replaces an object: `false` (and nothing
+    /// stored) when one exists. A hard link fails atomically on an existing
+    /// name, so of writers racing for one key exactly one stores it
+    /// (`If-None-Match: *`); the temporary file goes when `self` drops.
+    pub(crate) async fn done_unless_exists(self) -> Result<bool> {
+        if let Some(final_dir_path) = self.dest_path().parent() {
+            fs::create_dir_all(&final_dir_path).await?;
+        }
+        match fs::hard_link(&self.tmp_path, self.dest_path()).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 impl Drop for FileWriter<'_> {

@@ -685,6 +685,7 @@ impl S3 for FileSystem {
         } = input;
 
         let Some(body) = body else { return Err(s3_error!(IncompleteBody)) };
+        let create_only = if_none_match.as_ref().is_some_and(ETagCondition::is_any);
 
         // Check conditional headers before modifying any state.
         // If-None-Match: * means "only create if the object doesn't exist".
@@ -759,7 +760,15 @@ impl S3 for FileSystem {
         });
 
         let size = copy_bytes(stream, file_writer.writer()).await?;
-        file_writer.done().await?;
+        if create_only {
+            // The check above is only a fast path: another writer may have
+            // stored the object since.
+            if !file_writer.done_unless_exists().await? {
+                return Err(s3_error!(PreconditionFailed, "Object already exists"));
+            }
+        } else {
+            file_writer.done().await?;
+        }
 
         let md5_sum = hex(md5_hash.finalize());
 
@@ -1151,7 +1160,13 @@ impl S3 for FileSystem {
             debug!(from = %part_path.display(), tmp = %file_writer.tmp_path().display(), to = %file_writer.dest_path().display(), ?size, "write file");
             try_!(fs::remove_file(&part_path).await);
         }
-        file_writer.done().await?;
+        if if_none_match.as_ref().is_some_and(ETagCondition::is_any) {
+            if !file_writer.done_unless_exists().await? {
+                return Err(s3_error!(PreconditionFailed, "Object already exists"));
+            }
+        } else {
+            file_writer.done().await?;
+        }
 
         // Compute multipart ETag: MD5 of concatenated part MD5 hashes, suffixed with part count
         let mut etag_hash = Md5::new();
