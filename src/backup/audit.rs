@@ -149,7 +149,7 @@ async fn check_walg(ctx: &Context, chain: &[BackupSummary], report: &mut AuditRe
     let total = walg::restore::total_size(chain);
     let (progress, _guard) = Progress::start("backup-verify", total, Duration::from_secs(5));
     let checked = match walg::restore::plan(ctx, chain).await {
-        Ok(plan) => walg::restore::run(ctx, &plan, None, &progress).await,
+        Ok(plan) => walg::restore::run(ctx, &plan, None, &progress, None).await,
         Err(e) => Err(e),
     };
     match checked {

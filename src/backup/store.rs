@@ -1030,6 +1030,51 @@ mod tests {
         assert!(dir.path().join("secret").exists());
     }
 
+    /// Of writers racing to create one key, exactly one stores it, whole;
+    /// a later create is told the object exists and changes nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn put_new_stores_exactly_one_of_racing_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(DirStore::new(dir.path().to_path_buf()));
+        let key = Key::new("wal_005/00000002.history");
+        let writes = (0..16u8).map(|i| {
+            let (store, key) = (Arc::clone(&store), key.clone());
+            tokio::spawn(async move {
+                (
+                    i,
+                    store
+                        .put_new(&key, Bytes::from(vec![i; 100_000]))
+                        .await
+                        .unwrap(),
+                )
+            })
+        });
+        let results = futures::future::join_all(writes).await;
+        let stored: Vec<u8> = results
+            .into_iter()
+            .map(Result::unwrap)
+            .filter(|(_, c)| *c == Created::Stored)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(stored.len(), 1, "{stored:?}");
+        assert_eq!(
+            store.get(&key, 1 << 20).await.unwrap(),
+            vec![stored[0]; 100_000]
+        );
+        assert_eq!(
+            store
+                .put_new(&key, Bytes::from_static(b"other"))
+                .await
+                .unwrap(),
+            Created::AlreadyExists
+        );
+        assert_eq!(
+            store.list("").await.unwrap().len(),
+            1,
+            "no temporary file left"
+        );
+    }
+
     #[tokio::test]
     async fn aborted_stream_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();

@@ -271,3 +271,77 @@ async fn backup_fetch_force_leaves_nothing_the_backup_does_not_hold() {
     let c = pg.connect().await.unwrap();
     assert_eq!(count(&c, "SELECT count(*) FROM kept").await, 1000);
 }
+
+/// A cluster whose WAL starts at a 4 GiB "log" boundary (`pg_resetwal -l`):
+/// its first backup is `base_000000010000000100000000`, whose start LSN
+/// fits that segment under every segment size. In WAL-G's format the size
+/// must come from pgdrill's record in the sentinel or, for WAL-G's own
+/// sentinels, from the segment's header: `backup-verify` reported 15
+/// segments missing when it was guessed (1 MiB).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_walg_format_backup_at_a_4_gib_boundary_verifies_and_restores() {
+    let env = TestEnv::start(
+        "boundary",
+        Storage::Dir,
+        &[("PGDRILL_STORAGE_FORMAT", "walg")],
+        InitOptions {
+            start_segment: Some("0000000100000000000000FD".into()),
+            ..InitOptions::default()
+        },
+    );
+    let client = env.primary.connect().await.unwrap();
+    client
+        .batch_execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")
+        .await
+        .unwrap();
+    // Into the last segment before the boundary: pg_backup_start switches
+    // to a new segment first, the boundary's. (A write first: right after
+    // a switch the insert position is the next segment's first byte, which
+    // pg_walfile_name counts to the segment before.)
+    let current = "SELECT pg_walfile_name(pg_current_wal_insert_lsn())";
+    loop {
+        client
+            .batch_execute("INSERT INTO t VALUES (0); DELETE FROM t WHERE g = 0")
+            .await
+            .unwrap();
+        let segment: String = client.query_one(current, &[]).await.unwrap().get(0);
+        assert!(segment.as_str() <= "0000000100000000000000FF", "{segment}");
+        if segment == "0000000100000000000000FF" {
+            break;
+        }
+        client
+            .batch_execute("SELECT pg_switch_wal()")
+            .await
+            .unwrap();
+    }
+    let out = env.pgdrill(&["backup-push", env.primary.data_dir.to_str().unwrap()]);
+    assert_success(&out, "backup-push");
+    let backup = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(backup, "base_000000010000000100000000", "{}", stderr(&out));
+    switch_and_wait_archived(&env.primary).await;
+    assert_success(&env.pgdrill(&["backup-verify", &backup]), "backup-verify");
+
+    // As WAL-G writes it: no recorded size; the start segment's header says.
+    let store = env
+        .archive
+        .storage_vars
+        .iter()
+        .find(|(k, _)| k == "WALG_FILE_PREFIX")
+        .map(|(_, v)| std::path::PathBuf::from(v))
+        .unwrap();
+    let sentinel = store.join(format!(
+        "basebackups_005/{backup}_backup_stop_sentinel.json"
+    ));
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&sentinel).unwrap()).unwrap();
+    assert_eq!(json["PgdrillWalSegmentSize"], 16 << 20);
+    json.as_object_mut()
+        .unwrap()
+        .remove("PgdrillWalSegmentSize");
+    std::fs::write(&sentinel, serde_json::to_vec(&json).unwrap()).unwrap();
+    let out = env.pgdrill(&["backup-verify", &backup, "--json"]);
+    assert_success(&out, "backup-verify of the sentinel as WAL-G writes it");
+    let restored = env.restore("restored", &backup, &["--recover"]).await;
+    let c = restored.connect().await.unwrap();
+    assert_eq!(count(&c, "SELECT count(*) FROM t").await, 1000);
+}

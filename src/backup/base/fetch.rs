@@ -145,14 +145,16 @@ pub async fn backup_fetch(
     match restore {
         Restore::Pgdrill(chain) => restore_chain(ctx, dest, &chain, opts.verify, &progress).await?,
         Restore::Walg(plan) => {
-            walg::restore::run(ctx, &plan, Some(dest), &progress).await?;
+            let mut rebuilt = Rebuilt::new();
+            let record = opts.verify.then_some(&mut rebuilt);
+            walg::restore::run(ctx, &plan, Some(dest), &progress, record).await?;
             if opts.verify {
                 match plan.into_recorded_files() {
                     None => info!("a WAL-G backup records no file checksums: its frames' checksums, its increments and its file list were checked while restoring"),
                     // Written by pgdrill: its record has every file's BLAKE3.
                     Some(files) => {
                         let dest = dest.to_path_buf();
-                        tokio::task::spawn_blocking(move || verify_restored(&dest, &files))
+                        tokio::task::spawn_blocking(move || verify_restored(&dest, &files, &rebuilt))
                             .await
                             .map_err(BackupError::internal("the verification task"))??;
                         info!("verified every restored file against pgdrill's record of the backup");
@@ -181,11 +183,22 @@ async fn restore_chain(
     verify: bool,
     progress: &Arc<Progress>,
 ) -> Result<(), BackupError> {
+    let mut rebuilt = Rebuilt::new();
     for (backup, metadata) in chain {
         if chain.len() > 1 {
             info!(backup = %backup.backup_name, "restoring chain member");
         }
         restore_files(ctx, dest, metadata, progress).await?;
+        if verify {
+            let (deltas, whole): (Vec<&FileEntry>, Vec<&FileEntry>) = metadata
+                .files
+                .iter()
+                .filter(|f| !f.is_dir)
+                .partition(|f| f.delta);
+            let paths =
+                |files: Vec<&FileEntry>| files.into_iter().map(|f| f.path.clone()).collect();
+            record_rebuilt(dest, paths(deltas), paths(whole), &mut rebuilt).await?;
+        }
     }
     let metadata = &chain.last().expect("chain has the backup itself").1;
     if chain.len() > 1 {
@@ -202,10 +215,10 @@ async fn restore_chain(
     if verify {
         let dest = dest.to_path_buf();
         let files = metadata.files.clone();
-        tokio::task::spawn_blocking(move || verify_restored(&dest, &files))
+        tokio::task::spawn_blocking(move || verify_restored(&dest, &files, &rebuilt))
             .await
             .map_err(BackupError::internal("the verification task"))??;
-        info!("verified every restored file against the backup's checksums");
+        info!("verified every restored file against the backup's checksums (and each file a delta rebuilt against its checksum right after rebuilding)");
     }
     Ok(())
 }
@@ -504,26 +517,75 @@ impl<R: Read> Read for HashingReader<'_, R> {
     }
 }
 
-/// Re-reads every restored file and compares it with the backup's list
-/// (files restored from a delta entry have the entry's checksum, checked
-/// when it was applied, so they are skipped here).
-pub(super) fn verify_restored(dest: &Path, files: &[FileEntry]) -> Result<(), BackupError> {
+/// The BLAKE3 of each file a delta rebuilt (by path in the data
+/// directory), taken right after the delta was applied: what `--verify`
+/// re-reads those files against at the end, as the backup records only
+/// the checksum of the delta entry (checked when it was applied).
+pub type Rebuilt = HashMap<String, String>;
+
+/// Records in `rebuilt` the BLAKE3 of the files `paths` (relative to
+/// `dest`) as they are now, and forgets the files in `replaced` (restored
+/// whole by a later backup of the chain).
+pub async fn record_rebuilt(
+    dest: &Path,
+    paths: Vec<String>,
+    replaced: Vec<String>,
+    rebuilt: &mut Rebuilt,
+) -> Result<(), BackupError> {
+    for path in &replaced {
+        rebuilt.remove(path);
+    }
+    let dest = dest.to_path_buf();
+    let hashed = tokio::task::spawn_blocking(move || {
+        paths
+            .into_iter()
+            .map(|p| file_blake3(&dest.join(&p)).map(|h| (p, h)))
+            .collect::<io::Result<Vec<_>>>()
+    })
+    .await
+    .map_err(BackupError::internal("the hashing task"))?
+    .map_err(BackupError::io("hashing a file rebuilt from a delta"))?;
+    rebuilt.extend(hashed);
+    Ok(())
+}
+
+fn file_blake3(path: &Path) -> io::Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// Re-reads every restored file and compares it with the backup's list,
+/// and a file rebuilt from a delta entry with its checksum in `rebuilt`.
+pub(super) fn verify_restored(
+    dest: &Path,
+    files: &[FileEntry],
+    rebuilt: &Rebuilt,
+) -> Result<(), BackupError> {
     let mut problems = Vec::new();
-    for f in files.iter().filter(|f| !f.is_dir && !f.delta) {
-        let path = dest.join(&f.path);
-        match std::fs::File::open(&path) {
+    for f in files.iter().filter(|f| !f.is_dir) {
+        let expected = match f.delta {
+            false => f.blake3.as_deref(),
+            true => rebuilt.get(&f.path).map(String::as_str),
+        };
+        let Some(expected) = expected else {
+            problems.push(format!(
+                "{}: rebuilt from a delta entry, but its checksum after rebuilding was not taken",
+                f.path
+            ));
+            continue;
+        };
+        match file_blake3(&dest.join(&f.path)) {
             Err(e) => problems.push(format!("{}: {e}", f.path)),
-            Ok(mut file) => {
-                let mut hasher = blake3::Hasher::new();
-                if let Err(e) = io::copy(&mut file, &mut hasher) {
-                    problems.push(format!("{}: {e}", f.path));
-                    continue;
+            Ok(actual) if actual != expected => problems.push(format!(
+                "{}: checksum differs from {}",
+                f.path,
+                match f.delta {
+                    false => "the backup",
+                    true => "the file as its delta rebuilt it",
                 }
-                let actual = hasher.finalize().to_hex().to_string();
-                if f.blake3.as_deref() != Some(actual.as_str()) {
-                    problems.push(format!("{}: checksum differs from the backup", f.path));
-                }
-            }
+            )),
+            Ok(_) => {}
         }
     }
     if problems.is_empty() {

@@ -16,7 +16,10 @@ mod recovery;
 mod walk;
 
 pub(crate) use fetch::safe_relative;
-pub use fetch::{backup_fetch, files_by_path, read_stored_part, FetchOptions, PartReport};
+pub use fetch::{
+    backup_fetch, files_by_path, read_stored_part, record_rebuilt, FetchOptions, PartReport,
+    Rebuilt,
+};
 pub use push::{backup_push, DeltaBase, PushOptions};
 pub use recovery::RecoveryConfig;
 
@@ -171,6 +174,45 @@ mod tests {
         assert_eq!(
             safe_relative(Path::new("./base/1")),
             Some(PathBuf::from("base/1"))
+        );
+    }
+
+    /// A file a delta rebuilt is re-read against its checksum taken right
+    /// after rebuilding (the backup records only the delta entry's).
+    #[test]
+    fn verify_rereads_files_rebuilt_from_deltas() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("base/1")).unwrap();
+        std::fs::write(d.join("base/1/16384"), b"rebuilt").unwrap();
+        let entry = crate::backup::catalog::FileEntry {
+            path: "base/1/16384".into(),
+            is_dir: false,
+            size: 7,
+            mode: 0o600,
+            blake3: Some(blake3::hash(b"the delta entry").to_hex().to_string()),
+            part: "part_1".into(),
+            delta: true,
+            mtime: None,
+        };
+        let files = [entry];
+        let mut rebuilt = Rebuilt::new();
+        let err = verify_restored(d, &files, &rebuilt)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("was not taken"), "{err}");
+        rebuilt.insert(
+            "base/1/16384".into(),
+            blake3::hash(b"rebuilt").to_hex().to_string(),
+        );
+        verify_restored(d, &files, &rebuilt).unwrap();
+        std::fs::write(d.join("base/1/16384"), b"damaged").unwrap();
+        let err = verify_restored(d, &files, &rebuilt)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("base/1/16384: checksum differs from the file as its delta rebuilt it"),
+            "{err}"
         );
     }
 }

@@ -302,12 +302,14 @@ pub struct Checked {
 
 /// Restores (`dest`) or only reads and checks (`None`) a planned chain.
 /// `Err` at the first object that could not be read or that has
-/// problems; the problems say which entries.
+/// problems; the problems say which entries. With `rebuilt`, records the
+/// checksum of each file an increment rebuilt, right after rebuilding.
 pub async fn run(
     ctx: &Context,
     plan: &Plan,
     dest: Option<&Path>,
     progress: &Arc<Progress>,
+    mut rebuilt: Option<&mut crate::backup::base::Rebuilt>,
 ) -> Result<Checked, BackupError> {
     let count = plan.members.len();
     let mut checked = Checked::default();
@@ -350,6 +352,32 @@ pub async fn run(
         let taken_by = plan.members.get(i + 1).map(|(next, _)| next.name.as_str());
         check_coverage(member, wanted, &taken, i == 0, taken_by)?;
         checked.entries += taken.len();
+        if let (Some(dest), Some(rebuilt)) = (dest, rebuilt.as_deref_mut()) {
+            let (increments, whole): (Vec<&String>, Vec<&String>) = taken
+                .iter()
+                .filter(|name| !LABEL_FILES.contains(&name.as_str()))
+                .partition(|name| {
+                    member.is_delta
+                        && member
+                            .files
+                            .as_ref()
+                            .and_then(|f| f.get(name.as_str()))
+                            .is_some_and(|d| d.incremented)
+                });
+            let relative = |names: Vec<&String>| -> Vec<String> {
+                names
+                    .into_iter()
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .collect()
+            };
+            crate::backup::base::record_rebuilt(
+                dest,
+                relative(increments),
+                relative(whole),
+                rebuilt,
+            )
+            .await?;
+        }
     }
     Ok(checked)
 }

@@ -117,6 +117,7 @@ impl LocalEnvironment {
             let init = InitOptions {
                 wal_segsize_mb: spec.wal_segsize_mb,
                 settings: spec.postgres_settings.clone(),
+                start_segment: None,
             };
             let primary = archive.start_primary(&init, &[])?;
             Ok(LocalEnvironment {

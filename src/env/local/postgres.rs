@@ -178,6 +178,10 @@ pub struct InitOptions {
     pub wal_segsize_mb: Option<u32>,
     /// Extra postgresql.conf settings.
     pub settings: Vec<(String, String)>,
+    /// The WAL segment the new cluster writes first (`pg_resetwal -l`
+    /// after `initdb`): a cluster placed just before a boundary (the 4 GiB
+    /// "log" boundary, say) crosses it while a drill runs.
+    pub start_segment: Option<String>,
 }
 
 /// One PostgreSQL server process on loopback; stopped (immediate) on drop.
@@ -222,6 +226,11 @@ impl LocalPostgres {
             cmd.arg(format!("--wal-segsize={mb}"));
         }
         run_checked(as_user(&mut cmd, run_as), "initdb")?;
+        if let Some(segment) = &opts.start_segment {
+            let mut reset = bin.tool("pg_resetwal");
+            reset.arg("-l").arg(segment).arg(&data_dir);
+            run_checked(as_user(&mut reset, run_as), "pg_resetwal -l")?;
+        }
         let pg = LocalPostgres::existing(bin, base, &data_dir, run_as)?;
         pg.append_conf(&opts.settings)?;
         Ok(pg)
