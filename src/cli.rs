@@ -290,6 +290,7 @@ pub enum Command {
             "scenarios/delta-chain.yaml",
             "scenarios/retention.yaml",
             "scenarios/timeline-switch.yaml",
+            "scenarios/edges.yaml",
         ])]
         scenarios: Vec<PathBuf>,
         /// Only this mutant (repeatable), by its PGDRILL_SABOTAGE name,

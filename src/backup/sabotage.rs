@@ -57,6 +57,15 @@ pub enum Sabotage {
     /// backup-fetch writes `recovery_target_time` two seconds late (a
     /// time-zone or rounding bug).
     LateRecoveryTarget,
+    /// backup-fetch writes the recovery target as its UTC wall-clock time
+    /// without an offset: the server reads it in its own `timezone`, right
+    /// only when that is UTC.
+    TargetWithoutOffset,
+    /// wal-fetch computes the name of the first segment of each 4 GiB
+    /// "log" without carrying into the log digits (after
+    /// `...00000000000000FF` it asks for `...0000000000000100`), finds
+    /// nothing and answers "not found": recovery ends at the boundary.
+    NoLogCarry,
 }
 
 impl Sabotage {
@@ -75,6 +84,8 @@ impl Sabotage {
             Sabotage::RetentionDeletesNeededWal,
             Sabotage::WrongBackupLabel,
             Sabotage::LateRecoveryTarget,
+            Sabotage::TargetWithoutOffset,
+            Sabotage::NoLogCarry,
         ]
     }
 
@@ -99,6 +110,8 @@ impl Sabotage {
             ("retention_deletes_needed_wal", None) => Sabotage::RetentionDeletesNeededWal,
             ("wrong_backup_label", None) => Sabotage::WrongBackupLabel,
             ("late_recovery_target", None) => Sabotage::LateRecoveryTarget,
+            ("target_without_offset", None) => Sabotage::TargetWithoutOffset,
+            ("no_log_carry", None) => Sabotage::NoLogCarry,
             _ => return None,
         })
     }
@@ -117,6 +130,8 @@ impl Sabotage {
             Sabotage::RetentionDeletesNeededWal => "retention_deletes_needed_wal".into(),
             Sabotage::WrongBackupLabel => "wrong_backup_label".into(),
             Sabotage::LateRecoveryTarget => "late_recovery_target".into(),
+            Sabotage::TargetWithoutOffset => "target_without_offset".into(),
+            Sabotage::NoLogCarry => "no_log_carry".into(),
         }
     }
 
@@ -139,6 +154,10 @@ impl Sabotage {
             Sabotage::RetentionDeletesNeededWal => "retention deletes WAL a kept backup needs",
             Sabotage::WrongBackupLabel => "backup_label names the wrong checkpoint",
             Sabotage::LateRecoveryTarget => "the recovery target written two seconds late",
+            Sabotage::TargetWithoutOffset => "the recovery target written without its UTC offset",
+            Sabotage::NoLogCarry => {
+                "no carry into the log digits when naming the segment after ...FF"
+            }
         }
     }
 
@@ -200,9 +219,19 @@ impl Sabotage {
         }
     }
 
-    /// Whether wal-fetch pretends that `name` is not stored.
+    /// Whether wal-fetch pretends that `name` is not stored (for
+    /// [`Sabotage::NoLogCarry`]: asks for a name that is never stored).
     pub fn hides(sabotage: Option<Sabotage>, name: &str) -> bool {
-        matches!(sabotage, Some(Sabotage::HideEveryNthWal(n)) if Sabotage::nth_segment(n, name))
+        let first_of_a_log = || {
+            layout::wal_file_kind(name) == Some(WalFileKind::Segment)
+                && &name[16..24] == "00000000"
+                && &name[8..16] != "00000000"
+        };
+        match sabotage {
+            Some(Sabotage::HideEveryNthWal(n)) => Sabotage::nth_segment(n, name),
+            Some(Sabotage::NoLogCarry) => first_of_a_log(),
+            _ => false,
+        }
     }
 }
 

@@ -175,6 +175,7 @@ mod tests {
             label: "latest".into(),
             kind: "latest".into(),
             target: None,
+            target_as_given: None,
             backup: "b".into(),
             expected: crate::report::Expected::Pass,
             expected_because: None,

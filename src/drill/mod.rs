@@ -16,10 +16,12 @@
 //!    deleted segment must fail; every restore must turn out as expected.
 //! 5. Judge objectives, write `report.json` and `report.md`.
 
+mod conditions;
 pub mod mutants;
 mod steps;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backup::catalog::BackupListRow;
@@ -27,6 +29,7 @@ use chrono::{DateTime, Utc};
 use rand::SeedableRng;
 
 use crate::backup::config::Secret;
+use crate::env::zone::{ServerZone, TargetTime};
 use crate::env::{Damage, EnvError, EnvSpec, Environment, RestoreFailure};
 use crate::report::{
     ArchiveSample, DisasterRecord, DrillReport, Expected, MustFail, ObjectiveResult, RestoreRecord,
@@ -38,6 +41,7 @@ use crate::scenario::{
 };
 use crate::verify::{self, CostGroup};
 use crate::workload::{self, Ledger, WorkloadError, WorkloadHandle, WorkloadSpec};
+pub use conditions::{Conditions, ZONES};
 use steps::{History, Live};
 
 /// Failures that stop a drill before it can report (a failed check does
@@ -58,6 +62,10 @@ pub enum DrillError {
     /// The workload could not start.
     #[error("workload: {0}")]
     Workload(#[from] WorkloadError),
+    /// The scenario's conditions cannot be set up (a time zone this
+    /// machine does not know).
+    #[error("conditions: {0}")]
+    Conditions(String),
     /// A key's passphrase file could not be read (its content is never shown).
     #[error("cannot read the passphrase file {}: {source}", path.display())]
     Passphrase {
@@ -177,6 +185,9 @@ pub async fn run(
         scenario.name
     ));
     let started_at = Utc::now();
+    let conditions =
+        Conditions::draw(scenario, seed, started_at).map_err(DrillError::Conditions)?;
+    progress.say(&format!("conditions: {}", conditions.record().summary()));
     let dir = claim_report_dir(
         &opts.report_dir,
         &format!("{}-{}", started_at.format("%Y%m%dT%H%M%SZ"), scenario.name),
@@ -187,7 +198,7 @@ pub async fn run(
     })?;
     let spec = EnvSpec {
         log_dir: Some(dir.clone()),
-        ..env_spec(scenario)?
+        ..env_spec(scenario, &conditions)?
     };
     let mut env = crate::env::start(scenario.environment, &spec, &opts.pgdrill).await?;
     let docker_version = match scenario.environment {
@@ -227,8 +238,17 @@ pub async fn run(
         series: None,
         images: facts.images,
         docker_version,
+        conditions: conditions.record(),
     };
-    let result = drive(scenario, seed, env.as_mut(), &mut report, &progress).await;
+    let result = drive(
+        scenario,
+        seed,
+        &conditions,
+        env.as_mut(),
+        &mut report,
+        &progress,
+    )
+    .await;
     if let Err(e) = &result {
         report.failures.push(format!("drill aborted: {e}"));
     }
@@ -285,7 +305,7 @@ fn sabotage_setting(scenario: &Scenario) -> Option<String> {
 }
 
 /// The environment's settings; reads the passphrase file, if any.
-fn env_spec(scenario: &Scenario) -> Result<EnvSpec, DrillError> {
+fn env_spec(scenario: &Scenario, conditions: &Conditions) -> Result<EnvSpec, DrillError> {
     let mut tool_settings = vec![
         (
             "WALG_COMPRESSION_METHOD".to_string(),
@@ -342,8 +362,13 @@ fn env_spec(scenario: &Scenario) -> Result<EnvSpec, DrillError> {
             .settings
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
+            .chain([(
+                "timezone".to_string(),
+                conditions.zone.setting().to_string(),
+            )])
             .collect(),
         wal_segsize_mb: scenario.postgres.wal_segment_size_mb,
+        start_segment: conditions.start_segment.clone(),
         postgres_major: scenario.postgres.version,
         images: scenario.images.clone(),
         log_dir: None,
@@ -358,6 +383,7 @@ fn pg_err(e: tokio_postgres::Error) -> EnvError {
 async fn drive(
     scenario: &Scenario,
     seed: u64,
+    conditions: &Conditions,
     env: &mut dyn Environment,
     report: &mut DrillReport,
     progress: &Progress,
@@ -396,6 +422,7 @@ async fn drive(
         inherited: Vec::new(),
         inherited_errors: Default::default(),
         chain: None,
+        zone: Arc::clone(&conditions.zone),
         rng: rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(1)),
         history: History::default(),
         source,
@@ -507,8 +534,16 @@ async fn drive(
             target: None,
             must_fail: history.must_fail(backup, None),
         };
-        let (record, loss) =
-            restore_and_verify(scenario, env, &ledger, &source, &plan, disaster.is_some()).await;
+        let (record, loss) = restore_and_verify(
+            scenario,
+            &conditions.zone,
+            env,
+            &ledger,
+            &source,
+            &plan,
+            disaster.is_some(),
+        )
+        .await;
         rto_s = rto_of(&record);
         if let Some((kind, at)) = &disaster {
             let recovered = record.verify.as_ref().and_then(|v| v.last_commit_time);
@@ -553,7 +588,16 @@ async fn drive(
             plan.target.expect("a point in time").format("%H:%M:%S%.6f"),
             plan.backup.backup_name
         ));
-        let (record, _) = restore_and_verify(scenario, env, &ledger, &source, &plan, false).await;
+        let (record, _) = restore_and_verify(
+            scenario,
+            &conditions.zone,
+            env,
+            &ledger,
+            &source,
+            &plan,
+            false,
+        )
+        .await;
         rto_s = match (rto_s, rto_of(&record)) {
             (Some(a), Some(b)) => Some(f64::max(a, b)),
             (a, b) => a.or(b),
@@ -827,8 +871,10 @@ struct Plan<'a> {
 /// restore must equal the ledger as of its own last recovered commit; the
 /// second value then compares it with everything acknowledged, which is
 /// the disaster's loss.
+#[allow(clippy::too_many_arguments)]
 async fn restore_and_verify(
     scenario: &Scenario,
+    zone: &Arc<ServerZone>,
     env: &mut dyn Environment,
     ledger: &Ledger,
     source: &verify::ClusterIdentity,
@@ -836,11 +882,16 @@ async fn restore_and_verify(
     after_disaster: bool,
 ) -> (RestoreRecord, Option<verify::VerifyOutcome>) {
     let (label, target) = (plan.label.as_str(), plan.target);
+    let given = target.map(|instant| TargetTime {
+        instant,
+        zone: Arc::clone(zone),
+    });
     let clock = Instant::now();
     let mut record = RestoreRecord {
         label: label.to_string(),
         kind: if target.is_some() { "pitr" } else { "latest" }.to_string(),
         target,
+        target_as_given: given.as_ref().map(TargetTime::arg),
         backup: plan.backup.backup_name.clone(),
         expected: match plan.must_fail {
             Some(_) => Expected::Fail,
@@ -854,7 +905,7 @@ async fn restore_and_verify(
         verify: None,
         rto: RtoBreakdown::default(),
     };
-    let loss = match env.restore(label, &record.backup, target).await {
+    let loss = match env.restore(label, &record.backup, given.as_ref()).await {
         Ok(restored) => {
             let loss = verify_restored(
                 scenario,
@@ -1165,6 +1216,7 @@ mod tests {
                 label: "r".into(),
                 kind: "pitr".into(),
                 target: target.map(t),
+                target_as_given: None,
                 backup: "b".into(),
                 expected,
                 expected_because: None,

@@ -61,6 +61,8 @@ pub(super) struct Live<'a> {
     pub inherited_errors: BTreeMap<u32, String>,
     /// Deltas on the newest backup of this timeline (None: no backup yet).
     pub chain: Option<u32>,
+    /// The server's time zone, in which targets reach the tool.
+    pub zone: std::sync::Arc<crate::env::zone::ServerZone>,
     /// Choices of the failovers.
     pub rng: StdRng,
     pub history: History,
@@ -295,7 +297,11 @@ impl Live<'_> {
             "failover: restoring {backup} to {} with archiving",
             target.format("%H:%M:%S%.6f")
         ));
-        let restored = self.env.fail_over("failover", &backup, target).await?;
+        let given = crate::env::zone::TargetTime {
+            instant: target,
+            zone: std::sync::Arc::clone(&self.zone),
+        };
+        let restored = self.env.fail_over("failover", &backup, &given).await?;
         let promoted_at = Utc::now();
         let outcome = verify::verify_restore(&restored.client, &ledger, Some(target))
             .await

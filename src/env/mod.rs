@@ -11,6 +11,7 @@ pub mod local;
 pub mod pg;
 pub mod recovery;
 pub mod s3_server;
+pub mod zone;
 
 pub use fault::{damage_wal, Damage};
 pub use pg::connect_once;
@@ -20,7 +21,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 
 /// Failures of an environment, with the cause spelled out.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +76,9 @@ pub struct EnvSpec {
     /// postgresql.conf settings for the primary.
     pub postgres_settings: Vec<(String, String)>,
     pub wal_segsize_mb: Option<u32>,
+    /// The WAL segment the primary writes first (`pg_resetwal -l`);
+    /// `None`: where initdb leaves it. Local environment only.
+    pub start_segment: Option<String>,
     /// The scenario's PostgreSQL major version (picks default images).
     pub postgres_major: u32,
     /// The scenario's `images` (containers only).
@@ -201,7 +204,7 @@ pub trait Environment: Send + Sync {
         &mut self,
         label: &str,
         backup: &str,
-        target: Option<DateTime<Utc>>,
+        target: Option<&zone::TargetTime>,
     ) -> Result<Restored, EnvError>;
     /// Makes a point-in-time restore of `backup` to `target` the primary:
     /// stops the primary, restores into a fresh server (named `label`)
@@ -212,7 +215,7 @@ pub trait Environment: Send + Sync {
         &mut self,
         label: &str,
         backup: &str,
-        target: DateTime<Utc>,
+        target: &zone::TargetTime,
     ) -> Result<Restored, EnvError>;
     /// Runs `pg_amcheck` ([`crate::verify::AMCHECK_ARGS`]) on restore
     /// `label`; the check fails when it finds corruption.
@@ -274,7 +277,7 @@ pub(crate) fn tail(text: &str, lines: usize) -> String {
 pub(crate) fn backup_fetch_args(
     data_dir: &str,
     backup: &str,
-    target: Option<DateTime<Utc>>,
+    target: Option<&zone::TargetTime>,
     archive: bool,
 ) -> Vec<String> {
     let mut args = vec![
@@ -286,10 +289,7 @@ pub(crate) fn backup_fetch_args(
         args.push("--no-archive".into());
     }
     match target {
-        Some(t) => args.extend([
-            "--recovery-target-time".to_string(),
-            crate::workload::target_time_arg(t),
-        ]),
+        Some(t) => args.extend(["--recovery-target-time".to_string(), t.arg()]),
         None => args.push("--recover".into()),
     }
     args

@@ -221,6 +221,7 @@ fn facts(h: &mut String, r: &DrillReport) {
         ("encryption", esc(&r.encryption)),
         ("storage format", esc(&r.storage_format)),
         ("PostgreSQL", esc(&r.postgres_version)),
+        ("conditions", esc(&r.conditions.summary())),
         ("pgdrill", esc(&r.pgdrill_version)),
         (
             "started",

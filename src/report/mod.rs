@@ -10,6 +10,9 @@
 //!   `encryption` (none | pgp | libsodium), `storage_format` (pgdrill |
 //!   walg), `postgres_version`,
 //!   `started_at`, `finished_at`, `passed`, `failures` (one line each).
+//! - `conditions`: `timezone` (the server's, in which targets reached the
+//!   tool), `start_segment` (the WAL segment the cluster started in, or
+//!   `initdb`), each with `_drawn` (from the seed) or set by the scenario.
 //! - `workload`: writers, sent / acked / failed / unknown counts, times.
 //! - `steps[]`: `action`, `planned_at_s`, `started_at`, `duration_s`, `ok`,
 //!   `detail`.
@@ -23,7 +26,8 @@
 //!   `wal_verify` (what the tool reported).
 //! - `disaster`: `kind`, `at`, `last_recovered_commit`, `rpo_s`,
 //!   `lost_acked_count`, `lost_acked` (writer, seq pairs).
-//! - `restores[]`: `label`, `kind` (latest | pitr), `target`, `backup`,
+//! - `restores[]`: `label`, `kind` (latest | pitr), `target`,
+//!   `target_as_given` (as the tool got it: local time and offset), `backup`,
 //!   `expected` (pass | fail: a restore that needs a deleted WAL segment
 //!   must fail), `expected_because`, `passed` (the actual result: restored
 //!   and verified), `as_expected`, `error`, `verify` (per-writer expected
@@ -160,6 +164,9 @@ pub struct RestoreRecord {
     pub label: String,
     pub kind: String,
     pub target: Option<DateTime<Utc>>,
+    /// The target as the tool was given it: in the server's time zone,
+    /// with its offset.
+    pub target_as_given: Option<String>,
     pub backup: String,
     pub expected: Expected,
     /// Why it must fail.
@@ -289,6 +296,34 @@ pub struct DrillReport {
     pub series: Option<Series>,
     pub images: Vec<crate::env::ImageRecord>,
     pub docker_version: Option<String>,
+    /// The conditions beyond the targets: time zone, WAL start.
+    pub conditions: ConditionsRecord,
+}
+
+/// The conditions a drill ran under beyond its targets, and whether each
+/// was drawn from the seed (else the scenario set it).
+#[derive(Debug, Clone, Serialize)]
+pub struct ConditionsRecord {
+    /// The server's `timezone`, in which targets reached the tool.
+    pub timezone: String,
+    pub timezone_drawn: bool,
+    /// The WAL segment the cluster started in, or `initdb`.
+    pub start_segment: String,
+    pub start_segment_drawn: bool,
+}
+
+impl ConditionsRecord {
+    /// One line for the facts tables.
+    pub fn summary(&self) -> String {
+        let how = |drawn: bool| if drawn { "drawn" } else { "set" };
+        format!(
+            "time zone {} ({}), WAL from {} ({})",
+            self.timezone,
+            how(self.timezone_drawn),
+            self.start_segment,
+            how(self.start_segment_drawn)
+        )
+    }
 }
 
 /// `text` as XML character data (JUnit, HTML): markup escaped, the
@@ -353,7 +388,7 @@ impl DrillReport {
     /// The Markdown summary.
     pub fn to_markdown(&self) -> String {
         let mut md = format!(
-            "# Drill `{}`: {}\n\n{}\n\n| | |\n|---|---|\n| seed | {} (replay: `pgdrill run {} --seed {}`) |\n| environment | {} |\n| engine | {}{} |\n| encryption | {} |\n| storage format | {} |\n| PostgreSQL | {} |\n| pgdrill | {} |\n| started | {} |\n| duration | {} |\n",
+            "# Drill `{}`: {}\n\n{}\n\n| | |\n|---|---|\n| seed | {} (replay: `pgdrill run {} --seed {}`) |\n| environment | {} |\n| engine | {}{} |\n| encryption | {} |\n| storage format | {} |\n| PostgreSQL | {} |\n| conditions | {} |\n| pgdrill | {} |\n| started | {} |\n| duration | {} |\n",
             self.scenario,
             if self.passed { "PASSED" } else { "FAILED" },
             self.description,
@@ -366,6 +401,7 @@ impl DrillReport {
             self.encryption,
             self.storage_format,
             self.postgres_version,
+            self.conditions.summary(),
             self.pgdrill_version,
             self.started_at.to_rfc3339(),
             secs((self.finished_at - self.started_at).num_milliseconds() as f64 / 1000.0),
@@ -551,6 +587,7 @@ mod tests {
             label: label.into(),
             kind: "pitr".into(),
             target: None,
+            target_as_given: None,
             backup: "base_1".into(),
             expected: Expected::Pass,
             expected_because: None,

@@ -10,6 +10,7 @@ fn restore(label: &str, as_expected: bool, error: Option<&str>) -> RestoreRecord
         label: label.into(),
         kind: "pitr".into(),
         target: Some("2026-12-02T01:02:03Z".parse().unwrap()),
+        target_as_given: Some("2026-12-02 06:32:03.000000+05:30".into()),
         backup: "base_000000010000000000000004".into(),
         expected: Expected::Pass,
         expected_because: None,
@@ -85,5 +86,11 @@ pub fn report() -> DrillReport {
         series: None,
         images: Vec::new(),
         docker_version: None,
+        conditions: super::ConditionsRecord {
+            timezone: "Asia/Kolkata".into(),
+            timezone_drawn: true,
+            start_segment: "0000000100000000000000FE".into(),
+            start_segment_drawn: false,
+        },
     }
 }

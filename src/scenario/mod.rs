@@ -23,6 +23,7 @@ use serde::Deserialize;
 
 pub use crate::backup::sabotage::Sabotage;
 pub use error::{Location, ScenarioError};
+pub use validate::DST_DURING_RUN;
 
 /// One drill, as read from a scenario file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -50,6 +51,11 @@ pub struct Scenario {
     pub seed: Option<u64>,
     /// The PostgreSQL server.
     pub postgres: Postgres,
+    /// The conditions the drill runs under beyond its targets (time zone,
+    /// WAL start position); each drawn from the seed where absent, so
+    /// `--seed` replays them, and shown in the report.
+    #[serde(default)]
+    pub conditions: Conditions,
     /// Where backups go. Default: bucket `drill`, lz4.
     #[serde(default)]
     pub storage: Storage,
@@ -185,6 +191,28 @@ pub struct Postgres {
     /// `initdb --wal-segsize` in MiB: a power of two from 1 to 1024.
     /// Default: PostgreSQL's (16).
     pub wal_segment_size_mb: Option<u32>,
+}
+
+/// The conditions a drill runs under beyond its target times. Restores go
+/// wrong at the edges of these, and a drill that always ran in UTC from
+/// the start of the WAL never saw them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Conditions {
+    /// The server's `timezone`; recovery targets reach the tool in it, as
+    /// an operator copies them from psql (local time with its offset). An
+    /// IANA name (`Asia/Kolkata`, `America/St_Johns`, `UTC`) or
+    /// `dst_during_run`: a zone whose daylight-saving time starts halfway
+    /// through the workload. Default: drawn from the seed among UTC, zones
+    /// east and west, half- and quarter-hour offsets and `dst_during_run`.
+    pub timezone: Option<String>,
+    /// The WAL segment the cluster writes first (`pg_resetwal -l` after
+    /// `initdb`), e.g. `0000000100000000000000FE` to cross the 4 GiB
+    /// boundary during the run, or `initdb` for where initdb leaves it.
+    /// Local environment only. Default: drawn from the seed among
+    /// `initdb`, just before the 4 GiB boundary and just before the 1 TiB
+    /// one (local), `initdb` elsewhere.
+    pub start_segment: Option<String>,
 }
 
 /// Where backups go.
@@ -945,6 +973,10 @@ objectives: { rpo: 5s, rto: 60s }
             ("objectives: { rpo: 1s }\n", "objectives.rpo: rpo is measured on the latest restore"),
             ("objectives: { rto: 1s }\n", "objectives.rto: rto is measured on restores"),
             ("verify: [amcheck, row_count, amcheck]\n", "t.yaml:4:30: verify[2]: this check is already listed"),
+            ("conditions: { timezone: Mars/Olympus_Mons }\n", "t.yaml:4:25: conditions.timezone: time zone \"Mars/Olympus_Mons\" is neither a zone in the system's zoneinfo nor a POSIX rule"),
+            ("conditions: { start_segment: 000000020000000000000010 }\n", "conditions.start_segment: `000000020000000000000010` is not a segment of timeline 1"),
+            ("conditions: { start_segment: 000000010000000000000100 }\n", "is not a segment of timeline 1 after 000000010000000000000001 for 16 MiB segments"),
+            ("environment: containers\nconditions: { start_segment: 0000000100000000000000FE }\n", "`start_segment` applies to the local environment only"),
         ] {
             let e = error(extra);
             assert!(e.contains(expected), "{extra}: {e}");
@@ -961,6 +993,7 @@ objectives: { rpo: 5s, rto: 60s }
             ("{ version: 15, wal_segment_size_mb: 24 }", "postgres.wal_segment_size_mb: invalid wal segment size of 24 MiB"),
             ("{ version: 15, settings: { archive_command: /bin/true } }", "t.yaml:2:55: postgres.settings.archive_command: setting `archive_command` is managed"),
             ("{ version: 15, settings: { Recovery_Target_Time: x } }", "setting `Recovery_Target_Time` is managed"),
+            ("{ version: 15, settings: { TimeZone: UTC } }", "setting `TimeZone` is managed"),
             ("{ version: 15, settings: { a.b.c: 1 } }", "invalid setting name `a.b.c`"),
             ("{ version: 15, settings: { \"work mem\": 1 } }", "invalid setting name `work mem`"),
         ] {

@@ -28,9 +28,14 @@ macro_rules! ensure {
     };
 }
 
+/// `conditions.timezone` for a zone whose daylight-saving time starts
+/// halfway through the workload.
+pub const DST_DURING_RUN: &str = "dst_during_run";
+
 /// Settings the harness writes itself: archiving, recovery, where the server
-/// listens and keeps its files.
-const OWNED_SETTINGS: [&str; 12] = [
+/// listens and keeps its files, its time zone (`conditions.timezone`).
+const OWNED_SETTINGS: [&str; 13] = [
+    "timezone",
     "archive_mode",
     "archive_command",
     "archive_library",
@@ -78,6 +83,7 @@ pub(super) fn check(scenario: &Scenario) -> Result<(), Problem> {
             "`retry_timeout` must be at least 1s"
         );
     }
+    conditions(scenario)?;
     workload(scenario)?;
     steps(scenario)?;
     restores(scenario)?;
@@ -152,7 +158,7 @@ fn postgres(s: &Scenario) -> Result<(), Problem> {
         ensure!(
             !OWNED_SETTINGS.contains(&lower.as_str()) && !lower.starts_with("recovery_target"),
             ["postgres", "settings", name.as_str()],
-            "remove it: pgdrill sets it to archive WAL and to restore",
+            "remove it: pgdrill sets it to archive WAL and to restore (the time zone through `conditions.timezone`)",
             "setting `{name}` is managed by pgdrill"
         );
     }
@@ -162,6 +168,37 @@ fn postgres(s: &Scenario) -> Result<(), Problem> {
             ["postgres", "wal_segment_size_mb"],
             "initdb takes a power of two from 1 to 1024 (MiB), e.g. 16",
             "invalid wal segment size of {mb} MiB"
+        );
+    }
+    Ok(())
+}
+
+fn conditions(s: &Scenario) -> Result<(), Problem> {
+    let c = &s.conditions;
+    if let Some(zone) = c.timezone.as_deref().filter(|z| *z != DST_DURING_RUN) {
+        if let Err(why) = crate::env::zone::ServerZone::new(zone) {
+            bail!(
+                ["conditions", "timezone"],
+                format!("use an IANA zone name such as `Asia/Kolkata` or `America/St_Johns`, or `{DST_DURING_RUN}`"),
+                "{why}"
+            );
+        }
+    }
+    if let Some(segment) = c.start_segment.as_deref().filter(|s| *s != "initdb") {
+        ensure!(
+            s.environment == Environment::Local,
+            ["conditions", "start_segment"],
+            "remove it, or set `environment: local`",
+            "`start_segment` applies to the local environment only"
+        );
+        let seg_size = u64::from(s.postgres.wal_segment_size_mb.unwrap_or(16)) << 20;
+        let parsed = crate::backup::layout::Segment::parse(segment, seg_size);
+        ensure!(
+            parsed.is_some_and(|p| p.timeline == 1 && p.segno >= 2),
+            ["conditions", "start_segment"],
+            "a segment name of timeline 1 after initdb's first, e.g. `0000000100000000000000FE` (16 MiB segments), or `initdb`",
+            "`{segment}` is not a segment of timeline 1 after 000000010000000000000001 for {} MiB segments",
+            seg_size >> 20
         );
     }
     Ok(())

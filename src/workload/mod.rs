@@ -21,7 +21,6 @@ mod writer;
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::Client;
 
@@ -138,23 +137,5 @@ pub fn vacuum_freeze_sql(mixed: bool) -> String {
         format!("VACUUM (FREEZE) {TABLE}, {ITEMS}")
     } else {
         format!("VACUUM (FREEZE) {TABLE}")
-    }
-}
-
-/// `t` as a `recovery_target_time` value: microseconds and an explicit UTC
-/// offset, so the server reads it as the same instant whatever its
-/// `timezone`.
-pub fn target_time_arg(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn target_time_arg_keeps_microseconds_and_offset() {
-        let t = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
-        assert_eq!(target_time_arg(t), "2023-11-14 22:13:20.123456+00");
     }
 }

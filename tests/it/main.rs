@@ -20,3 +20,4 @@ mod verify_verbs;
 mod wal_prefetch;
 mod walg;
 mod workload_verify;
+mod zones;

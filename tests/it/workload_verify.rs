@@ -13,8 +13,9 @@ use rand::SeedableRng;
 
 use common::*;
 use pgdrill::env::local::{InitOptions, LocalPostgres};
+use pgdrill::env::zone::ServerZone;
 use pgdrill::verify::{identity, identity_checks, verify_restore, CheckName};
-use pgdrill::workload::{self, target_time_arg, Mix, Outcome, WorkloadSpec, ITEMS, TABLE};
+use pgdrill::workload::{self, Mix, Outcome, WorkloadSpec, ITEMS, TABLE};
 
 /// Connection settings for database `db` of `pg`.
 fn config(pg: &LocalPostgres, db: &str) -> tokio_postgres::Config {
@@ -102,7 +103,7 @@ async fn restores_match_the_ledger_and_tampering_is_named() {
         .restore(
             "pitr",
             "LATEST",
-            &["--recovery-target-time", &target_time_arg(target)],
+            &["--recovery-target-time", &ServerZone::utc().format(target)],
         )
         .await;
     let c = pitr.connect().await.unwrap();

@@ -165,12 +165,18 @@ pub(super) fn write_recovery_config(
             } else {
                 *t
             };
+            let offset = if ctx.settings.sabotage == Some(Sabotage::TargetWithoutOffset) {
+                warn!("SABOTAGE: writing the recovery target without its UTC offset");
+                ""
+            } else {
+                "+00"
+            };
             settings = recovery_block(
                 &[
                     ("restore_command", quoted(&restore_command)),
                     (
                         "recovery_target_time",
-                        quoted(&t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()),
+                        quoted(&format!("{}{offset}", t.format("%Y-%m-%d %H:%M:%S%.6f"))),
                     ),
                     ("recovery_target_action", quoted("promote")),
                 ],

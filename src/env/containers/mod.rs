@@ -399,7 +399,7 @@ impl ContainersEnvironment {
         &mut self,
         label: &str,
         backup: &str,
-        target: Option<chrono::DateTime<chrono::Utc>>,
+        target: Option<&super::zone::TargetTime>,
         archive: bool,
     ) -> Result<Restored, EnvError> {
         let volume = self.volume(&format!("restore-{label}"));
@@ -673,7 +673,7 @@ impl super::Environment for ContainersEnvironment {
         &mut self,
         label: &str,
         backup: &str,
-        target: Option<chrono::DateTime<chrono::Utc>>,
+        target: Option<&super::zone::TargetTime>,
     ) -> Result<Restored, EnvError> {
         self.restore_server(label, backup, target, false).await
     }
@@ -682,7 +682,7 @@ impl super::Environment for ContainersEnvironment {
         &mut self,
         label: &str,
         backup: &str,
-        target: chrono::DateTime<chrono::Utc>,
+        target: &super::zone::TargetTime,
     ) -> Result<Restored, EnvError> {
         if let Some(old) = self.primary.take() {
             old.stop_with_timeout(Some(60))

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{
@@ -332,7 +331,7 @@ pub fn pitr(
     drill: &Drill,
     label: &str,
     backup: &str,
-    target: Option<DateTime<Utc>>,
+    target: Option<&crate::env::zone::TargetTime>,
     archive: bool,
 ) -> Result<(PersistentVolumeClaim, Job), ManifestError> {
     let namespace = if archive {
@@ -853,12 +852,15 @@ mod tests {
             Binary::HostPath("/pgdrill/pgdrill".into()),
             StorageFlavor::Minio,
         );
-        let t: DateTime<Utc> = "2026-12-02T01:02:03.456789Z".parse().unwrap();
+        let t = crate::env::zone::TargetTime {
+            instant: "2026-12-02T01:02:03.456789Z".parse().unwrap(),
+            zone: std::sync::Arc::new(crate::env::zone::ServerZone::new("Asia/Kolkata").unwrap()),
+        };
         let (claim, job) = pitr(
             &d,
             "pitr-1",
             "base_000000010000000000000004",
-            Some(t),
+            Some(&t),
             false,
         )
         .unwrap();
@@ -876,7 +878,7 @@ mod tests {
                 "base_000000010000000000000004",
                 "--no-archive",
                 "--recovery-target-time",
-                &crate::workload::target_time_arg(t),
+                "2026-12-02 06:32:03.456789+05:30",
             ]
         );
         let data = pod

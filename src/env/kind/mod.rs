@@ -23,7 +23,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::CronJob;
 
@@ -251,7 +250,7 @@ impl KubeEnvironment {
         &mut self,
         label: &str,
         backup: &str,
-        target: Option<DateTime<Utc>>,
+        target: Option<&crate::env::zone::TargetTime>,
         archive: bool,
     ) -> Result<Restored, EnvError> {
         let (claim, job) = manifests::pitr(&self.drill, label, backup, target, archive)
@@ -454,7 +453,7 @@ impl super::Environment for KubeEnvironment {
         &mut self,
         label: &str,
         backup: &str,
-        target: Option<DateTime<Utc>>,
+        target: Option<&crate::env::zone::TargetTime>,
     ) -> Result<Restored, EnvError> {
         self.restore_server(label, backup, target, false).await
     }
@@ -463,7 +462,7 @@ impl super::Environment for KubeEnvironment {
         &mut self,
         label: &str,
         backup: &str,
-        target: DateTime<Utc>,
+        target: &crate::env::zone::TargetTime,
     ) -> Result<Restored, EnvError> {
         let ns = self.drill.namespace().to_string();
         self.cluster

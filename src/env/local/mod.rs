@@ -117,7 +117,7 @@ impl LocalEnvironment {
             let init = InitOptions {
                 wal_segsize_mb: spec.wal_segsize_mb,
                 settings: spec.postgres_settings.clone(),
-                start_segment: None,
+                start_segment: spec.start_segment.clone(),
             };
             let primary = archive.start_primary(&init, &[])?;
             Ok(LocalEnvironment {
@@ -157,7 +157,7 @@ impl LocalEnvironment {
         &mut self,
         label: &str,
         backup: &str,
-        target: Option<chrono::DateTime<chrono::Utc>>,
+        target: Option<&super::zone::TargetTime>,
         archive: bool,
     ) -> Result<super::Restored, super::EnvError> {
         use super::Environment;
@@ -252,7 +252,7 @@ impl super::Environment for LocalEnvironment {
         &mut self,
         label: &str,
         backup: &str,
-        target: Option<chrono::DateTime<chrono::Utc>>,
+        target: Option<&super::zone::TargetTime>,
     ) -> Result<super::Restored, super::EnvError> {
         self.restore_server(label, backup, target, false).await
     }
@@ -261,7 +261,7 @@ impl super::Environment for LocalEnvironment {
         &mut self,
         label: &str,
         backup: &str,
-        target: chrono::DateTime<chrono::Utc>,
+        target: &super::zone::TargetTime,
     ) -> Result<super::Restored, super::EnvError> {
         if let Some(old) = self.primary.take() {
             on_server(old, |old| old.stop("fast")).await?.1?;

@@ -1,0 +1,168 @@
+//! The conditions a drill runs under beyond its target times, drawn from
+//! the seed where the scenario leaves them open (so `--seed` replays
+//! them): the server's time zone, in which the tool is given its recovery
+//! targets, and the WAL segment the cluster starts in.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use rand::{Rng, SeedableRng};
+
+use crate::env::zone::{self, ServerZone};
+use crate::report::ConditionsRecord;
+use crate::scenario::{Environment, Scenario, DST_DURING_RUN};
+
+/// Zones a drill draws from: UTC, east and west, half- and quarter-hour
+/// offsets, one with half-hour daylight saving, and (drawn as well) one
+/// whose daylight-saving time starts during the run.
+pub const ZONES: [&str; 8] = [
+    "UTC",
+    "Europe/Berlin",
+    "America/Los_Angeles",
+    "Asia/Kolkata",
+    "America/St_Johns",
+    "Asia/Kathmandu",
+    "Australia/Lord_Howe",
+    "Pacific/Chatham",
+];
+
+/// The conditions of one drill.
+#[derive(Debug, Clone)]
+pub struct Conditions {
+    pub zone: Arc<ServerZone>,
+    /// `None`: where initdb leaves the WAL.
+    pub start_segment: Option<String>,
+    /// Whether each was drawn (else the scenario set it).
+    drawn_zone: bool,
+    drawn_start: bool,
+}
+
+impl Conditions {
+    /// The scenario's conditions, the open ones drawn from `seed`; a zone
+    /// whose daylight saving starts during the run has it start halfway
+    /// through the workload from `started`.
+    pub fn draw(
+        scenario: &Scenario,
+        seed: u64,
+        started: DateTime<Utc>,
+    ) -> Result<Conditions, String> {
+        // A stream of its own: the other draws of a seed stay as they were.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(0x636f_6e64));
+        let set = &scenario.conditions;
+        let drawn_zone = set.timezone.is_none();
+        let zone = match set.timezone.clone() {
+            Some(zone) => zone,
+            None => match rng.random_range(0..=ZONES.len()) {
+                i if i == ZONES.len() => DST_DURING_RUN.to_string(),
+                i => ZONES[i].to_string(),
+            },
+        };
+        let zone = match zone.as_str() {
+            DST_DURING_RUN => {
+                let half =
+                    chrono::Duration::from_std(scenario.workload.duration / 2).unwrap_or_default();
+                ServerZone::new(&zone::dst_starting_at(started + half))?
+            }
+            "UTC" => ServerZone::utc(),
+            name => ServerZone::new(name)?,
+        };
+        let seg_size = u64::from(scenario.postgres.wal_segment_size_mb.unwrap_or(16)) << 20;
+        let drawn_start = set.start_segment.is_none();
+        let start_segment = match set.start_segment.as_deref() {
+            Some("initdb") => None,
+            Some(segment) => Some(segment.to_string()),
+            None if scenario.environment != Environment::Local => None,
+            None => {
+                // Two segments before a log boundary: the run crosses it.
+                let per_log = 0x1_0000_0000 / seg_size;
+                match rng.random_range(0..3) {
+                    0 => None,
+                    1 => Some(format!("0000000100000000{:08X}", per_log - 2)),
+                    _ => Some(format!("00000001000000FF{:08X}", per_log - 2)),
+                }
+            }
+        };
+        Ok(Conditions {
+            zone: Arc::new(zone),
+            start_segment,
+            drawn_zone,
+            drawn_start,
+        })
+    }
+
+    /// What the report shows.
+    pub fn record(&self) -> ConditionsRecord {
+        ConditionsRecord {
+            timezone: self.zone.setting().to_string(),
+            timezone_drawn: self.drawn_zone,
+            start_segment: self
+                .start_segment
+                .clone()
+                .unwrap_or_else(|| "initdb".into()),
+            start_segment_drawn: self.drawn_start,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenario(extra: &str) -> Scenario {
+        Scenario::from_str(
+            &format!("name: c\npostgres: {{ version: 15 }}\nworkload: {{ writers: 1, rate_per_second: 1, duration: 20s }}\n{extra}"),
+            "c.yaml",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_seed_draws_every_zone_and_start_and_replays_them() {
+        let s = scenario("");
+        let started: DateTime<Utc> = "2026-12-05T10:00:00Z".parse().unwrap();
+        let mut zones = std::collections::BTreeSet::new();
+        let mut starts = std::collections::BTreeSet::new();
+        for seed in 0..200 {
+            let c = Conditions::draw(&s, seed, started).unwrap();
+            let again = Conditions::draw(&s, seed, started).unwrap();
+            assert_eq!(
+                (&c.zone, &c.start_segment),
+                (&again.zone, &again.start_segment)
+            );
+            zones.insert(c.zone.setting().to_string());
+            starts.insert(c.record().start_segment);
+        }
+        assert_eq!(zones.len(), ZONES.len() + 1, "{zones:?}");
+        assert!(zones.iter().any(|z| z.starts_with("<-0330>")), "{zones:?}");
+        assert_eq!(
+            starts.into_iter().collect::<Vec<_>>(),
+            [
+                "0000000100000000000000FE",
+                "00000001000000FF000000FE",
+                "initdb"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_scenario_sets_them() {
+        let s = scenario("conditions: { timezone: dst_during_run, start_segment: initdb }");
+        let started: DateTime<Utc> = "2026-12-05T10:00:00Z".parse().unwrap();
+        let c = Conditions::draw(&s, 7, started).unwrap();
+        let switch = started + chrono::Duration::seconds(10);
+        assert_eq!(
+            c.zone.offset_at(switch - chrono::Duration::seconds(1)),
+            -12600
+        );
+        assert_eq!(c.zone.offset_at(switch), -9000);
+        assert_eq!(c.start_segment, None);
+        assert!(!c.record().timezone_drawn && !c.record().start_segment_drawn);
+        let c = Conditions::draw(
+            &scenario("conditions: { timezone: Asia/Kathmandu }"),
+            7,
+            started,
+        )
+        .unwrap();
+        assert_eq!(c.zone.setting(), "Asia/Kathmandu");
+    }
+}
