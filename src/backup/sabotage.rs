@@ -66,6 +66,11 @@ pub enum Sabotage {
     /// `...00000000000000FF` it asks for `...0000000000000100`), finds
     /// nothing and answers "not found": recovery ends at the boundary.
     NoLogCarry,
+    /// backup-fetch writes only its own recovery settings (as before issue
+    /// 30 was fixed): settings the backup carries in `postgresql.conf`
+    /// (a target left by a point-in-time restore done by hand) stay in
+    /// force and stop the restore there.
+    CarriedSettingsSteer,
 }
 
 impl Sabotage {
@@ -86,6 +91,7 @@ impl Sabotage {
             Sabotage::LateRecoveryTarget,
             Sabotage::TargetWithoutOffset,
             Sabotage::NoLogCarry,
+            Sabotage::CarriedSettingsSteer,
         ]
     }
 
@@ -112,6 +118,7 @@ impl Sabotage {
             ("late_recovery_target", None) => Sabotage::LateRecoveryTarget,
             ("target_without_offset", None) => Sabotage::TargetWithoutOffset,
             ("no_log_carry", None) => Sabotage::NoLogCarry,
+            ("carried_settings_steer", None) => Sabotage::CarriedSettingsSteer,
             _ => return None,
         })
     }
@@ -132,6 +139,7 @@ impl Sabotage {
             Sabotage::LateRecoveryTarget => "late_recovery_target".into(),
             Sabotage::TargetWithoutOffset => "target_without_offset".into(),
             Sabotage::NoLogCarry => "no_log_carry".into(),
+            Sabotage::CarriedSettingsSteer => "carried_settings_steer".into(),
         }
     }
 
@@ -157,6 +165,9 @@ impl Sabotage {
             Sabotage::TargetWithoutOffset => "the recovery target written without its UTC offset",
             Sabotage::NoLogCarry => {
                 "no carry into the log digits when naming the segment after ...FF"
+            }
+            Sabotage::CarriedSettingsSteer => {
+                "recovery settings carried in postgresql.conf left in force"
             }
         }
     }

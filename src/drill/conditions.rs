@@ -32,9 +32,13 @@ pub struct Conditions {
     pub zone: Arc<ServerZone>,
     /// `None`: where initdb leaves the WAL.
     pub start_segment: Option<String>,
+    /// Recovery settings left in the primary's configuration, as a
+    /// point-in-time restore done by hand leaves them.
+    pub leftover_recovery_settings: bool,
     /// Whether each was drawn (else the scenario set it).
     drawn_zone: bool,
     drawn_start: bool,
+    drawn_leftovers: bool,
 }
 
 impl Conditions {
@@ -82,11 +86,17 @@ impl Conditions {
                 }
             }
         };
+        let drawn_leftovers = set.leftover_recovery_settings.is_none();
+        let leftover_recovery_settings = set
+            .leftover_recovery_settings
+            .unwrap_or_else(|| rng.random_ratio(1, 3));
         Ok(Conditions {
             zone: Arc::new(zone),
             start_segment,
+            leftover_recovery_settings,
             drawn_zone,
             drawn_start,
+            drawn_leftovers,
         })
     }
 
@@ -100,7 +110,53 @@ impl Conditions {
                 .clone()
                 .unwrap_or_else(|| "initdb".into()),
             start_segment_drawn: self.drawn_start,
+            leftover_recovery_settings: self.leftover_recovery_settings,
+            leftover_recovery_settings_drawn: self.drawn_leftovers,
         }
+    }
+
+    /// Leaves in the primary's configuration what a point-in-time restore
+    /// done by hand leaves (when the conditions say so): a target at `at`
+    /// in `postgresql.conf`, spelled as PostgreSQL's lexer allows but not
+    /// as pgdrill writes it, and `recovery_target_action` in a file it
+    /// includes. Written through the server itself (`COPY ... TO
+    /// PROGRAM`, run in its data directory), so it works in every
+    /// environment; never reloaded, as a promoted primary never applies
+    /// them, but every base backup carries them.
+    pub async fn leave_recovery_settings(
+        &self,
+        primary: &tokio_postgres::Client,
+        at: DateTime<Utc>,
+    ) -> Result<(), tokio_postgres::Error> {
+        if !self.leftover_recovery_settings {
+            return Ok(());
+        }
+        let lines = [
+            (
+                "postgresql.conf",
+                format!(
+                    "Recovery_Target_Time '{}'   # left by a PITR done by hand",
+                    self.zone.format(at)
+                ),
+            ),
+            (
+                "postgresql.conf",
+                "include_if_exists 'pitr-by-hand.conf'".to_string(),
+            ),
+            (
+                "pitr-by-hand.conf",
+                "RECOVERY_TARGET_ACTION=promote".to_string(),
+            ),
+        ];
+        for (file, line) in lines {
+            // Dollar quoting: the line holds single quotes.
+            primary
+                .batch_execute(&format!(
+                    "COPY (SELECT $line${line}$line$) TO PROGRAM 'cat >> {file}'"
+                ))
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -122,6 +178,7 @@ mod tests {
         let started: DateTime<Utc> = "2026-12-05T10:00:00Z".parse().unwrap();
         let mut zones = std::collections::BTreeSet::new();
         let mut starts = std::collections::BTreeSet::new();
+        let mut leftovers = std::collections::BTreeSet::new();
         for seed in 0..200 {
             let c = Conditions::draw(&s, seed, started).unwrap();
             let again = Conditions::draw(&s, seed, started).unwrap();
@@ -131,7 +188,9 @@ mod tests {
             );
             zones.insert(c.zone.setting().to_string());
             starts.insert(c.record().start_segment);
+            leftovers.insert(c.leftover_recovery_settings);
         }
+        assert_eq!(leftovers.len(), 2);
         assert_eq!(zones.len(), ZONES.len() + 1, "{zones:?}");
         assert!(zones.iter().any(|z| z.starts_with("<-0330>")), "{zones:?}");
         assert_eq!(
@@ -157,6 +216,7 @@ mod tests {
         assert_eq!(c.zone.offset_at(switch), -9000);
         assert_eq!(c.start_segment, None);
         assert!(!c.record().timezone_drawn && !c.record().start_segment_drawn);
+        assert!(c.record().leftover_recovery_settings_drawn);
         let c = Conditions::draw(
             &scenario("conditions: { timezone: Asia/Kathmandu }"),
             7,

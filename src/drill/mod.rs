@@ -404,6 +404,14 @@ async fn drive(
             .map(crate::scenario::WorkloadMix::to_mix),
     };
     workload::prepare(&primary, &spec).await?;
+    // Three quarters in: after the backups of a short drill, so that a
+    // restore obeying it comes up short rather than failing outright.
+    let carried_target =
+        chrono::Duration::from_std(scenario.workload.duration * 3 / 4).unwrap_or_default();
+    conditions
+        .leave_recovery_settings(&primary, Utc::now() + carried_target)
+        .await
+        .map_err(pg_err)?;
     let timeline_start = Instant::now();
     let handle = workload::start(env.primary_config(), spec.clone())?;
     progress.say(&format!(

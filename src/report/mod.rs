@@ -12,7 +12,9 @@
 //!   `started_at`, `finished_at`, `passed`, `failures` (one line each).
 //! - `conditions`: `timezone` (the server's, in which targets reached the
 //!   tool), `start_segment` (the WAL segment the cluster started in, or
-//!   `initdb`), each with `_drawn` (from the seed) or set by the scenario.
+//!   `initdb`), `leftover_recovery_settings` (recovery settings left in the
+//!   primary's postgresql.conf, as a PITR by hand leaves them), each with
+//!   `_drawn` (from the seed) or set by the scenario.
 //! - `workload`: writers, sent / acked / failed / unknown counts, times.
 //! - `steps[]`: `action`, `planned_at_s`, `started_at`, `duration_s`, `ok`,
 //!   `detail`.
@@ -233,11 +235,22 @@ impl RestoreRecord {
         }
     }
 
-    /// Its target as tables show it.
+    /// Its target as tables show it: UTC, and as the tool was given it
+    /// when that differs (the server's local time with its offset).
     fn target_text(&self) -> String {
-        self.target
-            .map(|t| t.format("%H:%M:%S%.6f").to_string())
-            .unwrap_or_else(|| "end of WAL".into())
+        let Some(t) = self.target else {
+            return "end of WAL".into();
+        };
+        let utc = t.format("%H:%M:%S%.6f").to_string();
+        match self
+            .target_as_given
+            .as_deref()
+            .and_then(|given| given.split_once(' '))
+            .map(|(_, time)| time)
+        {
+            Some(given) if given != format!("{utc}+00") => format!("{utc} UTC (given as {given})"),
+            _ => format!("{utc} UTC"),
+        }
     }
 
     /// Whether its expectation was exact (`yes` or `range`) and the rows
@@ -310,6 +323,10 @@ pub struct ConditionsRecord {
     /// The WAL segment the cluster started in, or `initdb`.
     pub start_segment: String,
     pub start_segment_drawn: bool,
+    /// Recovery settings left in the primary's `postgresql.conf` (and a
+    /// file it includes), as a point-in-time restore by hand leaves them.
+    pub leftover_recovery_settings: bool,
+    pub leftover_recovery_settings_drawn: bool,
 }
 
 impl ConditionsRecord {
@@ -317,11 +334,13 @@ impl ConditionsRecord {
     pub fn summary(&self) -> String {
         let how = |drawn: bool| if drawn { "drawn" } else { "set" };
         format!(
-            "time zone {} ({}), WAL from {} ({})",
+            "time zone {} ({}), WAL from {} ({}), recovery settings left in postgresql.conf: {} ({})",
             self.timezone,
             how(self.timezone_drawn),
             self.start_segment,
-            how(self.start_segment_drawn)
+            how(self.start_segment_drawn),
+            if self.leftover_recovery_settings { "yes" } else { "no" },
+            how(self.leftover_recovery_settings_drawn)
         )
     }
 }

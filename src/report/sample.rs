@@ -91,6 +91,8 @@ pub fn report() -> DrillReport {
             timezone_drawn: true,
             start_segment: "0000000100000000000000FE".into(),
             start_segment_drawn: false,
+            leftover_recovery_settings: true,
+            leftover_recovery_settings_drawn: true,
         },
     }
 }

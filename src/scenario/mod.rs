@@ -213,6 +213,13 @@ pub struct Conditions {
     /// `initdb`, just before the 4 GiB boundary and just before the 1 TiB
     /// one (local), `initdb` elsewhere.
     pub start_segment: Option<String>,
+    /// Whether the primary's `postgresql.conf` carries the recovery
+    /// settings a point-in-time restore done by hand leaves behind
+    /// (`Recovery_Target_Time` for a moment three quarters into the workload,
+    /// `recovery_target_action` in an included file): a primary ignores
+    /// them, every base backup carries them, and no restore may stop there.
+    /// Default: drawn from the seed (one drill in three).
+    pub leftover_recovery_settings: Option<bool>,
 }
 
 /// Where backups go.

@@ -184,6 +184,14 @@ pub(super) fn write_recovery_config(
             );
         }
     }
+    if ctx.settings.sabotage == Some(Sabotage::CarriedSettingsSteer) {
+        warn!("SABOTAGE: leaving the recovery settings the backup carries in force");
+        settings.retain(|line| {
+            line.starts_with("restore_command = ")
+                || (line.starts_with("recovery_target_time = ") && !line.ends_with("''"))
+                || line == "recovery_target_action = 'promote'"
+        });
+    }
     if opts.no_archive {
         settings.push("archive_mode = 'off'".into());
     }
