@@ -879,7 +879,6 @@ struct Plan<'a> {
 /// restore must equal the ledger as of its own last recovered commit; the
 /// second value then compares it with everything acknowledged, which is
 /// the disaster's loss.
-#[allow(clippy::too_many_arguments)]
 async fn restore_and_verify(
     scenario: &Scenario,
     zone: &Arc<ServerZone>,
