@@ -1,7 +1,9 @@
 //! The conditions a drill runs under beyond its target times, drawn from
 //! the seed where the scenario leaves them open (so `--seed` replays
 //! them): the server's time zone, in which the tool is given its recovery
-//! targets, and the WAL segment the cluster starts in.
+//! targets, the WAL segment the cluster starts in, and whether the
+//! primary's configuration carries recovery settings an earlier
+//! point-in-time restore done by hand left behind.
 
 use std::sync::Arc;
 
@@ -43,8 +45,9 @@ pub struct Conditions {
 
 impl Conditions {
     /// The scenario's conditions, the open ones drawn from `seed`; a zone
-    /// whose daylight saving starts during the run has it start halfway
-    /// through the workload from `started`.
+    /// whose daylight saving starts during the run has it start half the
+    /// workload's length after `started` (the drill's start: the workload
+    /// starts a few seconds later, so the switch falls inside it).
     pub fn draw(
         scenario: &Scenario,
         seed: u64,

@@ -202,8 +202,8 @@ pub struct Conditions {
     /// The server's `timezone`; recovery targets reach the tool in it, as
     /// an operator copies them from psql (local time with its offset). An
     /// IANA name (`Asia/Kolkata`, `America/St_Johns`, `UTC`) or
-    /// `dst_during_run`: a zone whose daylight-saving time starts halfway
-    /// through the workload. Default: drawn from the seed among UTC, zones
+    /// `dst_during_run`: a zone whose daylight-saving time starts during
+    /// the workload (half its length after the drill starts). Default: drawn from the seed among UTC, zones
     /// east and west, half- and quarter-hour offsets and `dst_during_run`.
     pub timezone: Option<String>,
     /// The WAL segment the cluster writes first (`pg_resetwal -l` after
