@@ -71,6 +71,10 @@ pub enum Sabotage {
     /// (a target left by a point-in-time restore done by hand) stay in
     /// force and stop the restore there.
     CarriedSettingsSteer,
+    /// backup-push takes the name its start segment gives without claiming
+    /// it (as before issue 30.3 was fixed): two runs that start in one
+    /// segment write one backup's objects and both exit 0.
+    SharedBackupName,
 }
 
 impl Sabotage {
@@ -92,6 +96,7 @@ impl Sabotage {
             Sabotage::TargetWithoutOffset,
             Sabotage::NoLogCarry,
             Sabotage::CarriedSettingsSteer,
+            Sabotage::SharedBackupName,
         ]
     }
 
@@ -119,6 +124,7 @@ impl Sabotage {
             ("target_without_offset", None) => Sabotage::TargetWithoutOffset,
             ("no_log_carry", None) => Sabotage::NoLogCarry,
             ("carried_settings_steer", None) => Sabotage::CarriedSettingsSteer,
+            ("shared_backup_name", None) => Sabotage::SharedBackupName,
             _ => return None,
         })
     }
@@ -140,6 +146,7 @@ impl Sabotage {
             Sabotage::TargetWithoutOffset => "target_without_offset".into(),
             Sabotage::NoLogCarry => "no_log_carry".into(),
             Sabotage::CarriedSettingsSteer => "carried_settings_steer".into(),
+            Sabotage::SharedBackupName => "shared_backup_name".into(),
         }
     }
 
@@ -169,6 +176,7 @@ impl Sabotage {
             Sabotage::CarriedSettingsSteer => {
                 "recovery settings carried in postgresql.conf left in force"
             }
+            Sabotage::SharedBackupName => "overlapping backup-push runs share a name",
         }
     }
 

@@ -89,6 +89,7 @@ impl Live<'_> {
     pub async fn run_step(&mut self, step: &Step) -> Result<String, EnvError> {
         match step {
             Step::BaseBackup { full, .. } => self.base_backup(*full).await,
+            Step::OverlappingBackups { .. } => self.overlapping_backups().await,
             Step::Delete { retain, full, .. } => {
                 apply_retention(&*self.env, *retain as usize, *full).await
             }
@@ -190,6 +191,74 @@ impl Live<'_> {
             )));
         }
         Ok(format!("{name} ({})", kind(made)))
+    }
+
+    /// Two `backup-push --full` runs at once, the writers paused so that
+    /// both start in one WAL segment. Stated outcome: each run that exits
+    /// 0 names a backup no other run names, a run that fails leaves
+    /// nothing listed under a name it printed, at least one succeeds, and
+    /// every listed backup verifies.
+    async fn overlapping_backups(&mut self) -> Result<String, EnvError> {
+        let args = ["backup-push", "--full"];
+        if let Some(h) = &self.handle {
+            h.pause();
+        }
+        let (a, b) = futures::join!(
+            self.env.backup_tool_status(&args),
+            self.env.backup_tool_status(&args)
+        );
+        if let Some(h) = &self.handle {
+            h.resume();
+        }
+        let runs = [a?, b?];
+        let made: Vec<String> = runs
+            .iter()
+            .filter(|r| r.status.success())
+            .map(|r| r.stdout.trim().to_string())
+            .collect();
+        let failed: Vec<String> = runs
+            .iter()
+            .filter(|r| !r.status.success())
+            .map(|r| format!("{}: {}", r.status, crate::env::tail(r.stderr.trim(), 2)))
+            .collect();
+        match made.as_slice() {
+            [] => {
+                return Err(EnvError::Other(format!(
+                    "both overlapping backup-push runs failed: {}",
+                    failed.join("; ")
+                )))
+            }
+            [a, b] if a == b => {
+                return Err(EnvError::Other(format!(
+                    "both overlapping backup-push runs exited 0 naming {a}: one name, two writers"
+                )))
+            }
+            _ => {}
+        }
+        let listed: Vec<String> = list_backups(&*self.env)
+            .await?
+            .into_iter()
+            .map(|b| b.backup_name)
+            .collect();
+        for name in &made {
+            if !listed.contains(name) {
+                return Err(EnvError::Other(format!(
+                    "backup-push exited 0 for {name}, which is not listed"
+                )));
+            }
+        }
+        for name in &listed {
+            self.env.backup_tool(&["backup-verify", name]).await?;
+        }
+        self.chain = Some(0);
+        Ok(format!(
+            "made {}{}; every listed backup verifies",
+            made.join(" and "),
+            match failed.as_slice() {
+                [] => String::new(),
+                f => format!("; the other run failed cleanly ({})", f.join("; ")),
+            }
+        ))
     }
 
     /// Deletes or corrupts a segment of the writers' commits in the

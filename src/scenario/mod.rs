@@ -436,6 +436,17 @@ pub enum Step {
         #[serde(default)]
         full: bool,
     },
+    /// Two full base backups at once (`backup-push --full` twice), as a
+    /// cron run overlapping a manual one, with the writers paused meanwhile
+    /// as on a quiet night, so both runs start in one WAL segment, the one
+    /// their names come from. Each must end with a backup of its own under
+    /// a name of its own, or fail cleanly with nothing listed for it, and
+    /// every backup listed must verify (`backup-verify`).
+    OverlappingBackups {
+        /// When.
+        #[serde(deserialize_with = "duration")]
+        at: Duration,
+    },
     /// Close the current WAL segment (`pg_switch_wal()`).
     SwitchWal {
         /// When.
@@ -590,6 +601,7 @@ impl Step {
     pub fn at(&self) -> Duration {
         match *self {
             Step::BaseBackup { at, .. }
+            | Step::OverlappingBackups { at }
             | Step::SwitchWal { at }
             | Step::Checkpoint { at }
             | Step::VacuumFreeze { at }
@@ -608,6 +620,7 @@ impl Step {
     pub fn action(&self) -> &'static str {
         match self {
             Step::BaseBackup { .. } => "base_backup",
+            Step::OverlappingBackups { .. } => "overlapping_backups",
             Step::SwitchWal { .. } => "switch_wal",
             Step::Checkpoint { .. } => "checkpoint",
             Step::VacuumFreeze { .. } => "vacuum_freeze",

@@ -821,6 +821,10 @@ async fn start_under_owned_name(
 /// Creates the claim of `backup` for this run: `false` when another run
 /// (or a backup already stored under that name) owns it.
 async fn claim_name(ctx: &Context, backup: &str, label: &str) -> Result<bool, BackupError> {
+    if ctx.settings.sabotage == Some(Sabotage::SharedBackupName) {
+        warn!(%backup, "SABOTAGE: taking the backup name without claiming it");
+        return Ok(true);
+    }
     if ctx
         .store
         .head(&layout::sentinel_key(backup))
