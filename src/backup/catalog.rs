@@ -395,12 +395,34 @@ async fn segment_size_of(ctx: &Context, name: &str) -> Result<u64, String> {
         Ok(None) => return Err(format!("segment {name} is not in storage to tell it")),
         Err(e) => return Err(format!("segment {name} cannot be looked up: {e}")),
     };
-    let (plain, _) = ctx
-        .fetch_wal_object(&key, name)
+    // Verified whole, but only its first page header kept (a segment is
+    // up to 1 GiB).
+    let (head, _) = ctx
+        .fetch_wal_object_into(&key, name, FirstBytes(Vec::new()))
         .await
         .map_err(|e| format!("segment {name} cannot be read: {e}"))?;
-    layout::segment_size_from_header(&plain)
+    layout::segment_size_from_header(&head.0)
         .ok_or_else(|| format!("segment {name} has no valid long page header"))
+}
+
+/// A writer that keeps the first [`FirstBytes::KEPT`] bytes written and
+/// discards the rest.
+struct FirstBytes(Vec<u8>);
+
+impl FirstBytes {
+    /// Room for a segment's long page header.
+    const KEPT: usize = 64;
+}
+
+impl std::io::Write for FirstBytes {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = Self::KEPT.saturating_sub(self.0.len());
+        self.0.extend_from_slice(&buf[..buf.len().min(room)]);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Resolves `LATEST` or a backup name to a complete backup.

@@ -190,7 +190,11 @@ async fn compare_with_stored(
     existing: &Key,
     data: &[u8],
 ) -> Result<(PushOutcome, Digest), BackupError> {
-    let stored = match ctx.fetch_wal_object(existing, name).await {
+    // Only its digest counts: the plaintext is verified and dropped.
+    let stored = match ctx
+        .fetch_wal_object_into(existing, name, std::io::sink())
+        .await
+    {
         Ok((_, stored)) => stored,
         Err(BackupError::Crypto(CryptoError::PublicKeyOnly { origin, .. })) => {
             return Err(BackupError::WalUncomparable {

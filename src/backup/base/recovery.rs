@@ -59,12 +59,13 @@ const TARGETS: [&str; 5] = [
     "recovery_target_time",
 ];
 
-/// The canonical (lower-case) name of a recovery setting spelled `name`.
-fn recovery_setting(name: &str) -> Option<&'static str> {
+/// The canonical (lower-case) name and default of the recovery setting
+/// spelled `name`.
+fn recovery_setting(name: &str) -> Option<(&'static str, &'static str)> {
     RECOVERY_SETTINGS
         .iter()
-        .map(|(known, _)| *known)
-        .find(|known| name.eq_ignore_ascii_case(known))
+        .copied()
+        .find(|(known, _)| name.eq_ignore_ascii_case(known))
 }
 
 /// The recovery settings the restored configuration carries.
@@ -85,23 +86,16 @@ fn carried_recovery_settings(dest: &Path) -> Vec<pgconf::Setting> {
 /// spelling is overridden under that spelling, targets emptied, before the
 /// block sets the one asked for.
 fn recovery_block(chosen: &[(&str, String)], carried: &[pgconf::Setting]) -> Vec<String> {
-    let value = |name: &str| -> String {
+    let value = |(name, default): (&str, &str)| -> String {
         chosen
             .iter()
             .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.clone())
-            .or_else(|| {
-                RECOVERY_SETTINGS
-                    .iter()
-                    .find(|(n, _)| *n == name)
-                    .map(|(_, d)| d.to_string())
-            })
-            .unwrap_or_else(|| "''".into())
+            .map_or_else(|| default.to_string(), |(_, v)| v.clone())
     };
     let mut lines = Vec::new();
     let mut spelled: Vec<&str> = Vec::new();
     for s in carried {
-        let Some(canonical) = recovery_setting(&s.name) else {
+        let Some(setting @ (canonical, _)) = recovery_setting(&s.name) else {
             continue;
         };
         if s.name == canonical || spelled.contains(&s.name.as_str()) {
@@ -110,16 +104,16 @@ fn recovery_block(chosen: &[(&str, String)], carried: &[pgconf::Setting]) -> Vec
         spelled.push(&s.name);
         let v = match TARGETS.contains(&canonical) {
             true => "''".to_string(),
-            false => value(canonical),
+            false => value(setting),
         };
         lines.push(format!("{} = {v}", s.name));
     }
-    let (targets_chosen, rest): (Vec<&str>, Vec<&str>) = RECOVERY_SETTINGS
+    let (targets_chosen, rest): (Vec<_>, Vec<_>) = RECOVERY_SETTINGS
         .iter()
-        .map(|(name, _)| *name)
-        .partition(|name| TARGETS.contains(name) && chosen.iter().any(|(n, _)| n == name));
-    for name in rest.into_iter().chain(targets_chosen) {
-        lines.push(format!("{name} = {}", value(name)));
+        .copied()
+        .partition(|(name, _)| TARGETS.contains(name) && chosen.iter().any(|(n, _)| n == name));
+    for setting @ (name, _) in rest.into_iter().chain(targets_chosen) {
+        lines.push(format!("{name} = {}", value(setting)));
     }
     lines
 }
