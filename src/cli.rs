@@ -344,6 +344,11 @@ pub enum Command {
         /// Bucket to create before serving (repeatable).
         #[arg(long = "bucket")]
         buckets: Vec<String>,
+        /// Misbehave while this file says so, for drills: `refuse` closes
+        /// new connections unanswered, `errors` answers every request 503;
+        /// absent or anything else, serve.
+        #[arg(long)]
+        fault_file: Option<PathBuf>,
     },
 }
 
@@ -466,6 +471,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             access_key,
             secret_key,
             buckets,
+            fault_file,
         } => {
             let server = S3Server::bind(&S3ServerConfig {
                 dir,
@@ -473,6 +479,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 access_key,
                 secret_key: Secret::new(secret_key),
                 buckets,
+                fault_file,
             })
             .await?;
             println!("listening on http://{}", server.local_addr());

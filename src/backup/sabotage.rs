@@ -75,6 +75,10 @@ pub enum Sabotage {
     /// it (as before issue 30.3 was fixed): two runs that start in one
     /// segment write one backup's objects and both exit 0.
     SharedBackupName,
+    /// wal-fetch answers "not found" (exit 74) when the storage fails
+    /// (WAL-G issue 1126): PostgreSQL takes it for the end of the archive
+    /// and ends recovery early, as if the restore were complete.
+    FetchFailureAsMissing,
 }
 
 impl Sabotage {
@@ -97,6 +101,7 @@ impl Sabotage {
             Sabotage::NoLogCarry,
             Sabotage::CarriedSettingsSteer,
             Sabotage::SharedBackupName,
+            Sabotage::FetchFailureAsMissing,
         ]
     }
 
@@ -125,6 +130,7 @@ impl Sabotage {
             ("no_log_carry", None) => Sabotage::NoLogCarry,
             ("carried_settings_steer", None) => Sabotage::CarriedSettingsSteer,
             ("shared_backup_name", None) => Sabotage::SharedBackupName,
+            ("fetch_failure_as_missing", None) => Sabotage::FetchFailureAsMissing,
             _ => return None,
         })
     }
@@ -147,6 +153,7 @@ impl Sabotage {
             Sabotage::NoLogCarry => "no_log_carry".into(),
             Sabotage::CarriedSettingsSteer => "carried_settings_steer".into(),
             Sabotage::SharedBackupName => "shared_backup_name".into(),
+            Sabotage::FetchFailureAsMissing => "fetch_failure_as_missing".into(),
         }
     }
 
@@ -177,6 +184,9 @@ impl Sabotage {
                 "recovery settings carried in postgresql.conf left in force"
             }
             Sabotage::SharedBackupName => "overlapping backup-push runs share a name",
+            Sabotage::FetchFailureAsMissing => {
+                "wal-fetch says \"not found\" when the storage fails"
+            }
         }
     }
 

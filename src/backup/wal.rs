@@ -29,6 +29,7 @@ use super::codec::{self, Compression, Digest};
 use super::config::StorageFormat;
 use super::crypto::CryptoError;
 use super::layout::{self, Segment, WalFileKind};
+use super::sabotage::Sabotage;
 use super::store::{Created, Key};
 use super::{BackupError, Context};
 
@@ -164,7 +165,7 @@ pub async fn push_bytes(
     }
     let compression = ctx.settings.compression;
     let content =
-        crate::backup::sabotage::Sabotage::wal_content(ctx.settings.sabotage, name, data.clone());
+        Sabotage::wal_content(ctx.settings.sabotage, name, data.clone());
     let format = ctx.settings.storage_format;
     let (object, digest) = encode(ctx, content, compression, format).await?;
     let key = match format {
@@ -346,7 +347,7 @@ pub async fn wal_fetch(ctx: &Context, name: &str, dest: &Path) -> Result<(), Bac
             "{name} is a partial segment and is never served as a complete one"
         )));
     }
-    if crate::backup::sabotage::Sabotage::hides(ctx.settings.sabotage, name) {
+    if Sabotage::hides(ctx.settings.sabotage, name) {
         warn!(%name, "SABOTAGE: answering not found for a stored segment");
         return Err(not_found(ctx, name));
     }
@@ -373,6 +374,12 @@ pub async fn wal_fetch(ctx: &Context, name: &str, dest: &Path) -> Result<(), Bac
         };
         if let Err(e) = published {
             let _ = tokio::fs::remove_file(&tmp).await;
+            if ctx.settings.sabotage == Some(Sabotage::FetchFailureAsMissing)
+                && !matches!(e, BackupError::WalNotFound { .. })
+            {
+                warn!(%name, error = %e, "SABOTAGE: answering not found for a failed fetch");
+                return Err(not_found(ctx, name));
+            }
             // Not found only when the store's location answers: a missing
             // bucket is an error, not the end of the archive (which would
             // end recovery early).

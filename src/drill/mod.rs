@@ -18,6 +18,7 @@
 
 mod conditions;
 pub mod mutants;
+mod restore_fault;
 mod steps;
 
 use std::path::{Path, PathBuf};
@@ -30,10 +31,10 @@ use rand::SeedableRng;
 
 use crate::backup::config::Secret;
 use crate::env::zone::{ServerZone, TargetTime};
-use crate::env::{Damage, EnvError, EnvSpec, Environment, RestoreFailure};
+use crate::env::{Damage, EnvError, EnvSpec, Environment, RestoreFailure, Unwatched};
 use crate::report::{
-    ArchiveSample, DisasterRecord, DrillReport, Expected, MustFail, ObjectiveResult, RestoreRecord,
-    RtoBreakdown, Series, StepRecord,
+    ArchiveSample, DisasterRecord, DrillReport, Expected, MustFail, ObjectiveResult,
+    RestoreFaultRecord, RestoreRecord, RtoBreakdown, Series, StepRecord,
 };
 use crate::scenario::{
     BackupChoice, Check, DisasterKind, Encryption, Engine, Environment as ScenarioEnv, Scenario,
@@ -42,6 +43,7 @@ use crate::scenario::{
 use crate::verify::{self, CostGroup};
 use crate::workload::{self, Ledger, WorkloadError, WorkloadHandle, WorkloadSpec};
 pub use conditions::{Conditions, ZONES};
+use restore_fault::FaultInjector;
 use steps::{History, Live};
 
 /// Failures that stop a drill before it can report (a failed check does
@@ -911,8 +913,53 @@ async fn restore_and_verify(
         failure: None,
         verify: None,
         rto: RtoBreakdown::default(),
+        storage_fault: None,
     };
-    let loss = match env.restore(label, &record.backup, given.as_ref()).await {
+    let attempt = match fault_injector(scenario, env) {
+        None => {
+            env.restore(label, &record.backup, given.as_ref(), &mut Unwatched)
+                .await
+        }
+        Some(mut injector) => {
+            let first = env
+                .restore(label, &record.backup, given.as_ref(), &mut injector)
+                .await;
+            match injector.finish().await {
+                None => first,
+                Some(Err(e)) => Err(EnvError::Other(e)),
+                Some(Ok(injected)) => {
+                    // The typed failure says it in a line; the detail
+                    // (the server log) goes with the retry's record.
+                    let first_attempt_error = first.as_ref().err().map(|e| match e {
+                        EnvError::Restore { failure, .. } => failure.to_string(),
+                        e => e.to_string(),
+                    });
+                    record.storage_fault = Some(RestoreFaultRecord {
+                        injected,
+                        first_attempt_error,
+                    });
+                    match first {
+                        Ok(restored) => Ok(restored),
+                        // Failed loudly, as it may: once the storage is
+                        // back, an operator tries again, and that must be
+                        // exact.
+                        Err(_) => {
+                            env.discard_restore(label).await;
+                            record.label = format!("{label}-retry");
+                            env.restore(
+                                &record.label,
+                                &record.backup,
+                                given.as_ref(),
+                                &mut Unwatched,
+                            )
+                            .await
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let loss = match attempt {
         Ok(restored) => {
             let loss = verify_restored(
                 scenario,
@@ -936,9 +983,16 @@ async fn restore_and_verify(
             None
         }
     };
-    env.discard_restore(label).await;
+    env.discard_restore(&record.label).await;
     record.as_expected = as_expected(&record);
     (record, loss)
+}
+
+/// The injector of the scenario's storage fault during restores, when it
+/// has one (validation allows it only where the environment can).
+fn fault_injector(scenario: &Scenario, env: &dyn Environment) -> Option<FaultInjector> {
+    let fault = scenario.restores.storage_fault?;
+    Some(FaultInjector::new(fault, env.outage_switch()?))
 }
 
 /// Whether `record` turned out as expected: passed when it must pass; when
@@ -1233,6 +1287,7 @@ mod tests {
                 failure,
                 verify: None,
                 rto: RtoBreakdown::default(),
+        storage_fault: None,
             }
         };
         let refused = || Some(RestoreFailure::TargetNotReached);

@@ -18,6 +18,7 @@ pub use pg::connect_once;
 pub use recovery::RestoreFailure;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -197,14 +198,21 @@ pub trait Environment: Send + Sync {
     }
     /// SIGKILLs the primary and destroys its data directory.
     async fn kill_primary(&mut self) -> Result<(), EnvError>;
+    /// An owned handle that fails this environment's storage for a while,
+    /// when it can: held by a task while a restore runs.
+    fn outage_switch(&self) -> Option<Arc<dyn OutageSwitch>> {
+        None
+    }
     /// Restores `backup` into a fresh server: to the end of the archive, or
     /// to `target`; returns once the server is promoted. A restore that
-    /// ends without a promoted server is [`EnvError::Restore`].
+    /// ends without a promoted server is [`EnvError::Restore`]. `phases`
+    /// is told as the restore reaches each of its phases.
     async fn restore(
         &mut self,
         label: &str,
         backup: &str,
         target: Option<&zone::TargetTime>,
+        phases: &mut dyn RestorePhases,
     ) -> Result<Restored, EnvError>;
     /// Makes a point-in-time restore of `backup` to `target` the primary:
     /// stops the primary, restores into a fresh server (named `label`)
@@ -230,6 +238,32 @@ pub trait Environment: Send + Sync {
     /// left) and returns where. Dropping an environment without this still
     /// cleans up, blocking.
     async fn teardown(self: Box<Self>, keep: bool) -> Option<std::path::PathBuf>;
+}
+
+/// Told as a restore reaches each phase, so that a drill can fail the
+/// storage exactly there.
+pub trait RestorePhases: Send {
+    fn reached(&mut self, phase: crate::scenario::RestorePhase);
+}
+
+/// Phases nobody watches.
+pub struct Unwatched;
+
+impl RestorePhases for Unwatched {
+    fn reached(&mut self, _: crate::scenario::RestorePhase) {}
+}
+
+/// Fails an environment's storage for a while; owned and shared, so that
+/// a task can do it while the environment restores.
+#[async_trait]
+pub trait OutageSwitch: Send + Sync {
+    /// Makes the storage fail in `mode` for `duration`, then serve again;
+    /// says how.
+    async fn outage(
+        &self,
+        mode: crate::scenario::OutageMode,
+        duration: Duration,
+    ) -> Result<String, EnvError>;
 }
 
 /// Faults on the archive's storage that only some environments can inject.

@@ -1,9 +1,12 @@
 //! `pgdrill s3-serve`: an S3-compatible server on loopback (the `s3s` and
 //! `s3s-fs` crates), so tests and local drills need nothing outside this
 //! crate. Clients still speak real S3 over HTTP to it, as to MinIO or AWS.
+//! With a fault file it also misbehaves on demand, as real storage does
+//! (drills write the file: [`ServerFault`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
@@ -20,6 +23,44 @@ pub struct S3ServerConfig {
     pub secret_key: crate::backup::config::Secret,
     /// Buckets to create (as directories) before serving.
     pub buckets: Vec<String>,
+    /// A file whose content, read at every connection and request, makes
+    /// the server misbehave ([`ServerFault`]); absent or empty: serve.
+    pub fault_file: Option<PathBuf>,
+}
+
+/// How the server misbehaves while its fault file names the fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerFault {
+    /// Close every new connection unanswered, as a storage that went away
+    /// (`refuse`).
+    Refuse,
+    /// Answer every request `503 Service Unavailable`, as an overloaded
+    /// or failing S3 service (`errors`).
+    Errors,
+}
+
+impl ServerFault {
+    /// The fault file's content for this fault.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerFault::Refuse => "refuse",
+            ServerFault::Errors => "errors",
+        }
+    }
+
+    /// The fault a fault file's content names; anything else is none.
+    fn parse(content: &str) -> Option<ServerFault> {
+        match content.trim() {
+            "refuse" => Some(ServerFault::Refuse),
+            "errors" => Some(ServerFault::Errors),
+            _ => None,
+        }
+    }
+
+    /// The fault in force: what `file` names now.
+    fn current(file: Option<&std::path::Path>) -> Option<ServerFault> {
+        ServerFault::parse(&std::fs::read_to_string(file?).ok()?)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +84,43 @@ pub enum S3ServerError {
 /// A bound server, ready to run.
 pub struct S3Server {
     listener: TcpListener,
-    service: s3s::service::S3Service,
+    service: FaultyService,
+}
+
+/// The S3 service, misbehaving while a [`ServerFault`] is in force.
+#[derive(Clone)]
+struct FaultyService {
+    inner: s3s::service::S3Service,
+    fault_file: Option<Arc<PathBuf>>,
+}
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for FaultyService {
+    type Response = s3s::HttpResponse;
+    type Error = s3s::HttpError;
+    type Future = futures::future::BoxFuture<'static, Result<s3s::HttpResponse, s3s::HttpError>>;
+
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        match ServerFault::current(self.fault_file.as_deref().map(PathBuf::as_path)) {
+            Some(ServerFault::Errors) => Box::pin(std::future::ready(Ok(unavailable()))),
+            // An error makes hyper abort the connection unanswered: pooled
+            // connections go away too, not only new ones.
+            Some(ServerFault::Refuse) => Box::pin(std::future::ready(Err(s3s::HttpError::new(
+                "storage refusing connections (drill fault file)".into(),
+            )))),
+            None => hyper::service::Service::call(&self.inner, req),
+        }
+    }
+}
+
+/// The answer of an S3 service that cannot serve now (retryable).
+fn unavailable() -> s3s::HttpResponse {
+    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>ServiceUnavailable</Code><Message>injected by a drill's fault file</Message></Error>";
+    let mut response = http::Response::new(s3s::Body::from(body.to_string()));
+    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/xml"));
+    response
 }
 
 impl S3Server {
@@ -79,7 +156,10 @@ impl S3Server {
                 })?;
         Ok(S3Server {
             listener,
-            service: builder.build(),
+            service: FaultyService {
+                inner: builder.build(),
+                fault_file: cfg.fault_file.clone().map(Arc::new),
+            },
         })
     }
 
@@ -98,6 +178,9 @@ impl S3Server {
         loop {
             let socket = tokio::select! {
                 res = self.listener.accept() => match res {
+                    Ok(_) if ServerFault::current(
+                        self.service.fault_file.as_deref().map(PathBuf::as_path),
+                    ) == Some(ServerFault::Refuse) => continue,
                     Ok((socket, _)) => socket,
                     Err(e) => {
                         tracing::warn!("accept failed: {e}");

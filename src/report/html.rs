@@ -608,6 +608,10 @@ fn restores_table(h: &mut String, r: &DrillReport) {
             (true, _) => "pass".to_string(),
             (false, e) => format!("fail: {}", e.as_deref().unwrap_or("failed")),
         };
+        let actual = match x.fault_note() {
+            Some(note) => format!("{actual} ({note})"),
+            None => actual,
+        };
         let actual = match x.as_expected {
             true => actual,
             false => format!("UNEXPECTED {actual}"),

@@ -38,7 +38,10 @@
 //!   restore_command_aborted | server_stopped | timed_out), `rto`
 //!   (`scheduling_s`, `fetch_s`, `start_to_consistent_s`,
 //!   `consistent_to_promoted_s`, `verify_s`, `total_s`, `wal_segments_fetched`,
-//!   `wal_bytes_fetched`).
+//!   `wal_bytes_fetched`), `storage_fault` (only when the restore ran
+//!   into `restores.storage_fault`: `injected`, `first_attempt_error`,
+//!   set when the first attempt failed loudly and the record is its
+//!   retry's).
 //! - `objectives[]`: `name` (rpo | rto), `limit_s`, `measured_s`, `passed`.
 //! - `series` (for charts; null when the workload did not run): `start`
 //!   (the workload's start), `acked_per_second[]` (acknowledged commits in
@@ -184,6 +187,20 @@ pub struct RestoreRecord {
     pub failure: Option<crate::env::RestoreFailure>,
     pub verify: Option<VerifyOutcome>,
     pub rto: RtoBreakdown,
+    /// The storage fault it ran into (`restores.storage_fault`), when the
+    /// restore reached the fault's phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_fault: Option<RestoreFaultRecord>,
+}
+
+/// A storage fault a restore ran into.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreFaultRecord {
+    /// What was injected and from when.
+    pub injected: String,
+    /// How the first attempt failed, loudly, when it did; the restore's
+    /// result is then its retry's, made once the storage was back.
+    pub first_attempt_error: Option<String>,
 }
 
 /// What happened over time during the timeline, for the charts.
@@ -251,6 +268,21 @@ impl RestoreRecord {
             Some(given) if given != format!("{utc}+00") => format!("{utc} UTC (given as {given})"),
             _ => format!("{utc} UTC"),
         }
+    }
+
+    /// How it fared under its storage fault, when it ran into one.
+    fn fault_note(&self) -> Option<String> {
+        let fault = self.storage_fault.as_ref()?;
+        Some(match &fault.first_attempt_error {
+            None => format!("under a storage fault ({}): finished through it", fault.injected),
+            Some(e) => {
+                let first: String = e.lines().next().unwrap_or_default().chars().take(160).collect();
+                format!(
+                    "under a storage fault ({}): the first attempt failed loudly ({first}); this is its retry",
+                    fault.injected
+                )
+            }
+        })
     }
 
     /// Whether its expectation was exact (`yes` or `range`) and the rows
@@ -392,6 +424,10 @@ fn actual_cell(r: &RestoreRecord) -> String {
         true => "pass".to_string(),
         false => result_cell(false, "", r.error.as_deref().unwrap_or("failed"))
             .replacen("**FAIL**", "fail", 1),
+    };
+    let actual = match r.fault_note() {
+        Some(note) => format!("{actual} ({})", cell(&note)),
+        None => actual,
     };
     match r.as_expected {
         true => actual,
@@ -628,6 +664,7 @@ mod tests {
                 cost_s: Default::default(),
             }),
             rto: RtoBreakdown::default(),
+        storage_fault: None,
         }
     }
 

@@ -3,7 +3,10 @@
 //! fail and passed, a met and a missed objective, and a failure of the
 //! drill itself.
 
-use super::{DrillReport, Expected, MustFail, ObjectiveResult, RestoreRecord, RtoBreakdown};
+use super::{
+    DrillReport, Expected, MustFail, ObjectiveResult, RestoreFaultRecord, RestoreRecord,
+    RtoBreakdown,
+};
 
 fn restore(label: &str, as_expected: bool, error: Option<&str>) -> RestoreRecord {
     RestoreRecord {
@@ -23,6 +26,7 @@ fn restore(label: &str, as_expected: bool, error: Option<&str>) -> RestoreRecord
             total_s: 4.5,
             ..RtoBreakdown::default()
         },
+        storage_fault: None,
     }
 }
 
@@ -33,6 +37,14 @@ pub fn report() -> DrillReport {
         "000000010000000000000010".into(),
     ));
     hole.passed = true;
+    let mut retried = restore("pitr-3-retry", true, None);
+    retried.storage_fault = Some(RestoreFaultRecord {
+        injected: "storage answering every request 503 for 8s, from the start of wal_replay"
+            .into(),
+        first_attempt_error: Some(
+            "recovery aborted: restore_command exited 200 (the archive failed)".into(),
+        ),
+    });
     DrillReport {
         pgdrill_version: "0.1.0".into(),
         scenario: "quick".into(),
@@ -68,6 +80,7 @@ pub fn report() -> DrillReport {
                 Some("FATAL:  <bad> & \u{1}\"quoted\"\nsecond line"),
             ),
             hole,
+            retried,
         ],
         objectives: vec![
             ObjectiveResult {

@@ -149,9 +149,8 @@ impl Environment {
     pub fn supports(self, capability: Capability) -> bool {
         match (self, capability) {
             (Environment::Containers, _) => true,
-            (Environment::Kind, Capability::StorageOutage) => true,
-            (Environment::Kind, Capability::LinkShaping) => false,
-            (Environment::Local, _) => false,
+            (Environment::Kind | Environment::Local, Capability::StorageOutage) => true,
+            (Environment::Kind | Environment::Local, Capability::LinkShaping) => false,
         }
     }
 
@@ -513,7 +512,7 @@ pub enum Step {
         /// What happens.
         kind: DisasterKind,
     },
-    /// Make the storage unreachable for a while. Containers only.
+    /// Make the storage unreachable for a while.
     StorageOutage {
         /// When.
         #[serde(deserialize_with = "duration")]
@@ -555,11 +554,32 @@ pub enum Step {
 #[serde(rename_all = "snake_case")]
 pub enum OutageMode {
     /// Disconnect the storage container from the network: connections are
-    /// refused and names do not resolve.
+    /// refused and names do not resolve (locally: every connection is
+    /// closed unanswered).
     #[default]
     Disconnect,
-    /// Freeze the storage container (`docker pause`): connections hang.
+    /// Freeze the storage container (`docker pause`; locally SIGSTOP):
+    /// connections hang.
     Pause,
+    /// Answer every request `503 Service Unavailable`. Local environment.
+    Errors,
+}
+
+impl OutageMode {
+    /// The name used in scenario files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutageMode::Disconnect => "disconnect",
+            OutageMode::Pause => "pause",
+            OutageMode::Errors => "errors",
+        }
+    }
+
+    /// Whether environment `env` can fail its storage this way.
+    pub fn available_in(self, env: Environment) -> bool {
+        env.supports(Capability::StorageOutage)
+            && (self != OutageMode::Errors || env == Environment::Local)
+    }
 }
 
 /// A bandwidth such as `20mbit`, `512kbit` or `1gbit`, in kbit/s.
@@ -669,6 +689,54 @@ pub struct Restores {
     /// Which base backup the latest restore starts from; only with
     /// `latest: true`. Default: [`BackupChoice::Latest`].
     pub from: BackupChoice,
+    /// A storage outage that every restore runs into. A restore under it
+    /// must finish exactly or fail loudly; one that fails is retried once
+    /// the storage is back, and the retry must be exact. Never may a
+    /// restore come up short (recovery ended early by a storage error
+    /// taken for the end of the archive). Local and containers
+    /// environments. Default: none.
+    pub storage_fault: Option<RestoreFault>,
+}
+
+/// A storage outage injected when a restore reaches a phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreFault {
+    /// The phase it starts at.
+    pub during: RestorePhase,
+    /// How the storage fails. Default: [`OutageMode::Disconnect`].
+    #[serde(default)]
+    pub mode: OutageMode,
+    /// How long, more than 0s; longer than `storage.retry_timeout` makes
+    /// the tool give up.
+    #[serde(deserialize_with = "duration")]
+    pub duration: Duration,
+}
+
+/// A phase of a restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestorePhase {
+    /// `backup-fetch` unpacking the base backup.
+    BackupFetch,
+    /// The restored server starting: `wal-fetch` brings the backup's own
+    /// WAL, up to the point where the server is consistent.
+    WalReplay,
+    /// The restored server consistent (accepting connections) and
+    /// replaying on toward its target: a storage error taken for the end
+    /// of the archive here ends recovery early without an error.
+    Consistent,
+}
+
+impl RestorePhase {
+    /// The name used in scenario files and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestorePhase::BackupFetch => "backup_fetch",
+            RestorePhase::WalReplay => "wal_replay",
+            RestorePhase::Consistent => "consistent",
+        }
+    }
 }
 
 /// Which of the stored base backups to restore from.
@@ -933,7 +1001,7 @@ objectives: { rpo: 5s, rto: 60s }
         );
         assert_eq!(s.steps[8].action(), "disaster");
         assert_eq!(s.steps[5].needs(), Some(Capability::StorageOutage));
-        assert!(!Environment::Local.supports(Capability::StorageOutage));
+        assert!(!Environment::Local.supports(Capability::LinkShaping));
         assert!(Environment::Containers.supports(Capability::StorageOutage));
         assert_eq!(s.steps[4].needs(), None);
         assert_eq!(s.restores.from, BackupChoice::Oldest);
@@ -1071,13 +1139,16 @@ objectives: { rpo: 5s, rto: 60s }
         // Corrupting a stored object goes through the S3 API: anywhere.
         let corrupt = "steps: [{ at: 1s, action: storage_corruption }]\n";
         assert!(parse(&format!("environment: kind\n{corrupt}")).is_ok());
-        // Cutting the storage off: containers and kind; shaping its link:
-        // containers only.
+        // Cutting the storage off: everywhere, with 503 errors only
+        // locally; shaping its link: containers only.
         let outage = "steps: [{ at: 1s, action: storage_outage, duration: 1s }]\n";
         assert!(parse(&format!("environment: kind\n{outage}")).is_ok());
-        let e = error(&format!("environment: local\n{outage}"));
+        assert!(parse(&format!("environment: local\n{outage}")).is_ok());
+        let errors = "steps: [{ at: 1s, action: storage_outage, duration: 1s, mode: errors }]\n";
+        assert!(parse(&format!("environment: local\n{errors}")).is_ok());
+        let e = error(&format!("environment: containers\n{errors}"));
         assert!(
-            e.contains("is only available in environment `containers` or `kind`, not `local`"),
+            e.contains("steps[0].mode: outage mode `errors` is only available in environment `local`, not `containers`"),
             "{e}"
         );
         let latency = "steps: [{ at: 1s, action: network_latency, delay: 10ms }]\n";

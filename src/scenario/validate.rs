@@ -6,7 +6,9 @@ use std::time::Duration;
 use humantime::format_duration;
 
 use super::error::{Problem, Seg};
-use super::{BackupChoice, Encryption, Engine, Environment, Sabotage, Scenario, Step};
+use super::{
+    BackupChoice, Encryption, Engine, Environment, OutageMode, Sabotage, Scenario, Step,
+};
 
 /// Returns a [`Problem`] at key path `[segs]` with `hint` and a formatted message.
 macro_rules! bail {
@@ -331,6 +333,9 @@ fn steps(s: &Scenario) -> Result<(), Problem> {
                 s.environment.as_str()
             );
         }
+        if let Step::StorageOutage { mode, .. } = *step {
+            outage_mode(s, mode, &["steps".into(), i.into(), "mode".into()])?;
+        }
         ensure!(
             !matches!(step, Step::PitrFailover { .. })
                 || s.steps[..i]
@@ -407,6 +412,25 @@ fn restores(s: &Scenario) -> Result<(), Problem> {
             format_duration(s.workload.duration)
         );
     }
+    if let Some(fault) = &r.storage_fault {
+        ensure!(
+            s.environment != Environment::Kind,
+            ["restores", "storage_fault"],
+            "remove it, or set `environment: local` or `containers`",
+            "`storage_fault` during restores is not available in environment `kind`"
+        );
+        ensure!(
+            !fault.duration.is_zero(),
+            ["restores", "storage_fault", "duration"],
+            "give how long the storage fails, e.g. `8s`",
+            "`storage_fault` needs a `duration` above zero"
+        );
+        outage_mode(
+            s,
+            fault.mode,
+            &["restores".into(), "storage_fault".into(), "mode".into()],
+        )?;
+    }
     ensure!(
         r.from == BackupChoice::Latest || r.latest,
         ["restores", "from"],
@@ -414,6 +438,33 @@ fn restores(s: &Scenario) -> Result<(), Problem> {
         "`from` picks the backup of the latest restore, but `latest` is not set"
     );
     Ok(())
+}
+
+/// Whether the scenario's environment can fail its storage in `mode`; the
+/// problem is reported at `path`.
+fn outage_mode(s: &Scenario, mode: OutageMode, path: &[Seg]) -> Result<(), Problem> {
+    if mode.available_in(s.environment) {
+        return Ok(());
+    }
+    let able: Vec<String> = [
+        Environment::Local,
+        Environment::Containers,
+        Environment::Kind,
+    ]
+    .into_iter()
+    .filter(|&e| mode.available_in(e))
+    .map(|e| format!("`{}`", e.as_str()))
+    .collect();
+    Err(Problem {
+        path: path.to_vec(),
+        message: format!(
+            "outage mode `{}` is only available in environment {}, not `{}`",
+            mode.as_str(),
+            able.join(" or "),
+            s.environment.as_str()
+        ),
+        hint: "use `disconnect` or `pause`, or change the environment".into(),
+    })
 }
 
 fn objectives(s: &Scenario) -> Result<(), Problem> {

@@ -48,7 +48,7 @@ const BAD: &[(&str, &str, &str, &str)] = &[
     ("bad-environment", "2:14", "environment: unknown variant `vm`, expected one of local, containers, kind", "values listed"),
     ("bad-failover-before-backup", "9:5", "steps[0]: `pitr_failover` at 5s needs a base_backup step before it", "add a `base_backup` step"),
     ("bad-images-local", "9:3", "images: `images` apply to `environment: containers` and `kind` only", "environment: containers"),
-    ("bad-local-fault", "11:23", "steps[1].action: `storage_outage` is only available in environment `containers` or `kind`, not `local`", "environment: containers"),
+    ("bad-local-fault", "11:23", "steps[1].action: `network_latency` is only available in environment `containers`, not `local`", "environment: containers"),
     ("bad-missing-field", "5:3", "workload: missing field `rate_per_second`", "add the key"),
     ("bad-restore-without-backup", "11:3", "restores: restores need at least one base_backup step", "action: base_backup"),
     ("bad-step-after-end", "10:11", "steps[1].at: `base_backup` at 25s is after the workload ends at 20s", "only `disaster`"),

@@ -401,11 +401,13 @@ impl ContainersEnvironment {
         backup: &str,
         target: Option<&super::zone::TargetTime>,
         archive: bool,
+        phases: &mut dyn super::RestorePhases,
     ) -> Result<Restored, EnvError> {
         let volume = self.volume(&format!("restore-{label}"));
         let mut fetch_cmd = vec![PGDRILL.to_string(), "--env-dir".into(), ENV_DIR.into()];
         fetch_cmd.extend(super::backup_fetch_args(PGDATA, backup, target, archive));
         let started = Instant::now();
+        phases.reached(crate::scenario::RestorePhase::BackupFetch);
         let fetcher = self
             .request(&format!("fetch-{label}"), Some(&volume))
             .with_cmd(fetch_cmd)
@@ -439,6 +441,7 @@ impl ContainersEnvironment {
         };
         settings.extend(self.postgres_settings.iter().cloned());
         let started = Instant::now();
+        phases.reached(crate::scenario::RestorePhase::WalReplay);
         let server = self
             .request(&format!("restore-{label}"), Some(&volume))
             .with_cmd(postgres_command(&settings))
@@ -467,6 +470,7 @@ impl ContainersEnvironment {
             }
         };
         let start_to_consistent = started.elapsed();
+        phases.reached(crate::scenario::RestorePhase::Consistent);
         let consistent_to_promoted =
             super::pg::wait_promoted(&client, label, Duration::from_secs(1800), log_tail).await?;
         let log = server.stderr_to_vec().await.unwrap_or_default();
@@ -674,8 +678,17 @@ impl super::Environment for ContainersEnvironment {
         label: &str,
         backup: &str,
         target: Option<&super::zone::TargetTime>,
+        phases: &mut dyn super::RestorePhases,
     ) -> Result<Restored, EnvError> {
-        self.restore_server(label, backup, target, false).await
+        self.restore_server(label, backup, target, false, phases)
+            .await
+    }
+
+    fn outage_switch(&self) -> Option<std::sync::Arc<dyn super::OutageSwitch>> {
+        Some(std::sync::Arc::new(ContainersOutage {
+            storage: self.storage().id().to_string(),
+            network: self.drill.clone(),
+        }))
     }
 
     async fn fail_over(
@@ -690,7 +703,7 @@ impl super::Environment for ContainersEnvironment {
                 .map_err(docker_err("stopping the old primary"))?;
         }
         let restored = self
-            .restore_server(label, backup, Some(target), true)
+            .restore_server(label, backup, Some(target), true, &mut super::Unwatched)
             .await?;
         let server = self
             .restores
@@ -803,34 +816,40 @@ impl super::Environment for ContainersEnvironment {
     }
 }
 
+/// Storage outages of a containers drill: the storage container frozen or
+/// cut off its network, by id, so a task can hold it while a restore runs.
+struct ContainersOutage {
+    storage: String,
+    network: String,
+}
+
 #[async_trait::async_trait]
-impl super::StorageFaults for ContainersEnvironment {
-    async fn storage_outage(
-        &mut self,
+impl super::OutageSwitch for ContainersOutage {
+    async fn outage(
+        &self,
         mode: crate::scenario::OutageMode,
         duration: Duration,
     ) -> Result<String, EnvError> {
         use crate::scenario::OutageMode;
-        let storage = self.storage();
+        let docker = docker().await?;
         match mode {
             OutageMode::Pause => {
-                storage
-                    .pause()
+                docker
+                    .pause_container(&self.storage)
                     .await
                     .map_err(docker_err("pausing the storage"))?;
                 tokio::time::sleep(duration).await;
-                storage
-                    .unpause()
+                docker
+                    .unpause_container(&self.storage)
                     .await
                     .map_err(docker_err("unpausing the storage"))?;
             }
             OutageMode::Disconnect => {
-                let docker = docker().await?;
                 docker
                     .disconnect_network(
-                        &self.drill,
+                        &self.network,
                         bollard::models::NetworkDisconnectRequest {
-                            container: storage.id().to_string(),
+                            container: self.storage.clone(),
                             force: Some(true),
                         },
                     )
@@ -839,23 +858,41 @@ impl super::StorageFaults for ContainersEnvironment {
                 tokio::time::sleep(duration).await;
                 docker
                     .connect_network(
-                        &self.drill,
+                        &self.network,
                         bollard::models::NetworkConnectRequest {
-                            container: storage.id().to_string(),
+                            container: self.storage.clone(),
                             ..Default::default()
                         },
                     )
                     .await
                     .map_err(docker_err("reconnecting the storage"))?;
             }
+            OutageMode::Errors => {
+                return Err(EnvError::Other(
+                    "outage mode `errors` is not available in the containers environment".into(),
+                ))
+            }
         }
         Ok(format!(
             "storage {} for {duration:?}",
             match mode {
                 OutageMode::Pause => "paused",
-                OutageMode::Disconnect => "disconnected from the network",
+                _ => "disconnected from the network",
             }
         ))
+    }
+}
+
+#[async_trait::async_trait]
+impl super::StorageFaults for ContainersEnvironment {
+    async fn storage_outage(
+        &mut self,
+        mode: crate::scenario::OutageMode,
+        duration: Duration,
+    ) -> Result<String, EnvError> {
+        use super::Environment;
+        let switch = self.outage_switch().expect("containers have an outage switch");
+        switch.outage(mode, duration).await
     }
 
     async fn limit_storage_link(

@@ -15,13 +15,15 @@ pub use postgres::{
     archiving_settings, conf_value, pg_cache, InitOptions, LocalPostgres, PgBinaries, DEFAULT_MAJOR,
 };
 pub use process::{as_user, free_port, owned_dir, run_checked, RunAs, WorkDir};
-pub use s3::{drill_credentials, s3_settings, write_env_dir, LocalS3};
+pub use s3::{drill_credentials, s3_settings, write_env_dir, LocalS3, LocalS3Faults};
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use super::tail;
+use crate::env::s3_server::ServerFault;
+use crate::scenario::{OutageMode, RestorePhase};
 
 /// Failures of the local environment.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +161,7 @@ impl LocalEnvironment {
         backup: &str,
         target: Option<&super::zone::TargetTime>,
         archive: bool,
+        phases: &mut dyn super::RestorePhases,
     ) -> Result<super::Restored, super::EnvError> {
         use super::Environment;
         let base = self.archive.dir(&format!("restore-{label}"))?;
@@ -167,6 +170,7 @@ impl LocalEnvironment {
         let args = super::backup_fetch_args(&data_s, backup, target, archive);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let started = Instant::now();
+        phases.reached(RestorePhase::BackupFetch);
         let run = self.backup_tool_status(&args).await?;
         if !run.status.success() {
             return Err(super::fetch_failed(run.status.code(), &run.stderr));
@@ -174,6 +178,7 @@ impl LocalEnvironment {
         let fetch = started.elapsed();
         let pg = LocalPostgres::existing(&self.archive.bin, &base, &data, self.archive.run_as)?;
         let started = Instant::now();
+        phases.reached(RestorePhase::WalReplay);
         let (pg, start_result) = on_server(pg, |pg| pg.start(Duration::from_secs(1800))).await?;
         let start_to_consistent = started.elapsed();
         let log_file = pg.log_file.clone();
@@ -182,6 +187,7 @@ impl LocalEnvironment {
             let log = std::fs::read_to_string(&log_file).unwrap_or_default();
             return Err(super::recovery_failed(&log, e));
         }
+        phases.reached(RestorePhase::Consistent);
         let pg = &self.restores[label];
         let client = pg.connect().await?;
         let log_tail = || async { pg.log_tail(20) };
@@ -253,8 +259,19 @@ impl super::Environment for LocalEnvironment {
         label: &str,
         backup: &str,
         target: Option<&super::zone::TargetTime>,
+        phases: &mut dyn super::RestorePhases,
     ) -> Result<super::Restored, super::EnvError> {
-        self.restore_server(label, backup, target, false).await
+        self.restore_server(label, backup, target, false, phases)
+            .await
+    }
+
+    fn outage_switch(&self) -> Option<std::sync::Arc<dyn super::OutageSwitch>> {
+        let faults = self.archive.s3.as_ref()?.faults();
+        Some(std::sync::Arc::new(faults))
+    }
+
+    fn storage_faults(&mut self) -> Option<&mut dyn super::StorageFaults> {
+        Some(self)
     }
 
     async fn fail_over(
@@ -267,7 +284,7 @@ impl super::Environment for LocalEnvironment {
             on_server(old, |old| old.stop("fast")).await?.1?;
         }
         let restored = self
-            .restore_server(label, backup, Some(target), true)
+            .restore_server(label, backup, Some(target), true, &mut super::Unwatched)
             .await?;
         let pg = self
             .restores
@@ -315,5 +332,54 @@ impl super::Environment for LocalEnvironment {
         .await
         .ok()
         .flatten()
+    }
+}
+
+#[async_trait::async_trait]
+impl super::OutageSwitch for LocalS3Faults {
+    async fn outage(&self, mode: OutageMode, duration: Duration) -> Result<String, super::EnvError> {
+        let faults = self.clone();
+        let start = move |on: bool| -> std::io::Result<()> {
+            match mode {
+                OutageMode::Pause => faults.freeze(on),
+                OutageMode::Disconnect => faults.set(on.then_some(ServerFault::Refuse)),
+                OutageMode::Errors => faults.set(on.then_some(ServerFault::Errors)),
+            }
+        };
+        start(true).map_err(io_err("failing the storage"))?;
+        tokio::time::sleep(duration).await;
+        start(false).map_err(io_err("restoring the storage"))?;
+        Ok(format!(
+            "storage {} for {duration:?}",
+            match mode {
+                OutageMode::Pause => "stopped (SIGSTOP: connections hang)",
+                OutageMode::Disconnect => "closing every connection unanswered",
+                OutageMode::Errors => "answering every request 503",
+            }
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl super::StorageFaults for LocalEnvironment {
+    async fn storage_outage(
+        &mut self,
+        mode: OutageMode,
+        duration: Duration,
+    ) -> Result<String, super::EnvError> {
+        use super::Environment;
+        let switch = self.outage_switch().ok_or_else(|| {
+            super::EnvError::Other("the local environment's storage is no S3 server".into())
+        })?;
+        switch.outage(mode, duration).await
+    }
+
+    async fn limit_storage_link(
+        &mut self,
+        _limit: &super::fault::LinkLimit,
+    ) -> Result<String, super::EnvError> {
+        Err(super::EnvError::Other(
+            "network_latency is not available in the local environment (the storage shares loopback); use environment: containers".into(),
+        ))
     }
 }

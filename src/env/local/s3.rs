@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use super::process::RunAs;
 use super::{io_err, LocalError};
 use crate::backup::config::Secret;
+use crate::env::s3_server::ServerFault;
 
 /// Fresh credentials for a drill's S3 server: the access key names this
 /// process, the secret is random.
@@ -49,12 +50,15 @@ pub struct LocalS3 {
     pub secret_key: Secret,
     pub bucket: String,
     pub data_dir: PathBuf,
+    /// The server's fault file (`s3-serve --fault-file`).
+    fault_file: PathBuf,
 }
 
 impl LocalS3 {
     /// Starts the server on a free loopback port with one bucket.
     pub fn start(pgdrill: &Path, data_dir: &Path, bucket: &str) -> Result<LocalS3, LocalError> {
         let (access_key, secret_key) = drill_credentials();
+        let fault_file = data_dir.with_extension("fault");
         let mut child = Command::new(pgdrill)
             .arg("s3-serve")
             .arg("--dir")
@@ -63,6 +67,8 @@ impl LocalS3 {
             .arg("127.0.0.1:0")
             .arg("--bucket")
             .arg(bucket)
+            .arg("--fault-file")
+            .arg(&fault_file)
             .env("PGDRILL_S3_ACCESS_KEY", &access_key)
             .env("PGDRILL_S3_SECRET_KEY", secret_key.expose())
             .env("PGDRILL_LOG", "warn")
@@ -92,7 +98,16 @@ impl LocalS3 {
             secret_key,
             bucket: bucket.to_string(),
             data_dir: data_dir.to_path_buf(),
+            fault_file,
         })
+    }
+
+    /// A handle that makes this server misbehave, for as long as it runs.
+    pub fn faults(&self) -> LocalS3Faults {
+        LocalS3Faults {
+            pid: self.child.id(),
+            fault_file: self.fault_file.clone(),
+        }
     }
 
     /// WAL-G-style settings pointing at this server, under `prefix`.
@@ -120,6 +135,45 @@ impl LocalS3 {
     /// Path of a stored object on the server's disk (for fault injection).
     pub fn object_path(&self, key: &str) -> PathBuf {
         self.data_dir.join(&self.bucket).join(key)
+    }
+}
+
+/// Storage outages of a running [`LocalS3`]: owned, so a task can inject
+/// one while a restore runs.
+#[derive(Debug, Clone)]
+pub struct LocalS3Faults {
+    pid: u32,
+    fault_file: PathBuf,
+}
+
+impl LocalS3Faults {
+    /// Puts `fault` in force (None: serve again). The file is replaced
+    /// whole, so the server never reads half of it.
+    pub fn set(&self, fault: Option<ServerFault>) -> std::io::Result<()> {
+        match fault {
+            Some(f) => {
+                let tmp = self.fault_file.with_extension("fault.tmp");
+                std::fs::write(&tmp, f.as_str())?;
+                std::fs::rename(&tmp, &self.fault_file)
+            }
+            None => match std::fs::remove_file(&self.fault_file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the server: while stopped,
+    /// connections are accepted by the kernel and never answered.
+    pub fn freeze(&self, frozen: bool) -> std::io::Result<()> {
+        let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        let pid = libc::pid_t::try_from(self.pid).map_err(std::io::Error::other)?;
+        // SAFETY: kill has no memory preconditions; pid is our child's.
+        if unsafe { libc::kill(pid, signal) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
     }
 }
 
