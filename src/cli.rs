@@ -291,6 +291,7 @@ pub enum Command {
             "scenarios/retention.yaml",
             "scenarios/timeline-switch.yaml",
             "scenarios/edges.yaml",
+            "scenarios/restore-faults.yaml",
         ])]
         scenarios: Vec<PathBuf>,
         /// Only this mutant (repeatable), by its PGDRILL_SABOTAGE name,

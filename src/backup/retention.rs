@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 
 use super::catalog::{self, BackupSummary};
 use super::layout;
+use super::sabotage::Sabotage;
 use super::store::{Key, ObjectInfo};
 use super::timestamp::{self, TimestampError};
 use super::{BackupError, Context};
@@ -254,9 +255,16 @@ pub async fn delete(ctx: &Context, policy: &Policy, confirm: bool) -> Result<Pla
     let wal = ctx.store.list(layout::WAL_DIR).await?;
     let backup_objects = ctx.store.list(layout::BACKUP_DIR).await?;
     let mut plan = plan(&summaries, &wal, &backup_objects, policy)?;
-    if ctx.settings.sabotage == Some(crate::backup::sabotage::Sabotage::RetentionDeletesNeededWal) {
-        tracing::warn!("SABOTAGE: deleting the WAL the oldest kept backup needs");
-        delete_wal_below_newest_kept(&mut plan, &summaries, &wal);
+    match ctx.settings.sabotage {
+        Some(Sabotage::RetentionDeletesNeededWal) => {
+            tracing::warn!("SABOTAGE: deleting the WAL the oldest kept backup needs");
+            delete_wal_below_newest_kept(&mut plan, &summaries, &wal);
+        }
+        Some(Sabotage::RetentionDeletesUnfinished) => {
+            tracing::warn!("SABOTAGE: deleting every backup without a sentinel");
+            delete_every_unfinished(&mut plan, &summaries, &backup_objects);
+        }
+        _ => {}
     }
     let verb = if confirm { "deleting" } else { "would delete" };
     for b in &plan.delete_backups {
@@ -298,6 +306,19 @@ pub async fn delete(ctx: &Context, policy: &Policy, confirm: bool) -> Result<Pla
         ctx.store.delete(key).await?;
     }
     Ok(plan)
+}
+
+/// The sabotage [`Sabotage::RetentionDeletesUnfinished`]: every backup
+/// without a sentinel goes as a leftover, the one in progress too.
+fn delete_every_unfinished(plan: &mut Plan, backups: &[BackupSummary], objects: &[ObjectInfo]) {
+    for o in objects {
+        if let Some(name) = layout::backup_of_key(&o.key) {
+            let complete = backups.iter().any(|b| b.backup_name == name);
+            if !complete && !plan.delete_incomplete.iter().any(|n| n == name) {
+                plan.delete_incomplete.push(name.to_string());
+            }
+        }
+    }
 }
 
 /// The defect `retention_deletes_needed_wal`: WAL goes up to the start of

@@ -79,6 +79,10 @@ pub enum Sabotage {
     /// (WAL-G issue 1126): PostgreSQL takes it for the end of the archive
     /// and ends recovery early, as if the restore were complete.
     FetchFailureAsMissing,
+    /// `delete` takes every backup without a sentinel for a killed run's
+    /// leftovers, the one in progress too: a backup-push that overlaps
+    /// retention loses its parts.
+    RetentionDeletesUnfinished,
 }
 
 impl Sabotage {
@@ -102,6 +106,7 @@ impl Sabotage {
             Sabotage::CarriedSettingsSteer,
             Sabotage::SharedBackupName,
             Sabotage::FetchFailureAsMissing,
+            Sabotage::RetentionDeletesUnfinished,
         ]
     }
 
@@ -131,6 +136,7 @@ impl Sabotage {
             ("carried_settings_steer", None) => Sabotage::CarriedSettingsSteer,
             ("shared_backup_name", None) => Sabotage::SharedBackupName,
             ("fetch_failure_as_missing", None) => Sabotage::FetchFailureAsMissing,
+            ("retention_deletes_unfinished", None) => Sabotage::RetentionDeletesUnfinished,
             _ => return None,
         })
     }
@@ -154,6 +160,7 @@ impl Sabotage {
             Sabotage::CarriedSettingsSteer => "carried_settings_steer".into(),
             Sabotage::SharedBackupName => "shared_backup_name".into(),
             Sabotage::FetchFailureAsMissing => "fetch_failure_as_missing".into(),
+            Sabotage::RetentionDeletesUnfinished => "retention_deletes_unfinished".into(),
         }
     }
 
@@ -186,6 +193,9 @@ impl Sabotage {
             Sabotage::SharedBackupName => "overlapping backup-push runs share a name",
             Sabotage::FetchFailureAsMissing => {
                 "wal-fetch says \"not found\" when the storage fails"
+            }
+            Sabotage::RetentionDeletesUnfinished => {
+                "retention deletes the parts of a backup in progress"
             }
         }
     }

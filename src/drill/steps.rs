@@ -90,6 +90,9 @@ impl Live<'_> {
         match step {
             Step::BaseBackup { full, .. } => self.base_backup(*full).await,
             Step::OverlappingBackups { .. } => self.overlapping_backups().await,
+            Step::DeleteDuringBackup { retain, .. } => {
+                self.delete_during_backup(*retain as usize).await
+            }
             Step::Delete { retain, full, .. } => {
                 apply_retention(&*self.env, *retain as usize, *full).await
             }
@@ -258,6 +261,83 @@ impl Live<'_> {
                 [] => String::new(),
                 f => format!("; the other run failed cleanly ({})", f.join("; ")),
             }
+        ))
+    }
+
+    /// `backup-push --full` with `delete --confirm retain N` run over and
+    /// over while it runs, as a retention CronJob overlapping the backup
+    /// CronJob. Stated outcome: the backup-push exits 0 and its backup is
+    /// listed and verifies (retention never takes the parts of a backup
+    /// in progress), every delete exits 0, and afterwards the listed
+    /// backups are the `retain` newest of those complete before, plus the
+    /// new one (or, when the last delete saw it complete, the `retain`
+    /// newest of all).
+    async fn delete_during_backup(&mut self, retain: usize) -> Result<String, EnvError> {
+        let before: Vec<String> = list_backups(&*self.env)
+            .await?
+            .into_iter()
+            .map(|b| b.backup_name)
+            .collect();
+        let count = retain.to_string();
+        let delete = ["delete", "--confirm", "retain", count.as_str()];
+        let env = &*self.env;
+        let pushed = std::sync::atomic::AtomicBool::new(false);
+        let push = async {
+            let run = env.backup_tool_status(&["backup-push", "--full"]).await;
+            pushed.store(true, std::sync::atomic::Ordering::SeqCst);
+            run
+        };
+        let deletes = async {
+            let mut runs = Vec::new();
+            loop {
+                runs.push(env.backup_tool_status(&delete).await);
+                if pushed.load(std::sync::atomic::Ordering::SeqCst) {
+                    return runs;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        };
+        let (push, deletes) = futures::join!(push, deletes);
+        let push = push?;
+        if !push.status.success() {
+            return Err(EnvError::Other(format!(
+                "backup-push with retention running meanwhile failed ({}): {}",
+                push.status,
+                crate::env::tail(push.stderr.trim(), 3)
+            )));
+        }
+        let name = push.stdout.trim().to_string();
+        let ran = deletes.len();
+        for run in deletes {
+            let run = run?;
+            if !run.status.success() {
+                return Err(EnvError::Other(format!(
+                    "delete retain {retain} during backup-push failed ({}): {}",
+                    run.status,
+                    crate::env::tail(run.stderr.trim(), 3)
+                )));
+            }
+        }
+        self.chain = Some(0);
+        // The last delete may have begun before or after the new backup's
+        // sentinel was stored: it kept `retain` of those before, or of
+        // those before and the new one.
+        let (mut while_running, _) = retained(&before, retain, false);
+        while_running.push(name.clone());
+        let (after_it, _) = retained(&[before, vec![name.clone()]].concat(), retain, false);
+        let listed: Vec<String> = list_backups(&*self.env)
+            .await?
+            .into_iter()
+            .map(|b| b.backup_name)
+            .collect();
+        if listed != while_running && listed != after_it {
+            return Err(EnvError::Other(format!(
+                "after backup-push and delete retain {retain} at once: listed {listed:?}, expected {while_running:?} or {after_it:?}"
+            )));
+        }
+        self.env.backup_tool(&["backup-verify", &name]).await?;
+        Ok(format!(
+            "{name} made while delete retain {retain} ran {ran} times; listed {listed:?}, {name} verifies"
         ))
     }
 
@@ -539,7 +619,6 @@ async fn apply_retention(
     ))
 }
 
-/// `pg_stat_archiver.failed_count` of `primary`.
 /// `pg_stat_archiver`'s (archived_count, failed_count) of `primary`.
 async fn archiver_counts(primary: &Client) -> Result<(i64, i64), EnvError> {
     let row = primary

@@ -201,3 +201,25 @@ impl S3Server {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fault_file_names_the_fault_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("fault");
+        // No file, an empty one or anything unknown: serve.
+        assert_eq!(ServerFault::current(Some(&file)), None);
+        assert_eq!(ServerFault::current(None), None);
+        for fault in [ServerFault::Refuse, ServerFault::Errors] {
+            std::fs::write(&file, format!("{}\n", fault.as_str())).unwrap();
+            assert_eq!(ServerFault::current(Some(&file)), Some(fault));
+        }
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(ServerFault::current(Some(&file)), None);
+        std::fs::write(&file, "slow").unwrap();
+        assert_eq!(ServerFault::current(Some(&file)), None);
+    }
+}

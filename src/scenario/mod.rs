@@ -446,6 +446,19 @@ pub enum Step {
         #[serde(deserialize_with = "duration")]
         at: Duration,
     },
+    /// A full base backup (`backup-push --full`) with retention (`delete
+    /// --confirm retain N`) run over and over while it runs, as a
+    /// retention CronJob overlapping the backup CronJob. The backup-push
+    /// must succeed and its backup verify; every delete must succeed and
+    /// keep the `retain` newest backups complete before, plus the new one
+    /// (the `retain` newest of all when the last delete saw it complete).
+    DeleteDuringBackup {
+        /// When.
+        #[serde(deserialize_with = "duration")]
+        at: Duration,
+        /// Base backups to keep, at least 1.
+        retain: u32,
+    },
     /// Close the current WAL segment (`pg_switch_wal()`).
     SwitchWal {
         /// When.
@@ -622,6 +635,7 @@ impl Step {
         match *self {
             Step::BaseBackup { at, .. }
             | Step::OverlappingBackups { at }
+            | Step::DeleteDuringBackup { at, .. }
             | Step::SwitchWal { at }
             | Step::Checkpoint { at }
             | Step::VacuumFreeze { at }
@@ -641,6 +655,7 @@ impl Step {
         match self {
             Step::BaseBackup { .. } => "base_backup",
             Step::OverlappingBackups { .. } => "overlapping_backups",
+            Step::DeleteDuringBackup { .. } => "delete_during_backup",
             Step::SwitchWal { .. } => "switch_wal",
             Step::Checkpoint { .. } => "checkpoint",
             Step::VacuumFreeze { .. } => "vacuum_freeze",

@@ -347,7 +347,9 @@ fn steps(s: &Scenario) -> Result<(), Problem> {
             format_duration(at)
         );
         let zero = match *step {
-            Step::Delete { retain: 0, .. } => Some("retain"),
+            Step::Delete { retain: 0, .. } | Step::DeleteDuringBackup { retain: 0, .. } => {
+                Some("retain")
+            }
             Step::Pause { duration, .. } | Step::StorageOutage { duration, .. } => {
                 duration.is_zero().then_some("duration")
             }

@@ -517,6 +517,35 @@ async fn wal_fetch_from_a_missing_bucket_aborts_recovery() {
     assert_eq!(code(&out), 74, "{}", stderr(&out));
 }
 
+/// Issue 31.5: a storage that fails while a restore runs (every request
+/// answered 503, or every connection closed unanswered) for longer than
+/// the tool retries: wal-fetch of a stored segment must exit above 125,
+/// so that PostgreSQL aborts recovery, never 74, which PostgreSQL takes
+/// for the end of the archive (recovery would end early, as complete:
+/// WAL-G issue 1126). Once the storage serves again, the same fetch works.
+#[tokio::test(flavor = "multi_thread")]
+async fn wal_fetch_during_a_storage_outage_fails_loudly_never_not_found() {
+    use pgdrill::env::s3_server::ServerFault;
+    let env = TestEnv::start("outage", Storage::S3, &[], InitOptions::default());
+    let segment = switch_and_wait_archived(&env.primary).await;
+    let dest = env.dir("scratch").join("RECOVERYXLOG");
+    let mut vars = env.archive.storage_vars.clone();
+    vars.push(("WALG_PREFETCH".into(), "0".into()));
+    vars.push(("PGDRILL_S3_RETRY_TIMEOUT_SECS".into(), "1".into()));
+    let fetch = || env.pgdrill_with_vars(&vars, &["wal-fetch", &segment, dest.to_str().unwrap()]);
+    let faults = env.archive.s3.as_ref().expect("S3 storage").faults();
+    for fault in [ServerFault::Errors, ServerFault::Refuse] {
+        faults.set(Some(fault)).unwrap();
+        let out = fetch();
+        faults.set(None).unwrap();
+        assert_eq!(code(&out), FETCH_FAILED, "{fault:?}: {}", stderr(&out));
+        assert!(!dest.exists(), "{fault:?}");
+    }
+    let out = fetch();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(dest.exists());
+}
+
 /// Issue 9.3: a typo in restore_command must not end recovery early:
 /// usage errors of wal-fetch exit above 125 too, and so does a wal-fetch
 /// whose runtime cannot start.
