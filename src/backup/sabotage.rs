@@ -83,6 +83,11 @@ pub enum Sabotage {
     /// leftovers, the one in progress too: a backup-push that overlaps
     /// retention loses its parts.
     RetentionDeletesUnfinished,
+    /// backup-fetch pins recovery to the backup's own timeline
+    /// (`recovery_target_timeline = 'current'`, PostgreSQL 11's default):
+    /// a target on a later timeline is never reached, and the end of the
+    /// archive is that of the old timeline.
+    BackupTimelineOnly,
 }
 
 impl Sabotage {
@@ -107,6 +112,7 @@ impl Sabotage {
             Sabotage::SharedBackupName,
             Sabotage::FetchFailureAsMissing,
             Sabotage::RetentionDeletesUnfinished,
+            Sabotage::BackupTimelineOnly,
         ]
     }
 
@@ -137,6 +143,7 @@ impl Sabotage {
             ("shared_backup_name", None) => Sabotage::SharedBackupName,
             ("fetch_failure_as_missing", None) => Sabotage::FetchFailureAsMissing,
             ("retention_deletes_unfinished", None) => Sabotage::RetentionDeletesUnfinished,
+            ("backup_timeline_only", None) => Sabotage::BackupTimelineOnly,
             _ => return None,
         })
     }
@@ -161,6 +168,7 @@ impl Sabotage {
             Sabotage::SharedBackupName => "shared_backup_name".into(),
             Sabotage::FetchFailureAsMissing => "fetch_failure_as_missing".into(),
             Sabotage::RetentionDeletesUnfinished => "retention_deletes_unfinished".into(),
+            Sabotage::BackupTimelineOnly => "backup_timeline_only".into(),
         }
     }
 
@@ -197,6 +205,7 @@ impl Sabotage {
             Sabotage::RetentionDeletesUnfinished => {
                 "retention deletes the parts of a backup in progress"
             }
+            Sabotage::BackupTimelineOnly => "recovery pinned to the backup's own timeline",
         }
     }
 

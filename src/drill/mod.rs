@@ -331,6 +331,9 @@ fn env_spec(scenario: &Scenario, conditions: &Conditions) -> Result<EnvSpec, Dri
             t.as_secs().to_string(),
         ));
     }
+    if let Some(n) = scenario.storage.prefetch {
+        tool_settings.push(("WALG_PREFETCH".into(), n.to_string()));
+    }
     let mut tool_secrets = Vec::new();
     let path_setting = |name: &str, path: &Path| (name.to_string(), path.display().to_string());
     match &scenario.storage.encryption {

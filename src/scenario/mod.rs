@@ -240,6 +240,10 @@ pub struct Storage {
     /// tool's (120s).
     #[serde(deserialize_with = "optional_duration")]
     pub retry_timeout: Option<Duration>,
+    /// How many WAL segments `wal-fetch` fetches ahead of recovery
+    /// (`WALG_PREFETCH`); 0 fetches each only when the server asks for it.
+    /// Default: the tool's (8).
+    pub prefetch: Option<u32>,
     /// The on-storage format the tool writes (`PGDRILL_STORAGE_FORMAT`):
     /// `pgdrill` or `walg` (WAL-G's bytes; restores then go through the
     /// WAL-G reader). Default: pgdrill.
@@ -276,6 +280,7 @@ impl Default for Storage {
             delta_max_steps: 0,
             encryption: Encryption::None,
             retry_timeout: None,
+            prefetch: None,
             format: StorageFormat::Pgdrill,
         }
     }

@@ -5,6 +5,7 @@
 //! timeline, amcheck and checksums verdicts).
 
 mod cluster;
+mod commit_times;
 mod ddl;
 mod items;
 mod outcome;
@@ -78,6 +79,17 @@ async fn verify(
     open_ended: bool,
 ) -> Result<VerifyOutcome, VerifyError> {
     let mut outcome = verify_ledger(client, ledger, target).await?;
+    if relation_exists(client, TABLE).await? {
+        let clock = std::time::Instant::now();
+        let check = commit_times::check(client, ledger)
+            .await
+            .unwrap_or_else(|e| Some(unreadable(CheckName::CommitTimes, &e)));
+        if let Some(check) = check {
+            outcome.passed &= check.passed;
+            outcome.checks.push(check);
+        }
+        outcome.cost(CostGroup::Ledger, clock);
+    }
     if let Some(mix) = ledger.spec().mix {
         let clock = std::time::Instant::now();
         let check = items::check_items(client, ledger.spec().seed, mix, &outcome.per_writer)

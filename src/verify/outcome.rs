@@ -24,6 +24,9 @@ pub enum CheckName {
     AckedKept,
     /// Every row's payload is the one its writer sent.
     Payloads,
+    /// Every row was committed while its writer waited (after sending,
+    /// before the acknowledgement), by `track_commit_timestamp`.
+    CommitTimes,
     /// The hash of the restored rows equals the ledger's for the found counts.
     ContentHash,
     /// Index-only scans count what sequential scans count, and the
@@ -60,6 +63,7 @@ impl CheckName {
             CheckName::NoExtraRows => "no_extra_rows",
             CheckName::AckedKept => "acked_kept",
             CheckName::Payloads => "payloads",
+            CheckName::CommitTimes => "commit_times",
             CheckName::ContentHash => "content_hash",
             CheckName::Visibility => "visibility",
             CheckName::Items => "items",

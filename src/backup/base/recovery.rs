@@ -186,6 +186,14 @@ pub(super) fn write_recovery_config(
                 || line == "recovery_target_action = 'promote'"
         });
     }
+    if ctx.settings.sabotage == Some(Sabotage::BackupTimelineOnly) {
+        warn!("SABOTAGE: pinning recovery to the backup's own timeline");
+        for line in settings.iter_mut() {
+            if line.starts_with("recovery_target_timeline = ") {
+                *line = "recovery_target_timeline = 'current'".into();
+            }
+        }
+    }
     if opts.no_archive {
         settings.push("archive_mode = 'off'".into());
     }
