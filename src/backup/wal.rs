@@ -164,8 +164,7 @@ pub async fn push_bytes(
         return compare_with_stored(ctx, name, &existing, &data).await;
     }
     let compression = ctx.settings.compression;
-    let content =
-        Sabotage::wal_content(ctx.settings.sabotage, name, data.clone());
+    let content = Sabotage::wal_content(ctx.settings.sabotage, name, data.clone());
     let format = ctx.settings.storage_format;
     let (object, digest) = encode(ctx, content, compression, format).await?;
     let key = match format {

@@ -201,6 +201,7 @@ mod tests {
                 total_s: 4.0,
                 ..Default::default()
             },
+            storage_fault: None,
         };
         let bench = summarize(
             "quick",

@@ -33,8 +33,8 @@ use crate::backup::config::Secret;
 use crate::env::zone::{ServerZone, TargetTime};
 use crate::env::{Damage, EnvError, EnvSpec, Environment, RestoreFailure, Unwatched};
 use crate::report::{
-    ArchiveSample, DisasterRecord, DrillReport, Expected, MustFail, ObjectiveResult,
-    RestoreFaultRecord, RestoreRecord, RtoBreakdown, Series, StepRecord,
+    ArchiveSample, DisasterRecord, DrillReport, Expected, MustFail, ObjectiveResult, RestoreRecord,
+    RtoBreakdown, Series, StepRecord,
 };
 use crate::scenario::{
     BackupChoice, Check, DisasterKind, Encryption, Engine, Environment as ScenarioEnv, Scenario,
@@ -923,43 +923,8 @@ async fn restore_and_verify(
             env.restore(label, &record.backup, given.as_ref(), &mut Unwatched)
                 .await
         }
-        Some(mut injector) => {
-            let first = env
-                .restore(label, &record.backup, given.as_ref(), &mut injector)
-                .await;
-            match injector.finish().await {
-                None => first,
-                Some(Err(e)) => Err(EnvError::Other(e)),
-                Some(Ok(injected)) => {
-                    // The typed failure says it in a line; the detail
-                    // (the server log) goes with the retry's record.
-                    let first_attempt_error = first.as_ref().err().map(|e| match e {
-                        EnvError::Restore { failure, .. } => failure.to_string(),
-                        e => e.to_string(),
-                    });
-                    record.storage_fault = Some(RestoreFaultRecord {
-                        injected,
-                        first_attempt_error,
-                    });
-                    match first {
-                        Ok(restored) => Ok(restored),
-                        // Failed loudly, as it may: once the storage is
-                        // back, an operator tries again, and that must be
-                        // exact.
-                        Err(_) => {
-                            env.discard_restore(label).await;
-                            record.label = format!("{label}-retry");
-                            env.restore(
-                                &record.label,
-                                &record.backup,
-                                given.as_ref(),
-                                &mut Unwatched,
-                            )
-                            .await
-                        }
-                    }
-                }
-            }
+        Some(injector) => {
+            restore_fault::restore_under_fault(env, injector, given.as_ref(), &mut record).await
         }
     };
     let loss = match attempt {
@@ -1290,7 +1255,7 @@ mod tests {
                 failure,
                 verify: None,
                 rto: RtoBreakdown::default(),
-        storage_fault: None,
+                storage_fault: None,
             }
         };
         let refused = || Some(RestoreFailure::TargetNotReached);

@@ -11,8 +11,49 @@ use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
-use crate::env::{EnvError, OutageSwitch, RestorePhases};
+use crate::env::zone::TargetTime;
+use crate::env::{EnvError, Environment, OutageSwitch, RestorePhases, Restored, Unwatched};
+use crate::report::{RestoreFaultRecord, RestoreRecord};
 use crate::scenario::{RestoreFault, RestorePhase};
+
+/// Restores `record`'s backup to `target` under `injector`'s fault, and
+/// returns the restore verification must judge: the first attempt, or,
+/// when it failed (loudly, as it may), a retry once the storage is back,
+/// as an operator would, labelled `<label>-retry` in `record`. Says in
+/// `record` what was injected and how the first attempt ended.
+pub(super) async fn restore_under_fault(
+    env: &mut dyn Environment,
+    mut injector: FaultInjector,
+    target: Option<&TargetTime>,
+    record: &mut RestoreRecord,
+) -> Result<Restored, EnvError> {
+    let label = record.label.clone();
+    let first = env
+        .restore(&label, &record.backup, target, &mut injector)
+        .await;
+    let injected = match injector.finish().await {
+        None => return first,
+        Some(Err(e)) => return Err(EnvError::Other(e)),
+        Some(Ok(injected)) => injected,
+    };
+    // The typed failure says it in a line; the evidence (the server log)
+    // would be the retry's to show if it failed too.
+    let first_attempt_error = first.as_ref().err().map(|e| match e {
+        EnvError::Restore { failure, .. } => failure.to_string(),
+        e => e.to_string(),
+    });
+    record.storage_fault = Some(RestoreFaultRecord {
+        injected,
+        first_attempt_error,
+    });
+    if first.is_ok() {
+        return first;
+    }
+    env.discard_restore(&label).await;
+    record.label = format!("{label}-retry");
+    env.restore(&record.label, &record.backup, target, &mut Unwatched)
+        .await
+}
 
 /// Starts `fault` when the restore reaches its phase, once.
 pub(super) struct FaultInjector {
@@ -51,8 +92,11 @@ impl FaultInjector {
 impl RestorePhases for FaultInjector {
     fn reached(&mut self, phase: RestorePhase) {
         if phase == self.fault.during && self.running.is_none() {
-            let (switch, mode, duration) =
-                (Arc::clone(&self.switch), self.fault.mode, self.fault.duration);
+            let (switch, mode, duration) = (
+                Arc::clone(&self.switch),
+                self.fault.mode,
+                self.fault.duration,
+            );
             self.running = Some(tokio::spawn(
                 async move { switch.outage(mode, duration).await },
             ));

@@ -117,9 +117,10 @@ fn unavailable() -> s3s::HttpResponse {
     let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>ServiceUnavailable</Code><Message>injected by a drill's fault file</Message></Error>";
     let mut response = http::Response::new(s3s::Body::from(body.to_string()));
     *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/xml"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/xml"),
+    );
     response
 }
 

@@ -274,9 +274,18 @@ impl RestoreRecord {
     fn fault_note(&self) -> Option<String> {
         let fault = self.storage_fault.as_ref()?;
         Some(match &fault.first_attempt_error {
-            None => format!("under a storage fault ({}): finished through it", fault.injected),
+            None => format!(
+                "under a storage fault ({}): finished through it",
+                fault.injected
+            ),
             Some(e) => {
-                let first: String = e.lines().next().unwrap_or_default().chars().take(160).collect();
+                let first: String = e
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(160)
+                    .collect();
                 format!(
                     "under a storage fault ({}): the first attempt failed loudly ({first}); this is its retry",
                     fault.injected
@@ -664,7 +673,7 @@ mod tests {
                 cost_s: Default::default(),
             }),
             rto: RtoBreakdown::default(),
-        storage_fault: None,
+            storage_fault: None,
         }
     }
 

@@ -39,8 +39,7 @@ pub fn report() -> DrillReport {
     hole.passed = true;
     let mut retried = restore("pitr-3-retry", true, None);
     retried.storage_fault = Some(RestoreFaultRecord {
-        injected: "storage answering every request 503 for 8s, from the start of wal_replay"
-            .into(),
+        injected: "storage answering every request 503 for 8s, from the start of wal_replay".into(),
         first_attempt_error: Some(
             "recovery aborted: restore_command exited 200 (the archive failed)".into(),
         ),

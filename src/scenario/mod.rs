@@ -1085,6 +1085,11 @@ objectives: { rpo: 5s, rto: 60s }
             ("conditions: { start_segment: 000000020000000000000010 }\n", "conditions.start_segment: `000000020000000000000010` is not a segment of timeline 1"),
             ("conditions: { start_segment: 000000010000000000000100 }\n", "is not a segment of timeline 1 after 000000010000000000000001 for 16 MiB segments"),
             ("environment: containers\nconditions: { start_segment: 0000000100000000000000FE }\n", "`start_segment` applies to the local environment only"),
+            ("steps: [{ at: 0s, action: delete_during_backup, retain: 0 }]\n", "steps[0].retain: `delete_during_backup` needs a `retain` above zero"),
+            ("restores: { storage_fault: { during: consistent, duration: 0s } }\n", "restores.storage_fault.duration: `storage_fault` needs a `duration` above zero"),
+            ("environment: kind\nrestores: { storage_fault: { during: wal_replay, duration: 5s } }\n", "restores.storage_fault: `storage_fault` during restores is not available in environment `kind`"),
+            ("environment: containers\nrestores: { storage_fault: { during: backup_fetch, mode: errors, duration: 5s } }\n", "restores.storage_fault.mode: outage mode `errors` is only available in environment `local`, not `containers`"),
+            ("restores: { storage_fault: { during: replay, duration: 5s } }\n", "unknown variant `replay`, expected one of `backup_fetch`, `wal_replay`, `consistent`"),
         ] {
             let e = error(extra);
             assert!(e.contains(expected), "{extra}: {e}");

@@ -6,9 +6,7 @@ use std::time::Duration;
 use humantime::format_duration;
 
 use super::error::{Problem, Seg};
-use super::{
-    BackupChoice, Encryption, Engine, Environment, OutageMode, Sabotage, Scenario, Step,
-};
+use super::{BackupChoice, Encryption, Engine, Environment, OutageMode, Sabotage, Scenario, Step};
 
 /// Returns a [`Problem`] at key path `[segs]` with `hint` and a formatted message.
 macro_rules! bail {

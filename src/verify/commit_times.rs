@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 
 use super::outcome::{Check, CheckName};
 use super::{pg_err, VerifyError};
-use crate::workload::{Ledger, TABLE};
+use crate::workload::{Ledger, LedgerEntry, TABLE};
 
 /// Clock resolution: PostgreSQL keeps microseconds, the ledger more.
 const SLACK: chrono::Duration = chrono::Duration::milliseconds(1);
@@ -22,7 +22,10 @@ const SLACK: chrono::Duration = chrono::Duration::milliseconds(1);
 /// server does not track commit timestamps.
 pub(super) async fn check(client: &Client, ledger: &Ledger) -> Result<Option<Check>, VerifyError> {
     let tracked: bool = client
-        .query_one("SELECT current_setting('track_commit_timestamp')::bool", &[])
+        .query_one(
+            "SELECT current_setting('track_commit_timestamp')::bool",
+            &[],
+        )
         .await
         .map_err(pg_err("reading track_commit_timestamp"))?
         .get(0);
@@ -44,13 +47,10 @@ pub(super) async fn check(client: &Client, ledger: &Ledger) -> Result<Option<Che
 
 /// The check over `(writer, seq, commit time)` rows.
 fn judge(rows: &[(i32, i64, Option<DateTime<Utc>>)], ledger: &Ledger) -> Check {
-    let windows: HashMap<(i64, i64), (DateTime<Utc>, Option<DateTime<Utc>>)> = ledger
+    let entries: HashMap<(i64, i64), &LedgerEntry> = ledger
         .entries()
         .iter()
-        .map(|e| {
-            let key = (i64::from(e.writer), e.seq as i64);
-            (key, (e.sent_at, e.acked_at))
-        })
+        .map(|e| ((i64::from(e.writer), e.seq as i64), e))
         .collect();
     let (mut within, mut unknown, mut outside) = (0u64, 0u64, Vec::new());
     for &(writer, seq, at) in rows {
@@ -59,9 +59,10 @@ fn judge(rows: &[(i32, i64, Option<DateTime<Utc>>)], ledger: &Ledger) -> Check {
             continue;
         };
         // Rows never sent are no_extra_rows' to report.
-        let Some(&(sent, acked)) = windows.get(&(i64::from(writer), seq)) else {
+        let Some(entry) = entries.get(&(i64::from(writer), seq)) else {
             continue;
         };
+        let (sent, acked) = (entry.sent_at, entry.acked_at);
         if at + SLACK < sent || acked.is_some_and(|a| at > a + SLACK) {
             outside.push(format!(
                 "w{writer}#{seq} committed at {} but sent at {}{}",
@@ -97,7 +98,7 @@ fn judge(rows: &[(i32, i64, Option<DateTime<Utc>>)], ledger: &Ledger) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::{LedgerEntry, Outcome, WorkloadSpec};
+    use crate::workload::{Outcome, WorkloadSpec};
 
     fn t(s: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()

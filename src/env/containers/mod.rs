@@ -891,7 +891,9 @@ impl super::StorageFaults for ContainersEnvironment {
         duration: Duration,
     ) -> Result<String, EnvError> {
         use super::Environment;
-        let switch = self.outage_switch().expect("containers have an outage switch");
+        let switch = self
+            .outage_switch()
+            .expect("containers have an outage switch");
         switch.outage(mode, duration).await
     }
 

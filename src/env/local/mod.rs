@@ -337,7 +337,11 @@ impl super::Environment for LocalEnvironment {
 
 #[async_trait::async_trait]
 impl super::OutageSwitch for LocalS3Faults {
-    async fn outage(&self, mode: OutageMode, duration: Duration) -> Result<String, super::EnvError> {
+    async fn outage(
+        &self,
+        mode: OutageMode,
+        duration: Duration,
+    ) -> Result<String, super::EnvError> {
         let faults = self.clone();
         let start = move |on: bool| -> std::io::Result<()> {
             match mode {
