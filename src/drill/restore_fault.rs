@@ -103,3 +103,58 @@ impl RestorePhases for FaultInjector {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::OutageMode;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    /// Counts the outages it is asked for.
+    #[derive(Default)]
+    struct Counting(AtomicU32);
+
+    #[async_trait::async_trait]
+    impl OutageSwitch for Counting {
+        async fn outage(&self, mode: OutageMode, duration: Duration) -> Result<String, EnvError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(format!("storage {} for {duration:?}", mode.as_str()))
+        }
+    }
+
+    fn injector(during: RestorePhase, switch: &Arc<Counting>) -> FaultInjector {
+        let fault = RestoreFault {
+            during,
+            mode: OutageMode::Errors,
+            duration: Duration::from_millis(10),
+        };
+        FaultInjector::new(fault, Arc::clone(switch) as Arc<dyn OutageSwitch>)
+    }
+
+    #[tokio::test]
+    async fn the_outage_starts_once_at_its_phase_and_not_before() {
+        let switch = Arc::new(Counting::default());
+        let mut i = injector(RestorePhase::Consistent, &switch);
+        i.reached(RestorePhase::BackupFetch);
+        i.reached(RestorePhase::WalReplay);
+        assert!(i.running.is_none(), "started before its phase");
+        i.reached(RestorePhase::Consistent);
+        i.reached(RestorePhase::Consistent);
+        let said = i.finish().await.expect("injected").unwrap();
+        assert_eq!(switch.0.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            said,
+            "storage errors for 10ms, as the restored server became consistent"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_restore_that_never_reaches_the_phase_meets_no_fault() {
+        let switch = Arc::new(Counting::default());
+        let mut i = injector(RestorePhase::Consistent, &switch);
+        i.reached(RestorePhase::BackupFetch);
+        assert!(i.finish().await.is_none());
+        assert_eq!(switch.0.load(Ordering::SeqCst), 0);
+    }
+}

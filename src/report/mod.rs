@@ -686,6 +686,21 @@ mod tests {
     }
 
     #[test]
+    fn a_restore_under_a_storage_fault_says_how_it_fared() {
+        let md = super::sample::report().to_markdown();
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| latest |"))
+            .expect("the latest restore's row");
+        assert!(
+            row.contains("pass (under a storage fault (storage answering every request 503 for 8s, as the restored server became consistent): the first attempt failed loudly (restore_command exited with code 200, which aborts recovery); this is its retry)"),
+            "{row}"
+        );
+        let html = super::html::to_html(&super::sample::report());
+        assert!(html.contains("the first attempt failed loudly"), "{html}");
+    }
+
+    #[test]
     fn why_a_restore_must_fail_is_written_as_its_sentence() {
         let because = MustFail::NeedsCorruptedSegment("000000010000000000000010".into());
         assert_eq!(

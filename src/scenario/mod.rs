@@ -1089,7 +1089,7 @@ objectives: { rpo: 5s, rto: 60s }
             ("restores: { storage_fault: { during: consistent, duration: 0s } }\n", "restores.storage_fault.duration: `storage_fault` needs a `duration` above zero"),
             ("environment: kind\nrestores: { storage_fault: { during: wal_replay, duration: 5s } }\n", "restores.storage_fault: `storage_fault` during restores is not available in environment `kind`"),
             ("environment: containers\nrestores: { storage_fault: { during: backup_fetch, mode: errors, duration: 5s } }\n", "restores.storage_fault.mode: outage mode `errors` is only available in environment `local`, not `containers`"),
-            ("restores: { storage_fault: { during: replay, duration: 5s } }\n", "unknown variant `replay`, expected one of `backup_fetch`, `wal_replay`, `consistent`"),
+            ("restores: { storage_fault: { during: replay, duration: 5s } }\n", "restores.storage_fault.during: unknown variant `replay`, expected one of backup_fetch, wal_replay, consistent"),
         ] {
             let e = error(extra);
             assert!(e.contains(expected), "{extra}: {e}");
