@@ -37,6 +37,8 @@ pub struct Conditions {
     /// Recovery settings left in the primary's configuration, as a
     /// point-in-time restore done by hand leaves them.
     pub leftover_recovery_settings: bool,
+    /// What a chaos drill drew for its timeline and restore fault.
+    pub chaos: Option<String>,
     /// Whether each was drawn (else the scenario set it).
     drawn_zone: bool,
     drawn_start: bool,
@@ -97,6 +99,7 @@ impl Conditions {
             zone: Arc::new(zone),
             start_segment,
             leftover_recovery_settings,
+            chaos: None,
             drawn_zone,
             drawn_start,
             drawn_leftovers,
@@ -115,6 +118,7 @@ impl Conditions {
             start_segment_drawn: self.drawn_start,
             leftover_recovery_settings: self.leftover_recovery_settings,
             leftover_recovery_settings_drawn: self.drawn_leftovers,
+            chaos: self.chaos.clone(),
         }
     }
 

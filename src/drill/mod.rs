@@ -16,6 +16,7 @@
 //!    deleted segment must fail; every restore must turn out as expected.
 //! 5. Judge objectives, write `report.json` and `report.md`.
 
+mod chaos;
 mod conditions;
 pub mod mutants;
 mod restore_fault;
@@ -187,8 +188,18 @@ pub async fn run(
         scenario.name
     ));
     let started_at = Utc::now();
-    let conditions =
+    let mut conditions =
         Conditions::draw(scenario, seed, started_at).map_err(DrillError::Conditions)?;
+    let drawn;
+    let scenario = match scenario.chaos {
+        false => scenario,
+        true => {
+            let (plan, summary) = chaos::draw(scenario, seed).map_err(DrillError::Conditions)?;
+            conditions.chaos = Some(summary);
+            drawn = plan;
+            &drawn
+        }
+    };
     progress.say(&format!("conditions: {}", conditions.record().summary()));
     let dir = claim_report_dir(
         &opts.report_dir,

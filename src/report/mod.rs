@@ -368,6 +368,9 @@ pub struct ConditionsRecord {
     /// file it includes), as a point-in-time restore by hand leaves them.
     pub leftover_recovery_settings: bool,
     pub leftover_recovery_settings_drawn: bool,
+    /// A chaos drill's drawn timeline and restore fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chaos: Option<String>,
 }
 
 impl ConditionsRecord {
@@ -382,7 +385,11 @@ impl ConditionsRecord {
             how(self.start_segment_drawn),
             if self.leftover_recovery_settings { "yes" } else { "no" },
             how(self.leftover_recovery_settings_drawn)
-        )
+        ) + &self
+            .chaos
+            .as_ref()
+            .map(|c| format!("; chaos drew {c}"))
+            .unwrap_or_default()
     }
 }
 

@@ -108,6 +108,7 @@ pub fn report() -> DrillReport {
             start_segment_drawn: false,
             leftover_recovery_settings: true,
             leftover_recovery_settings_drawn: true,
+            chaos: None,
         },
     }
 }

@@ -64,6 +64,11 @@ pub struct Scenario {
     /// The timeline, in non-decreasing order of `at`. Default: none.
     #[serde(default)]
     pub steps: Vec<Step>,
+    /// Draw the timeline and the storage fault restores meet from the
+    /// seed (`steps` and `restores.storage_fault` are left out): the
+    /// chaos drill. Local and containers environments. Default: false.
+    #[serde(default)]
+    pub chaos: bool,
     /// Restores done after the timeline. Default: none.
     #[serde(default)]
     pub restores: Restores,
@@ -842,6 +847,12 @@ fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>
 }
 
 impl Scenario {
+    /// Checks a scenario made in code (a chaos drill's drawn plan) by the
+    /// rules a file must follow; the broken rule as text.
+    pub fn check_drawn(&self) -> Result<(), String> {
+        validate::check(self).map_err(|p| format!("{} ({})", p.message, p.hint))
+    }
+
     /// The PostgreSQL extensions the drill uses: `pg_visibility` for the
     /// visibility check, `amcheck` for pg_amcheck, `dblink` for the DDL
     /// task (its transactions that must not commit).
@@ -1089,6 +1100,9 @@ objectives: { rpo: 5s, rto: 60s }
             ("restores: { storage_fault: { during: consistent, duration: 0s } }\n", "restores.storage_fault.duration: `storage_fault` needs a `duration` above zero"),
             ("environment: kind\nrestores: { storage_fault: { during: wal_replay, duration: 5s } }\n", "restores.storage_fault: `storage_fault` during restores is not available in environment `kind`"),
             ("environment: containers\nrestores: { storage_fault: { during: backup_fetch, mode: errors, duration: 5s } }\n", "restores.storage_fault.mode: outage mode `errors` is only available in environment `local`, not `containers`"),
+            ("chaos: true\nsteps: [{ at: 0s, action: base_backup }]\n", "steps: a chaos drill draws its steps from the seed"),
+            ("environment: kind\nchaos: true\n", "chaos: `chaos` is not available in environment `kind`"),
+            ("chaos: true\nrestores: { storage_fault: { during: consistent, duration: 5s } }\n", "restores.storage_fault: a chaos drill draws the storage fault its restores meet from the seed"),
             ("restores: { storage_fault: { during: replay, duration: 5s } }\n", "restores.storage_fault.during: unknown variant `replay`, expected one of backup_fetch, wal_replay, consistent"),
         ] {
             let e = error(extra);

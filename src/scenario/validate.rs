@@ -86,6 +86,7 @@ pub(super) fn check(scenario: &Scenario) -> Result<(), Problem> {
     conditions(scenario)?;
     workload(scenario)?;
     steps(scenario)?;
+    chaos(scenario)?;
     restores(scenario)?;
     objectives(scenario)?;
     for (i, check) in scenario.verify.iter().enumerate() {
@@ -381,13 +382,48 @@ fn steps(s: &Scenario) -> Result<(), Problem> {
     Ok(())
 }
 
+fn chaos(s: &Scenario) -> Result<(), Problem> {
+    if !s.chaos {
+        return Ok(());
+    }
+    ensure!(
+        s.environment != Environment::Kind,
+        ["chaos"],
+        "remove it, or set `environment: local` or `containers`",
+        "`chaos` is not available in environment `kind`"
+    );
+    ensure!(
+        s.steps.is_empty(),
+        ["steps"],
+        "remove `steps`, or `chaos`",
+        "a chaos drill draws its steps from the seed"
+    );
+    ensure!(
+        s.restores.storage_fault.is_none(),
+        ["restores", "storage_fault"],
+        "remove `restores.storage_fault`, or `chaos`",
+        "a chaos drill draws the storage fault its restores meet from the seed"
+    );
+    ensure!(
+        s.workload.duration >= Duration::from_secs(10),
+        ["workload", "duration"],
+        "give the chaos drill at least `10s` of workload to place its steps in",
+        "a chaos drill needs a workload of at least 10s"
+    );
+    Ok(())
+}
+
 fn restores(s: &Scenario) -> Result<(), Problem> {
     let r = &s.restores;
-    let first_backup = s
-        .steps
-        .iter()
-        .find(|step| matches!(step, Step::BaseBackup { .. }))
-        .map(Step::at);
+    // A chaos drill's drawn timeline starts with a backup.
+    let first_backup = match s.chaos {
+        true => Some(Duration::ZERO),
+        false => s
+            .steps
+            .iter()
+            .find(|step| matches!(step, Step::BaseBackup { .. }))
+            .map(Step::at),
+    };
     if r.random_targets > 0 || r.latest {
         ensure!(
             first_backup.is_some(),

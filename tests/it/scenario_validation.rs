@@ -36,6 +36,18 @@ fn every_shipped_scenario_loads() {
         let scenario = Scenario::load(file).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(scenario.name, *stem, "a scenario is named like its file");
     }
+    // The chaos drills, which nightly runs (not a per-change trial each).
+    let chaos = discover(&dir("scenarios/chaos")).unwrap();
+    assert_eq!(chaos.len(), 2, "{chaos:?}");
+    for file in &chaos {
+        let scenario = Scenario::load(file).unwrap_or_else(|e| panic!("{e}"));
+        assert!(scenario.chaos, "{}", file.display());
+        assert_eq!(
+            scenario.name,
+            file.file_stem().unwrap().to_str().unwrap(),
+            "a scenario is named like its file"
+        );
+    }
 }
 
 /// (fixture, `line:column`, message, hint) — the whole first line after the
