@@ -64,9 +64,11 @@ fn time_in(rng: &mut StdRng, from: Duration, to: Duration) -> Duration {
 }
 
 /// The steps: a backup at 0s, then each kind of event with its own odds
-/// at a random time. A failover comes in the first half and retention in
-/// the second, so that retention never takes the backup a failover
-/// restores; a disaster, when drawn, ends the run.
+/// at a random time. A failover comes in the first half, retention and
+/// holes in the archive in the second, so that neither takes what a
+/// failover restores (soak of 2026-12-05: a failover through a deleted
+/// or corrupted segment failed, as it must, and stopped the drill); a
+/// disaster, when drawn, ends the run.
 fn timeline(rng: &mut StdRng, scenario: &Scenario, end: Duration) -> Vec<Step> {
     let s = Duration::from_secs;
     let (early, late) = (s(2), end.saturating_sub(s(2)).max(s(3)));
@@ -117,10 +119,12 @@ fn timeline(rng: &mut StdRng, scenario: &Scenario, end: Duration) -> Vec<Step> {
             mode: modes[rng.random_range(0..modes.len())],
         });
     }
-    if let Some(at) = maybe(rng, (1, 5), early, late) {
+    // Holes in the archive come after any failover: a failover's restore
+    // through one must fail, and the drill's failover expects to succeed.
+    if let Some(at) = maybe(rng, (1, 5), half, late) {
         steps.push(Step::DeleteWal { at });
     }
-    if let Some(at) = maybe(rng, (1, 6), early, late) {
+    if let Some(at) = maybe(rng, (1, 6), half, late) {
         steps.push(Step::StorageCorruption { at });
     }
     if let Some(at) = maybe(rng, (1, 2), early, late) {
@@ -196,6 +200,23 @@ mod tests {
                 // The same seed, the same plan.
                 assert_eq!(draw(&scenario, seed).unwrap().0, plan);
                 actions.extend(plan.steps.iter().map(Step::action));
+                // Nothing a failover restores is taken away before it.
+                let failover = plan.steps.iter().find(|s| s.action() == "pitr_failover");
+                if let Some(f) = failover {
+                    assert!(
+                        plan.steps
+                            .iter()
+                            .filter(|s| matches!(
+                                s.action(),
+                                "delete"
+                                    | "delete_during_backup"
+                                    | "delete_wal"
+                                    | "storage_corruption"
+                            ))
+                            .all(|s| s.at() >= f.at()),
+                        "seed {seed}: {summary}"
+                    );
+                }
                 if let Some(f) = plan.restores.storage_fault {
                     phases.insert(f.during.as_str());
                     modes.insert(f.mode.as_str());

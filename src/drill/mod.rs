@@ -586,7 +586,12 @@ async fn drive(
                     .filter_map(|&(w, seq)| ledger.acked_at(w, seq))
                     .collect();
             }
-            last_point = recovered;
+            // A latest restore that had to fail (a hole in the archive)
+            // recovers nothing: targets are then drawn up to the ledger's
+            // last acknowledgement, and those past the hole must fail.
+            if recovered.is_some() {
+                last_point = recovered;
+            }
         }
         note_restore(report, record, progress);
     }
