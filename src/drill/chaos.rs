@@ -105,14 +105,7 @@ fn timeline(rng: &mut StdRng, scenario: &Scenario, end: Duration) -> Vec<Step> {
         });
     }
     if let Some(at) = maybe(rng, (1, 2), early, late) {
-        let modes: Vec<OutageMode> = [
-            OutageMode::Disconnect,
-            OutageMode::Pause,
-            OutageMode::Errors,
-        ]
-        .into_iter()
-        .filter(|m| m.available_in(scenario.environment))
-        .collect();
+        let modes = outage_modes(scenario);
         steps.push(Step::StorageOutage {
             at,
             duration: s(rng.random_range(1..=4)),
@@ -143,6 +136,18 @@ fn timeline(rng: &mut StdRng, scenario: &Scenario, end: Duration) -> Vec<Step> {
     steps
 }
 
+/// The ways the scenario's environment can fail its storage.
+fn outage_modes(scenario: &Scenario) -> Vec<OutageMode> {
+    [
+        OutageMode::Disconnect,
+        OutageMode::Pause,
+        OutageMode::Errors,
+    ]
+    .into_iter()
+    .filter(|m| m.available_in(scenario.environment))
+    .collect()
+}
+
 /// The storage fault restores meet, in one drill of two: from a random
 /// phase, in a mode the environment has, either within the tool's retry
 /// window (a restore must go through it) or beyond it (a restore may fail,
@@ -156,14 +161,7 @@ fn restore_fault(rng: &mut StdRng, scenario: &Scenario) -> Option<RestoreFault> 
         RestorePhase::WalReplay,
         RestorePhase::Consistent,
     ];
-    let modes: Vec<OutageMode> = [
-        OutageMode::Disconnect,
-        OutageMode::Pause,
-        OutageMode::Errors,
-    ]
-    .into_iter()
-    .filter(|m| m.available_in(scenario.environment))
-    .collect();
+    let modes = outage_modes(scenario);
     let window = scenario.storage.retry_timeout.unwrap_or(TOOL_RETRY_WINDOW);
     let duration = match rng.random_ratio(1, 2) {
         true => Duration::from_secs(1),

@@ -281,9 +281,10 @@ impl Live<'_> {
         let count = retain.to_string();
         let delete = ["delete", "--confirm", "retain", count.as_str()];
         let env = &*self.env;
+        let push_args = ["backup-push", "--full"];
         let pushed = std::sync::atomic::AtomicBool::new(false);
         let push = async {
-            let run = env.backup_tool_status(&["backup-push", "--full"]).await;
+            let run = env.backup_tool_status(&push_args).await;
             pushed.store(true, std::sync::atomic::Ordering::SeqCst);
             run
         };
@@ -298,25 +299,15 @@ impl Live<'_> {
             }
         };
         let (push, deletes) = futures::join!(push, deletes);
-        let push = push?;
-        if !push.status.success() {
-            return Err(EnvError::Other(format!(
-                "backup-push with retention running meanwhile failed ({}): {}",
-                push.status,
-                crate::env::tail(push.stderr.trim(), 3)
-            )));
-        }
-        let name = push.stdout.trim().to_string();
+        let name = push?
+            .stdout_if_ok(&push_args)
+            .map_err(|e| EnvError::Other(format!("with retention running meanwhile, {e}")))?
+            .trim()
+            .to_string();
         let ran = deletes.len();
         for run in deletes {
-            let run = run?;
-            if !run.status.success() {
-                return Err(EnvError::Other(format!(
-                    "delete retain {retain} during backup-push failed ({}): {}",
-                    run.status,
-                    crate::env::tail(run.stderr.trim(), 3)
-                )));
-            }
+            run?.stdout_if_ok(&delete)
+                .map_err(|e| EnvError::Other(format!("during backup-push, {e}")))?;
         }
         self.chain = Some(0);
         // The last delete may have begun before or after the new backup's

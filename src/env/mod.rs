@@ -119,6 +119,20 @@ pub struct ToolRun {
     pub stderr: String,
 }
 
+impl ToolRun {
+    /// Its stdout when it exited 0; else the failure of verb `args`, with
+    /// the end of its stderr.
+    pub fn stdout_if_ok(self, args: &[&str]) -> Result<String, EnvError> {
+        if !self.status.success() {
+            return Err(EnvError::BackupTool {
+                command: args.join(" "),
+                detail: format!("{}: {}", self.status, tail(self.stderr.trim(), 5)),
+            });
+        }
+        Ok(self.stdout)
+    }
+}
+
 /// What a started environment is: fixed for its life, shown in the report.
 #[derive(Debug, Clone)]
 pub struct EnvFacts {
@@ -171,14 +185,7 @@ pub trait Environment: Send + Sync {
     async fn backup_tool_status(&self, args: &[&str]) -> Result<ToolRun, EnvError>;
     /// Runs a backup-tool verb that must succeed; returns its stdout.
     async fn backup_tool(&self, args: &[&str]) -> Result<String, EnvError> {
-        let run = self.backup_tool_status(args).await?;
-        if !run.status.success() {
-            return Err(EnvError::BackupTool {
-                command: args.join(" "),
-                detail: format!("{}: {}", run.status, tail(run.stderr.trim(), 5)),
-            });
-        }
-        Ok(run.stdout)
+        self.backup_tool_status(args).await?.stdout_if_ok(args)
     }
     /// Takes a base backup as this environment's operators do (`backup-push`,
     /// `--full` when asked); returns the new backup's name.

@@ -94,13 +94,20 @@ struct FaultyService {
     fault_file: Option<Arc<PathBuf>>,
 }
 
+impl FaultyService {
+    /// The fault in force now.
+    fn fault(&self) -> Option<ServerFault> {
+        ServerFault::current(self.fault_file.as_deref().map(PathBuf::as_path))
+    }
+}
+
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for FaultyService {
     type Response = s3s::HttpResponse;
     type Error = s3s::HttpError;
     type Future = futures::future::BoxFuture<'static, Result<s3s::HttpResponse, s3s::HttpError>>;
 
     fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
-        match ServerFault::current(self.fault_file.as_deref().map(PathBuf::as_path)) {
+        match self.fault() {
             Some(ServerFault::Errors) => Box::pin(std::future::ready(Ok(unavailable()))),
             // An error makes hyper abort the connection unanswered: pooled
             // connections go away too, not only new ones.
@@ -179,9 +186,7 @@ impl S3Server {
         loop {
             let socket = tokio::select! {
                 res = self.listener.accept() => match res {
-                    Ok(_) if ServerFault::current(
-                        self.service.fault_file.as_deref().map(PathBuf::as_path),
-                    ) == Some(ServerFault::Refuse) => continue,
+                    Ok(_) if self.service.fault() == Some(ServerFault::Refuse) => continue,
                     Ok((socket, _)) => socket,
                     Err(e) => {
                         tracing::warn!("accept failed: {e}");

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 
 use super::outcome::{Check, CheckName};
-use super::{pg_err, VerifyError};
+use super::{commit_timestamps_tracked, pg_err, VerifyError};
 use crate::workload::{Ledger, LedgerEntry, TABLE};
 
 /// Clock resolution: PostgreSQL keeps microseconds, the ledger more.
@@ -21,15 +21,7 @@ const SLACK: chrono::Duration = chrono::Duration::milliseconds(1);
 /// Reads every row's commit time and judges it; None when the restored
 /// server does not track commit timestamps.
 pub(super) async fn check(client: &Client, ledger: &Ledger) -> Result<Option<Check>, VerifyError> {
-    let tracked: bool = client
-        .query_one(
-            "SELECT current_setting('track_commit_timestamp')::bool",
-            &[],
-        )
-        .await
-        .map_err(pg_err("reading track_commit_timestamp"))?
-        .get(0);
-    if !tracked {
+    if !commit_timestamps_tracked(client).await? {
         return Ok(None);
     }
     let sql = format!("SELECT writer, seq, pg_xact_commit_timestamp(xmin) FROM {TABLE}");

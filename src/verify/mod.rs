@@ -182,18 +182,23 @@ fn decode(row: &Row) -> Result<(i32, i64, &str), tokio_postgres::Error> {
     Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
 }
 
-/// The newest commit timestamp in the table; None when
-/// `track_commit_timestamp` is off (or the table is empty).
-async fn newest_commit(client: &Client) -> Result<Option<DateTime<Utc>>, VerifyError> {
-    let tracked: bool = client
+/// Whether the restored server tracks commit timestamps
+/// (`track_commit_timestamp`).
+async fn commit_timestamps_tracked(client: &Client) -> Result<bool, VerifyError> {
+    Ok(client
         .query_one(
             "SELECT current_setting('track_commit_timestamp')::bool",
             &[],
         )
         .await
         .map_err(pg_err("reading track_commit_timestamp"))?
-        .get(0);
-    if !tracked {
+        .get(0))
+}
+
+/// The newest commit timestamp in the table; None when
+/// `track_commit_timestamp` is off (or the table is empty).
+async fn newest_commit(client: &Client) -> Result<Option<DateTime<Utc>>, VerifyError> {
+    if !commit_timestamps_tracked(client).await? {
         return Ok(None);
     }
     let row = client

@@ -367,6 +367,14 @@ impl ContainersEnvironment {
         Ok(crate::backup::store::open(&settings.storage)?)
     }
 
+    /// Outages of this drill's storage container.
+    fn outage(&self) -> ContainersOutage {
+        ContainersOutage {
+            storage: self.storage().id().to_string(),
+            network: self.drill.clone(),
+        }
+    }
+
     fn storage(&self) -> &ContainerAsync<GenericImage> {
         self.storage
             .as_ref()
@@ -685,10 +693,7 @@ impl super::Environment for ContainersEnvironment {
     }
 
     fn outage_switch(&self) -> Option<std::sync::Arc<dyn super::OutageSwitch>> {
-        Some(std::sync::Arc::new(ContainersOutage {
-            storage: self.storage().id().to_string(),
-            network: self.drill.clone(),
-        }))
+        Some(std::sync::Arc::new(self.outage()))
     }
 
     async fn fail_over(
@@ -890,11 +895,7 @@ impl super::StorageFaults for ContainersEnvironment {
         mode: crate::scenario::OutageMode,
         duration: Duration,
     ) -> Result<String, EnvError> {
-        use super::Environment;
-        let switch = self
-            .outage_switch()
-            .expect("containers have an outage switch");
-        switch.outage(mode, duration).await
+        super::OutageSwitch::outage(&self.outage(), mode, duration).await
     }
 
     async fn limit_storage_link(
