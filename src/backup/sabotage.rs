@@ -88,6 +88,12 @@ pub enum Sabotage {
     /// a target on a later timeline is never reached, and the end of the
     /// archive is that of the old timeline.
     BackupTimelineOnly,
+    /// Delta backups take the pages changed since the previous backup
+    /// *ended* (its finish LSN), not since it began: a page changed while
+    /// the previous backup ran, after it was copied, keeps its stale copy,
+    /// and a restore from the delta replays WAL only from the delta's
+    /// start.
+    DeltaFromPreviousEnd,
 }
 
 impl Sabotage {
@@ -113,6 +119,7 @@ impl Sabotage {
             Sabotage::FetchFailureAsMissing,
             Sabotage::RetentionDeletesUnfinished,
             Sabotage::BackupTimelineOnly,
+            Sabotage::DeltaFromPreviousEnd,
         ]
     }
 
@@ -144,6 +151,7 @@ impl Sabotage {
             ("fetch_failure_as_missing", None) => Sabotage::FetchFailureAsMissing,
             ("retention_deletes_unfinished", None) => Sabotage::RetentionDeletesUnfinished,
             ("backup_timeline_only", None) => Sabotage::BackupTimelineOnly,
+            ("delta_from_previous_end", None) => Sabotage::DeltaFromPreviousEnd,
             _ => return None,
         })
     }
@@ -169,6 +177,7 @@ impl Sabotage {
             Sabotage::FetchFailureAsMissing => "fetch_failure_as_missing".into(),
             Sabotage::RetentionDeletesUnfinished => "retention_deletes_unfinished".into(),
             Sabotage::BackupTimelineOnly => "backup_timeline_only".into(),
+            Sabotage::DeltaFromPreviousEnd => "delta_from_previous_end".into(),
         }
     }
 
@@ -206,6 +215,9 @@ impl Sabotage {
                 "retention deletes the parts of a backup in progress"
             }
             Sabotage::BackupTimelineOnly => "recovery pinned to the backup's own timeline",
+            Sabotage::DeltaFromPreviousEnd => {
+                "delta backups take pages changed since the previous backup ended"
+            }
         }
     }
 

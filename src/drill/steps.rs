@@ -177,7 +177,10 @@ impl Live<'_> {
     /// delta exactly when `storage.delta_max_steps` allows one (WAL-G names
     /// a delta `base_<start>_D_<parent start>`).
     async fn base_backup(&mut self, full: bool) -> Result<String, EnvError> {
-        let name = self.env.base_backup(full).await?;
+        let sweep = self.handle.as_ref().map(WorkloadHandle::sweep);
+        let name = self.env.base_backup(full).await;
+        drop(sweep);
+        let name = name?;
         let max = self.scenario.storage.delta_max_steps;
         let expected = self.chain.filter(|&c| !full && c < max).map(|c| c + 1);
         let made = delta_parent(&name).map(|_| self.chain.unwrap_or(0) + 1);
@@ -298,7 +301,9 @@ impl Live<'_> {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         };
+        let sweep = self.handle.as_ref().map(WorkloadHandle::sweep);
         let (push, deletes) = futures::join!(push, deletes);
+        drop(sweep);
         let name = push?
             .stdout_if_ok(&push_args)
             .map_err(|e| EnvError::Other(format!("with retention running meanwhile, {e}")))?

@@ -410,10 +410,19 @@ pub struct WorkloadMix {
     /// at least 500ms. Default: none.
     #[serde(default, deserialize_with = "optional_duration")]
     pub ddl_every: Option<Duration>,
+    /// Writer 0 updates its own 20000 items, at four times the workload's
+    /// rate, while each backup runs, so every backup copies pages that
+    /// change under it (and deltas must take them). Default: true.
+    #[serde(default = "yes")]
+    pub sweep_during_backups: bool,
 }
 
 fn default_prefill() -> u32 {
     1000
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl WorkloadMix {
@@ -425,6 +434,7 @@ impl WorkloadMix {
             vacuum_freeze_every: self.vacuum_freeze_every,
             prefill: self.prefill,
             ddl_every: self.ddl_every,
+            sweep_during_backups: self.sweep_during_backups,
         }
     }
 }

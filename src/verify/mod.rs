@@ -273,7 +273,9 @@ impl<'a> Scan<'a> {
             rows: 0,
             hasher: ContentHasher::new(),
             found: SeqSet::new(),
-            possible: (1..=ledger.spec().writers)
+            possible: ledger
+                .spec()
+                .writer_ids()
                 .map(|w| (w, ledger.max_possible_seq(w)))
                 .collect(),
             extra: Listed::new(LIST_LIMIT),

@@ -15,6 +15,16 @@
 //! statement. The operation of writer `w`'s seq `n` is a pure function of
 //! (seed, mix, w) and the operations before it ([`ItemModel`]), so the
 //! items a restore must hold follow from the number of ledger rows it holds.
+//!
+//! With [`Mix::sweep_during_backups`], writer [`SWEEPER`] (0) has
+//! [`SWEEP_ITEMS`] items of its own and only updates them, one drawn at
+//! random per transaction, and it runs only while a backup runs (see
+//! [`super::WorkloadHandle::sweep`]): every backup then copies pages that
+//! change under it, spread over a table too large for one backup's sweep
+//! to touch every page, so a page changed during one backup is often left
+//! alone until well after the next. Delta backups must take such pages
+//! from the WAL's point of view (the previous backup's start), which only
+//! a drill like this shows every run.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -54,7 +64,16 @@ pub struct Mix {
     pub prefill: u32,
     /// Run one DDL operation (see [`super::ddl`]) this often.
     pub ddl_every: Option<Duration>,
+    /// Whether writer [`SWEEPER`] updates its items while backups run.
+    pub sweep_during_backups: bool,
 }
+
+/// The writer that runs only while backups run (see the module docs).
+pub const SWEEPER: u32 = 0;
+
+/// Items of [`SWEEPER`]: about 330 heap pages, which a backup's sweep
+/// (a few hundred updates) touches only in part.
+pub const SWEEP_ITEMS: u32 = 20_000;
 
 /// One item as the table holds it (besides its writer and id).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,7 +117,12 @@ pub struct ItemModel {
 impl ItemModel {
     /// The writer's items before its first operation: its prefill.
     pub fn new(seed: u64, mix: Mix, writer: u32) -> ItemModel {
-        let live = (0..u64::from(mix.prefill))
+        let prefill = if writer == SWEEPER {
+            SWEEP_ITEMS
+        } else {
+            mix.prefill
+        };
+        let live = (0..u64::from(prefill))
             .map(|i| {
                 let r = draw(b"pgdrill item prefill v1\0", seed, writer, i);
                 let item = Item {
@@ -138,14 +162,22 @@ impl ItemModel {
         self.seq += 1;
         let n = self.seq;
         let r = draw(b"pgdrill item op v1\0", self.seed, self.writer, n);
-        let roll = (r % 100) as u8;
+        // The sweeper only updates.
+        let roll = if self.writer == SWEEPER {
+            self.mix.deletes
+        } else {
+            (r % 100) as u8
+        };
         let body = || body(self.seed, self.writer, n, r);
         let picked = (!self.live.is_empty())
             .then(|| (r >> 16) as usize % self.live.len())
             .and_then(|i| self.live.keys().nth(i).copied());
         let op = match picked {
             Some(id) if roll < self.mix.deletes => ItemOp::Delete { id },
-            Some(id) if roll < self.mix.deletes.saturating_add(self.mix.updates) => {
+            Some(id)
+                if roll < self.mix.deletes.saturating_add(self.mix.updates)
+                    || self.writer == SWEEPER =>
+            {
                 let old = &self.live[&id];
                 let hot = (r >> 8) & 1 == 0;
                 ItemOp::Update {
@@ -180,9 +212,10 @@ impl ItemModel {
     }
 }
 
-/// The body written by operation `n` (or prefill item `n`) with draw `r`.
+/// The body written by operation `n` (or prefill item `n`) with draw `r`;
+/// never TOASTed for the sweeper, whose table part stays small.
 fn body(seed: u64, writer: u32, n: u64, r: u64) -> String {
-    let len = if (r >> 56).is_multiple_of(LARGE_EVERY) {
+    let len = if writer != SWEEPER && (r >> 56).is_multiple_of(LARGE_EVERY) {
         LARGE_BODY
     } else {
         BODY
@@ -233,6 +266,7 @@ impl Mix {
             vacuum_freeze_every: None,
             prefill,
             ddl_every: None,
+            sweep_during_backups: false,
         }
     }
 }
@@ -304,6 +338,36 @@ mod tests {
     }
 
     #[test]
+    fn the_sweeper_only_updates_its_own_items_across_its_table() {
+        let mix = Mix {
+            sweep_during_backups: true,
+            ..Mix::for_tests(10)
+        };
+        let mut model = ItemModel::new(7, mix, SWEEPER);
+        assert_eq!(model.items().len(), SWEEP_ITEMS as usize);
+        let ids: std::collections::BTreeSet<u64> = (0..300)
+            .map(|_| match model.next_op() {
+                ItemOp::Update { id, item } => {
+                    assert_eq!(item.body.len(), BODY);
+                    id
+                }
+                op => panic!("the sweeper inserted or deleted: {op:?}"),
+            })
+            .collect();
+        assert_eq!(model.items().len(), SWEEP_ITEMS as usize);
+        // Spread over the table, not one page after another.
+        let (lo, hi) = (ids.first().unwrap(), ids.last().unwrap());
+        assert!(
+            ids.len() > 280 && hi - lo > u64::from(SWEEP_ITEMS) / 2,
+            "{ids:?}"
+        );
+        assert_eq!(
+            ItemModel::after(7, mix, SWEEPER, 300).items(),
+            model.items()
+        );
+    }
+
+    #[test]
     fn without_updates_or_deletes_every_operation_inserts() {
         let none = Mix {
             updates: 0,
@@ -311,6 +375,7 @@ mod tests {
             vacuum_freeze_every: None,
             prefill: 0,
             ddl_every: None,
+            sweep_during_backups: false,
         };
         let model = ItemModel::after(1, none, 1, 50);
         assert_eq!(

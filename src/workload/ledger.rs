@@ -246,9 +246,9 @@ impl Ledger {
         entries[i].acked()
     }
 
-    /// Writer numbers, 1..=writers.
+    /// Writer numbers (see [`WorkloadSpec::writer_ids`]).
     fn writer_ids(&self) -> RangeInclusive<u32> {
-        1..=self.spec.writers
+        self.spec.writer_ids()
     }
 
     /// The transactions of `writer`, in seq order.

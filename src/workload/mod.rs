@@ -10,7 +10,8 @@
 //! ledger alone. With a [`Mix`], the same statement also inserts, updates
 //! or deletes one of the writer's rows in [`ITEMS`] (see [`items`]), and a
 //! task runs `VACUUM (FREEZE)` now and then, and another DDL (see
-//! [`ddl`]).
+//! [`ddl`]); and writer 0, the sweeper, updates items while backups run
+//! (see [`items`]).
 
 mod content;
 pub mod ddl;
@@ -27,10 +28,10 @@ use tokio_postgres::Client;
 use crate::backup::pg::PgError;
 
 pub use content::{payload, ContentHasher};
-pub use items::{Item, ItemModel, ItemOp, Mix, ITEMS};
+pub use items::{Item, ItemModel, ItemOp, Mix, ITEMS, SWEEPER};
 pub use ledger::{Expectation, Ledger, LedgerEntry, LedgerSummary, Outcome};
 pub use seqs::SeqSet;
-pub use writer::{start, start_from, WorkloadHandle};
+pub use writer::{start, start_from, Sweep, WorkloadHandle};
 
 /// The table the writers fill.
 pub const TABLE: &str = "pgdrill_ledger";
@@ -51,6 +52,15 @@ pub struct WorkloadSpec {
     /// Updates, deletes and VACUUM besides the ledger's inserts; `None`:
     /// ledger inserts only.
     pub mix: Option<Mix>,
+}
+
+impl WorkloadSpec {
+    /// The writers' numbers: 1..=writers, and [`SWEEPER`] (0) first when
+    /// the mix sweeps during backups.
+    pub fn writer_ids(&self) -> std::ops::RangeInclusive<u32> {
+        let sweeps = self.mix.is_some_and(|m| m.sweep_during_backups);
+        (if sweeps { SWEEPER } else { 1 })..=self.writers
+    }
 }
 
 /// Failures of the workload.
@@ -89,7 +99,7 @@ pub async fn prepare(client: &Client, spec: &WorkloadSpec) -> Result<(), Workloa
             .batch_execute(items::CREATE_ITEMS)
             .await
             .map_err(pg_err("creating the items table"))?;
-        prefill(client, spec.seed, mix, spec.writers).await?;
+        prefill(client, spec, mix).await?;
         if mix.ddl_every.is_some() {
             ddl::prepare(client).await?;
         }
@@ -105,11 +115,8 @@ pub async fn prepare(client: &Client, spec: &WorkloadSpec) -> Result<(), Workloa
 }
 
 /// Loads every writer's prefilled items (one COPY, one transaction).
-async fn prefill(client: &Client, seed: u64, mix: Mix, writers: u32) -> Result<(), WorkloadError> {
+async fn prefill(client: &Client, spec: &WorkloadSpec, mix: Mix) -> Result<(), WorkloadError> {
     use futures::SinkExt;
-    if mix.prefill == 0 {
-        return Ok(());
-    }
     let copy = client
         .copy_in(&format!(
             "COPY {ITEMS} (writer, id, rev, tag, labels, body) FROM STDIN"
@@ -117,8 +124,8 @@ async fn prefill(client: &Client, seed: u64, mix: Mix, writers: u32) -> Result<(
         .await
         .map_err(pg_err("starting the prefill of the items table"))?;
     let mut copy = std::pin::pin!(copy);
-    for writer in 1..=writers {
-        let text = items::prefill_copy_text(seed, mix, writer);
+    for writer in spec.writer_ids() {
+        let text = items::prefill_copy_text(spec.seed, mix, writer);
         copy.send(bytes::Bytes::from(text))
             .await
             .map_err(pg_err("prefilling the items table"))?;

@@ -16,7 +16,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use super::ddl::DdlLog;
-use super::items::{ItemModel, ItemOp, Mix, ITEMS};
+use super::items::{ItemModel, ItemOp, Mix, ITEMS, SWEEPER};
 use super::{payload, pg_err, Ledger, LedgerEntry, Outcome, WorkloadError, WorkloadSpec, TABLE};
 use crate::backup::pg::pg_error_text;
 
@@ -53,6 +53,8 @@ pub struct WorkloadHandle {
     spec: WorkloadSpec,
     started_at: DateTime<Utc>,
     control: watch::Sender<Control>,
+    /// What the handle asks of the sweeper: Pause but while a backup runs.
+    sweep: Arc<watch::Sender<Control>>,
     progress: Arc<Progress>,
     tasks: Vec<(u32, JoinHandle<WriterRun>)>,
     /// The task running `VACUUM (FREEZE)` of a mixed workload.
@@ -95,20 +97,37 @@ pub fn start_from(
     let started_at = now();
     let deadline = begin + spec.duration;
     let (control, control_rx) = watch::channel(Control::Run);
+    let (sweep, sweep_rx) = watch::channel(Control::Pause);
     let progress = Arc::new(Progress::default());
     let config = Arc::new(config);
-    let tasks = (1..=spec.writers)
+    let tasks = spec
+        .writer_ids()
         .map(|id| {
+            let (first_tick, period, control) = if id == SWEEPER {
+                // Four times the workload's rate, so pages change all through
+                // the backup.
+                (
+                    begin,
+                    (period / spec.writers / 4).max(MIN_SWEEP_PERIOD),
+                    sweep_rx.clone(),
+                )
+            } else {
+                (
+                    begin + period * (id - 1) / spec.writers,
+                    period,
+                    control_rx.clone(),
+                )
+            };
             let writer = Writer {
                 id,
                 first_seq: first_seq.get(&id).copied().unwrap_or(1).max(1),
                 seed: spec.seed,
                 mix: spec.mix,
                 payload_bytes: spec.payload_bytes,
-                first_tick: begin + period * (id - 1) / spec.writers,
+                first_tick,
                 period,
                 deadline,
-                control: control_rx.clone(),
+                control,
                 progress: Arc::clone(&progress),
             };
             let config = Arc::clone(&config);
@@ -128,6 +147,7 @@ pub fn start_from(
         spec,
         started_at,
         control,
+        sweep: Arc::new(sweep),
         progress,
         tasks,
         vacuum,
@@ -190,30 +210,26 @@ impl WorkloadHandle {
     /// Holds the writers after their commits in flight; the deadline does
     /// not move.
     pub fn pause(&self) {
-        self.control.send_if_modified(|c| {
-            let run = *c == Control::Run;
-            if run {
-                *c = Control::Pause;
-            }
-            run
-        });
+        set_unless_stopped(&self.control, Control::Pause);
     }
 
     /// Lets paused writers go on.
     pub fn resume(&self) {
-        self.control.send_if_modified(|c| {
-            let paused = *c == Control::Pause;
-            if paused {
-                *c = Control::Run;
-            }
-            paused
-        });
+        set_unless_stopped(&self.control, Control::Run);
     }
 
     /// Asks the writers to stop after their commits in flight (which get
     /// [`STOP_GRACE`] to finish).
     pub fn stop(&self) {
         self.control.send_replace(Control::Stop);
+        self.sweep.send_replace(Control::Stop);
+    }
+
+    /// Runs the sweeper (writer [`SWEEPER`], when the mix has one) until
+    /// the returned guard is dropped: hold it while a backup runs.
+    pub fn sweep(&self) -> Sweep {
+        set_unless_stopped(&self.sweep, Control::Run);
+        Sweep(Arc::clone(&self.sweep))
     }
 
     /// Waits for every writer to end (at the deadline, after
@@ -222,7 +238,14 @@ impl WorkloadHandle {
     pub async fn join(mut self) -> Ledger {
         let mut entries = Vec::new();
         let mut errors = BTreeMap::new();
-        for (id, task) in std::mem::take(&mut self.tasks) {
+        // The sweeper last: it ends once the writers have (a dead server
+        // ends them, while it may be waiting for the next backup).
+        let mut tasks = std::mem::take(&mut self.tasks);
+        tasks.sort_by_key(|(id, _)| *id == SWEEPER);
+        for (id, task) in tasks {
+            if id == SWEEPER {
+                self.sweep.send_replace(Control::Stop);
+            }
             match task.await {
                 Ok(run) => {
                     entries.extend(run.entries);
@@ -247,6 +270,31 @@ impl WorkloadHandle {
         };
         Ledger::new(self.spec.clone(), self.started_at, entries, errors).with_ddl(ddl)
     }
+}
+
+/// Shortest time between two of the sweeper's commits.
+const MIN_SWEEP_PERIOD: Duration = Duration::from_millis(2);
+
+/// The sweeper runs while this lives (see [`WorkloadHandle::sweep`]).
+#[derive(Debug)]
+#[must_use = "the sweeper pauses when this is dropped"]
+pub struct Sweep(Arc<watch::Sender<Control>>);
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        set_unless_stopped(&self.0, Control::Pause);
+    }
+}
+
+/// Sets `control` to `to`, unless it says stop.
+fn set_unless_stopped(control: &watch::Sender<Control>, to: Control) {
+    control.send_if_modified(|c| {
+        let change = *c != Control::Stop && *c != to;
+        if change {
+            *c = to;
+        }
+        change
+    });
 }
 
 impl Drop for WorkloadHandle {

@@ -15,7 +15,7 @@ use common::*;
 use pgdrill::env::local::{InitOptions, LocalPostgres};
 use pgdrill::env::zone::ServerZone;
 use pgdrill::verify::{identity, identity_checks, verify_restore, CheckName};
-use pgdrill::workload::{self, Mix, Outcome, WorkloadSpec, ITEMS, TABLE};
+use pgdrill::workload::{self, Mix, Outcome, WorkloadSpec, ITEMS, SWEEPER, TABLE};
 
 /// Connection settings for database `db` of `pg`.
 fn config(pg: &LocalPostgres, db: &str) -> tokio_postgres::Config {
@@ -48,6 +48,7 @@ fn spec(duration: Duration) -> WorkloadSpec {
             vacuum_freeze_every: Some(Duration::from_secs(1)),
             prefill: 500,
             ddl_every: Some(Duration::from_millis(400)),
+            sweep_during_backups: true,
         }),
     }
 }
@@ -67,7 +68,15 @@ async fn restores_match_the_ledger_and_tampering_is_named() {
         spec(Duration::from_secs(3)),
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The sweeper (writer 0) commits only while its guard lives, as a
+    // backup's would.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let sweep = handle.sweep();
+    let swept_from = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(sweep);
+    let swept_until = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(1400)).await;
     assert!(
         handle.vacuums() >= 1,
         "VACUUM (FREEZE) ran during the workload"
@@ -78,10 +87,21 @@ async fn restores_match_the_ledger_and_tampering_is_named() {
         "{:?}",
         ledger.writer_errors()
     );
+    let (swept, written): (Vec<_>, Vec<_>) =
+        ledger.entries().iter().partition(|e| e.writer == SWEEPER);
+    // 160/s for 0.5 s.
+    assert!((40..=90).contains(&swept.len()), "{}", swept.len());
+    assert!(
+        swept
+            .iter()
+            .all(|e| swept_from <= e.sent_at && e.sent_at <= swept_until),
+        "the sweeper wrote outside its window"
+    );
     let acked = ledger.acked_count();
     assert!(
-        (90..=125).contains(&acked),
-        "40/s for 3 s acknowledged {acked}"
+        (90..=125).contains(&written.len()),
+        "40/s for 3 s sent {}",
+        written.len()
     );
     assert_eq!(acked, ledger.entries().len() as u64);
 

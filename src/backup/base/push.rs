@@ -516,8 +516,13 @@ pub async fn backup_push(
     )
     .await?;
     let delta_base = previous.as_ref().map(|(p, metadata)| {
+        let from_lsn = if ctx.settings.sabotage == Some(Sabotage::DeltaFromPreviousEnd) {
+            &p.finish_lsn
+        } else {
+            &p.start_lsn
+        };
         Arc::new(DeltaBase {
-            from_lsn: layout::Lsn::parse(&p.start_lsn).map_or(0, |l| l.0),
+            from_lsn: layout::Lsn::parse(from_lsn).map_or(0, |l| l.0),
             sizes: metadata
                 .files
                 .iter()
