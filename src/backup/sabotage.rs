@@ -94,6 +94,11 @@ pub enum Sabotage {
     /// and a restore from the delta replays WAL only from the delta's
     /// start.
     DeltaFromPreviousEnd,
+    /// `backup-fetch --force` writes the backup over the target's contents
+    /// without removing them first: what a restore done there before left
+    /// (its timeline history and WAL in `pg_wal`) stays, and recovery
+    /// follows that restore's timeline instead of the target's.
+    ForceKeepsContents,
 }
 
 impl Sabotage {
@@ -120,6 +125,7 @@ impl Sabotage {
             Sabotage::RetentionDeletesUnfinished,
             Sabotage::BackupTimelineOnly,
             Sabotage::DeltaFromPreviousEnd,
+            Sabotage::ForceKeepsContents,
         ]
     }
 
@@ -152,6 +158,7 @@ impl Sabotage {
             ("retention_deletes_unfinished", None) => Sabotage::RetentionDeletesUnfinished,
             ("backup_timeline_only", None) => Sabotage::BackupTimelineOnly,
             ("delta_from_previous_end", None) => Sabotage::DeltaFromPreviousEnd,
+            ("force_keeps_contents", None) => Sabotage::ForceKeepsContents,
             _ => return None,
         })
     }
@@ -178,6 +185,7 @@ impl Sabotage {
             Sabotage::RetentionDeletesUnfinished => "retention_deletes_unfinished".into(),
             Sabotage::BackupTimelineOnly => "backup_timeline_only".into(),
             Sabotage::DeltaFromPreviousEnd => "delta_from_previous_end".into(),
+            Sabotage::ForceKeepsContents => "force_keeps_contents".into(),
         }
     }
 
@@ -218,6 +226,7 @@ impl Sabotage {
             Sabotage::DeltaFromPreviousEnd => {
                 "delta backups take pages changed since the previous backup ended"
             }
+            Sabotage::ForceKeepsContents => "backup-fetch --force keeps the target's contents",
         }
     }
 

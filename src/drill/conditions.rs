@@ -3,7 +3,8 @@
 //! them): the server's time zone, in which the tool is given its recovery
 //! targets, the WAL segment the cluster starts in, and whether the
 //! primary's configuration carries recovery settings an earlier
-//! point-in-time restore done by hand left behind.
+//! point-in-time restore done by hand left behind, and whether restores
+//! go in place, into the directory of the restore before.
 
 use std::sync::Arc;
 
@@ -37,12 +38,16 @@ pub struct Conditions {
     /// Recovery settings left in the primary's configuration, as a
     /// point-in-time restore done by hand leaves them.
     pub leftover_recovery_settings: bool,
+    /// Each restore after the first goes into the one before's data
+    /// directory with `backup-fetch --force` (local environment).
+    pub restores_in_place: bool,
     /// What a chaos drill drew for its timeline and restore fault.
     pub chaos: Option<String>,
     /// Whether each was drawn (else the scenario set it).
     drawn_zone: bool,
     drawn_start: bool,
     drawn_leftovers: bool,
+    drawn_in_place: bool,
 }
 
 impl Conditions {
@@ -95,14 +100,22 @@ impl Conditions {
         let leftover_recovery_settings = set
             .leftover_recovery_settings
             .unwrap_or_else(|| rng.random_ratio(1, 3));
+        let drawn_in_place =
+            set.restores_in_place.is_none() && scenario.environment == Environment::Local;
+        let restores_in_place = match set.restores_in_place {
+            Some(set) => set,
+            None => drawn_in_place && rng.random_ratio(1, 3),
+        };
         Ok(Conditions {
             zone: Arc::new(zone),
             start_segment,
             leftover_recovery_settings,
+            restores_in_place,
             chaos: None,
             drawn_zone,
             drawn_start,
             drawn_leftovers,
+            drawn_in_place,
         })
     }
 
@@ -118,6 +131,8 @@ impl Conditions {
             start_segment_drawn: self.drawn_start,
             leftover_recovery_settings: self.leftover_recovery_settings,
             leftover_recovery_settings_drawn: self.drawn_leftovers,
+            restores_in_place: self.restores_in_place,
+            restores_in_place_drawn: self.drawn_in_place,
             chaos: self.chaos.clone(),
         }
     }
@@ -186,6 +201,7 @@ mod tests {
         let mut zones = std::collections::BTreeSet::new();
         let mut starts = std::collections::BTreeSet::new();
         let mut leftovers = std::collections::BTreeSet::new();
+        let mut in_place = std::collections::BTreeSet::new();
         for seed in 0..200 {
             let c = Conditions::draw(&s, seed, started).unwrap();
             let again = Conditions::draw(&s, seed, started).unwrap();
@@ -196,8 +212,10 @@ mod tests {
             zones.insert(c.zone.setting().to_string());
             starts.insert(c.record().start_segment);
             leftovers.insert(c.leftover_recovery_settings);
+            in_place.insert(c.restores_in_place);
         }
         assert_eq!(leftovers.len(), 2);
+        assert_eq!(in_place.len(), 2);
         assert_eq!(zones.len(), ZONES.len() + 1, "{zones:?}");
         assert!(zones.iter().any(|z| z.starts_with("<-0330>")), "{zones:?}");
         assert_eq!(
@@ -224,6 +242,12 @@ mod tests {
         assert_eq!(c.start_segment, None);
         assert!(!c.record().timezone_drawn && !c.record().start_segment_drawn);
         assert!(c.record().leftover_recovery_settings_drawn);
+        // Restores in place only where the environment can.
+        let containers = scenario("environment: containers");
+        assert!((0..50).all(|seed| {
+            let c = Conditions::draw(&containers, seed, started).unwrap();
+            !c.restores_in_place && !c.record().restores_in_place_drawn
+        }));
         let c = Conditions::draw(
             &scenario("conditions: { timezone: Asia/Kathmandu }"),
             7,

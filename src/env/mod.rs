@@ -80,6 +80,9 @@ pub struct EnvSpec {
     /// The WAL segment the primary writes first (`pg_resetwal -l`);
     /// `None`: where initdb leaves it. Local environment only.
     pub start_segment: Option<String>,
+    /// Each restore after the first goes into the one before's data
+    /// directory, with `backup-fetch --force`. Local environment only.
+    pub restores_in_place: bool,
     /// The scenario's PostgreSQL major version (picks default images).
     pub postgres_major: u32,
     /// The scenario's `images` (containers only).

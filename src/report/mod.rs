@@ -13,7 +13,9 @@
 //! - `conditions`: `timezone` (the server's, in which targets reached the
 //!   tool), `start_segment` (the WAL segment the cluster started in, or
 //!   `initdb`), `leftover_recovery_settings` (recovery settings left in the
-//!   primary's postgresql.conf, as a PITR by hand leaves them), each with
+//!   primary's postgresql.conf, as a PITR by hand leaves them),
+//!   `restores_in_place` (each restore after the first went into the one
+//!   before's data directory with `backup-fetch --force`), each with
 //!   `_drawn` (from the seed) or set by the scenario.
 //! - `workload`: writers, sent / acked / failed / unknown counts, times.
 //! - `steps[]`: `action`, `planned_at_s`, `started_at`, `duration_s`, `ok`,
@@ -368,6 +370,10 @@ pub struct ConditionsRecord {
     /// file it includes), as a point-in-time restore by hand leaves them.
     pub leftover_recovery_settings: bool,
     pub leftover_recovery_settings_drawn: bool,
+    /// Each restore after the first went into the one before's data
+    /// directory (`backup-fetch --force`).
+    pub restores_in_place: bool,
+    pub restores_in_place_drawn: bool,
     /// A chaos drill's drawn timeline and restore fault.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chaos: Option<String>,
@@ -378,18 +384,28 @@ impl ConditionsRecord {
     pub fn summary(&self) -> String {
         let how = |drawn: bool| if drawn { "drawn" } else { "set" };
         format!(
-            "time zone {} ({}), WAL from {} ({}), recovery settings left in postgresql.conf: {} ({})",
+            "time zone {} ({}), WAL from {} ({}), recovery settings left in postgresql.conf: {} ({}), restores in place with --force: {} ({})",
             self.timezone,
             how(self.timezone_drawn),
             self.start_segment,
             how(self.start_segment_drawn),
-            if self.leftover_recovery_settings { "yes" } else { "no" },
-            how(self.leftover_recovery_settings_drawn)
+            yes_no(self.leftover_recovery_settings),
+            how(self.leftover_recovery_settings_drawn),
+            yes_no(self.restores_in_place),
+            how(self.restores_in_place_drawn)
         ) + &self
             .chaos
             .as_ref()
             .map(|c| format!("; chaos drew {c}"))
             .unwrap_or_default()
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
     }
 }
 

@@ -108,6 +108,8 @@ pub fn report() -> DrillReport {
             start_segment_drawn: false,
             leftover_recovery_settings: true,
             leftover_recovery_settings_drawn: true,
+            restores_in_place: true,
+            restores_in_place_drawn: true,
             chaos: None,
         },
     }

@@ -224,6 +224,15 @@ pub struct Conditions {
     /// them, every base backup carries them, and no restore may stop there.
     /// Default: drawn from the seed (one drill in three).
     pub leftover_recovery_settings: Option<bool>,
+    /// Whether each restore after the first goes into the data directory
+    /// of the one before (its server stopped), with `backup-fetch --force`,
+    /// as an operator repeating a restore in place: the directory then
+    /// holds another cluster's state (its WAL and timeline history in
+    /// `pg_wal`, its commit log), which `--force` must clear. A retry after
+    /// a storage fault goes into the failed attempt's directory. Local
+    /// environment only. Default: drawn from the seed in the local
+    /// environment (one drill in three), no elsewhere.
+    pub restores_in_place: Option<bool>,
 }
 
 /// Where backups go.
@@ -1106,6 +1115,7 @@ objectives: { rpo: 5s, rto: 60s }
             ("conditions: { start_segment: 000000020000000000000010 }\n", "conditions.start_segment: `000000020000000000000010` is not a segment of timeline 1"),
             ("conditions: { start_segment: 000000010000000000000100 }\n", "is not a segment of timeline 1 after 000000010000000000000001 for 16 MiB segments"),
             ("environment: containers\nconditions: { start_segment: 0000000100000000000000FE }\n", "`start_segment` applies to the local environment only"),
+            ("environment: containers\nconditions: { restores_in_place: true }\n", "`restores_in_place` applies to the local environment only"),
             ("steps: [{ at: 0s, action: delete_during_backup, retain: 0 }]\n", "steps[0].retain: `delete_during_backup` needs a `retain` above zero"),
             ("restores: { storage_fault: { during: consistent, duration: 0s } }\n", "restores.storage_fault.duration: `storage_fault` needs a `duration` above zero"),
             ("environment: kind\nrestores: { storage_fault: { during: wal_replay, duration: 5s } }\n", "restores.storage_fault: `storage_fault` during restores is not available in environment `kind`"),

@@ -185,6 +185,12 @@ fn conditions(s: &Scenario) -> Result<(), Problem> {
             );
         }
     }
+    ensure!(
+        c.restores_in_place != Some(true) || s.environment == Environment::Local,
+        ["conditions", "restores_in_place"],
+        "remove it, or set `environment: local`",
+        "`restores_in_place` applies to the local environment only"
+    );
     if let Some(segment) = c.start_segment.as_deref().filter(|s| *s != "initdb") {
         ensure!(
             s.environment == Environment::Local,

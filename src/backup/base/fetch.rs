@@ -19,6 +19,7 @@ use crate::backup::codec::ObjectReader;
 use crate::backup::delta;
 use crate::backup::layout::{self};
 use crate::backup::progress::{human_bytes, Progress};
+use crate::backup::sabotage::Sabotage;
 use crate::backup::store::Key;
 use crate::backup::{walg, BackupError, Context};
 
@@ -140,7 +141,11 @@ pub async fn backup_fetch(
             walg::restore::total_size(&members),
         ),
     };
-    prepare_target(dest, opts.force)?;
+    if opts.force && ctx.settings.sabotage == Some(Sabotage::ForceKeepsContents) {
+        tracing::warn!("SABOTAGE: --force writes over the target's contents without removing them");
+    } else {
+        prepare_target(dest, opts.force)?;
+    }
     let (progress, _guard) = Progress::start("backup-fetch", total, Duration::from_secs(5));
     match restore {
         Restore::Pgdrill(chain) => restore_chain(ctx, dest, &chain, opts.verify, &progress).await?,

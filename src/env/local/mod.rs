@@ -83,6 +83,11 @@ pub struct LocalEnvironment {
     // directory go.
     primary: Option<LocalPostgres>,
     restores: std::collections::BTreeMap<String, LocalPostgres>,
+    /// Restores go into the directory of the one before (see
+    /// [`super::EnvSpec::restores_in_place`]).
+    restores_in_place: bool,
+    /// The label of the last restore (not failover) begun.
+    last_restore: Option<String>,
     archive: LocalArchive,
     facts: super::EnvFacts,
     primary_config: tokio_postgres::Config,
@@ -126,6 +131,8 @@ impl LocalEnvironment {
                 primary_config: workload_config(&primary),
                 primary: Some(primary),
                 restores: Default::default(),
+                restores_in_place: spec.restores_in_place,
+                last_restore: None,
                 facts: super::EnvFacts {
                     kind: crate::scenario::Environment::Local,
                     postgres_version: version,
@@ -151,6 +158,32 @@ impl LocalEnvironment {
         cmd
     }
 
+    /// Moves restore `previous`'s data directory (its server stopped) to
+    /// `data`, so the next restore goes into it, as into a directory
+    /// where a restore was done before.
+    async fn take_over_data_dir(
+        &mut self,
+        previous: &str,
+        data: &Path,
+    ) -> Result<(), super::EnvError> {
+        use super::Environment;
+        self.discard_restore(previous).await;
+        let from = self
+            .archive
+            .dir(&format!("restore-{previous}"))?
+            .join("data");
+        if from.exists() {
+            std::fs::rename(&from, data).map_err(|e| {
+                super::EnvError::Other(format!(
+                    "moving {} to {} for a restore in place: {e}",
+                    from.display(),
+                    data.display()
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
     /// Restores `backup` into a fresh server named `label` (kept in
     /// `restores`, also when it fails to start): to the end of the archive
     /// or to `target`; with `archive`, it archives into the storage as the
@@ -167,7 +200,13 @@ impl LocalEnvironment {
         let base = self.archive.dir(&format!("restore-{label}"))?;
         let data = base.join("data");
         let data_s = data.display().to_string();
-        let args = super::backup_fetch_args(&data_s, backup, target, archive);
+        let mut args = super::backup_fetch_args(&data_s, backup, target, archive);
+        if !archive && self.restores_in_place {
+            if let Some(previous) = self.last_restore.replace(label.to_string()) {
+                self.take_over_data_dir(&previous, &data).await?;
+                args.push("--force".into());
+            }
+        }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let started = Instant::now();
         phases.reached(RestorePhase::BackupFetch);
