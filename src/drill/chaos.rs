@@ -11,7 +11,9 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::scenario::{DisasterKind, OutageMode, RestoreFault, RestorePhase, Scenario, Step};
+use crate::scenario::{
+    DisasterKind, Environment, OutageMode, RestoreFault, RestorePhase, Scenario, Step,
+};
 
 /// The tool's retry window when the scenario sets none.
 const TOOL_RETRY_WINDOW: Duration = Duration::from_secs(120);
@@ -29,6 +31,11 @@ pub(super) fn draw(scenario: &Scenario, seed: u64) -> Result<(Scenario, String),
     if scenario.storage.prefetch.is_none() && rng.random_ratio(1, 2) {
         drawn.storage.prefetch = Some(0);
     }
+    // Restores without a storage fault: half of them have backup-fetch
+    // killed mid-way, where the environment can.
+    drawn.restores.interrupt_fetch = drawn.restores.storage_fault.is_none()
+        && scenario.environment == Environment::Local
+        && rng.random_ratio(1, 2);
     drawn
         .check_drawn()
         .map_err(|why| format!("the chaos plan drawn from seed {seed} is invalid: {why}"))?;
@@ -44,6 +51,7 @@ pub(super) fn draw(scenario: &Scenario, seed: u64) -> Result<(Scenario, String),
             humantime::format_duration(f.duration),
             f.during.as_str()
         ),
+        None if drawn.restores.interrupt_fetch => "backup-fetch killed mid-way".into(),
         None => "none".into(),
     };
     let prefetch = match drawn.storage.prefetch {
@@ -192,6 +200,7 @@ mod tests {
             let scenario = shipped(file);
             let (mut actions, mut phases, mut modes) =
                 (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+            let mut interrupted = 0;
             for seed in 0..400 {
                 let (plan, summary) = draw(&scenario, seed).unwrap_or_else(|e| panic!("{e}"));
                 assert!(!plan.chaos && summary.starts_with("steps: 0s base_backup"));
@@ -219,6 +228,15 @@ mod tests {
                     phases.insert(f.during.as_str());
                     modes.insert(f.mode.as_str());
                 }
+                if plan.restores.interrupt_fetch {
+                    assert!(plan.restores.storage_fault.is_none());
+                    interrupted += 1;
+                }
+            }
+            // A quarter of the local drills; none where it cannot be done.
+            match file {
+                "chaos.yaml" => assert!((60..140).contains(&interrupted), "{interrupted}"),
+                _ => assert_eq!(interrupted, 0),
             }
             for action in [
                 "base_backup",

@@ -44,7 +44,6 @@ use crate::scenario::{
 use crate::verify::{self, CostGroup};
 use crate::workload::{self, Ledger, WorkloadError, WorkloadHandle, WorkloadSpec};
 pub use conditions::{Conditions, ZONES};
-use restore_fault::FaultInjector;
 use steps::{History, Live};
 
 /// Failures that stop a drill before it can report (a failed check does
@@ -188,18 +187,20 @@ pub async fn run(
         scenario.name
     ));
     let started_at = Utc::now();
-    let mut conditions =
-        Conditions::draw(scenario, seed, started_at).map_err(DrillError::Conditions)?;
     let drawn;
-    let scenario = match scenario.chaos {
-        false => scenario,
+    let (scenario, chaos_summary) = match scenario.chaos {
+        false => (scenario, None),
         true => {
             let (plan, summary) = chaos::draw(scenario, seed).map_err(DrillError::Conditions)?;
-            conditions.chaos = Some(summary);
             drawn = plan;
-            &drawn
+            (&drawn, Some(summary))
         }
     };
+    // From the plan: what a chaos drill drew decides some (restores in
+    // place when fetches are interrupted).
+    let mut conditions =
+        Conditions::draw(scenario, seed, started_at).map_err(DrillError::Conditions)?;
+    conditions.chaos = chaos_summary;
     progress.say(&format!("conditions: {}", conditions.record().summary()));
     let dir = claim_report_dir(
         &opts.report_dir,
@@ -935,7 +936,7 @@ async fn restore_and_verify(
         rto: RtoBreakdown::default(),
         storage_fault: None,
     };
-    let attempt = match fault_injector(scenario, env) {
+    let attempt = match restore_fault::injector(scenario, env) {
         None => {
             env.restore(label, &record.backup, given.as_ref(), &mut Unwatched)
                 .await
@@ -971,13 +972,6 @@ async fn restore_and_verify(
     env.discard_restore(&record.label).await;
     record.as_expected = as_expected(&record);
     (record, loss)
-}
-
-/// The injector of the scenario's storage fault during restores, when it
-/// has one (validation allows it only where the environment can).
-fn fault_injector(scenario: &Scenario, env: &dyn Environment) -> Option<FaultInjector> {
-    let fault = scenario.restores.storage_fault?;
-    Some(FaultInjector::new(fault, env.outage_switch()?))
 }
 
 /// Whether `record` turned out as expected: passed when it must pass; when

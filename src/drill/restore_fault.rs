@@ -5,7 +5,9 @@
 //! finish exactly or fail loudly; recovery ended early by a storage error
 //! taken for the end of the archive is the failure this exists to catch
 //! (WAL-G issue 1126), and the drill's verification against the ledger is
-//! what catches it.
+//! what catches it. With `restores.interrupt_fetch`, the fault is
+//! `backup-fetch` killed mid-way instead, and the retry goes with `--force`
+//! into the directory it left (restores go in place then).
 
 use std::sync::Arc;
 
@@ -14,7 +16,86 @@ use tokio::task::JoinHandle;
 use crate::env::zone::TargetTime;
 use crate::env::{EnvError, Environment, OutageSwitch, RestorePhases, Restored, Unwatched};
 use crate::report::{RestoreFaultRecord, RestoreRecord};
-use crate::scenario::{RestoreFault, RestorePhase};
+use crate::scenario::{RestoreFault, RestorePhase, Scenario};
+
+/// The fault the scenario's restores meet, if any (validation allows each
+/// only where the environment can inject it).
+pub(super) fn injector(scenario: &Scenario, env: &dyn Environment) -> Option<Injector> {
+    if scenario.restores.interrupt_fetch {
+        return Some(Injector::Interrupt(FetchInterrupter::default()));
+    }
+    let fault = scenario.restores.storage_fault?;
+    Some(Injector::Storage(FaultInjector::new(
+        fault,
+        env.outage_switch()?,
+    )))
+}
+
+/// A fault for restores to meet.
+pub(super) enum Injector {
+    Storage(FaultInjector),
+    Interrupt(FetchInterrupter),
+}
+
+impl Injector {
+    /// What was injected, once it is over (None: nothing was).
+    async fn finish(self) -> Option<Result<String, String>> {
+        match self {
+            Injector::Storage(i) => i.finish().await,
+            Injector::Interrupt(i) => i.finish(),
+        }
+    }
+}
+
+impl RestorePhases for Injector {
+    fn reached(&mut self, phase: RestorePhase) {
+        match self {
+            Injector::Storage(i) => i.reached(phase),
+            Injector::Interrupt(i) => i.reached(phase),
+        }
+    }
+
+    fn interrupt_fetch(&self) -> bool {
+        matches!(self, Injector::Interrupt(_))
+    }
+
+    fn fetch_interrupted(&mut self, files: u64) {
+        if let Injector::Interrupt(i) = self {
+            i.fetch_interrupted(files);
+        }
+    }
+}
+
+/// Has the environment kill `backup-fetch` mid-way; remembers how far it
+/// got.
+#[derive(Debug, Default)]
+pub(super) struct FetchInterrupter {
+    /// Files written when it was killed.
+    killed_at: Option<u64>,
+}
+
+impl FetchInterrupter {
+    /// What was done: None when backup-fetch finished before it could be
+    /// killed (a backup of fewer files than the kill waits for).
+    fn finish(self) -> Option<Result<String, String>> {
+        let files = self.killed_at?;
+        Some(Ok(format!(
+            "backup-fetch killed (SIGKILL) with {files} files written; retried with --force into the same directory"
+        )))
+    }
+}
+
+impl RestorePhases for FetchInterrupter {
+    fn reached(&mut self, _: RestorePhase) {}
+
+    fn interrupt_fetch(&self) -> bool {
+        true
+    }
+
+    fn fetch_interrupted(&mut self, files: u64) {
+        self.killed_at = Some(files);
+    }
+}
 
 /// Restores `record`'s backup to `target` under `injector`'s fault, and
 /// returns the restore verification must judge: the first attempt, or,
@@ -23,7 +104,7 @@ use crate::scenario::{RestoreFault, RestorePhase};
 /// `record` what was injected and how the first attempt ended.
 pub(super) async fn restore_under_fault(
     env: &mut dyn Environment,
-    mut injector: FaultInjector,
+    mut injector: Injector,
     target: Option<&TargetTime>,
     record: &mut RestoreRecord,
 ) -> Result<Restored, EnvError> {
@@ -146,6 +227,18 @@ mod tests {
         assert_eq!(
             said,
             "storage errors for 10ms, as the restored server became consistent"
+        );
+    }
+
+    #[test]
+    fn an_interrupted_fetch_says_how_far_it_got_and_a_finished_one_nothing() {
+        let mut i = FetchInterrupter::default();
+        assert!(i.interrupt_fetch());
+        assert!(FetchInterrupter::default().finish().is_none());
+        i.fetch_interrupted(104);
+        assert_eq!(
+            i.finish().unwrap().unwrap(),
+            "backup-fetch killed (SIGKILL) with 104 files written; retried with --force into the same directory"
         );
     }
 

@@ -251,10 +251,23 @@ pub trait Environment: Send + Sync {
 }
 
 /// Told as a restore reaches each phase, so that a drill can fail the
-/// storage exactly there.
+/// storage exactly there; and asked whether to kill backup-fetch mid-way.
 pub trait RestorePhases: Send {
     fn reached(&mut self, phase: crate::scenario::RestorePhase);
+    /// Whether the environment is to kill backup-fetch (SIGKILL) once it
+    /// has written [`INTERRUPT_AFTER_FILES`] files (local environment;
+    /// validation keeps it from the others).
+    fn interrupt_fetch(&self) -> bool {
+        false
+    }
+    /// backup-fetch was killed with `files` files written.
+    fn fetch_interrupted(&mut self, _files: u64) {}
 }
+
+/// Files backup-fetch has written when [`RestorePhases::interrupt_fetch`]
+/// kills it: about a tenth of a fresh cluster's, so the directory holds a
+/// part of the backup, and a file may be half written.
+pub const INTERRUPT_AFTER_FILES: u64 = 100;
 
 /// Phases nobody watches.
 pub struct Unwatched;

@@ -41,7 +41,7 @@
 //!   (`scheduling_s`, `fetch_s`, `start_to_consistent_s`,
 //!   `consistent_to_promoted_s`, `verify_s`, `total_s`, `wal_segments_fetched`,
 //!   `wal_bytes_fetched`), `storage_fault` (only when the restore ran
-//!   into `restores.storage_fault`: `injected`, `first_attempt_error`,
+//!   into `restores.storage_fault` or `interrupt_fetch`: `injected`, `first_attempt_error`,
 //!   set when the first attempt failed loudly and the record is its
 //!   retry's).
 //! - `objectives[]`: `name` (rpo | rto), `limit_s`, `measured_s`, `passed`.
@@ -189,13 +189,15 @@ pub struct RestoreRecord {
     pub failure: Option<crate::env::RestoreFailure>,
     pub verify: Option<VerifyOutcome>,
     pub rto: RtoBreakdown,
-    /// The storage fault it ran into (`restores.storage_fault`), when the
-    /// restore reached the fault's phase.
+    /// The fault it ran into (`restores.storage_fault`, when the restore
+    /// reached the fault's phase; or `restores.interrupt_fetch`, when
+    /// backup-fetch was killed). Named for the first kind, kept so that
+    /// report.json stays as it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storage_fault: Option<RestoreFaultRecord>,
 }
 
-/// A storage fault a restore ran into.
+/// A fault a restore ran into: a storage outage, or backup-fetch killed.
 #[derive(Debug, Clone, Serialize)]
 pub struct RestoreFaultRecord {
     /// What was injected and from when.
@@ -276,10 +278,7 @@ impl RestoreRecord {
     fn fault_note(&self) -> Option<String> {
         let fault = self.storage_fault.as_ref()?;
         Some(match &fault.first_attempt_error {
-            None => format!(
-                "under a storage fault ({}): finished through it",
-                fault.injected
-            ),
+            None => format!("under a fault ({}): finished through it", fault.injected),
             Some(e) => {
                 let first: String = e
                     .lines()
@@ -289,7 +288,7 @@ impl RestoreRecord {
                     .take(160)
                     .collect();
                 format!(
-                    "under a storage fault ({}): the first attempt failed loudly ({first}); this is its retry",
+                    "under a fault ({}): the first attempt failed loudly ({first}); this is its retry",
                     fault.injected
                 )
             }
@@ -716,7 +715,7 @@ mod tests {
             .find(|l| l.starts_with("| latest |"))
             .expect("the latest restore's row");
         assert!(
-            row.contains("pass (under a storage fault (storage answering every request 503 for 8s, as the restored server became consistent): the first attempt failed loudly (restore_command exited with code 200, which aborts recovery); this is its retry)"),
+            row.contains("pass (under a fault (storage answering every request 503 for 8s, as the restored server became consistent): the first attempt failed loudly (restore_command exited with code 200, which aborts recovery); this is its retry)"),
             "{row}"
         );
         let html = super::html::to_html(&super::sample::report());

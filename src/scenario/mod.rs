@@ -740,6 +740,13 @@ pub struct Restores {
     /// taken for the end of the archive). Local and containers
     /// environments. Default: none.
     pub storage_fault: Option<RestoreFault>,
+    /// Kill `backup-fetch` (SIGKILL) of every restore mid-way, once it has
+    /// written 100 files, as a lost node or an operator's Ctrl-C would;
+    /// the restore is then retried as an operator would: `backup-fetch
+    /// --force` into the same directory (restores go in place), and the
+    /// retry must be exact. Local environment; not with `storage_fault`.
+    /// Default: false.
+    pub interrupt_fetch: bool,
 }
 
 /// A storage outage injected when a restore reaches a phase.
@@ -1116,6 +1123,10 @@ objectives: { rpo: 5s, rto: 60s }
             ("conditions: { start_segment: 000000010000000000000100 }\n", "is not a segment of timeline 1 after 000000010000000000000001 for 16 MiB segments"),
             ("environment: containers\nconditions: { start_segment: 0000000100000000000000FE }\n", "`start_segment` applies to the local environment only"),
             ("environment: containers\nconditions: { restores_in_place: true }\n", "`restores_in_place` applies to the local environment only"),
+            ("environment: containers\nrestores: { interrupt_fetch: true }\n", "restores.interrupt_fetch: `interrupt_fetch` is available in the local environment only"),
+            ("restores: { interrupt_fetch: true, storage_fault: { during: consistent, duration: 5s } }\n", "`interrupt_fetch` and `storage_fault` cannot be combined"),
+            ("conditions: { restores_in_place: false }\nrestores: { interrupt_fetch: true }\n", "conditions.restores_in_place: an interrupted restore is retried in its own directory"),
+            ("chaos: true\nrestores: { interrupt_fetch: true }\n", "restores.interrupt_fetch: a chaos drill draws the faults its restores meet from the seed"),
             ("steps: [{ at: 0s, action: delete_during_backup, retain: 0 }]\n", "steps[0].retain: `delete_during_backup` needs a `retain` above zero"),
             ("restores: { storage_fault: { during: consistent, duration: 0s } }\n", "restores.storage_fault.duration: `storage_fault` needs a `duration` above zero"),
             ("environment: kind\nrestores: { storage_fault: { during: wal_replay, duration: 5s } }\n", "restores.storage_fault: `storage_fault` during restores is not available in environment `kind`"),

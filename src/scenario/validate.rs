@@ -411,6 +411,12 @@ fn chaos(s: &Scenario) -> Result<(), Problem> {
         "a chaos drill draws the storage fault its restores meet from the seed"
     );
     ensure!(
+        !s.restores.interrupt_fetch,
+        ["restores", "interrupt_fetch"],
+        "remove `restores.interrupt_fetch`, or `chaos`",
+        "a chaos drill draws the faults its restores meet from the seed"
+    );
+    ensure!(
         s.workload.duration >= Duration::from_secs(10),
         ["workload", "duration"],
         "give the chaos drill at least `10s` of workload to place its steps in",
@@ -452,6 +458,26 @@ fn restores(s: &Scenario) -> Result<(), Problem> {
             "random targets lie after the end of a base backup: take one before the workload ends",
             "random targets need a base backup before the workload ends at {}",
             format_duration(s.workload.duration)
+        );
+    }
+    if r.interrupt_fetch {
+        ensure!(
+            s.environment == Environment::Local,
+            ["restores", "interrupt_fetch"],
+            "remove it, or set `environment: local`",
+            "`interrupt_fetch` is available in the local environment only"
+        );
+        ensure!(
+            r.storage_fault.is_none(),
+            ["restores", "interrupt_fetch"],
+            "remove `interrupt_fetch` or `storage_fault`",
+            "a restore meets one fault: `interrupt_fetch` and `storage_fault` cannot be combined"
+        );
+        ensure!(
+            s.conditions.restores_in_place != Some(false),
+            ["conditions", "restores_in_place"],
+            "remove it: with `interrupt_fetch`, restores go in place",
+            "an interrupted restore is retried in its own directory, so `restores_in_place` cannot be false"
         );
     }
     if let Some(fault) = &r.storage_fault {

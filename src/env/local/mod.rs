@@ -210,7 +210,21 @@ impl LocalEnvironment {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let started = Instant::now();
         phases.reached(RestorePhase::BackupFetch);
-        let run = self.backup_tool_status(&args).await?;
+        let run = if phases.interrupt_fetch() {
+            tokio::select! {
+                run = self.backup_tool_status(&args) => run?,
+                files = files_written(&data, std::time::SystemTime::now(), super::INTERRUPT_AFTER_FILES) => {
+                    // Dropping the run killed backup-fetch (kill_on_drop).
+                    phases.fetch_interrupted(files);
+                    return Err(super::fetch_failed(
+                        None,
+                        &format!("killed by the drill with {files} files written"),
+                    ));
+                }
+            }
+        } else {
+            self.backup_tool_status(&args).await?
+        };
         if !run.status.success() {
             return Err(super::fetch_failed(run.status.code(), &run.stderr));
         }
@@ -245,6 +259,44 @@ impl LocalEnvironment {
             },
         })
     }
+}
+
+/// Resolves once at least `at_least` files under `dir` were written since
+/// `since` (counted every 10 ms, off the async workers): how many. Files
+/// already there (a restore in place) do not count.
+async fn files_written(dir: &Path, since: std::time::SystemTime, at_least: u64) -> u64 {
+    loop {
+        let d = dir.to_path_buf();
+        let files = blocking(move || Ok(count_files(&d, since)))
+            .await
+            .unwrap_or(0);
+        if files >= at_least {
+            return files;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Regular files under `dir` whose inode changed at or after `since`
+/// (ctime: a restored modification time does not hide a new file); 0
+/// while `dir` does not exist.
+fn count_files(dir: &Path, since: std::time::SystemTime) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let changed = |m: &std::fs::Metadata| {
+        let ctime = std::time::Duration::new(m.ctime() as u64, m.ctime_nsec() as u32);
+        std::time::UNIX_EPOCH + ctime >= since
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => count_files(&e.path(), since),
+            Ok(m) if m.is_file() && changed(&m) => 1,
+            _ => 0,
+        })
+        .sum()
 }
 
 /// Connection settings for the workload's writers on `pg`.
@@ -424,5 +476,27 @@ impl super::StorageFaults for LocalEnvironment {
         Err(super::EnvError::Other(
             "network_latency is not available in the local environment (the storage shares loopback); use environment: containers".into(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_files_written_since_count() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("base/5")).unwrap();
+        std::fs::write(dir.path().join("old"), "x").unwrap();
+        std::fs::write(dir.path().join("base/5/old"), "x").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let since = std::time::SystemTime::now();
+        assert_eq!(count_files(dir.path(), since), 0);
+        // The file system's clock is coarse (a tick of a few ms).
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(dir.path().join("base/5/new"), "x").unwrap();
+        std::fs::write(dir.path().join("new"), "x").unwrap();
+        assert_eq!(count_files(dir.path(), since), 2);
+        assert_eq!(count_files(&dir.path().join("absent"), since), 0);
     }
 }
