@@ -513,7 +513,7 @@ async fn drive(
         report.wal_archived = archived_count(&primary).await;
         if !history.gaps.is_empty() {
             steps::detect_gaps(env, &mut history.gaps).await?;
-            for gap in history.gaps.iter().filter(|g| !g.detected) {
+            for gap in history.gaps.iter().filter(|g| !g.verdict().0) {
                 report.failures.push(match gap.damage {
                     Damage::Deleted => format!(
                         "wal-verify integrity did not report the deleted segment {} as lost: {}",
@@ -684,7 +684,7 @@ impl History {
     fn must_fail(&self, backup: &ListedBackup, target: Option<DateTime<Utc>>) -> Option<MustFail> {
         self.gaps
             .iter()
-            .find(|g| g.to >= backup.start_time && target.is_none_or(|t| t >= g.from))
+            .find(|g| steps::needs(backup, g) && target.is_none_or(|t| t >= g.from))
             .map(|g| match g.damage {
                 Damage::Deleted => MustFail::NeedsDeletedSegment(g.segment.clone()),
                 Damage::Corrupted => MustFail::NeedsCorruptedSegment(g.segment.clone()),
@@ -1141,8 +1141,31 @@ mod tests {
             from: t(from),
             to: t(to),
             detected: true,
+            retired: false,
             wal_verify: String::new(),
         }
+    }
+
+    #[test]
+    fn a_gap_no_listed_backup_needs_is_retired_and_need_not_be_detected() {
+        let g = gap(8.0, 9.5);
+        assert!(steps::needs(&backup(5.0, 6.0), &g));
+        assert!(
+            steps::needs(&backup(9.0, 9.8), &g),
+            "started before its last commit"
+        );
+        assert!(!steps::needs(&backup(10.0, 11.0), &g));
+        let mut undetected = WalGapRecord {
+            detected: false,
+            retired: true,
+            ..g
+        };
+        assert!(undetected.verdict().0, "{:?}", undetected.verdict());
+        undetected.retired = false;
+        assert!(
+            !undetected.verdict().0,
+            "a gap a backup still needs must be detected"
+        );
     }
 
     #[test]

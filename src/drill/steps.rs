@@ -378,6 +378,7 @@ impl Live<'_> {
             from,
             to,
             detected: false,
+            retired: false,
             wal_verify: "not checked".into(),
         });
         Ok(detail)
@@ -627,16 +628,24 @@ async fn archiver_counts(primary: &Client) -> Result<(i64, i64), EnvError> {
     Ok((row.get(0), row.get(1)))
 }
 
-/// Records, for each damaged segment, whether the tool noticed: a deleted
-/// one must be reported lost by `wal-verify integrity` (see
-/// [`detect_deleted`]); a corrupted one must be refused by `wal-fetch`
-/// as corrupt, with the exit code that makes PostgreSQL abort recovery.
+/// Records, for each damaged segment a listed backup still needs, whether
+/// the tool noticed: a deleted one must be reported lost by `wal-verify
+/// integrity` (see [`detect_deleted`]); a corrupted one must be refused by
+/// `wal-fetch` as corrupt, with the exit code that makes PostgreSQL abort
+/// recovery. One that no listed backup needs is retired: retention run
+/// after the damage may have taken it (chaos soak of 2026-12-05).
 pub(super) async fn detect_gaps(
     env: &dyn Environment,
     gaps: &mut [WalGapRecord],
 ) -> Result<(), EnvError> {
-    let (deleted, corrupted): (Vec<_>, Vec<_>) =
-        gaps.iter_mut().partition(|g| g.damage == Damage::Deleted);
+    let backups = list_backups(env).await?;
+    for gap in gaps.iter_mut() {
+        gap.retired = !needed(gap, &backups);
+    }
+    let (deleted, corrupted): (Vec<_>, Vec<_>) = gaps
+        .iter_mut()
+        .filter(|g| !g.retired)
+        .partition(|g| g.damage == Damage::Deleted);
     if !deleted.is_empty() {
         detect_deleted(env, deleted).await?;
     }
@@ -661,6 +670,17 @@ pub(super) async fn detect_gaps(
         );
     }
     Ok(())
+}
+
+/// Whether a restore of one of `backups` may need `gap`.
+fn needed(gap: &WalGapRecord, backups: &[ListedBackup]) -> bool {
+    backups.iter().any(|b| needs(b, gap))
+}
+
+/// Whether a restore of `backup` replays through `gap`: it started before
+/// the gap's last commit.
+pub(super) fn needs(backup: &ListedBackup, gap: &WalGapRecord) -> bool {
+    gap.to >= backup.start_time
 }
 
 /// Runs `wal-verify integrity --json` and records, for each deleted

@@ -130,6 +130,7 @@ pub fn to_html(r: &DrillReport) -> String {
     if !r.wal_gaps.is_empty() {
         h.push_str("<h2>Damaged WAL</h2><table><tr><th>segment</th><th>damage</th><th>its commits from</th><th>to</th><th>detected by the tool</th></tr>");
         for g in &r.wal_gaps {
+            let (ok, said) = g.verdict();
             let _ = write!(
                 h,
                 "<tr><td>{}</td><td>{:?}</td><td>{}</td><td>{}</td>{}</tr>",
@@ -137,11 +138,7 @@ pub fn to_html(r: &DrillReport) -> String {
                 g.damage,
                 g.from.format("%H:%M:%S%.3f"),
                 g.to.format("%H:%M:%S%.3f"),
-                verdict_cell(
-                    g.detected,
-                    &format!("yes: {}", g.wal_verify),
-                    &format!("NOT detected: {}", g.wal_verify)
-                )
+                verdict_cell(ok, &said, &said)
             );
         }
         h.push_str("</table>\n");
@@ -719,6 +716,7 @@ mod tests {
             from: t(8.0),
             to: t(9.5),
             detected: true,
+            retired: false,
             wal_verify: "MISSING_LOST".into(),
         }];
         r.disaster = Some(DisasterRecord {

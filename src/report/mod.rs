@@ -111,8 +111,27 @@ pub struct WalGapRecord {
     /// Whether `wal-verify integrity` reported it lost (exit 4, FAILURE, a
     /// MISSING_LOST range holding it).
     pub detected: bool,
+    /// No listed backup needs it any more (each started after its
+    /// commits): retention may have taken it, and the tool need not
+    /// report it. Not checked then.
+    pub retired: bool,
     /// What `wal-verify` reported about it.
     pub wal_verify: String,
+}
+
+impl WalGapRecord {
+    /// Whether the tool did what it must about the gap, and what it said.
+    pub fn verdict(&self) -> (bool, String) {
+        match (self.retired, self.detected) {
+            (true, _) => (
+                true,
+                "not needed any more: every listed backup started after it (retention may take it)"
+                    .into(),
+            ),
+            (false, true) => (true, format!("yes: {}", self.wal_verify)),
+            (false, false) => (false, format!("NOT detected: {}", self.wal_verify)),
+        }
+    }
 }
 
 /// How a restore must turn out.
@@ -534,17 +553,14 @@ impl DrillReport {
         if !self.wal_gaps.is_empty() {
             md.push_str("\n## WAL gaps\n\n| segment | damage | its commits from | to | detected by the tool |\n|---|---|---|---|---|\n");
             for g in &self.wal_gaps {
+                let (ok, said) = g.verdict();
                 md.push_str(&format!(
                     "| {} | {:?} | {} | {} | {} |\n",
                     g.segment,
                     g.damage,
                     g.from.format("%H:%M:%S%.6f"),
                     g.to.format("%H:%M:%S%.6f"),
-                    result_cell(
-                        g.detected,
-                        &format!("yes: {}", g.wal_verify),
-                        &format!("NOT detected: {}", g.wal_verify)
-                    ),
+                    result_cell(ok, &said, &said),
                 ));
             }
         }
