@@ -99,6 +99,10 @@ pub enum Sabotage {
     /// (its timeline history and WAL in `pg_wal`) stays, and recovery
     /// follows that restore's timeline instead of the target's.
     ForceKeepsContents,
+    /// `wal-verify` counts every segment before the cluster's current one
+    /// as due: one the archiver is still storing is reported lost (a
+    /// monitor that pages on a busy primary).
+    UploadingCountedLost,
 }
 
 impl Sabotage {
@@ -126,6 +130,7 @@ impl Sabotage {
             Sabotage::BackupTimelineOnly,
             Sabotage::DeltaFromPreviousEnd,
             Sabotage::ForceKeepsContents,
+            Sabotage::UploadingCountedLost,
         ]
     }
 
@@ -159,6 +164,7 @@ impl Sabotage {
             ("backup_timeline_only", None) => Sabotage::BackupTimelineOnly,
             ("delta_from_previous_end", None) => Sabotage::DeltaFromPreviousEnd,
             ("force_keeps_contents", None) => Sabotage::ForceKeepsContents,
+            ("uploading_counted_lost", None) => Sabotage::UploadingCountedLost,
             _ => return None,
         })
     }
@@ -186,6 +192,7 @@ impl Sabotage {
             Sabotage::BackupTimelineOnly => "backup_timeline_only".into(),
             Sabotage::DeltaFromPreviousEnd => "delta_from_previous_end".into(),
             Sabotage::ForceKeepsContents => "force_keeps_contents".into(),
+            Sabotage::UploadingCountedLost => "uploading_counted_lost".into(),
         }
     }
 
@@ -227,6 +234,7 @@ impl Sabotage {
                 "delta backups take pages changed since the previous backup ended"
             }
             Sabotage::ForceKeepsContents => "backup-fetch --force keeps the target's contents",
+            Sabotage::UploadingCountedLost => "wal-verify reports segments being archived as lost",
         }
     }
 

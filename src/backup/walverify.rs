@@ -409,16 +409,23 @@ impl Survey {
         let archived = cluster.and_then(|c| c.archiver.last_archived_segno(seg_size));
         let uploading_window = ctx.settings.upload_concurrency as u64;
         let heuristic = newest.and_then(|(s, _)| s.segno.checked_sub(uploading_window));
-        let lost_through = archived
+        let mut lost_through = archived
             .or(heuristic)
             .max(backup_finish_segno(backups, &path, seg_size));
+        let mut ready = ready_segments(ctx).await;
+        if ctx.settings.sabotage == Some(crate::backup::sabotage::Sabotage::UploadingCountedLost) {
+            lost_through = cluster
+                .and_then(|c| c.current)
+                .map(|s| s.segno.saturating_sub(1));
+            ready.clear();
+        }
         Ok(Survey {
             seg_size,
             path,
             stored: stored.into_iter().map(|(s, _)| s).collect(),
             newest,
             highest_timeline,
-            ready: ready_segments(ctx).await,
+            ready,
             lost_through,
         })
     }

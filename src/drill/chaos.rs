@@ -141,6 +141,11 @@ fn timeline(rng: &mut StdRng, scenario: &Scenario, end: Duration) -> Vec<Step> {
             kind: DisasterKind::KillPrimary,
         });
     }
+    // Drawn last, so that the draws above replay as before it existed.
+    if let Some(at) = maybe(rng, (1, 3), early, late) {
+        steps.push(Step::VerifyDuringWrites { at });
+        steps.sort_by_key(Step::at);
+    }
     steps
 }
 
@@ -249,6 +254,7 @@ mod tests {
                 "storage_corruption",
                 "vacuum_freeze",
                 "checkpoint",
+                "verify_during_writes",
                 "disaster",
             ] {
                 assert!(actions.contains(action), "{file}: {action} never drawn");

@@ -111,6 +111,7 @@ impl Live<'_> {
                     .map_err(pg_err)?;
                 Ok("checkpoint done".into())
             }
+            Step::VerifyDuringWrites { .. } => self.verify_during_writes().await,
             Step::VacuumFreeze { .. } => {
                 let sql = workload::vacuum_freeze_sql(self.spec.mix.is_some());
                 self.primary.batch_execute(&sql).await.map_err(pg_err)?;
@@ -334,6 +335,78 @@ impl Live<'_> {
         self.env.backup_tool(&["backup-verify", &name]).await?;
         Ok(format!(
             "{name} made while delete retain {retain} ran {ran} times; listed {listed:?}, {name} verifies"
+        ))
+    }
+
+    /// See [`Step::VerifyDuringWrites`].
+    async fn verify_during_writes(&mut self) -> Result<String, EnvError> {
+        use crate::backup::walverify::{CheckStatus, SegmentStatus, WalVerifyReport};
+        for _ in 0..SWITCH_BURST {
+            self.primary
+                .batch_execute("SELECT pg_switch_wal()")
+                .await
+                .map_err(pg_err)?;
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        }
+        let args = ["wal-verify", "integrity", "--json"];
+        let run = self.env.backup_tool_status(&args).await?;
+        let integrity = serde_json::from_str::<WalVerifyReport>(&run.stdout)
+            .ok()
+            .and_then(|r| r.integrity)
+            .ok_or_else(|| {
+                EnvError::Other(format!(
+                    "wal-verify integrity during writes: {}, output is not its JSON: {}",
+                    run.status,
+                    crate::env::tail(run.stderr.trim(), 3)
+                ))
+            })?;
+        let deleted: Vec<&str> = self
+            .history
+            .gaps
+            .iter()
+            .filter(|g| g.damage == Damage::Deleted)
+            .map(|g| g.segment.as_str())
+            .collect();
+        let lost = lost_beyond(&integrity.details, &deleted);
+        if !lost.is_empty() {
+            return Err(EnvError::Other(format!(
+                "wal-verify integrity during writes reported segments lost that no step deleted: {}",
+                lost.join(", ")
+            )));
+        }
+        let code = run.status.code();
+        let expected_code = integrity.status.exit_code();
+        if code != Some(expected_code) {
+            return Err(EnvError::Other(format!(
+                "wal-verify integrity during writes said {} but exited {}",
+                integrity.status.as_str(),
+                code.map_or("by a signal".to_string(), |c| c.to_string())
+            )));
+        }
+        let in_flight: u64 = integrity
+            .details
+            .iter()
+            .filter(|d| {
+                matches!(
+                    d.status,
+                    SegmentStatus::MissingUploading | SegmentStatus::MissingDelayed
+                )
+            })
+            .map(|d| d.segments_count)
+            .sum();
+        let newest = list_backups(&*self.env)
+            .await?
+            .pop()
+            .map(|b| b.backup_name)
+            .ok_or_else(|| EnvError::Other("verify_during_writes: no backup listed".into()))?;
+        self.env.backup_tool(&["backup-verify", &newest]).await?;
+        let lost_by_steps = match integrity.status {
+            CheckStatus::Failure => " (lost: only what delete_wal took)",
+            _ => "",
+        };
+        Ok(format!(
+            "wal-verify integrity {}{lost_by_steps}, {in_flight} segments still being archived, none lost; backup-verify {newest} passed",
+            integrity.status.as_str()
         ))
     }
 
@@ -616,6 +689,28 @@ async fn apply_retention(
     ))
 }
 
+/// The MISSING_LOST ranges of `details` that hold none of `deleted`.
+fn lost_beyond(
+    details: &[crate::backup::walverify::SegmentRange],
+    deleted: &[&str],
+) -> Vec<String> {
+    use crate::backup::walverify::SegmentStatus;
+    // Names of one timeline sort like their positions.
+    details
+        .iter()
+        .filter(|d| d.status == SegmentStatus::MissingLost)
+        .filter(|d| {
+            !deleted
+                .iter()
+                .any(|s| d.start_segment.as_str() <= *s && *s <= d.end_segment.as_str())
+        })
+        .map(|d| format!("{} to {}", d.start_segment, d.end_segment))
+        .collect()
+}
+
+/// WAL switches of a `verify_during_writes` step.
+const SWITCH_BURST: usize = 5;
+
 /// `pg_stat_archiver`'s (archived_count, failed_count) of `primary`.
 async fn archiver_counts(primary: &Client) -> Result<(i64, i64), EnvError> {
     let row = primary
@@ -742,6 +837,45 @@ mod tests {
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn only_lost_ranges_no_step_made_fail_a_verify_during_writes() {
+        use crate::backup::walverify::{SegmentRange, SegmentStatus};
+        let range = |start: &str, end: &str, status| SegmentRange {
+            timeline_id: 1,
+            start_segment: start.into(),
+            end_segment: end.into(),
+            segments_count: 1,
+            status,
+        };
+        let details = [
+            range(
+                "000000010000000000000003",
+                "000000010000000000000009",
+                SegmentStatus::Found,
+            ),
+            range(
+                "00000001000000000000000A",
+                "00000001000000000000000A",
+                SegmentStatus::MissingLost,
+            ),
+            range(
+                "00000001000000000000000B",
+                "000000010000000000000010",
+                SegmentStatus::Found,
+            ),
+            range(
+                "000000010000000000000011",
+                "000000010000000000000013",
+                SegmentStatus::MissingUploading,
+            ),
+        ];
+        assert!(lost_beyond(&details, &["00000001000000000000000A"]).is_empty());
+        assert_eq!(
+            lost_beyond(&details, &[]),
+            ["00000001000000000000000A to 00000001000000000000000A"]
+        );
     }
 
     #[test]

@@ -500,6 +500,19 @@ pub enum Step {
         #[serde(deserialize_with = "duration")]
         at: Duration,
     },
+    /// Five WAL switches 30 ms apart (a bulk load's worth of segments for
+    /// the archiver to catch up on), then, while the writers commit and
+    /// the archiver works through them, `wal-verify integrity` and
+    /// `backup-verify` of the newest backup, as a monitoring CronJob runs
+    /// them on a busy primary. Stated outcome, checked: segments not yet
+    /// stored are reported uploading or delayed, never lost (but those a
+    /// `delete_wal` step deleted), the exit code matches the status, and
+    /// backup-verify exits 0.
+    VerifyDuringWrites {
+        /// When.
+        #[serde(deserialize_with = "duration")]
+        at: Duration,
+    },
     /// Run `VACUUM (FREEZE)` on the workload's tables: sets visibility-map
     /// and freeze bits that the writers' updates and deletes then clear.
     VacuumFreeze {
@@ -667,6 +680,7 @@ impl Step {
             | Step::DeleteDuringBackup { at, .. }
             | Step::SwitchWal { at }
             | Step::Checkpoint { at }
+            | Step::VerifyDuringWrites { at }
             | Step::VacuumFreeze { at }
             | Step::Pause { at, .. }
             | Step::Delete { at, .. }
@@ -687,6 +701,7 @@ impl Step {
             Step::DeleteDuringBackup { .. } => "delete_during_backup",
             Step::SwitchWal { .. } => "switch_wal",
             Step::Checkpoint { .. } => "checkpoint",
+            Step::VerifyDuringWrites { .. } => "verify_during_writes",
             Step::VacuumFreeze { .. } => "vacuum_freeze",
             Step::Pause { .. } => "pause",
             Step::Delete { .. } => "delete",
