@@ -133,6 +133,17 @@ pub struct SegmentRange {
     pub status: SegmentStatus,
 }
 
+impl SegmentRange {
+    /// Whether this range says segment `name` is lost. Names of one
+    /// timeline sort like their positions; another timeline's never
+    /// falls inside.
+    pub fn holds_lost(&self, name: &str) -> bool {
+        self.status == SegmentStatus::MissingLost
+            && self.start_segment.as_str() <= name
+            && name <= self.end_segment.as_str()
+    }
+}
+
 /// FAILURE when any segment is lost, WARNING when any is missing, else OK.
 pub fn integrity_status(ranges: &[SegmentRange]) -> CheckStatus {
     ranges

@@ -100,14 +100,14 @@ impl Conditions {
         let leftover_recovery_settings = set
             .leftover_recovery_settings
             .unwrap_or_else(|| rng.random_ratio(1, 3));
-        let drawn_in_place =
-            set.restores_in_place.is_none() && scenario.environment == Environment::Local;
-        let drawn_in_place = drawn_in_place && !scenario.restores.interrupt_fetch;
+        // An interrupted restore is retried in its own directory.
+        let implied_in_place = scenario.restores.interrupt_fetch;
+        let drawn_in_place = set.restores_in_place.is_none()
+            && !implied_in_place
+            && scenario.environment == Environment::Local;
         let restores_in_place = match set.restores_in_place {
             Some(set) => set,
-            // An interrupted restore is retried in its own directory.
-            None if scenario.restores.interrupt_fetch => true,
-            None => drawn_in_place && rng.random_ratio(1, 3),
+            None => implied_in_place || (drawn_in_place && rng.random_ratio(1, 3)),
         };
         Ok(Conditions {
             zone: Arc::new(zone),

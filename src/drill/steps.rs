@@ -340,7 +340,7 @@ impl Live<'_> {
 
     /// See [`Step::VerifyDuringWrites`].
     async fn verify_during_writes(&mut self) -> Result<String, EnvError> {
-        use crate::backup::walverify::{CheckStatus, SegmentStatus, WalVerifyReport};
+        use crate::backup::walverify::{CheckStatus, SegmentStatus};
         for _ in 0..SWITCH_BURST {
             self.primary
                 .batch_execute("SELECT pg_switch_wal()")
@@ -348,18 +348,9 @@ impl Live<'_> {
                 .map_err(pg_err)?;
             tokio::time::sleep(std::time::Duration::from_millis(30)).await;
         }
-        let args = ["wal-verify", "integrity", "--json"];
-        let run = self.env.backup_tool_status(&args).await?;
-        let integrity = serde_json::from_str::<WalVerifyReport>(&run.stdout)
-            .ok()
-            .and_then(|r| r.integrity)
-            .ok_or_else(|| {
-                EnvError::Other(format!(
-                    "wal-verify integrity during writes: {}, output is not its JSON: {}",
-                    run.status,
-                    crate::env::tail(run.stderr.trim(), 3)
-                ))
-            })?;
+        let (code, integrity) = wal_verify_integrity(&*self.env).await?;
+        let integrity = integrity
+            .map_err(|why| EnvError::Other(format!("wal-verify integrity during writes: {why}")))?;
         let deleted: Vec<&str> = self
             .history
             .gaps
@@ -374,7 +365,6 @@ impl Live<'_> {
                 lost.join(", ")
             )));
         }
-        let code = run.status.code();
         let expected_code = integrity.status.exit_code();
         if code != Some(expected_code) {
             return Err(EnvError::Other(format!(
@@ -695,18 +685,41 @@ fn lost_beyond(
     deleted: &[&str],
 ) -> Vec<String> {
     use crate::backup::walverify::SegmentStatus;
-    // Names of one timeline sort like their positions.
     details
         .iter()
         .filter(|d| d.status == SegmentStatus::MissingLost)
-        .filter(|d| {
-            !deleted
-                .iter()
-                .any(|s| d.start_segment.as_str() <= *s && *s <= d.end_segment.as_str())
-        })
+        .filter(|d| !deleted.iter().any(|s| d.holds_lost(s)))
         .map(|d| format!("{} to {}", d.start_segment, d.end_segment))
         .collect()
 }
+
+/// The integrity check of `wal-verify integrity --json`
+/// and its exit code, or why its output is not that check.
+async fn wal_verify_integrity(
+    env: &dyn Environment,
+) -> Result<(Option<i32>, Result<WalIntegrity, String>), EnvError> {
+    use crate::backup::walverify::WalVerifyReport;
+    let run = env
+        .backup_tool_status(&["wal-verify", "integrity", "--json"])
+        .await?;
+    let integrity = serde_json::from_str::<WalVerifyReport>(&run.stdout)
+        .and_then(|r| {
+            r.integrity
+                .ok_or_else(|| serde::de::Error::custom("it has no integrity check"))
+        })
+        .map_err(|e| {
+            format!(
+                "{}, output is not its JSON ({e}): {}",
+                run.status,
+                crate::env::tail(run.stderr.trim(), 3)
+            )
+        });
+    Ok((run.status.code(), integrity))
+}
+
+/// `wal-verify`'s integrity check as its JSON holds it.
+type WalIntegrity =
+    crate::backup::walverify::CheckResult<Vec<crate::backup::walverify::SegmentRange>>;
 
 /// WAL switches of a `verify_during_writes` step.
 const SWITCH_BURST: usize = 5;
@@ -785,33 +798,14 @@ async fn detect_deleted(
     env: &dyn Environment,
     gaps: Vec<&mut WalGapRecord>,
 ) -> Result<(), EnvError> {
-    use crate::backup::walverify::{CheckStatus, SegmentStatus, WalVerifyReport};
-    let run = env
-        .backup_tool_status(&["wal-verify", "integrity", "--json"])
-        .await?;
-    let code = run.status.code();
-    let report = serde_json::from_str::<WalVerifyReport>(&run.stdout).and_then(|r| {
-        r.integrity
-            .ok_or_else(|| serde::de::Error::custom("it has no integrity check"))
-    });
+    use crate::backup::walverify::CheckStatus;
+    let (code, report) = wal_verify_integrity(env).await?;
     for gap in gaps {
         let segment = gap.segment.as_str();
         (gap.detected, gap.wal_verify) = match &report {
-            Err(e) => (
-                false,
-                format!(
-                    "{}, output is not its JSON ({e}): {}",
-                    run.status,
-                    crate::env::tail(run.stderr.trim(), 3)
-                ),
-            ),
+            Err(why) => (false, why.clone()),
             Ok(integrity) => {
-                // Names of one timeline sort like their positions.
-                let range = integrity.details.iter().find(|d| {
-                    d.status == SegmentStatus::MissingLost
-                        && d.start_segment.as_str() <= segment
-                        && segment <= d.end_segment.as_str()
-                });
+                let range = integrity.details.iter().find(|d| d.holds_lost(segment));
                 (
                     code == Some(exit::CHECK_FAILURE)
                         && integrity.status == CheckStatus::Failure

@@ -162,22 +162,23 @@ impl ItemModel {
         self.seq += 1;
         let n = self.seq;
         let r = draw(b"pgdrill item op v1\0", self.seed, self.writer, n);
-        // The sweeper only updates.
-        let roll = if self.writer == SWEEPER {
-            self.mix.deletes
-        } else {
-            (r % 100) as u8
+        let roll = (r % 100) as u8;
+        // Percent of deletes, and of deletes and updates: the sweeper only
+        // updates.
+        let (deletes, changes) = match self.writer {
+            SWEEPER => (0, 100),
+            _ => (
+                self.mix.deletes,
+                self.mix.deletes.saturating_add(self.mix.updates),
+            ),
         };
         let body = || body(self.seed, self.writer, n, r);
         let picked = (!self.live.is_empty())
             .then(|| (r >> 16) as usize % self.live.len())
             .and_then(|i| self.live.keys().nth(i).copied());
         let op = match picked {
-            Some(id) if roll < self.mix.deletes => ItemOp::Delete { id },
-            Some(id)
-                if roll < self.mix.deletes.saturating_add(self.mix.updates)
-                    || self.writer == SWEEPER =>
-            {
+            Some(id) if roll < deletes => ItemOp::Delete { id },
+            Some(id) if roll < changes => {
                 let old = &self.live[&id];
                 let hot = (r >> 8) & 1 == 0;
                 ItemOp::Update {
