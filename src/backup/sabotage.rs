@@ -103,6 +103,11 @@ pub enum Sabotage {
     /// as due: one the archiver is still storing is reported lost (a
     /// monitor that pages on a busy primary).
     UploadingCountedLost,
+    /// wal-push stores a file over a stored one of the same name and other
+    /// content instead of refusing it: of two servers promoted to one
+    /// timeline, the one that pushes later replaces the other's segments
+    /// and the archive mixes their WAL.
+    WalPushOverwrites,
 }
 
 impl Sabotage {
@@ -131,6 +136,7 @@ impl Sabotage {
             Sabotage::DeltaFromPreviousEnd,
             Sabotage::ForceKeepsContents,
             Sabotage::UploadingCountedLost,
+            Sabotage::WalPushOverwrites,
         ]
     }
 
@@ -165,6 +171,7 @@ impl Sabotage {
             ("delta_from_previous_end", None) => Sabotage::DeltaFromPreviousEnd,
             ("force_keeps_contents", None) => Sabotage::ForceKeepsContents,
             ("uploading_counted_lost", None) => Sabotage::UploadingCountedLost,
+            ("wal_push_overwrites", None) => Sabotage::WalPushOverwrites,
             _ => return None,
         })
     }
@@ -193,6 +200,7 @@ impl Sabotage {
             Sabotage::DeltaFromPreviousEnd => "delta_from_previous_end".into(),
             Sabotage::ForceKeepsContents => "force_keeps_contents".into(),
             Sabotage::UploadingCountedLost => "uploading_counted_lost".into(),
+            Sabotage::WalPushOverwrites => "wal_push_overwrites".into(),
         }
     }
 
@@ -235,6 +243,9 @@ impl Sabotage {
             }
             Sabotage::ForceKeepsContents => "backup-fetch --force keeps the target's contents",
             Sabotage::UploadingCountedLost => "wal-verify reports segments being archived as lost",
+            Sabotage::WalPushOverwrites => {
+                "wal-push stores over a file archived with other content"
+            }
         }
     }
 

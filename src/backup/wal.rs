@@ -160,7 +160,10 @@ pub async fn push_bytes(
 ) -> Result<(PushOutcome, Digest), BackupError> {
     // Under any compression's name: a segment pushed by a run with other
     // settings is this segment too.
-    if let Some(existing) = find_wal(ctx, name).await? {
+    let existing = find_wal(ctx, name).await?;
+    let overwrite =
+        existing.is_some() && ctx.settings.sabotage == Some(Sabotage::WalPushOverwrites);
+    if let Some(existing) = existing.filter(|_| !overwrite) {
         return compare_with_stored(ctx, name, &existing, &data).await;
     }
     let compression = ctx.settings.compression;
@@ -171,6 +174,11 @@ pub async fn push_bytes(
         StorageFormat::Pgdrill => layout::wal_key(name, compression),
         StorageFormat::Walg => layout::walg_wal_key(name, compression),
     };
+    if overwrite {
+        tracing::warn!(%name, "SABOTAGE: storing over the archived file");
+        ctx.store.put(&key, Bytes::from(object)).await?;
+        return Ok((PushOutcome::Uploaded, digest));
+    }
     match ctx.store.put_new(&key, Bytes::from(object)).await? {
         Created::Stored => {
             info!(%name, "archived");

@@ -15,6 +15,10 @@ use crate::scenario::{
     DisasterKind, Environment, OutageMode, RestoreFault, RestorePhase, Scenario, Step,
 };
 
+/// WAL segment sizes a chaos drill draws from (MiB): the smallest, the
+/// default, and a large one as fleets tuned for bulk loads use.
+const SEGMENT_SIZES_MB: [u32; 3] = [1, 16, 64];
+
 /// The tool's retry window when the scenario sets none.
 const TOOL_RETRY_WINDOW: Duration = Duration::from_secs(120);
 
@@ -36,13 +40,45 @@ pub(super) fn draw(scenario: &Scenario, seed: u64) -> Result<(Scenario, String),
     drawn.restores.interrupt_fetch = drawn.restores.storage_fault.is_none()
         && scenario.environment == Environment::Local
         && rng.random_ratio(1, 2);
+    // Drawn after the rest, so that the draws above replay as before these
+    // existed: a twin to half the failovers, where the environment can
+    // promote one; the WAL segment size, unless the scenario sets it.
+    let twin_able = scenario.environment == Environment::Local;
+    for step in &mut drawn.steps {
+        if let Step::PitrFailover { twin, .. } = step {
+            *twin = twin_able && rng.random_ratio(1, 2);
+        }
+    }
+    if scenario.postgres.wal_segment_size_mb.is_none() {
+        drawn.postgres.wal_segment_size_mb =
+            Some(SEGMENT_SIZES_MB[rng.random_range(0..SEGMENT_SIZES_MB.len())]);
+    }
+    // One backup after the first in three starts at a segment boundary.
+    for step in drawn.steps.iter_mut().skip(1) {
+        if let Step::BaseBackup {
+            at_segment_start, ..
+        } = step
+        {
+            *at_segment_start = rng.random_ratio(1, 3);
+        }
+    }
     drawn
         .check_drawn()
         .map_err(|why| format!("the chaos plan drawn from seed {seed} is invalid: {why}"))?;
     let steps: Vec<String> = drawn
         .steps
         .iter()
-        .map(|s| format!("{} {}", humantime::format_duration(s.at()), s.action()))
+        .map(|s| {
+            let how = match s {
+                Step::PitrFailover { twin: true, .. } => " with a twin",
+                Step::BaseBackup {
+                    at_segment_start: true,
+                    ..
+                } => " at a segment start",
+                _ => "",
+            };
+            format!("{} {}{how}", humantime::format_duration(s.at()), s.action())
+        })
         .collect();
     let fault = match &drawn.restores.storage_fault {
         Some(f) => format!(
@@ -59,8 +95,9 @@ pub(super) fn draw(scenario: &Scenario, seed: u64) -> Result<(Scenario, String),
         _ => "on",
     };
     let summary = format!(
-        "steps: {}; restores meet: {fault}; prefetch {prefetch}",
-        steps.join(", ")
+        "steps: {}; restores meet: {fault}; prefetch {prefetch}; WAL segments of {} MiB",
+        steps.join(", "),
+        drawn.postgres.wal_segment_size_mb.unwrap_or(16)
     );
     Ok((drawn, summary))
 }
@@ -84,12 +121,14 @@ fn timeline(rng: &mut StdRng, scenario: &Scenario, end: Duration) -> Vec<Step> {
     let mut steps = vec![Step::BaseBackup {
         at: Duration::ZERO,
         full: false,
+        at_segment_start: false,
     }];
     for _ in 0..rng.random_range(1..=2) {
         let full = scenario.storage.delta_max_steps > 0 && rng.random_ratio(1, 3);
         steps.push(Step::BaseBackup {
             at: time_in(rng, early, late),
             full,
+            at_segment_start: false,
         });
     }
     let maybe = |rng: &mut StdRng, odds: (u32, u32), from: Duration, to: Duration| {
@@ -100,7 +139,7 @@ fn timeline(rng: &mut StdRng, scenario: &Scenario, end: Duration) -> Vec<Step> {
         steps.push(Step::OverlappingBackups { at });
     }
     if let Some(at) = maybe(rng, (1, 3), s(4).max(early), half) {
-        steps.push(Step::PitrFailover { at });
+        steps.push(Step::PitrFailover { at, twin: false });
     }
     if let Some(at) = maybe(rng, (1, 3), half, late) {
         steps.push(Step::DeleteDuringBackup { at, retain: 2 });
@@ -141,7 +180,7 @@ fn timeline(rng: &mut StdRng, scenario: &Scenario, end: Duration) -> Vec<Step> {
             kind: DisasterKind::KillPrimary,
         });
     }
-    // Drawn last, so that the draws above replay as before it existed.
+    // Drawn last, so that the draws above replay as before they existed.
     if let Some(at) = maybe(rng, (1, 3), early, late) {
         steps.push(Step::VerifyDuringWrites { at });
         steps.sort_by_key(Step::at);
@@ -205,7 +244,9 @@ mod tests {
             let scenario = shipped(file);
             let (mut actions, mut phases, mut modes) =
                 (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
-            let mut interrupted = 0;
+            let (mut interrupted, mut twins) = (0, 0);
+            let mut sizes = BTreeSet::new();
+            let mut boundary_starts = 0;
             for seed in 0..400 {
                 let (plan, summary) = draw(&scenario, seed).unwrap_or_else(|e| panic!("{e}"));
                 assert!(!plan.chaos && summary.starts_with("steps: 0s base_backup"));
@@ -229,10 +270,31 @@ mod tests {
                         "seed {seed}: {summary}"
                     );
                 }
+                if plan
+                    .steps
+                    .iter()
+                    .any(|s| matches!(s, Step::PitrFailover { twin: true, .. }))
+                {
+                    twins += 1;
+                }
                 if let Some(f) = plan.restores.storage_fault {
                     phases.insert(f.during.as_str());
                     modes.insert(f.mode.as_str());
                 }
+                sizes.insert(plan.postgres.wal_segment_size_mb);
+                boundary_starts += plan
+                    .steps
+                    .iter()
+                    .filter(|s| {
+                        matches!(
+                            s,
+                            Step::BaseBackup {
+                                at_segment_start: true,
+                                ..
+                            }
+                        )
+                    })
+                    .count();
                 if plan.restores.interrupt_fetch {
                     assert!(plan.restores.storage_fault.is_none());
                     interrupted += 1;
@@ -242,6 +304,12 @@ mod tests {
             match file {
                 "chaos.yaml" => assert!((60..140).contains(&interrupted), "{interrupted}"),
                 _ => assert_eq!(interrupted, 0),
+            }
+            // Half the failovers of local drills have a twin (a third of
+            // drills fail over); none where it cannot be done.
+            match file {
+                "chaos.yaml" => assert!((40..100).contains(&twins), "{twins}"),
+                _ => assert_eq!(twins, 0),
             }
             for action in [
                 "base_backup",
@@ -260,6 +328,13 @@ mod tests {
                 assert!(actions.contains(action), "{file}: {action} never drawn");
             }
             assert_eq!(phases.len(), 3, "{file}: {phases:?}");
+            // One in three of the 1.5 backups after the first, per drill.
+            assert!((120..280).contains(&boundary_starts), "{boundary_starts}");
+            assert_eq!(
+                sizes,
+                BTreeSet::from([Some(1), Some(16), Some(64)]),
+                "{file}"
+            );
             let expected = if file == "chaos.yaml" { 3 } else { 2 };
             assert_eq!(modes.len(), expected, "{file}: {modes:?}");
         }

@@ -21,6 +21,7 @@ mod conditions;
 pub mod mutants;
 mod restore_fault;
 mod steps;
+mod twin;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -120,6 +121,7 @@ pub struct DrillOutcome {
 #[derive(Debug, Clone)]
 struct ListedBackup {
     backup_name: String,
+    start_lsn: u64,
     start_time: DateTime<Utc>,
     finish_time: DateTime<Utc>,
 }
@@ -138,6 +140,7 @@ impl ListedBackup {
         };
         Ok(ListedBackup {
             backup_name: row.backup_name.clone(),
+            start_lsn: row.start_lsn,
             start_time: time("start_time", &row.start_time)?,
             finish_time: time("finish_time", &row.finish_time)?,
         })
@@ -457,11 +460,21 @@ async fn drive(
     let mut steps = scenario.steps.clone();
     steps.sort_by_key(Step::at);
     let mut disaster: Option<(String, DateTime<Utc>)> = None;
+    // How far steps moved the workload's end, and with it the steps after
+    // them (a failover stops the writers while it runs).
+    let mut shift = Duration::ZERO;
     for step in &steps {
-        wait_until(timeline_start + step.at(), &mut live, disaster.is_some()).await;
+        wait_until(
+            timeline_start + shift + step.at(),
+            &mut live,
+            disaster.is_some(),
+        )
+        .await;
         let started_at = Utc::now();
         let clock = Instant::now();
+        let end_before = live.workload_end;
         let result = live.run_step(step).await;
+        shift += live.workload_end.saturating_duration_since(end_before);
         if let (Step::Disaster { kind, .. }, Ok(_)) = (step, &result) {
             disaster = Some((disaster_name(*kind).to_string(), started_at));
         }
@@ -1071,6 +1084,13 @@ async fn verify_restored(
     ) -> Result<Vec<verify::Check>, String> {
         c.map(|c| vec![c]).map_err(|e| e.to_string())
     }
+    // Where the server itself says it stopped: only a time target names
+    // where it must.
+    if let Some(target) = record.target.filter(|_| !after_disaster) {
+        let clock = Instant::now();
+        let check = verify::target_stop(&restored.stop, ledger, target);
+        add(CostGroup::Ledger, clock, Ok(vec![check]));
+    }
     if scenario.verify.contains(&Check::Visibility) {
         let clock = Instant::now();
         let check = verify::check_visibility(&restored.client).await;
@@ -1128,6 +1148,7 @@ mod tests {
     fn backup(start: f64, finish: f64) -> ListedBackup {
         ListedBackup {
             backup_name: format!("base_{start}"),
+            start_lsn: 0,
             start_time: t(start),
             finish_time: t(finish),
         }

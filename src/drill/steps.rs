@@ -88,7 +88,11 @@ impl Live<'_> {
     /// Runs one step; the detail for the report, or why it failed.
     pub async fn run_step(&mut self, step: &Step) -> Result<String, EnvError> {
         match step {
-            Step::BaseBackup { full, .. } => self.base_backup(*full).await,
+            Step::BaseBackup {
+                full,
+                at_segment_start,
+                ..
+            } => self.base_backup(*full, *at_segment_start).await,
             Step::OverlappingBackups { .. } => self.overlapping_backups().await,
             Step::DeleteDuringBackup { retain, .. } => {
                 self.delete_during_backup(*retain as usize).await
@@ -127,7 +131,7 @@ impl Live<'_> {
             }
             Step::DeleteWal { .. } => self.damage_wal(Damage::Deleted).await,
             Step::StorageCorruption { .. } => self.damage_wal(Damage::Corrupted).await,
-            Step::PitrFailover { .. } => self.fail_over().await,
+            Step::PitrFailover { twin, .. } => self.fail_over(*twin).await,
             Step::Disaster { kind, .. } => {
                 self.env.kill_primary().await?;
                 Ok(format!(
@@ -177,11 +181,40 @@ impl Live<'_> {
     /// `backup-push` (`--full` when asked); checks that the tool made a
     /// delta exactly when `storage.delta_max_steps` allows one (WAL-G names
     /// a delta `base_<start>_D_<parent start>`).
-    async fn base_backup(&mut self, full: bool) -> Result<String, EnvError> {
-        let sweep = self.handle.as_ref().map(WorkloadHandle::sweep);
-        let name = self.env.base_backup(full).await;
-        drop(sweep);
-        let name = name?;
+    /// With `at_segment_start`, the backup starts at a segment boundary
+    /// (see [`Step::BaseBackup`]).
+    async fn base_backup(
+        &mut self,
+        full: bool,
+        at_segment_start: bool,
+    ) -> Result<String, EnvError> {
+        let (name, boundary) = if at_segment_start {
+            if let Some(h) = &self.handle {
+                h.pause();
+            }
+            // Commits in flight end before the switch.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let switched = self
+                .primary
+                .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+                .await
+                .map_err(pg_err);
+            let name = match switched {
+                Ok(_) => self.env.base_backup(full).await,
+                Err(e) => Err(e),
+            };
+            if let Some(h) = &self.handle {
+                h.resume();
+            }
+            let name = name?;
+            let boundary = self.start_in_segment(&name).await?;
+            (name, boundary)
+        } else {
+            let sweep = self.handle.as_ref().map(WorkloadHandle::sweep);
+            let name = self.env.base_backup(full).await;
+            drop(sweep);
+            (name?, String::new())
+        };
         let max = self.scenario.storage.delta_max_steps;
         let expected = self.chain.filter(|&c| !full && c < max).map(|c| c + 1);
         let made = delta_parent(&name).map(|_| self.chain.unwrap_or(0) + 1);
@@ -197,7 +230,27 @@ impl Live<'_> {
                 kind(expected)
             )));
         }
-        Ok(format!("{name} ({})", kind(made)))
+        Ok(format!("{name} ({}){boundary}", kind(made)))
+    }
+
+    /// Where backup `name` started within its WAL segment, for the report.
+    async fn start_in_segment(&self, name: &str) -> Result<String, EnvError> {
+        let backups = list_backups(&*self.env).await?;
+        let Some(row) = backups.iter().find(|b| b.backup_name == name) else {
+            return Err(EnvError::Other(format!(
+                "backup-push made {name}, which backup-list does not list"
+            )));
+        };
+        let offset = row.start_lsn % self.env.facts().wal_segment_size;
+        let start = Lsn(row.start_lsn);
+        Ok(match offset {
+            // XLogLongPageHeaderData: a segment's first record follows it.
+            40 => format!(", started at {start}: the first record of its segment"),
+            _ => format!(
+                ", started at {start}, {offset} bytes into its segment (WAL came before its \
+                 checkpoint: not at the boundary)"
+            ),
+        })
     }
 
     /// Two `backup-push --full` runs at once, the writers paused so that
@@ -476,8 +529,10 @@ impl Live<'_> {
         self.combined(run)
     }
 
-    /// `pitr_failover`: see [`Step::PitrFailover`].
-    async fn fail_over(&mut self) -> Result<String, EnvError> {
+    /// `pitr_failover`: see [`Step::PitrFailover`]; with `twin`, a second
+    /// server promoted at once (see [`super::twin`]).
+    async fn fail_over(&mut self, twin: bool) -> Result<String, EnvError> {
+        let stopped = Instant::now();
         let ledger = self.stop_writers().await;
         // Every commit made so far is then in the archive.
         switch_and_wait_archived(&self.primary).await?;
@@ -510,6 +565,12 @@ impl Live<'_> {
             instant: target,
             zone: std::sync::Arc::clone(&self.zone),
         };
+        // The twin first: promoted before the failover has archived its
+        // history, it takes the same timeline.
+        let twin = match twin {
+            true => Some(self.env.promote_twin("twin", &backup, &given).await?),
+            false => None,
+        };
         let restored = self.env.fail_over("failover", &backup, &given).await?;
         let promoted_at = Utc::now();
         let outcome = verify::verify_restore(&restored.client, &ledger, Some(target))
@@ -527,6 +588,16 @@ impl Live<'_> {
             .await
             .map_err(pg_err)?
             .get(0);
+        let timeline = u32::from_str_radix(&current[..8], 16).unwrap_or(0);
+        let twin_note = match twin {
+            Some(twin) => {
+                switch_and_wait_archived(&restored.client).await?;
+                let outcome = super::twin::let_go(&twin.client, timeline).await;
+                self.env.discard_restore("twin").await;
+                format!("; {}", outcome?)
+            }
+            None => String::new(),
+        };
         let promoted = verify::identity(&restored.client)
             .await
             .map_err(|e| EnvError::Other(format!("the new primary: {e}")))?;
@@ -570,6 +641,11 @@ impl Live<'_> {
         self.chain = None;
         self.primary = restored.client;
         let next: BTreeMap<u32, u64> = held.iter().map(|(&w, &n)| (w, n + 1)).collect();
+        // The writers stopped for the failover: the workload's end moves by
+        // that much (a failover promoting a twin from 64 MiB segments takes
+        // a dozen seconds; the chaos soak saw every later backup then taken
+        // after the writers had ended, and no random target left).
+        self.workload_end += stopped.elapsed();
         let remaining = self.workload_end.saturating_duration_since(Instant::now());
         if !remaining.is_zero() {
             let spec = WorkloadSpec {
@@ -581,12 +657,11 @@ impl Live<'_> {
             self.handle = Some(handle);
         }
         Ok(format!(
-            "T1 {} ({}): restored {backup} with archiving, promoted to timeline {} ({current}) as the primary; \
+            "T1 {} ({}): restored {backup} with archiving, promoted to timeline {timeline} ({current}) as the primary; \
              {abandoned_acked} acknowledged commits of the old timeline after T1 given up; \
-             backups off the new timeline: {abandoned:?}; writers continue at seq {next:?}",
+             backups off the new timeline: {abandoned:?}; writers continue at seq {next:?}{twin_note}",
             target.format("%H:%M:%S%.6f"),
             if exact { "quiet: exact" } else { "no quiet moment: within a commit" },
-            u32::from_str_radix(&current[..8], 16).unwrap_or(0),
         ))
     }
 }

@@ -10,12 +10,14 @@ pub mod kind;
 pub mod local;
 pub mod pg;
 pub mod recovery;
+pub mod recovery_stop;
 pub mod s3_server;
 pub mod zone;
 
 pub use fault::{damage_wal, Damage};
 pub use pg::connect_once;
 pub use recovery::RestoreFailure;
+pub use recovery_stop::RecoveryStop;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -111,6 +113,8 @@ pub struct RestoreTimings {
 pub struct Restored {
     pub client: tokio_postgres::Client,
     pub timings: RestoreTimings,
+    /// Where its recovery stopped, by its own log.
+    pub stop: RecoveryStop,
 }
 
 /// How a backup-tool run ended, and what it printed.
@@ -235,6 +239,26 @@ pub trait Environment: Send + Sync {
         backup: &str,
         target: &zone::TargetTime,
     ) -> Result<Restored, EnvError>;
+    /// Restores `backup` to `target` into a fresh server `label` that
+    /// archives into the primary's storage, with its archiving held (its
+    /// `archive_command` fails, set in `postgresql.auto.conf`, so that
+    /// `ALTER SYSTEM RESET archive_command` lets it go), and returns once
+    /// it is promoted: a second server promoted from the point a failover
+    /// restores to, which takes the same new timeline as that failover
+    /// because it has archived nothing. It stays restore `label`, not the
+    /// primary. Local environment (validation keeps it from the others).
+    async fn promote_twin(
+        &mut self,
+        label: &str,
+        backup: &str,
+        target: &zone::TargetTime,
+    ) -> Result<Restored, EnvError> {
+        let _ = (label, backup, target);
+        Err(EnvError::Other(format!(
+            "a twin promotion is not available in environment `{}`",
+            self.facts().kind.as_str()
+        )))
+    }
     /// Runs `pg_amcheck` ([`crate::verify::AMCHECK_ARGS`]) on restore
     /// `label`; the check fails when it finds corruption.
     async fn amcheck(&self, label: &str) -> Result<crate::verify::Check, EnvError>;

@@ -463,6 +463,14 @@ pub enum Step {
         /// delta (`backup-push --full`). Default: false.
         #[serde(default)]
         full: bool,
+        /// Start the backup at a WAL segment boundary: the writers paused
+        /// (the sweeper too) and the WAL switched, so that the backup's
+        /// checkpoint is the first record of a fresh segment; the writers
+        /// go on once it is done. The report says where it started. (Its
+        /// stop is at a boundary in every backup: PostgreSQL switches the
+        /// WAL when a backup stops.) Default: false.
+        #[serde(default)]
+        at_segment_start: bool,
     },
     /// Two full base backups at once (`backup-push --full` twice), as a
     /// cron run overlapping a manual one, with the writers paused meanwhile
@@ -552,11 +560,25 @@ pub enum Step {
     /// Stop the writers, restore a base backup to a quiet moment between
     /// the end of the first base backup and now, with archiving into the
     /// same storage (a new timeline), make that server the primary (the
-    /// old one is stopped) and go on writing on it.
+    /// old one is stopped) and go on writing on it. The writers stop for
+    /// as long as it takes, so the steps after it and the workload's end
+    /// move by that much.
     PitrFailover {
         /// When.
         #[serde(deserialize_with = "duration")]
         at: Duration,
+        /// Promote a second server at once, as a confused failover or two
+        /// operators do: restored from the same backup to the same target
+        /// and archiving into the same storage, its archiving held until
+        /// it is promoted, so both take the same new timeline and push
+        /// files of the same names. Stated outcome, checked: the archive
+        /// keeps the primary's timeline; the twin, let go once the primary
+        /// has stored its first segment of it, stores only files identical
+        /// to the primary's (the timeline history) and has its own
+        /// segment refused; every restore after is exact. Local
+        /// environment. Default: false.
+        #[serde(default)]
+        twin: bool,
     },
     /// End the drill with a disaster; at most one, and the last step. It may
     /// come at or after the workload's end.
@@ -685,7 +707,7 @@ impl Step {
             | Step::Pause { at, .. }
             | Step::Delete { at, .. }
             | Step::DeleteWal { at }
-            | Step::PitrFailover { at }
+            | Step::PitrFailover { at, .. }
             | Step::Disaster { at, .. }
             | Step::StorageOutage { at, .. }
             | Step::StorageCorruption { at }
@@ -1138,6 +1160,7 @@ objectives: { rpo: 5s, rto: 60s }
             ("conditions: { start_segment: 000000010000000000000100 }\n", "is not a segment of timeline 1 after 000000010000000000000001 for 16 MiB segments"),
             ("environment: containers\nconditions: { start_segment: 0000000100000000000000FE }\n", "`start_segment` applies to the local environment only"),
             ("environment: containers\nconditions: { restores_in_place: true }\n", "`restores_in_place` applies to the local environment only"),
+            ("environment: containers\nsteps: [{ at: 0s, action: base_backup }, { at: 5s, action: pitr_failover, twin: true }]\n", "steps[1].twin: a `pitr_failover` with a twin is available in the local environment only"),
             ("environment: containers\nrestores: { interrupt_fetch: true }\n", "restores.interrupt_fetch: `interrupt_fetch` is available in the local environment only"),
             ("restores: { interrupt_fetch: true, storage_fault: { during: consistent, duration: 5s } }\n", "`interrupt_fetch` and `storage_fault` cannot be combined"),
             ("conditions: { restores_in_place: false }\nrestores: { interrupt_fetch: true }\n", "conditions.restores_in_place: an interrupted restore is retried in its own directory"),

@@ -338,6 +338,13 @@ fn steps(s: &Scenario) -> Result<(), Problem> {
                 s.environment.as_str()
             );
         }
+        ensure!(
+            !matches!(step, Step::PitrFailover { twin: true, .. })
+                || s.environment == Environment::Local,
+            ["steps", i, "twin"],
+            "remove `twin`, or set `environment: local`",
+            "a `pitr_failover` with a twin is available in the local environment only"
+        );
         if let Step::StorageOutage { mode, .. } = *step {
             outage_mode(s, mode, &["steps".into(), i.into(), "mode".into()])?;
         }

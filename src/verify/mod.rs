@@ -9,6 +9,7 @@ mod commit_times;
 mod ddl;
 mod items;
 mod outcome;
+mod target_stop;
 mod visibility;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ pub use cluster::{
     amcheck_check, checksums_check, identity, identity_checks, ClusterIdentity, AMCHECK_ARGS,
 };
 pub use outcome::{Check, CheckName, CostGroup, VerifyOutcome, WriterResult};
+pub use target_stop::check as target_stop;
 pub use visibility::check_visibility;
 
 /// How many items a list in an outcome shows (per writer for missing

@@ -27,6 +27,10 @@ pub enum CheckName {
     /// Every row was committed while its writer waited (after sending,
     /// before the acknowledgement), by `track_commit_timestamp`.
     CommitTimes,
+    /// The restored server's log says its recovery stopped at the target:
+    /// before a transaction after it, having replayed one at or before it
+    /// and no earlier than the last commit acknowledged by it.
+    TargetStop,
     /// The hash of the restored rows equals the ledger's for the found counts.
     ContentHash,
     /// Index-only scans count what sequential scans count, and the
@@ -64,6 +68,7 @@ impl CheckName {
             CheckName::AckedKept => "acked_kept",
             CheckName::Payloads => "payloads",
             CheckName::CommitTimes => "commit_times",
+            CheckName::TargetStop => "target_stop",
             CheckName::ContentHash => "content_hash",
             CheckName::Visibility => "visibility",
             CheckName::Items => "items",

@@ -482,6 +482,7 @@ impl ContainersEnvironment {
         let consistent_to_promoted =
             super::pg::wait_promoted(&client, label, Duration::from_secs(1800), log_tail).await?;
         let log = server.stderr_to_vec().await.unwrap_or_default();
+        let log = String::from_utf8_lossy(&log);
         Ok(Restored {
             client,
             timings: RestoreTimings {
@@ -489,8 +490,9 @@ impl ContainersEnvironment {
                 fetch,
                 start_to_consistent,
                 consistent_to_promoted,
-                wal_segments: super::restored_wal_files(&String::from_utf8_lossy(&log)),
+                wal_segments: super::restored_wal_files(&log),
             },
+            stop: super::RecoveryStop::from_server_log(&log),
         })
     }
 

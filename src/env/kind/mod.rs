@@ -325,6 +325,7 @@ impl KubeEnvironment {
                 consistent_to_promoted,
                 wal_segments: super::restored_wal_files(&log),
             },
+            stop: super::RecoveryStop::from_server_log(&log),
         })
     }
 

@@ -186,20 +186,21 @@ impl LocalEnvironment {
 
     /// Restores `backup` into a fresh server named `label` (kept in
     /// `restores`, also when it fails to start): to the end of the archive
-    /// or to `target`; with `archive`, it archives into the storage as the
-    /// primary does, else never. Returns once the server is promoted.
+    /// or to `target`, archiving as `archiving` says. Returns once the
+    /// server is promoted.
     async fn restore_server(
         &mut self,
         label: &str,
         backup: &str,
         target: Option<&super::zone::TargetTime>,
-        archive: bool,
+        archiving: Archiving,
         phases: &mut dyn super::RestorePhases,
     ) -> Result<super::Restored, super::EnvError> {
         use super::Environment;
         let base = self.archive.dir(&format!("restore-{label}"))?;
         let data = base.join("data");
         let data_s = data.display().to_string();
+        let archive = archiving != Archiving::Off;
         let mut args = super::backup_fetch_args(&data_s, backup, target, archive);
         if !archive && self.restores_in_place {
             if let Some(previous) = self.last_restore.replace(label.to_string()) {
@@ -229,6 +230,9 @@ impl LocalEnvironment {
             return Err(super::fetch_failed(run.status.code(), &run.stderr));
         }
         let fetch = started.elapsed();
+        if archiving == Archiving::Held {
+            hold_archiving(&data)?;
+        }
         let pg = LocalPostgres::existing(&self.archive.bin, &base, &data, self.archive.run_as)?;
         let started = Instant::now();
         phases.reached(RestorePhase::WalReplay);
@@ -246,6 +250,7 @@ impl LocalEnvironment {
         let log_tail = || async { pg.log_tail(20) };
         let consistent_to_promoted =
             super::pg::wait_promoted(&client, label, Duration::from_secs(1800), log_tail).await?;
+        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
         Ok(super::Restored {
             client,
             timings: super::RestoreTimings {
@@ -253,12 +258,38 @@ impl LocalEnvironment {
                 fetch,
                 start_to_consistent,
                 consistent_to_promoted,
-                wal_segments: super::restored_wal_files(
-                    &std::fs::read_to_string(&log_file).unwrap_or_default(),
-                ),
+                wal_segments: super::restored_wal_files(&log),
             },
+            stop: super::RecoveryStop::from_server_log(&log),
         })
     }
+}
+
+/// Whether a restored server archives into the primary's storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Archiving {
+    /// Never (`backup-fetch --no-archive`): a restore to check.
+    Off,
+    /// As the primary does: a failover.
+    On,
+    /// As the primary does once let go: a twin ([`Archiving::Held`] until
+    /// `ALTER SYSTEM RESET archive_command`).
+    Held,
+}
+
+/// Makes the archive_command of the cluster in `data` fail until `ALTER
+/// SYSTEM RESET archive_command` (it is set in `postgresql.auto.conf`,
+/// which backup-fetch has written last).
+fn hold_archiving(data: &Path) -> Result<(), super::EnvError> {
+    use std::io::Write;
+    let auto = data.join("postgresql.auto.conf");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&auto)
+        .and_then(|mut f| f.write_all(b"archive_command = 'false'\n"))
+        .map_err(|e| {
+            super::EnvError::Other(format!("holding archiving in {}: {e}", auto.display()))
+        })
 }
 
 /// Resolves once at least `at_least` files under `dir` were written since
@@ -352,7 +383,7 @@ impl super::Environment for LocalEnvironment {
         target: Option<&super::zone::TargetTime>,
         phases: &mut dyn super::RestorePhases,
     ) -> Result<super::Restored, super::EnvError> {
-        self.restore_server(label, backup, target, false, phases)
+        self.restore_server(label, backup, target, Archiving::Off, phases)
             .await
     }
 
@@ -375,7 +406,13 @@ impl super::Environment for LocalEnvironment {
             on_server(old, |old| old.stop("fast")).await?.1?;
         }
         let restored = self
-            .restore_server(label, backup, Some(target), true, &mut super::Unwatched)
+            .restore_server(
+                label,
+                backup,
+                Some(target),
+                Archiving::On,
+                &mut super::Unwatched,
+            )
             .await?;
         let pg = self
             .restores
@@ -384,6 +421,22 @@ impl super::Environment for LocalEnvironment {
         self.primary_config = workload_config(&pg);
         self.primary = Some(pg);
         Ok(restored)
+    }
+
+    async fn promote_twin(
+        &mut self,
+        label: &str,
+        backup: &str,
+        target: &super::zone::TargetTime,
+    ) -> Result<super::Restored, super::EnvError> {
+        self.restore_server(
+            label,
+            backup,
+            Some(target),
+            Archiving::Held,
+            &mut super::Unwatched,
+        )
+        .await
     }
 
     async fn amcheck(&self, label: &str) -> Result<crate::verify::Check, super::EnvError> {
