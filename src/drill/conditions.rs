@@ -41,6 +41,8 @@ pub struct Conditions {
     /// Each restore after the first goes into the one before's data
     /// directory with `backup-fetch --force` (local environment).
     pub restores_in_place: bool,
+    /// The tool runs as the seed's commands run it (never drawn).
+    pub seed_commands: bool,
     /// What a chaos drill drew for its timeline and restore fault.
     pub chaos: Option<String>,
     /// Whether each was drawn (else the scenario set it).
@@ -114,6 +116,7 @@ impl Conditions {
             start_segment,
             leftover_recovery_settings,
             restores_in_place,
+            seed_commands: set.seed_commands,
             chaos: None,
             drawn_zone,
             drawn_start,
@@ -136,6 +139,7 @@ impl Conditions {
             leftover_recovery_settings_drawn: self.drawn_leftovers,
             restores_in_place: self.restores_in_place,
             restores_in_place_drawn: self.drawn_in_place,
+            seed_commands: self.seed_commands,
             chaos: self.chaos.clone(),
         }
     }

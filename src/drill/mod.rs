@@ -390,6 +390,7 @@ fn env_spec(scenario: &Scenario, conditions: &Conditions) -> Result<EnvSpec, Dri
         wal_segsize_mb: scenario.postgres.wal_segment_size_mb,
         start_segment: conditions.start_segment.clone(),
         restores_in_place: conditions.restores_in_place,
+        seed_commands: conditions.seed_commands,
         postgres_major: scenario.postgres.version,
         images: scenario.images.clone(),
         log_dir: None,

@@ -85,6 +85,9 @@ pub struct EnvSpec {
     /// Each restore after the first goes into the one before's data
     /// directory, with `backup-fetch --force`. Local environment only.
     pub restores_in_place: bool,
+    /// Run the tool as the seed's commands do: `envdir DIR wal-g VERB`.
+    /// Local environment only.
+    pub seed_commands: bool,
     /// The scenario's PostgreSQL major version (picks default images).
     pub postgres_major: u32,
     /// The scenario's `images` (containers only).

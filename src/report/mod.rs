@@ -16,7 +16,8 @@
 //!   primary's postgresql.conf, as a PITR by hand leaves them),
 //!   `restores_in_place` (each restore after the first went into the one
 //!   before's data directory with `backup-fetch --force`), each with
-//!   `_drawn` (from the seed) or set by the scenario.
+//!   `_drawn` (from the seed) or set by the scenario; `seed_commands` (the
+//!   tool ran as `envdir DIR wal-g VERB`, as the seed's setup runs it).
 //! - `workload`: writers, sent / acked / failed / unknown counts, times.
 //! - `steps[]`: `action`, `planned_at_s`, `started_at`, `duration_s`, `ok`,
 //!   `detail`.
@@ -392,6 +393,9 @@ pub struct ConditionsRecord {
     /// directory (`backup-fetch --force`).
     pub restores_in_place: bool,
     pub restores_in_place_drawn: bool,
+    /// The tool ran as the seed's commands run it (`envdir DIR wal-g VERB`).
+    #[serde(default)]
+    pub seed_commands: bool,
     /// A chaos drill's drawn timeline and restore fault.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chaos: Option<String>,
@@ -411,7 +415,10 @@ impl ConditionsRecord {
             how(self.leftover_recovery_settings_drawn),
             yes_no(self.restores_in_place),
             how(self.restores_in_place_drawn)
-        ) + &self
+        ) + match self.seed_commands {
+            true => ", tool run as the seed writes it (envdir DIR wal-g VERB)",
+            false => "",
+        } + &self
             .chaos
             .as_ref()
             .map(|c| format!("; chaos drew {c}"))

@@ -110,6 +110,7 @@ pub fn report() -> DrillReport {
             leftover_recovery_settings_drawn: true,
             restores_in_place: true,
             restores_in_place_drawn: true,
+            seed_commands: false,
             chaos: None,
         },
     }

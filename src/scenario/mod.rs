@@ -233,6 +233,16 @@ pub struct Conditions {
     /// environment only. Default: drawn from the seed in the local
     /// environment (one drill in three), no elsewhere.
     pub restores_in_place: Option<bool>,
+    /// Whether every backup-tool command runs as the seed's Kubernetes
+    /// setup writes it: `envdir DIR wal-g VERB ...` (daemontools' `envdir`;
+    /// `wal-g` is pgdrill's binary under that name), with
+    /// `archive_command = 'envdir DIR wal-g wal-push %p'` and
+    /// `restore_command = 'envdir DIR wal-g wal-fetch %f %p'`, and the
+    /// settings directory written as hands leave one: trailing spaces and
+    /// tabs after each value and a second line of notes, which `envdir`
+    /// ignores. Local environment (needs `envdir`: `bash ci/setup` installs
+    /// daemontools). Default: false.
+    pub seed_commands: bool,
 }
 
 /// Where backups go.
@@ -1160,6 +1170,7 @@ objectives: { rpo: 5s, rto: 60s }
             ("conditions: { start_segment: 000000010000000000000100 }\n", "is not a segment of timeline 1 after 000000010000000000000001 for 16 MiB segments"),
             ("environment: containers\nconditions: { start_segment: 0000000100000000000000FE }\n", "`start_segment` applies to the local environment only"),
             ("environment: containers\nconditions: { restores_in_place: true }\n", "`restores_in_place` applies to the local environment only"),
+            ("environment: kind\nconditions: { seed_commands: true }\n", "conditions.seed_commands: `seed_commands` applies to the local environment only"),
             ("environment: containers\nsteps: [{ at: 0s, action: base_backup }, { at: 5s, action: pitr_failover, twin: true }]\n", "steps[1].twin: a `pitr_failover` with a twin is available in the local environment only"),
             ("environment: containers\nrestores: { interrupt_fetch: true }\n", "restores.interrupt_fetch: `interrupt_fetch` is available in the local environment only"),
             ("restores: { interrupt_fetch: true, storage_fault: { during: consistent, duration: 5s } }\n", "`interrupt_fetch` and `storage_fault` cannot be combined"),

@@ -186,6 +186,12 @@ fn conditions(s: &Scenario) -> Result<(), Problem> {
         }
     }
     ensure!(
+        !c.seed_commands || s.environment == Environment::Local,
+        ["conditions", "seed_commands"],
+        "remove it, or set `environment: local`",
+        "`seed_commands` applies to the local environment only"
+    );
+    ensure!(
         c.restores_in_place != Some(true) || s.environment == Environment::Local,
         ["conditions", "restores_in_place"],
         "remove it, or set `environment: local`",

@@ -22,6 +22,22 @@ pub enum ArchiveStorage {
     Dir,
 }
 
+/// How the backup tool is invoked.
+#[derive(Debug, Clone)]
+pub enum Invocation {
+    /// `pgdrill --env-dir DIR VERB ...`.
+    Pgdrill,
+    /// `envdir DIR wal-g VERB ...`, as the seed's Kubernetes setup runs
+    /// WAL-G; `walg` links to pgdrill's binary.
+    Seed { walg: PathBuf },
+}
+
+/// Whether `program` is an executable in a directory of `PATH`.
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
 /// Storage and the settings that reach it; everything lives in `work`,
 /// removed on drop unless kept.
 #[derive(Debug)]
@@ -37,6 +53,8 @@ pub struct LocalArchive {
     pub run_as: Option<RunAs>,
     /// The pgdrill binary that archives and restores.
     pub pgdrill: PathBuf,
+    /// How the tool is invoked.
+    pub invocation: Invocation,
     /// Last, so that it goes after the servers that use it.
     pub work: WorkDir,
 }
@@ -76,8 +94,60 @@ impl LocalArchive {
             bin,
             run_as,
             pgdrill: pgdrill.to_path_buf(),
+            invocation: Invocation::Pgdrill,
             work,
         })
+    }
+
+    /// From now on the tool is invoked as the seed's setup invokes WAL-G:
+    /// `envdir ENV_DIR wal-g VERB ...`, `wal-g` being a link to pgdrill's
+    /// binary in the work directory; and the env directory is rewritten as
+    /// hands leave one (trailing spaces and tabs, a second line of notes:
+    /// `envdir` reads the first line and trims them).
+    pub fn invoke_as_seed(&mut self) -> Result<(), LocalError> {
+        if !on_path("envdir") {
+            return Err(LocalError::Command {
+                what: "envdir".into(),
+                detail: "daemontools' envdir is not on PATH, and conditions.seed_commands runs \
+                         the tool through it: install it with `bash ci/setup` (or `apt-get \
+                         install daemontools`)"
+                    .into(),
+            });
+        }
+        let bin = owned_dir(self.work.path(), "bin", self.run_as)?;
+        let walg = bin.join("wal-g");
+        std::os::unix::fs::symlink(&self.pgdrill, &walg)
+            .map_err(super::io_err(format!("linking {}", walg.display())))?;
+        let hand_edited: Vec<(String, String)> = self
+            .storage_vars
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    format!("{v} \t \nset by hand; envdir reads line one"),
+                )
+            })
+            .collect();
+        write_env_dir(&self.env_dir, &hand_edited, self.run_as)?;
+        self.invocation = Invocation::Seed { walg };
+        Ok(())
+    }
+
+    /// The command line of `verb` for a server setting (archive_command,
+    /// restore_command) as this archive's invocation writes it.
+    pub fn server_command(&self, verb: &str) -> String {
+        match &self.invocation {
+            Invocation::Pgdrill => format!(
+                "{} --env-dir {} --log warn {verb}",
+                self.pgdrill.display(),
+                self.env_dir.display()
+            ),
+            Invocation::Seed { walg } => format!(
+                "envdir {} {} {verb}",
+                self.env_dir.display(),
+                walg.display()
+            ),
+        }
     }
 
     /// A fresh directory `name` in the work directory, owned by the server
@@ -105,6 +175,13 @@ impl LocalArchive {
         extra: &[(&str, &str)],
     ) -> Result<LocalPostgres, LocalError> {
         let mut settings = archiving_settings(&self.pgdrill, &self.env_dir, extra);
+        if let Invocation::Seed { .. } = self.invocation {
+            for (name, value) in &mut settings {
+                if name == "archive_command" {
+                    *value = self.server_command("wal-push %p");
+                }
+            }
+        }
         settings.extend(init.settings.iter().cloned());
         let base = self.dir("primary")?;
         let options = InitOptions {
@@ -119,8 +196,18 @@ impl LocalArchive {
     /// `pgdrill --env-dir ENV_DIR`, run as the server user, with `primary`'s
     /// connection settings (PGHOST, PGPORT, PGUSER) when given.
     pub fn tool_command(&self, env_dir: &Path, primary: Option<&LocalPostgres>) -> Command {
-        let mut cmd = Command::new(&self.pgdrill);
-        cmd.arg("--env-dir").arg(env_dir);
+        let mut cmd = match &self.invocation {
+            Invocation::Pgdrill => {
+                let mut cmd = Command::new(&self.pgdrill);
+                cmd.arg("--env-dir").arg(env_dir);
+                cmd
+            }
+            Invocation::Seed { walg } => {
+                let mut cmd = Command::new("envdir");
+                cmd.arg(env_dir).arg(walg);
+                cmd
+            }
+        };
         if let Some(p) = primary {
             cmd.envs(p.pg_settings());
         }

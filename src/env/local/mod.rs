@@ -113,13 +113,16 @@ impl LocalEnvironment {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.expose().to_string())),
             );
-            let archive = LocalArchive::start(
+            let mut archive = LocalArchive::start(
                 &pgdrill,
                 "pgdrill-drill-",
                 &storage,
                 &tool_settings,
                 spec.postgres_major,
             )?;
+            if spec.seed_commands {
+                archive.invoke_as_seed()?;
+            }
             let version = archive.bin.version()?;
             let init = InitOptions {
                 wal_segsize_mb: spec.wal_segsize_mb,
@@ -202,6 +205,12 @@ impl LocalEnvironment {
         let data_s = data.display().to_string();
         let archive = archiving != Archiving::Off;
         let mut args = super::backup_fetch_args(&data_s, backup, target, archive);
+        if let cluster::Invocation::Seed { .. } = self.archive.invocation {
+            args.extend([
+                "--restore-command".into(),
+                self.archive.server_command("wal-fetch %f %p"),
+            ]);
+        }
         if !archive && self.restores_in_place {
             if let Some(previous) = self.last_restore.replace(label.to_string()) {
                 self.take_over_data_dir(&previous, &data).await?;
