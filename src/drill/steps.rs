@@ -189,9 +189,7 @@ impl Live<'_> {
         at_segment_start: bool,
     ) -> Result<String, EnvError> {
         let (name, boundary) = if at_segment_start {
-            if let Some(h) = &self.handle {
-                h.pause();
-            }
+            let held = self.hold_writers();
             // Commits in flight end before the switch.
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             let switched = self
@@ -203,9 +201,7 @@ impl Live<'_> {
                 Ok(_) => self.env.base_backup(full).await,
                 Err(e) => Err(e),
             };
-            if let Some(h) = &self.handle {
-                h.resume();
-            }
+            self.release_writers(held);
             let name = name?;
             let boundary = self.start_in_segment(&name).await?;
             (name, boundary)
@@ -260,16 +256,12 @@ impl Live<'_> {
     /// every listed backup verifies.
     async fn overlapping_backups(&mut self) -> Result<String, EnvError> {
         let args = ["backup-push", "--full"];
-        if let Some(h) = &self.handle {
-            h.pause();
-        }
+        let held = self.hold_writers();
         let (a, b) = futures::join!(
             self.env.backup_tool_status(&args),
             self.env.backup_tool_status(&args)
         );
-        if let Some(h) = &self.handle {
-            h.resume();
-        }
+        self.release_writers(held);
         let runs = [a?, b?];
         let made: Vec<String> = runs
             .iter()
@@ -509,6 +501,27 @@ impl Live<'_> {
         errors.extend(run.writer_errors().clone());
         // DDL runs without failovers only (see scenario validation).
         Ledger::new(self.spec.clone(), self.started_at, entries, errors).with_ddl(run.ddl().clone())
+    }
+
+    /// Holds the writers for a step that needs a quiet cluster; returns
+    /// when, for [`Live::release_writers`].
+    fn hold_writers(&self) -> Instant {
+        if let Some(h) = &self.handle {
+            h.pause();
+        }
+        Instant::now()
+    }
+
+    /// Lets the writers held since `held` go on, and moves the workload's
+    /// end (and so the steps after this one) by as long as they were held:
+    /// a step's quiet is not the scenario's time to write (chaos soak of
+    /// 2026-12-05: two backups at once from 64 MiB segments held the
+    /// writers 15 s, and no random target was left).
+    fn release_writers(&mut self, held: Instant) {
+        if let Some(h) = &self.handle {
+            h.resume();
+        }
+        self.workload_end += held.elapsed();
     }
 
     /// Stops the writers and returns the ledger of everything the current

@@ -476,7 +476,9 @@ pub enum Step {
         /// Start the backup at a WAL segment boundary: the writers paused
         /// (the sweeper too) and the WAL switched, so that the backup's
         /// checkpoint is the first record of a fresh segment; the writers
-        /// go on once it is done. The report says where it started. (Its
+        /// go on once it is done, and the workload's end and the later
+        /// steps move by as long as they were held. The report says where
+        /// it started. (Its
         /// stop is at a boundary in every backup: PostgreSQL switches the
         /// WAL when a backup stops.) Default: false.
         #[serde(default)]
@@ -485,7 +487,8 @@ pub enum Step {
     /// Two full base backups at once (`backup-push --full` twice), as a
     /// cron run overlapping a manual one, with the writers paused meanwhile
     /// as on a quiet night, so both runs start in one WAL segment, the one
-    /// their names come from. Each must end with a backup of its own under
+    /// their names come from (the workload's end and the later steps move
+    /// by as long as the writers were held). Each must end with a backup of its own under
     /// a name of its own, or fail cleanly with nothing listed for it, and
     /// every backup listed must verify (`backup-verify`).
     OverlappingBackups {
