@@ -335,8 +335,7 @@ mod tests {
                 BTreeSet::from([Some(1), Some(16), Some(64)]),
                 "{file}"
             );
-            let expected = if file == "chaos.yaml" { 3 } else { 2 };
-            assert_eq!(modes.len(), expected, "{file}: {modes:?}");
+            assert_eq!(modes.len(), 3, "{file}: {modes:?}");
         }
     }
 }

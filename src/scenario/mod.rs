@@ -651,7 +651,8 @@ pub enum OutageMode {
     /// Freeze the storage container (`docker pause`; locally SIGSTOP):
     /// connections hang.
     Pause,
-    /// Answer every request `503 Service Unavailable`. Local environment.
+    /// Answer every request `503 Service Unavailable`. Local and
+    /// containers environments (pgdrill's own S3 server).
     Errors,
 }
 
@@ -668,7 +669,7 @@ impl OutageMode {
     /// Whether environment `env` can fail its storage this way.
     pub fn available_in(self, env: Environment) -> bool {
         env.supports(Capability::StorageOutage)
-            && (self != OutageMode::Errors || env == Environment::Local)
+            && (self != OutageMode::Errors || env != Environment::Kind)
     }
 }
 
@@ -1182,7 +1183,6 @@ objectives: { rpo: 5s, rto: 60s }
             ("steps: [{ at: 0s, action: delete_during_backup, retain: 0 }]\n", "steps[0].retain: `delete_during_backup` needs a `retain` above zero"),
             ("restores: { storage_fault: { during: consistent, duration: 0s } }\n", "restores.storage_fault.duration: `storage_fault` needs a `duration` above zero"),
             ("environment: kind\nrestores: { storage_fault: { during: wal_replay, duration: 5s } }\n", "restores.storage_fault: `storage_fault` during restores is not available in environment `kind`"),
-            ("environment: containers\nrestores: { storage_fault: { during: backup_fetch, mode: errors, duration: 5s } }\n", "restores.storage_fault.mode: outage mode `errors` is only available in environment `local`, not `containers`"),
             ("chaos: true\nsteps: [{ at: 0s, action: base_backup }]\n", "steps: a chaos drill draws its steps from the seed"),
             ("environment: kind\nchaos: true\n", "chaos: `chaos` is not available in environment `kind`"),
             ("chaos: true\nrestores: { storage_fault: { during: consistent, duration: 5s } }\n", "restores.storage_fault: a chaos drill draws the storage fault its restores meet from the seed"),
@@ -1261,16 +1261,18 @@ objectives: { rpo: 5s, rto: 60s }
         // Corrupting a stored object goes through the S3 API: anywhere.
         let corrupt = "steps: [{ at: 1s, action: storage_corruption }]\n";
         assert!(parse(&format!("environment: kind\n{corrupt}")).is_ok());
-        // Cutting the storage off: everywhere, with 503 errors only
-        // locally; shaping its link: containers only.
+        // Cutting the storage off: everywhere, with 503 errors where the
+        // storage is pgdrill's own server (not kind); shaping its link:
+        // containers only.
         let outage = "steps: [{ at: 1s, action: storage_outage, duration: 1s }]\n";
         assert!(parse(&format!("environment: kind\n{outage}")).is_ok());
         assert!(parse(&format!("environment: local\n{outage}")).is_ok());
         let errors = "steps: [{ at: 1s, action: storage_outage, duration: 1s, mode: errors }]\n";
         assert!(parse(&format!("environment: local\n{errors}")).is_ok());
-        let e = error(&format!("environment: containers\n{errors}"));
+        assert!(parse(&format!("environment: containers\n{errors}")).is_ok());
+        let e = error(&format!("environment: kind\n{errors}"));
         assert!(
-            e.contains("steps[0].mode: outage mode `errors` is only available in environment `local`, not `containers`"),
+            e.contains("steps[0].mode: outage mode `errors` is only available in environment `local` or `containers`, not `kind`"),
             "{e}"
         );
         let latency = "steps: [{ at: 1s, action: network_latency, delay: 10ms }]\n";

@@ -53,6 +53,9 @@ pub use super::image_layout::{ENV_DIR, KEYS_DIR, PGDRILL};
 pub const PGDATA: &str = super::image_layout::DATA_MOUNT;
 /// The storage's S3 port inside the network.
 const S3_PORT: u16 = 9000;
+/// The storage server's fault file (`s3-serve --fault-file`): `errors`
+/// in it makes every request fail 503 (outage mode `errors`).
+const STORAGE_FAULT_FILE: &str = "/tmp/pgdrill-s3.fault";
 /// PostgreSQL's line once it accepts connections (after any recovery).
 const READY: &str = "database system is ready to accept connections";
 
@@ -324,6 +327,8 @@ impl ContainersEnvironment {
                     format!("0.0.0.0:{S3_PORT}"),
                     "--bucket".into(),
                     bucket.to_string(),
+                    "--fault-file".into(),
+                    STORAGE_FAULT_FILE.into(),
                 ]),
         };
         let mut request = request
@@ -590,13 +595,18 @@ async fn server_config(
 /// bollard: testcontainers' exec result cannot be held across an await in
 /// a `Send` future.)
 async fn exec(container: &ContainerAsync<GenericImage>, cmd: &[&str]) -> Result<ToolRun, EnvError> {
+    exec_in(container.id(), cmd).await
+}
+
+/// [`exec`] in the container with id `container`.
+async fn exec_in(container: &str, cmd: &[&str]) -> Result<ToolRun, EnvError> {
     use bollard::exec::{CreateExecOptions, StartExecResults};
     use futures::StreamExt;
     let what = || format!("running `{}`", cmd.join(" "));
     let docker = docker().await?;
     let created = docker
         .create_exec(
-            container.id(),
+            container,
             CreateExecOptions {
                 cmd: Some(cmd.to_vec()),
                 attach_stdout: Some(true),
@@ -875,16 +885,34 @@ impl super::OutageSwitch for ContainersOutage {
                     .map_err(docker_err("reconnecting the storage"))?;
             }
             OutageMode::Errors => {
-                return Err(EnvError::Other(
-                    "outage mode `errors` is not available in the containers environment".into(),
-                ))
+                // Replaced whole, so the server never reads half of it.
+                let set = format!(
+                    "printf errors > {STORAGE_FAULT_FILE}.tmp && mv {STORAGE_FAULT_FILE}.tmp {STORAGE_FAULT_FILE}"
+                );
+                let clear = format!("rm -f {STORAGE_FAULT_FILE}");
+                let run = |script: String| async move {
+                    let run = exec_in(&self.storage, &["sh", "-c", &script]).await?;
+                    match run.status.success() {
+                        true => Ok(()),
+                        false => Err(EnvError::Other(format!(
+                            "the storage container's fault file (`{script}`): {}: {} (the \
+                             `errors` mode needs pgdrill's own S3 server as the storage)",
+                            run.status,
+                            run.stderr.trim()
+                        ))),
+                    }
+                };
+                run(set).await?;
+                tokio::time::sleep(duration).await;
+                run(clear).await?;
             }
         }
         Ok(format!(
             "storage {} for {duration:?}",
             match mode {
                 OutageMode::Pause => "paused",
-                _ => "disconnected from the network",
+                OutageMode::Errors => "answering every request 503",
+                OutageMode::Disconnect => "disconnected from the network",
             }
         ))
     }
