@@ -12,6 +12,11 @@
 #                              start without either; this one uses trust)
 #   POSTGRES_INITDB_ARGS       extra initdb arguments, e.g. --wal-segsize=64
 #   POSTGRES_INITDB_WALDIR     passed to initdb as --waldir
+#   POSTGRES_INITDB_START_SEGMENT  (pgdrill's, not the official image's) the
+#                              WAL segment the new cluster writes first,
+#                              `pg_resetwal -l` after initdb, e.g.
+#                              0000000100000000000000FE to cross the 4 GiB
+#                              boundary; the harness checks it took effect
 #
 # `docker run IMAGE` or `docker run IMAGE postgres -c k=v` (or just `-c k=v`):
 # as root, create PGDATA, give it to the postgres user (mode 0700) and re-run
@@ -96,6 +101,9 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     eval 'initdb "${args[@]}" --pwfile=<(printf "%s\n" "$POSTGRES_PASSWORD") '"${POSTGRES_INITDB_ARGS:-}"
   else
     eval 'initdb "${args[@]}" '"${POSTGRES_INITDB_ARGS:-}"
+  fi
+  if [ -n "${POSTGRES_INITDB_START_SEGMENT:-}" ]; then
+    pg_resetwal -l "$POSTGRES_INITDB_START_SEGMENT" "$PGDATA" >&2
   fi
   printf '\nhost all all all %s\n' "$POSTGRES_HOST_AUTH_METHOD" >>"$PGDATA/pg_hba.conf"
   printf "\nlisten_addresses = '*'\n" >>"$PGDATA/postgresql.conf"

@@ -87,7 +87,7 @@ impl Conditions {
         let start_segment = match set.start_segment.as_deref() {
             Some("initdb") => None,
             Some(segment) => Some(segment.to_string()),
-            None if scenario.environment != Environment::Local => None,
+            None if scenario.environment == Environment::Kind => None,
             None => {
                 // Two segments before a log boundary: the run crosses it.
                 let per_log = 0x1_0000_0000 / seg_size;
@@ -255,6 +255,20 @@ mod tests {
             let c = Conditions::draw(&containers, seed, started).unwrap();
             !c.restores_in_place && !c.record().restores_in_place_drawn
         }));
+        // Start segments in containers too (the image's entrypoint), not
+        // in kind.
+        let starts = |s: &Scenario| {
+            (0..50)
+                .filter(|&seed| {
+                    Conditions::draw(s, seed, started)
+                        .unwrap()
+                        .start_segment
+                        .is_some()
+                })
+                .count()
+        };
+        assert!(starts(&containers) > 10);
+        assert_eq!(starts(&scenario("environment: kind")), 0);
         let c = Conditions::draw(
             &scenario("conditions: { timezone: Asia/Kathmandu }"),
             7,

@@ -80,7 +80,7 @@ pub struct EnvSpec {
     pub postgres_settings: Vec<(String, String)>,
     pub wal_segsize_mb: Option<u32>,
     /// The WAL segment the primary writes first (`pg_resetwal -l`);
-    /// `None`: where initdb leaves it. Local environment only.
+    /// `None`: where initdb leaves it. Local and containers environments.
     pub start_segment: Option<String>,
     /// Each restore after the first goes into the one before's data
     /// directory, with `backup-fetch --force`. Local environment only.

@@ -213,9 +213,10 @@ pub struct Conditions {
     /// The WAL segment the cluster writes first (`pg_resetwal -l` after
     /// `initdb`), e.g. `0000000100000000000000FE` to cross the 4 GiB
     /// boundary during the run, or `initdb` for where initdb leaves it.
-    /// Local environment only. Default: drawn from the seed among
-    /// `initdb`, just before the 4 GiB boundary and just before the 1 TiB
-    /// one (local), `initdb` elsewhere.
+    /// Local and containers environments (pgdrill's images; the official
+    /// image's entrypoint cannot, which the drill detects). Default: drawn
+    /// from the seed among `initdb`, just before the 4 GiB boundary and
+    /// just before the 1 TiB one (local and containers), `initdb` in kind.
     pub start_segment: Option<String>,
     /// Whether the primary's `postgresql.conf` carries the recovery
     /// settings a point-in-time restore done by hand leaves behind
@@ -1172,7 +1173,7 @@ objectives: { rpo: 5s, rto: 60s }
             ("conditions: { timezone: Mars/Olympus_Mons }\n", "t.yaml:4:25: conditions.timezone: time zone \"Mars/Olympus_Mons\" is neither a zone in the system's zoneinfo nor a POSIX rule"),
             ("conditions: { start_segment: 000000020000000000000010 }\n", "conditions.start_segment: `000000020000000000000010` is not a segment of timeline 1"),
             ("conditions: { start_segment: 000000010000000000000100 }\n", "is not a segment of timeline 1 after 000000010000000000000001 for 16 MiB segments"),
-            ("environment: containers\nconditions: { start_segment: 0000000100000000000000FE }\n", "`start_segment` applies to the local environment only"),
+            ("environment: kind\nconditions: { start_segment: 0000000100000000000000FE }\n", "`start_segment` applies to the local and containers environments only"),
             ("environment: containers\nconditions: { restores_in_place: true }\n", "`restores_in_place` applies to the local environment only"),
             ("environment: kind\nconditions: { seed_commands: true }\n", "conditions.seed_commands: `seed_commands` applies to the local environment only"),
             ("environment: containers\nsteps: [{ at: 0s, action: base_backup }, { at: 5s, action: pitr_failover, twin: true }]\n", "steps[1].twin: a `pitr_failover` with a twin is available in the local environment only"),

@@ -199,10 +199,10 @@ fn conditions(s: &Scenario) -> Result<(), Problem> {
     );
     if let Some(segment) = c.start_segment.as_deref().filter(|s| *s != "initdb") {
         ensure!(
-            s.environment == Environment::Local,
+            s.environment != Environment::Kind,
             ["conditions", "start_segment"],
-            "remove it, or set `environment: local`",
-            "`start_segment` applies to the local environment only"
+            "remove it, or set `environment: local` or `containers`",
+            "`start_segment` applies to the local and containers environments only"
         );
         let seg_size = u64::from(s.postgres.wal_segment_size_mb.unwrap_or(16)) << 20;
         let parsed = crate::backup::layout::Segment::parse(segment, seg_size);

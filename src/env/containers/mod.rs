@@ -229,8 +229,12 @@ impl ContainersEnvironment {
             .with_ready_conditions(vec![WaitFor::message_on_stderr(READY)])
             .with_startup_timeout(Duration::from_secs(180))
             .with_cmd(postgres_command(&settings));
+        let mut primary =
+            primary.with_env_var("POSTGRES_INITDB_ARGS", initdb_args(spec.wal_segsize_mb));
+        if let Some(segment) = &spec.start_segment {
+            primary = primary.with_env_var(START_SEGMENT_VAR, segment);
+        }
         let primary = primary
-            .with_env_var("POSTGRES_INITDB_ARGS", initdb_args(spec.wal_segsize_mb))
             .start()
             .await
             .map_err(docker_err("starting the primary"))?;
@@ -238,6 +242,9 @@ impl ContainersEnvironment {
         env.primary = Some(primary);
         let client =
             super::pg::connect_retrying(&env.primary_config, Duration::from_secs(60)).await?;
+        if let Some(segment) = &spec.start_segment {
+            started_in(&client, segment, &env.images.postgres).await?;
+        }
         env.facts.postgres_version =
             super::pg::server_version_of_major(&client, spec.postgres_major, &env.images.postgres)
                 .await?;
@@ -589,6 +596,34 @@ async fn server_config(
         .await
         .map_err(docker_err("reading a server's port"))?;
     Ok(super::pg::loopback_config(port))
+}
+
+/// The entrypoint's setting of the WAL segment a new cluster writes first
+/// (`ci/images/docker-entrypoint.sh`; the official image has none).
+const START_SEGMENT_VAR: &str = "POSTGRES_INITDB_START_SEGMENT";
+
+/// Checks that the primary behind `client` writes at or after `segment`:
+/// an image whose entrypoint ignores [`START_SEGMENT_VAR`] must not pass
+/// for one that crossed the boundary.
+async fn started_in(
+    client: &tokio_postgres::Client,
+    segment: &str,
+    image: &str,
+) -> Result<(), EnvError> {
+    let current: String = client
+        .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
+        .await
+        .map_err(super::pg::pg_err("reading the primary's WAL position"))?
+        .get(0);
+    // Names of one timeline order as their positions do.
+    if current.as_str() < segment {
+        return Err(EnvError::Other(format!(
+            "the primary writes {current}, before the start segment {segment}: image {image} \
+             ignores {START_SEGMENT_VAR} (pgdrill's images honour it); use them, or set \
+             `conditions.start_segment: initdb`"
+        )));
+    }
+    Ok(())
 }
 
 /// Runs `cmd` in `container`; its output and exit status. (Through
