@@ -626,7 +626,8 @@ async fn drive(
             "no random target possible: the archive holds no commit after the first backup ended ({earliest})"
         ));
     }
-    for plan in plans {
+    let edges = plan_edge_restores(&history, &backups, &ledger, seed);
+    for plan in plans.into_iter().chain(edges) {
         progress.say(&format!(
             "restore {} to {} from {}",
             plan.label,
@@ -684,6 +685,42 @@ fn plan_random_restores<'a>(
         });
     }
     (plans, true)
+}
+
+/// A restore for each backup that started at a segment boundary (and is
+/// still listed), to a moment after its end and before the writers' first
+/// commit after it: recovery replays the backup's own WAL and the switch
+/// that closed it, then must stop at the first commit of the segment after
+/// it (labels `edge-N`).
+fn plan_edge_restores<'a>(
+    history: &History,
+    backups: &'a [ListedBackup],
+    ledger: &Ledger,
+    seed: u64,
+) -> Vec<Plan<'a>> {
+    // A stream of its own: the random targets stay as they were.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(0x6564_6765));
+    let micro = chrono::TimeDelta::microseconds(1);
+    history
+        .boundary_backups
+        .iter()
+        .filter_map(|(name, resumed)| {
+            backups
+                .iter()
+                .find(|b| &b.backup_name == name)
+                .zip(Some(resumed))
+        })
+        .enumerate()
+        .filter_map(|(i, (backup, &resumed))| {
+            let target = ledger.pick_target(&mut rng, backup.finish_time + micro, resumed)?;
+            Some(Plan {
+                label: format!("edge-{}", i + 1),
+                backup,
+                target: Some(target),
+                must_fail: history.must_fail(backup, Some(target)),
+            })
+        })
+        .collect()
 }
 
 /// The time to restore, for the RTO objective: restores that must fail
@@ -1242,6 +1279,24 @@ mod tests {
         // says so.
         let (plans, complete) = plan_random_restores(2, &[], &ledger, &backups, &history, 1);
         assert!(plans.is_empty() && !complete);
+        // A backup that started at a segment boundary: one more restore,
+        // from it, between its end and the writers' going on; none for one
+        // retention took.
+        let history = History {
+            boundary_backups: vec![("base_10".into(), t(11.5)), ("base_gone".into(), t(3.0))],
+            ..History::default()
+        };
+        let edges = plan_edge_restores(&history, &backups, &ledger, 42);
+        assert_eq!(edges.len(), 1, "{edges:?}");
+        let target = edges[0].target.unwrap();
+        assert_eq!(
+            (
+                edges[0].label.as_str(),
+                edges[0].backup.backup_name.as_str()
+            ),
+            ("edge-1", "base_10")
+        );
+        assert!(t(11.0) < target && target <= t(11.5), "{target}");
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub(super) struct History {
     /// Backups of a timeline given up by a failover that ended after its
     /// target: not on the new timeline's history, so never restored.
     pub abandoned: Vec<String>,
+    /// Backups that started at a segment boundary, each with when the
+    /// writers went on after it: until then nothing committed.
+    pub boundary_backups: Vec<(String, DateTime<Utc>)>,
 }
 
 /// The drill while its timeline runs.
@@ -201,8 +204,10 @@ impl Live<'_> {
                 Ok(_) => self.env.base_backup(full).await,
                 Err(e) => Err(e),
             };
+            let resumed = Utc::now();
             self.release_writers(held);
             let name = name?;
+            self.history.boundary_backups.push((name.clone(), resumed));
             let boundary = self.start_in_segment(&name).await?;
             (name, boundary)
         } else {

@@ -479,7 +479,10 @@ pub enum Step {
         /// checkpoint is the first record of a fresh segment; the writers
         /// go on once it is done, and the workload's end and the later
         /// steps move by as long as they were held. The report says where
-        /// it started. (Its
+        /// it started, and one more restore (`edge-N`) goes from this backup
+        /// to a moment after its end and before the writers' first commit
+        /// after it: recovery must stop at the first commit of the segment
+        /// after the backup's. (Its
         /// stop is at a boundary in every backup: PostgreSQL switches the
         /// WAL when a backup stops.) Default: false.
         #[serde(default)]
