@@ -57,8 +57,8 @@ pub(super) async fn timeline_of(client: &Client) -> Result<u32, EnvError> {
 /// Whether `file` is a WAL segment (not a history or partial file) of
 /// `timeline`.
 fn is_segment_of(file: &str, timeline: u32) -> bool {
-    file.len() == 24
-        && file.chars().all(|c| c.is_ascii_hexdigit())
+    use crate::backup::layout::{wal_file_kind, WalFileKind};
+    wal_file_kind(file) == Some(WalFileKind::Segment)
         && u32::from_str_radix(&file[..8], 16) == Ok(timeline)
 }
 

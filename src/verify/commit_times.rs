@@ -90,7 +90,7 @@ fn judge(rows: &[(i32, i64, Option<DateTime<Utc>>)], ledger: &Ledger) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::{Outcome, WorkloadSpec};
+    use crate::workload::Outcome;
 
     fn t(s: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
@@ -107,20 +107,7 @@ mod tests {
                 None => Outcome::Unknown("connection lost".into()),
             },
         };
-        let spec = WorkloadSpec {
-            writers: 1,
-            rate_per_second: 1,
-            duration: std::time::Duration::from_secs(30),
-            payload_bytes: 8,
-            seed: 1,
-            mix: None,
-        };
-        Ledger::new(
-            spec,
-            t(0),
-            vec![entry(1, 10, Some(11)), entry(2, 20, None)],
-            Default::default(),
-        )
+        Ledger::of_one_writer(t(0), vec![entry(1, 10, Some(11)), entry(2, 20, None)])
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub fn check(stop: &RecoveryStop, ledger: &Ledger, target: DateTime<Utc>) -> Che
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::{LedgerEntry, WorkloadSpec};
+    use crate::workload::LedgerEntry;
 
     fn t(ms: i64) -> DateTime<Utc> {
         DateTime::from_timestamp_millis(1_800_000_000_000 + ms).unwrap()
@@ -89,20 +89,7 @@ mod tests {
             acked_at: Some(t(acked)),
             outcome: Outcome::Acked,
         };
-        let spec = WorkloadSpec {
-            writers: 1,
-            rate_per_second: 1,
-            duration: std::time::Duration::from_secs(30),
-            payload_bytes: 8,
-            seed: 1,
-            mix: None,
-        };
-        Ledger::new(
-            spec,
-            t(0),
-            vec![entry(1, 1000, 1010), entry(2, 2000, 2010)],
-            Default::default(),
-        )
+        Ledger::of_one_writer(t(0), vec![entry(1, 1000, 1010), entry(2, 2000, 2010)])
     }
 
     fn stop(last: Option<i64>, before: Option<i64>) -> RecoveryStop {

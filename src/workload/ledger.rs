@@ -413,6 +413,23 @@ fn micros(us: i64) -> Option<DateTime<Utc>> {
 }
 
 #[cfg(test)]
+impl Ledger {
+    /// A ledger of one writer's `entries` from `started` (1 commit/s for
+    /// 30 s), for the tests of what reads ledgers.
+    pub(crate) fn of_one_writer(started: DateTime<Utc>, entries: Vec<LedgerEntry>) -> Ledger {
+        let spec = WorkloadSpec {
+            writers: 1,
+            rate_per_second: 1,
+            duration: std::time::Duration::from_secs(30),
+            payload_bytes: 8,
+            seed: 1,
+            mix: None,
+        };
+        Ledger::new(spec, started, entries, Default::default())
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use std::time::Duration;
 

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::postgres::{archiving_settings, InitOptions, LocalPostgres, PgBinaries};
+use super::postgres::{
+    archiving_settings_with, pgdrill_command, InitOptions, LocalPostgres, PgBinaries,
+};
 use super::process::{as_user, owned_dir, RunAs, WorkDir};
 use super::s3::{write_env_dir, LocalS3};
 use super::LocalError;
@@ -137,11 +139,7 @@ impl LocalArchive {
     /// restore_command) as this archive's invocation writes it.
     pub fn server_command(&self, verb: &str) -> String {
         match &self.invocation {
-            Invocation::Pgdrill => format!(
-                "{} --env-dir {} --log warn {verb}",
-                self.pgdrill.display(),
-                self.env_dir.display()
-            ),
+            Invocation::Pgdrill => pgdrill_command(&self.pgdrill, &self.env_dir, verb),
             Invocation::Seed { walg } => format!(
                 "envdir {} {} {verb}",
                 self.env_dir.display(),
@@ -174,14 +172,7 @@ impl LocalArchive {
         init: &InitOptions,
         extra: &[(&str, &str)],
     ) -> Result<LocalPostgres, LocalError> {
-        let mut settings = archiving_settings(&self.pgdrill, &self.env_dir, extra);
-        if let Invocation::Seed { .. } = self.invocation {
-            for (name, value) in &mut settings {
-                if name == "archive_command" {
-                    *value = self.server_command("wal-push %p");
-                }
-            }
-        }
+        let mut settings = archiving_settings_with(&self.server_command("wal-push %p"), extra);
         settings.extend(init.settings.iter().cloned());
         let base = self.dir("primary")?;
         let options = InitOptions {

@@ -128,6 +128,16 @@ fn major_in(dir: &Path) -> Result<u32, LocalError> {
         })
 }
 
+/// `pgdrill --env-dir ENV_DIR --log warn VERB`: a tool verb as a server
+/// setting (archive_command, restore_command) runs it.
+pub fn pgdrill_command(pgdrill: &Path, env_dir: &Path, verb: &str) -> String {
+    format!(
+        "{} --env-dir {} --log warn {verb}",
+        pgdrill.display(),
+        env_dir.display()
+    )
+}
+
 /// postgresql.conf settings of a primary that archives with
 /// `pgdrill --env-dir ENV_DIR wal-push %p`, plus `extra`.
 pub fn archiving_settings(
@@ -135,16 +145,20 @@ pub fn archiving_settings(
     env_dir: &Path,
     extra: &[(&str, &str)],
 ) -> Vec<(String, String)> {
-    let archive_command = format!(
-        "{} --env-dir {} --log warn wal-push %p",
-        pgdrill.display(),
-        env_dir.display()
-    );
+    archiving_settings_with(&pgdrill_command(pgdrill, env_dir, "wal-push %p"), extra)
+}
+
+/// postgresql.conf settings of a primary that archives with
+/// `archive_command`, plus `extra`.
+pub fn archiving_settings_with(
+    archive_command: &str,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
     [
         ("wal_level", "replica"),
         ("archive_mode", "on"),
         ("track_commit_timestamp", "on"),
-        ("archive_command", archive_command.as_str()),
+        ("archive_command", archive_command),
     ]
     .iter()
     .chain(extra)
